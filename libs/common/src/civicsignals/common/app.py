@@ -1,0 +1,182 @@
+"""The FastAPI application every service is built on: problems, health, metrics, tracing, limits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from civicsignals.common.health import ReadyCheck, health_router
+from civicsignals.common.problems import install_problem_handlers, problem_response
+from civicsignals.common.runtime import ServiceRuntime
+from civicsignals.common.telemetry import setup_telemetry
+from fastapi import APIRouter, FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette_exporter import PrometheusMiddleware
+
+API_VERSION = "1.0.0"
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over a limit with 413, before a handler reads them (DESIGN §5)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+        too_large = False
+        started = False
+
+        async def _limited_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    raise _BodyTooLarge
+            return message
+
+        async def _guarded_send(message: Message) -> None:
+            nonlocal started
+            if too_large and not started:
+                # FastAPI turns an error while reading the body into its own 400; the 413 below
+                # replaces whatever the app answers to a body it was not allowed to read.
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, _limited_receive, _guarded_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+        if too_large and not started:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            413, f"the request body is larger than {self.max_bytes} bytes", slug="body-too-large"
+        )
+        await response(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class ApiVersionMiddleware:
+    """Every response carries ``API-Version`` (Dutch API Design Rules, DESIGN §5)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def _send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"api-version", API_VERSION.encode())]
+            await send(message)
+
+        await self.app(scope, receive, _send)
+
+
+def configure_logging(level: str) -> None:
+    """Plain structured lines on stderr; the messages themselves never carry personal data."""
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        force=True,
+    )
+    # Access logs would hold client addresses, which are personal data.
+    logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request line at INFO; the URLs are ours, but the noise hides what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def create_service_app(
+    runtime: ServiceRuntime,
+    *,
+    title: str,
+    description: str,
+    routers: list[APIRouter],
+    ready_checks: dict[str, ReadyCheck] | None = None,
+    on_startup: Callable[[], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    openapi_tags: list[dict[str, Any]] | None = None,
+) -> FastAPI:
+    settings = runtime.settings
+    configure_logging(settings.log_level)
+    setup_telemetry(runtime.service, settings.otel_exporter, settings.otel_jsonl_path)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        if on_startup is not None:
+            await on_startup()
+        try:
+            yield
+        finally:
+            if on_shutdown is not None:
+                await on_shutdown()
+            await runtime.stop()
+
+    app = FastAPI(
+        title=title,
+        description=description,
+        version=API_VERSION,
+        lifespan=lifespan,
+        openapi_tags=openapi_tags,
+        license_info={"name": "EUPL-1.2", "identifier": "EUPL-1.2"},
+    )
+    app.state.runtime = runtime
+    app.state.tenants = runtime.tenants
+    install_problem_handlers(app)
+    checks: dict[str, ReadyCheck] = {"database": runtime.database_ready, "nats": runtime.bus_is_ready}
+    checks.update(ready_checks or {})
+    app.include_router(health_router(checks))
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiVersionMiddleware)
+    app.add_middleware(
+        PrometheusMiddleware,
+        app_name=f"civicsignals-{runtime.service}",
+        group_paths=True,
+        skip_paths=["/livez", "/readyz", "/metrics"],
+    )
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="livez,readyz,metrics")
+    return app
+
+
+def serve(app_factory: Callable[[], FastAPI], host: str, port: int, log_level: str) -> None:
+    """Run one service process with uvicorn (no access log: it would hold client addresses)."""
+    import uvicorn
+
+    uvicorn.run(app_factory(), host=host, port=port, log_level=log_level.lower(), access_log=False)
+
+
+def build_cli(prog: str, description: str | None) -> tuple[argparse.ArgumentParser, Any]:
+    """A service's command line with its ``serve`` command; services add their own commands."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP API and the workers")
+    return parser, commands

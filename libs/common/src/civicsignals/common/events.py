@@ -1,0 +1,330 @@
+"""The CloudEvents envelope and the event models of DESIGN §2.
+
+Every message on the bus is a CloudEvent 1.0 in structured JSON mode. The ``data`` of each event
+type is a pydantic model here, so that producers and consumers in different services agree on it
+through one definition. Fields may be added within a ``v<N>``; none may be removed or renamed.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal, TypeVar
+
+from civicsignals.common.ids import new_id
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SPEC_VERSION: Literal["1.0"] = "1.0"
+TYPE_PREFIX = "nl.civicsignals"
+CODE_PATTERN = re.compile(r"^[a-z0-9-]{1,63}$")
+
+Kind = Literal["report", "complaint", "question", "feedback", "idea", "compliment"]
+Channel = Literal["web", "app", "phone", "email", "chat", "social", "survey", "counter", "open311"]
+CaseStatus = Literal[
+    "received",
+    "triage",
+    "assigned",
+    "in_progress",
+    "waiting_on_resident",
+    "forwarded",
+    "resolved",
+    "closed",
+    "reopened",
+    "rejected",
+    "duplicate",
+    "cancelled",
+]
+KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
+CHANNELS: tuple[str, ...] = Channel.__args__  # type: ignore[attr-defined]
+CASE_STATUSES: tuple[str, ...] = CaseStatus.__args__  # type: ignore[attr-defined]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def check_code(value: str, what: str = "code") -> str:
+    """Tenant and department codes go into NATS subjects, so they must be ``[a-z0-9-]``."""
+    if not CODE_PATTERN.fullmatch(value):
+        raise ValueError(f"{what} {value!r} must be lowercase letters, digits and dashes")
+    return value
+
+
+class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 envelope, with the ``tenant`` extension attribute."""
+
+    model_config = ConfigDict(extra="allow")
+
+    specversion: Literal["1.0"] = SPEC_VERSION
+    id: str = Field(default_factory=new_id)
+    source: str
+    type: str
+    subject: str
+    time: datetime = Field(default_factory=utcnow)
+    datacontenttype: Literal["application/json"] = "application/json"
+    tenant: str
+    data: dict[str, Any]
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_code(cls, value: str) -> str:
+        return check_code(value, "tenant")
+
+    @field_validator("time")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("time must carry a time zone")
+        return value.astimezone(UTC)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> CloudEvent:
+        """Read a received event; the defaults a producer gets (``id``, ``specversion``) are not
+        filled in, so that a consumer never deduplicates or traces by an id it made up."""
+        event = cls.model_validate_json(raw)
+        missing = {"specversion", "id"} - event.model_fields_set
+        if missing:
+            raise ValueError(f"the CloudEvent lacks the required attribute(s) {', '.join(sorted(missing))}")
+        return event
+
+
+class EventData(BaseModel):
+    """Base of every event's ``data``: it knows its type and the subject it travels on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    aggregate: ClassVar[str]
+    event: ClassVar[str]
+    version: ClassVar[int] = 1
+
+    @classmethod
+    def event_type(cls) -> str:
+        return f"{TYPE_PREFIX}.{cls.aggregate}.{cls.event}.v{cls.version}"
+
+    @classmethod
+    def bus_subject(cls, tenant: str) -> str:
+        return f"civic.{check_code(tenant, 'tenant')}.{cls.aggregate}.{cls.event}"
+
+    @classmethod
+    def subscription(cls) -> str:
+        """The subject filter that matches this event for every tenant."""
+        return f"civic.*.{cls.aggregate}.{cls.event}"
+
+    def subject_id(self) -> str:
+        """The CloudEvent ``subject``: the signal or case the event is about."""
+        if self.aggregate in ("case", "dept"):
+            return str(getattr(self, "case_id", ""))
+        return str(getattr(self, "signal_id", None) or getattr(self, "case_id", ""))
+
+
+class CoarseLocation(BaseModel):
+    """A location as it may travel on the bus: coordinates rounded to about 100 m, and the area."""
+
+    lat: float | None = None
+    lon: float | None = None
+    area: str | None = None
+    district: str | None = None
+
+
+class SignalReceived(EventData):
+    aggregate: ClassVar[str] = "signal"
+    event: ClassVar[str] = "received"
+
+    signal_id: str
+    tracking_code: str
+    kind: Kind
+    channel: Channel
+    text: str
+    language: str | None = None
+    location: CoarseLocation | None = None
+    received_at: datetime
+    has_contact: bool
+    source: str
+    occurred_at: datetime | None = None
+
+
+class ConversationTurn(BaseModel):
+    speaker: Literal["citizen", "agent"]
+    text: str
+
+
+class ConversationReceived(EventData):
+    aggregate: ClassVar[str] = "conversation"
+    event: ClassVar[str] = "received"
+
+    signal_id: str
+    channel: Literal["phone", "chat"]
+    turns: list[ConversationTurn]
+    started_at: datetime
+    duration_s: float
+    team: str | None = None
+
+
+class Alternative(BaseModel):
+    topic: str
+    subtopic: str | None = None
+    probability: float
+
+
+class SignalClassified(EventData):
+    aggregate: ClassVar[str] = "signal"
+    event: ClassVar[str] = "classified"
+
+    signal_id: str
+    topic: str
+    subtopic: str | None = None
+    confidence: float
+    alternatives: list[Alternative]
+    language: str | None = None
+    kind: Kind
+    needs_review: bool
+    model_version: str
+    # Carried along so that routing can apply its conditions without asking intake.
+    tracking_code: str | None = None
+    channel: Channel | None = None
+    text: str | None = None
+    location: CoarseLocation | None = None
+    received_at: datetime | None = None
+
+
+class SignalReclassified(EventData):
+    aggregate: ClassVar[str] = "signal"
+    event: ClassVar[str] = "reclassified"
+
+    signal_id: str
+    case_id: str
+    topic: str
+    subtopic: str | None = None
+    previous_topic: str | None = None
+    previous_subtopic: str | None = None
+    text: str | None = None
+    actor: str
+
+
+class SignalRouted(EventData):
+    aggregate: ClassVar[str] = "signal"
+    event: ClassVar[str] = "routed"
+
+    signal_id: str
+    case_id: str
+    tracking_code: str
+    responsible: str
+    informed: list[str] = Field(default_factory=list)
+    partners: list[str] = Field(default_factory=list)
+    priority: str
+    rule_id: str
+    due_at: datetime | None = None
+    service_promise: str | None = None
+
+
+class CaseStatusChanged(EventData):
+    aggregate: ClassVar[str] = "case"
+    event: ClassVar[str] = "status_changed"
+
+    case_id: str
+    signal_id: str
+    tracking_code: str
+    from_: CaseStatus | None = Field(default=None, alias="from")
+    to: CaseStatus
+    public_note: str | None = None
+    actor: str
+    sequence: int
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
+
+
+class FeedbackReceived(EventData):
+    aggregate: ClassVar[str] = "feedback"
+    event: ClassVar[str] = "received"
+
+    signal_id: str
+    case_id: str | None = None
+    satisfied: bool
+    score: int = Field(ge=1, le=5)
+    comment: str | None = None
+
+
+class DepartmentAssigned(EventData):
+    """The department feed: what a department's own system receives when a case reaches it.
+
+    Published on ``civic.<tenant>.dept.<department>.assigned`` (DESIGN §2), never with personal data.
+    """
+
+    aggregate: ClassVar[str] = "dept"
+    event: ClassVar[str] = "assigned"
+
+    case_id: str
+    signal_id: str
+    tracking_code: str
+    department: str
+    role: Literal["responsible", "informed"]
+    topic: str
+    subtopic: str | None = None
+    kind: Kind
+    priority: str
+    due_at: datetime | None = None
+    text: str | None = None
+    location: CoarseLocation | None = None
+
+    @classmethod
+    def department_subject(cls, tenant: str, department: str) -> str:
+        return f"civic.{check_code(tenant, 'tenant')}.dept.{check_code(department, 'department')}.assigned"
+
+
+class DepartmentStatusChanged(EventData):
+    aggregate: ClassVar[str] = "dept"
+    event: ClassVar[str] = "status_changed"
+
+    case_id: str
+    signal_id: str
+    department: str
+    from_: CaseStatus | None = Field(default=None, alias="from")
+    to: CaseStatus
+    public_note: str | None = None
+    actor: str
+    sequence: int
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
+
+    @classmethod
+    def department_subject(cls, tenant: str, department: str) -> str:
+        return (
+            f"civic.{check_code(tenant, 'tenant')}.dept.{check_code(department, 'department')}.status_changed"
+        )
+
+
+DataT = TypeVar("DataT", bound=EventData)
+
+
+def make_event(*, tenant: str, service: str, data: EventData, subject: str | None = None) -> CloudEvent:
+    """Wrap event data in a CloudEvent from ``/civicsignals/<service>``."""
+    return CloudEvent(
+        source=f"/civicsignals/{service}",
+        type=data.event_type(),
+        subject=subject or data.subject_id(),
+        tenant=tenant,
+        data=data.model_dump(mode="json", by_alias=True, exclude_none=False),
+    )
+
+
+def read_data(event: CloudEvent, model: type[DataT]) -> DataT:
+    """Validate an event's data as ``model``; raises pydantic's ValidationError when it does not fit."""
+    if event.type != model.event_type():
+        raise ValueError(f"expected event type {model.event_type()}, got {event.type}")
+    return model.model_validate(event.data)
+
+
+ALL_EVENT_MODELS: tuple[type[EventData], ...] = (
+    SignalReceived,
+    ConversationReceived,
+    SignalClassified,
+    SignalReclassified,
+    SignalRouted,
+    CaseStatusChanged,
+    FeedbackReceived,
+    DepartmentAssigned,
+    DepartmentStatusChanged,
+)

@@ -1,0 +1,179 @@
+"""The transactional outbox (DESIGN §2): an event row commits with the change it describes.
+
+A service never publishes straight to NATS from a request. It adds the event to the outbox in the
+same database transaction as its own change, and :class:`OutboxRelay` publishes committed rows and
+marks them sent. When NATS or the process dies between the commit and the publish, the row is
+still there and goes out later; when it dies between the publish and the mark, the relay
+publishes the row again with the same ``Nats-Msg-Id``, and JetStream's duplicate window drops the
+copy. So every committed event reaches the stream exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import logging
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from civicsignals.common.bus import MSG_ID_HEADER
+from civicsignals.common.db import SessionFactory, UtcDateTime, is_postgres
+from civicsignals.common.events import CloudEvent, utcnow
+from civicsignals.common.telemetry import inject_trace_headers
+from prometheus_client import Counter, Gauge
+from sqlalchemy import delete, func, update
+from sqlmodel import Field, SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+log = logging.getLogger(__name__)
+
+OUTBOX_PUBLISHED = Counter("civic_outbox_published_total", "Events the outbox relay published", ["service"])
+OUTBOX_FAILURES = Counter("civic_outbox_publish_failures_total", "Failed outbox publishes", ["service"])
+OUTBOX_PENDING = Gauge("civic_outbox_pending", "Outbox rows not yet published", ["service"])
+
+
+class OutboxMessage(SQLModel, table=True):
+    __tablename__ = "outbox"
+
+    id: str = Field(primary_key=True, description="the CloudEvent id, also the Nats-Msg-Id")
+    subject: str
+    payload: str
+    headers: str = "{}"
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    published_at: datetime | None = Field(default=None, index=True, sa_type=UtcDateTime)
+    attempts: int = 0
+
+
+def enqueue(session: AsyncSession, subject: str, event: CloudEvent) -> OutboxMessage:
+    """Add an event to the outbox in the caller's transaction, with the current trace context."""
+    headers: dict[str, str] = {}
+    inject_trace_headers(headers)
+    row = OutboxMessage(
+        id=event.id, subject=subject, payload=event.model_dump_json(), headers=json.dumps(headers)
+    )
+    session.add(row)
+    return row
+
+
+class Publisher(Protocol):
+    """What the relay needs of the bus; :class:`civicsignals.common.bus.Bus` provides it."""
+
+    async def publish_raw(self, subject: str, payload: bytes, headers: dict[str, str]) -> None: ...
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows, oldest first, and marks them published."""
+
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        publisher: Publisher,
+        *,
+        service: str,
+        database_url: str,
+        batch_size: int = 200,
+        poll_interval_s: float = 0.5,
+        keep_published: timedelta = timedelta(days=1),
+        fault: str = "none",
+    ) -> None:
+        self._sessions = sessions
+        self._publisher = publisher
+        self._service = service
+        self._skip_locked = is_postgres(database_url)
+        self._batch_size = batch_size
+        self._poll_interval_s = poll_interval_s
+        self._keep_published = keep_published
+        self._wakeup = asyncio.Event()
+        self._last_prune = utcnow()
+        self._fault = fault
+
+    def wake(self) -> None:
+        """Called after a commit that added events, so they go out without waiting for the poll."""
+        self._wakeup.set()
+
+    async def relay_once(self) -> int:
+        """Publish one batch; returns how many rows were published. Stops at the first failure."""
+        published = 0
+        if self._fault == "hold":
+            return 0
+        async with self._sessions() as session, session.begin():
+            query = (
+                select(OutboxMessage)
+                .where(col(OutboxMessage.published_at).is_(None))
+                .order_by(col(OutboxMessage.id))
+                .limit(self._batch_size)
+            )
+            if self._skip_locked:
+                query = query.with_for_update(skip_locked=True)
+            rows = list((await session.exec(query)).all())
+            sent_ids: list[str] = []
+            failure: Exception | None = None
+            for row in rows:
+                # The event id as Nats-Msg-Id lets JetStream drop the copy that a relay sends again
+                # after dying between the publish and the mark (DESIGN §2).
+                headers = {**json.loads(row.headers), MSG_ID_HEADER: row.id}
+                try:
+                    await self._publisher.publish_raw(row.subject, row.payload.encode(), headers)
+                except Exception as exc:  # the bus is down or slow: keep the row, try later
+                    failure = exc
+                    break
+                sent_ids.append(row.id)
+            if sent_ids and self._fault == "exit_after_publish":
+                log.error("outbox relay: fault injection, exiting after publishing and before marking")
+                os._exit(70)
+            if sent_ids:
+                await session.exec(
+                    update(OutboxMessage)
+                    .where(col(OutboxMessage.id).in_(sent_ids))
+                    .values(published_at=utcnow(), attempts=OutboxMessage.attempts + 1)
+                )
+                published = len(sent_ids)
+        OUTBOX_PUBLISHED.labels(self._service).inc(published)
+        if failure is not None:
+            OUTBOX_FAILURES.labels(self._service).inc()
+            raise failure
+        return published
+
+    async def pending(self) -> int:
+        async with self._sessions() as session:
+            result = await session.exec(
+                select(func.count())
+                .select_from(OutboxMessage)
+                .where(col(OutboxMessage.published_at).is_(None))
+            )
+            return int(result.one())
+
+    async def prune(self) -> int:
+        """Forget rows published long ago; the stream keeps the events, the outbox need not."""
+        cutoff = utcnow() - self._keep_published
+        async with self._sessions() as session, session.begin():
+            result = await session.exec(delete(OutboxMessage).where(col(OutboxMessage.published_at) < cutoff))
+            return int(result.rowcount or 0)
+
+    async def run(self) -> None:
+        """Relay until cancelled, backing off while the bus is unreachable."""
+        backoff = self._poll_interval_s
+        while True:
+            try:
+                count = await self.relay_once()
+                backoff = self._poll_interval_s
+                if count == self._batch_size:
+                    continue
+                if utcnow() - self._last_prune > timedelta(hours=1):
+                    self._last_prune = utcnow()
+                    await self.prune()
+                OUTBOX_PENDING.labels(self._service).set(await self.pending())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "outbox relay: publish failed, retrying in %.1fs: %s", backoff, type(exc).__name__
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval_s)

@@ -1,0 +1,128 @@
+"""What every service runs beside its HTTP routes: database, bus, outbox relay and consumers.
+
+A service builds one :class:`ServiceRuntime`, registers its consumers, and hands it to
+:func:`civicsignals.common.app.create_service_app`. HTTP starts answering at once; the bus is
+connected in the background, and ``/readyz`` says ready only when the database and NATS answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from civicsignals.common.bus import Bus, Consumer, ConsumerSpec
+from civicsignals.common.db import create_engine, create_schema, ping, session_factory
+from civicsignals.common.outbox import OutboxRelay
+from civicsignals.common.settings import ServiceSettings
+from civicsignals.common.tenants import TenantRegistry
+from sqlalchemy import MetaData
+
+log = logging.getLogger(__name__)
+
+
+class ServiceRuntime:
+    def __init__(self, settings: ServiceSettings, *, metadata: MetaData, outbox: bool = True) -> None:
+        self.settings = settings
+        self.service = settings.service_name
+        self.metadata = metadata
+        self.engine = create_engine(settings.database_url)
+        self.sessions = session_factory(self.engine)
+        self.tenants = TenantRegistry(settings.tenants_dir)
+        self.bus = Bus(
+            settings.nats_url,
+            service=self.service,
+            replicas=settings.stream_replicas,
+            duplicate_window_s=settings.stream_duplicate_window_s,
+        )
+        self.relay = (
+            OutboxRelay(
+                self.sessions,
+                self.bus,
+                service=self.service,
+                database_url=settings.database_url,
+                batch_size=settings.outbox_batch_size,
+                poll_interval_s=settings.outbox_poll_interval_s,
+                fault=settings.outbox_fault,
+            )
+            if outbox
+            else None
+        )
+        self.consumer_specs: list[ConsumerSpec] = []
+        self.background: list[Callable[[], Awaitable[None]]] = []
+        self.consumers: list[Consumer] = []
+        self.bus_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def add_consumer(self, spec: ConsumerSpec) -> None:
+        spec.max_deliver = self.settings.consumer_max_deliver
+        spec.ack_wait_s = self.settings.consumer_ack_wait_s
+        self.consumer_specs.append(spec)
+
+    def add_background(self, job: Callable[[], Awaitable[None]]) -> None:
+        """A coroutine that runs once the bus is up (timers, schedulers)."""
+        self.background.append(job)
+
+    def events_committed(self) -> None:
+        """Tell the relay that a transaction with events committed, so they go out now."""
+        if self.relay is not None:
+            self.relay.wake()
+
+    async def start(self) -> None:
+        if self.settings.migrate_on_start:
+            await create_schema(self.engine, self.metadata)
+        self._tasks.append(asyncio.create_task(self._start_bus(), name=f"{self.service}-bus"))
+
+    async def _start_bus(self) -> None:
+        await self.bus.connect(retry_forever=True)
+        while True:
+            try:
+                await self.bus.ensure_streams()
+                break
+            except Exception as exc:
+                log.warning("bus: cannot create streams yet (%s), retrying", type(exc).__name__)
+                await asyncio.sleep(1.0)
+        if self.relay is not None:
+            self._spawn(self.relay.run, "outbox-relay")
+        for spec in self.consumer_specs:
+            consumer = Consumer(self.bus, spec)
+            self.consumers.append(consumer)
+            self._spawn(consumer.run, f"consumer-{spec.durable}")
+        for job in self.background:
+            self._spawn(job, getattr(job, "__name__", "background"))
+        self.bus_ready.set()
+
+    def _spawn(self, job: Callable[[], Awaitable[None]], name: str) -> None:
+        async def _supervised() -> None:
+            # A loop that crashes is restarted after a pause rather than silently lost.
+            while True:
+                try:
+                    await job()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s: %s stopped with an error; restarting in 1s", self.service, name)
+                    await asyncio.sleep(1.0)
+
+        self._tasks.append(asyncio.create_task(_supervised(), name=f"{self.service}-{name}"))
+
+    async def stop(self) -> None:
+        for consumer in self.consumers:
+            consumer.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await self.bus.close()
+        await self.engine.dispose()
+
+    async def database_ready(self) -> bool:
+        return await ping(self.engine)
+
+    async def bus_is_ready(self) -> bool:
+        return self.bus_ready.is_set() and self.bus.connected

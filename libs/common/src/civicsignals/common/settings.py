@@ -1,0 +1,59 @@
+"""One settings base for every service.
+
+Each service subclasses :class:`ServiceSettings` and gives it its own environment prefix
+(``CIVIC_INTAKE_``, ``CIVIC_ROUTING_`` …), so that one machine can run every service with
+different values and an operator can tell from a variable's name whom it configures.
+The defaults are those of the embedded run (``make run``): SQLite under ``.data/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service shares; subclasses add their own and set ``env_prefix``."""
+
+    model_config = SettingsConfigDict(env_prefix="CIVIC_", extra="ignore")
+
+    service_name: ClassVar[str] = "service"
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path(".data")
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy async URL; empty means SQLite at <data_dir>/db/<service>.db",
+    )
+    migrate_on_start: bool = True
+    nats_url: str = "nats://127.0.0.1:4222"
+    tenants_dir: Path = Field(default=Path(""), description="tenant folders; empty means <data_dir>/tenants")
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    stream_duplicate_window_s: float = Field(default=300.0, ge=120.0)
+    consumer_max_deliver: int = Field(default=10, ge=2)
+    consumer_ack_wait_s: float = Field(default=30.0, gt=0)
+    outbox_batch_size: int = Field(default=200, ge=1)
+    outbox_poll_interval_s: float = Field(default=0.5, gt=0)
+    outbox_fault: Literal["none", "hold", "exit_after_publish"] = Field(
+        default="none",
+        description="fault injection for the end-to-end tests only: 'hold' never publishes (as if the "
+        "process died right after its commit); 'exit_after_publish' ends the process after publishing "
+        "a batch and before marking it published",
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    log_level: str = "INFO"
+    otel_exporter: Literal["none", "console", "otlp", "jsonl"] = "none"
+    otel_jsonl_path: Path | None = None
+
+    @model_validator(mode="after")
+    def _fill_derived_defaults(self) -> ServiceSettings:
+        if not self.database_url:
+            db_file = (self.data_dir / "db" / f"{self.service_name}.db").resolve()
+            self.database_url = f"sqlite+aiosqlite:///{db_file}"
+        if str(self.tenants_dir) in ("", "."):
+            self.tenants_dir = self.data_dir / "tenants"
+        return self

@@ -1,0 +1,3 @@
+from civicsignals.classifier.cli import main
+
+main()

@@ -1,0 +1,113 @@
+"""The cold-start model: a usable topic model built from the taxonomy alone.
+
+A municipality starts without labelled reports, yet every signal needs a topic from day one.
+The taxonomy's names and descriptions say what each subtopic is about, in the words residents
+use, so a classifier trained on them already gets clear reports right; staff correct the rest
+during triage, and those corrections become the training data of the first real model.
+
+Training examples per subtopic (all labelled ``topic/subtopic``):
+
+* its Dutch and English name;
+* ``"<topic name> <subtopic name>"`` (both languages), tying the subtopic to its topic's words;
+* each sentence of its description, except sentences that send the reader *elsewhere*
+  ("Let op: ...", "... horen bij Straatmeubilair", "Bel de Dierenambulance"), whose words would
+  teach the model the opposite of what they say;
+* its ``examples_nl``, if the taxonomy has any.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from civicsignals.classifier.model.training import export_bundle, train
+from civicsignals.classifier.taxonomy import Taxonomy, label_key, load_taxonomy
+
+__all__ = ["COLDSTART_C", "COLDSTART_THRESHOLD", "build_default_bundle", "coldstart_examples"]
+
+#: Confidence below which a cold-start prediction is flagged for review.
+#:
+#: A model trained on one-line definitions is far less sure than one trained on reports: with
+#: ~150 classes and a handful of sentences each, a correct top label typically gets a probability of
+#: 0.2-0.6 and a wrong one mostly less than 0.2, since only a few words of a report are known
+#: to it. 0.3 lets the clear cases through and sends the uncertain majority to human triage,
+#: which is where the cold start is meant to collect its first labelled data anyway. A tenant can
+#: override it (``TopicModel.predict(threshold=...)``).
+COLDSTART_THRESHOLD = 0.3
+
+#: Inverse regularisation strength for the cold start: the examples are few, short and clean, so
+#: the weights may grow large enough to make a single telling word ("paspoort") decisive.
+COLDSTART_C = 20.0
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[^\sa-z])|\n+")
+_BULLET = re.compile(r"^[\s•·\-–*]+")
+#: Cues of a sentence that points to another category or organisation rather than describing this one.
+_REDIRECT = re.compile(
+    r"\b(let op|hoort bij|horen bij|gebruik dan|verwijs|doorverwijzen|neem direct contact|melden bij|"
+    r"dus geen|dus géén|dus niet|bel )",
+    re.IGNORECASE,
+)
+
+
+def _sentences(description: str) -> list[str]:
+    out = []
+    for part in _SENTENCE_END.split(description):
+        sentence = _BULLET.sub("", part).strip()
+        if sentence and not _REDIRECT.search(sentence):
+            out.append(sentence)
+    return out
+
+
+def coldstart_examples(taxonomy: Taxonomy) -> tuple[list[str], list[str]]:
+    """``(texts, labels)`` to train the cold-start model on, labels as ``topic/subtopic``."""
+    texts: list[str] = []
+    labels: list[str] = []
+    for topic in taxonomy.topics:
+        for sub in topic.subtopics:
+            label = label_key(topic.code, sub.code)
+            examples = [
+                sub.name_nl,
+                sub.name_en,
+                f"{topic.name_nl} {sub.name_nl}",
+                f"{topic.name_en} {sub.name_en}",
+                *_sentences(sub.description_nl),
+                *sub.examples_nl,
+            ]
+            seen: set[str] = set()
+            for example in examples:
+                if example not in seen:
+                    seen.add(example)
+                    texts.append(example)
+                    labels.append(label)
+    return texts, labels
+
+
+def build_default_bundle(out_dir: Path, taxonomy: Taxonomy | None = None) -> Path:
+    """Train the cold-start model for ``taxonomy`` (default: the shipped one) and export it to ``out_dir``.
+
+    Takes a few seconds. The bundle's version is ``coldstart-<taxonomy version>-<data sha256[:8]>``,
+    so the same taxonomy always yields the same version; the card records the taxonomy's version
+    and fingerprint and ``"kind": "coldstart"``.
+    """
+    taxonomy = taxonomy or load_taxonomy()
+    texts, labels = coldstart_examples(taxonomy)
+    model = train(texts, labels, C=COLDSTART_C, class_weight="balanced")
+    return export_bundle(
+        model,
+        Path(out_dir),
+        threshold=COLDSTART_THRESHOLD,
+        version=f"coldstart-{taxonomy.version}-{model.training_sha256[:8]}",
+        card_extra={
+            "kind": "coldstart",
+            "taxonomy": {
+                "version": taxonomy.version,
+                "fingerprint": taxonomy.fingerprint(),
+                "topics": len(taxonomy.topics),
+                "subtopics": len(taxonomy.labels()),
+            },
+            "threshold_rationale": (
+                "cold-start model trained on taxonomy names and descriptions only; its probabilities "
+                "are low and flat, so predictions below 0.3 go to human triage"
+            ),
+        },
+    )

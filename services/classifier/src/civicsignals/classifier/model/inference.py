@@ -1,0 +1,201 @@
+"""Serve a topic-model bundle with onnxruntime.
+
+:class:`TopicModel` loads a bundle folder (``model.onnx``, ``labels.json``, ``card.json``; see
+:mod:`.training`), rebuilds the feature extractor from the card, and turns texts into
+:class:`Prediction` objects carrying what the ``signal.classified.v1`` event needs: topic,
+subtopic, confidence, the top alternatives, ``needs_review`` and the model version.
+
+Batching: texts are featurised in Python, sorted by their number of distinct features and cut
+into chunks whose padded size (rows x longest row) stays under a budget, so one long text does
+not make a whole batch pad to its length, and memory stays bounded (the graph gathers a
+``[rows, L, C]`` block of weights). Each chunk is one ``session.run``.
+
+The session uses one intra-op thread: the service scales out by processes and replicas, and
+several threads per call would fight over cores with the event loop and the other workers.
+``InferenceSession.run`` is thread-safe, so one :class:`TopicModel` can serve concurrent calls.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from civicsignals.classifier.model.features import FeatureConfig, FeatureExtractor, pad_rows
+from civicsignals.classifier.model.training import BUNDLE_FORMAT, CARD_FILE, LABELS_FILE, MODEL_FILE
+
+__all__ = ["Alternative", "BundleError", "Prediction", "TopicModel", "read_card"]
+
+
+@dataclass(frozen=True, slots=True)
+class Alternative:
+    """One candidate label with its probability."""
+
+    topic: str
+    subtopic: str
+    probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"topic", "subtopic", "probability"}``, as in ``signal.classified.v1``."""
+        return {"topic": self.topic, "subtopic": self.subtopic, "probability": self.probability}
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """The classification of one text.
+
+    ``confidence`` is the highest probability; ``alternatives`` are the ``top_k`` most probable
+    labels in descending order, the chosen one first; ``needs_review`` is true when
+    ``confidence`` is below the threshold, so a person should check the label.
+    """
+
+    topic: str
+    subtopic: str
+    confidence: float
+    alternatives: tuple[Alternative, ...]
+    needs_review: bool
+    model_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The classification fields of ``signal.classified.v1``."""
+        return {
+            "topic": self.topic,
+            "subtopic": self.subtopic,
+            "confidence": self.confidence,
+            "alternatives": [a.to_dict() for a in self.alternatives],
+            "needs_review": self.needs_review,
+            "model_version": self.model_version,
+        }
+
+
+class BundleError(ValueError):
+    """A bundle folder is missing a file or its files disagree; the message names the folder."""
+
+
+def read_card(bundle_dir: Path) -> dict[str, Any]:
+    """Read and minimally check a bundle's ``card.json`` (cheap: for registries listing bundles)."""
+    path = Path(bundle_dir) / CARD_FILE
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"model bundle {bundle_dir}: cannot read {CARD_FILE}: {exc}") from exc
+    if not isinstance(card, dict):
+        raise BundleError(f"model bundle {bundle_dir}: {CARD_FILE} is not a JSON object")
+    if card.get("format") != BUNDLE_FORMAT:
+        raise BundleError(
+            f"model bundle {bundle_dir}: format {card.get('format')!r} is not {BUNDLE_FORMAT!r}"
+        )
+    missing = [k for k in ("version", "threshold", "features") if k not in card]
+    if missing:
+        raise BundleError(f"model bundle {bundle_dir}: {CARD_FILE} lacks {missing}")
+    return card
+
+
+class TopicModel:
+    """A loaded bundle; call :meth:`predict` (labels) or :meth:`predict_proba` (raw probabilities)."""
+
+    def __init__(
+        self,
+        bundle_dir: Path,
+        *,
+        batch_cells: int = 32_768,
+        max_batch: int = 256,
+        intra_op_threads: int = 1,
+    ) -> None:
+        """Load ``bundle_dir``; raise :class:`BundleError` if it is incomplete or inconsistent.
+
+        A chunk of the batch holds at most ``max_batch`` texts and ``batch_cells`` padded
+        features (rows x longest row), bounding the ``[rows, L, classes]`` float32 block the graph
+        gathers to ``batch_cells x classes x 4`` bytes (about 20 MB for 150 classes).
+        """
+        self.bundle_dir = Path(bundle_dir)
+        self.card = read_card(self.bundle_dir)
+        try:
+            self.feature_config = FeatureConfig.from_dict(
+                {k: v for k, v in self.card["features"].items() if k in FeatureConfig.__dataclass_fields__}
+            )
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"model bundle {self.bundle_dir}: bad feature settings: {exc}") from exc
+        try:
+            raw_labels = json.loads((self.bundle_dir / LABELS_FILE).read_text(encoding="utf-8"))
+            self.labels: list[tuple[str, str]] = [(str(x["topic"]), str(x["subtopic"])) for x in raw_labels]
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise BundleError(f"model bundle {self.bundle_dir}: cannot read {LABELS_FILE}: {exc}") from exc
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(
+                str(self.bundle_dir / MODEL_FILE), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BundleError(f"model bundle {self.bundle_dir}: cannot load {MODEL_FILE}: {exc}") from exc
+        n_outputs = self._session.get_outputs()[0].shape[-1]
+        if n_outputs != len(self.labels):
+            raise BundleError(
+                f"model bundle {self.bundle_dir}: {MODEL_FILE} has {n_outputs} outputs "
+                f"but {LABELS_FILE} has {len(self.labels)} labels"
+            )
+        self.version: str = str(self.card["version"])
+        self.threshold: float = float(self.card["threshold"])
+        self._extractor = FeatureExtractor(self.feature_config)
+        self._batch_cells = max(1, batch_cells)
+        self._max_batch = max(1, max_batch)
+
+    def predict_proba(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Probabilities ``[len(texts), len(labels)]``, columns in :attr:`labels` order."""
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        if not texts:
+            return out
+        rows = self._extractor.rows(texts)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+        start = 0
+        while start < len(order):
+            stop = start + 1
+            while stop < len(order) and stop - start < self._max_batch:
+                width = max(len(rows[order[stop]][0]), 1)  # sorted: the candidate is the longest
+                if (stop - start + 1) * width > self._batch_cells:
+                    break
+                stop += 1
+            chunk = order[start:stop]
+            batch = pad_rows([rows[i] for i in chunk])
+            (probabilities,) = self._session.run(
+                ["probabilities"], {"ids": batch.ids, "counts": batch.counts}
+            )
+            out[chunk] = probabilities
+            start = stop
+        return out
+
+    def predict(
+        self, texts: Sequence[str], *, threshold: float | None = None, top_k: int = 3
+    ) -> list[Prediction]:
+        """Classify texts; ``threshold`` overrides the card's (e.g. a tenant setting)."""
+        limit = self.threshold if threshold is None else threshold
+        probabilities = self.predict_proba(texts)
+        k = max(1, min(top_k, len(self.labels)))
+        top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        predictions = []
+        for row, indices in zip(probabilities, top, strict=True):
+            alternatives = tuple(
+                Alternative(*self.labels[int(j)], probability=round(float(row[j]), 6)) for j in indices
+            )
+            best = alternatives[0]
+            predictions.append(
+                Prediction(
+                    topic=best.topic,
+                    subtopic=best.subtopic,
+                    confidence=best.probability,
+                    alternatives=alternatives,
+                    needs_review=best.probability < limit,
+                    model_version=self.version,
+                )
+            )
+        return predictions

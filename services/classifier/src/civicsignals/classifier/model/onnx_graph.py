@@ -1,0 +1,140 @@
+"""The ONNX graph of a topic model: hashed feature counts in, class probabilities out.
+
+Inputs (from :mod:`.features`):
+
+* ``ids``    int64   ``[N, L]`` hashed feature indices in ``[0, 2**hash_bits)``, padding 0;
+* ``counts`` float32 ``[N, L]`` how often each occurred, padding 0.
+
+Initialisers:
+
+* ``remap``   int32   ``[D]``      hashed index -> compact row; 0 for every feature unseen in training;
+* ``idf``     float32 ``[V + 1]``  idf of each compact row; row 0 holds the idf of an unseen feature;
+* ``weights`` float32 ``[V + 1, C]`` logistic-regression weights; row 0 is all zeros;
+* ``bias``    float32 ``[C]``.
+
+Computation (``D = 2**hash_bits``, ``V`` = features seen in training, ``C`` = classes)::
+
+    rows   = remap[ids]                                  # [N, L]
+    tf     = log(1 + counts)   (or counts when sublinear_tf is off)
+    w      = tf * idf[rows]                              # [N, L]
+    w      = w / max(sqrt(sum_L w^2), 1e-12)             # L2 per text; an empty text stays 0
+    logits = sum_L w[n, l] * weights[rows[n, l], :] + bias   # [N, C] (a batched MatMul)
+    probabilities = softmax(logits)                      # [N, C]
+
+Why the compact vocabulary: a dense ``[2**18, C]`` weight matrix would be 2**18 x 150 x 4 bytes
+~ 150 MB, almost all rows zero (a weight of a feature that never occurred in training stays
+exactly 0 under L2-regularised logistic regression). The remap table costs 1 MB (int32) and the
+weights only ``V + 1`` rows.
+
+Why unseen features still get an idf (row 0): a text's L2 norm then counts them, exactly as
+scikit-learn's ``TfidfTransformer`` over all ``D`` hashed columns would (smooth idf of a column
+with document frequency 0). A text full of words the model never saw thus gets a smaller
+weighted vector, flatter probabilities and a lower confidence, which is the honest answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["IR_VERSION", "OPSET", "build_onnx_model"]
+
+#: ONNX opset of the graph: 17 is supported by every onnxruntime since 1.13, and has all we need.
+OPSET = 17
+#: IR version matching opset 17 (newer IR versions are refused by older runtimes for no gain here).
+IR_VERSION = 8
+
+#: Below this L2 norm a text is treated as empty (avoids 0/0 = NaN, like sklearn's ``normalize``).
+_NORM_FLOOR = 1e-12
+
+
+def build_onnx_model(
+    *,
+    remap: npt.NDArray[np.integer],
+    idf: npt.NDArray[np.floating],
+    weights: npt.NDArray[np.floating],
+    bias: npt.NDArray[np.floating],
+    sublinear_tf: bool = True,
+    metadata: Mapping[str, str] | None = None,
+    name: str = "civicsignals-topic-model",
+) -> onnx.ModelProto:
+    """Build and check the ONNX model; see the module docstring for shapes and maths.
+
+    ``metadata`` goes into the model's ``metadata_props`` (e.g. version and labels), so a lone
+    ``model.onnx`` still says what it is.
+    """
+    remap = np.asarray(remap)
+    idf = np.asarray(idf)
+    weights = np.asarray(weights)
+    bias = np.asarray(bias)
+    if remap.ndim != 1 or idf.ndim != 1 or weights.ndim != 2 or bias.ndim != 1:
+        raise ValueError("remap, idf and bias must be 1-D and weights 2-D")
+    rows, n_classes = weights.shape
+    if idf.shape[0] != rows or bias.shape[0] != n_classes:
+        raise ValueError(f"shapes disagree: idf {idf.shape}, weights {weights.shape}, bias {bias.shape}")
+    if remap.size and (remap.min() < 0 or remap.max() >= rows):
+        raise ValueError("remap points outside the weight rows")
+    if np.any(weights[0] != 0):
+        raise ValueError("row 0 of weights is for unseen features and must be zero")
+
+    initializers = [
+        numpy_helper.from_array(remap.astype(np.int32), "remap"),
+        numpy_helper.from_array(idf.astype(np.float32), "idf"),
+        numpy_helper.from_array(weights.astype(np.float32), "weights"),
+        numpy_helper.from_array(bias.astype(np.float32), "bias"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+        numpy_helper.from_array(np.array(_NORM_FLOOR, dtype=np.float32), "norm_floor"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["remap", "ids"], ["rows"], axis=0),
+        helper.make_node("Gather", ["idf", "rows"], ["idf_rows"], axis=0),
+    ]
+    if sublinear_tf:
+        nodes += [
+            helper.make_node("Add", ["counts", "one"], ["counts_plus_one"]),
+            helper.make_node("Log", ["counts_plus_one"], ["tf"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", ["counts"], ["tf"]))
+    nodes += [
+        helper.make_node("Mul", ["tf", "idf_rows"], ["w"]),
+        helper.make_node("Mul", ["w", "w"], ["w_squared"]),
+        helper.make_node("ReduceSum", ["w_squared", "axis1"], ["sum_squares"], keepdims=1),
+        helper.make_node("Sqrt", ["sum_squares"], ["norm"]),
+        helper.make_node("Max", ["norm", "norm_floor"], ["safe_norm"]),
+        helper.make_node("Div", ["w", "safe_norm"], ["w_normalised"]),
+        # [N, L] -> [N, 1, L] @ [N, L, C] -> [N, 1, C] -> [N, C]
+        helper.make_node("Unsqueeze", ["w_normalised", "axis1"], ["w_row"]),
+        helper.make_node("Gather", ["weights", "rows"], ["weight_rows"], axis=0),
+        helper.make_node("MatMul", ["w_row", "weight_rows"], ["logits_3d"]),
+        helper.make_node("Squeeze", ["logits_3d", "axis1"], ["logits_no_bias"]),
+        helper.make_node("Add", ["logits_no_bias", "bias"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        name,
+        inputs=[
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "L"]),
+            helper.make_tensor_value_info("counts", TensorProto.FLOAT, ["N", "L"]),
+        ],
+        outputs=[helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_classes])],
+        initializer=initializers,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="civicsignals-classifier",
+        doc_string="Hashed tf-idf features -> multinomial logistic regression -> probabilities.",
+    )
+    model.ir_version = IR_VERSION
+    for key, value in (metadata or {}).items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.checker.check_model(model, full_check=True)
+    return model

@@ -1,0 +1,332 @@
+"""Train a topic model with scikit-learn and export it as an ONNX bundle.
+
+Training reproduces in numpy/scipy exactly what the ONNX graph computes (see :mod:`.onnx_graph`):
+hashed counts from :mod:`.features`, sublinear tf ``log1p(count)``, smooth idf
+``ln((1 + n) / (1 + df)) + 1``, L2 normalisation per text, then a multinomial
+:class:`~sklearn.linear_model.LogisticRegression`. :meth:`TrainedModel.predict_proba` is that
+reference path; the tests hold the ONNX output to it within 1e-5.
+
+A bundle is a folder with three files:
+
+* ``model.onnx`` — the graph;
+* ``labels.json`` — a JSON array with one ``{"topic": ..., "subtopic": ...}`` object per column
+  of the ``probabilities`` output, in column order;
+* ``card.json`` — what the model is: ``format``, ``version``, ``created_at`` (RFC 3339 UTC),
+  ``threshold`` (confidence below which a prediction needs human review), ``training_data``
+  (``sha256``, ``examples``, ``bytes``), ``class_counts``, ``features`` (the
+  :class:`~.features.FeatureConfig` plus tf/idf/norm settings), ``classifier`` (estimator and
+  hyper-parameters), ``onnx`` (opset, inputs, outputs, ``sha256`` of ``model.onnx``), plus any
+  ``card_extra`` keys of the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+from civicsignals.classifier.model.features import DEFAULT_FEATURE_CONFIG, FeatureConfig, FeatureExtractor
+from civicsignals.classifier.model.onnx_graph import IR_VERSION, OPSET, build_onnx_model
+from civicsignals.classifier.taxonomy import label_key, split_label
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "CARD_FILE",
+    "LABELS_FILE",
+    "MODEL_FILE",
+    "TrainedModel",
+    "export_bundle",
+    "train",
+    "training_data_digest",
+]
+
+BUNDLE_FORMAT = "civicsignals-topic-model/1"
+MODEL_FILE = "model.onnx"
+LABELS_FILE = "labels.json"
+CARD_FILE = "card.json"
+
+
+@dataclass(slots=True)
+class TrainedModel:
+    """Everything needed to export (and to check) a trained model.
+
+    ``vocabulary[j]`` is the hashed index of compact row ``j + 1``; row 0 stands for every feature
+    unseen in training. ``idf`` has ``V + 1`` entries (``idf[0]`` for unseen features), ``coef`` is
+    ``[C, V]`` and ``intercept`` ``[C]``, with classes in ``classes`` order (a binary problem is
+    stored as two rows, the first all zeros, so that softmax equals scikit-learn's sigmoid).
+    """
+
+    feature_config: FeatureConfig
+    sublinear_tf: bool
+    classes: tuple[str, ...]
+    vocabulary: npt.NDArray[np.int64]
+    idf: npt.NDArray[np.float64]
+    coef: npt.NDArray[np.float64]
+    intercept: npt.NDArray[np.float64]
+    estimator: LogisticRegression
+    class_counts: dict[str, int]
+    training_sha256: str
+    training_examples: int
+    training_bytes: int
+    params: dict[str, Any] = field(default_factory=dict)
+    _remap: npt.NDArray[np.int32] | None = field(default=None, repr=False)
+
+    def remap_table(self) -> npt.NDArray[np.int32]:
+        """Hashed index -> compact row (0 = unseen): the ``remap`` initialiser of the graph."""
+        if self._remap is None:
+            table = np.zeros(self.feature_config.dim, dtype=np.int32)
+            table[self.vocabulary] = np.arange(1, len(self.vocabulary) + 1, dtype=np.int32)
+            self._remap = table
+        return self._remap
+
+    def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """The normalised tf-idf matrix ``[n, V]`` the classifier sees (numpy twin of the graph)."""
+        return _tfidf(
+            FeatureExtractor(self.feature_config).rows(texts), self.remap_table(), self.idf, self.sublinear_tf
+        )
+
+    def predict_proba(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
+        """scikit-learn's probabilities ``[n, C]``: the reference the ONNX graph must reproduce."""
+        return np.asarray(self.estimator.predict_proba(self.transform(texts)), dtype=np.float64)
+
+
+def _tfidf(
+    rows: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]],
+    remap: npt.NDArray[np.int32],
+    idf: npt.NDArray[np.float64],
+    sublinear_tf: bool,
+) -> sp.csr_matrix:
+    n = len(rows)
+    lengths = np.array([len(ids) for ids, _ in rows], dtype=np.int64)
+    ids = np.concatenate([r[0] for r in rows]) if n else np.zeros(0, np.int64)
+    counts = np.concatenate([r[1] for r in rows]).astype(np.float64) if n else np.zeros(0)
+    row_of = np.repeat(np.arange(n), lengths)
+    compact = remap[ids].astype(np.int64)
+    tf = np.log1p(counts) if sublinear_tf else counts
+    w = tf * idf[compact]
+    # The norm includes unseen features (compact 0), as the graph does.
+    norms = np.sqrt(np.bincount(row_of, weights=w * w, minlength=n))
+    w = w / np.maximum(norms, 1e-12)[row_of]
+    seen = compact > 0
+    return sp.csr_matrix(
+        (w[seen], (row_of[seen], compact[seen] - 1)), shape=(n, len(idf) - 1), dtype=np.float64
+    )
+
+
+def training_data_digest(texts: Sequence[str], labels: Sequence[str]) -> tuple[str, int]:
+    """SHA-256 and byte size of the training data, for the model card.
+
+    Computed over the UTF-8 of one JSON array ``[text, label]`` per line, in training order, so
+    the same examples give the same digest whatever file format they came from.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    for text, label in zip(texts, labels, strict=True):
+        line = (json.dumps([text, label], ensure_ascii=False) + "\n").encode("utf-8")
+        digest.update(line)
+        size += len(line)
+    return digest.hexdigest(), size
+
+
+def train(
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    C: float = 10.0,
+    class_weight: Literal["balanced"] | None = "balanced",
+    sublinear_tf: bool = True,
+    min_df: int = 1,
+    max_iter: int = 2000,
+    tol: float = 1e-6,
+    solver: Literal["newton-cg", "lbfgs", "saga"] = "newton-cg",
+    features: FeatureConfig = DEFAULT_FEATURE_CONFIG,
+) -> TrainedModel:
+    """Fit hashed tf-idf + multinomial logistic regression (lbfgs) on labelled texts.
+
+    ``labels`` are class names; for the classifier service they are ``topic/subtopic`` strings
+    (:func:`~civicsignals.classifier.taxonomy.label_key`). ``C`` is the inverse L2 strength; a
+    high value suits small, clean data such as the cold start, while a municipality's noisy export
+    may want less. ``class_weight="balanced"`` keeps a frequent class from winning by prior alone.
+    Features seen in fewer than ``min_df`` training texts are treated as unseen, which shrinks the
+    bundle for large exports. The result is deterministic for the same inputs.
+    """
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise ValueError(f"need at least two classes to train, got {classes}")
+    if min_df < 1:
+        raise ValueError("min_df must be at least 1")
+
+    rows = FeatureExtractor(features).rows(texts)
+    n = len(rows)
+    all_ids = np.concatenate([ids for ids, _ in rows])
+    df = np.bincount(all_ids, minlength=features.dim)  # ids are distinct within a row
+    vocabulary = np.flatnonzero(df >= min_df).astype(np.int64)
+    idf = np.empty(len(vocabulary) + 1, dtype=np.float64)
+    idf[0] = np.log((1 + n) / 1) + 1  # a feature with document frequency 0
+    idf[1:] = np.log((1 + n) / (1 + df[vocabulary])) + 1
+
+    model = TrainedModel(
+        feature_config=features,
+        sublinear_tf=sublinear_tf,
+        classes=tuple(classes),
+        vocabulary=vocabulary,
+        idf=idf,
+        coef=np.zeros((0, 0)),
+        intercept=np.zeros(0),
+        estimator=LogisticRegression(
+            C=C, solver=solver, max_iter=max_iter, tol=tol, class_weight=class_weight
+        ),
+        class_counts=dict(sorted(Counter(labels).items())),
+        training_sha256="",
+        training_examples=n,
+        training_bytes=0,
+    )
+    x = _tfidf(rows, model.remap_table(), idf, sublinear_tf)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.estimator.fit(x, np.asarray(labels))
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+    est = model.estimator
+    if list(est.classes_) != classes:
+        raise RuntimeError("scikit-learn reordered the classes")  # never expected; guards the export
+    coef = np.asarray(est.coef_, dtype=np.float64)
+    intercept = np.asarray(est.intercept_, dtype=np.float64)
+    if len(classes) == 2:  # sigmoid(z) == softmax([0, z])[1]
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.concatenate([[0.0], intercept])
+    model.coef, model.intercept = coef, intercept
+    model.training_sha256, model.training_bytes = training_data_digest(texts, labels)
+    model.params = {
+        "estimator": "sklearn.linear_model.LogisticRegression",
+        "solver": solver,
+        "C": C,
+        "class_weight": class_weight,
+        "max_iter": max_iter,
+        "tol": tol,
+        "min_df": min_df,
+        "iterations": int(np.max(est.n_iter_)),
+        "converged": converged,
+    }
+    return model
+
+
+def export_bundle(
+    model: TrainedModel,
+    out_dir: Path,
+    *,
+    labels: Sequence[tuple[str, str]] | None = None,
+    card_extra: Mapping[str, Any] | None = None,
+    threshold: float = 0.5,
+    version: str | None = None,
+    created_at: datetime | None = None,
+) -> Path:
+    """Write ``model.onnx``, ``labels.json`` and ``card.json`` into ``out_dir``; return ``out_dir``.
+
+    ``labels`` gives ``(topic, subtopic)`` for each of ``model.classes`` in order; by default each
+    class name is split as ``topic/subtopic``. ``version`` defaults to
+    ``<created_at as YYYYMMDDTHHMMSSZ>-<first 8 hex of the training data sha256>``. ``card_extra``
+    adds keys to the card (e.g. tenant, taxonomy, evaluation); it may not replace the required
+    ones. Each file is written to a temporary name and renamed, so a reader never sees half a file.
+    """
+    if labels is None:
+        labels = [split_label(c) for c in model.classes]
+    labels = [(str(t), str(s)) for t, s in labels]
+    if len(labels) != len(model.classes):
+        raise ValueError(f"{len(labels)} labels for {len(model.classes)} classes")
+    if len(set(labels)) != len(labels):
+        raise ValueError("labels are not unique")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    created = (created_at or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    version = version or f"{created:%Y%m%dT%H%M%SZ}-{model.training_sha256[:8]}"
+
+    n_rows = len(model.vocabulary) + 1
+    weights = np.zeros((n_rows, len(model.classes)), dtype=np.float32)
+    weights[1:] = model.coef.T
+    onnx_model = build_onnx_model(
+        remap=model.remap_table(),
+        idf=model.idf,
+        weights=weights,
+        bias=model.intercept,
+        sublinear_tf=model.sublinear_tf,
+        metadata={"version": version, "bundle_format": BUNDLE_FORMAT},
+    )
+    onnx_bytes = onnx_model.SerializeToString()
+
+    card: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "version": version,
+        "created_at": created.isoformat().replace("+00:00", "Z"),
+        "threshold": threshold,
+        "labels": len(labels),
+        "training_data": {
+            "sha256": model.training_sha256,
+            "examples": model.training_examples,
+            "bytes": model.training_bytes,
+        },
+        "class_counts": {
+            label_key(*label): model.class_counts.get(cls, 0)
+            for cls, label in zip(model.classes, labels, strict=True)
+        },
+        "features": {
+            **model.feature_config.to_dict(),
+            "hash": "crc32-utf8",
+            "tf": "log1p" if model.sublinear_tf else "raw",
+            "idf": "smooth",
+            "norm": "l2",
+            "vocabulary_size": len(model.vocabulary),
+        },
+        "classifier": model.params,
+        "onnx": {
+            "file": MODEL_FILE,
+            "opset": OPSET,
+            "ir_version": IR_VERSION,
+            "inputs": {"ids": "int64[N,L]", "counts": "float32[N,L]"},
+            "outputs": {"probabilities": f"float32[N,{len(labels)}]"},
+            "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+            "bytes": len(onnx_bytes),
+        },
+    }
+    for key, value in (card_extra or {}).items():
+        if key in card:
+            raise ValueError(f"card_extra may not replace the required card field {key!r}")
+        card[key] = value
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out_dir / MODEL_FILE, onnx_bytes)
+    labels_json = [{"topic": t, "subtopic": s} for t, s in labels]
+    _write_atomic(out_dir / LABELS_FILE, _json_bytes(labels_json))
+    _write_atomic(out_dir / CARD_FILE, _json_bytes(card))  # last: its presence marks a complete bundle
+    return out_dir
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,32 @@
+"""Topic taxonomies: the default one shipped with the classifier and a validating loader.
+
+See ``default.yaml`` for the format and ``NOTICE`` for the origin of its public-space part.
+"""
+
+from civicsignals.classifier.taxonomy.loader import (
+    CODE_PATTERN,
+    DEFAULT_TAXONOMY_PATH,
+    LABEL_SEPARATOR,
+    Subtopic,
+    Taxonomy,
+    TaxonomyError,
+    Topic,
+    label_key,
+    load_taxonomy,
+    parse_taxonomy,
+    split_label,
+)
+
+__all__ = [
+    "CODE_PATTERN",
+    "DEFAULT_TAXONOMY_PATH",
+    "LABEL_SEPARATOR",
+    "Subtopic",
+    "Taxonomy",
+    "TaxonomyError",
+    "Topic",
+    "label_key",
+    "load_taxonomy",
+    "parse_taxonomy",
+    "split_label",
+]

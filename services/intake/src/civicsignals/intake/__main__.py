@@ -1,0 +1,3 @@
+from civicsignals.intake.cli import main
+
+main()

@@ -1,0 +1,226 @@
+"""Intake's tables and its API schemas (the portal contract of DESIGN §5)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from civicsignals.common.db import UtcDateTime
+from civicsignals.common.events import CaseStatus, Channel, Kind, utcnow
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from sqlalchemy import Column, LargeBinary, UniqueConstraint
+from sqlmodel import JSON, SQLModel
+from sqlmodel import Field as SQLField
+
+MAX_TEXT = 10_000
+_PHONE = re.compile(r"^\+?[0-9 ()\-.]{6,20}$")
+
+
+# --- API schemas -------------------------------------------------------------------------------
+
+
+class Address(BaseModel):
+    street: str | None = Field(default=None, max_length=200)
+    number: str | None = Field(default=None, max_length=20)
+    postcode: str | None = Field(default=None, max_length=10)
+    city: str | None = Field(default=None, max_length=100)
+
+
+class Location(BaseModel):
+    lat: float = Field(ge=-90, le=90, description="WGS84 latitude")
+    lon: float = Field(ge=-180, le=180, description="WGS84 longitude")
+    address: Address | None = None
+
+
+class Reporter(BaseModel):
+    """Who reported, only to keep them informed; never leaves intake unencrypted."""
+
+    name: str | None = Field(default=None, max_length=200)
+    email: EmailStr | None = None
+    phone: str | None = Field(default=None, max_length=20)
+    consent: bool = Field(default=False, description="the reporter agrees to be contacted about this signal")
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        if value is not None and not _PHONE.fullmatch(value):
+            raise ValueError("not a phone number: digits, spaces, dashes, brackets and a leading + only")
+        return value
+
+    def has_contact(self) -> bool:
+        return bool(self.email or self.phone)
+
+
+class SignalCreate(BaseModel):
+    """What a portal posts. Only ``text`` and ``channel`` are required."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "text": "Er ligt al drie dagen een berg afval naast de container op de Kerkstraat.",
+                    "channel": "web",
+                    "kind": "report",
+                    "language": "nl",
+                    "occurred_at": "2026-11-28T09:00:00Z",
+                    "location": {
+                        "lat": 52.0116,
+                        "lon": 4.7105,
+                        "address": {
+                            "street": "Kerkstraat",
+                            "number": "12",
+                            "postcode": "2801 AB",
+                            "city": "Gouda",
+                        },
+                    },
+                    "reporter": {"name": "A. Bewoner", "email": "bewoner@example.org", "consent": True},
+                    "metadata": {"portal_reference": "F-1234"},
+                }
+            ]
+        }
+    )
+
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+    channel: Channel
+    kind: Kind = "report"
+    language: str | None = Field(
+        default=None, pattern=r"^[a-z]{2}$", description="ISO 639-1; detected when absent"
+    )
+    occurred_at: datetime | None = None
+    location: Location | None = None
+    reporter: Reporter | None = None
+    source: str | None = Field(default=None, max_length=100, description="the portal's name")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the text is empty")
+        return value.strip()
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2026-11-28T09:00:00Z")
+        return value.astimezone(UTC) if value else None
+
+
+class SignalCreated(BaseModel):
+    id: str
+    tracking_code: str
+    status_url: str
+
+
+class HistoryEntry(BaseModel):
+    status: CaseStatus
+    at: datetime
+    note: str | None = None
+
+
+class TrackingPublic(BaseModel):
+    """What anyone holding the tracking code may see: no personal data."""
+
+    tracking_code: str
+    status: CaseStatus
+    kind: Kind
+    received_at: datetime
+    history: list[HistoryEntry]
+    expected_by: datetime | None = None
+    service_promise: str | None = None
+
+
+class ContactPublic(BaseModel):
+    """A reporter's contact as given to notifier (service key with ``contact:read`` only)."""
+
+    signal_id: str
+    tracking_code: str
+    name: str | None
+    email: str | None
+    phone: str | None
+    consent: bool
+    language: str | None
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+
+class Signal(SQLModel, table=True):
+    __tablename__ = "signal"
+
+    id: str = SQLField(primary_key=True)
+    tenant: str = SQLField(index=True)
+    tracking_code: str = SQLField(unique=True, index=True)
+    kind: str
+    channel: str
+    text: str
+    text_redacted: str
+    language: str | None = None
+    occurred_at: datetime | None = SQLField(default=None, sa_type=UtcDateTime)
+    received_at: datetime = SQLField(sa_type=UtcDateTime, default_factory=utcnow, index=True)
+    lat: float | None = None
+    lon: float | None = None
+    address: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSON))
+    extra: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column("metadata", JSON))
+    source: str
+    has_contact: bool = False
+    status: str = "received"
+    status_sequence: int = 0
+    case_id: str | None = None
+    expected_by: datetime | None = SQLField(default=None, sa_type=UtcDateTime)
+    service_promise: str | None = None
+
+
+class Contact(SQLModel, table=True):
+    """A reporter's contact data, sealed with AES-GCM (DESIGN §4)."""
+
+    __tablename__ = "contact"
+
+    signal_id: str = SQLField(primary_key=True, foreign_key="signal.id")
+    tenant: str = SQLField(index=True)
+    key_id: str
+    nonce: bytes = SQLField(sa_column=Column(LargeBinary, nullable=False))
+    ciphertext: bytes = SQLField(sa_column=Column(LargeBinary, nullable=False))
+    consent: bool = False
+    created_at: datetime = SQLField(sa_type=UtcDateTime, default_factory=utcnow)
+
+
+class StatusEntry(SQLModel, table=True):
+    __tablename__ = "status_entry"
+    __table_args__ = (UniqueConstraint("signal_id", "sequence"),)
+
+    id: int | None = SQLField(default=None, primary_key=True)
+    signal_id: str = SQLField(index=True, foreign_key="signal.id")
+    sequence: int
+    status: str
+    at: datetime = SQLField(sa_type=UtcDateTime, default_factory=utcnow)
+    note: str | None = None
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """One ``Idempotency-Key`` of one tenant: in flight while ``status_code`` is empty."""
+
+    __tablename__ = "idempotency_key"
+
+    tenant: str = SQLField(primary_key=True)
+    key: str = SQLField(primary_key=True)
+    request_hash: str
+    status_code: int | None = None
+    response: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSON))
+    created_at: datetime = SQLField(sa_type=UtcDateTime, default_factory=utcnow)
+
+
+class AuditRecord(SQLModel, table=True):
+    """Who or what did which action on which object, and with what result (DESIGN §4)."""
+
+    __tablename__ = "audit"
+
+    id: int | None = SQLField(default=None, primary_key=True)
+    at: datetime = SQLField(sa_type=UtcDateTime, default_factory=utcnow, index=True)
+    tenant: str = SQLField(index=True)
+    actor: str
+    action: str
+    object: str
+    result: str

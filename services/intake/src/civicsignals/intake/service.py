@@ -1,0 +1,204 @@
+"""Intake's plain functions: store signals and contacts, build what goes on the bus, read status."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from civicsignals.common.events import CaseStatusChanged, CoarseLocation, SignalReceived, SignalRouted, utcnow
+from civicsignals.common.ids import new_id, new_tracking_code
+from civicsignals.intake.crypto import FieldCipher, Sealed
+from civicsignals.intake.language import guess_language
+from civicsignals.intake.models import (
+    AuditRecord,
+    Contact,
+    ContactPublic,
+    HistoryEntry,
+    Reporter,
+    Signal,
+    SignalCreate,
+    StatusEntry,
+    TrackingPublic,
+)
+from civicsignals.intake.redaction import redact
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+COARSE_DECIMALS = 3  # 0.001° of latitude is 111 m: "about 100 m" (DESIGN §2)
+
+
+def coarse(value: float | None) -> float | None:
+    return None if value is None else round(value, COARSE_DECIMALS)
+
+
+def redact_for_bus(text: str, reporter: Reporter | None) -> str:
+    """Redact personal data, including the reporter's own name when they wrote it in the text."""
+    redacted = redact(text)
+    if reporter is not None and reporter.name and len(reporter.name.strip()) >= 3:
+        redacted = redacted.replace(reporter.name.strip(), "[NAAM]")
+    return redacted
+
+
+def request_fingerprint(payload: SignalCreate) -> str:
+    """The hash that tells a replayed request from another one under the same Idempotency-Key."""
+    canonical = json.dumps(payload.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def build_signal(tenant: str, payload: SignalCreate, source: str) -> Signal:
+    location = payload.location
+    return Signal(
+        id=new_id(),
+        tenant=tenant,
+        tracking_code=new_tracking_code(),
+        kind=payload.kind,
+        channel=payload.channel,
+        text=payload.text,
+        text_redacted=redact_for_bus(payload.text, payload.reporter),
+        language=payload.language or guess_language(payload.text),
+        occurred_at=payload.occurred_at,
+        received_at=utcnow(),
+        lat=location.lat if location else None,
+        lon=location.lon if location else None,
+        address=location.address.model_dump(exclude_none=True) if location and location.address else None,
+        extra=payload.metadata,
+        source=payload.source or source,
+        has_contact=bool(payload.reporter and payload.reporter.has_contact()),
+    )
+
+
+def seal_contact(cipher: FieldCipher, signal: Signal, reporter: Reporter) -> Contact:
+    plaintext = json.dumps(reporter.model_dump(mode="json", exclude={"consent"})).encode()
+    sealed = cipher.seal(plaintext, associated=signal.id.encode())
+    return Contact(
+        signal_id=signal.id,
+        tenant=signal.tenant,
+        key_id=sealed.key_id,
+        nonce=sealed.nonce,
+        ciphertext=sealed.ciphertext,
+        consent=reporter.consent,
+    )
+
+
+def open_contact(cipher: FieldCipher, contact: Contact) -> dict[str, Any]:
+    sealed = Sealed(contact.key_id, contact.nonce, contact.ciphertext)
+    opened: dict[str, Any] = json.loads(cipher.open(sealed, associated=contact.signal_id.encode()))
+    return opened
+
+
+def signal_received_data(signal: Signal) -> SignalReceived:
+    """The event data: redacted text, coarse location, no contact data (DESIGN §2)."""
+    location = None
+    if signal.lat is not None and signal.lon is not None:
+        location = CoarseLocation(lat=coarse(signal.lat), lon=coarse(signal.lon))
+    return SignalReceived(
+        signal_id=signal.id,
+        tracking_code=signal.tracking_code,
+        kind=signal.kind,
+        channel=signal.channel,
+        text=signal.text_redacted,
+        language=signal.language,
+        location=location,
+        received_at=signal.received_at,
+        has_contact=signal.has_contact,
+        source=signal.source,
+        occurred_at=signal.occurred_at,
+    )
+
+
+def first_status(signal: Signal) -> StatusEntry:
+    return StatusEntry(signal_id=signal.id, sequence=0, status="received", at=signal.received_at)
+
+
+async def find_by_tracking_code(session: AsyncSession, code: str) -> Signal | None:
+    return (await session.exec(select(Signal).where(Signal.tracking_code == code))).first()
+
+
+async def tracking_view(session: AsyncSession, signal: Signal) -> TrackingPublic:
+    entries = (
+        await session.exec(
+            select(StatusEntry).where(StatusEntry.signal_id == signal.id).order_by(col(StatusEntry.sequence))
+        )
+    ).all()
+    return TrackingPublic(
+        tracking_code=signal.tracking_code,
+        status=signal.status,
+        kind=signal.kind,
+        received_at=signal.received_at,
+        history=[HistoryEntry(status=e.status, at=e.at, note=e.note) for e in entries],
+        expected_by=signal.expected_by,
+        service_promise=signal.service_promise,
+    )
+
+
+async def apply_status_change(session: AsyncSession, change: CaseStatusChanged, at: datetime) -> bool:
+    """Follow the case's status so the tracking page shows it; stale or repeated changes are ignored."""
+    signal = await session.get(Signal, change.signal_id)
+    if signal is None:
+        return False
+    existing = (
+        await session.exec(
+            select(StatusEntry).where(
+                StatusEntry.signal_id == signal.id, StatusEntry.sequence == change.sequence
+            )
+        )
+    ).first()
+    if existing is None:
+        session.add(
+            StatusEntry(
+                signal_id=signal.id,
+                sequence=change.sequence,
+                status=change.to,
+                at=at,
+                note=change.public_note,
+            )
+        )
+    if change.sequence > signal.status_sequence:
+        signal.status = change.to
+        signal.status_sequence = change.sequence
+        signal.case_id = change.case_id
+        session.add(signal)
+    return True
+
+
+async def apply_routed(session: AsyncSession, routed: SignalRouted) -> bool:
+    signal = await session.get(Signal, routed.signal_id)
+    if signal is None:
+        return False
+    signal.case_id = routed.case_id
+    signal.expected_by = routed.due_at
+    signal.service_promise = routed.service_promise
+    session.add(signal)
+    return True
+
+
+async def read_contact(
+    session: AsyncSession, cipher: FieldCipher, tenant: str, signal_id: str, actor: str
+) -> ContactPublic | None:
+    """Decrypt a reporter's contact for notifier, and record that it was read (DESIGN §4)."""
+    signal = await session.get(Signal, signal_id)
+    contact = await session.get(Contact, signal_id)
+    found = signal is not None and signal.tenant == tenant and contact is not None
+    session.add(
+        AuditRecord(
+            tenant=tenant,
+            actor=actor,
+            action="contact.read",
+            object=f"signal:{signal_id}",
+            result="ok" if found else "not_found",
+        )
+    )
+    if not found or signal is None or contact is None:
+        return None
+    opened = open_contact(cipher, contact)
+    return ContactPublic(
+        signal_id=signal.id,
+        tracking_code=signal.tracking_code,
+        name=opened.get("name"),
+        email=opened.get("email"),
+        phone=opened.get("phone"),
+        consent=contact.consent,
+        language=signal.language,
+    )

@@ -1,0 +1,3 @@
+from civicsignals.notifier.cli import main
+
+main()

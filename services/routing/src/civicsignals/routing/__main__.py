@@ -1,0 +1,3 @@
+from civicsignals.routing.cli import main
+
+main()
