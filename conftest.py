@@ -48,15 +48,16 @@ from typing import Any, TypeVar
 import nats
 import pytest
 import yaml
-from civicsignals.common.bus import Bus
-from civicsignals.common.tenants import ALL_SCOPES, add_key
-from civicsignals.devstack.nats import NatsServer
 from nats.aio.client import Client as NatsClient
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy.engine import URL, make_url
+
+from civicsignals.common.bus import Bus
+from civicsignals.common.tenants import ALL_SCOPES, add_key
+from civicsignals.devstack.nats import NatsServer
 
 POSTGRES_ENV = "CIVIC_TEST_POSTGRES_URL"
 """The PostgreSQL server for the ``postgres`` variant, e.g.

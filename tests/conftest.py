@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from civicsignals.common.tenants import prepare_dev_tenant
 from civicsignals.devstack.cli import service_env
 from civicsignals.devstack.mailcatcher import MailCatcher
@@ -55,7 +56,9 @@ class Stack:
 
     def start(self, service: str, **overrides: str) -> None:
         self.supervisor.start(
-            service, [sys.executable, "-m", f"civicsignals.{service}", "serve"], env=self.env(service, **overrides)
+            service,
+            [sys.executable, "-m", f"civicsignals.{service}", "serve"],
+            env=self.env(service, **overrides),
         )
         self.supervisor.wait_http_ready(service, f"{self.url(service)}/readyz", timeout=60)
 
@@ -63,7 +66,9 @@ class Stack:
         self.supervisor.kill(service)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {name}\n{self.supervisor.log_tail(name, 30)}" for name in self.supervisor.names)
+        return "\n".join(
+            f"--- {name}\n{self.supervisor.log_tail(name, 30)}" for name in self.supervisor.names
+        )
 
     def client(self) -> httpx.Client:
         return httpx.Client(headers={"Authorization": f"Bearer {self.dev_key}"}, timeout=10)

@@ -12,9 +12,9 @@ from email.message import EmailMessage
 
 import nats
 import pytest
+
 from civicsignals.common.bus import DLQ_REASON_HEADER, DLQ_STREAM, STREAM, stream_messages
 from civicsignals.common.events import CloudEvent
-
 from tests.conftest import SERVICE_NAMES, Stack, event_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -22,7 +22,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 AFVAL = "Er ligt al drie dagen een berg afval en vuilniszakken naast de container op de Kerkstraat."
 
 
-def post_signal(stack: Stack, *, consent: bool = True, email: str = "bewoner@example.org", **extra: object) -> dict:
+def post_signal(
+    stack: Stack, *, consent: bool = True, email: str = "bewoner@example.org", **extra: object
+) -> dict:
     body = {
         "text": AFVAL,
         "channel": "web",
@@ -79,7 +81,10 @@ async def test_signal_is_stored_classified_routed_and_acknowledged(stack: Stack)
         assert created["status_url"].endswith(f"/v1/tracking/{code}")
 
         # (b) a plain NATS subscriber on the department feed receives a valid CloudEvent.
-        message = await asyncio.wait_for(feed.get(), timeout=60)
+        try:
+            message = await asyncio.wait_for(feed.get(), timeout=60)
+        except TimeoutError:
+            raise AssertionError(f"no department feed event\n{stack.logs()}") from None
         event = CloudEvent.from_json(message.data)
         assert message.subject == "civic.demo.dept.afval-en-reiniging.assigned"
         assert event.type == "nl.civicsignals.dept.assigned.v1"
@@ -128,7 +133,9 @@ async def test_no_mail_without_consent(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("fault", ["hold", "exit_after_publish"])
-async def test_event_goes_out_exactly_once_when_intake_dies_around_the_publish(stack: Stack, fault: str) -> None:
+async def test_event_goes_out_exactly_once_when_intake_dies_around_the_publish(
+    stack: Stack, fault: str
+) -> None:
     """'hold': intake is killed after its commit, before any publish. 'exit_after_publish': it dies
     after publishing and before marking the row. Either way the restarted relay gets the event out,
     and JetStream's duplicate window keeps it to one message."""
@@ -164,11 +171,19 @@ async def test_malformed_events_go_to_the_dead_letter_stream_and_the_rest_flows_
     client = await nats.connect(stack.nats.url)
     try:
         js = client.jetstream()
-        await js.publish("civic.demo.signal.received", b"this is not json", headers={"Nats-Msg-Id": "poison-1"})
-        not_a_signal = CloudEvent(
-            source="/test", type="nl.civicsignals.signal.received.v1", subject="x", tenant="demo", data={"text": 1}
+        await js.publish(
+            "civic.demo.signal.received", b"this is not json", headers={"Nats-Msg-Id": "poison-1"}
         )
-        await js.publish("civic.demo.signal.received", not_a_signal.to_json(), headers={"Nats-Msg-Id": "poison-2"})
+        not_a_signal = CloudEvent(
+            source="/test",
+            type="nl.civicsignals.signal.received.v1",
+            subject="x",
+            tenant="demo",
+            data={"text": 1},
+        )
+        await js.publish(
+            "civic.demo.signal.received", not_a_signal.to_json(), headers={"Nats-Msg-Id": "poison-2"}
+        )
     finally:
         await client.close()
     created = await asyncio.to_thread(post_signal, stack)

@@ -9,14 +9,15 @@ from typing import Annotated, Any, Literal
 
 import httpx
 import pytest
+from fastapi import APIRouter, Depends, FastAPI
+from pydantic import BaseModel, Field
+from sqlalchemy import MetaData
+
 from civicsignals.common.app import create_service_app
 from civicsignals.common.auth import Principal, scope_dependency
 from civicsignals.common.problems import Problem
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.common.settings import ServiceSettings
-from fastapi import APIRouter, Depends, FastAPI
-from pydantic import BaseModel, Field
-from sqlalchemy import MetaData
 
 MAX_BODY_BYTES = 2048
 

@@ -6,10 +6,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import MetaData
+
 from civicsignals.common.app import API_VERSION, create_service_app
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.devstack.nats import NatsServer
-from sqlalchemy import MetaData
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from civicsignals.common.problems import PROBLEM_JSON
 from civicsignals.common.tenants import hash_key
 

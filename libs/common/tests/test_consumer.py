@@ -14,6 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from nats.aio.msg import Msg
+from opentelemetry import trace
+
 from civicsignals.common import bus as bus_module
 from civicsignals.common.bus import (
     DLQ_STREAM,
@@ -36,8 +39,6 @@ from civicsignals.common.events import (
 )
 from civicsignals.common.telemetry import tracer
 from civicsignals.devstack.nats import NatsServer
-from nats.aio.msg import Msg
-from opentelemetry import trace
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,6 +7,8 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from pydantic import ValidationError
+
 from civicsignals.common.events import (
     ALL_EVENT_MODELS,
     CaseStatusChanged,
@@ -19,7 +21,6 @@ from civicsignals.common.events import (
     make_event,
     read_data,
 )
-from pydantic import ValidationError
 
 RECEIVED_AT = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 

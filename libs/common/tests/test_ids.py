@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import re
 
-from civicsignals.common import ids
-from civicsignals.common.ids import new_id, new_tracking_code, normalise_tracking_code
 from hypothesis import given
 from hypothesis import strategies as st
+
+from civicsignals.common import ids
+from civicsignals.common.ids import new_id, new_tracking_code, normalise_tracking_code
 
 ALPHABET = ids._TRACKING_ALPHABET
 CODE_PATTERN = re.compile(rf"^[{ALPHABET}]{{4}}-[{ALPHABET}]{{4}}-[{ALPHABET}]{{4}}$")

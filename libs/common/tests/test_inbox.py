@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from civicsignals.common.db import SessionFactory, create_engine, session_factory, transaction
-from civicsignals.common.inbox import ProcessedEvent, claim
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, func, select
+
+from civicsignals.common.db import SessionFactory, create_engine, session_factory, transaction
+from civicsignals.common.inbox import ProcessedEvent, claim
 
 pytestmark = pytest.mark.timeout(60)
 

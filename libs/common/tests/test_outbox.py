@@ -15,13 +15,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlmodel import SQLModel, select
+
 from civicsignals.common.bus import STREAM, Bus, stream_messages
 from civicsignals.common.db import SessionFactory, create_engine, is_postgres, session_factory, transaction
 from civicsignals.common.events import CloudEvent, SignalReceived, make_event, utcnow
 from civicsignals.common.outbox import OutboxMessage, OutboxRelay, enqueue
 from civicsignals.common.telemetry import tracer
 from civicsignals.devstack.nats import NatsServer
-from sqlmodel import SQLModel, select
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,9 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
-from civicsignals.common.problems import PROBLEM_JSON, install_problem_handlers, pointer
 from fastapi import FastAPI
 from pydantic import BaseModel
+
+from civicsignals.common.problems import PROBLEM_JSON, install_problem_handlers, pointer
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
 from civicsignals.intake.redaction import (
     PLACEHOLDERS,
     Kind,
@@ -21,8 +24,6 @@ from civicsignals.intake.redaction import (
     redact,
     redact_with_counts,
 )
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
 
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -305,6 +306,18 @@ def test_a_nine_digit_number_is_never_a_phone_number() -> None:
     # "012345672" starts with a 0 but has only 9 digits: it is a BSN when it passes the 11-check.
     assert is_valid_bsn("012345672")
     assert redact("nummer 012345672") == "nummer [BSN]"
+
+
+def test_dates_are_protected_from_the_phone_pass() -> None:
+    # The digits 0 1 1 9 0 0 0 0 0 0 after the first "01/" would make a Dutch phone number.
+    assert (
+        redact("Op 01/01/1900 00.00 uur, of 01-02-2026 0930.")
+        == "Op 01/01/1900 00.00 uur, of 01-02-2026 0930."
+    )
+
+
+def test_a_date_shaped_tail_of_a_phone_number_is_still_phone() -> None:
+    assert redact("bel +31 6 12-03-2026 of +1 (10) 01-01-2020") == "bel [PHONE] of [PHONE]"
 
 
 def test_phone_next_to_a_date_and_a_postcode() -> None:

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlmodel import func, select
+
 from civicsignals.common.bus import STREAM, stream_messages
 from civicsignals.common.outbox import OutboxMessage
 from civicsignals.devstack.nats import NatsServer
 from civicsignals.intake.app import create_app
 from civicsignals.intake.models import AuditRecord, Contact, IdempotencyRecord, Signal
 from civicsignals.intake.settings import IntakeSettings
-from sqlmodel import func, select
 
 VALID = {
     "text": "Mijn buurman Jan zet zijn afval al weken naast de container. Bel mij op 06-12345678 of mail jan@example.org.",
@@ -39,7 +40,11 @@ class Api:
 
     async def post(self, body: object, *, key: str | None = None, **headers: str) -> httpx.Response:
         content = body if isinstance(body, (str, bytes)) else json.dumps(body)
-        all_headers = {"Authorization": f"Bearer {key or self.key}", "Content-Type": "application/json", **headers}
+        all_headers = {
+            "Authorization": f"Bearer {key or self.key}",
+            "Content-Type": "application/json",
+            **headers,
+        }
         return await self.client.post("/v1/signals", content=content, headers=all_headers)
 
     async def count(self, model: type) -> int:
@@ -102,15 +107,24 @@ BAD_REQUESTS = [
     pytest.param({**VALID, "text": "x" * 10_001}, 422, "/text", id="text-too-long"),
     pytest.param({**VALID, "kind": "rant"}, 422, "/kind", id="unknown-kind"),
     pytest.param({**VALID, "channel": "pigeon"}, 422, "/channel", id="unknown-channel"),
-    pytest.param({**VALID, "reporter": {"email": "not-an-address", "consent": True}}, 422, "/reporter/email", id="bad-email"),
+    pytest.param(
+        {**VALID, "reporter": {"email": "not-an-address", "consent": True}},
+        422,
+        "/reporter/email",
+        id="bad-email",
+    ),
     pytest.param({**VALID, "location": {"lat": 120, "lon": 4}}, 422, "/location/lat", id="bad-latitude"),
-    pytest.param({**VALID, "occurred_at": "2026-11-28T09:00:00"}, 422, "/occurred_at", id="time-without-zone"),
+    pytest.param(
+        {**VALID, "occurred_at": "2026-11-28T09:00:00"}, 422, "/occurred_at", id="time-without-zone"
+    ),
     pytest.param([1, 2], 422, "", id="not-an-object"),
 ]
 
 
 @pytest.mark.parametrize(("body", "status", "pointer"), BAD_REQUESTS)
-async def test_bad_input_is_a_problem_and_stores_nothing(api: Api, body: object, status: int, pointer: str) -> None:
+async def test_bad_input_is_a_problem_and_stores_nothing(
+    api: Api, body: object, status: int, pointer: str
+) -> None:
     response = await api.post(body)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+
 from civicsignals.devstack.nats import NatsServer
 from civicsignals.devstack.ports import LOCALHOST, free_port
 

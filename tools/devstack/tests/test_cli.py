@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from civicsignals.devstack import cli
 from civicsignals.devstack.gateway import Gateway
 

@@ -9,14 +9,15 @@ from typing import Any
 
 import httpx
 import pytest
-from civicsignals.devstack.gateway import METHODS, Gateway, create_gateway
-from civicsignals.devstack.ports import free_port
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from civicsignals.devstack.gateway import METHODS, Gateway, create_gateway
+from civicsignals.devstack.ports import free_port
 
 
 def upstream(label: str) -> Starlette:

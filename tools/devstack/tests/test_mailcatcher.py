@@ -13,6 +13,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+
 from civicsignals.devstack.mailcatcher import MailCatcher
 from civicsignals.devstack.ports import free_port, port_accepts_connections
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nats
 import pytest
+
 from civicsignals.devstack.nats import NatsServer, NatsServerError, find_nats_server
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from civicsignals.devstack.ports import free_port
 from civicsignals.devstack.supervisor import ProcessSupervisor, ProcessSupervisorError
 

@@ -9,16 +9,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from civicsignals.common.health import ReadyCheck, health_router
-from civicsignals.common.problems import install_problem_handlers, problem_response
-from civicsignals.common.runtime import ServiceRuntime
-from civicsignals.common.telemetry import setup_telemetry
 from fastapi import APIRouter, FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette_exporter import PrometheusMiddleware
 
-API_VERSION = "1.0.0"
+from civicsignals.common.health import ReadyCheck, health_router
+from civicsignals.common.problems import API_VERSION, install_problem_handlers, problem_response
+from civicsignals.common.runtime import ServiceRuntime
+from civicsignals.common.telemetry import setup_telemetry
 
 
 class BodyLimitMiddleware:

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from fastapi import Request
+
 from civicsignals.common.problems import Problem
 from civicsignals.common.tenants import TenantRegistry, hash_key, key_id_of
-from fastapi import Request
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nats
-from civicsignals.common.events import CloudEvent
-from civicsignals.common.telemetry import extract_trace_context, inject_trace_headers, tracer
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -27,6 +25,9 @@ from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
+
+from civicsignals.common.events import CloudEvent
+from civicsignals.common.telemetry import extract_trace_context, inject_trace_headers, tracer
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,14 @@ class Bus:
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
-            await self._nc.drain()
+            if self._nc.is_connected:
+                try:
+                    await asyncio.wait_for(self._nc.drain(), timeout=5)
+                except (TimeoutError, Exception):
+                    await self._nc.close()
+            else:
+                # Draining needs the server; without it, close at once rather than wait for a timeout.
+                await self._nc.close()
         self._nc = None
         self._js = None
 
@@ -276,6 +284,8 @@ class Consumer:
                     type(exc).__name__,
                     delivered,
                     delay,
+                    # A transient error is expected; anything else is a bug whose trace we need.
+                    exc_info=not isinstance(exc, TransientError),
                 )
                 EVENTS_CONSUMED.labels(durable, "retry").inc()
                 await msg.nak(delay=delay)

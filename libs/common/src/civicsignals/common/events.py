@@ -11,8 +11,9 @@ import re
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, TypeVar
 
-from civicsignals.common.ids import new_id
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from civicsignals.common.ids import new_id
 
 SPEC_VERSION: Literal["1.0"] = "1.0"
 TYPE_PREFIX = "nl.civicsignals"
@@ -144,6 +145,7 @@ class SignalReceived(EventData):
     has_contact: bool
     source: str
     occurred_at: datetime | None = None
+    attachments: int = 0
 
 
 class ConversationTurn(BaseModel):
@@ -161,6 +163,8 @@ class ConversationReceived(EventData):
     started_at: datetime
     duration_s: float
     team: str | None = None
+    outcome: str | None = None
+    language: str | None = None
 
 
 class Alternative(BaseModel):
@@ -296,6 +300,76 @@ class DepartmentStatusChanged(EventData):
         )
 
 
+class CaseOverdue(EventData):
+    """A case passed its due date without being resolved; published once per case and escalation."""
+
+    aggregate: ClassVar[str] = "case"
+    event: ClassVar[str] = "overdue"
+
+    case_id: str
+    signal_id: str
+    tracking_code: str
+    responsible: str
+    priority: str
+    due_at: datetime
+    escalated_to: list[str] = Field(default_factory=list)
+    escalation_level: int = 1
+
+
+class NotificationDelivered(EventData):
+    """A resident message or partner webhook was accepted by its receiver."""
+
+    aggregate: ClassVar[str] = "notification"
+    event: ClassVar[str] = "delivered"
+
+    delivery_id: str
+    signal_id: str | None = None
+    case_id: str | None = None
+    channel: Literal["email", "webhook", "sms"]
+    template: str | None = None
+    partner: str | None = None
+    event_type: str | None = None
+    attempts: int
+
+
+class NotificationFailed(EventData):
+    """A delivery was given up on (or an endpoint was disabled); no address or URL in it."""
+
+    aggregate: ClassVar[str] = "notification"
+    event: ClassVar[str] = "failed"
+
+    delivery_id: str
+    signal_id: str | None = None
+    case_id: str | None = None
+    channel: Literal["email", "webhook", "sms"]
+    template: str | None = None
+    partner: str | None = None
+    event_type: str | None = None
+    attempts: int
+    reason: str
+
+
+class InsightEmerging(EventData):
+    """A topic or area whose volume rose above its own baseline (insights, DESIGN §1)."""
+
+    aggregate: ClassVar[str] = "insight"
+    event: ClassVar[str] = "emerging"
+
+    insight_id: str
+    topic: str | None = None
+    subtopic: str | None = None
+    area: str | None = None
+    window_start: datetime
+    window_end: datetime
+    observed: int
+    expected: float
+    score: float
+    false_alarm_rate: float
+
+    def subject_id(self) -> str:
+        return self.insight_id
+
+
 DataT = TypeVar("DataT", bound=EventData)
 
 
@@ -327,4 +401,8 @@ ALL_EVENT_MODELS: tuple[type[EventData], ...] = (
     FeedbackReceived,
     DepartmentAssigned,
     DepartmentStatusChanged,
+    CaseOverdue,
+    NotificationDelivered,
+    NotificationFailed,
+    InsightEmerging,
 )

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from civicsignals.common.db import UtcDateTime
-from civicsignals.common.events import utcnow
 from sqlmodel import Field, SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+from civicsignals.common.db import UtcDateTime
+from civicsignals.common.events import utcnow
 
 
 class ProcessedEvent(SQLModel, table=True):

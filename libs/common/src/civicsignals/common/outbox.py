@@ -13,19 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import logging
+import os
 from datetime import datetime, timedelta
 from typing import Protocol
+
+from prometheus_client import Counter, Gauge
+from sqlalchemy import delete, func, update
+from sqlmodel import Field, SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.bus import MSG_ID_HEADER
 from civicsignals.common.db import SessionFactory, UtcDateTime, is_postgres
 from civicsignals.common.events import CloudEvent, utcnow
 from civicsignals.common.telemetry import inject_trace_headers
-from prometheus_client import Counter, Gauge
-from sqlalchemy import delete, func, update
-from sqlmodel import Field, SQLModel, col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,9 @@ class OutboxRelay:
         """Relay until cancelled, backing off while the bus is unreachable."""
         backoff = self._poll_interval_s
         while True:
+            # Cleared before the pass, not after it: a wake() that arrives while a pass runs (its
+            # rows committed after the pass looked) must trigger another pass, not be lost.
+            self._wakeup.clear()
             try:
                 count = await self.relay_once()
                 backoff = self._poll_interval_s
@@ -174,6 +178,5 @@ class OutboxRelay:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
-            self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval_s)

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://civicsignals.nl/problems/"
+API_VERSION = "1.0.0"
 
 
 class Problem(Exception):
@@ -133,6 +134,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        # Answered outside the middleware that adds API-Version, so it is set here.
         return problem_response(
-            500, "an unexpected error occurred; it has been logged", instance=request.url.path
+            500,
+            "an unexpected error occurred; it has been logged",
+            instance=request.url.path,
+            headers={"API-Version": API_VERSION},
         )

@@ -12,12 +12,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from sqlalchemy import MetaData
+
 from civicsignals.common.bus import Bus, Consumer, ConsumerSpec
 from civicsignals.common.db import create_engine, create_schema, ping, session_factory
 from civicsignals.common.outbox import OutboxRelay
 from civicsignals.common.settings import ServiceSettings
 from civicsignals.common.tenants import TenantRegistry
-from sqlalchemy import MetaData
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from civicsignals.common.events import check_code
 
 log = logging.getLogger(__name__)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from fastapi import FastAPI
+from sqlmodel import SQLModel
+
 from civicsignals.classifier import flows
 from civicsignals.classifier.registry import ModelRegistry
 from civicsignals.classifier.settings import ClassifierSettings
 from civicsignals.classifier.views import router
 from civicsignals.common.app import create_service_app
 from civicsignals.common.runtime import ServiceRuntime
-from fastapi import FastAPI
-from sqlmodel import SQLModel
 
 
 def create_app(settings: ClassifierSettings | None = None) -> FastAPI:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from nats.aio.msg import Msg
+
 from civicsignals.classifier.registry import ModelRegistry
 from civicsignals.common.bus import ConsumerSpec, TransientError
 from civicsignals.common.events import (
@@ -18,7 +20,6 @@ from civicsignals.common.events import (
 from civicsignals.common.inbox import claim
 from civicsignals.common.outbox import enqueue
 from civicsignals.common.runtime import ServiceRuntime
-from nats.aio.msg import Msg
 
 CONSUMER = "classifier-signal-received"
 
@@ -32,7 +33,7 @@ class ClassifierContext:
         config = self.runtime.tenants.get(tenant)
         if config is None:
             return None
-        value = config.settings.get("classifier", {}).get("review_threshold")
+        value = (config.settings.get("classifier") or {}).get("review_threshold")
         return float(value) if value is not None else None
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from civicsignals.common.events import Alternative
 from pydantic import BaseModel, Field, model_validator
+
+from civicsignals.common.events import Alternative
 
 
 class ClassifyRequest(BaseModel):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from civicsignals.common.settings import ServiceSettings
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
+
+from civicsignals.common.settings import ServiceSettings
 
 
 class ClassifierSettings(ServiceSettings):

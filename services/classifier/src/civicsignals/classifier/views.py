@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
+from fastapi import APIRouter, Depends, Request
+
 from civicsignals.classifier.flows import ClassifierContext
 from civicsignals.classifier.models import Classification, ClassifyRequest, ClassifyResponse, ModelInfo
 from civicsignals.classifier.registry import DEFAULT_BUNDLE
 from civicsignals.common.auth import Principal, scope_dependency
 from civicsignals.common.events import Alternative
 from civicsignals.common.problems import Problem
-from fastapi import APIRouter, Depends, Request
 
 Classifying = Annotated[Principal, Depends(scope_dependency("signals:write"))]
 router = APIRouter(tags=["classification"])

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from fastapi import FastAPI
+from sqlmodel import SQLModel
+
 from civicsignals.common.app import create_service_app
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.intake import flows, models  # noqa: F401  (models registers the tables)
 from civicsignals.intake.crypto import FieldCipher, load_or_create_dev_keys, parse_keys
 from civicsignals.intake.settings import IntakeSettings
 from civicsignals.intake.views import router
-from fastapi import FastAPI
-from sqlmodel import SQLModel
 
 
 def build_cipher(settings: IntakeSettings) -> FieldCipher:

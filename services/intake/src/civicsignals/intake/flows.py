@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from nats.aio.msg import Msg
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, delete
+
 from civicsignals.common.bus import ConsumerSpec
 from civicsignals.common.events import (
     CaseStatusChanged,
@@ -23,9 +27,6 @@ from civicsignals.intake import service
 from civicsignals.intake.crypto import FieldCipher
 from civicsignals.intake.models import IdempotencyRecord, SignalCreate, SignalCreated
 from civicsignals.intake.settings import IntakeSettings
-from nats.aio.msg import Msg
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, delete
 
 
 @dataclass

@@ -6,12 +6,13 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from civicsignals.common.db import UtcDateTime
-from civicsignals.common.events import CaseStatus, Channel, Kind, utcnow
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from sqlalchemy import Column, LargeBinary, UniqueConstraint
 from sqlmodel import JSON, SQLModel
 from sqlmodel import Field as SQLField
+
+from civicsignals.common.db import UtcDateTime
+from civicsignals.common.events import CaseStatus, Channel, Kind, utcnow
 
 MAX_TEXT = 10_000
 _PHONE = re.compile(r"^\+?[0-9 ()\-.]{6,20}$")

@@ -7,16 +7,17 @@ postcodes with a house number. Each value is replaced by a placeholder (``[EMAIL
 classifier still learns that "a phone number was given here" (a strong hint for e.g. a callback
 request) without ever seeing the number.
 
-This module is deliberately framework-free (plain Python and :mod:`re`): the API, the workers, a
-migration that re-redacts stored text and the tests all call the same function.
+This module is deliberately framework-free (plain Python and :mod:`re`), so that the HTTP API,
+the NATS workers and the tests can all call the same function without pulling in a framework.
 
 Design choices, and why:
 
 * **Recall before precision, but not blindly.** A missed phone number is a data leak; an
   over-redacted reference number only costs the classifier a little context. Where a kind has a
   checksum (BSN, IBAN), the checksum decides, so ordinary 9-digit numbers and order codes survive.
-* **Passes run in a fixed order** and the text a pass replaces (its placeholder) is frozen, so a
-  later pass never matches inside, across or on top of an earlier result:
+* **Passes run in a fixed order**, and what a pass produces (a placeholder, or text it decided to
+  protect: a date, an invalid IBAN) is frozen, so a later pass never matches inside, across or
+  on top of an earlier result:
 
   1. ``EMAIL`` first: a local part may hold digits, a phone number or a plate
      (``0612345678@sms.example.nl``), and the whole address must go as one.
@@ -24,16 +25,17 @@ Design choices, and why:
      9-digit runs that may pass the 11-check. An IBAN-shaped string with a wrong checksum, written
      contiguously or in the printed groups of four, is left as it is *and frozen*, so the phone
      or BSN pass does not redact half of it.
-  3. ``PHONE`` before ``BSN``: the 9 digits after ``+31`` may pass the 11-check by chance and must
+  3. Dates are protected (not redacted): "01/01/1900 00.00" must not become ``01/[PHONE]``.
+  4. ``PHONE`` before ``BSN``: the 9 digits after ``+31`` may pass the 11-check by chance and must
      end up as one ``[PHONE]``, not ``+31 [BSN]``. Phone patterns only accept *complete*
      numbers (10 digits nationally, 9 after ``+31``/``0031``, 8 to 15 digits in E.164), so a
      9-digit number is never a phone number: it becomes ``[BSN]`` if it passes the 11-check and
      is written as a BSN (``123456782``, ``123.456.782``, ``123 456 782``, ``1234.56.782``), and
      otherwise stays, even when it starts with ``0`` (an incomplete phone number such as
      ``06-1234567`` is left alone).
-  4. ``BSN``.
-  5. ``KENTEKEN`` (licence plate): needs the dashes and letters, which nothing before produces.
-  6. ``ADRES`` / ``POSTCODE`` last: a postcode needs two letters after four digits, and the house
+  5. ``BSN``.
+  6. ``KENTEKEN`` (licence plate): needs the dashes and letters, which nothing before produces.
+  7. ``ADRES`` / ``POSTCODE`` last: a postcode needs two letters after four digits, and the house
      number next to it may be any small number, so everything more specific must be gone first.
 
 * **Bare postcodes are redacted too**, as ``[POSTCODE]``: a six-character Dutch postcode covers
@@ -46,7 +48,8 @@ Design choices, and why:
 * **Not covered** (kept out on purpose, so the rules stay predictable): a street name with a
   house number but no postcode ("Kerkstraat 12"), names of people, obfuscated e-mail addresses
   ("jan at example dot nl"), plates written without dashes, 8-digit BSNs without the leading
-  zero, and short service numbers (0800/0900/14 0xx), which are not personal.
+  zero, digits other than ASCII 0-9 (full-width, Arabic-Indic), and short service numbers
+  (0800/0900/14 0xx), which are not personal.
 
 Speed: every pattern is compiled once at import, and a text without a digit or an ``@`` returns at
 once, because intake redacts every signal and every conversation turn on its hot path.
@@ -99,7 +102,7 @@ class _Keep(Enum):
     """What a pass does with a candidate that turns out not to be personal data."""
 
     LEAVE = "leave"  # keep the text; a later pass may still look at it
-    PROTECT = "protect"  # keep the text and hide it from later passes (an invalid IBAN)
+    PROTECT = "protect"  # keep the text and hide it from later passes (a date, an invalid IBAN)
 
 
 # A decision for one regex match: redact it as a kind, or keep it.
@@ -181,7 +184,7 @@ def is_valid_iban(text: str) -> bool:
 # Patterns (compiled once; the speed of intake's hot path depends on it)
 # --------------------------------------------------------------------------------------------
 
-# Any character that may end a text "quickly": without a digit or an "@" there is nothing to do.
+# Every kind needs a digit or an "@": a text with neither is returned untouched at once.
 _MAY_HOLD_DATA: Final = re.compile(r"[0-9@]")
 
 # Local part: starts with a word character (so a leading quote or bracket stays outside), may
@@ -217,6 +220,21 @@ _IBAN_WRITTEN: Final = re.compile(
     rf"[A-Za-z0-9]+|[A-Za-z0-9]{{4}}(?:{_SP}[A-Za-z0-9]{{4}})*(?:{_SP}[A-Za-z0-9]{{1,4}})?"
 )
 
+# Dates are not personal data, but "01/01/1900 00.00" holds the digits of a phone number. They
+# are found and protected before the phone pass: day-month-year with a 4-digit year and one kind
+# of separator, and ISO 8601 year-month-day. A "date" that continues a number through phone
+# separators ("+1 (10) 01-01-2020", "+31 6 12-03-2026") is the tail of a phone number instead.
+_DATE: Final = re.compile(
+    r"""
+    (?<![0-9]) (?<![0-9][ .\-/()]) (?<![0-9][ .\-/()]{2}) (?<![0-9][ .\-/()]{3})
+    (?: (?P<day>[0-9]{1,2}) (?P<sep>[\-./]) (?P<month>[0-9]{1,2}) (?P=sep) [0-9]{4}
+      | [0-9]{4} - (?P<iso_month>[0-9]{2}) - (?P<iso_day>[0-9]{2})
+    )
+    (?![0-9]) (?![\-./][0-9])
+    """,
+    re.VERBOSE,
+)
+
 # Separators inside a phone number: 1 to 3 of space, dot, dash, slash and brackets, which covers
 # "06-12345678", "06 - 1234 5678", "(010) 123 4567", "+31 (0)6" and "+1 (555) 123-4567".
 _PSEP: Final = r"(?:[ \u00a0\u202f.\-/()]{1,3})"
@@ -248,7 +266,7 @@ _BSN: Final = re.compile(
     r"""
     (?<![\w+]) (?<![0-9][.,\-])
     (?: [0-9]{9}
-      | [0-9]{3} (?P<sep>[ .\-\u00a0]) [0-9]{3} (?P=sep) [0-9]{3}
+      | [0-9]{3} (?P<sep>[ .\-\u00a0\u202f]) [0-9]{3} (?P=sep) [0-9]{3}
       | [0-9]{4} \. [0-9]{2} \. [0-9]{3}
     )
     (?!\w) (?![.,\-][0-9])   # not part of an amount (123.456.789,00) or a longer number
@@ -312,7 +330,7 @@ _COMMON_WORDS: Final = (
 
 
 def _none_of(words: Iterable[str]) -> str:
-    """A lookahead that refuses these two-letter words in any case, as whole words."""
+    """A lookahead that refuses these words, in any case, as whole words."""
     return rf"(?!(?i:{'|'.join(words)})(?![\w]))"
 
 
@@ -365,6 +383,15 @@ def _decide_iban(match: re.Match[str]) -> Kind | _Keep:
     return _Keep.LEAVE
 
 
+def _decide_date(match: re.Match[str]) -> Kind | _Keep:
+    """A real calendar day and month is protected; "12-34-5678" may be part of a phone number."""
+    day = match.group("day") or match.group("iso_day")
+    month = match.group("month") or match.group("iso_month")
+    if 1 <= int(day) <= 31 and 1 <= int(month) <= 12:
+        return _Keep.PROTECT
+    return _Keep.LEAVE
+
+
 def _decide_phone(_match: re.Match[str]) -> Kind | _Keep:
     return Kind.PHONE
 
@@ -391,6 +418,7 @@ def _decide_adres(match: re.Match[str]) -> Kind | _Keep:
 _PASSES: Final[tuple[tuple[re.Pattern[str], _Decide], ...]] = (
     (_EMAIL, _decide_email),
     (_IBAN, _decide_iban),
+    (_DATE, _decide_date),
     (_PHONE, _decide_phone),
     (_BSN, _decide_bsn),
     (_KENTEKEN, _decide_kenteken),
@@ -453,7 +481,7 @@ def redact_with_counts(text: str) -> tuple[str, dict[str, int]]:
 def redact(text: str) -> str:
     """Replace personal data in ``text`` by placeholders such as ``[PHONE]``; see the module doc.
 
-    Redacting twice gives the same result as redacting once, so a consumer may safely redact
-    text again that ``intake`` has already redacted.
+    Redacting already-redacted text changes nothing (a tested property), so a consumer may
+    safely redact again what ``intake`` has already redacted.
     """
     return redact_with_counts(text)[0]

@@ -7,6 +7,9 @@ import json
 from datetime import datetime
 from typing import Any
 
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
 from civicsignals.common.events import CaseStatusChanged, CoarseLocation, SignalReceived, SignalRouted, utcnow
 from civicsignals.common.ids import new_id, new_tracking_code
 from civicsignals.intake.crypto import FieldCipher, Sealed
@@ -23,8 +26,6 @@ from civicsignals.intake.models import (
     TrackingPublic,
 )
 from civicsignals.intake.redaction import redact
-from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 COARSE_DECIMALS = 3  # 0.001° of latitude is 111 m: "about 100 m" (DESIGN §2)
 

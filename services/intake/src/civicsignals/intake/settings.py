@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from civicsignals.common.settings import ServiceSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+
+from civicsignals.common.settings import ServiceSettings
 
 
 class IntakeSettings(ServiceSettings):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from fastapi import APIRouter, Depends, Header, Request, Response
+
 from civicsignals.common.auth import Principal, scope_dependency
 from civicsignals.common.ids import normalise_tracking_code
 from civicsignals.common.problems import Problem
 from civicsignals.intake import flows, service
 from civicsignals.intake.models import ContactPublic, SignalCreate, SignalCreated, TrackingPublic
-from fastapi import APIRouter, Depends, Header, Request, Response
 
 SignalWriter = Annotated[Principal, Depends(scope_dependency("signals:write"))]
 ContactReader = Annotated[Principal, Depends(scope_dependency("contact:read"))]

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import httpx
+from fastapi import FastAPI
+from sqlmodel import SQLModel
+
 from civicsignals.common.app import create_service_app
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.notifier import flows, models  # noqa: F401  (models registers the tables)
 from civicsignals.notifier.messages import TemplateBook
 from civicsignals.notifier.service import IntakeContacts
 from civicsignals.notifier.settings import NotifierSettings
-from fastapi import FastAPI
-from sqlmodel import SQLModel
 
 
 def create_app(settings: NotifierSettings | None = None) -> FastAPI:

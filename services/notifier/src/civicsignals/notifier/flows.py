@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nats.aio.msg import Msg
+from sqlmodel import select
+
 from civicsignals.common.bus import ConsumerSpec
 from civicsignals.common.events import CloudEvent, SignalReceived, read_data, utcnow
 from civicsignals.common.runtime import ServiceRuntime
@@ -11,8 +14,6 @@ from civicsignals.notifier import service
 from civicsignals.notifier.messages import TemplateBook, build_email
 from civicsignals.notifier.models import Delivery
 from civicsignals.notifier.settings import NotifierSettings
-from nats.aio.msg import Msg
-from sqlmodel import select
 
 ACKNOWLEDGEMENT = "acknowledgement"
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from civicsignals.common.db import UtcDateTime
-from civicsignals.common.events import utcnow
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from civicsignals.common.db import UtcDateTime
+from civicsignals.common.events import utcnow
 
 
 class Delivery(SQLModel, table=True):

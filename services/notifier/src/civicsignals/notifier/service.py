@@ -9,6 +9,7 @@ from typing import Any
 
 import aiosmtplib
 import httpx
+
 from civicsignals.common.bus import PermanentError, TransientError
 from civicsignals.notifier.settings import NotifierSettings
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from fastapi import FastAPI
+from sqlmodel import SQLModel
+
 from civicsignals.common.app import create_service_app
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.routing import flows, models  # noqa: F401  (models registers the tables)
 from civicsignals.routing.rules import RulesCache
 from civicsignals.routing.settings import RoutingSettings
 from civicsignals.routing.views import router
-from fastapi import FastAPI
-from sqlmodel import SQLModel
 
 
 def create_app(settings: RoutingSettings | None = None) -> FastAPI:

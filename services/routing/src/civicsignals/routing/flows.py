@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nats.aio.msg import Msg
+
 from civicsignals.common.bus import ConsumerSpec, PermanentError
 from civicsignals.common.events import CloudEvent, SignalClassified, make_event, read_data
 from civicsignals.common.inbox import claim
@@ -11,7 +13,6 @@ from civicsignals.common.outbox import enqueue
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.routing import service
 from civicsignals.routing.rules import RulesCache, RulesError
-from nats.aio.msg import Msg
 
 CONSUMER = "routing-signal-classified"
 

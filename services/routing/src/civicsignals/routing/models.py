@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from civicsignals.common.db import UtcDateTime
-from civicsignals.common.events import CaseStatus, utcnow
 from pydantic import BaseModel
 from sqlalchemy import Column, UniqueConstraint
 from sqlmodel import JSON, SQLModel
 from sqlmodel import Field as SQLField
+
+from civicsignals.common.db import UtcDateTime
+from civicsignals.common.events import CaseStatus, utcnow
 
 
 class CaseBase(SQLModel):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
 from civicsignals.common.events import (
     CaseStatusChanged,
     DepartmentAssigned,
@@ -15,8 +18,6 @@ from civicsignals.common.events import (
 from civicsignals.common.ids import new_id
 from civicsignals.routing.models import Case, CaseHistory
 from civicsignals.routing.rules import RuleSet, SignalFacts, add_working_days
-from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 SYSTEM_ACTOR = "system:routing"
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from civicsignals.common.settings import ServiceSettings
 from pydantic_settings import SettingsConfigDict
+
+from civicsignals.common.settings import ServiceSettings
 
 
 class RoutingSettings(ServiceSettings):

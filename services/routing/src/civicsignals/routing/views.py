@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from fastapi import APIRouter, Depends, Query, Request
+
 from civicsignals.common.auth import Principal, scope_dependency
 from civicsignals.common.problems import Problem
 from civicsignals.routing import service
 from civicsignals.routing.flows import RoutingContext
 from civicsignals.routing.models import CaseDetail, CasePage, CasePublic, HistoryPublic
-from fastapi import APIRouter, Depends, Query, Request
 
 CaseReader = Annotated[Principal, Depends(scope_dependency("cases:read"))]
 router = APIRouter(tags=["cases"])

@@ -257,6 +257,9 @@ def run(
 
     dirs = prepare_data_dir(data_dir)
     root = Path(data_dir).resolve()
+    # Ctrl-C and SIGTERM both mean "stop everything cleanly", even when started with SIGINT
+    # ignored (as a shell does for background jobs).
+    signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
     nats = NatsServer(

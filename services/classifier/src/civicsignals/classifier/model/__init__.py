@@ -8,7 +8,11 @@
 * :mod:`.coldstart` — a first model from the taxonomy alone.
 """
 
-from civicsignals.classifier.model.coldstart import COLDSTART_THRESHOLD, build_default_bundle, coldstart_examples
+from civicsignals.classifier.model.coldstart import (
+    COLDSTART_THRESHOLD,
+    build_default_bundle,
+    coldstart_examples,
+)
 from civicsignals.classifier.model.features import (
     DEFAULT_FEATURE_CONFIG,
     FeatureBatch,
@@ -16,7 +20,13 @@ from civicsignals.classifier.model.features import (
     FeatureExtractor,
     encode_batch,
 )
-from civicsignals.classifier.model.inference import Alternative, BundleError, Prediction, TopicModel, read_card
+from civicsignals.classifier.model.inference import (
+    Alternative,
+    BundleError,
+    Prediction,
+    TopicModel,
+    read_card,
+)
 from civicsignals.classifier.model.training import TrainedModel, export_bundle, train
 
 __all__ = [

@@ -26,8 +26,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+
 from civicsignals.classifier.model.features import FeatureConfig, FeatureExtractor, pad_rows
-from civicsignals.classifier.model.training import BUNDLE_FORMAT, CARD_FILE, LABELS_FILE, MODEL_FILE
+from civicsignals.classifier.model.training import (
+    BUNDLE_FORMAT,
+    CARD_FEATURE_NOTES,
+    CARD_FILE,
+    FEATURE_HASH,
+    LABELS_FILE,
+    MODEL_FILE,
+)
 
 __all__ = ["Alternative", "BundleError", "Prediction", "TopicModel", "read_card"]
 
@@ -93,6 +101,11 @@ def read_card(bundle_dir: Path) -> dict[str, Any]:
     missing = [k for k in ("version", "threshold", "features") if k not in card]
     if missing:
         raise BundleError(f"model bundle {bundle_dir}: {CARD_FILE} lacks {missing}")
+    threshold = card["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+        raise BundleError(f"model bundle {bundle_dir}: threshold {threshold!r} is not a number in [0, 1]")
+    if not isinstance(card["features"], dict):
+        raise BundleError(f"model bundle {bundle_dir}: 'features' in {CARD_FILE} is not an object")
     return card
 
 
@@ -115,9 +128,16 @@ class TopicModel:
         """
         self.bundle_dir = Path(bundle_dir)
         self.card = read_card(self.bundle_dir)
+        settings = self.card["features"]
+        if settings.get("hash", FEATURE_HASH) != FEATURE_HASH:
+            raise BundleError(
+                f"model bundle {self.bundle_dir}: unsupported feature hash {settings['hash']!r}"
+            )
         try:
+            # Unknown settings are an error, not ignored: features built differently from training
+            # would give confident nonsense.
             self.feature_config = FeatureConfig.from_dict(
-                {k: v for k, v in self.card["features"].items() if k in FeatureConfig.__dataclass_fields__}
+                {k: v for k, v in settings.items() if k not in CARD_FEATURE_NOTES}
             )
         except (TypeError, ValueError) as exc:
             raise BundleError(f"model bundle {self.bundle_dir}: bad feature settings: {exc}") from exc

@@ -87,7 +87,6 @@ def build_onnx_model(
         numpy_helper.from_array(weights.astype(np.float32), "weights"),
         numpy_helper.from_array(bias.astype(np.float32), "bias"),
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
-        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
         numpy_helper.from_array(np.array(_NORM_FLOOR, dtype=np.float32), "norm_floor"),
     ]
     nodes = [
@@ -95,6 +94,7 @@ def build_onnx_model(
         helper.make_node("Gather", ["idf", "rows"], ["idf_rows"], axis=0),
     ]
     if sublinear_tf:
+        initializers.append(numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"))
         nodes += [
             helper.make_node("Add", ["counts", "one"], ["counts_plus_one"]),
             helper.make_node("Log", ["counts_plus_one"], ["tf"]),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, model_validator
 
 __all__ = [
     "CODE_PATTERN",
@@ -83,10 +83,14 @@ class Topic(BaseModel):
     name_nl: Text
     name_en: Text
     description_nl: Text
-    subtopics: tuple[Subtopic, ...] = Field(min_length=1)
+    subtopics: tuple[Subtopic, ...]
 
     @model_validator(mode="after")
     def _unique_subtopics(self) -> Topic:
+        # Checked here rather than with Field(min_length=1): pydantic would also report "too short"
+        # for a list whose items merely failed validation, a confusing extra problem.
+        if not self.subtopics:
+            raise ValueError(f"topic {self.code!r} has no subtopics; it needs at least one")
         _check_unique([s.code for s in self.subtopics], "subtopic code", f" in topic {self.code!r}")
         return self
 
@@ -105,10 +109,12 @@ class Taxonomy(BaseModel):
 
     #: Free-form version of the taxonomy file; it is copied into model cards.
     version: Text
-    topics: tuple[Topic, ...] = Field(min_length=1)
+    topics: tuple[Topic, ...]
 
     @model_validator(mode="after")
     def _unique_topics(self) -> Taxonomy:
+        if not self.topics:
+            raise ValueError("the taxonomy has no topics; it needs at least one")
         _check_unique([t.code for t in self.topics], "topic code")
         return self
 
@@ -163,14 +169,14 @@ class _StrictLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: set[Hashable] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
             )
         seen.add(key)
-    loader.flatten_mapping(node)  # type: ignore[no-untyped-call]
-    return dict(loader.construct_pairs(node, deep=deep))  # type: ignore[no-untyped-call]
+    loader.flatten_mapping(node)
+    return dict(loader.construct_pairs(node, deep=deep))
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
