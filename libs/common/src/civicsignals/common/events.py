@@ -328,7 +328,7 @@ class NotificationDelivered(EventData):
     channel: Literal["email", "webhook", "sms"]
     template: str | None = None
     partner: str | None = None
-    event_type: str | None = None
+    about_event: str | None = Field(default=None, description="the type of the event the message was about")
     attempts: int
 
 
@@ -344,7 +344,7 @@ class NotificationFailed(EventData):
     channel: Literal["email", "webhook", "sms"]
     template: str | None = None
     partner: str | None = None
-    event_type: str | None = None
+    about_event: str | None = Field(default=None, description="the type of the event the message was about")
     attempts: int
     reason: str
 
