@@ -127,7 +127,8 @@ class Bus:
         while True:
             try:
                 self._nc = await nats.connect(
-                    self.url,
+                    # A cluster is given as a comma-separated list of its servers' URLs.
+                    [server.strip() for server in self.url.split(",") if server.strip()],
                     name=f"civicsignals-{self.service}",
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,33 @@ def validation_errors(raw_errors: Any) -> tuple[int, list[dict[str, str]]]:
     return status, errors
 
 
+# SQLSTATE classes that mean "the server is not there right now": connection exceptions, and the
+# administrator shutting down, a crash shutdown, or a server still starting up.
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when an error means the database cannot be reached now (restart, failover, network)."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    seen: BaseException | None = exc
+    for _ in range(6):  # the driver's error hides behind SQLAlchemy's and the adapter's
+        if seen is None:
+            break
+        if isinstance(seen, (ConnectionError, TimeoutError)):
+            return True
+        sqlstate = str(getattr(seen, "sqlstate", "") or "")
+        if (
+            sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+            or type(seen).__name__ == "ConnectionDoesNotExistError"
+        ):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -129,6 +157,21 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         return problem_response(
             exc.status_code, detail, headers=getattr(exc, "headers", None), instance=request.url.path
+        )
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(OSError)
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if not database_unavailable(exc):
+            return await _unexpected(request, exc)
+        # The database is restarting or unreachable: nothing was acknowledged, the client may retry.
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return problem_response(
+            503,
+            "the database is unavailable; nothing was stored, retry shortly",
+            slug="database-unavailable",
+            instance=request.url.path,
+            headers={"Retry-After": "2", "API-Version": API_VERSION},
         )
 
     @app.exception_handler(Exception)

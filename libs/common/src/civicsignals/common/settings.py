@@ -54,6 +54,10 @@ class ServiceSettings(BaseSettings):
         if not self.database_url:
             db_file = (self.data_dir / "db" / f"{self.service_name}.db").resolve()
             self.database_url = f"sqlite+aiosqlite:///{db_file}"
+        for plain in ("postgresql://", "postgres://"):
+            # CloudNativePG and most operators hand out plain URIs; the services need the async driver.
+            if self.database_url.startswith(plain):
+                self.database_url = "postgresql+asyncpg://" + self.database_url[len(plain) :]
         if str(self.tenants_dir) in ("", "."):
             self.tenants_dir = self.data_dir / "tenants"
         return self

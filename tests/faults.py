@@ -1,0 +1,91 @@
+"""Helpers for the fault tests: load generation and reading whole subjects back from JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from typing import Any
+
+import httpx
+import nats
+from nats.js.api import DeliverPolicy
+
+
+def servers(nats_url: str) -> list[str]:
+    """A cluster's URL is the comma-separated list of its servers."""
+    return [url for url in nats_url.split(",") if url]
+
+
+async def read_subject(nats_url: str, subject: str, *, stream: str = "CIVIC", idle_s: float = 2.0) -> list[Any]:
+    """Every message stored under ``subject`` (wildcards allowed), read with an ordered consumer."""
+    client = await nats.connect(servers(nats_url))
+    try:
+        js = client.jetstream()
+        info = await js.stream_info(stream, subjects_filter=subject)
+        expected = sum((info.state.subjects or {}).values())
+        messages: list[Any] = []
+        if expected == 0:
+            return messages
+        done = asyncio.Event()
+
+        async def _collect(msg: Any) -> None:
+            messages.append(msg)
+            if len(messages) >= expected:
+                done.set()
+
+        subscription = await js.subscribe(
+            subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=_collect
+        )
+        try:
+            await asyncio.wait_for(done.wait(), timeout=max(30.0, expected / 500))
+        finally:
+            await subscription.unsubscribe()
+        return messages
+    finally:
+        await client.close()
+
+
+async def subject_counts(nats_url: str, subject: str, stream: str = "CIVIC") -> int:
+    client = await nats.connect(servers(nats_url))
+    try:
+        info = await client.jetstream().stream_info(stream, subjects_filter=subject)
+        return sum((info.state.subjects or {}).values())
+    finally:
+        await client.close()
+
+
+def data_field_counts(messages: list[Any], field: str) -> Counter[str]:
+    return Counter(str(json.loads(m.data)["data"][field]) for m in messages)
+
+
+async def post_many(
+    url: str, key: str, bodies: list[dict[str, Any]], *, concurrency: int = 16
+) -> tuple[list[dict[str, Any]], Counter[int]]:
+    """POST every body with ``concurrency`` clients; returns the 201 answers and all status codes."""
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    created: list[dict[str, Any]] = []
+    statuses: Counter[int] = Counter()
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def _worker(client: httpx.AsyncClient) -> None:
+        while True:
+            try:
+                body = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                response = await client.post(url, json=body, headers=headers)
+            except httpx.TransportError:
+                statuses[0] += 1  # the connection broke: the client does not know, nor do we
+                continue
+            statuses[response.status_code] += 1
+            if response.status_code == 201:
+                created.append(response.json())
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        await asyncio.gather(*(_worker(client) for _ in range(concurrency)))
+    return created, statuses

@@ -1,0 +1,174 @@
+"""Reliability under faults (issue 8): nothing lost, nothing handled twice, whatever fails.
+
+Loopback only; every loop is bounded in count and time. The number of signals is set by
+``CIVIC_FAULT_SIGNALS`` (default 5,000, as the issue asks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from civicsignals.devstack.nats import NatsServer
+from civicsignals.devstack.ports import free_port
+
+from tests.conftest import SERVICE_NAMES, Stack
+from tests.faults import data_field_counts, post_many, read_subject, subject_counts
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+
+SIGNALS = int(os.environ.get("CIVIC_FAULT_SIGNALS", "5000"))
+AFVAL = "Er ligt afval en een vuilniszak naast de container bij nummer {n}, graag weghalen."
+
+
+def bodies(count: int) -> list[dict]:
+    return [{"text": AFVAL.format(n=n), "channel": "web", "kind": "report", "language": "nl"} for n in range(count)]
+
+
+async def wait_for_count(stack: Stack, subject: str, expected: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline:
+        seen = await subject_counts(stack.nats.url, subject)
+        if seen >= expected:
+            return seen
+        await asyncio.sleep(1.0)
+    raise AssertionError(f"{subject}: {seen} of {expected} after {timeout}s\n{stack.logs()}")
+
+
+async def test_nats_killed_twice_while_signals_are_posted(stack: Stack) -> None:
+    for name in SERVICE_NAMES:
+        stack.start(name, consumer_ack_wait_s="10")
+    poster = asyncio.create_task(
+        post_many(f"{stack.url('intake')}/v1/signals", stack.dev_key, bodies(SIGNALS), concurrency=16)
+    )
+    for _ in range(2):
+        await asyncio.sleep(3.0)
+        assert not poster.done(), "posting finished before the faults; raise CIVIC_FAULT_SIGNALS"
+        await asyncio.to_thread(stack.nats.kill)
+        await asyncio.sleep(2.0)  # intake goes on answering: its outbox holds the events
+        await asyncio.to_thread(stack.nats.restart)
+    created, statuses = await poster
+    assert statuses == {201: SIGNALS}, statuses
+
+    await wait_for_count(stack, "civic.demo.signal.routed", SIGNALS, timeout=900)
+    await asyncio.sleep(2.0)  # let any late duplicate show itself before counting
+    ids = {c["id"] for c in created}
+    assert len(ids) == SIGNALS
+
+    received = data_field_counts(await read_subject(stack.nats.url, "civic.demo.signal.received"), "signal_id")
+    routed = data_field_counts(await read_subject(stack.nats.url, "civic.demo.signal.routed"), "signal_id")
+    feeds = data_field_counts(await read_subject(stack.nats.url, "civic.demo.dept.*.assigned"), "signal_id")
+    assert set(received) == ids and set(received.values()) == {1}
+    assert set(routed) == ids and set(routed.values()) == {1}, "every signal has exactly one case"
+    assert set(feeds) == ids and set(feeds.values()) == {1}, "exactly one department feed event each"
+
+
+class NatsCluster:
+    """Three nats-server processes with JetStream in one cluster, on loopback."""
+
+    def __init__(self, root: Path) -> None:
+        client_ports = [free_port() for _ in range(3)]
+        cluster_ports = [free_port() for _ in range(3)]
+        routes = ",".join(f"nats://127.0.0.1:{port}" for port in cluster_ports)
+        self.nodes = [
+            NatsServer(
+                root / f"n{i}" / "store",
+                port=client_ports[i],
+                server_name=f"n{i}",
+                log_file=root / f"n{i}" / "nats.log",
+                start_timeout=30,
+                extra_args=["--cluster_name", "civic", "--cluster", f"nats://127.0.0.1:{cluster_ports[i]}", "--routes", routes],
+            )
+            for i in range(3)
+        ]
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self) -> NatsCluster:
+        # A node reports healthy only once the cluster has a JetStream leader: start them together.
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda node: node.start(), self.nodes))
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+async def test_a_three_node_cluster_loses_one_node_under_load(stack: Stack, tmp_path: Path) -> None:
+    stack.nats.stop()
+    cluster = NatsCluster(tmp_path / "cluster").start()
+    stack.nats = cluster  # type: ignore[assignment]
+    try:
+        for name in SERVICE_NAMES:
+            stack.start(name, stream_replicas="3", consumer_ack_wait_s="10")
+        count = max(300, SIGNALS // 5)
+        poster = asyncio.create_task(
+            post_many(f"{stack.url('intake')}/v1/signals", stack.dev_key, bodies(count), concurrency=16)
+        )
+        await asyncio.sleep(2.0)
+        assert not poster.done(), "posting finished before the fault"
+        await asyncio.to_thread(cluster.nodes[1].kill)
+        created, statuses = await poster
+        assert statuses == {201: count}, statuses
+
+        await wait_for_count(stack, "civic.demo.signal.routed", count, timeout=600)
+        await asyncio.sleep(2.0)
+        ids = {c["id"] for c in created}
+        routed = data_field_counts(await read_subject(cluster.url, "civic.demo.signal.routed"), "signal_id")
+        feeds = data_field_counts(await read_subject(cluster.url, "civic.demo.dept.*.assigned"), "signal_id")
+        assert set(routed) == ids and set(routed.values()) == {1}
+        assert set(feeds) == ids and set(feeds.values()) == {1}
+    finally:
+        stack.supervisor.stop_all()
+        cluster.stop()
+
+
+def _postgres_restart_command() -> list[str] | None:
+    versions = sorted(Path("/etc/postgresql").glob("*/main")) if Path("/etc/postgresql").is_dir() else []
+    if not versions or shutil.which("pg_ctlcluster") is None or os.geteuid() != 0:
+        return None
+    version = versions[-1].parent.name
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_postgres_restarted_under_load_loses_no_acknowledged_signal(stack: Stack, database_url: str) -> None:
+    restart = _postgres_restart_command()
+    if restart is None:
+        pytest.skip("needs root and pg_ctlcluster to restart the local PostgreSQL")
+    stack.start("intake", database_url=database_url)
+    for name in ("classifier", "routing"):
+        stack.start(name)
+    count = max(300, SIGNALS // 5)
+    poster = asyncio.create_task(
+        post_many(f"{stack.url('intake')}/v1/signals", stack.dev_key, bodies(count), concurrency=8)
+    )
+    await asyncio.sleep(2.0)
+    assert not poster.done(), "posting finished before the fault"
+    await asyncio.to_thread(subprocess.run, restart, check=True, timeout=120)
+    created, statuses = await poster
+    # While the database restarts, requests are refused (503, nothing stored) — never lost after a 201.
+    assert stack.supervisor.is_running("intake"), stack.logs()
+    errors = sorted({line for line in stack.supervisor.log_file("intake").read_text().splitlines() if "Error" in line})
+    assert set(statuses) <= {201, 503}, (statuses, "\n".join(errors))
+    assert statuses[201] == len(created) > 0
+    acknowledged = {c["id"] for c in created}
+
+    await wait_for_count(stack, "civic.demo.signal.routed", len(acknowledged), timeout=600)
+    await asyncio.sleep(2.0)
+    received = data_field_counts(await read_subject(stack.nats.url, "civic.demo.signal.received"), "signal_id")
+    routed = data_field_counts(await read_subject(stack.nats.url, "civic.demo.signal.routed"), "signal_id")
+    assert set(received) == acknowledged and set(received.values()) == {1}
+    assert set(routed) == acknowledged and set(routed.values()) == {1}
