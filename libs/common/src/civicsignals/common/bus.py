@@ -72,6 +72,9 @@ class ConsumerSpec:
     max_ack_pending: int = 1000
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL
     extra_filter_subjects: list[str] = field(default_factory=list)
+    concurrency: int | None = None
+    """How many messages of a fetched batch are handled at once; None: the service's setting.
+    Handlers must then tolerate order changes (they already must: redeliveries reorder too)."""
 
     def config(self) -> ConsumerConfig:
         subjects = [self.filter_subject, *self.extra_filter_subjects]
@@ -203,15 +206,10 @@ class Bus:
         await self.js.publish(f"dlq.{safe_tenant}.{durable}", msg.data, headers=headers)
 
     async def close(self) -> None:
+        """Close the connection. Not ``drain()``: every publish already waited for its ack, and a
+        drain waits for pull subscriptions whose fetch the consumers' shutdown cancelled."""
         if self._nc is not None and not self._nc.is_closed:
-            if self._nc.is_connected:
-                try:
-                    await asyncio.wait_for(self._nc.drain(), timeout=5)
-                except (TimeoutError, Exception):
-                    await self._nc.close()
-            else:
-                # Draining needs the server; without it, close at once rather than wait for a timeout.
-                await self._nc.close()
+            await self._nc.close()
         self._nc = None
         self._js = None
 
@@ -241,8 +239,13 @@ class Consumer:
                 log.warning("consumer %s: fetch failed: %s", self.spec.durable, type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
-            for message in messages:
-                await self.handle(message)
+            limit = asyncio.Semaphore(max(1, self.spec.concurrency or 1))
+
+            async def _handle_bounded(message: Msg) -> None:
+                async with limit:
+                    await self.handle(message)
+
+            await asyncio.gather(*(_handle_bounded(message) for message in messages))
 
     async def handle(self, msg: Msg) -> None:
         """Process one message and settle it: ack, nak with delay, or dead-letter and term."""

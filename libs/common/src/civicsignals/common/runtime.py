@@ -59,6 +59,8 @@ class ServiceRuntime:
     def add_consumer(self, spec: ConsumerSpec) -> None:
         spec.max_deliver = self.settings.consumer_max_deliver
         spec.ack_wait_s = self.settings.consumer_ack_wait_s
+        if spec.concurrency is None:
+            spec.concurrency = self.settings.consumer_concurrency
         self.consumer_specs.append(spec)
 
     def add_background(self, job: Callable[[], Awaitable[None]]) -> None:

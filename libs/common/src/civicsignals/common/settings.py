@@ -36,6 +36,7 @@ class ServiceSettings(BaseSettings):
     stream_duplicate_window_s: float = Field(default=300.0, ge=120.0)
     consumer_max_deliver: int = Field(default=10, ge=2)
     consumer_ack_wait_s: float = Field(default=30.0, gt=0)
+    consumer_concurrency: int = Field(default=8, ge=1, le=256)
     outbox_batch_size: int = Field(default=200, ge=1)
     outbox_poll_interval_s: float = Field(default=0.5, gt=0)
     outbox_fault: Literal["none", "hold", "exit_after_publish"] = Field(

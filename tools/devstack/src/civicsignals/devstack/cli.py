@@ -87,7 +87,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("intake", 8001, ("/v1/signals", "/v1/tracking", "/v1/conversations", "/open311")),
     ServiceSpec("classifier", 8002, ("/v1/classify", "/v1/models")),
     ServiceSpec("routing", 8003, ("/v1/cases", "/v1/routing")),
-    ServiceSpec("notifier", 8004, ("/v1/partners", "/v1/deliveries")),
+    ServiceSpec("notifier", 8004, ("/v1/partners", "/v1/deliveries", "/v1/templates")),
 )
 
 DATA_SUBDIRS = ("nats", "mail", "logs", "db", "tenants")
@@ -139,6 +139,8 @@ def service_env(
         env[f"{prefix}SMTP_HOST"] = smtp_host
         env[f"{prefix}SMTP_PORT"] = str(smtp_port)
         env[f"{prefix}INTAKE_URL"] = _service("intake").base_url
+        # DESIGN §8: in the embedded run, partner endpoints on loopback are allowed.
+        env[f"{prefix}ALLOW_PRIVATE_ENDPOINTS"] = "true"
     return env
 
 
@@ -187,7 +189,15 @@ def _display_path(path: Path) -> str:
         return str(path.resolve())
 
 
-def banner(*, data_dir: Path, nats_url: str, mail_dir: Path, smtp_port: int, logs_dir: Path) -> str:
+def banner(
+    *,
+    data_dir: Path,
+    nats_url: str,
+    mail_dir: Path,
+    smtp_port: int,
+    logs_dir: Path,
+    services: Sequence[ServiceSpec] = SERVICES,
+) -> str:
     """What the developer needs after startup: where things are, and a signal to post."""
     key_file = shlex.quote(_display_path(data_dir / "dev-api-key"))
     body = shlex.quote(json.dumps(SAMPLE_SIGNAL, ensure_ascii=False))
@@ -195,7 +205,7 @@ def banner(*, data_dir: Path, nats_url: str, mail_dir: Path, smtp_port: int, log
         "",
         "Civic Signals is running.",
         f"  entry point      {GATEWAY_URL}",
-        *(f"  {s.name:<16} {s.docs_url}" for s in SERVICES),
+        *(f"  {s.name:<16} {s.docs_url}" for s in services),
         f"  NATS             {nats_url}",
         f"  mail (SMTP)      smtp://{LOCALHOST}:{smtp_port} -> {mail_dir}/ (.eml files)",
         f"  logs             {logs_dir}/",
@@ -220,7 +230,7 @@ def _say(message: str) -> None:
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    """Turn SIGTERM into the same clean shutdown as Ctrl-C."""
+    """Make SIGTERM (and SIGINT, even when inherited as ignored) stop the stack like Ctrl-C."""
     raise KeyboardInterrupt
 
 
@@ -310,6 +320,7 @@ def run(
             mail_dir=dirs["mail"],
             smtp_port=mail.port,
             logs_dir=dirs["logs"],
+            services=services,
         )
 
         # From here on a signal asks uvicorn to shut down instead of raising: uvicorn handles
@@ -383,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Same shape as uvicorn's lines, so the gateway's upstream warnings read like the rest.
     logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP session
 
     if args.command == "run":
         try:

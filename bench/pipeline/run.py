@@ -1,0 +1,471 @@
+"""Pipeline benchmark (issue 8): signals end to end through every service, on this machine.
+
+    .venv/bin/python bench/pipeline/run.py [--signals 3000] [--rate 100] [--seconds 30] [--out DIR]
+
+It starts, on loopback only: nats-server, a webhook receiver, an SMTP receiver, and intake,
+classifier, routing and notifier as their own processes (SQLite, as ``make run``). The demo
+tenant's ``afval`` rule is set to forward to the partner ``woonpartners``, whose webhook endpoint
+is the local receiver, so every signal ends in one webhook and one acknowledgement e-mail.
+
+1. **Reference**: a bare FastAPI endpoint that validates the same body and answers 201 without
+   writing, loaded by the same load generator in the same run.
+2. **Sustained**: ``--signals`` posted as fast as intake takes them; throughput end to end is the
+   number of signals over the time from the first POST to the last webhook and e-mail.
+3. **Fixed rate**: ``--rate`` signals per second for ``--seconds``; latency per stage from the
+   CloudEvent times on the bus, and end to end from the POST to the webhook and the e-mail.
+
+Writes ``report.md`` and ``latency.png`` to ``--out`` (default ``bench/results/pipeline``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import uvicorn
+import yaml
+from aiosmtpd.controller import Controller
+from fastapi import FastAPI, Request, Response
+from nats.js.api import DeliverPolicy
+
+from civicsignals.common.tenants import prepare_dev_tenant
+from civicsignals.devstack.cli import service_env
+from civicsignals.devstack.nats import NatsServer
+from civicsignals.devstack.ports import free_port
+from civicsignals.devstack.supervisor import ProcessSupervisor
+from civicsignals.intake.models import SignalCreate
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = ("intake", "classifier", "routing", "notifier")
+TEXT = "Er ligt al dagen afval en een kapotte vuilniszak naast de container bij nummer {n}."
+
+
+def body(n: int) -> dict[str, Any]:
+    return {
+        "text": TEXT.format(n=n),
+        "channel": "web",
+        "kind": "report",
+        "language": "nl",
+        "reporter": {"name": "Bench Bewoner", "email": f"bewoner{n}@example.org", "consent": True},
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# --- receivers -------------------------------------------------------------------------------
+
+
+@dataclass
+class Arrivals:
+    """When each signal's webhook and e-mail arrived (monotonic wall clock, seconds)."""
+
+    webhooks: dict[str, float] = field(default_factory=dict)
+    mails: dict[str, float] = field(default_factory=dict)
+    webhook_ids: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def webhook_app(arrivals: Arrivals) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/hook")
+    async def hook(request: Request) -> Response:
+        now = time.time()
+        event = json.loads(await request.body())
+        tracking = event.get("data", {}).get("tracking_code")
+        with arrivals.lock:
+            arrivals.webhook_ids.append(request.headers.get("webhook-id", ""))
+            if event.get("type", "").endswith("signal.routed.v1") and tracking:
+                arrivals.webhooks.setdefault(tracking, now)
+        return Response(status_code=204)
+
+    return app
+
+
+class MailRecorder:
+    def __init__(self, arrivals: Arrivals) -> None:
+        self.arrivals = arrivals
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        now = time.time()
+        subject = str(message_from_bytes(envelope.content)["Subject"] or "")
+        code = subject.rsplit("(", 1)[-1].rstrip(")") if "(" in subject else subject
+        with self.arrivals.lock:
+            self.arrivals.mails.setdefault(code, now)
+        return "250 OK"
+
+
+class Server(threading.Thread):
+    """A uvicorn server in a thread, for the receivers and the bare reference."""
+
+    def __init__(self, app: FastAPI, port: int) -> None:
+        super().__init__(daemon=True)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+
+    def run(self) -> None:
+        self.server.run()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.join(timeout=5)
+
+
+def bare_reference_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/signals", status_code=201)
+    async def post_signal(payload: SignalCreate) -> dict[str, str]:
+        return {"id": "0", "tracking_code": "0000-0000-0000", "status_url": "http://127.0.0.1/x"}
+
+    return app
+
+
+# --- load generator ---------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    started: dict[str, float] = field(default_factory=dict)  # tracking code -> POST start (time.time)
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    first: float = 0.0
+    last: float = 0.0
+
+
+async def post_all(
+    url: str, key: str, count: int, *, concurrency: int, rate: float | None, offset: int = 0
+) -> Load:
+    """POST ``count`` signals: as fast as possible with ``concurrency`` clients, or at ``rate``/s."""
+    load = Load()
+    headers = {"Authorization": f"Bearer {key}"}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(count):
+        queue.put_nowait(n)
+    load.first = time.time()
+    begin = time.monotonic()
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while True:
+            try:
+                n = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if rate:
+                delay = begin + n / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            sent = time.time()
+            response = await client.post(url, json=body(n + offset), headers=headers)
+            load.latencies.append(time.time() - sent)
+            load.statuses[response.status_code] = load.statuses.get(response.status_code, 0) + 1
+            if response.status_code == 201:
+                load.started[response.json()["tracking_code"]] = sent
+
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    load.last = time.time()
+    return load
+
+
+# --- the stack --------------------------------------------------------------------------------
+
+
+class Stack:
+    def __init__(self, root: Path, smtp_port: int) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.key = prepare_dev_tenant(REPO / "config" / "tenants", self.data)
+        rules_path = self.data / "tenants" / "demo" / "rules.yaml"
+        rules = yaml.safe_load(rules_path.read_text(encoding="utf-8"))
+        for rule in rules["rules"]:
+            if rule["id"] == "afval":
+                rule["then"]["partners"] = ["woonpartners"]
+        rules_path.write_text(yaml.safe_dump(rules, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        self.nats = NatsServer(root / "nats").start()
+        self.supervisor = ProcessSupervisor(root / "logs")
+        self.ports = {name: free_port() for name in SERVICES}
+        for name in SERVICES:
+            env = service_env(name, data_dir=self.data, nats_url=self.nats.url, smtp_port=smtp_port)
+            prefix = f"CIVIC_{name.upper()}_"
+            env[f"{prefix}PORT"] = str(self.ports[name])
+            env[f"{prefix}LOG_LEVEL"] = "WARNING"
+            if name == "notifier":
+                env[f"{prefix}INTAKE_URL"] = self.url("intake")
+            self.supervisor.start(name, [sys.executable, "-m", f"civicsignals.{name}", "serve"], env=env)
+        for name in SERVICES:
+            self.supervisor.wait_http_ready(name, f"{self.url(name)}/readyz", timeout=120)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def stop(self) -> None:
+        self.supervisor.stop_all()
+        self.nats.stop()
+
+
+def register_partner(stack: Stack, receiver_url: str) -> None:
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    with httpx.Client(base_url=stack.url("notifier"), headers=headers, timeout=30) as client:
+        response = client.post("/v1/partners", json={"code": "woonpartners"})
+        if response.status_code not in (201, 409):
+            raise SystemExit(f"cannot register the partner: {response.status_code} {response.text}")
+        response = client.post("/v1/partners/woonpartners/endpoints", json={"url": receiver_url})
+        if response.status_code != 201:
+            raise SystemExit(f"cannot register the endpoint: {response.status_code} {response.text}")
+
+
+async def event_times(nats_url: str, subject: str) -> dict[str, float]:
+    """tracking code (or signal id) -> CloudEvent time, for every event on ``subject``."""
+    client = await nats.connect(nats_url)
+    try:
+        js = client.jetstream()
+        info = await js.stream_info("CIVIC", subjects_filter=subject)
+        expected = sum((info.state.subjects or {}).values())
+        found: dict[str, float] = {}
+        done = asyncio.Event()
+        seen = 0
+
+        async def collect(msg: Any) -> None:
+            nonlocal seen
+            seen += 1
+            event = json.loads(msg.data)
+            data = event["data"]
+            key = data.get("tracking_code") or data["signal_id"]
+            found.setdefault(key, datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp())
+            if seen >= expected:
+                done.set()
+
+        if expected:
+            sub = await js.subscribe(
+                subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=collect
+            )
+            await asyncio.wait_for(done.wait(), timeout=120)
+            await sub.unsubscribe()
+        return found
+    finally:
+        await client.close()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.2)
+    return predicate()
+
+
+def describe(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": percentile(values, 50) * 1000,
+        "p95_ms": percentile(values, 95) * 1000,
+        "p99_ms": percentile(values, 99) * 1000,
+        "n": float(len(values)),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="civic-bench-pipeline-"))
+    arrivals = Arrivals()
+    receiver_port, reference_port, smtp_port = free_port(), free_port(), free_port()
+    receiver = Server(webhook_app(arrivals), receiver_port)
+    receiver.start()
+    reference = Server(bare_reference_app(), reference_port)
+    reference.start()
+    smtp = Controller(MailRecorder(arrivals), hostname="127.0.0.1", port=smtp_port)
+    smtp.start()
+    await asyncio.sleep(1.0)
+
+    print("reference: bare FastAPI endpoint …", flush=True)
+    ref = await post_all(
+        f"http://127.0.0.1:{reference_port}/v1/signals",
+        "x",
+        args.signals,
+        concurrency=args.concurrency,
+        rate=None,
+    )
+    ref_rate = args.signals / (ref.last - ref.first)
+
+    print("starting the stack …", flush=True)
+    stack = Stack(root, smtp_port)
+    results: dict[str, Any] = {}
+    try:
+        register_partner(stack, f"http://127.0.0.1:{receiver_port}/hook")
+        # Warm up: the first signals pay for model loading, connections and JIT-free caches.
+        warm = await post_all(
+            f"{stack.url('intake')}/v1/signals", stack.key, 50, concurrency=8, rate=None, offset=10**6
+        )
+        await wait_until(
+            lambda: all(c in arrivals.webhooks and c in arrivals.mails for c in warm.started), 120
+        )
+
+        print(f"sustained: {args.signals} signals …", flush=True)
+        sustained = await post_all(
+            f"{stack.url('intake')}/v1/signals",
+            stack.key,
+            args.signals,
+            concurrency=args.concurrency,
+            rate=None,
+        )
+        codes = list(sustained.started)
+        complete = await wait_until(
+            lambda: all(c in arrivals.webhooks and c in arrivals.mails for c in codes), args.drain_timeout
+        )
+        done_at = max(
+            [arrivals.webhooks.get(c, 0) for c in codes] + [arrivals.mails.get(c, 0) for c in codes]
+        )
+        lost = sum(1 for c in codes if c not in arrivals.webhooks or c not in arrivals.mails)
+        results["sustained"] = {
+            "posted": args.signals,
+            "accepted": len(codes),
+            "statuses": sustained.statuses,
+            "accept_rate": len(codes) / (sustained.last - sustained.first),
+            "end_to_end_rate": len(codes) / (done_at - sustained.first) if complete else float("nan"),
+            "lost": lost,
+            "post_latency": describe(sustained.latencies),
+        }
+
+        print(f"fixed rate: {args.rate}/s for {args.seconds}s …", flush=True)
+        count = int(args.rate * args.seconds)
+        fixed = await post_all(
+            f"{stack.url('intake')}/v1/signals",
+            stack.key,
+            count,
+            concurrency=args.concurrency,
+            rate=args.rate,
+            offset=10**7,
+        )
+        fixed_codes = list(fixed.started)
+        await wait_until(
+            lambda: all(c in arrivals.webhooks and c in arrivals.mails for c in fixed_codes),
+            args.drain_timeout,
+        )
+        received = await event_times(stack.nats.url, "civic.demo.signal.received")
+        classified_by_signal = await event_times(stack.nats.url, "civic.demo.signal.classified")
+        routed = await event_times(stack.nats.url, "civic.demo.signal.routed")
+        stages: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "intake (POST→received)",
+                "classifier",
+                "routing",
+                "webhook",
+                "e-mail",
+                "end to end (POST→webhook)",
+            )
+        }
+        for code in fixed_codes:
+            if code not in received or code not in routed:
+                continue
+            classified = classified_by_signal.get(code)
+            if classified is None:
+                continue
+            stages["intake (POST→received)"].append(received[code] - fixed.started[code])
+            stages["classifier"].append(classified - received[code])
+            stages["routing"].append(routed[code] - classified)
+            if code in arrivals.webhooks:
+                stages["webhook"].append(arrivals.webhooks[code] - routed[code])
+                stages["end to end (POST→webhook)"].append(arrivals.webhooks[code] - fixed.started[code])
+            if code in arrivals.mails:
+                stages["e-mail"].append(arrivals.mails[code] - routed[code])
+        results["fixed_rate"] = {
+            "rate": args.rate,
+            "seconds": args.seconds,
+            "accepted": len(fixed_codes),
+            "lost": sum(1 for c in fixed_codes if c not in arrivals.webhooks or c not in arrivals.mails),
+            "stages": {name: describe(values) for name, values in stages.items()},
+        }
+        results["duplicate_webhook_ids"] = len(arrivals.webhook_ids) - len(set(arrivals.webhook_ids))
+        results["reference"] = {"rate": ref_rate, "post_latency": describe(ref.latencies)}
+        write_report(out, args, results, stages)
+    finally:
+        stack.stop()
+        smtp.stop()
+        receiver.stop()
+        reference.stop()
+    print(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def write_report(
+    out: Path, args: argparse.Namespace, results: dict[str, Any], stages: dict[str, list[float]]
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(9, 4.8))
+    names = [name for name, values in stages.items() if values]
+    axis.boxplot([[v * 1000 for v in stages[name]] for name in names], vert=False, showfliers=False)
+    axis.set_yticks(range(1, len(names) + 1), names)
+    axis.set_xlabel("milliseconds")
+    axis.set_title(f"Latency per stage at {args.rate:g} signals/s for {args.seconds:g} s (whiskers 5–95 %)")
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out / "latency.png", dpi=120)
+
+    sustained, fixed, reference = results["sustained"], results["fixed_rate"], results["reference"]
+    lines = [
+        "# Pipeline benchmark",
+        "",
+        f"Machine: this one ({args.signals} signals sustained, {args.rate:g}/s for {args.seconds:g} s at fixed rate).",
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
+        f"| bare FastAPI reference, POSTs accepted per second | {reference['rate']:.0f} | — |",
+        f"| intake, signals accepted per second (durable write + outbox) | {sustained['accept_rate']:.0f} | — |",
+        f"| end to end, signals per second (POST → webhook and e-mail) | {sustained['end_to_end_rate']:.0f} | ≥ 300 |",
+        f"| lost (sustained + fixed rate) | {sustained['lost'] + fixed['lost']} | 0 |",
+        f"| duplicate webhook-ids | {results['duplicate_webhook_ids']} | 0 |",
+        "",
+        f"Latency at {args.rate:g} signals/s:",
+        "",
+        "| stage | p50 ms | p95 ms | p99 ms | n |",
+        "|---|---|---|---|---|",
+    ]
+    for name, figures in fixed["stages"].items():
+        lines.append(
+            f"| {name} | {figures['p50_ms']:.0f} | {figures['p95_ms']:.0f} | {figures['p99_ms']:.0f} | {figures['n']:.0f} |"
+        )
+    lines += ["", "![latency per stage](latency.png)", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--signals", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--drain-timeout", type=float, default=600.0)
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "pipeline"))
+    return asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
