@@ -422,7 +422,7 @@ def write_report(
     axis.boxplot([[v * 1000 for v in stages[name]] for name in names], vert=False, showfliers=False)
     axis.set_yticks(range(1, len(names) + 1), names)
     axis.set_xlabel("milliseconds")
-    axis.set_title(f"Latency per stage at {args.rate:g} signals/s for {args.seconds:g} s (whiskers 5–95 %)")
+    axis.set_title(f"Latency per stage at {args.rate:g} signals/s for {args.seconds:g} s (whiskers 5-95 %)")
     axis.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     figure.savefig(out / "latency.png", dpi=120)

@@ -228,6 +228,7 @@ class Consumer:
     async def run(self) -> None:
         await self.bus.ensure_consumer(self.spec)
         subscription = await self.bus.js.pull_subscribe_bind(durable=self.spec.durable, stream=STREAM)
+        limit = asyncio.Semaphore(max(1, self.spec.concurrency or 1))
         while not self._stopping.is_set():
             try:
                 messages = await subscription.fetch(self.spec.batch_size, timeout=1.0)
@@ -239,13 +240,11 @@ class Consumer:
                 log.warning("consumer %s: fetch failed: %s", self.spec.durable, type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
-            limit = asyncio.Semaphore(max(1, self.spec.concurrency or 1))
+            await asyncio.gather(*(self._handle_bounded(limit, message) for message in messages))
 
-            async def _handle_bounded(message: Msg) -> None:
-                async with limit:
-                    await self.handle(message)
-
-            await asyncio.gather(*(_handle_bounded(message) for message in messages))
+    async def _handle_bounded(self, limit: asyncio.Semaphore, msg: Msg) -> None:
+        async with limit:
+            await self.handle(msg)
 
     async def handle(self, msg: Msg) -> None:
         """Process one message and settle it: ack, nak with delay, or dead-letter and term."""
