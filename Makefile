@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo .uv-bootstrap/bin/uv)
 VENV := .venv
 
-.PHONY: install run test lint typecheck pytest clean
+.PHONY: install browser run test lint typecheck pytest clean
 
 .uv-bootstrap/bin/uv:
 	$(PYTHON) -m venv .uv-bootstrap
@@ -15,6 +15,14 @@ VENV := .venv
 
 install: $(if $(filter .uv-bootstrap/bin/uv,$(UV)),.uv-bootstrap/bin/uv)
 	$(UV) sync --locked --all-packages
+
+# Debian's chromium, for the browser tests of the insights pages (they skip, saying why, without it).
+# Installed only where we are root and apt-get exists, as on CI; elsewhere install it yourself.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is not installed and cannot be installed here: the browser tests will skip"; fi; }
 
 run: install
 	$(VENV)/bin/civicsignals-devstack run
@@ -26,7 +34,7 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-pytest: install
+pytest: install browser
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest

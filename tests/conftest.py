@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from civicsignals.common.tenants import prepare_dev_tenant
 from civicsignals.devstack.cli import service_env
@@ -49,6 +50,10 @@ class Stack:
         env[f"{prefix}OUTBOX_POLL_INTERVAL_S"] = "0.2"
         if service == "notifier":
             env[f"{prefix}INTAKE_URL"] = self.url("intake")
+        if service == "intake":
+            # The fault tests post thousands of signals with one key; production keeps the default.
+            env[f"{prefix}RATE_LIMIT_PER_S"] = "100000"
+            env[f"{prefix}RATE_LIMIT_BURST"] = "100000"
         if service == "classifier":
             env[f"{prefix}MODELS_DIR"] = str(self.models_dir)
         env.update({f"{prefix}{key.upper()}": value for key, value in overrides.items()})
@@ -64,6 +69,15 @@ class Stack:
 
     def kill(self, service: str) -> None:
         self.supervisor.kill(service)
+
+    def forward_rule_to(self, rule_id: str, partner: str) -> None:
+        """Make a routing rule of the demo tenant forward to a partner (before routing starts)."""
+        path = self.data_dir / "tenants" / "demo" / "rules.yaml"
+        rules = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for rule in rules["rules"]:
+            if rule["id"] == rule_id:
+                rule["then"]["partners"] = [partner]
+        path.write_text(yaml.safe_dump(rules, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
     def logs(self) -> str:
         return "\n".join(

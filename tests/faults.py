@@ -17,7 +17,9 @@ def servers(nats_url: str) -> list[str]:
     return [url for url in nats_url.split(",") if url]
 
 
-async def read_subject(nats_url: str, subject: str, *, stream: str = "CIVIC", idle_s: float = 2.0) -> list[Any]:
+async def read_subject(
+    nats_url: str, subject: str, *, stream: str = "CIVIC", idle_s: float = 2.0
+) -> list[Any]:
     """Every message stored under ``subject`` (wildcards allowed), read with an ordered consumer."""
     client = await nats.connect(servers(nats_url))
     try:

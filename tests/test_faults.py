@@ -18,7 +18,6 @@ import pytest
 
 from civicsignals.devstack.nats import NatsServer
 from civicsignals.devstack.ports import free_port
-
 from tests.conftest import SERVICE_NAMES, Stack
 from tests.faults import data_field_counts, post_many, read_subject, subject_counts
 
@@ -29,7 +28,10 @@ AFVAL = "Er ligt afval en een vuilniszak naast de container bij nummer {n}, graa
 
 
 def bodies(count: int) -> list[dict]:
-    return [{"text": AFVAL.format(n=n), "channel": "web", "kind": "report", "language": "nl"} for n in range(count)]
+    return [
+        {"text": AFVAL.format(n=n), "channel": "web", "kind": "report", "language": "nl"}
+        for n in range(count)
+    ]
 
 
 async def wait_for_count(stack: Stack, subject: str, expected: int, timeout: float) -> int:
@@ -63,7 +65,9 @@ async def test_nats_killed_twice_while_signals_are_posted(stack: Stack) -> None:
     ids = {c["id"] for c in created}
     assert len(ids) == SIGNALS
 
-    received = data_field_counts(await read_subject(stack.nats.url, "civic.demo.signal.received"), "signal_id")
+    received = data_field_counts(
+        await read_subject(stack.nats.url, "civic.demo.signal.received"), "signal_id"
+    )
     routed = data_field_counts(await read_subject(stack.nats.url, "civic.demo.signal.routed"), "signal_id")
     feeds = data_field_counts(await read_subject(stack.nats.url, "civic.demo.dept.*.assigned"), "signal_id")
     assert set(received) == ids and set(received.values()) == {1}
@@ -85,7 +89,14 @@ class NatsCluster:
                 server_name=f"n{i}",
                 log_file=root / f"n{i}" / "nats.log",
                 start_timeout=30,
-                extra_args=["--cluster_name", "civic", "--cluster", f"nats://127.0.0.1:{cluster_ports[i]}", "--routes", routes],
+                extra_args=[
+                    "--cluster_name",
+                    "civic",
+                    "--cluster",
+                    f"nats://127.0.0.1:{cluster_ports[i]}",
+                    "--routes",
+                    routes,
+                ],
             )
             for i in range(3)
         ]
@@ -144,7 +155,9 @@ def _postgres_restart_command() -> list[str] | None:
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-async def test_postgres_restarted_under_load_loses_no_acknowledged_signal(stack: Stack, database_url: str) -> None:
+async def test_postgres_restarted_under_load_loses_no_acknowledged_signal(
+    stack: Stack, database_url: str
+) -> None:
     restart = _postgres_restart_command()
     if restart is None:
         pytest.skip("needs root and pg_ctlcluster to restart the local PostgreSQL")
@@ -161,14 +174,18 @@ async def test_postgres_restarted_under_load_loses_no_acknowledged_signal(stack:
     created, statuses = await poster
     # While the database restarts, requests are refused (503, nothing stored) — never lost after a 201.
     assert stack.supervisor.is_running("intake"), stack.logs()
-    errors = sorted({line for line in stack.supervisor.log_file("intake").read_text().splitlines() if "Error" in line})
+    errors = sorted(
+        {line for line in stack.supervisor.log_file("intake").read_text().splitlines() if "Error" in line}
+    )
     assert set(statuses) <= {201, 503}, (statuses, "\n".join(errors))
     assert statuses[201] == len(created) > 0
     acknowledged = {c["id"] for c in created}
 
     await wait_for_count(stack, "civic.demo.signal.routed", len(acknowledged), timeout=600)
     await asyncio.sleep(2.0)
-    received = data_field_counts(await read_subject(stack.nats.url, "civic.demo.signal.received"), "signal_id")
+    received = data_field_counts(
+        await read_subject(stack.nats.url, "civic.demo.signal.received"), "signal_id"
+    )
     routed = data_field_counts(await read_subject(stack.nats.url, "civic.demo.signal.routed"), "signal_id")
     assert set(received) == acknowledged and set(received.values()) == {1}
     assert set(routed) == acknowledged and set(routed.values()) == {1}

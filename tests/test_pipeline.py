@@ -40,7 +40,7 @@ def post_signal(
     return created
 
 
-def wait_for_status(stack: Stack, tracking_code: str, status: str, timeout: float = 60) -> dict:
+def wait_for_status(stack: Stack, tracking_code: str, status: str | tuple[str, ...], timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     last: dict = {}
     with stack.client() as client:
@@ -48,7 +48,7 @@ def wait_for_status(stack: Stack, tracking_code: str, status: str, timeout: floa
             response = client.get(f"{stack.url('intake')}/v1/tracking/{tracking_code}")
             assert response.status_code == 200, response.text
             last = response.json()
-            if last["status"] == status:
+            if last["status"] == status or last["status"] in status:
                 return last
             time.sleep(0.2)
     raise AssertionError(f"status stayed {last.get('status')!r}, wanted {status!r}\n{stack.logs()}")

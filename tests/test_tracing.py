@@ -43,7 +43,9 @@ async def test_one_trace_spans_every_service(stack: Stack, tmp_path: Path) -> No
     posts = [
         s
         for s in spans
-        if service_of(s) == "civicsignals-intake" and s["name"] == "POST /v1/signals" and s["kind"] == "SpanKind.SERVER"
+        if service_of(s) == "civicsignals-intake"
+        and s["name"] == "POST /v1/signals"
+        and s["kind"] == "SpanKind.SERVER"
     ]
     assert posts, [s["name"] for s in spans]
     trace_id = posts[0]["context"]["trace_id"]

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
+from fastapi import APIRouter, Depends
+from sqlalchemy import MetaData
 
+from civicsignals.common.app import create_service_app
+from civicsignals.common.auth import Principal, any_scope_dependency
 from civicsignals.common.problems import PROBLEM_JSON
+from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.common.tenants import hash_key
 
 pytestmark = pytest.mark.timeout(30)
@@ -139,3 +144,88 @@ async def test_authentication_is_checked_before_the_body(service: Any) -> None:
     """A caller without a key learns nothing about what the body should look like."""
     response = await service.client.post("/v1/signals", json={"channel": "fax"})
     assert_unauthenticated(response, "send an API key as 'Authorization: Bearer <key>'")
+
+
+# -- issue 10: departments, any-of scopes, markers, log hygiene ------------------------------------
+
+
+AnyReader = Annotated[Principal, Depends(any_scope_dependency("rules:admin", "signals:read"))]
+
+
+async def _small_app(service_factory: Any, tenant_key: Any) -> Any:
+    router = APIRouter()
+
+    @router.get("/v1/whoami")
+    async def whoami(principal: AnyReader) -> dict[str, Any]:
+        return {
+            "tenant": principal.tenant,
+            "actor": principal.actor,
+            "departments": sorted(principal.departments),
+            "sees_wegen": principal.sees_department("wegen"),
+        }
+
+    runtime = ServiceRuntime(
+        service_factory.settings(tenant_key.tenants_dir), metadata=MetaData(), outbox=False
+    )
+    runtime.tenants.check_interval_s = 0.0
+    app = create_service_app(runtime, title="t", description="t", routers=[router])
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t.local")
+
+
+async def test_any_scope_and_departments_of_a_key(service_factory: Any, tenant_key: Any) -> None:
+    async with await _small_app(service_factory, tenant_key) as client:
+        _, reader = tenant_key.add_key(["signals:read"])
+        _, department_key = tenant_key.add_key(["rules:admin"], description="groen")
+        from civicsignals.common.tenants import add_key
+
+        _, bound = add_key(tenant_key.folder, ["signals:read"], departments=["groen"])
+        _, neither = tenant_key.add_key(["cases:read"])
+
+        answer = await client.get("/v1/whoami", headers={"Authorization": f"Bearer {reader}"})
+        assert answer.status_code == 200
+        assert answer.json()["departments"] == [] and answer.json()["sees_wegen"] is True
+        assert answer.json()["actor"].startswith("key:")
+        assert (
+            await client.get("/v1/whoami", headers={"Authorization": f"Bearer {department_key}"})
+        ).status_code == 200
+        answer = await client.get("/v1/whoami", headers={"Authorization": f"Bearer {bound}"})
+        assert answer.json()["departments"] == ["groen"] and answer.json()["sees_wegen"] is False
+        answer = await client.get("/v1/whoami", headers={"Authorization": f"Bearer {neither}"})
+        assert answer.status_code == 403
+        assert "rules:admin" in answer.json()["detail"] and "signals:read" in answer.json()["detail"]
+
+
+async def test_a_token_shaped_credential_that_is_no_jwt_is_a_401(service: Any) -> None:
+    response = await service.client.post(
+        "/v1/signals", json=SIGNAL, headers={"Authorization": "Bearer aaa.bbb.ccc"}
+    )
+    assert response.status_code == 401
+    assert response.json()["detail"] == "the bearer token is not a readable JWT"
+
+
+async def test_scope_dependencies_say_which_scope_they_need() -> None:
+    from civicsignals.common.auth import (
+        ANY_SCOPE_ATTRIBUTE,
+        SCOPE_ATTRIBUTE,
+        any_scope_dependency,
+        scope_dependency,
+    )
+
+    assert getattr(scope_dependency("cases:read"), SCOPE_ATTRIBUTE) == "cases:read"
+    assert getattr(any_scope_dependency("a", "b"), ANY_SCOPE_ATTRIBUTE) == frozenset({"a", "b"})
+
+
+async def test_logs_carry_the_key_id_never_the_key(
+    service: Any, tenant_key: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    _, narrow = tenant_key.add_key(["cases:read"])
+    await service.client.post("/v1/signals", json=SIGNAL, headers={"Authorization": f"Bearer {narrow}"})
+    tenant_key.revoke()
+    await service.client.post("/v1/signals", json=SIGNAL, headers=tenant_key.authorization)
+    text = caplog.text
+    assert tenant_key.key_id in text and narrow.split(".")[0][3:] in text
+    assert tenant_key.key not in text and narrow not in text
+    assert tenant_key.key.split(".")[1] not in text

@@ -67,6 +67,9 @@ def test_start_ready_kill_and_start_again(tmp_path: Path) -> None:
         assert second != first
         sup.wait_http_ready("web", f"http://127.0.0.1:{port}/readyz", timeout=10)
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").text == f"pid={second} greeting=hallo"
+        # The log keeps both runs; the tail quoted in errors covers only the latest one.
+        assert sup.log_file("web").read_text().count("listening on") == 2
+        assert sup.log_tail("web").count("listening on") == 1
 
         codes = sup.stop_all(timeout=5)
     assert codes["web"] == -signal.SIGTERM

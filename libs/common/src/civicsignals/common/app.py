@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,17 +24,27 @@ from civicsignals.common.telemetry import setup_telemetry
 class BodyLimitMiddleware:
     """Refuse request bodies over a limit with 413, before a handler reads them (DESIGN §5)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: Sequence[tuple[str, int]] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # (path regex, limit): the first pattern that fully matches the path sets its limit, so a
+        # route that takes uploads may accept more than the JSON routes beside it.
+        self.path_limits = [(re.compile(pattern), limit) for pattern, limit in path_limits]
+
+    def limit_for(self, path: str) -> int:
+        for pattern, limit in self.path_limits:
+            if pattern.fullmatch(path):
+                return limit
+        return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.limit_for(scope.get("path", ""))
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await self._refuse(scope, receive, send, max_bytes)
             return
         received = 0
         too_large = False
@@ -44,7 +55,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     too_large = True
                     raise _BodyTooLarge
             return message
@@ -64,11 +75,11 @@ class BodyLimitMiddleware:
             if started:
                 raise
         if too_large and not started:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, max_bytes)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
         response = problem_response(
-            413, f"the request body is larger than {self.max_bytes} bytes", slug="body-too-large"
+            413, f"the request body is larger than {max_bytes} bytes", slug="body-too-large"
         )
         await response(scope, receive, send)
 
@@ -121,7 +132,10 @@ def create_service_app(
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     openapi_tags: list[dict[str, Any]] | None = None,
+    body_limits: Sequence[tuple[str, int]] = (),
 ) -> FastAPI:
+    """The service's app. ``body_limits`` lists (path regex, bytes) for routes whose body may be
+    larger (or must be smaller) than ``settings.max_body_bytes``, e.g. attachment uploads."""
     settings = runtime.settings
     configure_logging(settings.log_level)
     setup_telemetry(runtime.service, settings.otel_exporter, settings.otel_jsonl_path)
@@ -154,7 +168,7 @@ def create_service_app(
     app.include_router(health_router(checks))
     for router in routers:
         app.include_router(router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, path_limits=body_limits)
     app.add_middleware(ApiVersionMiddleware)
     app.add_middleware(
         PrometheusMiddleware,

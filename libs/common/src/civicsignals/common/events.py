@@ -146,6 +146,20 @@ class SignalReceived(EventData):
     source: str
     occurred_at: datetime | None = None
     attachments: int = 0
+    imported: bool = Field(
+        default=False,
+        description="history loaded by `civicsignals-intake import`: classify and count it, open no case",
+    )
+
+
+class SignalAttachmentAdded(EventData):
+    """A photo or PDF was attached to a signal after it was received; only the count travels."""
+
+    aggregate: ClassVar[str] = "signal"
+    event: ClassVar[str] = "attachment_added"
+
+    signal_id: str
+    attachments: int = Field(ge=1, description="how many attachments the signal has now")
 
 
 class ConversationTurn(BaseModel):
@@ -186,6 +200,13 @@ class SignalClassified(EventData):
     kind: Kind
     needs_review: bool
     model_version: str
+    topics: list[Alternative] = Field(
+        default_factory=list,
+        description="every topic the signal carries, the main one first; a conversation may carry several",
+    )
+    imported: bool = Field(
+        default=False, description="copied from signal.received: history that is classified but opens no case"
+    )
     # Carried along so that routing can apply its conditions without asking intake.
     tracking_code: str | None = None
     channel: Channel | None = None
@@ -236,6 +257,12 @@ class CaseStatusChanged(EventData):
     public_note: str | None = None
     actor: str
     sequence: int
+    # Added by routing (issue 4): who is responsible now, which partners the case was forwarded to,
+    # the partner of a ``forwarded`` change, and, for a merged duplicate's reporter, the survivor.
+    responsible: str | None = None
+    partners: list[str] = Field(default_factory=list)
+    forwarded_to: str | None = None
+    merged_into: str | None = Field(default=None, description="the surviving case of a merged duplicate")
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
 
@@ -393,6 +420,7 @@ def read_data(event: CloudEvent, model: type[DataT]) -> DataT:
 
 ALL_EVENT_MODELS: tuple[type[EventData], ...] = (
     SignalReceived,
+    SignalAttachmentAdded,
     ConversationReceived,
     SignalClassified,
     SignalReclassified,

@@ -1,16 +1,388 @@
-"""``civicsignals-classifier``: run the service."""
+"""``civicsignals-classifier``: run the service; train, evaluate and apply topic models.
+
+Commands (tools outside the project call the first three; their form is fixed)::
+
+    civicsignals-classifier train    --data FILE.csv --out DIR [--text-column text]
+                                     [--topic-column topic] [--subtopic-column subtopic]
+    civicsignals-classifier evaluate --model DIR --data FILE.csv [--report DIR]
+    civicsignals-classifier predict  --model DIR --data FILE.csv --out FILE.csv
+    civicsignals-classifier retrain  --tenant CODE [--base FILE.csv] [--activate]
+    civicsignals-classifier register --tenant CODE --model DIR [--activate]
+    civicsignals-classifier coldstart --out DIR [--taxonomy FILE.yaml]
+    civicsignals-classifier serve
+
+Every command that reads a CSV also takes ``--split-column COLUMN --split VALUE`` to use only the
+rows of one split of a file. Errors (a missing column, an unreadable file, a broken bundle) are
+one line on stderr and exit status 1; ``evaluate`` prints its JSON on stdout and nothing else.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
 from civicsignals.common.app import build_cli, serve
+
+EXIT_ERROR = 1
+
+
+def _add_columns(parser: argparse.ArgumentParser, *, labels: bool = True) -> None:
+    parser.add_argument("--text-column", default="text", help="column with the text (default: text)")
+    if labels:
+        parser.add_argument("--topic-column", default="topic", help="column with the label (default: topic)")
+        parser.add_argument(
+            "--subtopic-column",
+            default="subtopic",
+            help="column with the subtopic, used when the file has it (default: subtopic)",
+        )
+    parser.add_argument(
+        "--split-column", default=None, help="use only rows whose COLUMN has the --split value"
+    )
+    parser.add_argument(
+        "--split", default=None, help="the value of --split-column to keep (e.g. train, test)"
+    )
+
+
+def _add_training(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--date-column", default=None, help="hold out the newest rows by this column")
+    parser.add_argument(
+        "--no-encoder", action="store_true", help="n-gram features only, without the sentence encoder"
+    )
+    parser.add_argument("--class-weight", choices=("none", "balanced"), default="none")
+    parser.add_argument("--holdout", type=float, default=0.1, help="share held out for metrics (default 0.1)")
+    parser.add_argument(
+        "--target-precision",
+        type=float,
+        default=0.9,
+        help="the review threshold is set where held-out precision reaches this (default 0.9)",
+    )
+    parser.add_argument("--no-learning-curve", action="store_true", help="skip the learning curve")
+    parser.add_argument("--version", default=None, help="the bundle's version (default: time and data hash)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser, commands = build_cli("civicsignals-classifier", __doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+    train = commands.add_parser("train", help="train a model bundle on a labelled CSV")
+    train.add_argument("--data", required=True, type=Path, metavar="FILE.csv")
+    train.add_argument("--out", required=True, type=Path, metavar="DIR")
+    _add_columns(train)
+    _add_training(train)
+
+    evaluate = commands.add_parser("evaluate", help="measure a model bundle on a labelled CSV")
+    evaluate.add_argument("--model", required=True, type=Path, metavar="DIR")
+    evaluate.add_argument("--data", required=True, type=Path, metavar="FILE.csv")
+    evaluate.add_argument("--report", type=Path, default=None, metavar="DIR", help="default: <model>/report")
+    _add_columns(evaluate)
+
+    predict = commands.add_parser("predict", help="add topic, subtopic, confidence, needs_review to a CSV")
+    predict.add_argument("--model", required=True, type=Path, metavar="DIR")
+    predict.add_argument("--data", required=True, type=Path, metavar="FILE.csv")
+    predict.add_argument("--out", required=True, type=Path, metavar="FILE.csv")
+    predict.add_argument("--threshold", type=float, default=None, help="override the card's review threshold")
+    _add_columns(predict, labels=False)
+
+    retrain = commands.add_parser(
+        "retrain", help="train a new version for a tenant from staff's corrections (plus a base CSV)"
+    )
+    retrain.add_argument("--tenant", required=True)
+    retrain.add_argument("--base", type=Path, default=None, metavar="FILE.csv", help="labelled data to add")
+    retrain.add_argument("--activate", action="store_true", help="make the new version the active one")
+    retrain.add_argument("--min-examples", type=int, default=20, help="refuse to train on fewer (default 20)")
+    _add_columns(retrain)
+    _add_training(retrain)
+
+    register = commands.add_parser("register", help="add a trained bundle to a tenant's registry")
+    register.add_argument("--tenant", required=True)
+    register.add_argument("--model", required=True, type=Path, metavar="DIR")
+    register.add_argument("--activate", action="store_true")
+
+    coldstart = commands.add_parser("coldstart", help="build the cold-start model of a taxonomy")
+    coldstart.add_argument("--out", required=True, type=Path, metavar="DIR")
+    coldstart.add_argument("--taxonomy", type=Path, default=None, metavar="FILE.yaml")
+    return parser
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from civicsignals.classifier.pipeline import TrainOptions
+
+    if not 0 <= args.holdout < 1:
+        raise ValueError("--holdout must be in [0, 1)")
+    if not 0 < args.target_precision <= 1:
+        raise ValueError("--target-precision must be in (0, 1]")
+    return TrainOptions(
+        encoder=not args.no_encoder,
+        class_weight=None if args.class_weight == "none" else "balanced",
+        holdout=args.holdout,
+        target_precision=args.target_precision,
+        learning_curve=not args.no_learning_curve,
+    )
+
+
+def _read_labelled(args: argparse.Namespace, path: Path, *, date_column: str | None = None) -> Any:
+    from civicsignals.classifier.data import read_labelled
+
+    data = read_labelled(
+        path,
+        text_column=args.text_column,
+        topic_column=args.topic_column,
+        subtopic_column=args.subtopic_column,
+        split_column=args.split_column,
+        split=args.split,
+        date_column=date_column,
+    )
+    if data.skipped_empty or data.skipped_unlabelled:
+        print(
+            f"{path}: skipped {data.skipped_empty} rows with an empty text and "
+            f"{data.skipped_unlabelled} without a topic",
+            file=sys.stderr,
+        )
+    return data
+
+
+def _train(args: argparse.Namespace) -> int:
+    from civicsignals.classifier.pipeline import train_bundle
+
+    options = _options(args)
+    data = _read_labelled(args, args.data, date_column=args.date_column)
+    card = train_bundle(data, args.out, options=options, version=args.version)
+    held = card.get("heldout", {})
+    print(
+        f"wrote {args.out}: version {card['version']}, {card['training_data']['examples']} examples, "
+        f"{card['labels']} labels, held-out accuracy {held.get('accuracy', 'n/a')}, "
+        f"macro-F1 {held.get('macro_f1', 'n/a')}, threshold {card['threshold']}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from civicsignals.classifier.model.inference import TopicModel
+    from civicsignals.classifier.pipeline import evaluate, write_report
+
+    model = TopicModel(args.model)
+    data = _read_labelled(args, args.data)
+    metrics, notes = evaluate(model, data)
+    report_dir = args.report or (Path(args.model) / "report")
+    report = write_report(report_dir, metrics, notes, model.card, data)
+    result = {
+        **metrics.to_dict(),
+        "level": notes["level"],
+        "model_version": model.version,
+        "threshold": notes["threshold"],
+        "accepted": notes["accepted"],
+        "accuracy_accepted": notes["accuracy_accepted"],
+        "skipped_empty": data.skipped_empty,
+        "skipped_unlabelled": data.skipped_unlabelled,
+        "report": str(report),
+    }
+    if "topic_accuracy" in notes:
+        result["topic_accuracy"] = notes["topic_accuracy"]
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from civicsignals.classifier.data import read_texts
+    from civicsignals.classifier.model.inference import TopicModel
+    from civicsignals.classifier.pipeline import predict_rows, write_predictions
+
+    model = TopicModel(args.model)
+    rows = read_texts(
+        args.data, text_column=args.text_column, split_column=args.split_column, split=args.split
+    )
+    labels, confidences, review = predict_rows(model, rows.texts, threshold=args.threshold)
+    write_predictions(rows, labels, confidences, review, args.out)
+    print(
+        f"wrote {args.out}: {len(rows.texts)} texts classified, {sum(review)} need review, "
+        f"{rows.skipped_empty} rows with an empty text skipped",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _register_async(tenant: str, bundle: Path, *, kind: str, activate: bool, actor: str) -> str:
+    from sqlmodel import SQLModel
+
+    from civicsignals.classifier import models as _tables  # noqa: F401 - registers the tables
+    from civicsignals.classifier import service
+    from civicsignals.classifier.settings import ClassifierSettings
+    from civicsignals.common import audit
+    from civicsignals.common.db import create_engine, create_schema, session_factory
+    from civicsignals.common.events import check_code
+
+    check_code(tenant, "tenant")
+    settings = ClassifierSettings()
+    version, target = service.install_bundle(settings.models_dir, tenant, bundle)
+    from civicsignals.classifier.model.inference import TopicModel, read_card
+
+    TopicModel(target)  # refuse a bundle that does not load before anything is recorded
+    engine = create_engine(settings.database_url)
+    try:
+        await create_schema(engine, SQLModel.metadata)
+        sessions = session_factory(engine)
+        async with sessions() as session, session.begin():
+            await service.register(session, tenant, read_card(target), kind=kind, actor=actor)
+            audit.record(
+                session,
+                tenant=tenant,
+                actor=actor,
+                action="model.register",
+                object=f"model:{version}",
+                result="ok",
+                service="classifier",
+            )
+            if activate:
+                await service.activate(session, tenant, version, actor=actor)
+                audit.record(
+                    session,
+                    tenant=tenant,
+                    actor=actor,
+                    action="model.activate",
+                    object=f"model:{version}",
+                    result="ok",
+                    service="classifier",
+                )
+    finally:
+        await engine.dispose()
+    return version
+
+
+async def _corrections(tenant: str) -> Any:
+    from sqlmodel import SQLModel
+
+    from civicsignals.classifier import models as _tables  # noqa: F401
+    from civicsignals.classifier import service
+    from civicsignals.classifier.settings import ClassifierSettings
+    from civicsignals.common.db import create_engine, create_schema, session_factory
+
+    settings = ClassifierSettings()
+    engine = create_engine(settings.database_url)
+    try:
+        await create_schema(engine, SQLModel.metadata)
+        async with session_factory(engine)() as session:
+            return service.corrections_as_data(await service.corrections(session, tenant))
+    finally:
+        await engine.dispose()
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from civicsignals.classifier.data import LabelledData
+    from civicsignals.classifier.pipeline import train_bundle
+
+    options = _options(args)
+    corrections: LabelledData = asyncio.run(_corrections(args.tenant))
+    data = corrections
+    parts = {"corrections": len(corrections)}
+    if args.base is not None:
+        base = _read_labelled(args, args.base, date_column=args.date_column)
+        parts["base"] = len(base)
+        data = LabelledData(
+            texts=base.texts + corrections.texts,
+            labels=base.labels + corrections.labels,
+            # A split by date needs dates on both; otherwise the split is stratified.
+            dates=(base.dates + (corrections.dates or [])) if base.dates is not None else None,
+            skipped_empty=base.skipped_empty + corrections.skipped_empty,
+            skipped_unlabelled=base.skipped_unlabelled,
+            rows=base.rows + corrections.rows,
+            sha256=base.sha256,
+            size=base.size,
+            source=base.source,
+            extra={"parts": parts},
+        )
+        data.has_subtopics = base.has_subtopics or corrections.has_subtopics
+    else:
+        data.extra = {"parts": parts}
+    if len(data) < args.min_examples:
+        raise ValueError(
+            f"only {len(data)} examples ({parts}); retrain needs at least {args.min_examples} (--min-examples)"
+        )
+    with tempfile.TemporaryDirectory(prefix="retrain-") as tmp:
+        bundle = Path(tmp) / "bundle"
+        card = train_bundle(
+            data,
+            bundle,
+            options=options,
+            version=args.version,
+            card_extra={"tenant": args.tenant, "retrained": parts},
+        )
+        version = asyncio.run(
+            _register_async(
+                args.tenant, bundle, kind="retrained", activate=args.activate, actor="cli:retrain"
+            )
+        )
+    held = card.get("heldout", {})
+    print(
+        f"tenant {args.tenant}: registered version {version} ({parts}), held-out accuracy "
+        f"{held.get('accuracy', 'n/a')}{', now active' if args.activate else ''}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _register(args: argparse.Namespace) -> int:
+    version = asyncio.run(
+        _register_async(args.tenant, args.model, kind="trained", activate=args.activate, actor="cli:register")
+    )
+    print(
+        f"tenant {args.tenant}: registered version {version}{', now active' if args.activate else ''}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _coldstart(args: argparse.Namespace) -> int:
+    from civicsignals.classifier.model.coldstart import build_default_bundle
+    from civicsignals.classifier.taxonomy import load_taxonomy
+
+    taxonomy = load_taxonomy(args.taxonomy)
+    out = Path(args.out)
+    staging = out.with_name(f".{out.name}.building")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        build_default_bundle(staging, taxonomy)
+        shutil.rmtree(out, ignore_errors=True)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote the cold-start model of taxonomy {taxonomy.version} to {args.out}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {
+    "train": _train,
+    "evaluate": _evaluate,
+    "predict": _predict,
+    "retrain": _retrain,
+    "register": _register,
+    "coldstart": _coldstart,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser, _commands = build_cli("civicsignals-classifier", __doc__)
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     if args.command == "serve":
         from civicsignals.classifier.app import create_app
         from civicsignals.classifier.settings import ClassifierSettings
 
         settings = ClassifierSettings()
         serve(lambda: create_app(settings), settings.host, settings.port, settings.log_level)
+        return
+    from civicsignals.classifier.data import CsvError
+    from civicsignals.classifier.model.encoder import EncoderUnavailable
+    from civicsignals.classifier.model.inference import BundleError
+    from civicsignals.classifier.taxonomy import TaxonomyError
+
+    try:
+        code = COMMANDS[args.command](args)
+    except (CsvError, BundleError, EncoderUnavailable, TaxonomyError, ValueError, OSError) as exc:
+        print(f"civicsignals-classifier {args.command}: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    sys.exit(code)

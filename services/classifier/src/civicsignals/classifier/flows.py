@@ -1,19 +1,46 @@
-"""Classifier's orchestration: a received signal gets its topic, and the result goes out by outbox."""
+"""Classifier's orchestration: signals and conversations get their topics, corrections are kept.
+
+Consumers (one durable each, DESIGN §2):
+
+* ``classifier-signal-received``: classifies each signal with its tenant's model and writes
+  ``signal.classified`` to the outbox. Messages are classified **in batches**: the consumer
+  fetches up to ``batch_size`` messages, one onnxruntime call per tenant classifies all of them
+  (:class:`BatchingConsumer`), and then each message is settled on its own exactly as the shared
+  :class:`~civicsignals.common.bus.Consumer` does (its transaction, ack, nak or dead letter), so
+  batching changes neither the acks nor the idempotency;
+* ``classifier-conversation-received``: classifies the citizen's turns of a phone or chat
+  conversation; one conversation may carry several topics (``topics`` in the event);
+* ``classifier-signal-reclassified``: stores staff's correction as training data for ``retrain``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+import nats
+import numpy as np
+import numpy.typing as npt
 from nats.aio.msg import Msg
+from prometheus_client import Histogram
+from pydantic import ValidationError
 
-from civicsignals.classifier.registry import ModelRegistry
-from civicsignals.common.bus import ConsumerSpec, TransientError
+from civicsignals.classifier import service
+from civicsignals.classifier.language import detect_language
+from civicsignals.classifier.model.inference import Prediction, TopicModel
+from civicsignals.classifier.registry import ModelNotReady, ModelRegistry
+from civicsignals.common.bus import STREAM, Bus, Consumer, ConsumerSpec, TransientError
 from civicsignals.common.events import (
     Alternative,
     CloudEvent,
+    ConversationReceived,
     SignalClassified,
     SignalReceived,
+    SignalReclassified,
     make_event,
     read_data,
 )
@@ -21,57 +48,283 @@ from civicsignals.common.inbox import claim
 from civicsignals.common.outbox import enqueue
 from civicsignals.common.runtime import ServiceRuntime
 
+log = logging.getLogger(__name__)
+
 CONSUMER = "classifier-signal-received"
+CONVERSATION_CONSUMER = "classifier-conversation-received"
+CORRECTION_CONSUMER = "classifier-signal-reclassified"
+#: Citizen turns shorter than this many characters ("ja", "dank u") carry no topic of their own.
+MIN_TURN_CHARS = 12
+
+BATCH_SIZE = Histogram(
+    "civic_classifier_batch_size",
+    "Signals classified in one onnxruntime call",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+INFERENCE_SECONDS = Histogram("civic_classifier_inference_seconds", "Time of one batch classification")
 
 
 @dataclass
 class ClassifierContext:
     runtime: ServiceRuntime
     registry: ModelRegistry
+    #: Predictions made for a fetched batch, by event id, waiting for their message's handler.
+    prefetched: dict[str, Prediction] = field(default_factory=dict)
+    #: The taxonomy object last handed to the registry per tenant (the tenant registry replaces
+    #: it on a reload, so identity tells whether it changed).
+    _taxonomies: dict[str, int] = field(default_factory=dict)
 
     def threshold(self, tenant: str) -> float | None:
+        """The tenant's review threshold (``classifier.review_threshold`` in tenant.yaml), if set."""
         config = self.runtime.tenants.get(tenant)
         if config is None:
             return None
         value = (config.settings.get("classifier") or {}).get("review_threshold")
         return float(value) if value is not None else None
 
+    def serving_model(self, tenant: str) -> TopicModel:
+        """The tenant's model now (its own taxonomy checked first); :class:`ModelNotReady` while it loads."""
+        self._check_taxonomy(tenant)
+        return self.registry.model_for(tenant)
+
+    def model_for(self, tenant: str) -> TopicModel:
+        """The tenant's model; a :class:`TransientError` (redelivery later) while it loads."""
+        try:
+            return self.serving_model(tenant)
+        except ModelNotReady as exc:
+            raise TransientError(str(exc)) from exc
+
+    def _check_taxonomy(self, code: str) -> None:
+        tenant = self.runtime.tenants.get(code)
+        taxonomy = getattr(tenant, "taxonomy", None) if tenant is not None else None
+        if self._taxonomies.get(code) != id(taxonomy):
+            self.registry.set_tenant_taxonomy(code, taxonomy)
+            self._taxonomies[code] = id(taxonomy)
+
+    def refresh_taxonomies(self) -> None:
+        """Tell the registry each tenant's own taxonomy (or none), so its cold start matches it."""
+        for code in self.runtime.tenants.codes():
+            self._check_taxonomy(code)
+
+
+async def classify_texts(ctx: ClassifierContext, tenant: str, texts: Sequence[str]) -> list[Prediction]:
+    """Classify texts with the tenant's model and threshold, in a worker thread."""
+    model = ctx.model_for(tenant)
+    started = time.perf_counter()
+    predictions = await asyncio.to_thread(model.predict, list(texts), threshold=ctx.threshold(tenant))
+    INFERENCE_SECONDS.observe(time.perf_counter() - started)
+    BATCH_SIZE.observe(len(texts))
+    return predictions
+
+
+def _alternatives(prediction: Prediction) -> list[Alternative]:
+    return [Alternative(**a.to_dict()) for a in prediction.alternatives]
+
+
+def _main_topic(prediction: Prediction) -> Alternative:
+    return Alternative(
+        topic=prediction.topic, subtopic=prediction.subtopic, probability=prediction.confidence
+    )
+
+
+async def _publish(ctx: ClassifierContext, event: CloudEvent, consumer: str, data: SignalClassified) -> bool:
+    async with ctx.runtime.sessions() as session, session.begin():
+        if not await claim(session, consumer, event.id):
+            return False
+        out = make_event(tenant=event.tenant, service="classifier", data=data)
+        enqueue(session, SignalClassified.bus_subject(event.tenant), out)
+    ctx.runtime.events_committed()
+    return True
+
 
 async def classify_signal(ctx: ClassifierContext, event: CloudEvent) -> bool:
+    """Classify one received signal (using the batch's prediction when there is one)."""
     received = read_data(event, SignalReceived)
-    if not ctx.registry.loaded:
-        raise TransientError("the model is still loading")
-    model = ctx.registry.model()
-    [prediction] = await asyncio.to_thread(
-        model.predict, [received.text], threshold=ctx.threshold(event.tenant)
-    )
+    prediction = ctx.prefetched.pop(event.id, None)
+    if prediction is None:
+        [prediction] = await classify_texts(ctx, event.tenant, [received.text])
     classified = SignalClassified(
         signal_id=received.signal_id,
         topic=prediction.topic,
         subtopic=prediction.subtopic,
         confidence=prediction.confidence,
-        alternatives=[Alternative(**a.to_dict()) for a in prediction.alternatives],
-        language=received.language,
+        alternatives=_alternatives(prediction),
+        language=received.language or detect_language(received.text),
         kind=received.kind,
         needs_review=prediction.needs_review,
         model_version=prediction.model_version,
+        topics=[_main_topic(prediction)],
+        imported=bool(getattr(received, "imported", False)),
         tracking_code=received.tracking_code,
         channel=received.channel,
         text=received.text,
         location=received.location,
         received_at=received.received_at,
     )
+    return await _publish(ctx, event, CONSUMER, classified)
+
+
+async def prefetch(ctx: ClassifierContext, messages: Sequence[Msg]) -> None:
+    """Classify a fetched batch of ``signal.received`` messages: one model call per tenant.
+
+    Messages that cannot be read are left alone: their handler meets the same error and settles
+    them (dead letter); a tenant whose model is not ready is left to its handlers too (nak).
+    """
+    ctx.prefetched.clear()
+    by_tenant: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for msg in messages:
+        try:
+            event = CloudEvent.from_json(msg.data)
+            received = read_data(event, SignalReceived)
+        except (ValidationError, ValueError):
+            continue
+        by_tenant[event.tenant].append((event.id, received.text))
+    for tenant, items in by_tenant.items():
+        try:
+            predictions = await classify_texts(ctx, tenant, [text for _, text in items])
+        except TransientError:
+            continue
+        for (event_id, _), prediction in zip(items, predictions, strict=True):
+            ctx.prefetched[event_id] = prediction
+
+
+class BatchingConsumer(Consumer):
+    """The shared pull consumer, with one extra step: classify a fetched batch before handling it."""
+
+    def __init__(self, bus: Bus, spec: ConsumerSpec, ctx: ClassifierContext) -> None:
+        super().__init__(bus, spec)
+        self.ctx = ctx
+
+    async def run(self) -> None:
+        await self.bus.ensure_consumer(self.spec)
+        subscription = await self.bus.js.pull_subscribe_bind(durable=self.spec.durable, stream=STREAM)
+        while not self._stopping.is_set():
+            try:
+                messages = await subscription.fetch(self.spec.batch_size, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("consumer %s: fetch failed: %s", self.spec.durable, type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                await prefetch(self.ctx, messages)
+            except Exception:
+                # Batching is an optimisation: on any surprise, each handler classifies on its own.
+                log.exception("consumer %s: batch classification failed", self.spec.durable)
+                self.ctx.prefetched.clear()
+            for message in messages:
+                await self.handle(message)
+            self.ctx.prefetched.clear()
+
+
+async def classify_conversation(ctx: ClassifierContext, event: CloudEvent) -> bool:
+    """Classify a conversation's citizen turns; the main topic is that of all of them together.
+
+    Further topics: each citizen turn of at least :data:`MIN_TURN_CHARS` is classified on its own;
+    its most probable *topic* (the probabilities of its subtopics added up: a turn may be clearly
+    about street furniture without saying which piece) is added to ``topics`` when that sum is at
+    or above the review threshold (once per topic, with the turn's best subtopic). A conversation without any citizen
+    text is acknowledged and publishes nothing.
+    """
+    conversation = read_data(event, ConversationReceived)
+    turns = [t.text.strip() for t in conversation.turns if t.speaker == "citizen" and t.text.strip()]
+    if not turns:
+        async with ctx.runtime.sessions() as session, session.begin():
+            await claim(session, CONVERSATION_CONSUMER, event.id)
+        return False
+    whole = "\n".join(turns)
+    singles = [t for t in turns if len(t) >= MIN_TURN_CHARS] if len(turns) > 1 else []
+    model = ctx.model_for(event.tenant)
+    tenant_threshold = ctx.threshold(event.tenant)
+    probabilities = await asyncio.to_thread(model.predict_proba, [whole, *singles])
+    [main] = model.decide(probabilities[:1], threshold=tenant_threshold)
+    limit = model.threshold if tenant_threshold is None else tenant_threshold
+    topics: dict[str, Alternative] = {main.topic: _main_topic(main)}
+    found = [_top_topic(model, row) for row in probabilities[1:]]
+    for topic in sorted(found, key=lambda t: -t.probability):
+        if topic.probability >= limit and topic.topic not in topics:
+            topics[topic.topic] = topic
+    classified = SignalClassified(
+        signal_id=conversation.signal_id,
+        topic=main.topic,
+        subtopic=main.subtopic,
+        confidence=main.confidence,
+        alternatives=_alternatives(main),
+        language=conversation.language or detect_language(whole),
+        kind="question",
+        needs_review=main.needs_review,
+        model_version=main.model_version,
+        topics=list(topics.values()),
+        channel=conversation.channel,
+        text=whole,
+        received_at=conversation.started_at,
+    )
+    return await _publish(ctx, event, CONVERSATION_CONSUMER, classified)
+
+
+def _top_topic(model: TopicModel, row: npt.NDArray[np.float32]) -> Alternative:
+    """The most probable topic of one row of probabilities, with its best subtopic."""
+    mass: dict[str, float] = defaultdict(float)
+    best: dict[str, tuple[float, str | None]] = {}
+    for (topic, subtopic), probability in zip(model.labels, row.tolist(), strict=True):
+        mass[topic] += probability
+        if topic not in best or probability > best[topic][0]:
+            best[topic] = (probability, subtopic)
+    topic = max(mass, key=lambda t: mass[t])
+    return Alternative(topic=topic, subtopic=best[topic][1], probability=round(mass[topic], 6))
+
+
+async def store_correction(ctx: ClassifierContext, event: CloudEvent) -> bool:
+    """Keep a correction from triage as training data; idempotent per event and per signal."""
+    data = read_data(event, SignalReclassified)
     async with ctx.runtime.sessions() as session, session.begin():
-        if not await claim(session, CONSUMER, event.id):
+        if not await claim(session, CORRECTION_CONSUMER, event.id):
             return False
-        out = make_event(tenant=event.tenant, service="classifier", data=classified)
-        enqueue(session, SignalClassified.bus_subject(event.tenant), out)
-    ctx.runtime.events_committed()
+        await service.store_correction(session, event.tenant, event.id, event.time, data)
     return True
 
 
 def consumers(ctx: ClassifierContext) -> list[ConsumerSpec]:
+    """The consumers the shared runtime runs (the batched one is added by :func:`batching_consumer`)."""
+
+    async def on_conversation(event: CloudEvent, _msg: Msg) -> None:
+        await classify_conversation(ctx, event)
+
+    async def on_reclassified(event: CloudEvent, _msg: Msg) -> None:
+        await store_correction(ctx, event)
+
+    return [
+        ConsumerSpec(CONVERSATION_CONSUMER, ConversationReceived.subscription(), on_conversation),
+        ConsumerSpec(CORRECTION_CONSUMER, SignalReclassified.subscription(), on_reclassified),
+    ]
+
+
+def batching_consumer(ctx: ClassifierContext, batch_size: int) -> BatchingConsumer:
+    """The ``signal.received`` consumer, configured like the runtime configures its own."""
+
     async def on_received(event: CloudEvent, _msg: Msg) -> None:
         await classify_signal(ctx, event)
 
-    return [ConsumerSpec(CONSUMER, SignalReceived.subscription(), on_received)]
+    settings = ctx.runtime.settings
+    spec = ConsumerSpec(CONSUMER, SignalReceived.subscription(), on_received, batch_size=batch_size)
+    spec.max_deliver = settings.consumer_max_deliver
+    spec.ack_wait_s = settings.consumer_ack_wait_s
+    return BatchingConsumer(ctx.runtime.bus, spec, ctx)
+
+
+async def refresh_loop(ctx: ClassifierContext, interval_s: float) -> None:
+    """Keep this replica's models in step with the database and the tenants' taxonomies."""
+    while True:
+        try:
+            ctx.refresh_taxonomies()
+            async with ctx.runtime.sessions() as session:
+                wanted = await service.active_versions(session)
+            await ctx.registry.sync(wanted)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("model registry refresh failed; trying again")
+        await asyncio.sleep(interval_s)

@@ -1,55 +1,184 @@
-"""Which model bundle serves: the embedded default is the cold-start model built from the taxonomy.
+"""Which model serves which municipality, loaded in memory and swapped without a restart.
 
-Bundles live under ``<models_dir>/<name>/``. When no bundle exists yet, the cold-start bundle is
-built from the default taxonomy (a few seconds), so the service classifies from its first minute.
+Files::
+
+    <models_dir>/_coldstart/default/         the cold-start model of the default taxonomy
+    <models_dir>/_coldstart/<fingerprint>/   the cold-start model of a tenant's own taxonomy.yaml
+    <models_dir>/<tenant>/<version>/         the tenant's trained versions (``model.onnx``, ...)
+
+(``_`` cannot start a tenant code, so the two never collide.) The version in force per tenant
+is in the database (:class:`~.models.ModelActivation`); a tenant without one is served by the
+cold-start model of its taxonomy. Every replica reads the database every ``refresh_s`` seconds
+and loads a newly activated version in a thread before it swaps it in, so activation and rollback
+need no restart; the replica that handled the API call swaps at once.
+
+A cold-start bundle is built on first need (a few seconds) and reused by every later start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import shutil
 from pathlib import Path
 
-from civicsignals.classifier.model.inference import TopicModel
+from civicsignals.classifier.model.inference import BundleError, TopicModel
+from civicsignals.classifier.service import version_dir
+from civicsignals.classifier.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUNDLE = "default"
+COLDSTART_DIR = "_coldstart"
+DEFAULT_COLDSTART = "default"
+
+
+class ModelNotReady(RuntimeError):
+    """The tenant's model is still being loaded or built; try again shortly."""
 
 
 class ModelRegistry:
+    """Loaded models: one per cold-start taxonomy, one per tenant with an active version."""
+
     def __init__(self, models_dir: Path) -> None:
-        self.models_dir = models_dir
-        self.active: TopicModel | None = None
+        self.models_dir = Path(models_dir)
+        self._coldstart: dict[str, TopicModel] = {}
+        self._tenant_models: dict[str, TopicModel] = {}
+        #: What the database says is in force, as last read (None: the cold start).
+        self._wanted: dict[str, str | None] = {}
+        self._tenant_taxonomy: dict[str, str] = {}
+        self._building: dict[str, asyncio.Task[TopicModel]] = {}
+        self._lock = asyncio.Lock()
 
     @property
     def loaded(self) -> bool:
-        return self.active is not None
+        """The default cold-start model is there: the service can classify."""
+        return DEFAULT_COLDSTART in self._coldstart
 
-    def bundle_dir(self, name: str = DEFAULT_BUNDLE) -> Path:
-        return self.models_dir / name
+    # ------------------------------------------------------------------ cold start
 
-    def _ensure_default(self) -> Path:
-        target = self.bundle_dir(DEFAULT_BUNDLE)
-        if (target / "model.onnx").exists():
-            return target
-        from civicsignals.classifier.model.coldstart import build_default_bundle
+    def coldstart_dir(self, key: str = DEFAULT_COLDSTART) -> Path:
+        return self.models_dir / COLDSTART_DIR / key
 
-        log.info("no model bundle yet: building the cold-start model from the default taxonomy")
-        staging = target.with_name(target.name + ".building")
-        shutil.rmtree(staging, ignore_errors=True)
-        build_default_bundle(staging)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-        return target
+    def _build_coldstart(self, key: str, taxonomy: Taxonomy | None) -> TopicModel:
+        target = self.coldstart_dir(key)
+        if not (target / "card.json").exists():
+            from civicsignals.classifier.model.coldstart import build_default_bundle
 
-    async def load(self) -> TopicModel:
-        model = await asyncio.to_thread(lambda: TopicModel(self._ensure_default()))
-        self.active = model
+            log.info("building the cold-start model %s from its taxonomy", key)
+            staging = target.with_name(f".{key}.building")
+            shutil.rmtree(staging, ignore_errors=True)
+            build_default_bundle(staging, taxonomy)
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        return TopicModel(target)
+
+    async def _coldstart_model(self, key: str, taxonomy: Taxonomy | None) -> TopicModel:
+        if key in self._coldstart:
+            return self._coldstart[key]
+        task = self._building.get(key)
+        if task is None:
+            task = asyncio.create_task(asyncio.to_thread(self._build_coldstart, key, taxonomy))
+            self._building[key] = task
+        try:
+            model = await task
+        finally:
+            self._building.pop(key, None)
+        self._coldstart[key] = model
         return model
 
-    def model(self) -> TopicModel:
-        if self.active is None:
-            raise RuntimeError("no model is loaded yet")
-        return self.active
+    async def load(self) -> TopicModel:
+        """Load (or build) the default cold-start model; the service is ready after this."""
+        return await self._coldstart_model(DEFAULT_COLDSTART, None)
+
+    def set_tenant_taxonomy(self, tenant: str, taxonomy: dict[str, object] | None) -> str:
+        """Tell the registry the taxonomy of a tenant (from its folder); returns its cold-start key."""
+        if not taxonomy:
+            self._tenant_taxonomy.pop(tenant, None)
+            return DEFAULT_COLDSTART
+        data = dict(taxonomy)
+        # tenant.yaml's schema allows a numeric version and none at all; the model card wants text.
+        data["version"] = str(data.get("version", "tenant"))
+        try:
+            parsed = Taxonomy.model_validate(data)
+        except ValueError as exc:
+            log.error("tenant %s: taxonomy.yaml is not usable, using the default taxonomy: %s", tenant, exc)
+            self._tenant_taxonomy.pop(tenant, None)
+            return DEFAULT_COLDSTART
+        key = parsed.fingerprint()[:16]
+        self._tenant_taxonomy[tenant] = key
+        if key not in self._coldstart and key not in self._building:
+            task = asyncio.create_task(asyncio.to_thread(self._build_coldstart, key, parsed))
+            self._building[key] = task
+            task.add_done_callback(functools.partial(self._built, key))
+        return key
+
+    def _built(self, key: str, task: asyncio.Task[TopicModel]) -> None:
+        self._building.pop(key, None)
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.error("cold-start model %s could not be built: %s", key, task.exception())
+            return
+        self._coldstart[key] = task.result()
+
+    # ------------------------------------------------------------------ tenants
+
+    def model_for(self, tenant: str) -> TopicModel:
+        """The model serving ``tenant`` now; :class:`ModelNotReady` while it loads."""
+        wanted = self._wanted.get(tenant)
+        if wanted is not None:
+            model = self._tenant_models.get(tenant)
+            if model is None or model.version != wanted:
+                raise ModelNotReady(f"model {wanted} of tenant {tenant} is loading")
+            return model
+        key = self._tenant_taxonomy.get(tenant, DEFAULT_COLDSTART)
+        model = self._coldstart.get(key)
+        if model is None:
+            raise ModelNotReady(f"the cold-start model of tenant {tenant} is being built")
+        return model
+
+    def serving_version(self, tenant: str) -> str | None:
+        try:
+            return self.model_for(tenant).version
+        except ModelNotReady:
+            return None
+
+    def load_version(self, tenant: str, version: str) -> TopicModel:
+        """Load a tenant's bundle from disk (blocking; call it in a thread)."""
+        path = version_dir(self.models_dir, tenant, version)
+        if not (path / "card.json").exists():
+            raise BundleError(f"model bundle {path} is missing")
+        model = TopicModel(path)
+        if model.version != version:
+            raise BundleError(f"model bundle {path} says it is version {model.version}, not {version}")
+        return model
+
+    async def apply(self, tenant: str, version: str | None, model: TopicModel | None = None) -> None:
+        """Serve ``version`` (None: the cold start) for ``tenant`` from now on; loads it if needed."""
+        async with self._lock:
+            if version is None:
+                self._wanted[tenant] = None
+                self._tenant_models.pop(tenant, None)
+                return
+            current = self._tenant_models.get(tenant)
+            if current is None or current.version != version:
+                if model is None or model.version != version:
+                    model = await asyncio.to_thread(self.load_version, tenant, version)
+                self._tenant_models[tenant] = model
+            self._wanted[tenant] = version
+
+    async def sync(self, wanted: dict[str, str | None]) -> None:
+        """Bring every tenant to the version the database says (called by the refresh loop)."""
+        for tenant, version in wanted.items():
+            if self._wanted.get(tenant, None) == version and (
+                version is None or tenant in self._tenant_models
+            ):
+                continue
+            try:
+                await self.apply(tenant, version)
+                log.info("tenant %s: now serving model %s", tenant, version or "cold start")
+            except (BundleError, OSError) as exc:
+                log.error(
+                    "tenant %s: cannot load model %s, keeping the one in force: %s", tenant, version, exc
+                )

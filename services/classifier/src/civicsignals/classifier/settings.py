@@ -17,6 +17,15 @@ class ClassifierSettings(ServiceSettings):
 
     port: int = 8002
     models_dir: Path = Field(default=Path(""), description="model bundles; empty means <data_dir>/models")
+    registry_refresh_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="how often a replica reads which model version is active per tenant (an activation "
+        "through the API applies at once on the replica that served it)",
+    )
+    batch_size: int = Field(
+        default=64, ge=1, le=1000, description="signal.received messages fetched and classified together"
+    )
 
     @model_validator(mode="after")
     def _models_dir(self) -> ClassifierSettings:

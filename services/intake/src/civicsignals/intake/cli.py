@@ -1,16 +1,169 @@
-"""``civicsignals-intake``: run the service."""
+"""``civicsignals-intake``: run the service, import history, and look after personal data.
+
+    civicsignals-intake serve
+    civicsignals-intake import FILE --tenant demo [--format csv|jsonl] [--no-progress]
+    civicsignals-intake erase --tenant demo (--email X | --phone X | --tracking-code C) [--yes]
+    civicsignals-intake rotate-keys
+    civicsignals-intake retention
+
+The commands other than ``serve`` work on intake's database directly (the same settings and
+``CIVIC_INTAKE_*`` variables as the service); events they write wait in the outbox until the
+running service publishes them.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import SQLModel
+
 from civicsignals.common.app import build_cli, serve
+from civicsignals.common.db import create_engine, create_schema, session_factory
+from civicsignals.common.ids import normalise_tracking_code
+from civicsignals.common.tenants import Tenant, TenantRegistry
+from civicsignals.intake.settings import IntakeSettings
+
+
+def _add_commands(commands: Any) -> None:
+    imports = commands.add_parser(
+        "import", help="import a municipality's history (CSV or JSONL), idempotently"
+    )
+    imports.add_argument("file", type=Path)
+    imports.add_argument("--tenant", required=True)
+    imports.add_argument("--format", choices=["csv", "jsonl"], help="default: from the file's extension")
+    imports.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
+    erase = commands.add_parser("erase", help="erase one person's data (AVG article 17)")
+    erase.add_argument("--tenant", required=True)
+    who = erase.add_mutually_exclusive_group(required=True)
+    who.add_argument("--email")
+    who.add_argument("--phone")
+    who.add_argument("--tracking-code")
+    erase.add_argument("--yes", action="store_true", help="do it; without it, only say what would be erased")
+    commands.add_parser("rotate-keys", help="re-seal every contact with the active key")
+    commands.add_parser("retention", help="run the retention job once for every tenant")
+
+
+class Offline:
+    """The database and tenants without the bus, for the maintenance commands."""
+
+    def __init__(self, settings: IntakeSettings) -> None:
+        from civicsignals.intake import models  # noqa: F401  (registers the tables)
+
+        self.settings = settings
+        self.engine = create_engine(settings.database_url)
+        self.sessions = session_factory(self.engine)
+        self.tenants = TenantRegistry(settings.tenants_dir)
+
+    async def __aenter__(self) -> Offline:
+        await create_schema(self.engine, SQLModel.metadata)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.engine.dispose()
+
+    def tenant(self, code: str) -> Tenant:
+        tenant = self.tenants.get(code)
+        if tenant is None:
+            raise SystemExit(f"no tenant {code!r} under {self.settings.tenants_dir}")
+        return tenant
+
+
+async def run_import(settings: IntakeSettings, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from civicsignals.intake.importer import count_lines, import_rows, read_rows
+    from civicsignals.intake.tenantconfig import AreaCache
+
+    path: Path = args.file
+    if not path.is_file():  # noqa: ASYNC240  (a command line, not a server)
+        print(f"no such file: {path}", file=sys.stderr)
+        return 2
+    fmt = args.format or ("jsonl" if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else "csv")
+    async with Offline(settings) as offline:
+        tenant = offline.tenant(args.tenant)
+        total = count_lines(path) - (1 if fmt == "csv" else 0)
+        with (
+            path.open(encoding="utf-8-sig", newline="") as handle,
+            tqdm(total=max(total, 0), unit="row", disable=args.no_progress or None, file=sys.stderr) as bar,
+        ):
+            summary = await import_rows(
+                offline.sessions, tenant, AreaCache().get(tenant), read_rows(handle, fmt), progress=bar
+            )
+    print(summary.render())
+    return 0
+
+
+async def run_erase(settings: IntakeSettings, args: argparse.Namespace) -> int:
+    from civicsignals.intake import privacy, service
+    from civicsignals.intake.app import build_cipher
+
+    cipher = build_cipher(settings)
+    async with Offline(settings) as offline:
+        tenant = offline.tenant(args.tenant)
+        async with offline.sessions() as session:
+            if args.tracking_code:
+                signal = await service.find_by_tracking_code(
+                    session, normalise_tracking_code(args.tracking_code)
+                )
+                ids = [signal.id] if signal is not None and signal.tenant == tenant.code else []
+            else:
+                ids = await privacy.find_signals_of_person(
+                    session, cipher, tenant.code, email=args.email, phone=args.phone
+                )
+        if not args.yes:
+            print(f"{len(ids)} signal(s) of this person would be erased; add --yes to erase them")
+            return 0
+        async with offline.sessions() as session, session.begin():
+            result = await privacy.erase_signals(
+                session, tenant.code, ids, "cli:erase", settings.attachments_dir
+            )
+    print(
+        f"erased: {result.signals} signal(s), {result.contacts} contact(s), {result.attachments} attachment file(s)"
+    )
+    return 0
+
+
+async def run_rotate(settings: IntakeSettings) -> int:
+    from civicsignals.intake import privacy
+    from civicsignals.intake.app import build_cipher
+
+    cipher = build_cipher(settings)
+    async with Offline(settings) as offline:
+        resealed = await privacy.rotate_keys(offline.sessions, cipher)
+        usage = await privacy.key_usage(offline.sessions)
+    print(f"re-sealed {resealed} contact(s) with key {cipher.active_key_id}; contacts per key: {usage}")
+    return 0
+
+
+async def run_retention(settings: IntakeSettings) -> int:
+    from civicsignals.intake import privacy
+
+    async with Offline(settings) as offline:
+        deleted = await privacy.apply_retention(offline.sessions, offline.tenants)
+    print(f"contacts deleted per tenant: {deleted}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser, _commands = build_cli("civicsignals-intake", __doc__)
+    parser, commands = build_cli("civicsignals-intake", __doc__)
+    _add_commands(commands)
     args = parser.parse_args(argv)
+    settings = IntakeSettings()
     if args.command == "serve":
         from civicsignals.intake.app import create_app
-        from civicsignals.intake.settings import IntakeSettings
 
-        settings = IntakeSettings()
         serve(lambda: create_app(settings), settings.host, settings.port, settings.log_level)
+        return
+    if args.command == "import":
+        code = asyncio.run(run_import(settings, args))
+    elif args.command == "erase":
+        code = asyncio.run(run_erase(settings, args))
+    elif args.command == "rotate-keys":
+        code = asyncio.run(run_rotate(settings))
+    else:
+        code = asyncio.run(run_retention(settings))
+    raise SystemExit(code)

@@ -1,11 +1,23 @@
-"""Intake's orchestration: a signal stored with its event, idempotent requests, followed case status."""
+"""Intake's orchestration: what is stored with which event, exactly once, and what intake follows.
+
+Every write that publishes does both in one transaction through the outbox (DESIGN §2). Every
+``POST`` that creates runs under :func:`run_once`, the ``Idempotency-Key`` protocol of DESIGN §5.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any, TypeVar
 
+import httpx
 from nats.aio.msg import Msg
+from pydantic import BaseModel
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete
 
@@ -13,20 +25,49 @@ from civicsignals.common.bus import ConsumerSpec
 from civicsignals.common.events import (
     CaseStatusChanged,
     CloudEvent,
+    ConversationReceived,
+    FeedbackReceived,
+    SignalAttachmentAdded,
+    SignalClassified,
     SignalReceived,
     SignalRouted,
     make_event,
     read_data,
     utcnow,
 )
+from civicsignals.common.ids import new_id
 from civicsignals.common.inbox import claim
-from civicsignals.common.outbox import enqueue
+from civicsignals.common.outbox import OutboxMessage, enqueue
 from civicsignals.common.problems import Problem
+from civicsignals.common.ratelimit import TokenBucketLimiter
 from civicsignals.common.runtime import ServiceRuntime
-from civicsignals.intake import service
+from civicsignals.common.telemetry import inject_trace_headers
+from civicsignals.common.tenants import Tenant
+from civicsignals.intake import attachments, service
+from civicsignals.intake.batching import GroupCommit
 from civicsignals.intake.crypto import FieldCipher
-from civicsignals.intake.models import IdempotencyRecord, SignalCreate, SignalCreated
+from civicsignals.intake.models import (
+    Attachment,
+    AttachmentPublic,
+    ConversationCreate,
+    ConversationCreated,
+    Feedback,
+    FeedbackAccepted,
+    FeedbackCreate,
+    IdempotencyRecord,
+    Location,
+    Signal,
+    SignalCreate,
+    SignalCreated,
+)
+from civicsignals.intake.open311.catalogue import CatalogueCache
+from civicsignals.intake.redaction import redact
 from civicsignals.intake.settings import IntakeSettings
+from civicsignals.intake.tenantconfig import Area, AreaCache, bounding_box
+
+log = logging.getLogger(__name__)
+
+ResponseT = TypeVar("ResponseT", bound=BaseModel)
 
 
 @dataclass
@@ -34,41 +75,93 @@ class IntakeContext:
     runtime: ServiceRuntime
     settings: IntakeSettings
     cipher: FieldCipher
+    areas: AreaCache = field(default_factory=AreaCache)
+    catalogues: CatalogueCache = field(default_factory=CatalogueCache)
+    writer: GroupCommit = field(init=False)
+    key_limiter: TokenBucketLimiter = field(init=False)
+    public_limiter: TokenBucketLimiter = field(init=False)
+    _http: httpx.AsyncClient | None = None
+
+    def __post_init__(self) -> None:
+        self.writer = GroupCommit(self.runtime.sessions, on_commit=self.runtime.events_committed)
+        self.key_limiter = TokenBucketLimiter(self.settings.rate_limit_per_s, self.settings.rate_limit_burst)
+        self.public_limiter = TokenBucketLimiter(
+            self.settings.public_rate_limit_per_s, self.settings.public_rate_limit_burst
+        )
 
     def status_url(self, tracking_code: str) -> str:
         return f"{self.settings.public_base_url.rstrip('/')}/v1/tracking/{tracking_code}"
 
+    def tenant(self, code: str) -> Tenant | None:
+        return self.runtime.tenants.get(code)
 
-async def receive_signal(
-    ctx: IntakeContext, tenant: str, payload: SignalCreate, source: str
-) -> SignalCreated:
-    """Store the signal, its sealed contact and its ``signal.received`` event in one transaction."""
-    signal = service.build_signal(tenant, payload, source)
-    async with ctx.runtime.sessions() as session, session.begin():
-        session.add(signal)
-        await session.flush()
-        session.add(service.first_status(signal))
-        if payload.reporter is not None and signal.has_contact:
-            session.add(service.seal_contact(ctx.cipher, signal, payload.reporter))
-        event = make_event(tenant=tenant, service="intake", data=service.signal_received_data(signal))
-        enqueue(session, SignalReceived.bus_subject(tenant), event)
-    ctx.runtime.events_committed()
-    return SignalCreated(
-        id=signal.id, tracking_code=signal.tracking_code, status_url=ctx.status_url(signal.tracking_code)
+    def locate(self, tenant_code: str, location: Location | None, pointer: str = "/location") -> Area | None:
+        """Check the point against the tenant's bounding box and find its area (None if no area)."""
+        if location is None:
+            return None
+        tenant = self.tenant(tenant_code)
+        if tenant is None:
+            return None
+        box = bounding_box(tenant)
+        if box is not None and not box.contains(location.lat, location.lon):
+            raise Problem(
+                422,
+                "the location is outside the municipality",
+                slug="location-outside-tenant",
+                errors=[
+                    {
+                        "pointer": pointer,
+                        "detail": f"({location.lat}, {location.lon}) is outside the bounding box "
+                        f"lat {box.min_lat}..{box.max_lat}, lon {box.min_lon}..{box.max_lon}",
+                    }
+                ],
+            )
+        index = self.areas.get(tenant)
+        return index.locate(location.lat, location.lon) if index is not None else None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """One pooled client for calls to other services (routing); never follows redirects."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=10.0, follow_redirects=False)
+        return self._http
+
+    async def close(self) -> None:
+        await self.writer.close()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+
+def outbox_row(subject: str, event: CloudEvent) -> OutboxMessage:
+    """An outbox row as :func:`civicsignals.common.outbox.enqueue` makes it (with the request's
+    trace context), built here because the row is committed later, by the group commit."""
+    headers: dict[str, str] = {}
+    inject_trace_headers(headers)
+    return OutboxMessage(
+        id=event.id, subject=subject, payload=event.model_dump_json(), headers=json.dumps(headers)
     )
 
 
-async def receive_signal_once(
-    ctx: IntakeContext, tenant: str, payload: SignalCreate, source: str, idempotency_key: str | None
-) -> tuple[SignalCreated, bool]:
-    """``receive_signal`` under an ``Idempotency-Key`` (DESIGN §5); returns (response, replayed).
+# -- exactly once ----------------------------------------------------------------------------------
+
+
+async def run_once(
+    ctx: IntakeContext,
+    tenant: str,
+    idempotency_key: str | None,
+    fingerprint: str,
+    action: Callable[[], Awaitable[ResponseT]],
+    model: type[ResponseT],
+) -> tuple[ResponseT, bool]:
+    """Run ``action`` under an ``Idempotency-Key`` (DESIGN §5); returns (response, replayed).
 
     The key is claimed in its own transaction first, so a concurrent request with the same key
-    sees it in flight (409) instead of creating a second signal. A claim left by a crashed request
-    is taken over after ``idempotency_abandon_after_s``.
+    sees it in flight (409) instead of creating a second object. A claim left by a crashed request
+    is taken over after ``idempotency_abandon_after_s``. A failing action releases the key.
     """
     if idempotency_key is None:
-        return await receive_signal(ctx, tenant, payload, source), False
+        return await action(), False
     if not 1 <= len(idempotency_key) <= 255:
         raise Problem(
             400,
@@ -76,7 +169,6 @@ async def receive_signal_once(
             slug="invalid-idempotency-key",
             errors=[{"pointer": "", "detail": "header Idempotency-Key has a bad length"}],
         )
-    fingerprint = service.request_fingerprint(payload)
     try:
         async with ctx.runtime.sessions() as session, session.begin():
             session.add(IdempotencyRecord(tenant=tenant, key=idempotency_key, request_hash=fingerprint))
@@ -85,16 +177,19 @@ async def receive_signal_once(
             record = await session.get(IdempotencyRecord, (tenant, idempotency_key))
             if record is None:  # removed by a failing first request just now: let the client retry
                 raise Problem(
-                    409, "a request with this Idempotency-Key is in flight", slug="idempotency-in-flight"
+                    409,
+                    "a request with this Idempotency-Key is in flight",
+                    slug="idempotency-in-flight",
+                    headers={"Retry-After": "1"},
                 ) from None
             if record.request_hash != fingerprint:
                 raise Problem(
                     422,
-                    "this Idempotency-Key was used with another request body",
+                    "this Idempotency-Key was used with another request",
                     slug="idempotency-key-reused",
                 ) from None
             if record.status_code is not None and record.response is not None:
-                return SignalCreated.model_validate(record.response), True
+                return model.model_validate(record.response), True
             abandoned = utcnow() - record.created_at > timedelta(
                 seconds=ctx.settings.idempotency_abandon_after_s
             )
@@ -108,7 +203,7 @@ async def receive_signal_once(
             record.created_at = utcnow()
             session.add(record)
     try:
-        created = await receive_signal(ctx, tenant, payload, source)
+        result = await action()
     except BaseException:
         async with ctx.runtime.sessions() as session, session.begin():
             await session.exec(
@@ -121,13 +216,220 @@ async def receive_signal_once(
         record = await session.get(IdempotencyRecord, (tenant, idempotency_key))
         if record is not None:
             record.status_code = 201
-            record.response = created.model_dump(mode="json")
+            record.response = result.model_dump(mode="json")
             session.add(record)
-    return created, False
+    return result, False
+
+
+# -- signals ---------------------------------------------------------------------------------------
+
+
+async def receive_signal(
+    ctx: IntakeContext,
+    tenant: str,
+    payload: SignalCreate,
+    source: str,
+    *,
+    service_code: str | None = None,
+    area: Area | None = None,
+) -> SignalCreated:
+    """Store the signal, its sealed contact and its ``signal.received`` event in one transaction
+    (shared with concurrent requests by the group commit)."""
+    signal = service.build_signal(tenant, payload, source, area=area, service_code=service_code)
+    rows: list[Any] = [signal, service.first_status(signal)]
+    if payload.reporter is not None and signal.has_contact:
+        rows.append(service.seal_contact(ctx.cipher, signal, payload.reporter))
+    event = make_event(tenant=tenant, service="intake", data=service.signal_received_data(signal))
+    rows.append(outbox_row(SignalReceived.bus_subject(tenant), event))
+    await ctx.writer.write(rows)
+    return SignalCreated(
+        id=signal.id, tracking_code=signal.tracking_code, status_url=ctx.status_url(signal.tracking_code)
+    )
+
+
+async def receive_signal_once(
+    ctx: IntakeContext,
+    tenant: str,
+    payload: SignalCreate,
+    source: str,
+    idempotency_key: str | None,
+    *,
+    service_code: str | None = None,
+    endpoint: str = "signals",
+) -> tuple[SignalCreated, bool]:
+    # The location is checked before the key is claimed, so a refused request leaves nothing behind.
+    area = ctx.locate(tenant, payload.location)
+    return await run_once(
+        ctx,
+        tenant,
+        idempotency_key,
+        service.request_fingerprint(payload, endpoint),
+        lambda: receive_signal(ctx, tenant, payload, source, service_code=service_code, area=area),
+        SignalCreated,
+    )
+
+
+# -- conversations ---------------------------------------------------------------------------------
+
+
+async def receive_conversation(
+    ctx: IntakeContext, tenant: str, payload: ConversationCreate, source: str
+) -> ConversationCreated:
+    conversation = service.build_conversation(tenant, payload, source)
+    async with ctx.runtime.sessions() as session, session.begin():
+        session.add(conversation)
+        event = make_event(
+            tenant=tenant, service="intake", data=service.conversation_received_data(conversation)
+        )
+        enqueue(session, ConversationReceived.bus_subject(tenant), event)
+    ctx.runtime.events_committed()
+    return ConversationCreated(signal_id=conversation.id)
+
+
+async def receive_conversation_once(
+    ctx: IntakeContext, tenant: str, payload: ConversationCreate, source: str, idempotency_key: str | None
+) -> tuple[ConversationCreated, bool]:
+    return await run_once(
+        ctx,
+        tenant,
+        idempotency_key,
+        service.request_fingerprint(payload, "conversations"),
+        lambda: receive_conversation(ctx, tenant, payload, source),
+        ConversationCreated,
+    )
+
+
+# -- attachments -----------------------------------------------------------------------------------
+
+
+async def add_attachment(
+    ctx: IntakeContext,
+    tenant: str,
+    signal_id: str,
+    content: bytes,
+    filename: str | None,
+    declared_type: str | None,
+) -> AttachmentPublic:
+    """Sniff, store on the volume, then count it on the signal with its event in one transaction."""
+    async with ctx.runtime.sessions() as session:
+        signal = await session.get(Signal, signal_id)
+    if signal is None or signal.tenant != tenant or signal.erased_at is not None:
+        raise Problem(404, "no signal has this id", slug="unknown-signal")
+    if len(content) > ctx.settings.max_attachment_bytes:
+        raise Problem(
+            413,
+            f"an attachment may be at most {ctx.settings.max_attachment_bytes} bytes",
+            slug="attachment-too-large",
+        )
+    try:
+        kind = attachments.sniff(content)
+        attachments.check_claims(kind, filename, declared_type)
+    except attachments.AttachmentRefused as exc:
+        raise Problem(
+            exc.status,
+            str(exc),
+            slug="attachment-refused",
+            errors=[{"pointer": "/file", "detail": str(exc)}],
+        ) from None
+    attachment_id = new_id()
+    stored = await asyncio.to_thread(
+        attachments.store, ctx.settings.attachments_dir, tenant, signal_id, attachment_id, content, kind
+    )
+    try:
+        async with ctx.runtime.sessions() as session, session.begin():
+            # A conditional increment, so concurrent uploads never pass the limit together.
+            result = await session.exec(
+                update(Signal)
+                .where(col(Signal.id) == signal_id)
+                .where(col(Signal.attachments) < ctx.settings.max_attachments_per_signal)
+                .values(attachments=Signal.attachments + 1)
+            )
+            if not result.rowcount:
+                raise Problem(
+                    409,
+                    f"a signal can have at most {ctx.settings.max_attachments_per_signal} attachments",
+                    slug="too-many-attachments",
+                )
+            session.add(
+                Attachment(
+                    id=attachment_id,
+                    signal_id=signal_id,
+                    tenant=tenant,
+                    media_type=stored.media_type,
+                    size=stored.size,
+                    sha256=stored.sha256,
+                )
+            )
+            refreshed = await session.get(Signal, signal_id, populate_existing=True)
+            count = refreshed.attachments if refreshed is not None else 1
+            event = make_event(
+                tenant=tenant,
+                service="intake",
+                data=SignalAttachmentAdded(signal_id=signal_id, attachments=count),
+            )
+            enqueue(session, SignalAttachmentAdded.bus_subject(tenant), event)
+    except BaseException:
+        stored.path.unlink(missing_ok=True)
+        raise
+    ctx.runtime.events_committed()
+    return AttachmentPublic(
+        id=attachment_id,
+        signal_id=signal_id,
+        media_type=stored.media_type,
+        size=stored.size,
+        sha256=stored.sha256,
+        attachments=count,
+    )
+
+
+# -- feedback --------------------------------------------------------------------------------------
+
+
+async def submit_feedback(
+    ctx: IntakeContext, tracking_code: str, payload: FeedbackCreate
+) -> FeedbackAccepted:
+    """The satisfaction form: once per signal, the comment redacted, ``feedback.received`` out."""
+    async with ctx.runtime.sessions() as session:
+        signal = await service.find_by_tracking_code(session, tracking_code)
+    if signal is None:
+        raise Problem(404, "no signal has this tracking code", slug="unknown-tracking-code")
+    comment = redact(payload.comment.strip()) if payload.comment and payload.comment.strip() else None
+    try:
+        async with ctx.runtime.sessions() as session, session.begin():
+            session.add(
+                Feedback(
+                    signal_id=signal.id,
+                    tenant=signal.tenant,
+                    satisfied=payload.satisfied,
+                    score=payload.score,
+                    comment=comment,
+                )
+            )
+            await session.flush()
+            data = FeedbackReceived(
+                signal_id=signal.id,
+                case_id=signal.case_id,
+                satisfied=payload.satisfied,
+                score=payload.score,
+                comment=comment,
+            )
+            event = make_event(tenant=signal.tenant, service="intake", data=data)
+            enqueue(session, FeedbackReceived.bus_subject(signal.tenant), event)
+    except IntegrityError:
+        raise Problem(
+            409, "feedback was already given for this signal", slug="feedback-already-given"
+        ) from None
+    ctx.runtime.events_committed()
+    return FeedbackAccepted(
+        tracking_code=signal.tracking_code, satisfied=payload.satisfied, score=payload.score
+    )
+
+
+# -- what intake follows ---------------------------------------------------------------------------
 
 
 def consumers(ctx: IntakeContext) -> list[ConsumerSpec]:
-    """Intake follows the case so that the public tracking page shows its status."""
+    """Intake follows the case so that the public tracking page and Open311 show its status."""
 
     async def on_status_changed(event: CloudEvent, _msg: Msg) -> None:
         change = read_data(event, CaseStatusChanged)
@@ -141,7 +443,14 @@ def consumers(ctx: IntakeContext) -> list[ConsumerSpec]:
             if await claim(session, "intake-signal-routed", event.id):
                 await service.apply_routed(session, routed)
 
+    async def on_classified(event: CloudEvent, _msg: Msg) -> None:
+        classified = read_data(event, SignalClassified)
+        async with ctx.runtime.sessions() as session, session.begin():
+            if await claim(session, "intake-signal-classified", event.id):
+                await service.apply_classified(session, classified)
+
     return [
         ConsumerSpec("intake-case-status", CaseStatusChanged.subscription(), on_status_changed),
         ConsumerSpec("intake-signal-routed", SignalRouted.subscription(), on_routed),
+        ConsumerSpec("intake-signal-classified", SignalClassified.subscription(), on_classified),
     ]

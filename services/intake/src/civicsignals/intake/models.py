@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 from sqlalchemy import Column, LargeBinary, UniqueConstraint
 from sqlmodel import JSON, SQLModel
 from sqlmodel import Field as SQLField
@@ -145,11 +145,102 @@ class ContactPublic(BaseModel):
     language: str | None
 
 
+class TurnIn(BaseModel):
+    speaker: Literal["citizen", "agent"]
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+
+
+class ConversationCreate(BaseModel):
+    """A phone or chat transcript from the contact centre (a passive signal)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "channel": "phone",
+                    "started_at": "2026-11-28T09:12:00Z",
+                    "duration_s": 184,
+                    "team": "kcc-fysiek",
+                    "outcome": "melding aangemaakt",
+                    "language": "nl",
+                    "turns": [
+                        {"speaker": "agent", "text": "Gemeente Gouda, goedemorgen, waarmee kan ik u helpen?"},
+                        {
+                            "speaker": "citizen",
+                            "text": "De lantaarnpaal voor Kerkstraat 12 doet het al een week niet. "
+                            "Mijn nummer is 06-12345678.",
+                        },
+                        {"speaker": "agent", "text": "Dank u, ik maak er een melding van."},
+                    ],
+                    "metadata": {"call_id": "K-20261128-0042"},
+                }
+            ]
+        }
+    )
+
+    channel: Literal["phone", "chat"]
+    turns: list[TurnIn] = Field(min_length=1, max_length=500)
+    started_at: datetime
+    duration_s: float = Field(ge=0, le=86_400)
+    team: str | None = Field(default=None, max_length=100)
+    outcome: str | None = Field(default=None, max_length=200)
+    language: str | None = Field(default=None, pattern=r"^[a-z]{2}$")
+    source: str | None = Field(default=None, max_length=100)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("started_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2026-11-28T09:00:00Z")
+        return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _total_length(self) -> ConversationCreate:
+        if sum(len(turn.text) for turn in self.turns) > 100_000:
+            raise ValueError("the transcript is longer than 100,000 characters")
+        return self
+
+
+class ConversationCreated(BaseModel):
+    signal_id: str
+
+
+class AttachmentPublic(BaseModel):
+    """What intake tells the portal about a stored attachment (never the uploader's file name)."""
+
+    id: str
+    signal_id: str
+    media_type: str
+    size: int
+    sha256: str
+    attachments: int = Field(description="how many attachments the signal has now")
+
+
+class FeedbackCreate(BaseModel):
+    """The satisfaction form on the public tracking page."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"satisfied": True, "score": 4, "comment": "Snel opgelost, dank!"}]}
+    )
+
+    satisfied: bool
+    score: int = Field(ge=1, le=5)
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+class FeedbackAccepted(BaseModel):
+    tracking_code: str
+    satisfied: bool
+    score: int
+
+
 # --- tables ------------------------------------------------------------------------------------
 
 
 class Signal(SQLModel, table=True):
     __tablename__ = "signal"
+    __table_args__ = (UniqueConstraint("tenant", "external_id", name="uq_signal_tenant_external_id"),)
 
     id: str = SQLField(primary_key=True)
     tenant: str = SQLField(index=True)
@@ -172,6 +263,22 @@ class Signal(SQLModel, table=True):
     case_id: str | None = None
     expected_by: datetime | None = SQLField(default=None, sa_type=UtcDateTime)
     service_promise: str | None = None
+    # Derived from the tenant's areas.geojson when the signal has a point inside one of them.
+    area: str | None = None
+    district: str | None = None
+    attachments: int = 0
+    # Set by `civicsignals-intake import`: the id in the municipality's old system, unique per tenant.
+    external_id: str | None = None
+    imported: bool = False
+    # A category given by the sender (an Open311 service_code, an import's category): a hint only,
+    # classification still runs; topic/subtopic are what the classifier decided.
+    service_code: str | None = None
+    topic: str | None = None
+    subtopic: str | None = None
+    responsible: str | None = None
+    partners: list[str] = SQLField(default_factory=list, sa_column=Column(JSON))
+    status_updated_at: datetime | None = SQLField(default=None, sa_type=UtcDateTime, index=True)
+    erased_at: datetime | None = SQLField(default=None, sa_type=UtcDateTime)
 
 
 class Contact(SQLModel, table=True):
@@ -198,6 +305,55 @@ class StatusEntry(SQLModel, table=True):
     status: str
     at: datetime = SQLField(sa_type=UtcDateTime, default_factory=utcnow)
     note: str | None = None
+
+
+class Attachment(SQLModel, table=True):
+    """A photo or PDF of a signal; the bytes live on the attachments volume, never in the database.
+
+    The uploader's file name is not kept: names like ``jan-jansen-paspoort.pdf`` are personal data.
+    """
+
+    __tablename__ = "attachment"
+
+    id: str = SQLField(primary_key=True)
+    signal_id: str = SQLField(index=True, foreign_key="signal.id")
+    tenant: str = SQLField(index=True)
+    media_type: str
+    size: int
+    sha256: str
+    created_at: datetime = SQLField(sa_type=UtcDateTime, default_factory=utcnow)
+
+
+class Conversation(SQLModel, table=True):
+    """A phone or chat transcript (a passive signal). Only the redacted turns are stored."""
+
+    __tablename__ = "conversation"
+
+    id: str = SQLField(primary_key=True, description="the conversation's signal id")
+    tenant: str = SQLField(index=True)
+    channel: str
+    started_at: datetime = SQLField(sa_type=UtcDateTime)
+    duration_s: float
+    team: str | None = None
+    outcome: str | None = None
+    language: str | None = None
+    turns: list[dict[str, Any]] = SQLField(default_factory=list, sa_column=Column(JSON))
+    source: str
+    extra: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column("metadata", JSON))
+    received_at: datetime = SQLField(sa_type=UtcDateTime, default_factory=utcnow, index=True)
+
+
+class Feedback(SQLModel, table=True):
+    """A resident's answer to the satisfaction form: one per signal."""
+
+    __tablename__ = "feedback"
+
+    signal_id: str = SQLField(primary_key=True, foreign_key="signal.id")
+    tenant: str = SQLField(index=True)
+    satisfied: bool
+    score: int
+    comment: str | None = None
+    at: datetime = SQLField(sa_type=UtcDateTime, default_factory=utcnow)
 
 
 class IdempotencyRecord(SQLModel, table=True):

@@ -7,10 +7,20 @@ import json
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from civicsignals.common.events import CaseStatusChanged, CoarseLocation, SignalReceived, SignalRouted, utcnow
+from civicsignals.common.events import (
+    CaseStatusChanged,
+    CoarseLocation,
+    ConversationReceived,
+    ConversationTurn,
+    SignalClassified,
+    SignalReceived,
+    SignalRouted,
+    utcnow,
+)
 from civicsignals.common.ids import new_id, new_tracking_code
 from civicsignals.intake.crypto import FieldCipher, Sealed
 from civicsignals.intake.language import guess_language
@@ -18,6 +28,8 @@ from civicsignals.intake.models import (
     AuditRecord,
     Contact,
     ContactPublic,
+    Conversation,
+    ConversationCreate,
     HistoryEntry,
     Reporter,
     Signal,
@@ -26,6 +38,7 @@ from civicsignals.intake.models import (
     TrackingPublic,
 )
 from civicsignals.intake.redaction import redact
+from civicsignals.intake.tenantconfig import Area
 
 COARSE_DECIMALS = 3  # 0.001° of latitude is 111 m: "about 100 m" (DESIGN §2)
 
@@ -42,14 +55,27 @@ def redact_for_bus(text: str, reporter: Reporter | None) -> str:
     return redacted
 
 
-def request_fingerprint(payload: SignalCreate) -> str:
-    """The hash that tells a replayed request from another one under the same Idempotency-Key."""
-    canonical = json.dumps(payload.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+def request_fingerprint(payload: BaseModel, endpoint: str = "signals") -> str:
+    """The hash that tells a replayed request from another one under the same Idempotency-Key.
+
+    The endpoint is part of it, so one key reused on another endpoint is "another request" (422).
+    """
+    canonical = json.dumps(
+        {"endpoint": endpoint, "body": payload.model_dump(mode="json")}, sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def build_signal(tenant: str, payload: SignalCreate, source: str) -> Signal:
+def build_signal(
+    tenant: str,
+    payload: SignalCreate,
+    source: str,
+    *,
+    area: Area | None = None,
+    service_code: str | None = None,
+) -> Signal:
     location = payload.location
+    received_at = utcnow()
     return Signal(
         id=new_id(),
         tenant=tenant,
@@ -60,13 +86,17 @@ def build_signal(tenant: str, payload: SignalCreate, source: str) -> Signal:
         text_redacted=redact_for_bus(payload.text, payload.reporter),
         language=payload.language or guess_language(payload.text),
         occurred_at=payload.occurred_at,
-        received_at=utcnow(),
+        received_at=received_at,
         lat=location.lat if location else None,
         lon=location.lon if location else None,
         address=location.address.model_dump(exclude_none=True) if location and location.address else None,
         extra=payload.metadata,
         source=payload.source or source,
         has_contact=bool(payload.reporter and payload.reporter.has_contact()),
+        area=area.code if area else None,
+        district=area.district if area else None,
+        service_code=service_code,
+        status_updated_at=received_at,
     )
 
 
@@ -89,11 +119,16 @@ def open_contact(cipher: FieldCipher, contact: Contact) -> dict[str, Any]:
     return opened
 
 
+def coarse_location(signal: Signal) -> CoarseLocation | None:
+    if signal.lat is None and signal.area is None:
+        return None
+    return CoarseLocation(
+        lat=coarse(signal.lat), lon=coarse(signal.lon), area=signal.area, district=signal.district
+    )
+
+
 def signal_received_data(signal: Signal) -> SignalReceived:
     """The event data: redacted text, coarse location, no contact data (DESIGN §2)."""
-    location = None
-    if signal.lat is not None and signal.lon is not None:
-        location = CoarseLocation(lat=coarse(signal.lat), lon=coarse(signal.lon))
     return SignalReceived(
         signal_id=signal.id,
         tracking_code=signal.tracking_code,
@@ -101,28 +136,70 @@ def signal_received_data(signal: Signal) -> SignalReceived:
         channel=signal.channel,
         text=signal.text_redacted,
         language=signal.language,
-        location=location,
+        location=coarse_location(signal),
         received_at=signal.received_at,
         has_contact=signal.has_contact,
         source=signal.source,
         occurred_at=signal.occurred_at,
+        attachments=signal.attachments,
+        imported=signal.imported,
+    )
+
+
+def build_conversation(tenant: str, payload: ConversationCreate, source: str) -> Conversation:
+    """Every turn is redacted before it is stored: the transcript never exists unredacted here."""
+    turns = [{"speaker": turn.speaker, "text": redact(turn.text)} for turn in payload.turns]
+    citizen_text = " ".join(turn.text for turn in payload.turns if turn.speaker == "citizen")
+    return Conversation(
+        id=new_id(),
+        tenant=tenant,
+        channel=payload.channel,
+        started_at=payload.started_at,
+        duration_s=payload.duration_s,
+        team=payload.team,
+        outcome=payload.outcome,
+        language=payload.language or guess_language(citizen_text or " ".join(t.text for t in payload.turns)),
+        turns=turns,
+        source=payload.source or source,
+        extra=payload.metadata,
+    )
+
+
+def conversation_received_data(conversation: Conversation) -> ConversationReceived:
+    return ConversationReceived(
+        signal_id=conversation.id,
+        channel=conversation.channel,
+        turns=[ConversationTurn.model_validate(turn) for turn in conversation.turns],
+        started_at=conversation.started_at,
+        duration_s=conversation.duration_s,
+        team=conversation.team,
+        outcome=conversation.outcome,
+        language=conversation.language,
     )
 
 
 def first_status(signal: Signal) -> StatusEntry:
-    return StatusEntry(signal_id=signal.id, sequence=0, status="received", at=signal.received_at)
+    return StatusEntry(signal_id=signal.id, sequence=0, status=signal.status, at=signal.received_at)
 
 
 async def find_by_tracking_code(session: AsyncSession, code: str) -> Signal | None:
     return (await session.exec(select(Signal).where(Signal.tracking_code == code))).first()
 
 
+async def history(session: AsyncSession, signal_id: str) -> list[StatusEntry]:
+    return list(
+        (
+            await session.exec(
+                select(StatusEntry)
+                .where(StatusEntry.signal_id == signal_id)
+                .order_by(col(StatusEntry.sequence))
+            )
+        ).all()
+    )
+
+
 async def tracking_view(session: AsyncSession, signal: Signal) -> TrackingPublic:
-    entries = (
-        await session.exec(
-            select(StatusEntry).where(StatusEntry.signal_id == signal.id).order_by(col(StatusEntry.sequence))
-        )
-    ).all()
+    entries = await history(session, signal.id)
     return TrackingPublic(
         tracking_code=signal.tracking_code,
         status=signal.status,
@@ -160,6 +237,7 @@ async def apply_status_change(session: AsyncSession, change: CaseStatusChanged, 
         signal.status = change.to
         signal.status_sequence = change.sequence
         signal.case_id = change.case_id
+        signal.status_updated_at = at
         session.add(signal)
     return True
 
@@ -171,6 +249,19 @@ async def apply_routed(session: AsyncSession, routed: SignalRouted) -> bool:
     signal.case_id = routed.case_id
     signal.expected_by = routed.due_at
     signal.service_promise = routed.service_promise
+    signal.responsible = routed.responsible
+    signal.partners = list(routed.partners)
+    session.add(signal)
+    return True
+
+
+async def apply_classified(session: AsyncSession, classified: SignalClassified) -> bool:
+    """Remember the topic, so Open311 can show a request's service_code once it is known."""
+    signal = await session.get(Signal, classified.signal_id)
+    if signal is None:
+        return False
+    signal.topic = classified.topic
+    signal.subtopic = classified.subtopic
     session.add(signal)
     return True
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from civicsignals.common.settings import ServiceSettings
@@ -25,3 +26,41 @@ class IntakeSettings(ServiceSettings):
     )
     pii_active_key_id: str = Field(default="", description="the key id new contact data is encrypted with")
     idempotency_abandon_after_s: float = Field(default=60.0, gt=0)
+
+    # Attachments (photos and PDFs posted after the signal).
+    attachments_dir: Path = Field(
+        default=Path(""), description="the volume for attachments; empty means <data_dir>/attachments"
+    )
+    max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_attachments_per_signal: int = Field(default=10, ge=1)
+
+    # Rate limits: a token bucket per API key, and one per client address on the public routes.
+    rate_limit_per_s: float = Field(default=50.0, gt=0, description="sustained requests per second per key")
+    rate_limit_burst: int = Field(default=200, ge=1)
+    public_rate_limit_per_s: float = Field(
+        default=5.0, gt=0, description="per client address, on tracking and Open311 reads"
+    )
+    public_rate_limit_burst: int = Field(default=60, ge=1)
+
+    # Open311 and the routing service it forwards partner updates to.
+    open311_default_jurisdiction: str = Field(
+        default="",
+        description="the tenant an Open311 request without jurisdiction_id means; empty: it is required",
+    )
+    routing_url: str = Field(default="http://127.0.0.1:8003", description="routing's base URL")
+    service_keys_dir: Path = Field(
+        default=Path(""),
+        description="intake's keys for other services, one file per tenant; "
+        "empty means <data_dir>/service-keys/intake",
+    )
+
+    # Retention of contact data (per tenant: retention.contact_days_after_close in tenant.yaml).
+    retention_interval_s: float = Field(default=3600.0, gt=0, description="how often the retention job runs")
+
+    @model_validator(mode="after")
+    def _intake_paths(self) -> IntakeSettings:
+        if str(self.attachments_dir) in ("", "."):
+            self.attachments_dir = self.data_dir / "attachments"
+        if str(self.service_keys_dir) in ("", "."):
+            self.service_keys_dir = self.data_dir / "service-keys" / "intake"
+        return self

@@ -2,25 +2,130 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, File, Header, Request, Response, UploadFile
 
-from civicsignals.common.auth import Principal, scope_dependency
+from civicsignals.common.auth import Principal
 from civicsignals.common.ids import normalise_tracking_code
 from civicsignals.common.problems import Problem
 from civicsignals.intake import flows, service
-from civicsignals.intake.models import ContactPublic, SignalCreate, SignalCreated, TrackingPublic
+from civicsignals.intake.access import authorised, public_limit
+from civicsignals.intake.models import (
+    AttachmentPublic,
+    ContactPublic,
+    ConversationCreate,
+    ConversationCreated,
+    FeedbackAccepted,
+    FeedbackCreate,
+    SignalCreate,
+    SignalCreated,
+    TrackingPublic,
+)
 
-SignalWriter = Annotated[Principal, Depends(scope_dependency("signals:write"))]
-ContactReader = Annotated[Principal, Depends(scope_dependency("contact:read"))]
+SignalWriter = Annotated[Principal, Depends(authorised("signals:write"))]
+ContactReader = Annotated[Principal, Depends(authorised("contact:read"))]
+PublicLimit = Depends(public_limit)
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="the same key and body replay the first response; another body is a 422",
+        examples=["4c2f0d0e-5b6a-4d8e-9a51-0c6b2f7d1e33"],
+    ),
+]
 
-PROBLEM_RESPONSES: dict[int | str, dict[str, object]] = {
-    400: {"description": "Malformed request (problem+json)"},
-    401: {"description": "Missing or invalid API key (problem+json)"},
-    403: {"description": "The key lacks the scope (problem+json)"},
-    413: {"description": "Body too large (problem+json)"},
-    422: {"description": "Invalid fields, with a JSON pointer per field (problem+json)"},
+
+def _problem(status: int, title: str, detail: str, slug: str, pointer: str | None = None) -> dict[str, Any]:
+    example: dict[str, Any] = {
+        "type": f"https://civicsignals.nl/problems/{slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if pointer is not None:
+        example["errors"] = [{"pointer": pointer, "detail": "this field is required"}]
+    return {"application/problem+json": {"example": example}}
+
+
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"pointer": {"type": "string"}, "detail": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def problem(
+    status: int, description: str, title: str, detail: str, slug: str, pointer: str | None = None
+) -> dict[str, Any]:
+    content = _problem(status, title, detail, slug, pointer)
+    content["application/problem+json"]["schema"] = PROBLEM_SCHEMA
+    return {"description": description, "content": content}
+
+
+AUTH_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    401: problem(
+        401, "Missing or invalid API key", "Unauthorized", "the API key is not valid", "unauthenticated"
+    ),
+    403: problem(
+        403,
+        "The key lacks the scope, or the origin is not the tenant's",
+        "Forbidden",
+        "this key lacks the scope 'signals:write'",
+        "forbidden",
+    ),
+    429: problem(
+        429,
+        "Rate limit of the key reached (see Retry-After)",
+        "Too Many Requests",
+        "too many requests for this API key; retry after 1 s",
+        "rate-limited",
+    ),
+}
+WRITE_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    **AUTH_PROBLEMS,
+    400: problem(
+        400,
+        "Malformed JSON or Idempotency-Key",
+        "Bad Request",
+        "the request body is not valid JSON",
+        "malformed-request",
+    ),
+    409: problem(
+        409,
+        "The same Idempotency-Key is still in flight",
+        "Conflict",
+        "a request with this Idempotency-Key is still in flight; retry shortly",
+        "idempotency-in-flight",
+    ),
+    413: problem(
+        413,
+        "Body too large",
+        "Content Too Large",
+        "the request body is larger than 1048576 bytes",
+        "body-too-large",
+    ),
+    422: problem(
+        422,
+        "Invalid fields, one JSON pointer each",
+        "Unprocessable Entity",
+        "the request has invalid fields",
+        "invalid-request",
+        "/text",
+    ),
 }
 
 router = APIRouter()
@@ -37,19 +142,35 @@ def _context(request: Request) -> flows.IntakeContext:
     response_model=SignalCreated,
     tags=["signals"],
     summary="Post a signal from a portal or app",
-    responses={**PROBLEM_RESPONSES, 409: {"description": "Same Idempotency-Key still in flight"}},
+    responses={
+        201: {
+            "description": "Stored; classification, routing and the acknowledgement follow",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "id": "01JDX3W6Q5TB7V0N8K2M4R6P9S",
+                        "tracking_code": "7KQ2-M9XD-4HTC",
+                        "status_url": "http://127.0.0.1:8000/v1/tracking/7KQ2-M9XD-4HTC",
+                    }
+                }
+            },
+        },
+        **WRITE_PROBLEMS,
+    },
 )
 async def post_signal(
     payload: SignalCreate,
     principal: SignalWriter,
     request: Request,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> SignalCreated:
     """Store a resident's signal; it is classified, routed and acknowledged from here on.
 
-    The same `Idempotency-Key` with the same body replays the first response; with another body
-    it is a 422; while the first request is still in flight it is a 409.
+    The location must lie inside the municipality's bounding box (else a 422 pointing at
+    `/location`); its area and district are derived from the tenant's area polygons. The same
+    `Idempotency-Key` with the same body replays the first response; with another body it is a
+    422; while the first request is still in flight it is a 409.
     """
     created, replayed = await flows.receive_signal_once(
         _context(request), principal.tenant, payload, source=principal.actor, idempotency_key=idempotency_key
@@ -60,15 +181,162 @@ async def post_signal(
     return created
 
 
+@router.post(
+    "/v1/signals/{signal_id}/attachments",
+    status_code=201,
+    response_model=AttachmentPublic,
+    tags=["signals"],
+    summary="Attach a photo or PDF to a signal",
+    responses={
+        201: {
+            "description": "Stored on the attachments volume; its count goes on the bus",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "id": "01JDX3YB2C8Q4W6E9R1T3Y5U7I",
+                        "signal_id": "01JDX3W6Q5TB7V0N8K2M4R6P9S",
+                        "media_type": "image/jpeg",
+                        "size": 482113,
+                        "sha256": "9f2c…",
+                        "attachments": 1,
+                    }
+                }
+            },
+        },
+        **AUTH_PROBLEMS,
+        400: WRITE_PROBLEMS[400],
+        404: problem(
+            404,
+            "No signal of this tenant has this id",
+            "Not Found",
+            "no signal has this id",
+            "unknown-signal",
+        ),
+        409: problem(
+            409,
+            "The signal has the most attachments allowed",
+            "Conflict",
+            "a signal can have at most 10 attachments",
+            "too-many-attachments",
+        ),
+        413: problem(
+            413,
+            "File too large",
+            "Content Too Large",
+            "an attachment may be at most 10485760 bytes",
+            "attachment-too-large",
+        ),
+        415: problem(
+            415,
+            "Not a JPEG, PNG, WebP, HEIC or PDF, or its name or type says otherwise",
+            "Unsupported Media Type",
+            "the file is named '*.jpg' but its content is PNG; send it with the right name",
+            "attachment-refused",
+        ),
+        422: problem(
+            422,
+            "No file in the form",
+            "Unprocessable Entity",
+            "the request has invalid fields",
+            "invalid-request",
+            "/file",
+        ),
+    },
+)
+async def post_attachment(
+    signal_id: str,
+    principal: SignalWriter,
+    request: Request,
+    response: Response,
+    file: Annotated[UploadFile, File(description="the photo or PDF; its type is read from its content")],
+) -> AttachmentPublic:
+    """Attach a photo (JPEG, PNG, WebP, HEIC) or PDF to a signal of the key's tenant.
+
+    The type is sniffed from the content; a file whose name or declared type says otherwise,
+    or that is a script, is refused with a 415. Only the number of attachments travels on the bus
+    (`signal.attachment_added`); the file stays on intake's volume.
+    """
+    ctx = _context(request)
+    content = await file.read(ctx.settings.max_attachment_bytes + 1)
+    created = await flows.add_attachment(
+        ctx, principal.tenant, signal_id, content, file.filename, file.content_type
+    )
+    response.headers["Location"] = f"/v1/signals/{signal_id}/attachments/{created.id}"
+    return created
+
+
+@router.post(
+    "/v1/conversations",
+    status_code=201,
+    response_model=ConversationCreated,
+    tags=["conversations"],
+    summary="Post a phone or chat transcript from the contact centre",
+    responses={
+        201: {
+            "description": "Stored redacted and published as conversation.received",
+            "content": {"application/json": {"example": {"signal_id": "01JDX40A7B9C1D3E5F7G9H1J3K"}}},
+        },
+        **WRITE_PROBLEMS,
+    },
+)
+async def post_conversation(
+    payload: ConversationCreate,
+    principal: SignalWriter,
+    request: Request,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> ConversationCreated:
+    """A passive signal: every turn is redacted before it is stored or published."""
+    created, replayed = await flows.receive_conversation_once(
+        _context(request), principal.tenant, payload, principal.actor, idempotency_key
+    )
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return created
+
+
+TRACKING_EXAMPLE = {
+    "tracking_code": "7KQ2-M9XD-4HTC",
+    "status": "in_progress",
+    "kind": "report",
+    "received_at": "2026-11-28T09:00:03Z",
+    "history": [
+        {"status": "received", "at": "2026-11-28T09:00:03Z", "note": None},
+        {"status": "assigned", "at": "2026-11-28T09:00:05Z", "note": None},
+        {"status": "in_progress", "at": "2026-11-29T10:12:00Z", "note": "De ploeg komt donderdag."},
+    ],
+    "expected_by": "2026-12-03T17:00:00Z",
+    "service_promise": "Binnen 5 werkdagen opgeruimd",
+}
+
+
 @router.get(
     "/v1/tracking/{tracking_code}",
     response_model=TrackingPublic,
     tags=["tracking"],
     summary="Public status of a signal, by its tracking code",
-    responses={404: {"description": "No signal has this code (problem+json)"}},
+    dependencies=[PublicLimit],
+    responses={
+        200: {
+            "description": "Status and history; no personal data",
+            "content": {"application/json": {"example": TRACKING_EXAMPLE}},
+        },
+        404: problem(
+            404,
+            "No signal has this code",
+            "Not Found",
+            "no signal has this tracking code",
+            "unknown-tracking-code",
+        ),
+        429: AUTH_PROBLEMS[429],
+    },
 )
 async def get_tracking(tracking_code: str, request: Request) -> TrackingPublic:
-    """Public: anyone with the code sees the status and its history, never personal data."""
+    """Public: anyone with the code sees the status and its history, never personal data.
+
+    Codes carry 60 random bits and every unknown code answers the same 404, and requests are
+    rate-limited per client address, so codes cannot be enumerated.
+    """
     code = normalise_tracking_code(tracking_code)
     async with _context(request).runtime.sessions() as session:
         signal = await service.find_by_tracking_code(session, code)
@@ -77,12 +345,85 @@ async def get_tracking(tracking_code: str, request: Request) -> TrackingPublic:
         return await service.tracking_view(session, signal)
 
 
+@router.post(
+    "/v1/tracking/{tracking_code}/feedback",
+    status_code=201,
+    response_model=FeedbackAccepted,
+    tags=["tracking"],
+    summary="The resident's satisfaction with how their signal was handled",
+    dependencies=[PublicLimit],
+    responses={
+        201: {
+            "description": "Recorded and published as feedback.received (comment redacted)",
+            "content": {
+                "application/json": {
+                    "example": {"tracking_code": "7KQ2-M9XD-4HTC", "satisfied": True, "score": 4}
+                }
+            },
+        },
+        404: problem(
+            404,
+            "No signal has this code",
+            "Not Found",
+            "no signal has this tracking code",
+            "unknown-tracking-code",
+        ),
+        409: problem(
+            409,
+            "Feedback was already given",
+            "Conflict",
+            "feedback was already given for this signal",
+            "feedback-already-given",
+        ),
+        413: WRITE_PROBLEMS[413],
+        400: WRITE_PROBLEMS[400],
+        422: problem(
+            422,
+            "Invalid fields",
+            "Unprocessable Entity",
+            "the request has invalid fields",
+            "invalid-request",
+            "/score",
+        ),
+        429: AUTH_PROBLEMS[429],
+    },
+)
+async def post_feedback(tracking_code: str, payload: FeedbackCreate, request: Request) -> FeedbackAccepted:
+    """Public, like the tracking page: one answer per signal; the comment is redacted."""
+    return await flows.submit_feedback(_context(request), normalise_tracking_code(tracking_code), payload)
+
+
 @router.get(
     "/v1/signals/{signal_id}/contact",
     response_model=ContactPublic,
     tags=["internal"],
     summary="A reporter's contact data, for notifier (audited)",
-    responses={404: {"description": "No contact for this signal (problem+json)"}},
+    responses={
+        200: {
+            "description": "The decrypted contact",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "signal_id": "01JDX3W6Q5TB7V0N8K2M4R6P9S",
+                        "tracking_code": "7KQ2-M9XD-4HTC",
+                        "name": "A. Bewoner",
+                        "email": "bewoner@example.org",
+                        "phone": None,
+                        "consent": True,
+                        "language": "nl",
+                    }
+                }
+            },
+        },
+        **AUTH_PROBLEMS,
+        404: problem(
+            404,
+            "No contact for this signal",
+            "Not Found",
+            "no contact data is kept for this signal",
+            "no-contact",
+        ),
+    },
 )
 async def get_contact(signal_id: str, principal: ContactReader, request: Request) -> ContactPublic:
     """Service-to-service only: every read is recorded in the audit log, found or not."""

@@ -1,4 +1,4 @@
-"""Notifier's application: residents by e-mail (partners by webhook follow in their own issue)."""
+"""Notifier's application: residents by e-mail, partners by signed webhooks, every attempt kept."""
 
 from __future__ import annotations
 
@@ -7,35 +7,67 @@ from fastapi import FastAPI
 from sqlmodel import SQLModel
 
 from civicsignals.common.app import create_service_app
+from civicsignals.common.audit import mount_audit
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.notifier import flows, models  # noqa: F401  (models registers the tables)
+from civicsignals.notifier.dispatch import Dispatcher
 from civicsignals.notifier.messages import TemplateBook
+from civicsignals.notifier.secretbox import SecretBox
 from civicsignals.notifier.service import IntakeContacts
 from civicsignals.notifier.settings import NotifierSettings
+from civicsignals.notifier.views import deliveries_router, partners_router, templates_router
 
 
-def create_app(settings: NotifierSettings | None = None) -> FastAPI:
+def create_app(
+    settings: NotifierSettings | None = None, *, intake_client: httpx.AsyncClient | None = None
+) -> FastAPI:
+    """The notifier app; ``intake_client`` lets a test talk to an in-process intake."""
     settings = settings or NotifierSettings()
     runtime = ServiceRuntime(settings, metadata=SQLModel.metadata)
-    client = httpx.AsyncClient(timeout=10.0, follow_redirects=False)
+    # trust_env=False: no proxy from the environment between us and a partner, or intake.
+    intake_http = intake_client or httpx.AsyncClient(
+        timeout=settings.smtp_timeout_s, follow_redirects=False, trust_env=False
+    )
+    webhook_http = httpx.AsyncClient(
+        timeout=settings.webhook_timeout_s,
+        follow_redirects=False,  # DESIGN §6: a redirect is a failed attempt, never followed
+        trust_env=False,
+        limits=httpx.Limits(max_connections=settings.delivery_concurrency * 2),
+    )
     context = flows.NotifierContext(
         runtime=runtime,
         settings=settings,
-        contacts=IntakeContacts(settings.intake_url, settings.intake_keys_dir, client),
+        contacts=IntakeContacts(settings.intake_url, settings.intake_keys_dir, intake_http),
         templates=TemplateBook(settings.tenants_dir),
+        box=SecretBox.from_setting(settings.secrets_key, settings.data_dir),
+        http=webhook_http,
     )
+    dispatcher = Dispatcher(context)
+    context.wake_dispatcher.append(dispatcher.wake)
     for spec in flows.consumers(context):
         runtime.add_consumer(spec)
+    runtime.add_background(dispatcher.run)
 
-    async def close_client() -> None:
-        await client.aclose()
+    async def close_clients() -> None:
+        # Before the clients close: attempts under way must not fail for a closed client.
+        await dispatcher.stop()
+        await webhook_http.aclose()
+        if intake_client is None:
+            await intake_http.aclose()
 
     app = create_service_app(
         runtime,
         title="Civic Signals — notifier",
-        description="Keeps residents informed by e-mail and partners by signed webhooks.",
-        routers=[],
-        on_shutdown=close_client,
+        description="Keeps residents informed by e-mail and partners by signed webhooks (Standard Webhooks).",
+        routers=[partners_router, deliveries_router, templates_router],
+        on_shutdown=close_clients,
+        openapi_tags=[
+            {"name": "partners", "description": "Partner organisations and their webhook endpoints"},
+            {"name": "deliveries", "description": "Every e-mail and webhook, with each attempt"},
+            {"name": "templates", "description": "Resident e-mail templates and their preview"},
+        ],
     )
     app.state.notifier = context
+    app.state.dispatcher = dispatcher
+    mount_audit(app)
     return app

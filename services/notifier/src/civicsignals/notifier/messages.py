@@ -1,27 +1,151 @@
-"""Resident e-mails from templates: per tenant, event and language, as text and HTML.
+"""Resident e-mails from templates: per tenant, message and language, as text and HTML.
 
-A tenant may override any template in ``<tenant folder>/templates/``; otherwise the package's
-own are used. The language is the one the resident wrote in, Dutch when unknown.
+A template is two files, ``<name>.<language>.txt`` (with a ``subject`` and a ``body`` block) and
+``<name>.<language>.html``. A tenant overrides any of them by putting a file of the same name in
+``<tenant folder>/templates/``; otherwise the package's own are used. Tenant templates are
+configuration a municipality edits, so they run in Jinja's sandbox. The language is the one the
+resident wrote in; a language without templates falls back to Dutch.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import datetime
 from email.message import EmailMessage
-from email.utils import make_msgid
+from email.utils import formatdate
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from jinja2 import (
+    BaseLoader,
     ChoiceLoader,
-    Environment,
     FileSystemLoader,
     PackageLoader,
     StrictUndefined,
+    Template,
+    TemplateError,
     select_autoescape,
 )
+from jinja2.sandbox import SandboxedEnvironment
 
 SUPPORTED_LANGUAGES = ("nl", "en")
+DEFAULT_LANGUAGE = "nl"
+
+ACKNOWLEDGEMENT = "acknowledgement"
+STATUS_UPDATE = "status_update"
+RESOLUTION = "resolution"
+REOPENING = "reopening"
+ENDPOINT_DISABLED = "endpoint_disabled"
+TEMPLATES = (ACKNOWLEDGEMENT, STATUS_UPDATE, RESOLUTION, REOPENING, ENDPOINT_DISABLED)
+
+COMMON_VARIABLES = ["municipality", "language"]
+RESIDENT_VARIABLES = [*COMMON_VARIABLES, "name", "tracking_code", "tracking_url"]
+TEMPLATE_VARIABLES: dict[str, list[str]] = {
+    ACKNOWLEDGEMENT: [*RESIDENT_VARIABLES, "service_promise", "expected_by"],
+    STATUS_UPDATE: [*RESIDENT_VARIABLES, "status", "status_label", "public_note"],
+    RESOLUTION: [*RESIDENT_VARIABLES, "status", "status_label", "public_note", "feedback_urls"],
+    REOPENING: [*RESIDENT_VARIABLES, "status", "status_label", "public_note"],
+    ENDPOINT_DISABLED: [*COMMON_VARIABLES, "partner_name", "endpoint_url", "reason", "disabled_at"],
+}
+
+STATUS_LABELS: dict[str, dict[str, str]] = {
+    "nl": {
+        "received": "ontvangen",
+        "triage": "wordt beoordeeld",
+        "assigned": "doorgezet naar de juiste afdeling",
+        "in_progress": "in behandeling",
+        "waiting_on_resident": "wacht op uw reactie",
+        "forwarded": "doorgestuurd naar een partnerorganisatie",
+        "resolved": "opgelost",
+        "closed": "afgesloten",
+        "reopened": "heropend",
+        "rejected": "niet in behandeling genomen",
+        "duplicate": "samengevoegd met een eerdere melding",
+        "cancelled": "ingetrokken",
+    },
+    "en": {
+        "received": "received",
+        "triage": "being assessed",
+        "assigned": "passed to the right department",
+        "in_progress": "in progress",
+        "waiting_on_resident": "waiting for your reply",
+        "forwarded": "forwarded to a partner organisation",
+        "resolved": "resolved",
+        "closed": "closed",
+        "reopened": "reopened",
+        "rejected": "not taken into treatment",
+        "duplicate": "merged with an earlier report",
+        "cancelled": "withdrawn",
+    },
+}
+
+_MONTHS_NL = (
+    "januari",
+    "februari",
+    "maart",
+    "april",
+    "mei",
+    "juni",
+    "juli",
+    "augustus",
+    "september",
+    "oktober",
+    "november",
+    "december",
+)
+
+
+def language_of(language: str | None) -> str:
+    """The template language for what the resident wrote in: ``nl-BE`` is Dutch; unknown is Dutch."""
+    base = (language or "").split("-", 1)[0].lower()
+    return base if base in SUPPORTED_LANGUAGES else DEFAULT_LANGUAGE
+
+
+def format_date(value: datetime | None, language: str, timezone: str = "Europe/Amsterdam") -> str | None:
+    """A date as a resident reads it: ``7 december 2026`` or ``7 December 2026``, local time."""
+    if value is None:
+        return None
+    local = value.astimezone(ZoneInfo(timezone))
+    if language == "nl":
+        return f"{local.day} {_MONTHS_NL[local.month - 1]} {local.year}"
+    return f"{local.day} {local.strftime('%B')} {local.year}"
+
+
+def template_for_status(status: str) -> str:
+    """Which mail a case status gets: resolution, reopening, or the general status update."""
+    if status == "resolved":
+        return RESOLUTION
+    if status == "reopened":
+        return REOPENING
+    return STATUS_UPDATE
+
+
+def status_mail_wanted(status: str, sequence: int) -> bool:
+    """Whether a case status change is worth a mail to the resident.
+
+    Not the change that opens the case (sequence 1: the acknowledgement tells the resident it was
+    received and passed on), and not the internal steps ``received`` and ``triage``.
+    """
+    return sequence > 1 and status not in ("received", "triage")
+
+
+def feedback_urls(public_base_url: str, tracking_code: str) -> list[dict[str, Any]]:
+    """One link per score 1 to 5 to intake's feedback form, with the score filled in (one click)."""
+    base = public_base_url.rstrip("/")
+    return [
+        {"score": score, "url": f"{base}/v1/tracking/{tracking_code}/feedback?score={score}"}
+        for score in range(1, 6)
+    ]
+
+
+class TemplateProblem(ValueError):
+    """A template that does not compile or render; ``part`` is ``text`` or ``html``."""
+
+    def __init__(self, part: str, message: str) -> None:
+        super().__init__(message)
+        self.part = part
 
 
 @dataclass(frozen=True)
@@ -32,19 +156,21 @@ class RenderedMessage:
 
 
 class TemplateBook:
+    """The templates of every tenant, read from its folder (reloaded when a file changes)."""
+
     def __init__(self, tenants_dir: Path) -> None:
         self.tenants_dir = tenants_dir
-        self._environments: dict[str, Environment] = {}
+        self._environments: dict[str, SandboxedEnvironment] = {}
 
-    def _environment(self, tenant: str) -> Environment:
+    def _environment(self, tenant: str) -> SandboxedEnvironment:
         if tenant not in self._environments:
-            loader = ChoiceLoader(
+            loader: BaseLoader = ChoiceLoader(
                 [
                     FileSystemLoader(str(self.tenants_dir / tenant / "templates")),
                     PackageLoader("civicsignals.notifier", "templates"),
                 ]
             )
-            self._environments[tenant] = Environment(
+            self._environments[tenant] = SandboxedEnvironment(
                 loader=loader,
                 autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
                 undefined=StrictUndefined,
@@ -52,27 +178,101 @@ class TemplateBook:
             )
         return self._environments[tenant]
 
+    def source_of(self, tenant: str, name: str, language: str) -> Literal["tenant", "default"]:
+        """``tenant`` when the tenant's folder overrides the text template, else ``default``."""
+        path = self.tenants_dir / tenant / "templates" / f"{name}.{language}.txt"
+        return "tenant" if path.is_file() else "default"
+
     def render(
-        self, tenant: str, template: str, language: str | None, values: dict[str, Any]
+        self,
+        tenant: str,
+        template: str,
+        language: str | None,
+        values: dict[str, Any],
+        *,
+        draft_text: str | None = None,
+        draft_html: str | None = None,
     ) -> RenderedMessage:
-        lang = language if language in SUPPORTED_LANGUAGES else "nl"
+        """Render a message; drafts (for the preview) replace the stored text or HTML template."""
+        lang = language_of(language)
         environment = self._environment(tenant)
-        text_template = environment.get_template(f"{template}.{lang}.txt")
-        context = text_template.new_context(values)
-        subject = "".join(text_template.blocks["subject"](context)).strip()
-        body = "".join(text_template.blocks["body"](context)).strip() + "\n"
-        html = environment.get_template(f"{template}.{lang}.html").render(values)
+        context_values = {"language": lang, **values}
+        try:
+            text_template: Template = (
+                environment.from_string(draft_text)
+                if draft_text is not None
+                else environment.get_template(f"{template}.{lang}.txt")
+            )
+            if "subject" not in text_template.blocks or "body" not in text_template.blocks:
+                raise TemplateProblem("text", "the text template needs a 'subject' and a 'body' block")
+            context = text_template.new_context(context_values)
+            subject = " ".join("".join(text_template.blocks["subject"](context)).split())
+            body = "".join(text_template.blocks["body"](context)).strip() + "\n"
+        except TemplateProblem:
+            raise
+        except TemplateError as exc:
+            raise TemplateProblem("text", _describe(exc)) from exc
+        try:
+            html_template = (
+                environment.from_string(draft_html)
+                if draft_html is not None
+                else environment.get_template(f"{template}.{lang}.html")
+            )
+            html = html_template.render(context_values)
+        except TemplateError as exc:
+            raise TemplateProblem("html", _describe(exc)) from exc
         return RenderedMessage(subject=subject, text=body, html=html)
 
 
-def build_email(message: RenderedMessage, *, sender: str, recipient: str, message_key: str) -> EmailMessage:
-    """A multipart/alternative mail; its Message-ID derives from the event, so a resend is recognisable."""
+def _describe(exc: TemplateError) -> str:
+    line = getattr(exc, "lineno", None)
+    return f"line {line}: {exc.message}" if line else str(exc.message or exc)
+
+
+def example_values(template: str, language: str, public_base_url: str) -> dict[str, Any]:
+    """Values for a preview: what a real message of this kind would get, made up."""
+    code = "7KQ2-M9XD-4HTC"
+    base = public_base_url.rstrip("/")
+    status = {RESOLUTION: "resolved", REOPENING: "reopened"}.get(template, "in_progress")
+    return {
+        "municipality": "Gemeente Voorbeeld",
+        "name": "A. de Vries",
+        "tracking_code": code,
+        "tracking_url": f"{base}/v1/tracking/{code}",
+        "service_promise": "We halen het binnen 5 werkdagen weg."
+        if language == "nl"
+        else "We will remove it within 5 working days.",
+        "expected_by": "7 december 2026" if language == "nl" else "7 December 2026",
+        "status": status,
+        "status_label": STATUS_LABELS[language_of(language)][status],
+        "public_note": "De container is geleegd." if language == "nl" else "The container was emptied.",
+        "feedback_urls": feedback_urls(public_base_url, code),
+        "partner_name": "Woonpartners",
+        "endpoint_url": "https://hooks.woonpartners.example/civic",
+        "reason": "failing since 2026-11-25T09:00:00Z",
+        "disabled_at": "2026-11-28T09:00:00Z",
+    }
+
+
+def build_email(
+    message: RenderedMessage, *, sender: str, recipient: str, message_id: str, domain: str
+) -> EmailMessage:
+    """A multipart/alternative mail whose Message-ID comes from the delivery.
+
+    The same delivery always has the same Message-ID, so if a crash between the SMTP server's
+    acceptance and our record of it makes us send again, mail systems can see it is one message.
+    """
     mail = EmailMessage()
     mail["From"] = sender
     mail["To"] = recipient
     mail["Subject"] = message.subject
-    mail["Message-ID"] = make_msgid(idstring=message_key, domain="civicsignals.local")
+    mail["Date"] = formatdate(localtime=False, usegmt=True)
+    mail["Message-ID"] = f"<{message_id}@{domain}>"
     mail["Auto-Submitted"] = "auto-generated"
     mail.set_content(message.text)
     mail.add_alternative(message.html, subtype="html")
     return mail
+
+
+def dumps(values: dict[str, Any]) -> str:
+    return json.dumps(values, sort_keys=True, default=str)

@@ -1,30 +1,369 @@
-"""Notifier's tables: every delivery attempt, never the address it went to."""
+"""Notifier's tables and API schemas.
+
+Notifier keeps partners, their endpoints (secrets sealed), what it knows of each signal (language,
+whether there is a contact, the partners its case went to), and every delivery with each attempt.
+It never keeps a resident's address: that is fetched from intake when a mail is sent, and dropped.
+
+Table names carry the prefix ``notifier_``: every service's models share one SQLModel metadata in a
+test process, and a name another service also used would clash there.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, Literal
 
-from sqlalchemy import UniqueConstraint
+from pydantic import BaseModel, ConfigDict, EmailStr, field_validator
+from pydantic import Field as PydanticField
+from sqlalchemy import JSON, Column, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from civicsignals.common.db import UtcDateTime
-from civicsignals.common.events import utcnow
+from civicsignals.common.events import check_code, utcnow
+from civicsignals.common.ids import new_id
+
+WEBHOOK_EVENT_TYPES = ("signal.routed", "case.status_changed")
+"""What a partner endpoint can subscribe to (the short form of the CloudEvent type)."""
+
+DeliveryStatus = Literal["scheduled", "sending", "delivered", "failed", "skipped"]
+Channel = Literal["email", "webhook"]
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+
+class Partner(SQLModel, table=True):
+    """A partner organisation of one tenant (housing corporation, welfare organisation …)."""
+
+    __tablename__ = "notifier_partner"
+    __table_args__ = (UniqueConstraint("tenant", "code"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    tenant: str = Field(index=True)
+    code: str = Field(description="the code routing rules name in `partners` (signal.routed)")
+    name: str
+    contact_email: str | None = Field(
+        default=None, description="the partner's technical contact, told when an endpoint is disabled"
+    )
+    language: str = "nl"
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class Endpoint(SQLModel, table=True):
+    """A URL of a partner that receives signed webhooks for some event types."""
+
+    __tablename__ = "notifier_endpoint"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    tenant: str = Field(index=True)
+    partner_id: str = Field(index=True, foreign_key="notifier_partner.id")
+    url: str = Field(sa_column=Column(Text, nullable=False))
+    event_types: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    enabled: bool = True
+    disabled_reason: str | None = None
+    disabled_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    secrets: list[dict[str, Any]] = Field(
+        default_factory=list,
+        sa_column=Column(JSON, nullable=False),
+        description="[{sealed, created_at, expires_at}]: the current secret first; sealed with SecretBox",
+    )
+    failing_since: datetime | None = Field(
+        default=None, sa_type=UtcDateTime, description="first failure after the last success"
+    )
+    last_success_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class SignalLink(SQLModel, table=True):
+    """What notifier learnt of a signal from the bus: enough to address mails and fan out webhooks."""
+
+    __tablename__ = "notifier_signal"
+
+    signal_id: str = Field(primary_key=True)
+    tenant: str = Field(index=True)
+    tracking_code: str | None = None
+    language: str | None = None
+    has_contact: bool | None = None
+    case_id: str | None = Field(default=None, index=True)
+    partners: list[str] | None = Field(
+        default=None, sa_column=Column(JSON), description="set once signal.routed was seen"
+    )
+    service_promise: str | None = None
+    due_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
 class Delivery(SQLModel, table=True):
-    """One message for one event over one channel; the unique key makes redeliveries harmless."""
+    """One message (an e-mail or a webhook) and where it stands; each try is an :class:`Attempt`.
 
-    __tablename__ = "delivery"
-    __table_args__ = (UniqueConstraint("event_id", "channel", "template"),)
+    ``next_attempt_at`` is when the scheduler picks it up: the end of a coalescing window, the next
+    step of the retry schedule, or, while ``sending``, the end of the lease of the attempt under way
+    (so a delivery whose process died is picked up again).
+    """
 
-    id: int | None = Field(default=None, primary_key=True)
+    __tablename__ = "notifier_delivery"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    message_id: str = Field(
+        unique=True, description="webhook-id / Message-ID: the same on every retry and after a crash"
+    )
     tenant: str = Field(index=True)
-    event_id: str
-    signal_id: str = Field(index=True)
-    channel: str
-    template: str
-    status: str = Field(description="sent, skipped_no_consent, skipped_no_contact, failed")
+    channel: str = Field(description="email or webhook")
+    template: str | None = Field(default=None, description="e-mail template")
+    event_id: str = Field(description="the (latest) event this message is about")
+    event_type: str = Field(description="short type of that event, e.g. signal.routed")
+    event_time: datetime = Field(sa_type=UtcDateTime, description="when that event happened (latency)")
+    signal_id: str | None = Field(default=None, index=True)
+    case_id: str | None = Field(default=None, index=True)
+    partner_id: str | None = Field(default=None, index=True)
+    partner_code: str | None = None
+    endpoint_id: str | None = Field(default=None, index=True)
+    payload: str = Field(
+        sa_column=Column(Text, nullable=False),
+        description="webhook: the CloudEvent body exactly as signed; e-mail: the template values (JSON)",
+    )
+    coalesce_key: str | None = Field(
+        default=None,
+        unique=True,
+        description="set while an e-mail still takes in later changes of its case; cleared when claimed",
+    )
+    sequence: int = Field(default=0, description="latest case sequence merged into this e-mail")
+    status: str = Field(default="scheduled", index=True)
+    status_reason: str | None = None
     attempts: int = 0
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UtcDateTime, index=True)
+    last_status_code: int | None = None
     last_error: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
-    sent_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    delivered_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class Attempt(SQLModel, table=True):
+    """One try of one delivery, recorded before it is made and completed after."""
+
+    __tablename__ = "notifier_attempt"
+    __table_args__ = (UniqueConstraint("delivery_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: str = Field(index=True, foreign_key="notifier_delivery.id")
+    number: int
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    outcome: str = Field(
+        default="in_flight",
+        description="in_flight, delivered, retry, throttled, gone, failed, skipped, abandoned (its process died)",
+    )
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float | None = None
+
+
+# --- API schemas ---------------------------------------------------------------------------------
+
+
+class PartnerCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = PydanticField(
+        min_length=1, max_length=63, description="as named in routing rules", examples=["woonpartners"]
+    )
+    name: str | None = PydanticField(default=None, min_length=1, max_length=200, examples=["Woonpartners"])
+    contact_email: EmailStr | None = PydanticField(
+        default=None, description="told when an endpoint is disabled", examples=["it@woonpartners.example"]
+    )
+    language: Literal["nl", "en"] = "nl"
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, value: str) -> str:
+        return check_code(value, "partner code")
+
+
+class PartnerUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = PydanticField(default=None, min_length=1, max_length=200)
+    contact_email: EmailStr | None = None
+    language: Literal["nl", "en"] | None = None
+
+
+class PartnerPublic(BaseModel):
+    id: str
+    code: str
+    name: str
+    contact_email: str | None
+    language: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class PartnerList(BaseModel):
+    items: list[PartnerPublic]
+
+
+def _check_event_types(value: list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    for index, item in enumerate(value):
+        if item not in WEBHOOK_EVENT_TYPES:
+            raise ValueError(f"item {index}: {item!r} is not one of {', '.join(WEBHOOK_EVENT_TYPES)}")
+    return sorted(set(value))
+
+
+class EndpointCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = PydanticField(
+        min_length=1, max_length=2000, examples=["https://hooks.woonpartners.example/civic"]
+    )
+    event_types: list[str] = PydanticField(
+        default_factory=lambda: sorted(WEBHOOK_EVENT_TYPES),
+        examples=[["signal.routed", "case.status_changed"]],
+    )
+    enabled: bool = True
+    secret: str | None = PydanticField(
+        default=None, description="a whsec_ secret of your own; one is generated when absent"
+    )
+
+    @field_validator("event_types")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        return _check_event_types(value) or []
+
+
+class EndpointUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = PydanticField(default=None, min_length=1, max_length=2000)
+    event_types: list[str] | None = None
+    enabled: bool | None = PydanticField(default=None, description="true re-enables a disabled endpoint")
+
+    @field_validator("event_types")
+    @classmethod
+    def _types(cls, value: list[str] | None) -> list[str] | None:
+        return _check_event_types(value)
+
+
+class SecretInfo(BaseModel):
+    """A secret as listed: never the secret itself, only when it was made and until when it is valid."""
+
+    created_at: datetime
+    expires_at: datetime | None
+
+
+class EndpointPublic(BaseModel):
+    id: str
+    partner_id: str
+    url: str
+    event_types: list[str]
+    enabled: bool
+    disabled_reason: str | None
+    disabled_at: datetime | None
+    failing_since: datetime | None
+    last_success_at: datetime | None
+    secrets: list[SecretInfo]
+    created_at: datetime
+    updated_at: datetime
+
+
+class EndpointCreated(EndpointPublic):
+    secret: str = PydanticField(description="the signing secret; shown only now")
+
+
+class EndpointList(BaseModel):
+    items: list[EndpointPublic]
+
+
+class SecretRotation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    overlap_s: float | None = PydanticField(
+        default=None, ge=0, le=30 * 86400, description="how long the previous secret stays valid"
+    )
+    secret: str | None = PydanticField(default=None, description="a whsec_ secret of your own")
+
+
+class SecretRotated(BaseModel):
+    secret: str = PydanticField(description="the new signing secret; shown only now")
+    previous_valid_until: datetime | None
+
+
+class AttemptPublic(BaseModel):
+    number: int
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+    status_code: int | None
+    error: str | None
+    duration_ms: float | None
+
+
+class DeliveryPublic(BaseModel):
+    """A delivery as the log shows it: no address, no URL, no body."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    message_id: str
+    channel: str
+    template: str | None
+    event_id: str
+    event_type: str
+    signal_id: str | None
+    case_id: str | None
+    partner: str | None = PydanticField(validation_alias="partner_code")
+    partner_id: str | None
+    endpoint_id: str | None
+    status: str
+    status_reason: str | None
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class DeliveryDetail(DeliveryPublic):
+    attempt_log: list[AttemptPublic]
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryPublic]
+    next_cursor: str | None
+
+
+class TemplateInfo(BaseModel):
+    name: str
+    language: str
+    source: Literal["tenant", "default"]
+
+
+class TemplateList(BaseModel):
+    items: list[TemplateInfo]
+    variables: dict[str, list[str]]
+
+
+class TemplatePreviewRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    language: Literal["nl", "en"] = "nl"
+    values: dict[str, Any] = PydanticField(
+        default_factory=dict, description="values to use instead of the example values"
+    )
+    text: str | None = PydanticField(
+        default=None, max_length=100_000, description="a draft of the text template to preview instead"
+    )
+    html: str | None = PydanticField(
+        default=None, max_length=200_000, description="a draft of the HTML template to preview instead"
+    )
+
+
+class TemplatePreview(BaseModel):
+    name: str
+    language: str
+    subject: str
+    text: str
+    html: str

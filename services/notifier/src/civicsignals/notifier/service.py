@@ -1,17 +1,32 @@
-"""Notifier's plain functions: fetch a reporter's contact from intake, send mail over SMTP."""
+"""Notifier's plain functions: contacts from intake, SMTP, partners and their secrets, the log.
+
+Nothing here knows HTTP routes or the bus; ``flows`` and ``views`` call these.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
 import httpx
+import yaml
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.bus import PermanentError, TransientError
+from civicsignals.notifier.models import Attempt, Delivery, Endpoint, EndpointPublic, Partner, SecretInfo
+from civicsignals.notifier.secretbox import SecretBox
 from civicsignals.notifier.settings import NotifierSettings
+
+log = logging.getLogger(__name__)
+
+
+# --- residents' contacts and mail ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,7 @@ class IntakeContacts:
             raise PermanentError(f"no intake service key for tenant {tenant!r} in {self.keys_dir}") from None
 
     async def fetch(self, tenant: str, signal_id: str) -> Contact | None:
+        """The contact of a signal, or None when intake keeps none (erased, or never given)."""
         try:
             response = await self.client.get(
                 f"{self.base_url}/v1/signals/{signal_id}/contact",
@@ -63,6 +79,7 @@ class IntakeContacts:
 
 
 async def send_mail(settings: NotifierSettings, mail: EmailMessage) -> None:
+    """Hand a mail to the SMTP server (STARTTLS and login as configured)."""
     try:
         await aiosmtplib.send(
             mail,
@@ -73,5 +90,160 @@ async def send_mail(settings: NotifierSettings, mail: EmailMessage) -> None:
             password=settings.smtp_password,
             timeout=settings.smtp_timeout_s,
         )
-    except (aiosmtplib.SMTPException, OSError) as exc:
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         raise TransientError(f"SMTP failed: {type(exc).__name__}") from exc
+
+
+# --- partners ------------------------------------------------------------------------------------
+
+
+def partner_catalogue(tenant_folder: Path | None) -> dict[str, dict[str, Any]] | None:
+    """The partners a tenant's folder defines (``partners.yaml``), by code; None without that file.
+
+    Routing names partners by these codes in ``signal.routed``; a partner registered here under
+    another code would never receive anything, so registration checks against this list.
+    """
+    if tenant_folder is None:
+        return None
+    path = tenant_folder / "partners.yaml"
+    if not path.is_file():
+        return None
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        log.warning(
+            "partners.yaml of %s is not valid YAML; partner codes are not checked", tenant_folder.name
+        )
+        return None
+    entries = raw.get("partners", []) if isinstance(raw, dict) else raw
+    catalogue: dict[str, dict[str, Any]] = {}
+    if isinstance(entries, dict):
+        entries = [{"code": code, **(value or {})} for code, value in entries.items()]
+    for entry in entries or []:
+        if isinstance(entry, str):
+            catalogue[entry] = {"code": entry}
+        elif isinstance(entry, dict) and "code" in entry:
+            catalogue[str(entry["code"])] = dict(entry)
+    return catalogue
+
+
+async def find_partner(session: AsyncSession, tenant: str, id_or_code: str) -> Partner | None:
+    """A partner of this tenant by id or by code; another tenant's partner is not found."""
+    query = select(Partner).where(
+        Partner.tenant == tenant, (col(Partner.id) == id_or_code) | (col(Partner.code) == id_or_code)
+    )
+    return (await session.exec(query)).first()
+
+
+async def enabled_endpoints(
+    session: AsyncSession, tenant: str, codes: list[str]
+) -> list[tuple[Partner, Endpoint]]:
+    """The enabled endpoints of the named partners of a tenant, in one query."""
+    if not codes:
+        return []
+    query = (
+        select(Partner, Endpoint)
+        .join(Endpoint, col(Endpoint.partner_id) == col(Partner.id))
+        .where(Partner.tenant == tenant, col(Partner.code).in_(codes), col(Endpoint.enabled).is_(True))
+        .order_by(col(Endpoint.id))
+    )
+    return [(partner, endpoint) for partner, endpoint in (await session.exec(query)).all()]
+
+
+async def endpoints_of(session: AsyncSession, partner_id: str) -> list[Endpoint]:
+    query = select(Endpoint).where(Endpoint.partner_id == partner_id).order_by(col(Endpoint.id))
+    return list((await session.exec(query)).all())
+
+
+def secret_entry(box: SecretBox, endpoint_id: str, secret: str, now: datetime) -> dict[str, Any]:
+    return {"sealed": box.seal(secret, endpoint_id), "created_at": now.isoformat(), "expires_at": None}
+
+
+def _expires(entry: dict[str, Any]) -> datetime | None:
+    value = entry.get("expires_at")
+    return datetime.fromisoformat(value) if value else None
+
+
+def _valid(entry: dict[str, Any], now: datetime) -> bool:
+    expires = _expires(entry)
+    return expires is None or expires > now
+
+
+def secrets_in_force(endpoint: Endpoint, box: SecretBox, now: datetime) -> list[str]:
+    """Every secret that signs now: the current one and, during a rotation, the previous one."""
+    return [box.open(entry["sealed"], endpoint.id) for entry in endpoint.secrets if _valid(entry, now)]
+
+
+def rotate_secret(
+    endpoint: Endpoint, box: SecretBox, new_secret: str, overlap: timedelta, now: datetime
+) -> datetime | None:
+    """Make ``new_secret`` current; the previous one stays valid for ``overlap``. Older ones go.
+
+    Returns until when the previous secret is valid (None when there was none, or overlap is 0).
+    """
+    previous = [entry for entry in endpoint.secrets if _valid(entry, now)]
+    kept: list[dict[str, Any]] = []
+    valid_until: datetime | None = None
+    if previous and overlap > timedelta(0):
+        valid_until = now + overlap
+        kept.append({**previous[0], "expires_at": valid_until.isoformat()})
+    endpoint.secrets = [secret_entry(box, endpoint.id, new_secret, now), *kept]
+    endpoint.updated_at = now
+    return valid_until
+
+
+def endpoint_public(endpoint: Endpoint, now: datetime) -> EndpointPublic:
+    return EndpointPublic(
+        id=endpoint.id,
+        partner_id=endpoint.partner_id,
+        url=endpoint.url,
+        event_types=list(endpoint.event_types),
+        enabled=endpoint.enabled,
+        disabled_reason=endpoint.disabled_reason,
+        disabled_at=endpoint.disabled_at,
+        failing_since=endpoint.failing_since,
+        last_success_at=endpoint.last_success_at,
+        secrets=[
+            SecretInfo(created_at=datetime.fromisoformat(entry["created_at"]), expires_at=_expires(entry))
+            for entry in endpoint.secrets
+            if _valid(entry, now)
+        ],
+        created_at=endpoint.created_at,
+        updated_at=endpoint.updated_at,
+    )
+
+
+# --- the delivery log ----------------------------------------------------------------------------
+
+
+async def list_deliveries(
+    session: AsyncSession,
+    tenant: str,
+    *,
+    partner: str | None,
+    status: str | None,
+    signal: str | None,
+    channel: str | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[Delivery], str | None]:
+    """Deliveries of one tenant, newest first; ``partner`` matches the partner's code or id."""
+    query = select(Delivery).where(Delivery.tenant == tenant)
+    if partner:
+        query = query.where((col(Delivery.partner_code) == partner) | (col(Delivery.partner_id) == partner))
+    if status:
+        query = query.where(Delivery.status == status)
+    if signal:
+        query = query.where(Delivery.signal_id == signal)
+    if channel:
+        query = query.where(Delivery.channel == channel)
+    if cursor:
+        query = query.where(col(Delivery.id) < cursor)
+    rows = list((await session.exec(query.order_by(col(Delivery.id).desc()).limit(limit + 1))).all())
+    next_cursor = rows[limit - 1].id if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+async def attempts_of(session: AsyncSession, delivery_id: str) -> list[Attempt]:
+    query = select(Attempt).where(Attempt.delivery_id == delivery_id).order_by(col(Attempt.number))
+    return list((await session.exec(query)).all())

@@ -6,24 +6,30 @@ from fastapi import FastAPI
 from sqlmodel import SQLModel
 
 from civicsignals.common.app import create_service_app
+from civicsignals.common.audit import mount_audit
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.routing import flows, models  # noqa: F401  (models registers the tables)
-from civicsignals.routing.rules import RulesCache
 from civicsignals.routing.settings import RoutingSettings
-from civicsignals.routing.views import router
+from civicsignals.routing.views import router, rules_router
 
 
 def create_app(settings: RoutingSettings | None = None) -> FastAPI:
     settings = settings or RoutingSettings()
     runtime = ServiceRuntime(settings, metadata=SQLModel.metadata)
-    context = flows.RoutingContext(runtime=runtime, rules=RulesCache(settings.tenants_dir))
+    context = flows.make_context(runtime)
     for spec in flows.consumers(context):
         runtime.add_consumer(spec)
+    for job in flows.background_jobs(
+        context, settings.overdue_check_interval_s, settings.rules_watch_interval_s
+    ):
+        runtime.add_background(job)
     app = create_service_app(
         runtime,
         title="Civic Signals — routing",
-        description="Routing rules, cases with their life cycle, and the feeds departments subscribe to.",
-        routers=[router],
+        description="Routing rules, cases with their life cycle, partner updates, and the feeds "
+        "departments subscribe to.",
+        routers=[router, rules_router],
     )
     app.state.routing = context
+    mount_audit(app)
     return app

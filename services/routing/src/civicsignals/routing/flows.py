@@ -1,39 +1,131 @@
-"""Routing's orchestration: a classified signal becomes a case, with its events, in one transaction."""
+"""Routing's orchestration: a classified signal becomes a case, and every change of a case, with its
+events and its audit record, is one transaction.
+
+The HTTP views call these functions with the caller's tenant, key id and scopes; the functions
+raise :class:`~civicsignals.common.problems.Problem` for what the caller got wrong.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from nats.aio.msg import Msg
+from sqlalchemy import update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.bus import ConsumerSpec, PermanentError
-from civicsignals.common.events import CloudEvent, SignalClassified, make_event, read_data
+from civicsignals.common.events import (
+    CaseOverdue,
+    CloudEvent,
+    SignalClassified,
+    SignalReclassified,
+    make_event,
+    read_data,
+    utcnow,
+)
 from civicsignals.common.inbox import claim
 from civicsignals.common.outbox import enqueue
+from civicsignals.common.problems import Problem
 from civicsignals.common.runtime import ServiceRuntime
-from civicsignals.routing import service
-from civicsignals.routing.rules import RulesCache, RulesError
+from civicsignals.routing import lifecycle, service
+from civicsignals.routing.models import (
+    AssignmentRequest,
+    Case,
+    CaseUpdateRequest,
+    CaseUpdateResult,
+    NoteRequest,
+    PartnerUpdate,
+    ReclassifyRequest,
+    TransitionRequest,
+)
+from civicsignals.routing.rules import (
+    EscalationStep,
+    Reload,
+    RulesCache,
+    RulesError,
+    RuleSet,
+    Sla,
+    Vocabulary,
+    tenant_vocabulary,
+)
+from civicsignals.routing.service import Actor, Caller, Change, Conflict, Events, actor_for
+
+log = logging.getLogger(__name__)
 
 CONSUMER = "routing-signal-classified"
+SERVICE = "routing"
 
 
 @dataclass
 class RoutingContext:
     runtime: ServiceRuntime
     rules: RulesCache
+    reloads: list[Reload] = field(default_factory=list)
+
+    def rules_for(self, tenant: str) -> RuleSet:
+        try:
+            return self.rules.get(tenant)
+        except RulesError as exc:
+            raise Problem(
+                503, f"the routing rules of this tenant cannot be loaded: {exc}", slug="rules-unavailable"
+            ) from exc
+
+    def vocabulary(self, tenant: str) -> Vocabulary:
+        try:
+            return tenant_vocabulary(self.rules.tenants_dir / tenant)
+        except RulesError:
+            return Vocabulary()
+
+
+def make_context(runtime: ServiceRuntime) -> RoutingContext:
+    context = RoutingContext(runtime=runtime, rules=RulesCache(runtime.settings.tenants_dir))
+    context.rules.on_reload = context.reloads.append
+    return context
+
+
+def _enqueue(session: AsyncSession, tenant: str, events: Events) -> None:
+    for subject, data in events:
+        enqueue(session, subject, make_event(tenant=tenant, service=SERVICE, data=data))
+
+
+def _flush_reloads(ctx: RoutingContext, session: AsyncSession) -> None:
+    """Audit every rules load, change and refused change seen since the last transaction."""
+    while ctx.reloads:
+        reload = ctx.reloads.pop(0)
+        service.audit(
+            session,
+            reload.tenant,
+            "system:routing",
+            "rules.reload",
+            f"rules:{reload.tenant}",
+            "ok" if reload.ok else "refused",
+            version=reload.version,
+            digest=reload.digest,
+            error=reload.error,
+        )
+
+
+# -- routing a classified signal -------------------------------------------------------------------
 
 
 async def route_signal(ctx: RoutingContext, event: CloudEvent) -> bool:
     """Open the case for a classified signal; False when it was routed before (a redelivery)."""
     classified = read_data(event, SignalClassified)
-    tenant_config = ctx.runtime.tenants.get(event.tenant)
-    if tenant_config is None:
+    if ctx.runtime.tenants.get(event.tenant) is None:
         raise PermanentError(f"unknown tenant {event.tenant!r}")
     try:
-        rules = ctx.rules.get(event.tenant, set(tenant_config.departments) or None)
+        rules = ctx.rules.get(event.tenant)
     except RulesError as exc:
         raise PermanentError(str(exc)) from exc
     async with ctx.runtime.sessions() as session, session.begin():
+        _flush_reloads(ctx, session)
         if not await claim(session, CONSUMER, event.id):
             return False
         if await service.case_for_signal(session, classified.signal_id) is not None:
@@ -42,8 +134,16 @@ async def route_signal(ctx: RoutingContext, event: CloudEvent) -> bool:
         session.add(case)
         await session.flush()
         session.add(history)
-        for subject, data in events:
-            enqueue(session, subject, make_event(tenant=event.tenant, service="routing", data=data))
+        _enqueue(session, event.tenant, events)
+        service.audit(
+            session,
+            event.tenant,
+            service.SYSTEM_ACTOR,
+            "case.open",
+            f"case:{case.id}",
+            case.status,
+            rule=case.rule_id,
+        )
     ctx.runtime.events_committed()
     return True
 
@@ -53,3 +153,548 @@ def consumers(ctx: RoutingContext) -> list[ConsumerSpec]:
         await route_signal(ctx, event)
 
     return [ConsumerSpec(CONSUMER, SignalClassified.subscription(), on_classified)]
+
+
+# -- changing a case -------------------------------------------------------------------------------
+
+
+def _illegal(exc: lifecycle.IllegalTransition) -> Problem:
+    return Problem(
+        409,
+        f"{exc.reason}; allowed from {exc.current}: {', '.join(exc.allowed) or 'nothing'}",
+        slug="illegal-transition",
+        current=exc.current,
+        requested=exc.target,
+        allowed=list(exc.allowed),
+    )
+
+
+def _conflict(exc: Conflict) -> Problem:
+    return Problem(
+        409,
+        "the case changed since you read it (another change came first); read it again and retry",
+        slug="case-conflict",
+        expected_sequence=exc.expected,
+    )
+
+
+def _not_found() -> Problem:
+    return Problem(404, "no such case", slug="unknown-case")
+
+
+def _invalid(pointer: str, detail: str) -> Problem:
+    return Problem(422, detail, slug="invalid-request", errors=[{"pointer": pointer, "detail": detail}])
+
+
+@contextlib.asynccontextmanager
+async def _case_change(
+    ctx: RoutingContext, caller: Caller, case_id: str, *, partner: bool = False
+) -> AsyncIterator[tuple[AsyncSession, Case]]:
+    """A transaction around one change of one case, turning the domain's errors into problems.
+
+    A case the caller may not see (another tenant's, another department's) is answered exactly
+    like a missing one; ``partner`` routes check their own visibility.
+    """
+    try:
+        async with ctx.runtime.sessions() as session, session.begin():
+            _flush_reloads(ctx, session)
+            case = await service.load_case(session, caller.tenant, case_id)
+            if not partner and not service.may_see(caller, case):
+                raise service.CaseNotFound(case_id)
+            yield session, case
+    except service.CaseNotFound:
+        raise _not_found() from None
+    except Conflict as exc:
+        raise _conflict(exc) from None
+    except lifecycle.IllegalTransition as exc:
+        raise _illegal(exc) from None
+    ctx.runtime.events_committed()
+
+
+def _audit_change(
+    session: AsyncSession, tenant: str, actor: Actor, action: str, case: Case, **details: object
+) -> None:
+    service.audit(
+        session, tenant, actor.name, action, f"case:{case.id}", case.status, sequence=case.sequence, **details
+    )
+
+
+async def _apply_transition(
+    ctx: RoutingContext,
+    session: AsyncSession,
+    tenant: str,
+    case: Case,
+    actor: Actor,
+    to: str,
+    *,
+    public_note: str | None,
+    internal_note: str | None,
+    expected: int | None,
+    partner: str | None = None,
+    duplicate_of: str | None = None,
+    kind: str = "transition",
+) -> Events:
+    """Check the move against the table, write it, and return its events (the caller enqueues them)."""
+    lifecycle.check(case.status, to, actor.roles)
+    values: dict[str, object] = {}
+    details: dict[str, object] = {}
+    extra: dict[str, Any] = {}
+    now = utcnow()
+    events: Events = []
+    if partner is not None and to != "forwarded":
+        raise _invalid("/partner", "a partner is only given when forwarding (to: forwarded)")
+    if duplicate_of is not None and to != "duplicate":
+        raise _invalid("/duplicate_of", "duplicate_of is only given when marking a duplicate (to: duplicate)")
+    if to == "forwarded":
+        chosen = partner or (case.partners[0] if case.partners else None)
+        if chosen is None:
+            raise _invalid("/partner", "forwarding needs the partner to forward to")
+        known = ctx.vocabulary(tenant).partners
+        if known is not None and chosen not in known:
+            raise _invalid("/partner", f"unknown partner {chosen!r}")
+        if chosen not in case.partners:
+            values["partners"] = [*case.partners, chosen]
+        details["partner"] = extra["forwarded_to"] = chosen
+    if to == "duplicate":
+        if not duplicate_of:
+            raise _invalid("/duplicate_of", "marking a duplicate needs the case it duplicates")
+        try:
+            survivor = await service.root_case(session, tenant, duplicate_of)
+        except service.CaseNotFound:
+            raise _invalid("/duplicate_of", "no such case") from None
+        if survivor.id == case.id:
+            raise _invalid("/duplicate_of", "a case cannot duplicate itself")
+        values["duplicate_of"] = survivor.id
+        details["duplicate_of"] = extra["merged_into"] = survivor.id
+        # Cases merged into this one now follow the survivor too.
+        await session.exec(
+            update(Case).where(col(Case.duplicate_of) == case.id).values(duplicate_of=survivor.id)
+        )
+        await service.write_change(
+            session,
+            survivor,
+            Change(kind="merge", actor=actor.name, details={"merged": case.id}),
+            now=now,
+        )
+    if to == "reopened" or (to == "assigned" and case.status == "reopened"):
+        values["escalation_level"] = 0
+    if to == "reopened":
+        rules = ctx.rules_for(tenant)
+        values["due_at"] = rules.due_at(now, _sla_of(case))
+    change = Change(
+        kind=kind,
+        actor=actor.name,
+        to_status=to,
+        public_note=public_note,
+        internal_note=internal_note,
+        values=values,
+        details=details,
+    )
+    case, before = await service.write_change(session, case, change, expected=expected, now=now)
+    events += service.status_events(tenant, case, before, to, actor.name, public_note, **extra)
+    if to != "duplicate":
+        events += await service.mirror_to_duplicates(
+            session, tenant, case, before, to, actor.name, public_note, now
+        )
+    _audit_change(session, tenant, actor, f"case.{kind}", case, from_status=before)
+    return events
+
+
+def _sla_of(case: Case) -> Sla:
+    return Sla(days=case.sla_days, type="calendar" if case.sla_type == "calendar" else "working")
+
+
+async def transition(ctx: RoutingContext, caller: Caller, case_id: str, request: TransitionRequest) -> Case:
+    rules = ctx.rules_for(caller.tenant)
+    async with _case_change(ctx, caller, case_id) as (session, case):
+        actor = actor_for(caller, case, rules.triage_department)
+        events = await _apply_transition(
+            ctx,
+            session,
+            caller.tenant,
+            case,
+            actor,
+            request.to,
+            public_note=request.public_note,
+            internal_note=request.internal_note,
+            expected=request.expected_sequence,
+            partner=request.partner,
+            duplicate_of=request.duplicate_of,
+        )
+        _enqueue(session, caller.tenant, events)
+    return case
+
+
+async def reassign(ctx: RoutingContext, caller: Caller, case_id: str, request: AssignmentRequest) -> Case:
+    """Move the case to another department (status ``assigned``); the old and new departments hear of it."""
+    rules = ctx.rules_for(caller.tenant)
+    departments = ctx.vocabulary(caller.tenant).departments
+    for index, code in enumerate([request.responsible, *(request.informed or [])]):
+        if departments is not None and code not in departments:
+            where = "/responsible" if index == 0 else f"/informed/{index - 1}"
+            raise _invalid(where, f"unknown department {code!r}")
+    async with _case_change(ctx, caller, case_id) as (session, case):
+        actor = actor_for(caller, case, rules.triage_department)
+        lifecycle.check_reassign(case.status, actor.roles)
+        previous = case.responsible
+        previous_informed = list(case.informed)
+        informed = request.informed if request.informed is not None else case.informed
+        informed = [code for code in dict.fromkeys(informed) if code != request.responsible]
+        change = Change(
+            kind="assignment",
+            actor=actor.name,
+            to_status="assigned",
+            public_note=request.public_note,
+            internal_note=request.internal_note,
+            values={"responsible": request.responsible, "informed": informed},
+            details={"from_department": previous, "to_department": request.responsible},
+        )
+        case, before = await service.write_change(session, case, change, expected=request.expected_sequence)
+        events: Events = []
+        if before != "assigned":
+            events += service.status_events(
+                caller.tenant, case, before, "assigned", actor.name, request.public_note, also=[previous]
+            )
+            events += await service.mirror_to_duplicates(
+                session, caller.tenant, case, before, "assigned", actor.name, request.public_note
+            )
+        elif previous != case.responsible:
+            # Residents see no new status; the departments that lose or keep the case are told.
+            events += service.status_events(
+                caller.tenant, case, before, "assigned", actor.name, None, also=[previous]
+            )[1:]
+        targets = []
+        if previous != case.responsible:
+            targets.append((case.responsible, "responsible"))
+        targets += [(code, "informed") for code in case.informed if code not in previous_informed]
+        events += service.assigned_events(caller.tenant, case, targets)
+        _enqueue(session, caller.tenant, events)
+        _audit_change(session, caller.tenant, actor, "case.assignment", case, from_department=previous)
+    return case
+
+
+async def add_note(ctx: RoutingContext, caller: Caller, case_id: str, request: NoteRequest) -> Case:
+    """A note changes no status; it is kept in the history (public notes show on the case)."""
+    rules = ctx.rules_for(caller.tenant)
+    for attempt in range(3):
+        try:
+            async with _case_change(ctx, caller, case_id) as (session, case):
+                actor = actor_for(caller, case, rules.triage_department)
+                if not actor.roles & {"responsible", "triage", "admin"} and not _is_informed(caller, case):
+                    raise Problem(
+                        403, "only a department involved in the case may add notes", slug="forbidden"
+                    )
+                change = Change(
+                    kind="note",
+                    actor=actor.name,
+                    public_note=request.public_note,
+                    internal_note=request.internal_note,
+                )
+                case, _ = await service.write_change(session, case, change)
+                _audit_change(session, caller.tenant, actor, "case.note", case)
+            return case
+        except Problem as problem:
+            # A note has no precondition: when another change came first, write it after that one.
+            if problem.slug != "case-conflict" or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _is_informed(caller: Caller, case: Case) -> bool:
+    return bool(caller.departments & set(case.informed))
+
+
+async def reclassify(ctx: RoutingContext, caller: Caller, case_id: str, request: ReclassifyRequest) -> Case:
+    """Correct the topic; ``signal.reclassified`` lets the classifier learn, ``reroute`` applies the rules."""
+    rules = ctx.rules_for(caller.tenant)
+    vocabulary = ctx.vocabulary(caller.tenant)
+    if vocabulary.topics is not None and request.topic not in vocabulary.topics:
+        raise _invalid("/topic", f"unknown topic {request.topic!r}")
+    if request.subtopic and vocabulary.subtopics is not None and request.subtopic not in vocabulary.subtopics:
+        raise _invalid("/subtopic", f"unknown subtopic {request.subtopic!r}")
+    async with _case_change(ctx, caller, case_id) as (session, case):
+        actor = actor_for(caller, case, rules.triage_department)
+        if not actor.roles & {"responsible", "triage", "admin"}:
+            raise Problem(403, "only the responsible or triage department may reclassify", slug="forbidden")
+        previous = (case.topic, case.subtopic)
+        previous_responsible = case.responsible
+        values: dict[str, object] = {"topic": request.topic, "subtopic": request.subtopic}
+        to_status: str | None = None
+        decision = None
+        if request.reroute:
+            decision = rules.decide(service.facts_of_case(case, request.topic, request.subtopic))
+            if decision.responsible != case.responsible:
+                lifecycle.check_reassign(case.status, actor.roles)
+                to_status = "assigned"
+                values.update(
+                    responsible=decision.responsible,
+                    informed=[d for d in decision.informed if d != decision.responsible],
+                    priority=decision.priority,
+                    rule_id=decision.rule_id,
+                    rule_version=decision.version,
+                    matched_rules=list(decision.matched),
+                )
+        change = Change(
+            kind="reclassification",
+            actor=actor.name,
+            to_status=to_status,
+            public_note=request.public_note,
+            internal_note=request.internal_note,
+            values=values,
+            details={"previous_topic": previous[0], "previous_subtopic": previous[1], "topic": request.topic},
+        )
+        case, before = await service.write_change(session, case, change, expected=request.expected_sequence)
+        events: Events = [
+            (
+                SignalReclassified.bus_subject(caller.tenant),
+                SignalReclassified(
+                    signal_id=case.signal_id,
+                    case_id=case.id,
+                    topic=request.topic,
+                    subtopic=request.subtopic,
+                    previous_topic=previous[0],
+                    previous_subtopic=previous[1],
+                    text=case.text,
+                    actor=actor.name,
+                ),
+            )
+        ]
+        if to_status is not None and case.responsible != previous_responsible:
+            if before != "assigned":
+                events += service.status_events(
+                    caller.tenant,
+                    case,
+                    before,
+                    "assigned",
+                    actor.name,
+                    request.public_note,
+                    also=[previous_responsible],
+                )
+                events += await service.mirror_to_duplicates(
+                    session, caller.tenant, case, before, "assigned", actor.name, request.public_note
+                )
+            events += service.assigned_events(
+                caller.tenant,
+                case,
+                [(case.responsible, "responsible"), *((d, "informed") for d in case.informed)],
+            )
+        _enqueue(session, caller.tenant, events)
+        _audit_change(
+            session, caller.tenant, actor, "case.reclassification", case, previous_topic=previous[0]
+        )
+    return case
+
+
+# -- partner updates (and intake's Open311 servicerequestupdates) ----------------------------------
+
+
+def partner_codes(scopes: Iterable[str]) -> list[str]:
+    return sorted(scope.split(":", 1)[1] for scope in scopes if scope.startswith("partner:"))
+
+
+async def post_update(
+    ctx: RoutingContext, caller: Caller, case_id: str, request: CaseUpdateRequest
+) -> CaseUpdateResult:
+    """A partner's status update or note on a case forwarded to it, or intake's on a resident's behalf.
+
+    A partner sees only the cases forwarded to it: any other case answers 404, exactly like a
+    missing one. ``update_id`` (or ``external_id``) makes a retry harmless.
+    """
+    rules = ctx.rules_for(caller.tenant)
+    update_id = request.update_id or request.external_id
+    if request.status is None and not request.public_note and not request.internal_note:
+        raise _invalid("", "an update needs a status, a public_note or an internal_note")
+    async with _case_change(ctx, caller, case_id, partner=True) as (session, case):
+        staff = "cases:write" in caller.scopes or "admin" in caller.scopes
+        mine = [code for code in partner_codes(caller.scopes) if code in case.partners]
+        if mine:
+            actor = Actor(f"partner:{mine[0]}", frozenset({"partner"}))
+        elif not staff or not service.may_see(caller, case):
+            raise _not_found()
+        elif request.on_behalf_of_resident:
+            actor = Actor("resident", frozenset({"resident"}))
+        else:
+            actor = actor_for(caller, case, rules.triage_department)
+        if update_id is not None:
+            seen = (
+                await session.exec(
+                    select(PartnerUpdate).where(
+                        PartnerUpdate.tenant == caller.tenant,
+                        PartnerUpdate.actor == actor.name,
+                        PartnerUpdate.update_id == update_id,
+                    )
+                )
+            ).first()
+            if seen is not None:
+                return CaseUpdateResult(
+                    case_id=case.id, status=case.status, sequence=case.sequence, replayed=True
+                )
+        if request.status is not None and request.status != case.status:
+            events = await _apply_transition(
+                ctx,
+                session,
+                caller.tenant,
+                case,
+                actor,
+                request.status,
+                public_note=request.public_note,
+                internal_note=request.internal_note,
+                expected=None,
+                kind="update",
+            )
+            _enqueue(session, caller.tenant, events)
+        else:
+            change = Change(
+                kind="update",
+                actor=actor.name,
+                public_note=request.public_note,
+                internal_note=request.internal_note,
+            )
+            case, _ = await service.write_change(session, case, change)
+            _audit_change(session, caller.tenant, actor, "case.update", case)
+        if update_id is not None:
+            session.add(
+                PartnerUpdate(
+                    tenant=caller.tenant,
+                    actor=actor.name,
+                    update_id=update_id,
+                    case_id=case.id,
+                    sequence=case.sequence,
+                )
+            )
+        result = CaseUpdateResult(case_id=case.id, status=case.status, sequence=case.sequence)
+    return result
+
+
+# -- SLA: overdue cases and their escalation -------------------------------------------------------
+
+
+def escalation_level(rules: RuleSet, case: Case, now: datetime) -> tuple[int, tuple[EscalationStep, ...]]:
+    """How far past its due date a case is, as a level (1 = overdue) and the steps of its rule."""
+    steps = rules.escalation_for(case.rule_id)
+    if not steps or steps[0].after_days > 0:
+        steps = (EscalationStep(after_days=0), *steps)
+    assert case.due_at is not None
+    days_over = rules.working_days_between(case.due_at, now)
+    return sum(1 for step in steps if step.after_days <= days_over), steps
+
+
+async def check_overdue(ctx: RoutingContext, now: datetime | None = None) -> int:
+    """Publish ``case.overdue`` once per case and escalation level; returns how many were published.
+
+    The level is written under the case's optimistic lock, so several replicas running this
+    job never publish one level twice.
+    """
+    now = now or utcnow()
+    published = 0
+    for tenant in ctx.runtime.tenants.codes():
+        try:
+            rules = ctx.rules.get(tenant)
+        except RulesError:
+            continue
+        async with ctx.runtime.sessions() as session:
+            candidates = list(
+                (
+                    await session.exec(
+                        select(Case).where(
+                            Case.tenant == tenant,
+                            col(Case.due_at) < now,
+                            col(Case.status).in_(lifecycle.SLA_RUNNING),
+                        )
+                    )
+                ).all()
+            )
+        for candidate in candidates:
+            level, steps = escalation_level(rules, candidate, now)
+            if level <= candidate.escalation_level:
+                continue
+            try:
+                published += await _escalate(ctx, tenant, candidate.id, candidate.sequence, level, steps, now)
+            except Conflict:
+                continue  # it changed meanwhile; the next pass looks again
+    return published
+
+
+async def _escalate(
+    ctx: RoutingContext,
+    tenant: str,
+    case_id: str,
+    expected: int,
+    level: int,
+    steps: tuple[EscalationStep, ...],
+    now: datetime,
+) -> int:
+    async with ctx.runtime.sessions() as session, session.begin():
+        case = await service.load_case(session, tenant, case_id)
+        if case.escalation_level >= level or case.status not in lifecycle.SLA_RUNNING:
+            return 0
+        reached = steps[case.escalation_level : level]
+        inform = [code for step in reached for code in step.inform if code != case.responsible]
+        new_informed = [code for code in dict.fromkeys(inform) if code not in case.informed]
+        change = Change(
+            kind="escalation",
+            actor=service.SYSTEM_ACTOR,
+            values={"escalation_level": level, "informed": [*case.informed, *new_informed]},
+            details={"level": level, "escalated_to": inform},
+        )
+        case, _ = await service.write_change(session, case, change, expected=expected, now=now)
+        assert case.due_at is not None
+        overdue = CaseOverdue(
+            case_id=case.id,
+            signal_id=case.signal_id,
+            tracking_code=case.tracking_code,
+            responsible=case.responsible,
+            priority=case.priority,
+            due_at=case.due_at,
+            escalated_to=list(dict.fromkeys(inform)),
+            escalation_level=level,
+        )
+        events: Events = [(CaseOverdue.bus_subject(tenant), overdue)]
+        events += service.assigned_events(
+            tenant, case, [(code, "informed") for code in new_informed], escalation_level=level
+        )
+        _enqueue(session, tenant, events)
+        service.audit(
+            session,
+            tenant,
+            service.SYSTEM_ACTOR,
+            "case.overdue",
+            f"case:{case.id}",
+            f"level {level}",
+            escalated_to=inform,
+        )
+    ctx.runtime.events_committed()
+    return 1
+
+
+async def watch_rules_once(ctx: RoutingContext) -> None:
+    """Load every tenant's rules (so a change is validated, applied or refused at once) and audit it."""
+    for tenant in ctx.runtime.tenants.codes():
+        try:
+            ctx.rules.get(tenant)
+        except RulesError as exc:
+            log.error("routing rules of %s refused: %s", tenant, exc)
+    if ctx.reloads:
+        async with ctx.runtime.sessions() as session, session.begin():
+            _flush_reloads(ctx, session)
+
+
+def background_jobs(
+    ctx: RoutingContext, overdue_interval_s: float, rules_interval_s: float
+) -> list[Callable[[], Awaitable[None]]]:
+    """The SLA job and the rules watcher, for ``runtime.add_background``."""
+
+    async def overdue_checker() -> None:
+        while True:
+            try:
+                await check_overdue(ctx)
+            except Exception:
+                log.exception("overdue check failed; trying again at the next interval")
+            await asyncio.sleep(overdue_interval_s)
+
+    async def rules_watcher() -> None:
+        while True:
+            await watch_rules_once(ctx)
+            await asyncio.sleep(rules_interval_s)
+
+    return [overdue_checker, rules_watcher]

@@ -1,28 +1,108 @@
-"""Routing's plain functions: open a case for a classified signal, read cases."""
+"""Routing's plain functions: open a case, change it under an optimistic lock, list and read cases.
+
+Every change of a case is one UPDATE guarded by the sequence the change was based on
+(``… WHERE id = :id AND sequence = :expected``), one history row, and the events that describe it,
+all in the caller's transaction. Two concurrent changes of one case therefore give one success and
+one :class:`Conflict`, on SQLite and on PostgreSQL alike, and no event is published for the loser.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import String, cast, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from civicsignals.common import audit as audit_log
 from civicsignals.common.events import (
     CaseStatusChanged,
     DepartmentAssigned,
+    DepartmentStatusChanged,
     EventData,
     SignalClassified,
     SignalRouted,
     utcnow,
 )
 from civicsignals.common.ids import new_id
+from civicsignals.routing import lifecycle
 from civicsignals.routing.models import Case, CaseHistory
-from civicsignals.routing.rules import RuleSet, SignalFacts, add_working_days
+from civicsignals.routing.rules import Decision, RuleSet, SignalFacts
 
 SYSTEM_ACTOR = "system:routing"
+Events = list[tuple[str, EventData]]
+
+
+class Conflict(Exception):
+    """The case changed since the caller read it (another change won the race)."""
+
+    def __init__(self, case_id: str, expected: int, current: int | None = None) -> None:
+        super().__init__(f"case {case_id} changed since sequence {expected}")
+        self.case_id = case_id
+        self.expected = expected
+        self.current = current
+
+
+class CaseNotFound(LookupError):
+    """No such case for this tenant (another tenant's case is answered exactly like a missing one)."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls an HTTP route: tenant, scopes, the departments it is bound to (empty: all), and how
+    the history names it (``key:<id>`` or ``person:<subject id>``; never a name)."""
+
+    tenant: str
+    actor: str
+    scopes: frozenset[str]
+    departments: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who changes a case: a role string for the history and the events, and the table roles it holds."""
+
+    name: str
+    roles: frozenset[str]
+
+
+def actor_for(caller: Caller, case: Case, triage_department: str) -> Actor:
+    """The roles a caller holds on one case.
+
+    A key (or person) bound to departments acts as that department: ``responsible`` on its own
+    cases, ``triage`` when it is the triage department, recorded as ``department:<code>``. One
+    bound to no department (every department) with ``cases:write`` is a coordinator: both roles,
+    recorded as ``key:<id>``. ``admin`` may make every move in the table.
+    """
+    roles: set[str] = set()
+    if "admin" in caller.scopes:
+        roles.add("admin")
+    if caller.departments:
+        name = f"department:{sorted(caller.departments)[0]}"
+        if triage_department in caller.departments:
+            roles.add("triage")
+            name = f"department:{triage_department}"
+        if case.responsible in caller.departments:
+            roles.add("responsible")
+            name = f"department:{case.responsible}"
+        return Actor(name, frozenset(roles))
+    if "cases:write" in caller.scopes or "admin" in caller.scopes:
+        roles |= {"triage", "responsible"}
+    return Actor(caller.actor, frozenset(roles))
+
+
+def may_see(caller: Caller, case: Case) -> bool:
+    """A caller bound to departments sees the cases those departments are responsible for or informed of."""
+    if not caller.departments or "admin" in caller.scopes:
+        return True
+    return case.responsible in caller.departments or bool(caller.departments & set(case.informed))
 
 
 def facts_of(classified: SignalClassified) -> SignalFacts:
+    location = classified.location
     return SignalFacts(
         topic=classified.topic,
         subtopic=classified.subtopic,
@@ -30,6 +110,27 @@ def facts_of(classified: SignalClassified) -> SignalFacts:
         channel=classified.channel,
         needs_review=classified.needs_review,
         confidence=classified.confidence,
+        language=classified.language,
+        area=location.area if location else None,
+        district=location.district if location else None,
+        text=classified.text,
+        received_at=classified.received_at,
+    )
+
+
+def facts_of_case(case: Case, topic: str | None = None, subtopic: str | None = None) -> SignalFacts:
+    return SignalFacts(
+        topic=topic or case.topic,
+        subtopic=subtopic if topic else case.subtopic,
+        kind=case.kind,
+        channel=case.channel,
+        needs_review=False,
+        confidence=1.0,
+        language=case.language,
+        area=case.area,
+        district=case.district,
+        text=case.text,
+        received_at=case.created_at,
     )
 
 
@@ -37,14 +138,21 @@ async def case_for_signal(session: AsyncSession, signal_id: str) -> Case | None:
     return (await session.exec(select(Case).where(Case.signal_id == signal_id))).first()
 
 
+def initial_status(decision: Decision) -> str:
+    if decision.is_triage:
+        return "triage"
+    return "forwarded" if decision.partners else "assigned"
+
+
 def open_case(
     tenant: str, classified: SignalClassified, rules: RuleSet, now: datetime | None = None
-) -> tuple[Case, CaseHistory, list[tuple[str, EventData]]]:
+) -> tuple[Case, CaseHistory, Events]:
     """Decide who acts, open the case, and list the events to publish (subject, data)."""
     now = now or utcnow()
-    decision = rules.decide(facts_of(classified))
-    action = decision.action
-    status = "triage" if decision.rule_id == "triage" else "assigned"
+    facts = facts_of(classified)
+    decision = rules.decide(facts, now)
+    status = initial_status(decision)
+    lifecycle.check("received", status, {"system"})
     case = Case(
         id=new_id(),
         tenant=tenant,
@@ -57,21 +165,39 @@ def open_case(
         kind=classified.kind,
         channel=classified.channel,
         language=classified.language,
+        area=facts.area,
+        district=facts.district,
         text=classified.text,
         status=status,
-        responsible=action.responsible,
-        informed=list(action.informed),
-        partners=list(action.partners),
-        priority=action.priority,
+        responsible=decision.responsible,
+        informed=list(decision.informed),
+        partners=list(decision.partners),
+        priority=decision.priority,
         rule_id=decision.rule_id,
-        service_promise=action.service_promise,
-        due_at=add_working_days(now, action.sla_days),
+        rule_version=decision.version,
+        matched_rules=list(decision.matched),
+        service_promise=decision.service_promise,
+        sla_days=decision.sla.days,
+        sla_type=decision.sla.type,
+        due_at=rules.due_at(now, decision.sla),
         created_at=now,
         updated_at=now,
         sequence=1,
     )
     history = CaseHistory(
-        case_id=case.id, sequence=1, from_status="received", to_status=status, at=now, actor=SYSTEM_ACTOR
+        case_id=case.id,
+        sequence=1,
+        kind="transition",
+        from_status="received",
+        to_status=status,
+        at=now,
+        actor=SYSTEM_ACTOR,
+        details={
+            "rule_id": decision.rule_id,
+            "rule_version": decision.version,
+            "matched": list(decision.matched),
+            **({"triage_reason": decision.triage_reason} if decision.triage_reason else {}),
+        },
     )
     routed = SignalRouted(
         signal_id=case.signal_id,
@@ -85,20 +211,18 @@ def open_case(
         due_at=case.due_at,
         service_promise=case.service_promise,
     )
-    changed = CaseStatusChanged(
-        case_id=case.id,
-        signal_id=case.signal_id,
-        tracking_code=case.tracking_code,
-        to=status,
-        actor=SYSTEM_ACTOR,
-        sequence=1,
-        **{"from": "received"},
+    events: Events = [(SignalRouted.bus_subject(tenant), routed)]
+    events += status_events(tenant, case, "received", status, SYSTEM_ACTOR, None, notify_departments=False)
+    events += assigned_events(
+        tenant, case, [(case.responsible, "responsible"), *((d, "informed") for d in case.informed)]
     )
-    events: list[tuple[str, EventData]] = [
-        (SignalRouted.bus_subject(tenant), routed),
-        (CaseStatusChanged.bus_subject(tenant), changed),
-    ]
-    for department, role in [(case.responsible, "responsible"), *((d, "informed") for d in case.informed)]:
+    return case, history, events
+
+
+def assigned_events(tenant: str, case: Case, targets: Sequence[tuple[str, str]], **extra: Any) -> Events:
+    """``dept.<code>.assigned`` for each (department, role): what a department's own system receives."""
+    events: Events = []
+    for department, role in targets:
         feed = DepartmentAssigned(
             case_id=case.id,
             signal_id=case.signal_id,
@@ -111,27 +235,252 @@ def open_case(
             priority=case.priority,
             due_at=case.due_at,
             text=case.text,
-            location=classified.location,
+            location=None
+            if case.area is None and case.district is None
+            else {"area": case.area, "district": case.district},
+            status=case.status,
+            **extra,
         )
         events.append((DepartmentAssigned.department_subject(tenant, department), feed))
-    return case, history, events
+    return events
+
+
+def involved(case: Case, *more: str | None) -> list[str]:
+    departments: list[str] = []
+    for code in (case.responsible, *case.informed, *more):
+        if code and code not in departments:
+            departments.append(code)
+    return departments
+
+
+def status_events(
+    tenant: str,
+    case: Case,
+    from_status: str | None,
+    to_status: str,
+    actor: str,
+    public_note: str | None,
+    *,
+    notify_departments: bool = True,
+    also: Sequence[str] = (),
+    **extra: Any,
+) -> Events:
+    """``case.status_changed`` (for the resident's page and the notifier) and each involved department's feed."""
+    changed = CaseStatusChanged(
+        case_id=case.id,
+        signal_id=case.signal_id,
+        tracking_code=case.tracking_code,
+        to=to_status,
+        public_note=public_note,
+        actor=actor,
+        sequence=case.sequence,
+        responsible=case.responsible,
+        partners=list(case.partners),
+        **{"from": from_status},
+        **extra,
+    )
+    events: Events = [(CaseStatusChanged.bus_subject(tenant), changed)]
+    if notify_departments:
+        for department in involved(case, *also):
+            feed = DepartmentStatusChanged(
+                case_id=case.id,
+                signal_id=case.signal_id,
+                department=department,
+                to=to_status,
+                public_note=public_note,
+                actor=actor,
+                sequence=case.sequence,
+                responsible=case.responsible,
+                **{"from": from_status},
+                **extra,
+            )
+            events.append((DepartmentStatusChanged.department_subject(tenant, department), feed))
+    return events
+
+
+async def load_case(session: AsyncSession, tenant: str, case_id: str) -> Case:
+    """A detached copy of the case as it is now (so that changing it never writes by accident)."""
+    case = (await session.exec(select(Case).where(Case.id == case_id, Case.tenant == tenant))).first()
+    if case is None:
+        raise CaseNotFound(case_id)
+    session.expunge(case)
+    return case
+
+
+@dataclass
+class Change:
+    """One change of a case: its fields, the history row, and whether residents hear of it."""
+
+    kind: str
+    actor: str
+    to_status: str | None = None
+    public_note: str | None = None
+    internal_note: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+async def write_change(
+    session: AsyncSession,
+    case: Case,
+    change: Change,
+    *,
+    expected: int | None = None,
+    now: datetime | None = None,
+) -> tuple[Case, str]:
+    """Apply a change under the optimistic lock; returns (the case after it, the status before it).
+
+    Raises :class:`Conflict` when the case is no longer at ``expected`` (default: the sequence the
+    caller read), so that the later of two concurrent changes fails instead of overwriting.
+    """
+    now = now or utcnow()
+    expected = case.sequence if expected is None else expected
+    if expected != case.sequence:
+        raise Conflict(case.id, expected, case.sequence)
+    before = case.status
+    values = dict(change.values)
+    if change.to_status is not None:
+        values["status"] = change.to_status
+    values.update(sequence=expected + 1, updated_at=now)
+    result = await session.exec(
+        update(Case).where(col(Case.id) == case.id, col(Case.sequence) == expected).values(**values)
+    )
+    if result.rowcount != 1:
+        raise Conflict(case.id, expected)
+    for key, value in values.items():
+        setattr(case, key, value)
+    session.add(
+        CaseHistory(
+            case_id=case.id,
+            sequence=case.sequence,
+            kind=change.kind,
+            from_status=before,
+            to_status=case.status,
+            at=now,
+            actor=change.actor,
+            public_note=change.public_note,
+            internal_note=change.internal_note,
+            details=change.details,
+        )
+    )
+    return case, before
+
+
+async def mirror_to_duplicates(
+    session: AsyncSession,
+    tenant: str,
+    survivor: Case,
+    from_status: str,
+    to_status: str,
+    actor: str,
+    public_note: str | None,
+    now: datetime | None = None,
+) -> Events:
+    """Every reporter of a merged duplicate hears of the surviving case's status, under their own code.
+
+    Each duplicate gets its own next sequence (and a history row saying why), so that intake, which
+    applies only higher sequences per signal, shows the change on that reporter's tracking page.
+    """
+    events: Events = []
+    duplicates = list((await session.exec(select(Case).where(Case.duplicate_of == survivor.id))).all())
+    for duplicate in duplicates:
+        session.expunge(duplicate)
+        change = Change(
+            kind="merged_update",
+            actor=actor,
+            public_note=public_note,
+            details={"survivor": survivor.id, "survivor_status": to_status},
+        )
+        await write_change(session, duplicate, change, now=now)
+        events += status_events(
+            tenant,
+            duplicate,
+            from_status,
+            to_status,
+            actor,
+            public_note,
+            notify_departments=False,
+            merged_into=survivor.id,
+        )
+    return events
+
+
+async def root_case(session: AsyncSession, tenant: str, case_id: str) -> Case:
+    """The case a duplicate chain ends in (merging into a duplicate merges into its survivor)."""
+    case = await load_case(session, tenant, case_id)
+    for _ in range(20):
+        if case.duplicate_of is None:
+            return case
+        case = await load_case(session, tenant, case.duplicate_of)
+    return case
+
+
+async def case_history(session: AsyncSession, case_id: str) -> list[CaseHistory]:
+    query = select(CaseHistory).where(CaseHistory.case_id == case_id).order_by(col(CaseHistory.sequence))
+    return list((await session.exec(query)).all())
+
+
+def is_overdue(case: Case, now: datetime | None = None) -> bool:
+    now = now or utcnow()
+    return case.due_at is not None and case.due_at < now and case.status in lifecycle.SLA_RUNNING
+
+
+@dataclass(frozen=True)
+class CaseFilters:
+    department: str | None = None
+    statuses: tuple[str, ...] = ()
+    topic: str | None = None
+    area: str | None = None
+    priority: str | None = None
+    overdue: bool | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    visible_to: frozenset[str] = frozenset()
+    """The caller's departments when it is bound to some: only their cases are listed."""
 
 
 async def list_cases(
     session: AsyncSession,
     tenant: str,
+    filters: CaseFilters,
     *,
-    department: str | None,
-    status: str | None,
     cursor: str | None,
     limit: int,
+    now: datetime | None = None,
 ) -> tuple[list[Case], str | None]:
     """Cases of one tenant, newest first, with an opaque cursor (the last id) for the next page."""
+    now = now or utcnow()
     query = select(Case).where(Case.tenant == tenant)
-    if department:
-        query = query.where(Case.responsible == department)
-    if status:
-        query = query.where(Case.status == status)
+    if filters.visible_to:
+        codes = sorted(filters.visible_to)
+        query = query.where(
+            or_(
+                col(Case.responsible).in_(codes),
+                *(cast(col(Case.informed), String).like(f'%"{code}"%') for code in codes),
+            )
+        )
+    if filters.department:
+        query = query.where(Case.responsible == filters.department)
+    if filters.statuses:
+        query = query.where(col(Case.status).in_(filters.statuses))
+    if filters.topic:
+        query = query.where(Case.topic == filters.topic)
+    if filters.area:
+        query = query.where(Case.area == filters.area)
+    if filters.priority:
+        query = query.where(Case.priority == filters.priority)
+    if filters.overdue is True:
+        query = query.where(col(Case.due_at) < now, col(Case.status).in_(lifecycle.SLA_RUNNING))
+    elif filters.overdue is False:
+        query = query.where(
+            (col(Case.due_at).is_(None))
+            | (col(Case.due_at) >= now)
+            | col(Case.status).not_in(lifecycle.SLA_RUNNING)
+        )
+    if filters.created_after:
+        query = query.where(col(Case.created_at) >= filters.created_after)
+    if filters.created_before:
+        query = query.where(col(Case.created_at) < filters.created_before)
     if cursor:
         query = query.where(col(Case.id) < cursor)
     rows = list((await session.exec(query.order_by(col(Case.id).desc()).limit(limit + 1))).all())
@@ -139,6 +488,18 @@ async def list_cases(
     return rows[:limit], next_cursor
 
 
-async def case_history(session: AsyncSession, case_id: str) -> list[CaseHistory]:
-    query = select(CaseHistory).where(CaseHistory.case_id == case_id).order_by(col(CaseHistory.sequence))
-    return list((await session.exec(query)).all())
+def audit(
+    session: AsyncSession, tenant: str, actor: str, action: str, obj: str, result: str, **details: Any
+) -> None:
+    """An audit record in the caller's transaction (roles and ids only, never personal data)."""
+    detail = ", ".join(f"{key}={value}" for key, value in details.items() if value not in (None, "", []))
+    audit_log.record(
+        session,
+        tenant=tenant,
+        actor=actor,
+        action=action,
+        object=obj,
+        result=result,
+        service="routing",
+        detail=detail or None,
+    )

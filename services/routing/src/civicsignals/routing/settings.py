@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from civicsignals.common.settings import ServiceSettings
@@ -14,3 +15,9 @@ class RoutingSettings(ServiceSettings):
     service_name: ClassVar[str] = "routing"
 
     port: int = 8003
+    overdue_check_interval_s: float = Field(
+        default=60.0, gt=0, description="how often the SLA job looks for overdue cases"
+    )
+    rules_watch_interval_s: float = Field(
+        default=5.0, gt=0, description="how often every tenant's rules files are checked for a change"
+    )

@@ -14,11 +14,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import time
 import weakref
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 _live: weakref.WeakSet[subprocess.Popen[bytes]] = weakref.WeakSet()
@@ -30,14 +32,23 @@ def spawn(
     log_file: Path,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
-) -> subprocess.Popen[bytes]:
+) -> tuple[subprocess.Popen[bytes], int]:
     """Start ``argv`` in a new session with stdout and stderr appended to ``log_file``.
 
     Output goes to a file, not a pipe: nobody reads a pipe while the child runs, and a full pipe
-    would block it. Appending keeps the output of earlier runs (before a restart) for diagnosis.
+    would block it. Appending keeps the output of earlier runs (before a restart) for diagnosis;
+    a marker line separates the runs, and the returned offset (where this run's output starts)
+    lets error messages quote only this run.
     """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        command = shlex.join(argv).replace("\n", "\\n")
+        if len(command) > 300:  # one line, even for a `python -c` script
+            command = command[:297] + "..."
+        log.write(f"--- {stamp} starting: {command}\n".encode())
+        log.flush()
+        offset = log.tell()
         proc = subprocess.Popen(  # noqa: S603 - argv comes from the caller, never from a shell string
             list(argv),
             stdin=subprocess.DEVNULL,
@@ -48,7 +59,7 @@ def spawn(
             start_new_session=True,
         )
     _live.add(proc)
-    return proc
+    return proc, offset
 
 
 def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -96,13 +107,16 @@ def kill(proc: subprocess.Popen[bytes]) -> int:
     return code
 
 
-def tail(path: Path, lines: int = 40) -> str:
-    """Return the last ``lines`` lines of a log file (empty when it does not exist)."""
+def tail(path: Path, lines: int = 40, offset: int = 0) -> str:
+    """Return the last ``lines`` lines of a log file from byte ``offset`` on ("" if missing)."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(offset, size - 64_000))
+            data = fh.read()
     except OSError:
         return ""
-    text = data[-64_000:].decode("utf-8", errors="replace")
+    text = data.decode("utf-8", errors="replace")
     return "\n".join(text.splitlines()[-lines:])
 
 

@@ -88,6 +88,7 @@ class NatsServer:
         self.stop_timeout = stop_timeout
         self.extra_args = list(extra_args or [])
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -153,7 +154,7 @@ class NatsServer:
         if self.is_running:
             return self
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self._proc = _proc.spawn(self.argv(), log_file=self.log_file)
+        self._proc, self._log_offset = _proc.spawn(self.argv(), log_file=self.log_file)
         deadline = time.monotonic() + self.start_timeout
         last_error = "no answer yet"
         while time.monotonic() < deadline:
@@ -190,8 +191,8 @@ class NatsServer:
         return self.start()
 
     def log_tail(self, lines: int = 40) -> str:
-        """Last lines of the server's log."""
-        return _proc.tail(self.log_file, lines)
+        """Last lines of the server's log, from its latest start on."""
+        return _proc.tail(self.log_file, lines, self._log_offset)
 
     def __enter__(self) -> NatsServer:
         return self.start()

@@ -54,6 +54,7 @@ class ProcessSupervisor:
         self.inherit_env = inherit_env
         self._specs: dict[str, ProcessSpec] = {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._log_offsets: dict[str, int] = {}
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -113,8 +114,9 @@ class ProcessSupervisor:
         if self.is_running(name):
             raise ProcessSupervisorError(f"{name} is already running (pid {self._procs[name].pid})")
         child_env = {**os.environ, **spec.env} if self.inherit_env else dict(spec.env)
-        proc = _proc.spawn(spec.argv, log_file=spec.log_file, env=child_env, cwd=spec.cwd)
+        proc, offset = _proc.spawn(spec.argv, log_file=spec.log_file, env=child_env, cwd=spec.cwd)
         self._procs[name] = proc
+        self._log_offsets[name] = offset
         return proc.pid
 
     def stop(self, name: str, timeout: float | None = None) -> int | None:
@@ -164,8 +166,8 @@ class ProcessSupervisor:
         return self.spec(name).log_file
 
     def log_tail(self, name: str, lines: int = 40) -> str:
-        """Last lines of ``name``'s log, for error messages."""
-        return _proc.tail(self.log_file(name), lines)
+        """Last lines of ``name``'s log since its latest start, for error messages."""
+        return _proc.tail(self.log_file(name), lines, self._log_offsets.get(name, 0))
 
     # -- readiness ----------------------------------------------------------------------------
 

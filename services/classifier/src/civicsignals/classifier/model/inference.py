@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from civicsignals.classifier.model.encoder import EncoderUnavailable, SentenceEncoder, default_encoder
 from civicsignals.classifier.model.features import FeatureConfig, FeatureExtractor, pad_rows
 from civicsignals.classifier.model.training import (
     BUNDLE_FORMAT,
@@ -45,7 +46,7 @@ class Alternative:
     """One candidate label with its probability."""
 
     topic: str
-    subtopic: str
+    subtopic: str | None
     probability: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,11 +60,12 @@ class Prediction:
 
     ``confidence`` is the highest probability; ``alternatives`` are the ``top_k`` most probable
     labels in descending order, the chosen one first; ``needs_review`` is true when
-    ``confidence`` is below the threshold, so a person should check the label.
+    ``confidence`` is below the threshold, so a person should check the label. ``subtopic`` is
+    None for a model trained on topics only (an export with one category column).
     """
 
     topic: str
-    subtopic: str
+    subtopic: str | None
     confidence: float
     alternatives: tuple[Alternative, ...]
     needs_review: bool
@@ -119,12 +121,16 @@ class TopicModel:
         batch_cells: int = 32_768,
         max_batch: int = 256,
         intra_op_threads: int = 1,
+        encoder: SentenceEncoder | None = None,
     ) -> None:
         """Load ``bundle_dir``; raise :class:`BundleError` if it is incomplete or inconsistent.
 
         A chunk of the batch holds at most ``max_batch`` texts and ``batch_cells`` padded
         features (rows x longest row), bounding the ``[rows, L, classes]`` float32 block the graph
         gathers to ``batch_cells x classes x 4`` bytes (about 20 MB for 150 classes).
+
+        A bundle whose card names a sentence encoder gets ``encoder`` or the process's shared
+        one; its file must be the one the bundle was trained with (same SHA-256).
         """
         self.bundle_dir = Path(bundle_dir)
         self.card = read_card(self.bundle_dir)
@@ -143,7 +149,10 @@ class TopicModel:
             raise BundleError(f"model bundle {self.bundle_dir}: bad feature settings: {exc}") from exc
         try:
             raw_labels = json.loads((self.bundle_dir / LABELS_FILE).read_text(encoding="utf-8"))
-            self.labels: list[tuple[str, str]] = [(str(x["topic"]), str(x["subtopic"])) for x in raw_labels]
+            self.labels: list[tuple[str, str | None]] = [
+                (str(x["topic"]), None if x.get("subtopic") is None else str(x["subtopic"]))
+                for x in raw_labels
+            ]
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise BundleError(f"model bundle {self.bundle_dir}: cannot read {LABELS_FILE}: {exc}") from exc
 
@@ -164,17 +173,46 @@ class TopicModel:
                 f"model bundle {self.bundle_dir}: {MODEL_FILE} has {n_outputs} outputs "
                 f"but {LABELS_FILE} has {len(self.labels)} labels"
             )
+        self.encoder: SentenceEncoder | None = None
+        wanted = self.card.get("encoder")
+        if wanted:
+            try:
+                self.encoder = encoder or default_encoder()
+            except EncoderUnavailable as exc:
+                raise BundleError(f"model bundle {self.bundle_dir}: {exc}") from exc
+            if wanted.get("name") != self.encoder.name or wanted.get("sha256") != self.encoder.sha256:
+                raise BundleError(
+                    f"model bundle {self.bundle_dir}: trained with encoder {wanted.get('name')!r} "
+                    f"(sha256 {str(wanted.get('sha256'))[:12]}...), but {self.encoder.name!r} "
+                    f"(sha256 {self.encoder.sha256[:12]}...) is installed"
+                )
         self.version: str = str(self.card["version"])
         self.threshold: float = float(self.card["threshold"])
         self._extractor = FeatureExtractor(self.feature_config)
         self._batch_cells = max(1, batch_cells)
         self._max_batch = max(1, max_batch)
 
-    def predict_proba(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Probabilities ``[len(texts), len(labels)]``, columns in :attr:`labels` order."""
+    @property
+    def topics_only(self) -> bool:
+        """True when the model predicts topics without subtopics."""
+        return all(sub is None for _, sub in self.labels)
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32] | None:
+        """The sentence embeddings this model needs for ``texts``, or None when it uses no encoder."""
+        return None if self.encoder is None else self.encoder.encode(texts)
+
+    def predict_proba(
+        self, texts: Sequence[str], *, embeddings: npt.NDArray[np.float32] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Probabilities ``[len(texts), len(labels)]``, columns in :attr:`labels` order.
+
+        ``embeddings`` may be passed when the caller computed them already (:meth:`embed`).
+        """
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
             return out
+        if self.encoder is not None and embeddings is None:
+            embeddings = self.encoder.encode(texts)
         rows = self._extractor.rows(texts)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
         start = 0
@@ -187,9 +225,10 @@ class TopicModel:
                 stop += 1
             chunk = order[start:stop]
             batch = pad_rows([rows[i] for i in chunk])
-            (probabilities,) = self._session.run(
-                ["probabilities"], {"ids": batch.ids, "counts": batch.counts}
-            )
+            feed = {"ids": batch.ids, "counts": batch.counts}
+            if embeddings is not None:
+                feed["embeddings"] = np.ascontiguousarray(embeddings[chunk], dtype=np.float32)
+            (probabilities,) = self._session.run(["probabilities"], feed)
             out[chunk] = probabilities
             start = stop
         return out
@@ -198,8 +237,13 @@ class TopicModel:
         self, texts: Sequence[str], *, threshold: float | None = None, top_k: int = 3
     ) -> list[Prediction]:
         """Classify texts; ``threshold`` overrides the card's (e.g. a tenant setting)."""
+        return self.decide(self.predict_proba(texts), threshold=threshold, top_k=top_k)
+
+    def decide(
+        self, probabilities: npt.NDArray[np.float32], *, threshold: float | None = None, top_k: int = 3
+    ) -> list[Prediction]:
+        """Turn rows of :meth:`predict_proba` into predictions (top ``top_k``, needs_review)."""
         limit = self.threshold if threshold is None else threshold
-        probabilities = self.predict_proba(texts)
         k = max(1, min(top_k, len(self.labels)))
         top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         predictions = []

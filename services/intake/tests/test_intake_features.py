@@ -1,0 +1,364 @@
+"""Signals with areas, conversations, attachments, feedback, tenant isolation, CORS and limits.
+
+In-process over the real database (SQLite and PostgreSQL) and a real NATS server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from civicsignals.common.events import CaseStatusChanged, SignalRouted, make_event
+from civicsignals.common.outbox import OutboxMessage
+from civicsignals.intake.models import Attachment, Contact, Conversation, Feedback, IdempotencyRecord, Signal
+
+from .conftest import GOUDA_ORIGIN, HEIC, JPEG, PDF, PNG, SCRIPT, SIGNAL, UTRECHT_ORIGIN, WEBP, Intake
+
+# -- location and area -----------------------------------------------------------------------------
+
+
+async def test_area_and_district_come_from_the_polygons_and_travel_coarse(
+    intake: Intake, wait_until: Any
+) -> None:
+    response = await intake.post_signal()
+    assert response.status_code == 201, response.text
+    signal = await intake.get(Signal, response.json()["id"])
+    assert (signal.area, signal.district) == ("binnenstad", "centrum")
+    [event] = await intake.events("signal.received", wait_until)
+    assert event["data"]["location"] == {
+        "lat": 52.012,
+        "lon": 4.71,
+        "area": "binnenstad",
+        "district": "centrum",
+    }
+    assert "Jansen" not in json.dumps(event) and "06-12345678" not in json.dumps(event)
+
+
+async def test_a_location_outside_the_municipality_is_refused_with_a_pointer(intake: Intake) -> None:
+    body = {**SIGNAL, "location": {"lat": 52.37, "lon": 4.89}}  # Amsterdam
+    response = await intake.post_signal(body, **{"Idempotency-Key": "outside"})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert [e["pointer"] for e in response.json()["errors"]] == ["/location"]
+    assert await intake.count(Signal) == 0 and await intake.count(OutboxMessage) == 0
+    assert await intake.count(IdempotencyRecord) == 0
+
+
+# -- conversations ---------------------------------------------------------------------------------
+
+CONVERSATION = {
+    "channel": "phone",
+    "started_at": "2026-11-28T09:12:00+01:00",
+    "duration_s": 184,
+    "team": "kcc-fysiek",
+    "outcome": "melding aangemaakt",
+    "turns": [
+        {"speaker": "agent", "text": "Gemeente, goedemorgen, waarmee kan ik u helpen?"},
+        {
+            "speaker": "citizen",
+            "text": "De lantaarnpaal doet het niet. Mijn nummer is 06-12345678, mail jan@example.org.",
+        },
+    ],
+}
+
+
+async def test_a_conversation_is_stored_and_published_redacted_once(intake: Intake, wait_until: Any) -> None:
+    headers = {**intake.auth(), "Idempotency-Key": "call-42"}
+    first = await intake.client.post("/v1/conversations", json=CONVERSATION, headers=headers)
+    again = await intake.client.post("/v1/conversations", json=CONVERSATION, headers=headers)
+    assert first.status_code == again.status_code == 201, first.text
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    conversation = await intake.get(Conversation, first.json()["signal_id"])
+    assert (
+        conversation.language == "nl" and conversation.started_at.isoformat() == "2026-11-28T08:12:00+00:00"
+    )
+    stored = json.dumps(conversation.turns)
+    assert "06-12345678" not in stored and "jan@example.org" not in stored and "[PHONE]" in stored
+    [event] = await intake.events("conversation.received", wait_until)
+    data = event["data"]
+    assert event["type"] == "nl.civicsignals.conversation.received.v1"
+    assert data["signal_id"] == first.json()["signal_id"] and data["outcome"] == "melding aangemaakt"
+    assert [t["speaker"] for t in data["turns"]] == ["agent", "citizen"] and "[EMAIL]" in data["turns"][1][
+        "text"
+    ]
+    assert data["duration_s"] == 184 and data["team"] == "kcc-fysiek" and data["language"] == "nl"
+    assert await intake.count(Conversation) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "pointer"),
+    [
+        ({"turns": [{"speaker": "robot", "text": "hi"}]}, "/turns/0/speaker"),
+        ({"turns": []}, "/turns"),
+        ({"channel": "email"}, "/channel"),
+        ({"started_at": "2026-11-28T09:12:00"}, "/started_at"),
+    ],
+)
+async def test_bad_conversations_are_problems(intake: Intake, change: dict[str, Any], pointer: str) -> None:
+    response = await intake.client.post(
+        "/v1/conversations", json={**CONVERSATION, **change}, headers=intake.auth()
+    )
+    assert response.status_code == 422
+    assert pointer in [e["pointer"] for e in response.json()["errors"]]
+    assert await intake.count(Conversation) == 0
+
+
+# -- attachments -----------------------------------------------------------------------------------
+
+
+async def _attach(
+    intake: Intake, signal_id: str, name: str, content: bytes, content_type: str, key: str | None = None
+) -> Any:
+    return await intake.client.post(
+        f"/v1/signals/{signal_id}/attachments",
+        files={"file": (name, content, content_type)},
+        headers=intake.auth(key),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "content_type", "media_type"),
+    [
+        ("foto.png", PNG, "image/png", "image/png"),
+        ("foto.jpg", JPEG, "image/jpeg", "image/jpeg"),
+        ("scan.pdf", PDF, "application/pdf", "application/pdf"),
+        ("foto.webp", WEBP, "image/webp", "image/webp"),
+        ("IMG_0001.HEIC", HEIC, "application/octet-stream", "image/heic"),
+    ],
+)
+async def test_photos_and_pdfs_are_stored_and_only_their_count_travels(
+    intake: Intake, wait_until: Any, name: str, content: bytes, content_type: str, media_type: str
+) -> None:
+    signal_id = (await intake.post_signal()).json()["id"]
+    response = await _attach(intake, signal_id, name, content, content_type)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["media_type"] == media_type and body["size"] == len(content) and body["attachments"] == 1
+    stored = intake.settings.attachments_dir / "gouda" / signal_id / body["id"]
+    assert stored.read_bytes() == content
+    [event] = await intake.events("signal.attachment_added", wait_until)
+    assert event["data"] == {"signal_id": signal_id, "attachments": 1}
+    row = await intake.get(Attachment, body["id"])
+    assert name not in json.dumps(row.model_dump(mode="json"))  # the uploader's file name is not kept
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "content_type", "detail"),
+    [
+        ("foto.jpg", SCRIPT, "image/jpeg", "script"),
+        ("foto.jpg", PNG, "image/jpeg", "named '*.jpg' but its content is PNG"),
+        ("foto.png", PNG, "image/jpeg", "sent as 'image/jpeg'"),
+        ("page.html", b"<html><body><script>alert(1)</script></body></html>", "text/html", "script"),
+        ("plaatje.svg", b'<svg xmlns="http://www.w3.org/2000/svg"></svg>', "image/svg+xml", "script"),
+        ("notes.txt", b"gewoon wat tekst", "text/plain", "only JPEG"),
+        ("foto.exe", PNG, "application/octet-stream", "cannot be attached"),
+    ],
+)
+async def test_spoofed_and_unsupported_files_are_refused_and_nothing_is_kept(
+    intake: Intake, name: str, content: bytes, content_type: str, detail: str
+) -> None:
+    signal_id = (await intake.post_signal()).json()["id"]
+    response = await _attach(intake, signal_id, name, content, content_type)
+    assert response.status_code == 415, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert detail in response.json()["detail"]
+    assert await intake.count(Attachment) == 0
+    assert not (intake.settings.attachments_dir / "gouda" / signal_id).exists() or not any(
+        (intake.settings.attachments_dir / "gouda" / signal_id).iterdir()
+    )
+    assert (await intake.get(Signal, signal_id)).attachments == 0
+
+
+@pytest.mark.parametrize(
+    "intake_settings_overrides", [{"max_attachment_bytes": 4096, "max_attachments_per_signal": 2}]
+)
+async def test_attachment_limits_and_tenant_isolation(intake: Intake) -> None:
+    signal_id = (await intake.post_signal()).json()["id"]
+    too_big = await _attach(intake, signal_id, "big.png", PNG + b"\x00" * 80_000, "image/png")
+    assert too_big.status_code == 413 and too_big.headers["content-type"] == "application/problem+json"
+    stranger = await _attach(intake, signal_id, "foto.png", PNG, "image/png", key=intake.utrecht.key)
+    assert stranger.status_code == 404
+    missing = await _attach(intake, "01NOSUCHSIGNAL0000000000000", "foto.png", PNG, "image/png")
+    assert missing.status_code == 404
+    results = await asyncio.gather(
+        *(_attach(intake, signal_id, "foto.png", PNG, "image/png") for _ in range(4))
+    )
+    assert sorted(r.status_code for r in results) == [201, 201, 409, 409]
+    assert (await intake.get(Signal, signal_id)).attachments == 2 and await intake.count(Attachment) == 2
+    stored = list((intake.settings.attachments_dir / "gouda" / signal_id).iterdir())
+    assert len(stored) == 2  # the refused uploads left no file behind
+
+
+# -- tracking and feedback -------------------------------------------------------------------------
+
+
+async def _publish(bus: Any, tenant: str, data: Any) -> None:
+    event = make_event(tenant=tenant, service="routing", data=data)
+    await bus.publish(data.bus_subject(tenant), event)
+
+
+async def test_tracking_follows_the_case_and_feedback_is_published_once(
+    intake: Intake, bus: Any, wait_until: Any
+) -> None:
+    created = (await intake.post_signal()).json()
+    signal_id, code = created["id"], created["tracking_code"]
+    await _publish(
+        bus,
+        "gouda",
+        SignalRouted(
+            signal_id=signal_id,
+            case_id="case-1",
+            tracking_code=code,
+            responsible="stadsbeheer",
+            priority="normal",
+            rule_id="afval",
+            due_at="2026-12-03T17:00:00Z",
+            service_promise="Binnen 5 werkdagen opgeruimd",
+        ),
+    )
+    await _publish(
+        bus,
+        "gouda",
+        CaseStatusChanged(
+            case_id="case-1",
+            signal_id=signal_id,
+            tracking_code=code,
+            to="in_progress",
+            public_note="De ploeg komt donderdag.",
+            actor="department",
+            sequence=2,
+        ),
+    )
+
+    async def followed() -> dict[str, Any] | None:
+        page = (await intake.client.get(f"/v1/tracking/{code}")).json()
+        return page if page["status"] == "in_progress" and page["expected_by"] else None
+
+    page = await wait_until(followed, timeout=10, message="the tracking page to follow the case")
+    assert [(h["status"], h["note"]) for h in page["history"]] == [
+        ("received", None),
+        ("in_progress", "De ploeg komt donderdag."),
+    ]
+    assert page["service_promise"] == "Binnen 5 werkdagen opgeruimd"
+    assert "jan" not in json.dumps(page).lower()
+
+    feedback = {"satisfied": True, "score": 4, "comment": "Prima! Bel me op 06-12345678 als er iets is."}
+    first = await intake.client.post(f"/v1/tracking/{code.lower()}/feedback", json=feedback)
+    assert first.status_code == 201, first.text
+    second = await intake.client.post(f"/v1/tracking/{code}/feedback", json=feedback)
+    assert second.status_code == 409 and second.headers["content-type"] == "application/problem+json"
+    unknown = await intake.client.post("/v1/tracking/0000-0000-0000/feedback", json=feedback)
+    assert unknown.status_code == 404
+    bad = await intake.client.post(f"/v1/tracking/{code}/feedback", json={**feedback, "score": 9})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["pointer"] == "/score"
+    [event] = await intake.events("feedback.received", wait_until)
+    assert event["data"] == {
+        "signal_id": signal_id,
+        "case_id": "case-1",
+        "satisfied": True,
+        "score": 4,
+        "comment": "Prima! Bel me op [PHONE] als er iets is.",
+    }
+    assert await intake.count(Feedback) == 1
+
+
+# -- isolation, CORS and limits --------------------------------------------------------------------
+
+
+async def test_a_key_of_one_tenant_never_sees_another_tenants_signals(intake: Intake) -> None:
+    created = (await intake.post_signal()).json()
+    contact = await intake.client.get(
+        f"/v1/signals/{created['id']}/contact", headers=intake.auth(intake.utrecht.key)
+    )
+    assert contact.status_code == 404
+    # Open311 lists per jurisdiction; the request is gouda's and does not show under utrecht.
+    async with intake.runtime.sessions() as session, session.begin():
+        signal = await session.get(Signal, created["id"])
+        signal.subtopic = "container"
+        session.add(signal)
+    gouda = await intake.client.get("/open311/v2/requests.json", params={"jurisdiction_id": "gouda"})
+    utrecht = await intake.client.get("/open311/v2/requests.json", params={"jurisdiction_id": "utrecht"})
+    assert [r["service_request_id"] for r in gouda.json()] == [created["id"]]
+    assert utrecht.json() == []
+    one = await intake.client.get(
+        f"/open311/v2/requests/{created['id']}.json", params={"jurisdiction_id": "utrecht"}
+    )
+    assert one.status_code == 404
+
+
+async def test_cors_follows_each_tenants_origins(intake: Intake) -> None:
+    preflight = {
+        "Origin": GOUDA_ORIGIN,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+    }
+    allowed = await intake.client.options("/v1/signals", headers=preflight)
+    assert allowed.status_code == 204 and allowed.headers["access-control-allow-origin"] == GOUDA_ORIGIN
+    refused = await intake.client.options(
+        "/v1/signals", headers={**preflight, "Origin": "https://evil.example"}
+    )
+    assert refused.status_code == 403 and "access-control-allow-origin" not in refused.headers
+
+    own = await intake.post_signal(Origin=GOUDA_ORIGIN)
+    assert own.status_code == 201 and own.headers["access-control-allow-origin"] == GOUDA_ORIGIN
+    assert "Location" in own.headers["access-control-expose-headers"]
+    # Utrecht's portal page cannot use a Gouda key: the origin is known, but not Gouda's.
+    cross = await intake.post_signal(Origin=UTRECHT_ORIGIN)
+    assert cross.status_code == 403 and cross.json()["type"].endswith("/origin-not-allowed")
+    assert await intake.count(Signal) == 1
+
+
+@pytest.mark.parametrize(
+    "intake_settings_overrides",
+    [
+        {
+            "rate_limit_per_s": 0.01,
+            "rate_limit_burst": 3,
+            "public_rate_limit_per_s": 0.01,
+            "public_rate_limit_burst": 2,
+        }
+    ],
+)
+async def test_rate_limits_per_key_and_per_address(intake: Intake) -> None:
+    statuses = [(await intake.post_signal()).status_code for _ in range(4)]
+    assert statuses == [201, 201, 201, 429]
+    limited = await intake.post_signal()
+    assert limited.headers["content-type"] == "application/problem+json"
+    assert int(limited.headers["Retry-After"]) >= 1
+    # Another key has its own bucket.
+    other = await intake.post_signal({**SIGNAL, "location": None}, key=intake.utrecht.key)
+    assert other.status_code == 201
+    public = [(await intake.client.get("/v1/tracking/0000-0000-0000")).status_code for _ in range(3)]
+    assert public == [404, 404, 429]
+    assert await intake.count(Signal) == 4
+
+
+async def test_bodies_over_the_limit_are_refused(intake: Intake) -> None:
+    response = await intake.client.post(
+        "/v1/conversations",
+        content=json.dumps({**CONVERSATION, "metadata": {"blob": "x" * 1_100_000}}),
+        headers={**intake.auth(), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413 and response.headers["content-type"] == "application/problem+json"
+    assert await intake.count(Conversation) == 0
+
+
+async def test_contact_is_sealed_for_open311_reporters_too(intake: Intake) -> None:
+    form = {
+        "api_key": intake.gouda.key,
+        "jurisdiction_id": "gouda",
+        "service_code": "container",
+        "lat": "52.0116",
+        "long": "4.7105",
+        "email": "piet@example.org",
+        "first_name": "Piet",
+        "attribute[container_type]": "glas",
+        "description": "Glasbak vol",
+    }
+    response = await intake.client.post("/open311/v2/requests.json", data=form)
+    assert response.status_code == 200, response.text
+    contact = await intake.get(Contact, response.json()[0]["service_request_id"])
+    assert contact is not None and b"piet@example.org" not in contact.ciphertext and contact.consent is False

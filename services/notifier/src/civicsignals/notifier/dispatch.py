@@ -1,0 +1,566 @@
+"""The dispatcher: sends the deliveries that are due, records every attempt, retries by schedule.
+
+One pass: **claim** the due deliveries in one transaction (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL, so replicas never claim the same one), recording for each a new attempt and a lease
+(``next_attempt_at`` = now + every time-out the attempt may wait on + margin); **send** outside any
+transaction; **record** the outcome, the next attempt or the end, and the ``notification.*`` event
+(outbox) in one transaction, but only if the delivery is still held by this attempt (a fence on the
+attempt number, so an attempt that outlived its lease changes nothing).
+
+When the process dies:
+- after the claim, before the send: the lease runs out, the delivery is claimed again, the dead
+  attempt is marked ``abandoned``; nothing was sent, so nothing is sent twice;
+- after the send, before the record: the same, and the message goes again, with the same
+  ``webhook-id`` (and e-mail ``Message-ID``), which is how Standard Webhooks receivers recognise a
+  repeat. No scheme can close this window without the receiver's help; this makes it detectable.
+The retry schedule lives in the database (``attempts`` and ``next_attempt_at``), so a restart
+continues it where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from civicsignals.common.bus import PermanentError, TransientError
+from civicsignals.common.db import is_postgres
+from civicsignals.common.events import (
+    NotificationDelivered,
+    NotificationFailed,
+    make_event,
+    utcnow,
+)
+from civicsignals.common.outbox import enqueue
+from civicsignals.notifier import messages, metrics, service
+from civicsignals.notifier.addresses import UnsafeEndpoint, check_endpoint
+from civicsignals.notifier.flows import NotifierContext
+from civicsignals.notifier.models import Attempt, Delivery, Endpoint, Partner
+from civicsignals.notifier.schedule import Outcome, Verdict, judge, retry_delay
+from civicsignals.notifier.signing import InvalidSecret, message_id, webhook_headers
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "civicsignals-notifier/1"
+SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What an attempt needs of its delivery, read while claiming it."""
+
+    id: str
+    message_id: str
+    tenant: str
+    channel: str
+    template: str | None
+    event_type: str
+    event_time: datetime
+    signal_id: str | None
+    case_id: str | None
+    partner_id: str | None
+    partner_code: str | None
+    endpoint_id: str | None
+    payload: str
+    number: int
+
+
+@dataclass
+class Result:
+    """What one attempt came to."""
+
+    outcome: str
+    reason: str
+    next_attempt_at: datetime | None = None
+    status_code: int | None = None
+    error: str | None = None
+    failure_class: str | None = None
+    duration_s: float = 0.0
+    counts_against_endpoint: bool = False
+
+    @classmethod
+    def of(cls, verdict: Verdict, **extra: Any) -> Result:
+        return cls(
+            outcome=verdict.outcome.value,
+            reason=verdict.reason,
+            next_attempt_at=verdict.next_attempt_at,
+            **extra,
+        )
+
+
+def metric_partner(claimed: Claimed) -> str:
+    if claimed.channel == "webhook":
+        return claimed.partner_code or "unknown"
+    return "partner-contact" if claimed.template == messages.ENDPOINT_DISABLED else "resident"
+
+
+class Dispatcher:
+    def __init__(self, ctx: NotifierContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self._skip_locked = is_postgres(ctx.settings.database_url)
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def stop(self) -> None:
+        """Cancel the loop and the attempts under way (their leases bring them back later)."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def run(self) -> None:
+        """Dispatch until cancelled: claim what is due into free slots, at once when woken.
+
+        Attempts run as their own tasks, up to ``delivery_concurrency`` at a time; a slow receiver
+        holds one slot, not the whole pass, and a finished attempt wakes the loop to fill its slot.
+        """
+        self._task = asyncio.current_task()
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                self._wakeup.clear()
+                free = self.settings.delivery_concurrency - len(in_flight)
+                claimed: list[Claimed] = []
+                if free > 0:
+                    try:
+                        claimed = await self.claim_due(min(free, self.settings.scheduler_batch_size))
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        log.exception("dispatcher: claiming failed; trying again")
+                for item in claimed:
+                    task = asyncio.create_task(self._attempt(item), name=f"notifier-attempt-{item.id}")
+                    in_flight.add(task)
+                    task.add_done_callback(self._finished(in_flight))
+                if claimed and len(claimed) == free:
+                    await self._wakeup.wait()  # every slot is busy: the next finish wakes us
+                    continue
+                if claimed:
+                    continue  # there may be more due right now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._wakeup.wait(), timeout=self.settings.scheduler_poll_interval_s
+                    )
+        finally:
+            for task in in_flight:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    def _finished(self, in_flight: set[asyncio.Task[None]]) -> Any:
+        def _done(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            self._wakeup.set()
+
+        return _done
+
+    async def dispatch_once(self) -> int:
+        """One pass, waiting for every attempt it started (for tools and tests)."""
+        claimed = await self.claim_due(self.settings.scheduler_batch_size)
+        if claimed:
+            await asyncio.gather(*(self._attempt(item) for item in claimed))
+        return len(claimed)
+
+    async def claim_due(self, limit: int) -> list[Claimed]:
+        """Claim up to ``limit`` due deliveries: each gets an attempt row and a lease, in one commit."""
+        now = utcnow()
+        async with self.ctx.runtime.sessions() as session, session.begin():
+            query = (
+                select(Delivery)
+                .where(col(Delivery.status).in_(("scheduled", "sending")))
+                .where(col(Delivery.next_attempt_at) <= now)
+                .order_by(col(Delivery.next_attempt_at))
+                .limit(limit)
+            )
+            if self._skip_locked:
+                query = query.with_for_update(skip_locked=True)
+            rows = list((await session.exec(query)).all())
+            claimed: list[Claimed] = []
+            for row in rows:
+                if row.status == "sending":
+                    # Its lease ran out: the process that held it died (or hung) mid-attempt.
+                    await session.exec(
+                        update(Attempt)
+                        .where(col(Attempt.delivery_id) == row.id, col(Attempt.outcome) == "in_flight")
+                        .values(outcome="abandoned", finished_at=now, error="the attempt's process died")
+                    )
+                row.status = "sending"
+                row.attempts += 1
+                row.coalesce_key = None  # later changes of the case start a mail of their own
+                row.next_attempt_at = now + timedelta(seconds=self.settings.lease_s(row.channel))
+                row.updated_at = now
+                session.add(row)
+                session.add(Attempt(delivery_id=row.id, number=row.attempts, started_at=now))
+                claimed.append(
+                    Claimed(
+                        id=row.id,
+                        message_id=row.message_id,
+                        tenant=row.tenant,
+                        channel=row.channel,
+                        template=row.template,
+                        event_type=row.event_type,
+                        event_time=row.event_time,
+                        signal_id=row.signal_id,
+                        case_id=row.case_id,
+                        partner_id=row.partner_id,
+                        partner_code=row.partner_code,
+                        endpoint_id=row.endpoint_id,
+                        payload=row.payload,
+                        number=row.attempts,
+                    )
+                )
+        metrics.DUE.set(len(claimed))
+        return claimed
+
+    async def _attempt(self, claimed: Claimed) -> None:
+        started = time.perf_counter()
+        try:
+            if claimed.channel == "webhook":
+                result = await self._send_webhook(claimed)
+            else:
+                result = await self._send_email(claimed)
+        except Exception as exc:  # a bug must not leave the delivery claimed until its lease ends
+            log.exception("dispatcher: attempt %d of %s failed unexpectedly", claimed.number, claimed.id)
+            result = self._retry(claimed, f"internal error: {type(exc).__name__}", "internal")
+        result.duration_s = time.perf_counter() - started
+        labels = (metric_partner(claimed), claimed.channel)
+        metrics.ATTEMPTS.labels(*labels, result.outcome).inc()
+        metrics.ATTEMPT_DURATION.labels(*labels).observe(result.duration_s)
+        if result.failure_class:
+            metrics.FAILURES.labels(*labels, result.failure_class).inc()
+        try:
+            await self.record(claimed, result)
+        except Exception:
+            # Left claimed: its lease runs out and it is tried again (same message id).
+            log.exception("dispatcher: could not record attempt %d of %s", claimed.number, claimed.id)
+
+    def _retry(self, claimed: Claimed, reason: str, failure_class: str) -> Result:
+        now = utcnow()
+        delay = retry_delay(self.settings.retry_schedule_s, claimed.number)
+        if delay is None:
+            return Result(
+                outcome=Outcome.FAILED.value,
+                reason=f"gave up after {claimed.number} attempts; last: {reason}",
+                error=reason,
+                failure_class=failure_class,
+            )
+        return Result(
+            outcome=Outcome.RETRY.value,
+            reason=reason,
+            next_attempt_at=now + timedelta(seconds=delay),
+            error=reason,
+            failure_class=failure_class,
+        )
+
+    # --- webhooks --------------------------------------------------------------------------------
+
+    async def _send_webhook(self, claimed: Claimed) -> Result:
+        now = utcnow()
+        async with self.ctx.runtime.sessions() as session:
+            endpoint = await session.get(Endpoint, claimed.endpoint_id) if claimed.endpoint_id else None
+        if endpoint is None or not endpoint.enabled:
+            reason = "endpoint_disabled" if endpoint is not None else "endpoint_deleted"
+            return Result(outcome=Outcome.FAILED.value, reason=reason, error=reason)
+        try:
+            await check_endpoint(endpoint.url, allow_private=self.settings.allow_private_endpoints)
+        except UnsafeEndpoint as exc:
+            result = self._retry(claimed, f"refused: {exc}", "refused")
+            result.counts_against_endpoint = True
+            return result
+        body = claimed.payload.encode()
+        try:
+            signing = service.secrets_in_force(endpoint, self.ctx.box, now)
+            headers = webhook_headers(signing, claimed.message_id, int(time.time()), body)
+        except (InvalidSecret, ValueError) as exc:
+            return self._retry(claimed, f"cannot sign: {type(exc).__name__}", "secret")
+        headers["content-type"] = "application/cloudevents+json; charset=utf-8"
+        headers["user-agent"] = USER_AGENT
+        try:
+            response = await self.ctx.http.post(
+                endpoint.url, content=body, headers=headers, timeout=self.settings.webhook_timeout_s
+            )
+        except httpx.TimeoutException:
+            result = self._retry(claimed, f"timed out after {self.settings.webhook_timeout_s:g}s", "timeout")
+            result.counts_against_endpoint = True
+            return result
+        except httpx.HTTPError as exc:
+            result = self._retry(claimed, f"connection failed: {type(exc).__name__}", "connect")
+            result.counts_against_endpoint = True
+            return result
+        verdict = judge(
+            status_code=response.status_code,
+            error=None,
+            retry_after=response.headers.get("retry-after"),
+            attempts=claimed.number,
+            schedule=self.settings.retry_schedule_s,
+            now=utcnow(),
+            retry_after_cap_s=self.settings.retry_after_max_s,
+        )
+        code = response.status_code
+        failure_class = None
+        if verdict.outcome is not Outcome.DELIVERED:
+            failure_class = "redirect" if 300 <= code < 400 else f"http_{code // 100}xx"
+        return Result.of(
+            verdict,
+            status_code=code,
+            error=None if verdict.outcome is Outcome.DELIVERED else verdict.reason,
+            failure_class=failure_class,
+            counts_against_endpoint=verdict.outcome in (Outcome.RETRY, Outcome.FAILED),
+        )
+
+    # --- e-mail ----------------------------------------------------------------------------------
+
+    async def _send_email(self, claimed: Claimed) -> Result:
+        payload: dict[str, Any] = json.loads(claimed.payload)
+        template = claimed.template or messages.STATUS_UPDATE
+        tenant = self.ctx.runtime.tenants.get(claimed.tenant)
+        municipality = tenant.name if tenant else claimed.tenant
+        timezone = str(tenant.settings.get("timezone", "Europe/Amsterdam")) if tenant else "Europe/Amsterdam"
+        name: str | None
+        if template == messages.ENDPOINT_DISABLED:
+            async with self.ctx.runtime.sessions() as session:
+                partner = await session.get(Partner, claimed.partner_id) if claimed.partner_id else None
+            if partner is None or not partner.contact_email:
+                return Result(outcome=SKIPPED, reason="no_contact")
+            recipient, language, name = partner.contact_email, partner.language, partner.name
+            values: dict[str, Any] = {**payload, "partner_name": partner.name, "municipality": municipality}
+        else:
+            if not claimed.signal_id:
+                return Result(outcome=SKIPPED, reason="no_contact")
+            try:
+                contact = await self.ctx.contacts.fetch(claimed.tenant, claimed.signal_id)
+            except (TransientError, PermanentError) as exc:
+                return self._retry(claimed, f"intake: {exc}", "intake")
+            if contact is None or not contact.email:
+                return Result(outcome=SKIPPED, reason="no_contact")
+            if not contact.consent:
+                return Result(outcome=SKIPPED, reason="no_consent")
+            recipient, name = contact.email, contact.name
+            language = messages.language_of(payload.get("language") or contact.language)
+            values = self._resident_values(payload, template, language, municipality, timezone, name)
+        try:
+            rendered = self.ctx.templates.render(claimed.tenant, template, language, values)
+        except messages.TemplateProblem as exc:
+            return self._retry(claimed, f"template {template} ({exc.part}): {exc}", "template")
+        mail = messages.build_email(
+            rendered,
+            sender=self.settings.mail_from,
+            recipient=recipient,
+            message_id=claimed.message_id,
+            domain=self.settings.mail_domain,
+        )
+        try:
+            await service.send_mail(self.settings, mail)
+        except TransientError as exc:
+            return self._retry(claimed, str(exc), "smtp")
+        return Result(outcome=Outcome.DELIVERED.value, reason="accepted by the SMTP server")
+
+    def _resident_values(
+        self,
+        payload: dict[str, Any],
+        template: str,
+        language: str,
+        municipality: str,
+        timezone: str,
+        name: str | None,
+    ) -> dict[str, Any]:
+        base = self.settings.public_base_url.rstrip("/")
+        code = str(payload.get("tracking_code") or "")
+        status = str(payload.get("status") or "")
+        due_at = payload.get("due_at")
+        return {
+            "name": name,
+            "municipality": municipality,
+            "tracking_code": code,
+            "tracking_url": f"{base}/v1/tracking/{code}",
+            "service_promise": payload.get("service_promise"),
+            "expected_by": messages.format_date(datetime.fromisoformat(due_at), language, timezone)
+            if due_at
+            else None,
+            "status": status,
+            "status_label": messages.STATUS_LABELS[language].get(status, status),
+            "public_note": payload.get("public_note"),
+            "feedback_urls": messages.feedback_urls(self.settings.public_base_url, code)
+            if template == messages.RESOLUTION
+            else [],
+        }
+
+    # --- recording -------------------------------------------------------------------------------
+
+    async def record(self, claimed: Claimed, result: Result) -> None:
+        """Write the attempt's outcome, its consequences and its event, if the claim still holds."""
+        now = utcnow()
+        events = False
+        async with self.ctx.runtime.sessions() as session, session.begin():
+            delivery = await session.get(Delivery, claimed.id, with_for_update=self._skip_locked)
+            if delivery is None or delivery.status != "sending" or delivery.attempts != claimed.number:
+                log.warning("dispatcher: attempt %d of %s outlived its lease", claimed.number, claimed.id)
+                return
+            await session.exec(
+                update(Attempt)
+                .where(col(Attempt.delivery_id) == claimed.id, col(Attempt.number) == claimed.number)
+                .values(
+                    finished_at=now,
+                    outcome=result.outcome,
+                    status_code=result.status_code,
+                    error=result.error,
+                    duration_ms=round(result.duration_s * 1000, 3),
+                )
+            )
+            delivery.last_status_code = result.status_code
+            delivery.last_error = result.error
+            delivery.updated_at = now
+            labels = (metric_partner(claimed), claimed.channel)
+            # A success touches the endpoint only when it was failing or its last success is old, so
+            # concurrent deliveries to one endpoint do not queue on its row; a failure locks it, since
+            # it may disable the endpoint.
+            endpoint = (
+                await session.get(
+                    Endpoint,
+                    claimed.endpoint_id,
+                    with_for_update=self._skip_locked and result.outcome != Outcome.DELIVERED,
+                )
+                if claimed.endpoint_id and claimed.channel == "webhook"
+                else None
+            )
+            if result.outcome == Outcome.DELIVERED:
+                delivery.status, delivery.status_reason = "delivered", None
+                delivery.delivered_at, delivery.next_attempt_at = now, None
+                if endpoint is not None and (
+                    endpoint.failing_since is not None
+                    or endpoint.last_success_at is None
+                    or now - endpoint.last_success_at > timedelta(seconds=60)
+                ):
+                    await session.exec(
+                        update(Endpoint)
+                        .where(col(Endpoint.id) == endpoint.id)
+                        .values(failing_since=None, last_success_at=now)
+                    )
+                metrics.DELIVERIES.labels(*labels, "delivered").inc()
+                metrics.LATENCY.labels(*labels).observe(max(0.0, (now - claimed.event_time).total_seconds()))
+                self._event(session, delivery, NotificationDelivered, claimed.number)
+                events = True
+            elif result.outcome == SKIPPED:
+                delivery.status, delivery.status_reason, delivery.next_attempt_at = (
+                    "skipped",
+                    result.reason,
+                    None,
+                )
+                metrics.DELIVERIES.labels(*labels, "skipped").inc()
+            elif result.outcome in (Outcome.RETRY, Outcome.THROTTLED):
+                delivery.status, delivery.status_reason = "scheduled", result.reason
+                delivery.next_attempt_at = result.next_attempt_at
+            else:  # failed or gone
+                delivery.status, delivery.status_reason, delivery.next_attempt_at = (
+                    "failed",
+                    result.reason,
+                    None,
+                )
+                metrics.DELIVERIES.labels(*labels, "failed").inc()
+                if result.outcome != Outcome.GONE:  # for gone, disabling the endpoint says it (below)
+                    self._event(session, delivery, NotificationFailed, claimed.number, reason=result.reason)
+                events = True
+            if endpoint is not None:
+                if result.outcome == Outcome.GONE:
+                    await self._disable(session, endpoint, delivery, "gone", result.reason, now)
+                    events = True
+                elif result.counts_against_endpoint:
+                    endpoint.failing_since = endpoint.failing_since or now
+                    failing_for = (now - endpoint.failing_since).total_seconds()
+                    if endpoint.enabled and failing_for >= self.settings.endpoint_disable_after_s:
+                        reason = f"failing since {endpoint.failing_since.isoformat()} without a success"
+                        await self._disable(session, endpoint, delivery, "failing", reason, now)
+                        if delivery.status == "scheduled":
+                            delivery.status, delivery.next_attempt_at = "failed", None
+                            delivery.status_reason = "endpoint_disabled"
+                            metrics.DELIVERIES.labels(*labels, "failed").inc()
+                        events = True
+                if result.outcome != Outcome.DELIVERED:
+                    session.add(endpoint)
+            session.add(delivery)
+        if events:
+            self.ctx.runtime.events_committed()
+        if result.next_attempt_at is not None or events:
+            self.wake()
+
+    def _event(
+        self,
+        session: AsyncSession,
+        delivery: Delivery,
+        model: type[NotificationDelivered] | type[NotificationFailed],
+        attempts: int,
+        **extra: str,
+    ) -> None:
+        data = model(
+            delivery_id=delivery.id,
+            signal_id=delivery.signal_id,
+            case_id=delivery.case_id,
+            channel="webhook" if delivery.channel == "webhook" else "email",
+            template=delivery.template,
+            partner=delivery.partner_code,
+            about_event=delivery.event_type,
+            attempts=attempts,
+            **extra,
+        )
+        event = make_event(
+            tenant=delivery.tenant, service="notifier", data=data, subject=delivery.signal_id or delivery.id
+        )
+        enqueue(session, model.bus_subject(delivery.tenant), event)
+
+    async def _disable(
+        self,
+        session: AsyncSession,
+        endpoint: Endpoint,
+        delivery: Delivery,
+        why: str,
+        reason: str,
+        now: datetime,
+    ) -> None:
+        """Disable an endpoint and tell its partner: an event, and a mail to its contact if it has one."""
+        if not endpoint.enabled:
+            return
+        endpoint.enabled = False
+        endpoint.disabled_reason = why
+        endpoint.disabled_at = now
+        endpoint.updated_at = now
+        partner = await session.get(Partner, endpoint.partner_id)
+        code = partner.code if partner else "unknown"
+        metrics.ENDPOINTS_DISABLED.labels(code, why).inc()
+        log.warning("endpoint %s of partner %s disabled: %s", endpoint.id, code, why)
+        self._event(
+            session, delivery, NotificationFailed, delivery.attempts, reason=f"endpoint_disabled: {why}"
+        )
+        if partner is not None and partner.contact_email:
+            session.add(
+                Delivery(
+                    message_id=message_id("endpoint-disabled", endpoint.id, now.isoformat()),
+                    tenant=endpoint.tenant,
+                    channel="email",
+                    template=messages.ENDPOINT_DISABLED,
+                    event_id=delivery.event_id,
+                    event_type=delivery.event_type,
+                    event_time=now,
+                    partner_id=partner.id,
+                    partner_code=partner.code,
+                    endpoint_id=endpoint.id,
+                    payload=messages.dumps(
+                        {"endpoint_url": endpoint.url, "reason": reason, "disabled_at": now.isoformat()}
+                    ),
+                    next_attempt_at=now,
+                )
+            )

@@ -1,0 +1,282 @@
+"""Partner webhooks end to end in-process: real NATS, real database, a real HTTP receiver.
+
+Every webhook the receiver gets is verified with the ``standardwebhooks`` package, which is not
+our implementation, including while a secret is being rotated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import nats
+from prometheus_client import REGISTRY
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from civicsignals.common.bus import STREAM, stream_messages
+from civicsignals.common.events import CaseStatusChanged, CloudEvent, SignalRouted
+from civicsignals.common.ids import new_id
+
+TENANT = "gouda"
+
+
+def routed(partners: list[str], signal_id: str | None = None, case_id: str | None = None) -> SignalRouted:
+    return SignalRouted(
+        signal_id=signal_id or new_id(),
+        case_id=case_id or new_id(),
+        tracking_code="7KQ2-M9XD-4HTC",
+        responsible="wonen",
+        partners=partners,
+        priority="normal",
+        rule_id="woonoverlast",
+        service_promise="Binnen 5 werkdagen.",
+    )
+
+
+def status(routed_data: SignalRouted, to: str, sequence: int, note: str | None = None) -> CaseStatusChanged:
+    return CaseStatusChanged(
+        case_id=routed_data.case_id,
+        signal_id=routed_data.signal_id,
+        tracking_code=routed_data.tracking_code,
+        to=to,
+        public_note=note,
+        actor="department",
+        sequence=sequence,
+        **{"from": "assigned"},
+    )
+
+
+def verifies(secret: str, received: Any) -> bool:
+    try:
+        Webhook(secret).verify(received.body, received.headers)
+    except WebhookVerificationError:
+        return False
+    return True
+
+
+async def bus_events(nats_url: str, subject: str) -> list[CloudEvent]:
+    client = await nats.connect(nats_url)
+    try:
+        messages = await stream_messages(client.jetstream(), STREAM)
+    finally:
+        await client.close()
+    return [CloudEvent.from_json(m.data) for m in messages if m.subject == subject]
+
+
+async def test_signed_webhooks_verify_with_standardwebhooks_through_a_secret_rotation(
+    notifier_factory, make_tenant, receiver, wait_until, nats_server
+) -> None:
+    notifier = await notifier_factory(make_tenant(TENANT, scopes=["rules:admin"]))
+    partner, endpoint = await notifier.register("woonpartners", receiver.url)
+    first_secret = endpoint["secret"]
+    assert first_secret.startswith("whsec_") and endpoint["event_types"] == [
+        "case.status_changed",
+        "signal.routed",
+    ]
+
+    delivered_before = _delivered_metric()
+    data = routed(["woonpartners", "not-registered"])
+    event = await notifier.publish(TENANT, data)
+    await wait_until(lambda: len(receiver.delivered()) == 1, timeout=20, message="the signal.routed webhook")
+    first = receiver.delivered()[0]
+    assert verifies(first_secret, first)
+    assert first.headers["content-type"].startswith("application/cloudevents+json")
+    body = CloudEvent.from_json(first.body)
+    assert body.id == event.id and body.type == "nl.civicsignals.signal.routed.v1"
+
+    # Rotation: both secrets sign while the partner switches over.
+    path = f"/v1/partners/{partner['code']}/endpoints/{endpoint['id']}"
+    rotated = await notifier.client.post(f"{path}/rotate-secret", json={"overlap_s": 3600})
+    assert rotated.status_code == 200, rotated.text
+    second_secret = rotated.json()["secret"]
+    assert rotated.json()["previous_valid_until"] is not None
+    listed = (await notifier.client.get(path)).json()
+    assert (
+        len(listed["secrets"]) == 2 and first_secret not in str(listed) and second_secret not in str(listed)
+    )
+
+    await notifier.publish(TENANT, status(data, "in_progress", 2, "We komen dinsdag."))
+    await wait_until(lambda: len(receiver.delivered()) == 2, timeout=20, message="the status webhook")
+    during = receiver.delivered()[1]
+    assert verifies(first_secret, during) and verifies(second_secret, during)
+    assert CloudEvent.from_json(during.body).data["public_note"] == "We komen dinsdag."
+
+    # A rotation without overlap retires the previous secret at once.
+    rotated = await notifier.client.post(f"{path}/rotate-secret", json={"overlap_s": 0})
+    third_secret = rotated.json()["secret"]
+    await notifier.publish(TENANT, status(data, "resolved", 3))
+    await wait_until(lambda: len(receiver.delivered()) == 3, timeout=20, message="the third webhook")
+    after = receiver.delivered()[2]
+    assert (
+        verifies(third_secret, after)
+        and not verifies(second_secret, after)
+        and not verifies(first_secret, after)
+    )
+
+    ids = [r.headers["webhook-id"] for r in receiver.delivered()]
+    assert len(set(ids)) == 3
+
+    async def recorded() -> list[dict[str, Any]] | None:
+        log = await notifier.deliveries(partner="woonpartners")
+        return log if all(d["status"] == "delivered" for d in log) else None
+
+    log = await wait_until(recorded, timeout=10, message="the deliveries to be recorded")
+    assert {d["status"] for d in log} == {"delivered"} and len(log) == 3
+    assert {d["message_id"] for d in log} == set(ids)
+    assert len(await notifier.deliveries(signal=data.signal_id, channel="webhook")) == 3
+    delivered_events = await wait_until(
+        lambda: _count(nats_server.url, "civic.gouda.notification.delivered", 3), timeout=10
+    )
+    assert all(
+        e.data["partner"] == "woonpartners" and e.data["channel"] == "webhook" for e in delivered_events
+    )
+
+    metrics = (await notifier.client.get("/metrics")).text
+    assert (
+        'civic_notifier_deliveries_total{channel="webhook",partner="woonpartners",result="delivered"}'
+        in metrics
+    )
+    assert _delivered_metric() - delivered_before == 3
+
+
+def _delivered_metric() -> float:
+    labels = {"partner": "woonpartners", "channel": "webhook", "result": "delivered"}
+    return REGISTRY.get_sample_value("civic_notifier_deliveries_total", labels) or 0.0
+
+
+async def webhook_failures(url: str) -> list[CloudEvent]:
+    """``notification.failed`` of webhooks (the acknowledgement mails that signal.routed schedules
+    fail too in these tests, since no intake runs)."""
+    events = await bus_events(url, "civic.gouda.notification.failed")
+    return [e for e in events if e.data["channel"] == "webhook"]
+
+
+async def _count(url: str, subject: str, expected: int) -> list[CloudEvent] | None:
+    events = await bus_events(url, subject)
+    return events if len(events) >= expected else None
+
+
+async def test_receiver_down_for_a_while_then_up_gets_every_webhook_once(
+    notifier_factory, make_tenant, receiver, wait_until
+) -> None:
+    notifier = await notifier_factory(
+        make_tenant(TENANT, scopes=["rules:admin"]), retry_schedule_s=[0.3] * 30
+    )
+    _, endpoint = await notifier.register("woonpartners", receiver.url)
+    receiver.stop()  # the partner is down: nothing listens on its port
+    sent = [await notifier.publish(TENANT, routed(["woonpartners"])) for _ in range(5)]
+
+    async def retried() -> bool:
+        log = await notifier.deliveries(partner="woonpartners")
+        return len(log) == 5 and all(d["attempts"] >= 2 and d["status"] != "delivered" for d in log)
+
+    await wait_until(retried, timeout=30, message="every delivery to have failed at least twice")
+    receiver.start()
+
+    async def all_delivered() -> bool:
+        log = await notifier.deliveries(partner="woonpartners")
+        return all(d["status"] == "delivered" for d in log)
+
+    await wait_until(all_delivered, timeout=30, message="every delivery to arrive")
+    ids = Counter(r.headers["webhook-id"] for r in receiver.delivered())
+    assert len(ids) == 5 and set(ids.values()) == {1}
+    assert {CloudEvent.from_json(r.body).id for r in receiver.delivered()} == {e.id for e in sent}
+    assert all(verifies(endpoint["secret"], r) for r in receiver.delivered())
+    detail = await notifier.delivery((await notifier.deliveries(partner="woonpartners"))[0]["id"])
+    outcomes = [a["outcome"] for a in detail["attempt_log"]]
+    assert outcomes[-1] == "delivered" and set(outcomes[:-1]) == {"retry"}
+    assert all("connection failed" in (a["error"] or "") for a in detail["attempt_log"][:-1])
+
+
+async def test_410_disables_the_endpoint_and_tells_the_partner(
+    notifier_factory, make_tenant, receiver, mail, wait_until, nats_server
+) -> None:
+    notifier = await notifier_factory(make_tenant(TENANT, scopes=["rules:admin"]), smtp_port=mail.port)
+    partner, endpoint = await notifier.register("woonpartners", receiver.url)
+    receiver.answer(410)
+    await notifier.publish(TENANT, routed(["woonpartners"]))
+    path = f"/v1/partners/{partner['id']}/endpoints/{endpoint['id']}"
+
+    async def disabled() -> dict[str, Any] | None:
+        body: dict[str, Any] = (await notifier.client.get(path)).json()
+        return body if not body["enabled"] else None
+
+    state = await wait_until(disabled, timeout=20, message="the endpoint to be disabled")
+    assert state["disabled_reason"] == "gone"
+    [failed] = await notifier.deliveries(partner="woonpartners", channel="webhook")
+    assert failed["status"] == "failed" and failed["attempts"] == 1 and failed["last_status_code"] == 410
+
+    told = await mail.wait_for_async(lambda m: m["To"] == "it@woonpartners.example", timeout=20)
+    assert "uitgeschakeld" in str(told["Subject"]) and receiver.url in told.get_body(("plain",)).get_content()
+    events = await wait_until(lambda: webhook_failures(nats_server.url), timeout=10)
+    assert events[0].data["reason"] == "endpoint_disabled: gone" and "http" not in str(events[0].data)
+
+    # Nothing more goes to a disabled endpoint, and a manual retry is refused until it is enabled.
+    await notifier.publish(TENANT, routed(["woonpartners"]))
+    await asyncio.sleep(1.0)
+    assert len(receiver.requests) == 1
+    refused = await notifier.client.post(f"/v1/deliveries/{failed['id']}/retry")
+    assert refused.status_code == 409 and refused.headers["content-type"] == "application/problem+json"
+    enabled = await notifier.client.patch(path, json={"enabled": True})
+    assert enabled.json()["enabled"] and enabled.json()["disabled_reason"] is None
+    retried = await notifier.client.post(f"/v1/deliveries/{failed['id']}/retry")
+    assert retried.status_code == 202, retried.text
+    await wait_until(lambda: len(receiver.delivered()) == 1, timeout=20, message="the manual retry")
+    assert receiver.delivered()[0].headers["webhook-id"] == failed["message_id"]
+
+
+async def test_429_with_retry_after_is_honoured(notifier_factory, make_tenant, receiver, wait_until) -> None:
+    notifier = await notifier_factory(make_tenant(TENANT, scopes=["rules:admin"]), retry_schedule_s=[0.1] * 5)
+    await notifier.register("woonpartners", receiver.url)
+    receiver.answer((429, {"Retry-After": "2"}))
+    await notifier.publish(TENANT, routed(["woonpartners"]))
+    await wait_until(lambda: len(receiver.delivered()) == 1, timeout=20, message="the webhook after the 429")
+
+    async def recorded() -> list[dict[str, Any]] | None:
+        log = await notifier.deliveries(partner="woonpartners", status="delivered")
+        return log or None
+
+    [delivery] = await wait_until(recorded, timeout=10, message="the delivery to be recorded")
+    detail = await notifier.delivery(delivery["id"])
+    first, second = detail["attempt_log"]
+    assert first["outcome"] == "throttled" and first["status_code"] == 429
+    assert second["outcome"] == "delivered"
+    # The schedule alone would have tried again after 0.1 s; the receiver asked for 2 s.
+    waited = datetime.fromisoformat(second["started_at"]) - datetime.fromisoformat(first["finished_at"])
+    assert waited.total_seconds() >= 1.9
+    assert len({r.headers["webhook-id"] for r in receiver.requests}) == 1
+
+
+async def test_redirects_are_not_followed_and_a_failed_delivery_can_be_retried(
+    notifier_factory, make_tenant, receiver, wait_until, nats_server
+) -> None:
+    notifier = await notifier_factory(make_tenant(TENANT, scopes=["rules:admin"]), retry_schedule_s=[0.1])
+    await notifier.register("woonpartners", receiver.url)
+    receiver.answer((302, {"Location": f"http://127.0.0.1:{receiver.port}/elsewhere"}), 500)
+    await notifier.publish(TENANT, routed(["woonpartners"]))
+
+    async def failed() -> dict[str, Any] | None:
+        log = await notifier.deliveries(partner="woonpartners", status="failed")
+        return log[0] if log else None
+
+    delivery = await wait_until(failed, timeout=20, message="the delivery to fail")
+    assert [r.path for r in receiver.requests] == ["/hooks/civic", "/hooks/civic"]
+    assert delivery["attempts"] == 2 and "gave up after 2 attempts" in delivery["status_reason"]
+    # (The acknowledgement mail that signal.routed schedules fails too: no intake runs here.)
+    [event] = await wait_until(lambda: webhook_failures(nats_server.url), timeout=10)
+    assert event.data["delivery_id"] == delivery["id"] and event.data["attempts"] == 2
+
+    retried = await notifier.client.post(f"/v1/deliveries/{delivery['id']}/retry")
+    assert retried.status_code == 202
+    await wait_until(lambda: len(receiver.delivered()) == 1, timeout=20, message="the manual retry")
+
+    async def recorded() -> dict[str, Any] | None:
+        detail = await notifier.delivery(delivery["id"])
+        return detail if detail["status"] == "delivered" else None
+
+    detail = await wait_until(recorded, timeout=10, message="the retry to be recorded")
+    assert [a["number"] for a in detail["attempt_log"]] == [1, 2, 3]
+    again = await notifier.client.post(f"/v1/deliveries/{delivery['id']}/retry")
+    assert again.status_code == 409

@@ -1,0 +1,5 @@
+import sys
+
+from civicsignals.admin.cli import main
+
+sys.exit(main())
