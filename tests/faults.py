@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -62,15 +64,19 @@ def data_field_counts(messages: list[Any], field: str) -> Counter[str]:
 
 
 async def post_many(
-    url: str, key: str, bodies: list[dict[str, Any]], *, concurrency: int = 16
+    url: str, key: str, bodies: list[dict[str, Any]], *, concurrency: int = 16, retry_for_s: float = 0.0
 ) -> tuple[list[dict[str, Any]], Counter[int]]:
-    """POST every body with ``concurrency`` clients; returns the 201 answers and all status codes."""
+    """POST every body with ``concurrency`` clients; returns the 201 answers and the final status codes.
+
+    With ``retry_for_s``, a client behaves like a careful portal: each body carries its own
+    ``Idempotency-Key``, and a broken connection, a 409 (in flight) or a 503 is retried with the same
+    key until that much time has passed. Status 0 stands for a connection that broke.
+    """
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
     created: list[dict[str, Any]] = []
     statuses: Counter[int] = Counter()
-    headers = {"Authorization": f"Bearer {key}"}
 
     async def _worker(client: httpx.AsyncClient) -> None:
         while True:
@@ -78,13 +84,20 @@ async def post_many(
                 body = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            try:
-                response = await client.post(url, json=body, headers=headers)
-            except httpx.TransportError:
-                statuses[0] += 1  # the connection broke: the client does not know, nor do we
-                continue
-            statuses[response.status_code] += 1
-            if response.status_code == 201:
+            headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": uuid.uuid4().hex}
+            deadline = time.monotonic() + retry_for_s
+            while True:
+                try:
+                    response = await client.post(url, json=body, headers=headers)
+                    status = response.status_code
+                except httpx.TransportError:
+                    response, status = None, 0
+                if status in (0, 409, 503) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.3)
+                    continue
+                break
+            statuses[status] += 1
+            if response is not None and status == 201:
                 created.append(response.json())
 
     limits = httpx.Limits(max_connections=concurrency)

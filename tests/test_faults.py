@@ -7,14 +7,20 @@ Loopback only; every loop is bounded in count and time. The number of signals is
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
+import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
+import uvicorn
+from fastapi import FastAPI, Request, Response
 
 from civicsignals.devstack.nats import NatsServer
 from civicsignals.devstack.ports import free_port
@@ -189,3 +195,107 @@ async def test_postgres_restarted_under_load_loses_no_acknowledged_signal(
     routed = data_field_counts(await read_subject(stack.nats.url, "civic.demo.signal.routed"), "signal_id")
     assert set(received) == acknowledged and set(received.values()) == {1}
     assert set(routed) == acknowledged and set(routed.values()) == {1}
+
+
+class WebhookReceiver(threading.Thread):
+    """A real HTTP receiver that records every webhook it is sent, by webhook-id."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.port = free_port()
+        self.received: list[tuple[str, dict]] = []
+        app = FastAPI()
+
+        @app.post("/hook")
+        async def hook(request: Request) -> Response:
+            self.received.append((request.headers.get("webhook-id", ""), json.loads(await request.body())))
+            return Response(status_code=204)
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+
+    def run(self) -> None:
+        self.server.run()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def routed_codes(self) -> Counter[str]:
+        return Counter(
+            str(event["data"]["tracking_code"])
+            for _, event in self.received
+            if str(event.get("type", "")).endswith("signal.routed.v1")
+        )
+
+
+@pytest.mark.parametrize("victim", ["intake", "classifier", "routing", "notifier"])
+async def test_a_service_killed_mid_batch_loses_and_repeats_nothing(stack: Stack, victim: str) -> None:
+    receiver = WebhookReceiver()
+    receiver.start()
+    stack.forward_rule_to("afval", "woonpartners")
+    for name in SERVICE_NAMES:
+        stack.start(name, consumer_ack_wait_s="5")
+    headers = {"Authorization": f"Bearer {stack.dev_key}"}
+    async with httpx.AsyncClient(base_url=stack.url("notifier"), headers=headers, timeout=30) as client:
+        assert (await client.post("/v1/partners", json={"code": "woonpartners"})).status_code in (201, 409)
+        created_endpoint = await client.post(
+            "/v1/partners/woonpartners/endpoints", json={"url": receiver.url}
+        )
+        assert created_endpoint.status_code == 201, created_endpoint.text
+
+    count = max(200, SIGNALS // 20)
+    with_contact = [
+        {**body, "reporter": {"email": f"bewoner{n}@example.org", "consent": True}}
+        for n, body in enumerate(bodies(count))
+    ]
+    poster = asyncio.create_task(
+        post_many(
+            f"{stack.url('intake')}/v1/signals", stack.dev_key, with_contact, concurrency=8, retry_for_s=120
+        )
+    )
+    await asyncio.sleep(1.5)
+    stack.kill(victim)  # SIGKILL, in the middle of whatever it was doing
+    await asyncio.sleep(1.0)
+    stack.start(victim, consumer_ack_wait_s="5", idempotency_abandon_after_s="3")
+    created, statuses = await poster
+    # The portal retries with its Idempotency-Key while intake is away: every body ends in one signal.
+    assert statuses == {201: count}, statuses
+    codes = {c["tracking_code"] for c in created}
+    assert len(codes) == count
+
+    await wait_for_count(stack, "civic.demo.signal.routed", len(codes), timeout=600)
+
+    async def all_delivered() -> bool:
+        mails = Counter(str(m["Subject"]).rsplit("(", 1)[-1].rstrip(")") for m in stack.mail.messages())
+        return set(receiver.routed_codes()) >= codes and set(mails) >= codes
+
+    deadline = time.monotonic() + 300
+    while not await all_delivered() and time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+    await asyncio.sleep(3.0)  # a duplicate would arrive now
+
+    routed = data_field_counts(
+        await read_subject(stack.nats.url, "civic.demo.signal.routed"), "tracking_code"
+    )
+    assert set(routed) == codes and set(routed.values()) == {1}, "one case per signal"
+    # Delivery over HTTP and SMTP is at least once: a message in flight when notifier died may go
+    # again, but only as the same message (same webhook-id and body, same Message-ID), which
+    # Standard Webhooks receivers and mail clients drop. No signal gets two different messages.
+    bodies_by_id: dict[str, set[str]] = {}
+    ids_by_code: dict[str, set[str]] = {}
+    for webhook_id, event in receiver.received:
+        bodies_by_id.setdefault(webhook_id, set()).add(json.dumps(event, sort_keys=True))
+        if str(event.get("type", "")).endswith("signal.routed.v1"):
+            ids_by_code.setdefault(str(event["data"]["tracking_code"]), set()).add(webhook_id)
+    assert all(len(variants) == 1 for variants in bodies_by_id.values()), "a webhook-id carried two bodies"
+    assert set(ids_by_code) == codes and all(len(ids) == 1 for ids in ids_by_code.values())
+    message_ids: dict[str, set[str]] = {}
+    for mail in stack.mail.messages():
+        code = str(mail["Subject"]).rsplit("(", 1)[-1].rstrip(")")
+        message_ids.setdefault(code, set()).add(str(mail["Message-ID"]))
+    assert {code: len(message_ids.get(code, ())) for code in codes} == {code: 1 for code in codes}
+    if victim != "notifier":
+        # Only a notifier that dies mid-send may repeat a message; nothing else may.
+        assert len(receiver.received) == len(bodies_by_id)
+        assert sum(len(ids) for ids in message_ids.values()) == len(stack.mail.messages())
+    receiver.server.should_exit = True

@@ -40,7 +40,9 @@ def post_signal(
     return created
 
 
-def wait_for_status(stack: Stack, tracking_code: str, status: str | tuple[str, ...], timeout: float = 60) -> dict:
+def wait_for_status(
+    stack: Stack, tracking_code: str, status: str | tuple[str, ...], timeout: float = 60
+) -> dict:
     deadline = time.monotonic() + timeout
     last: dict = {}
     with stack.client() as client:
