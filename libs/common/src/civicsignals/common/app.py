@@ -18,6 +18,7 @@ from starlette_exporter import PrometheusMiddleware
 from civicsignals.common.health import ReadyCheck, health_router
 from civicsignals.common.problems import API_VERSION, install_problem_handlers, problem_response
 from civicsignals.common.runtime import ServiceRuntime
+from civicsignals.common.settings import ServiceSettings
 from civicsignals.common.telemetry import setup_telemetry
 
 
@@ -188,8 +189,43 @@ def serve(app_factory: Callable[[], FastAPI], host: str, port: int, log_level: s
 
 
 def build_cli(prog: str, description: str | None) -> tuple[argparse.ArgumentParser, Any]:
-    """A service's command line with its ``serve`` command; services add their own commands."""
+    """A service's command line with ``serve``, ``migrate`` and ``makemigration``; services add
+    their own commands and hand the parsed arguments to :func:`run_database_command` first."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP API and the workers")
+    migrate = commands.add_parser("migrate", help="bring the service's database to its latest migration")
+    migrate.add_argument("--revision", default="head", help="the Alembic revision to go to (default head)")
+    make = commands.add_parser(
+        "makemigration",
+        help="(developers) write a new migration from the difference between models and database",
+    )
+    make.add_argument("-m", "--message", required=True, help="what the migration does")
     return parser, commands
+
+
+def run_database_command(args: argparse.Namespace, settings: ServiceSettings) -> bool:
+    """Handle ``migrate`` and ``makemigration``; False when the command is another one."""
+    import asyncio
+
+    from civicsignals.common import migrations
+    from civicsignals.common.db import create_engine
+
+    package = f"civicsignals.{settings.service_name}.migrations"
+    if args.command == "migrate":
+
+        async def _migrate() -> str | None:
+            engine = create_engine(settings.database_url)
+            try:
+                await migrations.upgrade(engine, package, args.revision)
+                return await migrations.current_revision(engine)
+            finally:
+                await engine.dispose()
+
+        print(f"{settings.service_name}: database at revision {asyncio.run(_migrate())}")
+        return True
+    if args.command == "makemigration":
+        path = migrations.make_revision(package, settings.database_url, args.message)
+        print(f"{settings.service_name}: wrote {path}")
+        return True
+    return False

@@ -9,6 +9,7 @@ names its package.
 from __future__ import annotations
 
 import asyncio
+import importlib
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,16 @@ def alembic_config(package: str, database_url: str) -> Config:
     return config
 
 
-def run_env(target_metadata: MetaData) -> None:
-    """The body of every service's ``env.py``: migrate the connection we were handed, or open one."""
+def run_env() -> None:
+    """The body of every service's ``env.py``: migrate the connection we were handed, or open one.
+
+    The target metadata (for autogenerate only) comes from ``config.attributes``, so that an
+    upgrade never depends on which models happen to be imported in the process.
+    """
     from alembic import context
 
     config = context.config
+    target_metadata: MetaData | None = config.attributes.get("target_metadata")
     connection: Connection | None = config.attributes.get("connection")
     if connection is not None:
         _run(context, connection, target_metadata)
@@ -54,7 +60,7 @@ def run_env(target_metadata: MetaData) -> None:
     asyncio.run(_online())
 
 
-def _run(context: Any, connection: Connection, target_metadata: MetaData) -> None:
+def _run(context: Any, connection: Connection, target_metadata: MetaData | None) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -101,3 +107,84 @@ def pending_changes(engine_url: str, package: str, metadata: MetaData) -> list[A
             await engine.dispose()
 
     return asyncio.run(_compare())
+
+
+def make_revision(package: str, database_url: str, message: str) -> Path:
+    """Autogenerate a revision against ``database_url`` (which must be at head) for developers."""
+    from sqlmodel import SQLModel
+
+    # Everything the running service registers: its models, and the shared outbox, inbox and audit.
+    importlib.import_module(package.rsplit(".", 1)[0] + ".app")
+    config = alembic_config(package, database_url)
+    versions = migrations_dir(package) / "versions"
+    number = len([p for p in versions.glob("*.py") if not p.name.startswith("_")]) + 1
+    engine = create_async_engine(database_url, poolclass=pool.NullPool)
+
+    def _revise(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        config.attributes["target_metadata"] = SQLModel.metadata
+        command.revision(config, message=message, autogenerate=True, rev_id=f"{number:04d}")
+
+    async def _run() -> None:
+        try:
+            await upgrade(engine, package)
+            async with engine.begin() as connection:
+                await connection.run_sync(_revise)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(_run())
+    return max(versions.glob(f"{number:04d}_*.py"))
+
+
+ENV_PY = '''"""Alembic environment of this service's database (see civicsignals.common.migrations)."""
+
+from civicsignals.common.migrations import run_env
+
+run_env()
+'''
+
+SCRIPT_MAKO = '''"""${message}
+
+Revision ID: ${up_revision}
+Revises: ${repr(down_revision)}
+Create Date: ${create_date}
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+import sqlmodel
+from alembic import op
+
+import civicsignals.common.db
+${imports if imports else ""}
+
+revision: str = ${repr(up_revision)}
+down_revision: str | None = ${repr(down_revision)}
+branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
+depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+
+
+def upgrade() -> None:
+    ${upgrades if upgrades else "pass"}
+
+
+def downgrade() -> None:
+    ${downgrades if downgrades else "pass"}
+'''
+
+
+def scaffold(package_dir: Path) -> None:
+    """Create a service's ``migrations`` folder (env.py, template, versions) if it is missing."""
+    package_dir.mkdir(parents=True, exist_ok=True)
+    (package_dir / "versions").mkdir(exist_ok=True)
+    files = {
+        "__init__.py": '"""Alembic migrations of this service\'s database."""\n',
+        "env.py": ENV_PY,
+        "script.py.mako": SCRIPT_MAKO,
+    }
+    for name, text in files.items():
+        target = package_dir / name
+        if not target.exists():
+            target.write_text(text, encoding="utf-8")

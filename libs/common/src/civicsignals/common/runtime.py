@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -16,6 +17,7 @@ from sqlalchemy import MetaData
 
 from civicsignals.common.bus import Bus, Consumer, ConsumerSpec
 from civicsignals.common.db import create_engine, create_schema, ping, session_factory
+from civicsignals.common.migrations import upgrade
 from civicsignals.common.outbox import OutboxRelay
 from civicsignals.common.settings import ServiceSettings
 from civicsignals.common.tenants import TenantRegistry
@@ -74,7 +76,11 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         if self.settings.migrate_on_start:
-            await create_schema(self.engine, self.metadata)
+            package = f"civicsignals.{self.service}.migrations"
+            if importlib.util.find_spec(package) is not None:
+                await upgrade(self.engine, package)
+            else:  # a service without migrations yet: create what is missing
+                await create_schema(self.engine, self.metadata)
         self._tasks.append(asyncio.create_task(self._start_bus(), name=f"{self.service}-bus"))
 
     async def _start_bus(self) -> None:
