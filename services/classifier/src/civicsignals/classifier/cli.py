@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from civicsignals.common.app import build_cli, serve
+from civicsignals.common.app import build_cli, run_database_command, serve
 
 EXIT_ERROR = 1
 
@@ -374,6 +374,11 @@ def main(argv: list[str] | None = None) -> None:
 
         settings = ClassifierSettings()
         serve(lambda: create_app(settings), settings.host, settings.port, settings.log_level)
+        return
+    if args.command in ("migrate", "makemigration"):
+        from civicsignals.classifier.settings import ClassifierSettings
+
+        run_database_command(args, ClassifierSettings())
         return
     from civicsignals.classifier.data import CsvError
     from civicsignals.classifier.model.encoder import EncoderUnavailable
