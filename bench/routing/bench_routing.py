@@ -169,7 +169,15 @@ async def routing_step(work: Path, nats_url: str, count: int) -> dict[str, float
             for event in events[1:]:
                 await flows.route_signal(context, event)
             results[tenant] = (count - 1) / (time.perf_counter() - started)
+        await drain_outbox(app)
     return results
+
+
+async def drain_outbox(app: Any, timeout: float = 300.0) -> None:
+    """Let the relay publish everything before the app stops (stopping it mid-batch can hang)."""
+    deadline = time.monotonic() + timeout
+    while await app.state.runtime.relay.pending() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
 
 
 async def latency(work: Path, nats_url: str, count: int) -> tuple[list[float], list[float]]:
@@ -230,6 +238,7 @@ async def latency(work: Path, nats_url: str, count: int) -> tuple[list[float], l
             arrived = await asyncio.wait_for(arrivals[token], timeout=30)
             if index >= 5:
                 bare.append((arrived - started) * 1000)
+        await drain_outbox(app)
     await client.close()
     return routed, bare
 
@@ -246,8 +255,6 @@ async def main() -> None:
     args = parser.parse_args()
 
     big = parse_rules(many_rules(), "500 rules")
-    demo_departments = yaml.safe_load((DEMO / "departments.yaml").read_text())["departments"]
-    del demo_departments
     demo = parse_rules((DEMO / "rules.yaml").read_text(encoding="utf-8"), "demo rules.yaml")
     signals = sample_facts(args.signals * 5, TOPICS)
     demo_signals = sample_facts(args.signals * 5, ["afval", "wonen", "burgerzaken", "onbekend"])

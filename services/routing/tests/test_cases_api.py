@@ -114,6 +114,22 @@ async def test_low_confidence_goes_to_triage_and_redelivery_opens_no_second_case
     )
     assert await flows.route_signal(api.ctx, event) is False
     [(_, changed)] = await api.outbox("case.status_changed")
+    # History imported by intake is classified and counted, but opens no case.
+    imported = SignalClassified(
+        signal_id=new_id(),
+        topic="afval",
+        confidence=0.9,
+        alternatives=[],
+        kind="report",
+        needs_review=False,
+        model_version="test",
+        imported=True,
+    )
+    assert (
+        await flows.route_signal(api.ctx, make_event(tenant="gouda", service="classifier", data=imported))
+        is False
+    )
+    assert len((await api.get("/v1/cases")).json()["items"]) == 1
     assert changed["data"]["to"] == "triage" and changed["data"]["sequence"] == 1
 
 

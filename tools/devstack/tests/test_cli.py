@@ -41,6 +41,7 @@ def test_service_env_for_notifier(tmp_path: Path) -> None:
         "CIVIC_NOTIFIER_SMTP_HOST": "127.0.0.1",
         "CIVIC_NOTIFIER_SMTP_PORT": "1025",
         "CIVIC_NOTIFIER_INTAKE_URL": "http://127.0.0.1:8001",
+        "CIVIC_NOTIFIER_ALLOW_PRIVATE_ENDPOINTS": "true",
     }
 
 

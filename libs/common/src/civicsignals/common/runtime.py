@@ -122,9 +122,9 @@ class ServiceRuntime:
             consumer.stop()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # A task stuck in a database driver may ignore the cancel; shutdown must not hang on it.
+            await asyncio.wait(self._tasks, timeout=5.0)
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await self.bus.close()

@@ -10,7 +10,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from civicsignals.notifier.settings import NotifierSettings
 
-    if run_database_command(args, NotifierSettings()):
+    if args.command in ("migrate", "makemigration") and run_database_command(args, NotifierSettings()):
         return
     if args.command == "serve":
         from civicsignals.notifier.app import create_app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from civicsignals.common.app import build_cli, serve
+from civicsignals.common.app import build_cli, run_database_command, serve
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> None:
         help="where the passwords go (mode 0600; existing ones are kept); default <out>.credentials.json",
     )
     args = parser.parse_args(argv)
+    from civicsignals.routing.settings import RoutingSettings
+
+    if args.command in ("migrate", "makemigration") and run_database_command(args, RoutingSettings()):
+        return
     if args.command == "serve":
         from civicsignals.routing.app import create_app
         from civicsignals.routing.settings import RoutingSettings

@@ -118,6 +118,8 @@ def _flush_reloads(ctx: RoutingContext, session: AsyncSession) -> None:
 async def route_signal(ctx: RoutingContext, event: CloudEvent) -> bool:
     """Open the case for a classified signal; False when it was routed before (a redelivery)."""
     classified = read_data(event, SignalClassified)
+    if getattr(classified, "imported", False):
+        return False  # history loaded by intake's import: counted by insights, no case to act on
     if ctx.runtime.tenants.get(event.tenant) is None:
         raise PermanentError(f"unknown tenant {event.tenant!r}")
     try:

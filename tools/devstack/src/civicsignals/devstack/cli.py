@@ -84,10 +84,12 @@ NATS_PREFERRED_PORT = 4333  # not 4222: a system NATS may run there (DESIGN §8)
 MAIL_PREFERRED_PORT = 1025
 
 SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec("intake", 8001, ("/v1/signals", "/v1/tracking", "/v1/conversations", "/open311")),
-    ServiceSpec("classifier", 8002, ("/v1/classify", "/v1/models")),
-    ServiceSpec("routing", 8003, ("/v1/cases", "/v1/routing")),
-    ServiceSpec("notifier", 8004, ("/v1/partners", "/v1/deliveries", "/v1/templates")),
+    ServiceSpec(
+        "intake", 8001, ("/v1/signals", "/v1/tracking", "/v1/conversations", "/open311", "/v1/audit/intake")
+    ),
+    ServiceSpec("classifier", 8002, ("/v1/classify", "/v1/models", "/v1/audit/classifier")),
+    ServiceSpec("routing", 8003, ("/v1/cases", "/v1/routing", "/v1/audit/routing")),
+    ServiceSpec("notifier", 8004, ("/v1/partners", "/v1/deliveries", "/v1/templates", "/v1/audit/notifier")),
 )
 
 DATA_SUBDIRS = ("nats", "mail", "logs", "db", "tenants")
