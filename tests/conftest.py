@@ -26,7 +26,7 @@ from civicsignals.devstack.ports import free_port
 from civicsignals.devstack.supervisor import ProcessSupervisor
 
 REPO = Path(__file__).resolve().parents[1]
-SERVICE_NAMES = ("intake", "classifier", "routing", "notifier")
+SERVICE_NAMES = ("intake", "classifier", "routing", "notifier", "insights")
 
 
 @dataclass

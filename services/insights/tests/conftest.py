@@ -24,6 +24,7 @@ from civicsignals.insights.apply import (
     INBOX,
     NOTES,
     NOTIFICATIONS,
+    ROLLUP,
     SIGNALS,
     parse,
 )
@@ -67,7 +68,7 @@ class Insights:
         result = {}
         async with self.ctx.runtime.sessions() as session:
             connection = await session.connection()
-            for table in (DAILY, SIGNALS, CASES, NOTES, FEEDBACK, NOTIFICATIONS):
+            for table in (DAILY, ROLLUP, SIGNALS, CASES, NOTES, FEEDBACK, NOTIFICATIONS):
                 rows = (await connection.execute(select(table))).all()
                 result[table.name] = sorted((tuple(row) for row in rows), key=repr)
         return result

@@ -10,6 +10,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlmodel import SQLModel
 
 from civicsignals.common.app import create_service_app
+from civicsignals.common.audit import mount_audit
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.insights import flows, models  # noqa: F401  (models registers the tables)
 from civicsignals.insights.pages import login_redirect
@@ -48,4 +49,5 @@ def create_app(settings: InsightsSettings | None = None) -> FastAPI:
     async def _login_required(_request: Request, exc: LoginRequired) -> Response:
         return login_redirect(exc.next_url)
 
+    mount_audit(app)
     return app

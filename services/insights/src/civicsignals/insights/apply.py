@@ -30,8 +30,11 @@ from civicsignals.common.events import CloudEvent, EventData, FeedbackReceived, 
 from civicsignals.common.inbox import ProcessedEvent
 from civicsignals.insights import projection
 from civicsignals.insights.models import (
+    ROLLUP_DIMENSIONS,
+    ROLLUP_TOTAL,
     CaseFact,
     CaseNote,
+    DailyRollup,
     DailyVolume,
     FeedbackFact,
     NotificationDaily,
@@ -46,6 +49,7 @@ def table_of(model: type[SQLModel]) -> Table:
 
 SIGNALS = table_of(SignalFact)
 DAILY = table_of(DailyVolume)
+ROLLUP = table_of(DailyRollup)
 CASES = table_of(CaseFact)
 NOTES = table_of(CaseNote)
 FEEDBACK = table_of(FeedbackFact)
@@ -53,6 +57,7 @@ NOTIFICATIONS = table_of(NotificationDaily)
 INBOX = table_of(ProcessedEvent)
 CUBE_KEY = ["tenant", "day", "topic", "subtopic", "channel", "kind", "language", "area", "mode"]
 NOTIFICATION_KEY = ["tenant", "day", "channel", "outcome"]
+ROLLUP_KEY = ["tenant", "dimension", "day", "topic", "value", "mode"]
 
 
 @dataclass
@@ -197,6 +202,21 @@ async def _apply_signals(conn: AsyncConnection, items: list[Parsed], zone: tzinf
                 deltas[new] += 1
     await _write_rows(conn, SIGNALS, "signal_id", rows.values(), before)
     await add_counts(conn, DAILY, CUBE_KEY, deltas)
+    await add_counts(conn, ROLLUP, ROLLUP_KEY, rollup_deltas(deltas))
+
+
+def rollup_deltas(deltas: dict[projection.CubeKey, int]) -> dict[tuple[Any, ...], int]:
+    """The same moves in :class:`DailyRollup`: once under each of its dimensions."""
+    moved: dict[tuple[Any, ...], int] = defaultdict(int)
+    for key, delta in deltas.items():
+        if not delta:
+            continue
+        values = dict(zip(CUBE_KEY, key, strict=True))
+        tenant, day, topic, mode = values["tenant"], values["day"], values["topic"], values["mode"]
+        for dimension in ROLLUP_DIMENSIONS:
+            moved[(tenant, dimension, day, topic, values[dimension], mode)] += delta
+        moved[(tenant, ROLLUP_TOTAL, day, topic, "", mode)] += delta
+    return moved
 
 
 async def add_counts(

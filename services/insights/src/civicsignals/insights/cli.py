@@ -9,7 +9,7 @@ from datetime import date
 
 from sqlmodel import SQLModel
 
-from civicsignals.common.app import build_cli, configure_logging, serve
+from civicsignals.common.app import build_cli, configure_logging, run_database_command, serve
 from civicsignals.common.db import create_schema
 
 
@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     from civicsignals.insights.settings import InsightsSettings
 
     settings = InsightsSettings()
+    if args.command in ("migrate", "makemigration") and run_database_command(args, settings):
+        return
     if args.command == "serve":
         from civicsignals.insights.app import create_app
 

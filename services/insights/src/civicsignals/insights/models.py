@@ -86,6 +86,29 @@ class DailyVolume(SQLModel, table=True):
     count: int = 0
 
 
+ROLLUP_DIMENSIONS: tuple[str, ...] = ("subtopic", "channel", "kind", "language", "area")
+ROLLUP_TOTAL = "all"  # the rollup's rows with no dimension besides topic and mode (value "")
+
+
+class DailyRollup(SQLModel, table=True):
+    """Narrow views of the cube, kept beside it for speed: per day, topic, mode and *one* other
+    dimension. A trend, breakdown or cross table that needs at most one dimension besides topic and
+    mode reads a few thousand rows here instead of scanning the cube (see ``service._source``).
+    Every signal counts once under each ``dimension``, and once more under ``all`` (value ``""``),
+    the smallest rows for plain totals.
+    """
+
+    __tablename__ = "insights_rollup"
+
+    tenant: str = SQLField(primary_key=True)
+    dimension: str = SQLField(primary_key=True)
+    day: date = SQLField(primary_key=True)
+    topic: str = SQLField(primary_key=True)
+    value: str = SQLField(primary_key=True)
+    mode: str = SQLField(primary_key=True)
+    count: int = 0
+
+
 class CaseFact(SQLModel, table=True):
     """One case: who is responsible, when it opened and was first resolved, its current status."""
 
@@ -189,6 +212,7 @@ class EmergingRun(SQLModel, table=True):
 READ_MODEL_TABLES: tuple[type[SQLModel], ...] = (
     SignalFact,
     DailyVolume,
+    DailyRollup,
     CaseFact,
     CaseNote,
     FeedbackFact,

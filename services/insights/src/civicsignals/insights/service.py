@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Table, and_, case, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from civicsignals.insights.apply import CASES, DAILY, FEEDBACK, NOTES, SIGNALS
-from civicsignals.insights.models import DIMENSIONS, UNCLASSIFIED
+from civicsignals.insights.apply import CASES, DAILY, FEEDBACK, NOTES, ROLLUP, SIGNALS
+from civicsignals.insights.models import DIMENSIONS, ROLLUP_DIMENSIONS, ROLLUP_TOTAL, UNCLASSIFIED
 from civicsignals.insights.projection import ENDED
 
 INTERVALS = ("day", "week", "month")
@@ -87,6 +87,43 @@ def period_start(day: date, interval: str) -> date:
 # -- the cube ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where a query reads its counts: a rollup (when it can) or the full cube."""
+
+    columns: dict[str, Any]
+    conditions: list[ColumnElement[bool]]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.columns[name]
+
+
+def _source(tenant: str, filters: Filters, *wanted: str | None) -> Source:
+    """Aggregate navigation: the narrowest table that has every dimension the query filters or
+    groups by. Topic and mode are in every rollup row; one more dimension picks its rollup; the
+    full cube serves the rest."""
+    needed = ({*filters.dimension_values(), *(w for w in wanted if w)}) - {"topic", "mode"}
+    if len(needed) <= 1 and needed <= set(ROLLUP_DIMENSIONS):
+        dimension = next(iter(needed)) if needed else ROLLUP_TOTAL
+        columns = {
+            "day": ROLLUP.c.day,
+            "topic": ROLLUP.c.topic,
+            "mode": ROLLUP.c.mode,
+            dimension: ROLLUP.c.value,
+        }
+        columns["count"] = ROLLUP.c["count"]
+        conditions: list[ColumnElement[bool]] = [
+            ROLLUP.c.tenant == tenant,
+            ROLLUP.c.dimension == dimension,
+            ROLLUP.c.day >= filters.start,
+            ROLLUP.c.day <= filters.end,
+        ]
+        conditions += [columns[name] == value for name, value in filters.dimension_values().items()]
+        return Source(columns, conditions)
+    columns = {name: DAILY.c[name] for name in ("day", "count", *DIMENSIONS)}
+    return Source(columns, filters.conditions(DAILY, tenant))
+
+
 async def trend(
     session: AsyncSession,
     tenant: str,
@@ -96,14 +133,11 @@ async def trend(
     group_by: str | None = None,
 ) -> list[tuple[date, str | None, int]]:
     """Signals per period (and per value of ``group_by``), oldest first; empty periods are zeros."""
-    columns: list[Any] = [DAILY.c.day]
+    source = _source(tenant, filters, group_by)
+    columns: list[Any] = [source["day"]]
     if group_by:
-        columns.append(DAILY.c[group_by])
-    query = (
-        select(*columns, func.sum(DAILY.c["count"]))
-        .where(*filters.conditions(DAILY, tenant))
-        .group_by(*columns)
-    )
+        columns.append(source[group_by])
+    query = select(*columns, func.sum(source["count"])).where(*source.conditions).group_by(*columns)
     counts: dict[tuple[date, str | None], int] = defaultdict(int)
     groups: set[str | None] = set()
     for row in await _rows(session, query):
@@ -137,12 +171,13 @@ async def breakdown(
     session: AsyncSession, tenant: str, filters: Filters, dimension: str, *, limit: int = 50
 ) -> list[tuple[str, int]]:
     """Signals per value of one dimension, largest first."""
-    total = func.sum(DAILY.c["count"]).label("total")
+    source = _source(tenant, filters, dimension)
+    total = func.sum(source["count"]).label("total")
     query = (
-        select(DAILY.c[dimension], total)
-        .where(*filters.conditions(DAILY, tenant))
-        .group_by(DAILY.c[dimension])
-        .order_by(total.desc(), DAILY.c[dimension])
+        select(source[dimension], total)
+        .where(*source.conditions)
+        .group_by(source[dimension])
+        .order_by(total.desc(), source[dimension])
         .limit(limit)
     )
     return [(str(row[0]), int(row[1])) for row in await _rows(session, query)]
@@ -152,10 +187,11 @@ async def cross(
     session: AsyncSession, tenant: str, filters: Filters, rows_by: str, columns_by: str
 ) -> list[tuple[str, str, int]]:
     """Signals per pair of values (e.g. topic by language)."""
+    source = _source(tenant, filters, rows_by, columns_by)
     query = (
-        select(DAILY.c[rows_by], DAILY.c[columns_by], func.sum(DAILY.c["count"]))
-        .where(*filters.conditions(DAILY, tenant))
-        .group_by(DAILY.c[rows_by], DAILY.c[columns_by])
+        select(source[rows_by], source[columns_by], func.sum(source["count"]))
+        .where(*source.conditions)
+        .group_by(source[rows_by], source[columns_by])
     )
     return [(str(r[0]), str(r[1]), int(r[2])) for r in await _rows(session, query)]
 
@@ -219,9 +255,9 @@ async def departments(session: AsyncSession, tenant: str, filters: Filters) -> l
     """
     start, end = _window(filters)
     now = datetime.now(UTC)
-    joined = CASES.join(SIGNALS, SIGNALS.c.signal_id == CASES.c.signal_id, isouter=True).join(
-        FEEDBACK, FEEDBACK.c.signal_id == CASES.c.signal_id, isouter=True
-    )
+    joined = CASES.join(FEEDBACK, FEEDBACK.c.signal_id == CASES.c.signal_id, isouter=True)
+    if filters.dimension_values():  # the signal's dimensions are needed only to filter by them
+        joined = joined.join(SIGNALS, SIGNALS.c.signal_id == CASES.c.signal_id)
     conditions: list[ColumnElement[bool]] = [
         CASES.c.tenant == tenant,
         CASES.c.opened_at >= start,

@@ -90,6 +90,19 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("classifier", 8002, ("/v1/classify", "/v1/models", "/v1/audit/classifier")),
     ServiceSpec("routing", 8003, ("/v1/cases", "/v1/routing", "/v1/audit/routing")),
     ServiceSpec("notifier", 8004, ("/v1/partners", "/v1/deliveries", "/v1/templates", "/v1/audit/notifier")),
+    ServiceSpec(
+        "insights",
+        8005,
+        (
+            "/v1/trends",
+            "/v1/emerging",
+            "/v1/exports",
+            "/dashboard",
+            "/transparency",
+            "/static/insights",
+            "/v1/audit/insights",
+        ),
+    ),
 )
 
 DATA_SUBDIRS = ("nats", "mail", "logs", "db", "tenants")
