@@ -293,6 +293,5 @@ async def test_erase_and_rotate_commands(
 
 
 def cli_args(argv: list[str]) -> Any:
-    parser, commands = cli.build_cli("civicsignals-intake", None)
-    cli._add_commands(commands)
+    parser, _ = cli.build_parser()
     return parser.parse_args(argv)

@@ -77,7 +77,7 @@ class ServiceRuntime:
     async def start(self) -> None:
         if self.settings.migrate_on_start:
             package = f"civicsignals.{self.service}.migrations"
-            if importlib.util.find_spec(package) is not None:
+            if _has_module(package):
                 await upgrade(self.engine, package)
             else:  # a service without migrations yet: create what is missing
                 await create_schema(self.engine, self.metadata)
@@ -135,3 +135,10 @@ class ServiceRuntime:
 
     async def bus_is_ready(self) -> bool:
         return self.bus_ready.is_set() and self.bus.connected
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent package itself does not exist
+        return False

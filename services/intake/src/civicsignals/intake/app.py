@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from sqlmodel import SQLModel
 
 from civicsignals.common.app import create_service_app
+from civicsignals.common.audit import mount_audit
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.intake import flows, models, privacy  # noqa: F401  (models registers the tables)
 from civicsignals.intake.access import TenantCorsMiddleware
@@ -75,4 +76,5 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     )
     app.add_middleware(TenantCorsMiddleware, registry=runtime.tenants)
     app.state.intake = context
+    mount_audit(app)
     return app

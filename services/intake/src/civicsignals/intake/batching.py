@@ -19,6 +19,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from sqlmodel import SQLModel
+
 from civicsignals.common.db import SessionFactory
 
 log = logging.getLogger(__name__)
@@ -31,13 +33,15 @@ class GroupCommit:
         self._sessions = sessions
         self._max_batch = max_batch
         self._on_commit = on_commit
-        self._queue: asyncio.Queue[tuple[list[Any], asyncio.Future[None]]] | None = None
+        self._queue: asyncio.Queue[tuple[list[tuple[str, dict[str, Any]]], asyncio.Future[None]]] | None = (
+            None
+        )
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.rows = 0
 
-    async def write(self, rows: list[Any]) -> None:
-        """Commit ``rows`` (the first is the parent the others reference); returns once committed."""
+    async def write(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        """Commit ``rows`` ((table name, column values), parents first); returns once committed."""
         if self._task is None or self._task.done():
             self._queue = asyncio.Queue()
             self._task = asyncio.create_task(self._run(), name="intake-group-commit")
@@ -81,13 +85,18 @@ class GroupCommit:
             if self._on_commit is not None:
                 self._on_commit()
 
-    async def _commit(self, groups: list[list[Any]]) -> None:
+    async def _commit(self, groups: list[list[tuple[str, dict[str, Any]]]]) -> None:
+        """One transaction; per table one multi-row INSERT, tables in the order they first appear
+        (each write lists its parent row first: the signal before its status and contact)."""
+        by_table: dict[str, list[dict[str, Any]]] = {}
+        for rows in groups:
+            for table, row in rows:
+                by_table.setdefault(table, []).append(row)
+        tables = SQLModel.metadata.tables
         async with self._sessions() as session, session.begin():
-            # The first row of each write is the one the others point at (the signal): those go
-            # first, then the rest, each flush inserting a table's rows in one statement.
-            session.add_all([rows[0] for rows in groups if rows])
-            await session.flush()
-            session.add_all([row for rows in groups for row in rows[1:]])
+            connection = await session.connection()
+            for table, values in by_table.items():
+                await connection.execute(tables[table].insert(), values)
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

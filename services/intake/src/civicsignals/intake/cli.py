@@ -1,12 +1,13 @@
 """``civicsignals-intake``: run the service, import history, and look after personal data.
 
     civicsignals-intake serve
+    civicsignals-intake migrate [--revision R]
     civicsignals-intake import FILE --tenant demo [--format csv|jsonl] [--no-progress]
     civicsignals-intake erase --tenant demo (--email X | --phone X | --tracking-code C) [--yes]
     civicsignals-intake rotate-keys
     civicsignals-intake retention
 
-The commands other than ``serve`` work on intake's database directly (the same settings and
+The maintenance commands work on intake's database directly (the same settings and
 ``CIVIC_INTAKE_*`` variables as the service); events they write wait in the outbox until the
 running service publishes them.
 """
@@ -16,16 +17,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import SQLModel
-
-from civicsignals.common.app import build_cli, serve
-from civicsignals.common.db import create_engine, create_schema, session_factory
+from civicsignals.common.db import create_engine, session_factory
 from civicsignals.common.ids import normalise_tracking_code
 from civicsignals.common.tenants import Tenant, TenantRegistry
 from civicsignals.intake.settings import IntakeSettings
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, Any]:
+    """The same ``serve`` command as ``civicsignals.common.app.build_cli`` gives every service,
+    plus intake's own. Built here so that the maintenance commands do not import the web stack
+    (FastAPI, OpenTelemetry …), which would double the start-up time of a short import run."""
+    parser = argparse.ArgumentParser(prog="civicsignals-intake", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP API and the workers")
+    migrate = commands.add_parser("migrate", help="bring the service's database to its latest migration")
+    migrate.add_argument("--revision", default="head", help="the Alembic revision to go to (default head)")
+    make = commands.add_parser(
+        "makemigration",
+        help="(developers) write a new migration from the difference between models and database",
+    )
+    make.add_argument("-m", "--message", required=True, help="what the migration does")
+    _add_commands(commands)
+    return parser, commands
 
 
 def _add_commands(commands: Any) -> None:
@@ -59,7 +76,9 @@ class Offline:
         self.tenants = TenantRegistry(settings.tenants_dir)
 
     async def __aenter__(self) -> Offline:
-        await create_schema(self.engine, SQLModel.metadata)
+        from civicsignals.common.migrations import upgrade
+
+        await upgrade(self.engine, "civicsignals.intake.migrations")
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
@@ -86,6 +105,7 @@ async def run_import(settings: IntakeSettings, args: argparse.Namespace) -> int:
     async with Offline(settings) as offline:
         tenant = offline.tenant(args.tenant)
         total = count_lines(path) - (1 if fmt == "csv" else 0)
+        started = time.perf_counter()
         with (
             path.open(encoding="utf-8-sig", newline="") as handle,
             tqdm(total=max(total, 0), unit="row", disable=args.no_progress or None, file=sys.stderr) as bar,
@@ -93,7 +113,9 @@ async def run_import(settings: IntakeSettings, args: argparse.Namespace) -> int:
             summary = await import_rows(
                 offline.sessions, tenant, AreaCache().get(tenant), read_rows(handle, fmt), progress=bar
             )
+        elapsed = time.perf_counter() - started
     print(summary.render())
+    print(f"took {elapsed:.1f} s: {summary.rows / elapsed if elapsed else 0:.0f} rows/s")
     return 0
 
 
@@ -149,11 +171,16 @@ async def run_retention(settings: IntakeSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser, commands = build_cli("civicsignals-intake", __doc__)
-    _add_commands(commands)
+    parser, _commands = build_parser()
     args = parser.parse_args(argv)
     settings = IntakeSettings()
+    if args.command in ("migrate", "makemigration"):
+        from civicsignals.common.app import run_database_command
+
+        run_database_command(args, settings)
+        return
     if args.command == "serve":
+        from civicsignals.common.app import serve
         from civicsignals.intake.app import create_app
 
         serve(lambda: create_app(settings), settings.host, settings.port, settings.log_level)

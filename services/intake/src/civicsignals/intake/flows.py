@@ -37,7 +37,7 @@ from civicsignals.common.events import (
 )
 from civicsignals.common.ids import new_id
 from civicsignals.common.inbox import claim
-from civicsignals.common.outbox import OutboxMessage, enqueue
+from civicsignals.common.outbox import enqueue
 from civicsignals.common.problems import Problem
 from civicsignals.common.ratelimit import TokenBucketLimiter
 from civicsignals.common.runtime import ServiceRuntime
@@ -128,19 +128,42 @@ class IntakeContext:
 
     async def close(self) -> None:
         await self.writer.close()
+        await stop_background_tasks(self.runtime)
         if self._http is not None:
             await self._http.aclose()
             self._http = None
 
 
-def outbox_row(subject: str, event: CloudEvent) -> OutboxMessage:
+async def stop_background_tasks(runtime: ServiceRuntime, *, patience_s: float = 0.5) -> None:
+    """Cancel the runtime's loops before ``runtime.stop`` does, repeating until each has ended.
+
+    Workaround: on Python 3.11 ``asyncio.wait_for`` can swallow a cancellation that arrives just
+    as its inner wait completes (fixed in 3.12). The outbox relay waits for its wake-up that way,
+    and intake wakes it after every group commit, so a single cancel sometimes left the relay
+    running and ``runtime.stop`` waiting for it forever. A second cancel always gets through.
+    (The lasting fix is ``asyncio.timeout`` in ``OutboxRelay.run``.)
+    """
+    tasks = [task for task in getattr(runtime, "_tasks", []) if not task.done()]
+    for task in tasks:
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=patience_s)
+
+
+def outbox_row(subject: str, event: CloudEvent) -> dict[str, Any]:
     """An outbox row as :func:`civicsignals.common.outbox.enqueue` makes it (with the request's
-    trace context), built here because the row is committed later, by the group commit."""
+    trace context), as plain values because the group commit writes it later."""
     headers: dict[str, str] = {}
     inject_trace_headers(headers)
-    return OutboxMessage(
-        id=event.id, subject=subject, payload=event.model_dump_json(), headers=json.dumps(headers)
-    )
+    return {
+        "id": event.id,
+        "subject": subject,
+        "payload": event.model_dump_json(),
+        "headers": json.dumps(headers),
+        "created_at": event.time,
+        "published_at": None,
+        "attempts": 0,
+    }
 
 
 # -- exactly once ----------------------------------------------------------------------------------
@@ -235,15 +258,20 @@ async def receive_signal(
 ) -> SignalCreated:
     """Store the signal, its sealed contact and its ``signal.received`` event in one transaction
     (shared with concurrent requests by the group commit)."""
-    signal = service.build_signal(tenant, payload, source, area=area, service_code=service_code)
-    rows: list[Any] = [signal, service.first_status(signal)]
-    if payload.reporter is not None and signal.has_contact:
-        rows.append(service.seal_contact(ctx.cipher, signal, payload.reporter))
-    event = make_event(tenant=tenant, service="intake", data=service.signal_received_data(signal))
-    rows.append(outbox_row(SignalReceived.bus_subject(tenant), event))
+    signal = service.signal_row(tenant, payload, source, area=area, service_code=service_code)
+    rows: list[tuple[str, dict[str, Any]]] = [
+        ("signal", signal),
+        ("status_entry", service.status_row(signal)),
+    ]
+    if payload.reporter is not None and signal["has_contact"]:
+        rows.append(("contact", service.contact_row(ctx.cipher, signal, payload.reporter)))
+    event = make_event(tenant=tenant, service="intake", data=service.signal_received_from_row(signal))
+    rows.append(("outbox", outbox_row(SignalReceived.bus_subject(tenant), event)))
     await ctx.writer.write(rows)
     return SignalCreated(
-        id=signal.id, tracking_code=signal.tracking_code, status_url=ctx.status_url(signal.tracking_code)
+        id=signal["id"],
+        tracking_code=signal["tracking_code"],
+        status_url=ctx.status_url(signal["tracking_code"]),
     )
 
 

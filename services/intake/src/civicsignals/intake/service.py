@@ -66,50 +66,113 @@ def request_fingerprint(payload: BaseModel, endpoint: str = "signals") -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def build_signal(
+def signal_row(
     tenant: str,
     payload: SignalCreate,
     source: str,
     *,
     area: Area | None = None,
     service_code: str | None = None,
-) -> Signal:
+) -> dict[str, Any]:
+    """The ``signal`` table's row for a portal's signal, as plain column values.
+
+    The hot path writes plain rows with one multi-row INSERT per table (see ``batching``):
+    building an ORM object per row would cost more than everything else a request does.
+    """
     location = payload.location
     received_at = utcnow()
-    return Signal(
-        id=new_id(),
-        tenant=tenant,
-        tracking_code=new_tracking_code(),
-        kind=payload.kind,
-        channel=payload.channel,
-        text=payload.text,
-        text_redacted=redact_for_bus(payload.text, payload.reporter),
-        language=payload.language or guess_language(payload.text),
-        occurred_at=payload.occurred_at,
-        received_at=received_at,
-        lat=location.lat if location else None,
-        lon=location.lon if location else None,
-        address=location.address.model_dump(exclude_none=True) if location and location.address else None,
-        extra=payload.metadata,
-        source=payload.source or source,
-        has_contact=bool(payload.reporter and payload.reporter.has_contact()),
-        area=area.code if area else None,
-        district=area.district if area else None,
-        service_code=service_code,
-        status_updated_at=received_at,
-    )
+    return {
+        **_SIGNAL_DEFAULTS,
+        "id": new_id(),
+        "tenant": tenant,
+        "tracking_code": new_tracking_code(),
+        "kind": payload.kind,
+        "channel": payload.channel,
+        "text": payload.text,
+        "text_redacted": redact_for_bus(payload.text, payload.reporter),
+        "language": payload.language or guess_language(payload.text),
+        "occurred_at": payload.occurred_at,
+        "received_at": received_at,
+        "lat": location.lat if location else None,
+        "lon": location.lon if location else None,
+        "address": location.address.model_dump(exclude_none=True) if location and location.address else None,
+        "metadata": payload.metadata,
+        "source": payload.source or source,
+        "has_contact": bool(payload.reporter and payload.reporter.has_contact()),
+        "area": area.code if area else None,
+        "district": area.district if area else None,
+        "service_code": service_code,
+        "status_updated_at": received_at,
+        "partners": [],
+    }
 
 
-def seal_contact(cipher: FieldCipher, signal: Signal, reporter: Reporter) -> Contact:
+def _column_defaults() -> dict[str, Any]:
+    """Every column of ``signal`` with the model's default, keyed by column name."""
+    defaults: dict[str, Any] = {}
+    columns = {column.key: column.name for column in Signal.__table__.columns}  # type: ignore[attr-defined]
+    for name, info in Signal.model_fields.items():
+        column = "metadata" if name == "extra" else name
+        if column not in columns.values():
+            continue
+        if info.default_factory is not None:
+            defaults[column] = info.default_factory()  # type: ignore[call-arg]
+        elif not info.is_required():
+            defaults[column] = info.default
+    return defaults
+
+
+_SIGNAL_DEFAULTS = _column_defaults()
+
+
+def status_row(signal: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "signal_id": signal["id"],
+        "sequence": 0,
+        "status": signal["status"],
+        "at": signal["received_at"],
+        "note": None,
+    }
+
+
+def contact_row(cipher: FieldCipher, signal: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     plaintext = json.dumps(reporter.model_dump(mode="json", exclude={"consent"})).encode()
-    sealed = cipher.seal(plaintext, associated=signal.id.encode())
-    return Contact(
-        signal_id=signal.id,
-        tenant=signal.tenant,
-        key_id=sealed.key_id,
-        nonce=sealed.nonce,
-        ciphertext=sealed.ciphertext,
-        consent=reporter.consent,
+    sealed = cipher.seal(plaintext, associated=signal["id"].encode())
+    return {
+        "signal_id": signal["id"],
+        "tenant": signal["tenant"],
+        "key_id": sealed.key_id,
+        "nonce": sealed.nonce,
+        "ciphertext": sealed.ciphertext,
+        "consent": reporter.consent,
+        "created_at": signal["received_at"],
+    }
+
+
+def signal_received_from_row(values: dict[str, Any]) -> SignalReceived:
+    """``signal.received`` straight from a signal row (redacted text, coarse location)."""
+    location = None
+    if values["lat"] is not None or values["area"] is not None:
+        location = CoarseLocation(
+            lat=coarse(values["lat"]),
+            lon=coarse(values["lon"]),
+            area=values["area"],
+            district=values["district"],
+        )
+    return SignalReceived(
+        signal_id=values["id"],
+        tracking_code=values["tracking_code"],
+        kind=values["kind"],
+        channel=values["channel"],
+        text=values["text_redacted"],
+        language=values["language"],
+        location=location,
+        received_at=values["received_at"],
+        has_contact=values["has_contact"],
+        source=values["source"],
+        occurred_at=values["occurred_at"],
+        attachments=values["attachments"],
+        imported=values["imported"],
     )
 
 
@@ -117,33 +180,6 @@ def open_contact(cipher: FieldCipher, contact: Contact) -> dict[str, Any]:
     sealed = Sealed(contact.key_id, contact.nonce, contact.ciphertext)
     opened: dict[str, Any] = json.loads(cipher.open(sealed, associated=contact.signal_id.encode()))
     return opened
-
-
-def coarse_location(signal: Signal) -> CoarseLocation | None:
-    if signal.lat is None and signal.area is None:
-        return None
-    return CoarseLocation(
-        lat=coarse(signal.lat), lon=coarse(signal.lon), area=signal.area, district=signal.district
-    )
-
-
-def signal_received_data(signal: Signal) -> SignalReceived:
-    """The event data: redacted text, coarse location, no contact data (DESIGN §2)."""
-    return SignalReceived(
-        signal_id=signal.id,
-        tracking_code=signal.tracking_code,
-        kind=signal.kind,
-        channel=signal.channel,
-        text=signal.text_redacted,
-        language=signal.language,
-        location=coarse_location(signal),
-        received_at=signal.received_at,
-        has_contact=signal.has_contact,
-        source=signal.source,
-        occurred_at=signal.occurred_at,
-        attachments=signal.attachments,
-        imported=signal.imported,
-    )
 
 
 def build_conversation(tenant: str, payload: ConversationCreate, source: str) -> Conversation:
@@ -176,10 +212,6 @@ def conversation_received_data(conversation: Conversation) -> ConversationReceiv
         outcome=conversation.outcome,
         language=conversation.language,
     )
-
-
-def first_status(signal: Signal) -> StatusEntry:
-    return StatusEntry(signal_id=signal.id, sequence=0, status=signal.status, at=signal.received_at)
 
 
 async def find_by_tracking_code(session: AsyncSession, code: str) -> Signal | None:

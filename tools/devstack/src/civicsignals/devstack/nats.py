@@ -81,6 +81,9 @@ class NatsServer:
         self.store_dir = Path(store_dir).resolve()
         self._port = port if port is not None else free_port()
         self._monitor_port = monitor_port if monitor_port is not None else free_port()
+        while self._monitor_port == self._port and monitor_port is None:
+            # Two free ports asked for in a row can be the same one; the server needs two.
+            self._monitor_port = free_port()
         self.server_name = server_name
         self.log_file = Path(log_file) if log_file is not None else self.store_dir.parent / "nats-server.log"
         self._binary = binary
