@@ -19,6 +19,7 @@ def test_service_table() -> None:
         ("classifier", 8002),
         ("routing", 8003),
         ("notifier", 8004),
+        ("insights", 8005),
     ]
     gateway = Gateway(cli.gateway_routes())
     for spec in cli.SERVICES:
@@ -60,7 +61,7 @@ def test_service_env_for_intake_and_others(tmp_path: Path, monkeypatch: pytest.M
         "CIVIC_CLASSIFIER_TENANTS_DIR",
     ]
     with pytest.raises(KeyError):
-        cli.service_env("insights", data_dir=tmp_path, nats_url="", smtp_port=1)
+        cli.service_env("nonexistent", data_dir=tmp_path, nats_url="", smtp_port=1)
     assert cli.service_command("routing") == [sys.executable, "-m", "civicsignals.routing", "serve"]
 
 

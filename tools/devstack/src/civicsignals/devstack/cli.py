@@ -234,6 +234,9 @@ def banner(
         "Track it: open the status_url from the answer in a browser, or",
         f"  curl -sS {GATEWAY_URL}/v1/tracking/<tracking_code>",
         "",
+        f"Dashboard: {GATEWAY_URL}/dashboard (sign in with the key in {_display_path(data_dir / 'dev-api-key')})",
+        f'Public "you said, we did" page: {GATEWAY_URL}/transparency/demo',
+        "",
         "Press Ctrl-C to stop everything.",
         "",
     ]
