@@ -234,7 +234,7 @@ def test_the_migrations_create_exactly_the_models(database_url: str) -> None:
     from civicsignals.common.migrations import pending_changes
     from civicsignals.intake import app  # noqa: F401  (registers every table intake uses)
 
-    # Only intake's tables and the shared outbox and inbox: other services' models may be
+    # Only intake's tables and the shared outbox, inbox and audit log: other services' models may be
     # registered in the same test session.
     mine = MetaData()
     for mapper in SQLModel._sa_registry.mappers:  # type: ignore[attr-defined]
@@ -242,6 +242,7 @@ def test_the_migrations_create_exactly_the_models(database_url: str) -> None:
         if module.startswith("civicsignals.intake") or module in (
             "civicsignals.common.outbox",
             "civicsignals.common.inbox",
+            "civicsignals.common.audit",
         ):
             mapper.local_table.to_metadata(mine)
     assert {"signal", "contact", "attachment", "conversation", "feedback", "outbox", "inbox"} <= set(

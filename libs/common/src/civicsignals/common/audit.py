@@ -34,7 +34,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.auth import Principal, scope_dependency
 from civicsignals.common.db import UtcDateTime
-from civicsignals.common.problems import Problem
+from civicsignals.common.problems import Problem, problem_responses
 from civicsignals.common.tenants import ReloadEvent, TenantRegistry
 
 log = logging.getLogger(__name__)
@@ -235,10 +235,13 @@ def audit_router(service: str, *, path: str | None = None) -> APIRouter:
         path or f"/v1/audit/{service}",
         response_model=AuditPage,
         summary=f"Audit records of {service} for the caller's municipality, newest first",
-        responses={
-            401: {"description": "Missing or invalid credentials (problem+json)"},
-            403: {"description": "The caller lacks the scope audit:read (problem+json)"},
-        },
+        responses=problem_responses(
+            {
+                401: "Missing or invalid credentials",
+                403: "The caller lacks the scope audit:read",
+                422: "An invalid filter, with a JSON pointer to it",
+            }
+        ),
     )
     async def list_audit(
         request: Request,
