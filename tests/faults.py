@@ -64,13 +64,21 @@ def data_field_counts(messages: list[Any], field: str) -> Counter[str]:
 
 
 async def post_many(
-    url: str, key: str, bodies: list[dict[str, Any]], *, concurrency: int = 16, retry_for_s: float = 0.0
+    url: str,
+    key: str,
+    bodies: list[dict[str, Any]],
+    *,
+    concurrency: int = 16,
+    retry_for_s: float = 0.0,
+    attempts: Counter[int] | None = None,
 ) -> tuple[list[dict[str, Any]], Counter[int]]:
     """POST every body with ``concurrency`` clients; returns the 201 answers and the final status codes.
 
     With ``retry_for_s``, a client behaves like a careful portal: each body carries its own
     ``Idempotency-Key``, and a broken connection, a 409 (in flight) or a 503 is retried with the same
-    key until that much time has passed. Status 0 stands for a connection that broke.
+    key until that much time has passed. Status 0 stands for a connection that broke. ``attempts``,
+    when given, counts the status of every attempt (retried ones too), so a test can tell that its
+    fault really broke requests.
     """
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for body in bodies:
@@ -92,6 +100,8 @@ async def post_many(
                     status = response.status_code
                 except httpx.TransportError:
                     response, status = None, 0
+                if attempts is not None:
+                    attempts[status] += 1
                 if status in (0, 409, 503) and time.monotonic() < deadline:
                     await asyncio.sleep(0.3)
                     continue

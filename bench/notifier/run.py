@@ -43,6 +43,14 @@ from civicsignals.devstack.supervisor import ProcessSupervisor
 from civicsignals.notifier.app import create_app as create_notifier
 from civicsignals.notifier.settings import NotifierSettings
 
+
+class Backlogged(ThreadingHTTPServer):
+    """The stdlib server with a listen backlog for the dispatcher's concurrency (its default, 5,
+    resets connections once more than a handful arrive at once)."""
+
+    request_queue_size = 256
+
+
 TENANT = "bench"
 
 
@@ -77,7 +85,7 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = Backlogged(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

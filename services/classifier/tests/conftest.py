@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +12,25 @@ import pytest
 from civicsignals.classifier.model.coldstart import build_default_bundle
 from civicsignals.classifier.registry import COLDSTART_DIR, DEFAULT_COLDSTART
 
-XSID = Path("/work/shared/data/xsid_nl_en.csv")
+#: The shared data sets (BANKING77, CLINC150, xSID, Amsterdam's categories) live beside the repository,
+#: in ``<repo>/../shared/data``, not in it; ``CIVIC_SHARED_DATA`` points elsewhere (e.g. in CI).
+SHARED_DATA = Path(
+    os.environ.get("CIVIC_SHARED_DATA") or Path(__file__).resolve().parents[3].parent / "shared" / "data"
+)
+
+
+@pytest.fixture(scope="session")
+def shared_data_file() -> Callable[[str], Path]:
+    """``shared_data_file(name)``: the path of a shared data file, or skip the test (with where it
+    was looked for) when it is absent, so the suite runs on a checkout without the data."""
+
+    def find(name: str) -> Path:
+        path = SHARED_DATA / name
+        if not path.is_file():
+            pytest.skip(f"shared data file {path} is absent (set CIVIC_SHARED_DATA to its folder)")
+        return path
+
+    return find
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,13 @@ from civicsignals.classifier.cli import main
 from civicsignals.classifier.data import CsvError, read_labelled
 from civicsignals.classifier.model import BundleError, TopicModel, export_bundle, train
 from civicsignals.classifier.model.encoder import SentenceEncoder, default_encoder
-from civicsignals.classifier.pipeline import TrainOptions, choose_threshold, measure, train_bundle
+from civicsignals.classifier.pipeline import (
+    TrainOptions,
+    choose_threshold,
+    conformal_threshold,
+    measure,
+    train_bundle,
+)
 
 FAST = ["--no-encoder", "--no-learning-curve"]
 
@@ -48,6 +54,8 @@ def test_train_writes_a_bundle_with_its_card(
     held = card["heldout"]
     assert held["n"] >= 18 and 0 <= held["accuracy"] <= 1 and "macro_f1" in held and held["per_class"]
     assert held["at_threshold"]["threshold"] == card["threshold"]
+    assert "split-conformal" in card["threshold_rationale"]
+    assert card["training_options"]["review_share"] == 0.05
     assert card["encoder"] is None and card["topics_only"] is False
     labels = json.loads((out / "labels.json").read_text())
     assert {"topic": "groen", "subtopic": "gras"} in labels
@@ -202,6 +210,18 @@ def test_threshold_and_metrics() -> None:
     assert choose_threshold(confidence, correct, 1.0) == 0.7
     assert choose_threshold(confidence, correct, 0.75) == 0.6  # 3 of 4 right at >= 0.6
     assert choose_threshold(confidence, np.zeros(5, dtype=bool), 0.9) == 0.9
+    # Split-conformal: 39 right predictions with confidences 0.01005..0.39005 (wrong ones are ignored);
+    # share 0.05 -> k = floor(0.05 * 40) = 2, the second lowest right confidence.
+    right = np.arange(1, 40) / 100 + 0.00005
+    conf = np.concatenate([right, [0.001, 0.95]])
+    ok = np.concatenate([np.ones(39, dtype=bool), [False, False]])
+    assert conformal_threshold(conf, ok, 0.05) == (0.02, 2, 39)
+    assert conformal_threshold(conf, ok, 0.10) == (0.04, 4, 39)
+    # Few right predictions: at least the lowest one; none: the fallback.
+    assert conformal_threshold(np.array([0.7, 0.9]), np.array([True, True]), 0.05) == (0.7, 1, 2)
+    assert conformal_threshold(np.array([0.7]), np.array([False]), 0.05)[0] == 0.5
+    # Rounded down, so the k-th right prediction itself passes.
+    assert conformal_threshold(np.array([0.123456] * 30), np.ones(30, dtype=bool), 0.05)[0] == 0.1234
     metrics = measure(["a", "a", "b", "b"], ["a", "b", "b", "b"])
     assert metrics.accuracy == 0.75 and metrics.n == 4
     assert metrics.per_class["a"] == {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}
@@ -225,7 +245,9 @@ def test_encoder_embeds_dutch_and_english_alike(encoder: SentenceEncoder) -> Non
     assert len(encoder.sha256) == 64
 
 
-def test_onnx_with_embeddings_equals_sklearn(tmp_path: Path, encoder: SentenceEncoder, reports_rows) -> None:
+def test_onnx_with_embeddings_equals_sklearn(
+    tmp_path: Path, encoder: SentenceEncoder, reports_rows: list[dict[str, str]]
+) -> None:
     texts = [r["text"] for r in reports_rows]
     labels = [f"{r['topic']}/{r['subtopic']}" for r in reports_rows]
     embeddings = encoder.encode(texts)
@@ -240,7 +262,7 @@ def test_onnx_with_embeddings_equals_sklearn(tmp_path: Path, encoder: SentenceEn
 
 
 def test_a_bundle_from_another_encoder_is_refused(
-    tmp_path: Path, encoder: SentenceEncoder, reports_rows
+    tmp_path: Path, encoder: SentenceEncoder, reports_rows: list[dict[str, str]]
 ) -> None:
     texts = [r["text"] for r in reports_rows][::4]
     labels = [r["topic"] + "/x" for r in reports_rows][::4]
@@ -251,7 +273,9 @@ def test_a_bundle_from_another_encoder_is_refused(
         TopicModel(bundle, encoder=encoder)
 
 
-def test_train_bundle_with_encoder_and_learning_curve(tmp_path: Path, reports_csv: Path, encoder) -> None:
+def test_train_bundle_with_encoder_and_learning_curve(
+    tmp_path: Path, reports_csv: Path, encoder: SentenceEncoder
+) -> None:
     data = read_labelled(reports_csv)
     messages: list[str] = []
     card = train_bundle(data, tmp_path / "m", options=TrainOptions(C_grid=(10.0,)), progress=messages.append)

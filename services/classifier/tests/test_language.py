@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from civicsignals.classifier.language import detect_language
 
-XSID = Path("/work/shared/data/xsid_nl_en.csv")
 
-
-@pytest.mark.skipif(not XSID.exists(), reason="the shared data folder is not mounted")
-def test_xsid_dutch_and_english_sides() -> None:
-    with XSID.open(encoding="utf-8", newline="") as handle:
+def test_xsid_dutch_and_english_sides(shared_data_file: Callable[[str], Path]) -> None:
+    with shared_data_file("xsid_nl_en.csv").open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     dutch = sum(detect_language(r["text_nl"]) == "nl" for r in rows) / len(rows)
     english = sum(detect_language(r["text_en"]) == "en" for r in rows) / len(rows)

@@ -28,6 +28,7 @@ from civicsignals.classifier.model import (
     train,
 )
 from civicsignals.classifier.model.features import feature_index, feature_strings, normalize, tokenize
+from civicsignals.classifier.model.onnx_graph import build_onnx_model
 from civicsignals.classifier.taxonomy import load_taxonomy
 
 # ---------------------------------------------------------------------------------------------
@@ -382,15 +383,27 @@ def test_onnx_equals_sklearn_on_the_coldstart_model(tmp_path: Path) -> None:
     export_bundle(model, tmp_path)
     queries = [r[0] for r in REPORTS] + EDGE_TEXTS + texts[:200]
     expected = model.predict_proba(queries)
-    got = TopicModel(tmp_path, batch_cells=2_000, max_batch=16).predict_proba(queries)
+    served = TopicModel(tmp_path, batch_cells=2_000, max_batch=16)
+    got = served.predict_proba(queries)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    # Same labels wherever the top two are not a float tie (e.g. texts with no known feature).
+    top2 = np.sort(expected, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-4
+    assert clear.sum() > len(queries) // 2
+    assert np.array_equal(got.argmax(axis=1)[clear], expected.argmax(axis=1)[clear])
+    # The post-featurisation entry point (what the benchmark times) is the same computation.
+    rows = served._extractor.rows(queries)
+    np.testing.assert_allclose(served.proba_from_features(rows), got, atol=1e-7, rtol=0)
+    np.testing.assert_allclose(
+        model.estimator.predict_proba(model.transform_features(rows)), expected, atol=1e-12, rtol=0
+    )
 
 
 def test_bundle_files_and_card(tmp_path: Path) -> None:
     texts, labels = zip(*SMALL, strict=True)
     model = train(list(texts), list(labels))
     out = export_bundle(model, tmp_path / "bundle", threshold=0.4, card_extra={"tenant": "gouda"})
-    assert {p.name for p in out.iterdir()} == {"model.onnx", "labels.json", "card.json"}
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "vocabulary.npy", "labels.json", "card.json"}
 
     card = json.loads((out / "card.json").read_text(encoding="utf-8"))
     assert set(card) >= CARD_FIELDS
@@ -411,15 +424,21 @@ def test_bundle_files_and_card(tmp_path: Path) -> None:
     assert card["features"]["hash_bits"] == 18 and card["features"]["tf"] == "log1p"
     assert card["features"]["char_ngram_min"] == 3 and card["features"]["char_ngram_max"] == 5
     assert card["onnx"]["sha256"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+    assert card["format"] == "civicsignals-topic-model/2"
+    vocabulary = np.load(out / "vocabulary.npy", allow_pickle=False)
+    assert card["vocabulary"]["size"] == len(vocabulary) == card["features"]["vocabulary_size"]
+    assert card["vocabulary"]["sha256"] == hashlib.sha256((out / "vocabulary.npy").read_bytes()).hexdigest()
+    assert np.array_equal(vocabulary, model.vocabulary)
 
     labels_json = json.loads((out / "labels.json").read_text(encoding="utf-8"))
     assert labels_json[0] == {"topic": "afval", "subtopic": "container"}
     assert len(labels_json) == 4
 
     graph = onnx.load(str(out / "model.onnx"))
-    assert [i.name for i in graph.graph.input] == ["ids", "counts"]
+    assert [i.name for i in graph.graph.input] == ["rows", "counts"]
     assert [o.name for o in graph.graph.output] == ["probabilities"]
-    assert {i.name for i in graph.graph.initializer} >= {"remap", "idf", "weights", "bias"}
+    assert {i.name for i in graph.graph.initializer} >= {"table", "bias"}
+    assert "remap" not in {i.name for i in graph.graph.initializer}
     assert {p.key: p.value for p in graph.metadata_props}["version"] == card["version"]
 
 
@@ -492,6 +511,42 @@ def test_broken_bundles_are_refused(tmp_path: Path) -> None:
     (tmp_path / "card.json").unlink()
     with pytest.raises(BundleError, match=r"cannot read card\.json"):
         TopicModel(tmp_path)
+
+
+def test_vocabulary_file_must_match_the_card(tmp_path: Path) -> None:
+    texts, labels = zip(*SMALL, strict=True)
+    model = train(list(texts), list(labels))
+    export_bundle(model, tmp_path / "a")
+    other = train([*texts, "een heel ander woord"], [*labels, labels[0]])
+    export_bundle(other, tmp_path / "b")
+    (tmp_path / "a" / "vocabulary.npy").write_bytes((tmp_path / "b" / "vocabulary.npy").read_bytes())
+    with pytest.raises(BundleError, match=r"vocabulary\.npy: its sha256 differs"):
+        TopicModel(tmp_path / "a")
+    (tmp_path / "a" / "vocabulary.npy").unlink()
+    with pytest.raises(BundleError, match=r"cannot read vocabulary\.npy"):
+        TopicModel(tmp_path / "a")
+
+
+def test_format_1_bundles_still_serve(tmp_path: Path) -> None:
+    """A bundle written before the vocabulary file (its graph looks hashed ids up itself) gives
+    the same probabilities as the current form of the same model."""
+    texts, labels = zip(*SMALL, strict=True)
+    model = train(list(texts), list(labels))
+    current = export_bundle(model, tmp_path / "current")
+    old = export_bundle(model, tmp_path / "old")
+    weights = np.zeros((len(model.vocabulary) + 1, len(model.classes)), dtype=np.float32)
+    weights[1:] = model.coef.T
+    graph = build_onnx_model(idf=model.idf, weights=weights, bias=model.intercept, remap=model.remap_table())
+    (old / "model.onnx").write_bytes(graph.SerializeToString())
+    (old / "vocabulary.npy").unlink()
+    card = json.loads((old / "card.json").read_text(encoding="utf-8"))
+    card["format"] = "civicsignals-topic-model/1"
+    del card["vocabulary"]
+    (old / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    queries = [*texts, *(r[0] for r in REPORTS[:10]), *EDGE_TEXTS]
+    np.testing.assert_allclose(
+        TopicModel(old).predict_proba(queries), TopicModel(current).predict_proba(queries), atol=1e-6, rtol=0
+    )
 
 
 # --- cold start --------------------------------------------------------------------------------

@@ -21,8 +21,6 @@ from civicsignals.classifier.taxonomy import (
     split_label,
 )
 
-AMSTERDAM_JSON = Path("/work/shared/data/amsterdam_classifications.json")
-
 PUBLIC_SPACE_TOPICS = [
     "afval",
     "civiele-constructies",
@@ -114,9 +112,10 @@ def test_public_space_topics_follow_signalen_main_categories(default: Taxonomy) 
     assert codes[: len(PUBLIC_SPACE_TOPICS)] == PUBLIC_SPACE_TOPICS
 
 
-@pytest.mark.skipif(not AMSTERDAM_JSON.exists(), reason="shared Amsterdam data not present")
-def test_covers_all_110_amsterdam_categories(default: Taxonomy) -> None:
-    source = json.loads(AMSTERDAM_JSON.read_text(encoding="utf-8"))
+def test_covers_all_110_amsterdam_categories(
+    default: Taxonomy, shared_data_file: Callable[[str], Path]
+) -> None:
+    source = json.loads(shared_data_file("amsterdam_classifications.json").read_text(encoding="utf-8"))
     assert len(source) == 110
     by_source = {
         sub.source_name: (topic.code, sub)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from civicsignals.common.oidc import TokenError, looks_like_jwt
 from civicsignals.common.problems import Problem
-from civicsignals.common.tenants import KEY_PREFIX, TenantRegistry, hash_key, key_id_of
+from civicsignals.common.tenants import KEY_PREFIX, ApiKeyRecord, TenantRegistry, hash_key, key_id_of
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,10 @@ def authenticate(registry: TenantRegistry, authorization: str | None) -> Princip
     if record.expires is not None and record.expires <= datetime.now(UTC):
         log.info("auth: refused expired key %s", record.key_id)
         raise _unauthenticated("the API key has expired")
+    return _principal_of(record)
+
+
+def _principal_of(record: ApiKeyRecord) -> Principal:
     return Principal(
         tenant=record.tenant,
         key_id=record.key_id,
@@ -114,8 +119,13 @@ async def authenticate_bearer(registry: TenantRegistry, authorization: str | Non
     """An API key or an OpenID Connect token, told apart by shape; raises a 401 problem when it fails."""
     credential = _bearer(authorization)
     if credential.startswith(KEY_PREFIX) or not looks_like_jwt(credential):
+        principal = _verified_keys(registry).principal(registry, credential)
+        if principal is not None:
+            return principal
         # Reading key files may touch the disk: keep it off the event loop.
-        return await run_in_threadpool(authenticate, registry, authorization)
+        principal = await run_in_threadpool(authenticate, registry, authorization)
+        _verified_keys(registry).remember(credential, registry)
+        return principal
     try:
         identity = await registry.oidc.verify(credential, registry)
     except TokenError as error:
@@ -128,6 +138,59 @@ async def authenticate_bearer(registry: TenantRegistry, authorization: str | Non
         subject_kind="person",
         subject=identity.subject,
     )
+
+
+class VerifiedKeys:
+    """API keys this process has verified, so a portal's every request need not go through a
+    worker thread (the thread hop cost more than the rest of the check).
+
+    Entries are keyed by the key's hash, never the key, and hold the registry's record object.
+    A hit is only taken while the registry still returns that very object for the key id: the
+    registry replaces every record when a ``keys.yaml`` changes (it looks every
+    ``check_interval_s``), so rotation and revocation end the entry exactly when the uncached
+    check would start refusing. Revocation and expiry are checked again on every hit.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self._records: dict[str, ApiKeyRecord] = {}
+
+    def principal(self, registry: TenantRegistry, credential: str) -> Principal | None:
+        if not self._records:
+            return None
+        hashed = hash_key(credential)
+        record = self._records.get(hashed)
+        if record is None:
+            return None
+        current = registry.find_key(record.key_id)  # the interval-gated refresh, in memory
+        if (
+            current is not record
+            or record.revoked
+            or (record.expires is not None and record.expires <= datetime.now(UTC))
+        ):
+            self._records.pop(hashed, None)
+            return None
+        return _principal_of(record)
+
+    def remember(self, credential: str, registry: TenantRegistry) -> None:
+        key_id = key_id_of(credential)
+        record = registry.find_key(key_id) if key_id else None
+        hashed = hash_key(credential)
+        if record is None or not hmac.compare_digest(hashed.encode(), record.key_hash.encode()):
+            return
+        if len(self._records) >= self.max_entries:
+            self._records.clear()
+        self._records[hashed] = record
+
+
+_VERIFIED: weakref.WeakKeyDictionary[TenantRegistry, VerifiedKeys] = weakref.WeakKeyDictionary()
+
+
+def _verified_keys(registry: TenantRegistry) -> VerifiedKeys:
+    cache = _VERIFIED.get(registry)
+    if cache is None:
+        cache = _VERIFIED[registry] = VerifiedKeys()
+    return cache
 
 
 def get_registry(request: Request) -> TenantRegistry:

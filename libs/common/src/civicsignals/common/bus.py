@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -28,6 +29,9 @@ from pydantic import ValidationError
 
 from civicsignals.common.events import CloudEvent
 from civicsignals.common.telemetry import extract_trace_context, inject_trace_headers, tracer
+
+if TYPE_CHECKING:
+    from sqlmodel.ext.asyncio.session import AsyncSession
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +60,15 @@ class TransientError(Exception):
     """The message may succeed later (a dependency is down): redeliver it after a delay."""
 
 
+class NotReady(TransientError):
+    """The event cannot be applied yet (it waits for another event): raised by an ``apply`` before it
+    changed anything, so a transactional consumer redelivers it later and commits the rest of its batch."""
+
+
 Handler = Callable[[CloudEvent, Msg], Awaitable[None]]
+"""A handler that settles its own work (its own transaction, if it has one)."""
+Apply = Callable[["AsyncSession", CloudEvent, Msg], Awaitable[None]]
+"""A handler that applies one event inside a transaction it is given (see ``inbox.TransactionalConsumer``)."""
 
 
 @dataclass
@@ -65,7 +77,11 @@ class ConsumerSpec:
 
     durable: str
     filter_subject: str
-    handler: Handler
+    handler: Handler | None = None
+    apply: Apply | None = None
+    """Instead of ``handler``: applied inside a transaction the consumer owns, a fetched batch in one."""
+    after_commit: Callable[[], None] | None = None
+    """Called after a transaction of ``apply`` committed (say, to wake a dispatcher)."""
     max_deliver: int = 10
     ack_wait_s: float = 30.0
     batch_size: int = 50
@@ -75,6 +91,10 @@ class ConsumerSpec:
     concurrency: int | None = None
     """How many messages of a fetched batch are handled at once; None: the service's setting.
     Handlers must then tolerate order changes (they already must: redeliveries reorder too)."""
+
+    def __post_init__(self) -> None:
+        if (self.handler is None) == (self.apply is None):
+            raise ValueError(f"consumer {self.durable}: give exactly one of handler and apply")
 
     def config(self) -> ConsumerConfig:
         subjects = [self.filter_subject, *self.extra_filter_subjects]
@@ -240,7 +260,28 @@ class Consumer:
                 log.warning("consumer %s: fetch failed: %s", self.spec.durable, type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
-            await asyncio.gather(*(self._handle_bounded(limit, message) for message in messages))
+            await self.handle_fetched(messages, limit)
+
+    async def handle_fetched(self, messages: list[Msg], limit: asyncio.Semaphore) -> None:
+        """Handle a fetched batch: each message on its own, ``limit`` of them at a time."""
+        await asyncio.gather(*(self._handle_bounded(limit, message) for message in messages))
+
+    async def process(self, event: CloudEvent, msg: Msg) -> None:
+        """Do the work of one event; raising decides how the message is settled (see ``handle``)."""
+        assert self.spec.handler is not None
+        await self.spec.handler(event, msg)
+
+    @contextmanager
+    def consume_span(self, event: CloudEvent, msg: Msg) -> Iterator[trace.Span]:
+        """The consumer span of one event, a child of the span that published it."""
+        with tracer().start_as_current_span(
+            f"consume {event.type}", context=extract_trace_context(msg.headers), kind=trace.SpanKind.CONSUMER
+        ) as span:
+            span.set_attribute("messaging.system", "nats")
+            span.set_attribute("messaging.destination.name", msg.subject)
+            span.set_attribute("messaging.message.id", event.id)
+            span.set_attribute("civic.tenant", event.tenant)
+            yield span
 
     async def _handle_bounded(self, limit: asyncio.Semaphore, msg: Msg) -> None:
         async with limit:
@@ -252,31 +293,21 @@ class Consumer:
         try:
             event = CloudEvent.from_json(msg.data)
         except (ValidationError, ValueError) as exc:
-            await self._give_up(msg, f"malformed CloudEvent: {_short(exc)}", "unknown")
+            await self.give_up(msg, f"malformed CloudEvent: {short_reason(exc)}", "unknown")
             return
-        parent = extract_trace_context(msg.headers)
-        with (
-            tracer().start_as_current_span(
-                f"consume {event.type}", context=parent, kind=trace.SpanKind.CONSUMER
-            ) as span,
-            EVENT_HANDLING.labels(durable).time(),
-        ):
-            span.set_attribute("messaging.system", "nats")
-            span.set_attribute("messaging.destination.name", msg.subject)
-            span.set_attribute("messaging.message.id", event.id)
-            span.set_attribute("civic.tenant", event.tenant)
+        with self.consume_span(event, msg), EVENT_HANDLING.labels(durable).time():
             try:
-                await self.spec.handler(event, msg)
+                await self.process(event, msg)
             except (PermanentError, ValidationError) as exc:
-                await self._give_up(msg, f"{type(exc).__name__}: {_short(exc)}", event.tenant)
+                await self.give_up(msg, f"{type(exc).__name__}: {short_reason(exc)}", event.tenant)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 delivered = msg.metadata.num_delivered
                 if delivered >= self.spec.max_deliver:
-                    await self._give_up(
-                        msg, f"gave up after {delivered} deliveries: {_short(exc)}", event.tenant
+                    await self.give_up(
+                        msg, f"gave up after {delivered} deliveries: {short_reason(exc)}", event.tenant
                     )
                     return
                 delay = redelivery_delay(delivered)
@@ -296,7 +327,7 @@ class Consumer:
         await msg.ack()
         EVENTS_CONSUMED.labels(durable, "ok").inc()
 
-    async def _give_up(self, msg: Msg, reason: str, tenant: str) -> None:
+    async def give_up(self, msg: Msg, reason: str, tenant: str) -> None:
         log.error(
             "consumer %s: dead-lettering message %s: %s",
             self.spec.durable,
@@ -313,7 +344,7 @@ class Consumer:
         EVENTS_CONSUMED.labels(self.spec.durable, "dead_lettered").inc()
 
 
-def _short(exc: Exception) -> str:
+def short_reason(exc: Exception) -> str:
     """A reason without payload: validation messages name fields, never their values."""
     if isinstance(exc, ValidationError):
         return "; ".join(

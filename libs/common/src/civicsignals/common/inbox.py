@@ -1,4 +1,4 @@
-"""The idempotent-consumer record (DESIGN §2): JetStream delivers at least once, we act once.
+"""The idempotent consumer (DESIGN §2): JetStream delivers at least once, we act once.
 
 A handler calls :func:`claim` inside the same transaction as its own changes. If the event was
 processed before, ``claim`` says so and the handler does nothing; otherwise the record commits with
@@ -7,13 +7,30 @@ the handler's changes, or not at all.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from datetime import datetime
 
-from sqlmodel import Field, SQLModel, select
+from nats.aio.msg import Msg
+from prometheus_client import Histogram
+from pydantic import ValidationError
+from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from civicsignals.common.db import UtcDateTime
-from civicsignals.common.events import utcnow
+from civicsignals.common import bus as bus_module
+from civicsignals.common.bus import EVENTS_CONSUMED, Bus, Consumer, ConsumerSpec, NotReady, short_reason
+from civicsignals.common.db import SessionFactory, UtcDateTime
+from civicsignals.common.events import CloudEvent, utcnow
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = Histogram(
+    "civic_consumer_batch_size",
+    "Events committed together by a transactional consumer",
+    ["consumer"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+)
 
 
 class ProcessedEvent(SQLModel, table=True):
@@ -37,3 +54,117 @@ async def claim(session: AsyncSession, consumer: str, event_id: str) -> bool:
         return False
     session.add(ProcessedEvent(consumer=consumer, event_id=event_id))
     return True
+
+
+async def claimed_before(session: AsyncSession, consumer: str, event_ids: list[str]) -> set[str]:
+    """Which of ``event_ids`` this consumer has processed before (one query for a whole batch)."""
+    if not event_ids:
+        return set()
+    rows = await session.exec(
+        select(ProcessedEvent.event_id).where(
+            ProcessedEvent.consumer == consumer, col(ProcessedEvent.event_id).in_(event_ids)
+        )
+    )
+    return set(rows.all())
+
+
+class TransactionalConsumer(Consumer):
+    """A consumer whose events change the service's database: a fetched batch in one transaction.
+
+    One transaction per event costs a commit (and on SQLite a turn at the one write lock) per event;
+    under load that, not the work, limits a consumer. Here the inbox claims and the ``apply`` of
+    every event of a fetched batch commit together, and the messages are acked after the commit.
+    Each event still gets its own consumer span, so the events it enqueues carry its trace.
+
+    An ``apply`` that raises :class:`~civicsignals.common.bus.NotReady` (before changing anything)
+    leaves its event out of the commit; it is redelivered after the usual delay. If anything else
+    fails, the batch rolls back whole and every message is handled again on its own, in a
+    transaction of its own, so one poison or not-yet-ready event is settled alone (dead-lettered or
+    redelivered later) and the rest commit. A crash before the commit leaves every message unacked:
+    JetStream delivers them again and the inbox makes a second apply impossible.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        spec: ConsumerSpec,
+        sessions: SessionFactory,
+        *,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(bus, spec)
+        if spec.apply is None:
+            raise ValueError(f"consumer {spec.durable} has no apply")
+        self._apply = spec.apply
+        self._sessions = sessions
+        self._on_commit = on_commit
+
+    def _committed(self) -> None:
+        if self._on_commit is not None:
+            self._on_commit()
+        if self.spec.after_commit is not None:
+            self.spec.after_commit()
+
+    async def process(self, event: CloudEvent, msg: Msg) -> None:
+        """One event in a transaction of its own (a batch of one, or a failed batch's retry)."""
+        async with self._sessions() as session, session.begin():
+            if not await claim(session, self.spec.durable, event.id):
+                return
+            await self._apply(session, event, msg)
+        self._committed()
+
+    async def handle_fetched(self, messages: list[Msg], limit: asyncio.Semaphore) -> None:
+        batch: list[tuple[Msg, CloudEvent]] = []
+        for msg in messages:
+            try:
+                batch.append((msg, CloudEvent.from_json(msg.data)))
+            except (ValidationError, ValueError) as exc:
+                await self.give_up(msg, f"malformed CloudEvent: {short_reason(exc)}", "unknown")
+        if len(batch) <= 1:
+            for msg, _ in batch:
+                await self.handle(msg)
+            return
+        durable = self.spec.durable
+        waiting: list[Msg] = []
+        try:
+            async with self._sessions() as session, session.begin():
+                done = await claimed_before(session, durable, [event.id for _, event in batch])
+                for msg, event in batch:
+                    if event.id in done:
+                        continue  # processed before, or twice in this batch
+                    with self.consume_span(event, msg):
+                        try:
+                            await self._apply(session, event, msg)
+                        except NotReady:
+                            waiting.append(msg)  # it changed nothing: the rest commits without it
+                            continue
+                    done.add(event.id)
+                    session.add(ProcessedEvent(consumer=durable, event_id=event.id))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.info(
+                "consumer %s: a batch of %d failed (%s); handling its events one by one",
+                durable,
+                len(batch),
+                type(exc).__name__,
+            )
+            for msg, _ in batch:
+                await self.handle(msg)
+            return
+        self._committed()
+        for msg, _ in batch:
+            if any(msg is later for later in waiting):
+                await self._later(msg)
+            else:
+                await msg.ack()
+        EVENTS_CONSUMED.labels(durable, "ok").inc(len(batch) - len(waiting))
+        BATCH_SIZE.labels(durable).observe(len(batch) - len(waiting))
+
+    async def _later(self, msg: Msg) -> None:
+        """Redeliver a not-ready event after the usual growing delay (or handle it alone at the end)."""
+        if msg.metadata.num_delivered >= self.spec.max_deliver:
+            await self.handle(msg)  # its last chance: settled (dead-lettered) as a single event would be
+            return
+        EVENTS_CONSUMED.labels(self.spec.durable, "retry").inc()
+        await msg.nak(delay=bus_module.redelivery_delay(msg.metadata.num_delivered))

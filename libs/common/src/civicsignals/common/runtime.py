@@ -17,6 +17,7 @@ from sqlalchemy import MetaData
 
 from civicsignals.common.bus import Bus, Consumer, ConsumerSpec
 from civicsignals.common.db import create_engine, create_schema, ping, session_factory
+from civicsignals.common.inbox import TransactionalConsumer
 from civicsignals.common.migrations import upgrade
 from civicsignals.common.outbox import OutboxRelay
 from civicsignals.common.settings import ServiceSettings
@@ -95,7 +96,11 @@ class ServiceRuntime:
         if self.relay is not None:
             self._spawn(self.relay.run, "outbox-relay")
         for spec in self.consumer_specs:
-            consumer = Consumer(self.bus, spec)
+            consumer = (
+                TransactionalConsumer(self.bus, spec, self.sessions, on_commit=self.events_committed)
+                if spec.apply is not None
+                else Consumer(self.bus, spec)
+            )
             self.consumers.append(consumer)
             self._spawn(consumer.run, f"consumer-{spec.durable}")
         for job in self.background:

@@ -57,10 +57,17 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-weight", choices=("none", "balanced"), default="none")
     parser.add_argument("--holdout", type=float, default=0.1, help="share held out for metrics (default 0.1)")
     parser.add_argument(
+        "--review-share",
+        type=float,
+        default=0.05,
+        help="the review threshold is set so that about this share of the held-out predictions that "
+        "were right fall below it (split-conformal; default 0.05)",
+    )
+    parser.add_argument(
         "--target-precision",
         type=float,
-        default=0.9,
-        help="the review threshold is set where held-out precision reaches this (default 0.9)",
+        default=None,
+        help="also raise the threshold to where held-out precision reaches this (default: off)",
     )
     parser.add_argument("--no-learning-curve", action="store_true", help="skip the learning curve")
     parser.add_argument("--version", default=None, help="the bundle's version (default: time and data hash)")
@@ -115,12 +122,15 @@ def _options(args: argparse.Namespace) -> Any:
 
     if not 0 <= args.holdout < 1:
         raise ValueError("--holdout must be in [0, 1)")
-    if not 0 < args.target_precision <= 1:
+    if not 0 < args.review_share < 1:
+        raise ValueError("--review-share must be in (0, 1)")
+    if args.target_precision is not None and not 0 < args.target_precision <= 1:
         raise ValueError("--target-precision must be in (0, 1]")
     return TrainOptions(
         encoder=not args.no_encoder,
         class_weight=None if args.class_weight == "none" else "balanced",
         holdout=args.holdout,
+        review_share=args.review_share,
         target_precision=args.target_precision,
         learning_curve=not args.no_learning_curve,
     )

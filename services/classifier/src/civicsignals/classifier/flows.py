@@ -5,9 +5,10 @@ Consumers (one durable each, DESIGN §2):
 * ``classifier-signal-received``: classifies each signal with its tenant's model and writes
   ``signal.classified`` to the outbox. Messages are classified **in batches**: the consumer
   fetches up to ``batch_size`` messages, one onnxruntime call per tenant classifies all of them
-  (:class:`BatchingConsumer`), and then each message is settled on its own exactly as the shared
-  :class:`~civicsignals.common.bus.Consumer` does (its transaction, ack, nak or dead letter), so
-  batching changes neither the acks nor the idempotency;
+  (:class:`BatchingConsumer`), and the batch's ``signal.classified`` events and inbox claims commit
+  in one transaction (:class:`~civicsignals.common.inbox.TransactionalConsumer`); a failing batch
+  is settled message by message (its own transaction, ack, nak or dead letter), so batching changes
+  neither the acks nor the idempotency;
 * ``classifier-conversation-received``: classifies the citizen's turns of a phone or chat
   conversation; one conversation may carry several topics (``topics`` in the event);
 * ``classifier-signal-reclassified``: stores staff's correction as training data for ``retrain``.
@@ -22,18 +23,18 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import nats
 import numpy as np
 import numpy.typing as npt
 from nats.aio.msg import Msg
 from prometheus_client import Histogram
 from pydantic import ValidationError
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.classifier import service
 from civicsignals.classifier.language import detect_language
 from civicsignals.classifier.model.inference import Prediction, TopicModel
 from civicsignals.classifier.registry import ModelNotReady, ModelRegistry
-from civicsignals.common.bus import STREAM, Bus, Consumer, ConsumerSpec, TransientError
+from civicsignals.common.bus import Bus, ConsumerSpec, TransientError
 from civicsignals.common.events import (
     Alternative,
     CloudEvent,
@@ -44,7 +45,7 @@ from civicsignals.common.events import (
     make_event,
     read_data,
 )
-from civicsignals.common.inbox import claim
+from civicsignals.common.inbox import TransactionalConsumer, claim
 from civicsignals.common.outbox import enqueue
 from civicsignals.common.runtime import ServiceRuntime
 
@@ -137,10 +138,11 @@ async def _publish(ctx: ClassifierContext, event: CloudEvent, consumer: str, dat
     return True
 
 
-async def classify_signal(ctx: ClassifierContext, event: CloudEvent) -> bool:
-    """Classify one received signal (using the batch's prediction when there is one)."""
+async def apply_signal_received(ctx: ClassifierContext, session: AsyncSession, event: CloudEvent) -> None:
+    """Classify one received signal (using the batch's prediction when there is one) and put its
+    ``signal.classified`` in the caller's transaction."""
     received = read_data(event, SignalReceived)
-    prediction = ctx.prefetched.pop(event.id, None)
+    prediction = ctx.prefetched.get(event.id)
     if prediction is None:
         [prediction] = await classify_texts(ctx, event.tenant, [received.text])
     classified = SignalClassified(
@@ -161,7 +163,18 @@ async def classify_signal(ctx: ClassifierContext, event: CloudEvent) -> bool:
         location=received.location,
         received_at=received.received_at,
     )
-    return await _publish(ctx, event, CONSUMER, classified)
+    out = make_event(tenant=event.tenant, service="classifier", data=classified)
+    enqueue(session, SignalClassified.bus_subject(event.tenant), out)
+
+
+async def classify_signal(ctx: ClassifierContext, event: CloudEvent) -> bool:
+    """``apply_signal_received`` in a transaction of its own; False for an event handled before."""
+    async with ctx.runtime.sessions() as session, session.begin():
+        if not await claim(session, CONSUMER, event.id):
+            return False
+        await apply_signal_received(ctx, session, event)
+    ctx.runtime.events_committed()
+    return True
 
 
 async def prefetch(ctx: ClassifierContext, messages: Sequence[Msg]) -> None:
@@ -188,35 +201,24 @@ async def prefetch(ctx: ClassifierContext, messages: Sequence[Msg]) -> None:
             ctx.prefetched[event_id] = prediction
 
 
-class BatchingConsumer(Consumer):
-    """The shared pull consumer, with one extra step: classify a fetched batch before handling it."""
+class BatchingConsumer(TransactionalConsumer):
+    """The transactional consumer, with one extra step: classify a fetched batch in one model call
+    per tenant before its events are applied (in one transaction)."""
 
     def __init__(self, bus: Bus, spec: ConsumerSpec, ctx: ClassifierContext) -> None:
-        super().__init__(bus, spec)
+        super().__init__(bus, spec, ctx.runtime.sessions, on_commit=ctx.runtime.events_committed)
         self.ctx = ctx
 
-    async def run(self) -> None:
-        await self.bus.ensure_consumer(self.spec)
-        subscription = await self.bus.js.pull_subscribe_bind(durable=self.spec.durable, stream=STREAM)
-        while not self._stopping.is_set():
-            try:
-                messages = await subscription.fetch(self.spec.batch_size, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("consumer %s: fetch failed: %s", self.spec.durable, type(exc).__name__)
-                await asyncio.sleep(0.5)
-                continue
-            try:
-                await prefetch(self.ctx, messages)
-            except Exception:
-                # Batching is an optimisation: on any surprise, each handler classifies on its own.
-                log.exception("consumer %s: batch classification failed", self.spec.durable)
-                self.ctx.prefetched.clear()
-            for message in messages:
-                await self.handle(message)
+    async def handle_fetched(self, messages: list[Msg], limit: asyncio.Semaphore) -> None:
+        try:
+            await prefetch(self.ctx, messages)
+        except Exception:
+            # Batching is an optimisation: on any surprise, each event is classified on its own.
+            log.exception("consumer %s: batch classification failed", self.spec.durable)
+            self.ctx.prefetched.clear()
+        try:
+            await super().handle_fetched(messages, limit)
+        finally:
             self.ctx.prefetched.clear()
 
 
@@ -305,11 +307,11 @@ def consumers(ctx: ClassifierContext) -> list[ConsumerSpec]:
 def batching_consumer(ctx: ClassifierContext, batch_size: int) -> BatchingConsumer:
     """The ``signal.received`` consumer, configured like the runtime configures its own."""
 
-    async def on_received(event: CloudEvent, _msg: Msg) -> None:
-        await classify_signal(ctx, event)
+    async def on_received(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
+        await apply_signal_received(ctx, session, event)
 
     settings = ctx.runtime.settings
-    spec = ConsumerSpec(CONSUMER, SignalReceived.subscription(), on_received, batch_size=batch_size)
+    spec = ConsumerSpec(CONSUMER, SignalReceived.subscription(), apply=on_received, batch_size=batch_size)
     spec.max_deliver = settings.consumer_max_deliver
     spec.ack_wait_s = settings.consumer_ack_wait_s
     return BatchingConsumer(ctx.runtime.bus, spec, ctx)

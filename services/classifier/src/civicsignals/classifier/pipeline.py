@@ -8,8 +8,9 @@
    random share (seed 0, so the same data gives the same split);
 3. models are fitted on the rest with each ``C`` of a small grid (3, 10, 30: how strongly to
    regularise suits the data's size and noise) and measured on the held-out part; the best ``C``
-   is kept, with its accuracy, macro-F1 and per-class figures; the review **threshold** is chosen there (:func:`choose_threshold`), and a **learning
-   curve** is measured (the same held-out part, models fitted on the first 100, 500, 2,000 and all
+   is kept, with its accuracy, macro-F1 and per-class figures; the review **threshold** is chosen
+   there (:func:`conformal_threshold`, optionally raised by :func:`choose_threshold`), and a
+   **learning curve** is measured (the same held-out part, models fitted on the first 100, 500, 2,000 and all
    training examples of a fixed shuffle);
 4. the bundle's model is then fitted on *all* the data, so no labelled report is wasted; its card
    carries the held-out figures of step 3, which are thus a slightly pessimistic estimate.
@@ -47,6 +48,7 @@ __all__ = [
     "Metrics",
     "TrainOptions",
     "choose_threshold",
+    "conformal_threshold",
     "evaluate",
     "measure",
     "predict_rows",
@@ -84,8 +86,13 @@ class TrainOptions:
     class_weight: Literal["balanced"] | None = None
     #: Share of the data held out to measure the model and choose its threshold.
     holdout: float = 0.1
-    #: The threshold is the lowest confidence at which held-out predictions reach this precision.
-    target_precision: float = 0.9
+    #: The review threshold is set so that about this share of *correct* predictions fall below it
+    #: (split-conformal, :func:`conformal_threshold`): the review load spent on right answers.
+    review_share: float = 0.05
+    #: Optionally also the lowest confidence at which held-out predictions reach this precision
+    #: (:func:`choose_threshold`); the threshold is then the higher of the two. Off by default:
+    #: on data the model already gets right 90% of the time, it lets almost everything through.
+    target_precision: float | None = None
     learning_curve: bool = True
     seed: int = 0
     #: None picks by features: lbfgs with the 512 dense embedding columns (newton-cg took about 7x
@@ -99,6 +106,7 @@ class TrainOptions:
             "C_grid": list(self.C_grid),
             "class_weight": self.class_weight,
             "holdout": self.holdout,
+            "review_share": self.review_share,
             "target_precision": self.target_precision,
             "seed": self.seed,
             "solver": self.solver,
@@ -168,6 +176,30 @@ def choose_threshold(
         return round(float(conf[0]), 4)
     # precision[i] counts the first i+1 predictions: those with confidence >= conf[i].
     return round(float(conf[ok[-1]]), 4)
+
+
+def conformal_threshold(
+    confidence: npt.NDArray[np.floating], correct: npt.NDArray[np.bool_], share: float
+) -> tuple[float, int, int]:
+    """The review threshold by split conformal prediction; returns ``(threshold, k, n)``.
+
+    Of the ``n`` held-out predictions that were right, the threshold is the ``k``-th lowest
+    confidence, ``k = floor(share * (n + 1))`` (at least 1). For a new text like the held-out
+    ones (exchangeable) whose prediction is right, the chance that its confidence falls below
+    the threshold, and so that a right answer is sent to review, is then at most
+    ``k / (n + 1) <= share`` (``1 / (n + 1)`` when ``k`` had to be raised to 1 on a tiny
+    held-out part). Wrong predictions are not used: the rule fixes the cost of review among
+    right answers and lets the model's own confidence decide how many wrong ones (and texts
+    of no known class, which training never saw) fall below it. Rounded *down* to 4 decimals
+    so that the ``k``-th confidence itself still passes. With no right prediction at all, the
+    fallback threshold.
+    """
+    scores = np.sort(np.asarray(confidence, dtype=np.float64)[np.asarray(correct, dtype=bool)])
+    n = len(scores)
+    if n == 0:
+        return FALLBACK_THRESHOLD, 0, 0
+    k = max(1, int(np.floor(share * (n + 1))))
+    return float(np.floor(scores[k - 1] * 10_000) / 10_000), k, n
 
 
 def _class_names(labels: Sequence[Label]) -> list[str]:
@@ -306,18 +338,34 @@ def train_bundle(
             pred_names = [label_name(tuple(json.loads(c))) for c in predicted]
             metrics = measure(truth_names, pred_names)
             correct = np.array([t == p for t, p in zip(ho_classes, predicted, strict=True)])
-            threshold = choose_threshold(confidence, correct, options.target_precision)
+            threshold, k, n_correct = conformal_threshold(confidence, correct, options.review_share)
+            rationale = (
+                f"split-conformal: the confidence ranked {k} from the lowest among the {n_correct} "
+                f"held-out predictions that were right ({how}), so that a right prediction on new data of the same kind goes "
+                f"to review with probability at most {k / (n_correct + 1):.3f} "
+                f"(review share {options.review_share:g})"
+            )
+            if options.target_precision is not None:
+                floor = choose_threshold(confidence, correct, options.target_precision)
+                if floor > threshold:
+                    threshold = floor
+                    rationale += (
+                        f"; raised to {floor}, the lowest confidence at which held-out predictions "
+                        f"were right at least {options.target_precision:.0%} of the time"
+                    )
             accepted = confidence >= threshold
             heldout.update(metrics.to_dict())
             heldout["at_threshold"] = {
                 "threshold": threshold,
                 "accepted": round(float(accepted.mean()), 4),
                 "precision_accepted": round(float(correct[accepted].mean()), 4) if accepted.any() else None,
+                "right_sent_to_review": round(float((~accepted[correct]).mean()), 4)
+                if correct.any()
+                else None,
+                "wrong_sent_to_review": round(float((~accepted[~correct]).mean()), 4)
+                if (~correct).any()
+                else None,
             }
-            rationale = (
-                f"lowest confidence at which held-out predictions were right at least "
-                f"{options.target_precision:.0%} of the time ({how})"
-            )
             if options.learning_curve:
                 curve = _learning_curve(
                     tr_texts,

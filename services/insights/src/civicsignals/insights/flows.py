@@ -34,7 +34,7 @@ from civicsignals.common.bus import (
     Consumer,
     ConsumerSpec,
     PermanentError,
-    _short,
+    short_reason,
 )
 from civicsignals.common.events import CloudEvent, InsightEmerging, make_event, utcnow
 from civicsignals.common.inbox import ProcessedEvent
@@ -154,12 +154,12 @@ class BatchConsumer(Consumer):
             try:
                 event = CloudEvent.from_json(msg.data)
             except (ValidationError, ValueError) as exc:
-                await self._give_up(msg, f"malformed CloudEvent: {_short(exc)}", "unknown")
+                await self.give_up(msg, f"malformed CloudEvent: {short_reason(exc)}", "unknown")
                 continue
             try:
                 valid.append((msg, self.read(event)))
             except (PermanentError, ValidationError) as exc:
-                await self._give_up(msg, f"{type(exc).__name__}: {_short(exc)}", event.tenant)
+                await self.give_up(msg, f"{type(exc).__name__}: {short_reason(exc)}", event.tenant)
         if not valid:
             return
         try:

@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.bus import ConsumerSpec
 from civicsignals.common.events import (
@@ -35,8 +36,8 @@ from civicsignals.common.events import (
     read_data,
     utcnow,
 )
+from civicsignals.common.groupcommit import GroupCommit
 from civicsignals.common.ids import new_id
-from civicsignals.common.inbox import claim
 from civicsignals.common.outbox import enqueue
 from civicsignals.common.problems import Problem
 from civicsignals.common.ratelimit import TokenBucketLimiter
@@ -44,11 +45,12 @@ from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.common.telemetry import inject_trace_headers
 from civicsignals.common.tenants import Tenant
 from civicsignals.intake import attachments, service
-from civicsignals.intake.batching import GroupCommit
+from civicsignals.intake.batching import Rows, row_writer
 from civicsignals.intake.crypto import FieldCipher
 from civicsignals.intake.models import (
     Attachment,
     AttachmentPublic,
+    Conversation,
     ConversationCreate,
     ConversationCreated,
     Feedback,
@@ -77,13 +79,13 @@ class IntakeContext:
     cipher: FieldCipher
     areas: AreaCache = field(default_factory=AreaCache)
     catalogues: CatalogueCache = field(default_factory=CatalogueCache)
-    writer: GroupCommit = field(init=False)
+    writer: GroupCommit[Rows, None] = field(init=False)
     key_limiter: TokenBucketLimiter = field(init=False)
     public_limiter: TokenBucketLimiter = field(init=False)
     _http: httpx.AsyncClient | None = None
 
     def __post_init__(self) -> None:
-        self.writer = GroupCommit(self.runtime.sessions, on_commit=self.runtime.events_committed)
+        self.writer = row_writer(self.runtime.sessions, self.runtime.events_committed)
         self.key_limiter = TokenBucketLimiter(self.settings.rate_limit_per_s, self.settings.rate_limit_burst)
         self.public_limiter = TokenBucketLimiter(
             self.settings.public_rate_limit_per_s, self.settings.public_rate_limit_burst
@@ -174,17 +176,25 @@ async def run_once(
     tenant: str,
     idempotency_key: str | None,
     fingerprint: str,
-    action: Callable[[], Awaitable[ResponseT]],
+    action: Callable[[str], Awaitable[ResponseT]],
+    find: Callable[[AsyncSession, str], Awaitable[ResponseT | None]],
     model: type[ResponseT],
 ) -> tuple[ResponseT, bool]:
-    """Run ``action`` under an ``Idempotency-Key`` (DESIGN §5); returns (response, replayed).
+    """Run ``action(resource_id)`` under an ``Idempotency-Key`` (DESIGN §5); returns (response, replayed).
 
-    The key is claimed in its own transaction first, so a concurrent request with the same key
-    sees it in flight (409) instead of creating a second object. A claim left by a crashed request
-    is taken over after ``idempotency_abandon_after_s``. A failing action releases the key.
+    The key is claimed in its own transaction first, together with the id of the object the
+    request will create (``resource_id``), so a concurrent request with the same key sees it in
+    flight (409) instead of creating a second object. The object and the key's completion commit
+    separately, so a request may die in between; whoever meets the claim later looks the reserved
+    object up with ``find`` before anything else and, when it is there, answers with it (and
+    completes the key) instead of creating another. A claim whose object never appeared is taken
+    over after ``idempotency_abandon_after_s`` with the same reserved id, so even a first attempt
+    that was only slow, not dead, cannot commit a second object beside the retry's (the primary
+    key refuses one of them). A failing action releases the key; a cancelled one leaves its claim,
+    because its write may still commit (the group commit is shielded from cancellation).
     """
     if idempotency_key is None:
-        return await action(), False
+        return await action(new_id()), False
     if not 1 <= len(idempotency_key) <= 255:
         raise Problem(
             400,
@@ -192,56 +202,112 @@ async def run_once(
             slug="invalid-idempotency-key",
             errors=[{"pointer": "", "detail": "header Idempotency-Key has a bad length"}],
         )
+    resource_id = new_id()
+    claimed_at = utcnow()
     try:
         async with ctx.runtime.sessions() as session, session.begin():
-            session.add(IdempotencyRecord(tenant=tenant, key=idempotency_key, request_hash=fingerprint))
-    except IntegrityError:
-        async with ctx.runtime.sessions() as session, session.begin():
-            record = await session.get(IdempotencyRecord, (tenant, idempotency_key))
-            if record is None:  # removed by a failing first request just now: let the client retry
-                raise Problem(
-                    409,
-                    "a request with this Idempotency-Key is in flight",
-                    slug="idempotency-in-flight",
-                    headers={"Retry-After": "1"},
-                ) from None
-            if record.request_hash != fingerprint:
-                raise Problem(
-                    422,
-                    "this Idempotency-Key was used with another request",
-                    slug="idempotency-key-reused",
-                ) from None
-            if record.status_code is not None and record.response is not None:
-                return model.model_validate(record.response), True
-            abandoned = utcnow() - record.created_at > timedelta(
-                seconds=ctx.settings.idempotency_abandon_after_s
+            session.add(
+                IdempotencyRecord(
+                    tenant=tenant,
+                    key=idempotency_key,
+                    request_hash=fingerprint,
+                    resource_id=resource_id,
+                    created_at=claimed_at,
+                )
             )
-            if not abandoned:
-                raise Problem(
-                    409,
-                    "a request with this Idempotency-Key is still in flight; retry shortly",
-                    slug="idempotency-in-flight",
-                    headers={"Retry-After": "1"},
-                ) from None
-            record.created_at = utcnow()
-            session.add(record)
+    except IntegrityError:
+        claim_or_answer = await _meet_existing_claim(ctx, tenant, idempotency_key, fingerprint, find, model)
+        if isinstance(claim_or_answer, tuple):
+            resource_id, claimed_at = claim_or_answer
+        else:
+            return claim_or_answer, True
     try:
-        result = await action()
-    except BaseException:
+        result = await action(resource_id)
+    except Exception:
+        # A first attempt that was slow rather than dead may have committed this very id (then
+        # ours failed on its primary key): its object is the answer to this key.
+        async with ctx.runtime.sessions() as session:
+            existing = await find(session, resource_id)
+        if existing is not None:
+            await _complete(ctx, tenant, idempotency_key, existing)
+            return existing, True
         async with ctx.runtime.sessions() as session, session.begin():
             await session.exec(
                 delete(IdempotencyRecord).where(
-                    col(IdempotencyRecord.tenant) == tenant, col(IdempotencyRecord.key) == idempotency_key
+                    col(IdempotencyRecord.tenant) == tenant,
+                    col(IdempotencyRecord.key) == idempotency_key,
+                    col(IdempotencyRecord.status_code).is_(None),
+                    col(IdempotencyRecord.created_at) == claimed_at,  # only our own claim
                 )
             )
         raise
-    async with ctx.runtime.sessions() as session, session.begin():
-        record = await session.get(IdempotencyRecord, (tenant, idempotency_key))
-        if record is not None:
-            record.status_code = 201
-            record.response = result.model_dump(mode="json")
-            session.add(record)
+    await _complete(ctx, tenant, idempotency_key, result)
     return result, False
+
+
+async def _meet_existing_claim(
+    ctx: IntakeContext,
+    tenant: str,
+    idempotency_key: str,
+    fingerprint: str,
+    find: Callable[[AsyncSession, str], Awaitable[ResponseT | None]],
+    model: type[ResponseT],
+) -> ResponseT | tuple[str, datetime]:
+    """The key is taken: the stored or committed answer, a 409/422, or (resource id, claim time)
+    when this request has taken over an abandoned claim whose object was never committed."""
+    in_flight = Problem(
+        409,
+        "a request with this Idempotency-Key is still in flight; retry shortly",
+        slug="idempotency-in-flight",
+        headers={"Retry-After": "1"},
+    )
+    async with ctx.runtime.sessions() as session:
+        record = await session.get(IdempotencyRecord, (tenant, idempotency_key))
+        if record is None:  # removed by a failing first request just now: let the client retry
+            raise in_flight
+        if record.request_hash != fingerprint:
+            raise Problem(
+                422, "this Idempotency-Key was used with another request", slug="idempotency-key-reused"
+            )
+        if record.status_code is not None and record.response is not None:
+            return model.model_validate(record.response)
+        reserved = record.resource_id
+        claimed_at = record.created_at
+        existing = await find(session, reserved) if reserved is not None else None
+    if existing is not None:
+        # Committed, but its request died (or has not yet answered) before completing the key.
+        await _complete(ctx, tenant, idempotency_key, existing)
+        return existing
+    now = utcnow()
+    if now - claimed_at <= timedelta(seconds=ctx.settings.idempotency_abandon_after_s):
+        raise in_flight
+    resource_id = reserved or new_id()  # claims written before resource_id existed have none
+    async with ctx.runtime.sessions() as session, session.begin():
+        # Compare and set: of two retries taking over at once, only one finds the old claim time.
+        taken = await session.exec(
+            update(IdempotencyRecord)
+            .where(
+                col(IdempotencyRecord.tenant) == tenant,
+                col(IdempotencyRecord.key) == idempotency_key,
+                col(IdempotencyRecord.status_code).is_(None),
+                col(IdempotencyRecord.created_at) == claimed_at,
+            )
+            .values(created_at=now, resource_id=resource_id)
+        )
+        if taken.rowcount != 1:
+            raise in_flight
+    log.info("idempotency: took over an abandoned claim (tenant %s)", tenant)
+    return resource_id, now
+
+
+async def _complete(ctx: IntakeContext, tenant: str, idempotency_key: str, result: BaseModel) -> None:
+    """Store the answer under the key, so every later request with it is replayed."""
+    async with ctx.runtime.sessions() as session, session.begin():
+        await session.exec(
+            update(IdempotencyRecord)
+            .where(col(IdempotencyRecord.tenant) == tenant, col(IdempotencyRecord.key) == idempotency_key)
+            .values(status_code=201, response=result.model_dump(mode="json"))
+        )
 
 
 # -- signals ---------------------------------------------------------------------------------------
@@ -255,10 +321,14 @@ async def receive_signal(
     *,
     service_code: str | None = None,
     area: Area | None = None,
+    signal_id: str | None = None,
 ) -> SignalCreated:
     """Store the signal, its sealed contact and its ``signal.received`` event in one transaction
-    (shared with concurrent requests by the group commit)."""
-    signal = service.signal_row(tenant, payload, source, area=area, service_code=service_code)
+    (shared with concurrent requests by the group commit); ``signal_id`` is the id reserved with
+    the request's Idempotency-Key."""
+    signal = service.signal_row(
+        tenant, payload, source, area=area, service_code=service_code, signal_id=signal_id
+    )
     rows: list[tuple[str, dict[str, Any]]] = [
         ("signal", signal),
         ("status_entry", service.status_row(signal)),
@@ -267,7 +337,7 @@ async def receive_signal(
         rows.append(("contact", service.contact_row(ctx.cipher, signal, payload.reporter)))
     event = make_event(tenant=tenant, service="intake", data=service.signal_received_from_row(signal))
     rows.append(("outbox", outbox_row(SignalReceived.bus_subject(tenant), event)))
-    await ctx.writer.write(rows)
+    await ctx.writer.submit(rows)
     return SignalCreated(
         id=signal["id"],
         tracking_code=signal["tracking_code"],
@@ -287,13 +357,31 @@ async def receive_signal_once(
 ) -> tuple[SignalCreated, bool]:
     # The location is checked before the key is claimed, so a refused request leaves nothing behind.
     area = ctx.locate(tenant, payload.location)
+    if idempotency_key is None:  # the common case: no fingerprint to compute, no key to claim
+        created = await receive_signal(ctx, tenant, payload, source, service_code=service_code, area=area)
+        return created, False
     return await run_once(
         ctx,
         tenant,
         idempotency_key,
         service.request_fingerprint(payload, endpoint),
-        lambda: receive_signal(ctx, tenant, payload, source, service_code=service_code, area=area),
+        lambda signal_id: receive_signal(
+            ctx, tenant, payload, source, service_code=service_code, area=area, signal_id=signal_id
+        ),
+        lambda session, signal_id: find_signal(ctx, session, tenant, signal_id),
         SignalCreated,
+    )
+
+
+async def find_signal(
+    ctx: IntakeContext, session: AsyncSession, tenant: str, signal_id: str
+) -> SignalCreated | None:
+    """The answer to the request that created this signal, if it was committed."""
+    signal = await session.get(Signal, signal_id)
+    if signal is None or signal.tenant != tenant:
+        return None
+    return SignalCreated(
+        id=signal.id, tracking_code=signal.tracking_code, status_url=ctx.status_url(signal.tracking_code)
     )
 
 
@@ -301,9 +389,13 @@ async def receive_signal_once(
 
 
 async def receive_conversation(
-    ctx: IntakeContext, tenant: str, payload: ConversationCreate, source: str
+    ctx: IntakeContext,
+    tenant: str,
+    payload: ConversationCreate,
+    source: str,
+    conversation_id: str | None = None,
 ) -> ConversationCreated:
-    conversation = service.build_conversation(tenant, payload, source)
+    conversation = service.build_conversation(tenant, payload, source, conversation_id=conversation_id)
     async with ctx.runtime.sessions() as session, session.begin():
         session.add(conversation)
         event = make_event(
@@ -322,9 +414,20 @@ async def receive_conversation_once(
         tenant,
         idempotency_key,
         service.request_fingerprint(payload, "conversations"),
-        lambda: receive_conversation(ctx, tenant, payload, source),
+        lambda conversation_id: receive_conversation(ctx, tenant, payload, source, conversation_id),
+        find_conversation(tenant),
         ConversationCreated,
     )
+
+
+def find_conversation(tenant: str) -> Callable[[AsyncSession, str], Awaitable[ConversationCreated | None]]:
+    async def find(session: AsyncSession, conversation_id: str) -> ConversationCreated | None:
+        conversation = await session.get(Conversation, conversation_id)
+        if conversation is None or conversation.tenant != tenant:
+            return None
+        return ConversationCreated(signal_id=conversation.id)
+
+    return find
 
 
 # -- attachments -----------------------------------------------------------------------------------
@@ -457,28 +560,20 @@ async def submit_feedback(
 
 
 def consumers(ctx: IntakeContext) -> list[ConsumerSpec]:
-    """Intake follows the case so that the public tracking page and Open311 show its status."""
+    """Intake follows the case so that the public tracking page and Open311 show its status; each
+    consumer applies a fetched batch in one transaction with its inbox claims."""
 
-    async def on_status_changed(event: CloudEvent, _msg: Msg) -> None:
-        change = read_data(event, CaseStatusChanged)
-        async with ctx.runtime.sessions() as session, session.begin():
-            if await claim(session, "intake-case-status", event.id):
-                await service.apply_status_change(session, change, event.time)
+    async def on_status_changed(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
+        await service.apply_status_change(session, read_data(event, CaseStatusChanged), event.time)
 
-    async def on_routed(event: CloudEvent, _msg: Msg) -> None:
-        routed = read_data(event, SignalRouted)
-        async with ctx.runtime.sessions() as session, session.begin():
-            if await claim(session, "intake-signal-routed", event.id):
-                await service.apply_routed(session, routed)
+    async def on_routed(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
+        await service.apply_routed(session, read_data(event, SignalRouted))
 
-    async def on_classified(event: CloudEvent, _msg: Msg) -> None:
-        classified = read_data(event, SignalClassified)
-        async with ctx.runtime.sessions() as session, session.begin():
-            if await claim(session, "intake-signal-classified", event.id):
-                await service.apply_classified(session, classified)
+    async def on_classified(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
+        await service.apply_classified(session, read_data(event, SignalClassified))
 
     return [
-        ConsumerSpec("intake-case-status", CaseStatusChanged.subscription(), on_status_changed),
-        ConsumerSpec("intake-signal-routed", SignalRouted.subscription(), on_routed),
-        ConsumerSpec("intake-signal-classified", SignalClassified.subscription(), on_classified),
+        ConsumerSpec("intake-case-status", CaseStatusChanged.subscription(), apply=on_status_changed),
+        ConsumerSpec("intake-signal-routed", SignalRouted.subscription(), apply=on_routed),
+        ConsumerSpec("intake-signal-classified", SignalClassified.subscription(), apply=on_classified),
     ]

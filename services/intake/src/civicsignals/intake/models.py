@@ -357,13 +357,19 @@ class Feedback(SQLModel, table=True):
 
 
 class IdempotencyRecord(SQLModel, table=True):
-    """One ``Idempotency-Key`` of one tenant: in flight while ``status_code`` is empty."""
+    """One ``Idempotency-Key`` of one tenant: in flight while ``status_code`` is empty.
+
+    ``resource_id`` is the id of the object the request creates, chosen when the key is claimed:
+    a retry that finds the claim abandoned looks that object up first, so a crash between the
+    object's commit and the key's completion never makes a second object.
+    """
 
     __tablename__ = "idempotency_key"
 
     tenant: str = SQLField(primary_key=True)
     key: str = SQLField(primary_key=True)
     request_hash: str
+    resource_id: str | None = SQLField(default=None, max_length=40)
     status_code: int | None = None
     response: dict[str, Any] | None = SQLField(default=None, sa_column=Column(JSON))
     created_at: datetime = SQLField(sa_type=UtcDateTime, default_factory=utcnow)

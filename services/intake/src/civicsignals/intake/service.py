@@ -73,6 +73,7 @@ def signal_row(
     *,
     area: Area | None = None,
     service_code: str | None = None,
+    signal_id: str | None = None,
 ) -> dict[str, Any]:
     """The ``signal`` table's row for a portal's signal, as plain column values.
 
@@ -83,7 +84,7 @@ def signal_row(
     received_at = utcnow()
     return {
         **_SIGNAL_DEFAULTS,
-        "id": new_id(),
+        "id": signal_id or new_id(),
         "tenant": tenant,
         "tracking_code": new_tracking_code(),
         "kind": payload.kind,
@@ -182,12 +183,14 @@ def open_contact(cipher: FieldCipher, contact: Contact) -> dict[str, Any]:
     return opened
 
 
-def build_conversation(tenant: str, payload: ConversationCreate, source: str) -> Conversation:
+def build_conversation(
+    tenant: str, payload: ConversationCreate, source: str, *, conversation_id: str | None = None
+) -> Conversation:
     """Every turn is redacted before it is stored: the transcript never exists unredacted here."""
     turns = [{"speaker": turn.speaker, "text": redact(turn.text)} for turn in payload.turns]
     citizen_text = " ".join(turn.text for turn in payload.turns if turn.speaker == "citizen")
     return Conversation(
-        id=new_id(),
+        id=conversation_id or new_id(),
         tenant=tenant,
         channel=payload.channel,
         started_at=payload.started_at,

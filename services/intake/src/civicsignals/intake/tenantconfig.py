@@ -96,12 +96,19 @@ class AreaIndex:
 
     def __init__(self, areas: list[Area]) -> None:
         self.areas = areas
+        # Each area's bounding box (min lon, min lat, max lon, max lat): comparing four floats
+        # rules most areas out for less than one call into shapely costs.
+        self._boxes = [(area, area.geometry.bounds) for area in areas]
         for area in areas:
             shapely.prepare(area.geometry)
 
     def locate(self, lat: float, lon: float) -> Area | None:
-        for area in self.areas:
-            if shapely.intersects_xy(area.geometry, lon, lat):
+        for area, (min_lon, min_lat, max_lon, max_lat) in self._boxes:
+            if (
+                min_lon <= lon <= max_lon
+                and min_lat <= lat <= max_lat
+                and shapely.intersects_xy(area.geometry, lon, lat)
+            ):
                 return area
         return None
 

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,6 +42,7 @@ from civicsignals.common.events import (
     make_event,
     utcnow,
 )
+from civicsignals.common.groupcommit import GroupCommit
 from civicsignals.common.outbox import enqueue
 from civicsignals.notifier import messages, metrics, service
 from civicsignals.notifier.addresses import UnsafeEndpoint, check_endpoint
@@ -111,6 +113,9 @@ class Dispatcher:
         self._skip_locked = is_postgres(ctx.settings.database_url)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._recorder: GroupCommit[tuple[Claimed, Result], bool] = GroupCommit(
+            ctx.runtime.sessions, self._record_batch, name="notifier-record"
+        )
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -122,12 +127,14 @@ class Dispatcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self._recorder.close()
 
     async def run(self) -> None:
         """Dispatch until cancelled: claim what is due into free slots, at once when woken.
 
         Attempts run as their own tasks, up to ``delivery_concurrency`` at a time; a slow receiver
-        holds one slot, not the whole pass, and a finished attempt wakes the loop to fill its slot.
+        holds one slot, not the whole pass; finished attempts wake the loop, which claims again once
+        a quarter of the slots is free.
         """
         self._task = asyncio.current_task()
         in_flight: set[asyncio.Task[None]] = set()
@@ -136,7 +143,10 @@ class Dispatcher:
                 self._wakeup.clear()
                 free = self.settings.delivery_concurrency - len(in_flight)
                 claimed: list[Claimed] = []
-                if free > 0:
+                # Claim when a quarter of the slots are free (or none is busy), not per finished
+                # attempt: a claim is a write transaction, and one per delivery would queue on it.
+                refill = max(1, self.settings.delivery_concurrency // 4)
+                if free >= refill or (free > 0 and not in_flight):
                     try:
                         claimed = await self.claim_due(min(free, self.settings.scheduler_batch_size))
                     except asyncio.CancelledError:
@@ -147,8 +157,8 @@ class Dispatcher:
                     task = asyncio.create_task(self._attempt(item), name=f"notifier-attempt-{item.id}")
                     in_flight.add(task)
                     task.add_done_callback(self._finished(in_flight))
-                if claimed and len(claimed) == free:
-                    await self._wakeup.wait()  # every slot is busy: the next finish wakes us
+                if self.settings.delivery_concurrency - len(in_flight) < refill:
+                    await self._wakeup.wait()  # too few slots free: the next finish wakes us
                     continue
                 if claimed:
                     continue  # there may be more due right now
@@ -403,100 +413,131 @@ class Dispatcher:
     # --- recording -------------------------------------------------------------------------------
 
     async def record(self, claimed: Claimed, result: Result) -> None:
-        """Write the attempt's outcome, its consequences and its event, if the claim still holds."""
-        now = utcnow()
-        events = False
-        async with self.ctx.runtime.sessions() as session, session.begin():
-            delivery = await session.get(Delivery, claimed.id, with_for_update=self._skip_locked)
-            if delivery is None or delivery.status != "sending" or delivery.attempts != claimed.number:
-                log.warning("dispatcher: attempt %d of %s outlived its lease", claimed.number, claimed.id)
-                return
-            await session.exec(
-                update(Attempt)
-                .where(col(Attempt.delivery_id) == claimed.id, col(Attempt.number) == claimed.number)
-                .values(
-                    finished_at=now,
-                    outcome=result.outcome,
-                    status_code=result.status_code,
-                    error=result.error,
-                    duration_ms=round(result.duration_s * 1000, 3),
-                )
-            )
-            delivery.last_status_code = result.status_code
-            delivery.last_error = result.error
-            delivery.updated_at = now
-            labels = (metric_partner(claimed), claimed.channel)
-            # A success touches the endpoint only when it was failing or its last success is old, so
-            # concurrent deliveries to one endpoint do not queue on its row; a failure locks it, since
-            # it may disable the endpoint.
-            endpoint = (
-                await session.get(
-                    Endpoint,
-                    claimed.endpoint_id,
-                    with_for_update=self._skip_locked and result.outcome != Outcome.DELIVERED,
-                )
-                if claimed.endpoint_id and claimed.channel == "webhook"
-                else None
-            )
-            if result.outcome == Outcome.DELIVERED:
-                delivery.status, delivery.status_reason = "delivered", None
-                delivery.delivered_at, delivery.next_attempt_at = now, None
-                if endpoint is not None and (
-                    endpoint.failing_since is not None
-                    or endpoint.last_success_at is None
-                    or now - endpoint.last_success_at > timedelta(seconds=60)
-                ):
-                    await session.exec(
-                        update(Endpoint)
-                        .where(col(Endpoint.id) == endpoint.id)
-                        .values(failing_since=None, last_success_at=now)
-                    )
-                metrics.DELIVERIES.labels(*labels, "delivered").inc()
-                metrics.LATENCY.labels(*labels).observe(max(0.0, (now - claimed.event_time).total_seconds()))
-                self._event(session, delivery, NotificationDelivered, claimed.number)
-                events = True
-            elif result.outcome == SKIPPED:
-                delivery.status, delivery.status_reason, delivery.next_attempt_at = (
-                    "skipped",
-                    result.reason,
-                    None,
-                )
-                metrics.DELIVERIES.labels(*labels, "skipped").inc()
-            elif result.outcome in (Outcome.RETRY, Outcome.THROTTLED):
-                delivery.status, delivery.status_reason = "scheduled", result.reason
-                delivery.next_attempt_at = result.next_attempt_at
-            else:  # failed or gone
-                delivery.status, delivery.status_reason, delivery.next_attempt_at = (
-                    "failed",
-                    result.reason,
-                    None,
-                )
-                metrics.DELIVERIES.labels(*labels, "failed").inc()
-                if result.outcome != Outcome.GONE:  # for gone, disabling the endpoint says it (below)
-                    self._event(session, delivery, NotificationFailed, claimed.number, reason=result.reason)
-                events = True
-            if endpoint is not None:
-                if result.outcome == Outcome.GONE:
-                    await self._disable(session, endpoint, delivery, "gone", result.reason, now)
-                    events = True
-                elif result.counts_against_endpoint:
-                    endpoint.failing_since = endpoint.failing_since or now
-                    failing_for = (now - endpoint.failing_since).total_seconds()
-                    if endpoint.enabled and failing_for >= self.settings.endpoint_disable_after_s:
-                        reason = f"failing since {endpoint.failing_since.isoformat()} without a success"
-                        await self._disable(session, endpoint, delivery, "failing", reason, now)
-                        if delivery.status == "scheduled":
-                            delivery.status, delivery.next_attempt_at = "failed", None
-                            delivery.status_reason = "endpoint_disabled"
-                            metrics.DELIVERIES.labels(*labels, "failed").inc()
-                        events = True
-                if result.outcome != Outcome.DELIVERED:
-                    session.add(endpoint)
-            session.add(delivery)
+        """Write the attempt's outcome, its consequences and its event, if the claim still holds.
+
+        Attempts that finish together are recorded in one transaction (group commit)."""
+        events = await self._recorder.submit((claimed, result))
         if events:
             self.ctx.runtime.events_committed()
         if result.next_attempt_at is not None or events:
             self.wake()
+
+    async def _record_batch(
+        self, session: AsyncSession, batch: Sequence[tuple[Claimed, Result]]
+    ) -> list[bool]:
+        """Record finished attempts: their deliveries and attempt rows are read in one query each
+        (locked on PostgreSQL), then each is recorded as on its own."""
+        ids = [claimed.id for claimed, _ in batch]
+        query = select(Delivery).where(col(Delivery.id).in_(ids))
+        if self._skip_locked:
+            query = query.with_for_update()
+        deliveries = {delivery.id: delivery for delivery in (await session.exec(query)).all()}
+        open_attempts = await session.exec(
+            select(Attempt).where(col(Attempt.delivery_id).in_(ids), col(Attempt.outcome) == "in_flight")
+        )
+        attempts = {(attempt.delivery_id, attempt.number): attempt for attempt in open_attempts.all()}
+        return [
+            await self._record_in(
+                session,
+                claimed,
+                result,
+                deliveries.get(claimed.id),
+                attempts.get((claimed.id, claimed.number)),
+            )
+            for claimed, result in batch
+        ]
+
+    async def _record_in(
+        self,
+        session: AsyncSession,
+        claimed: Claimed,
+        result: Result,
+        delivery: Delivery | None,
+        attempt: Attempt | None,
+    ) -> bool:
+        """One attempt's changes in the given transaction; True when they include an event."""
+        now = utcnow()
+        events = False
+        if delivery is None or delivery.status != "sending" or delivery.attempts != claimed.number:
+            log.warning("dispatcher: attempt %d of %s outlived its lease", claimed.number, claimed.id)
+            return False
+        if attempt is not None:
+            attempt.finished_at, attempt.outcome = now, result.outcome
+            attempt.status_code, attempt.error = result.status_code, result.error
+            attempt.duration_ms = round(result.duration_s * 1000, 3)
+            session.add(attempt)
+        delivery.last_status_code = result.status_code
+        delivery.last_error = result.error
+        delivery.updated_at = now
+        labels = (metric_partner(claimed), claimed.channel)
+        # A success touches the endpoint only when it was failing or its last success is old, so
+        # concurrent deliveries to one endpoint do not queue on its row; a failure locks it, since
+        # it may disable the endpoint.
+        endpoint = (
+            await session.get(
+                Endpoint,
+                claimed.endpoint_id,
+                with_for_update=self._skip_locked and result.outcome != Outcome.DELIVERED,
+            )
+            if claimed.endpoint_id and claimed.channel == "webhook"
+            else None
+        )
+        if result.outcome == Outcome.DELIVERED:
+            delivery.status, delivery.status_reason = "delivered", None
+            delivery.delivered_at, delivery.next_attempt_at = now, None
+            if endpoint is not None and (
+                endpoint.failing_since is not None
+                or endpoint.last_success_at is None
+                or now - endpoint.last_success_at > timedelta(seconds=60)
+            ):
+                await session.exec(
+                    update(Endpoint)
+                    .where(col(Endpoint.id) == endpoint.id)
+                    .values(failing_since=None, last_success_at=now)
+                )
+            metrics.DELIVERIES.labels(*labels, "delivered").inc()
+            metrics.LATENCY.labels(*labels).observe(max(0.0, (now - claimed.event_time).total_seconds()))
+            self._event(session, delivery, NotificationDelivered, claimed.number)
+            events = True
+        elif result.outcome == SKIPPED:
+            delivery.status, delivery.status_reason, delivery.next_attempt_at = (
+                "skipped",
+                result.reason,
+                None,
+            )
+            metrics.DELIVERIES.labels(*labels, "skipped").inc()
+        elif result.outcome in (Outcome.RETRY, Outcome.THROTTLED):
+            delivery.status, delivery.status_reason = "scheduled", result.reason
+            delivery.next_attempt_at = result.next_attempt_at
+        else:  # failed or gone
+            delivery.status, delivery.status_reason, delivery.next_attempt_at = (
+                "failed",
+                result.reason,
+                None,
+            )
+            metrics.DELIVERIES.labels(*labels, "failed").inc()
+            if result.outcome != Outcome.GONE:  # for gone, disabling the endpoint says it (below)
+                self._event(session, delivery, NotificationFailed, claimed.number, reason=result.reason)
+            events = True
+        if endpoint is not None:
+            if result.outcome == Outcome.GONE:
+                await self._disable(session, endpoint, delivery, "gone", result.reason, now)
+                events = True
+            elif result.counts_against_endpoint:
+                endpoint.failing_since = endpoint.failing_since or now
+                failing_for = (now - endpoint.failing_since).total_seconds()
+                if endpoint.enabled and failing_for >= self.settings.endpoint_disable_after_s:
+                    reason = f"failing since {endpoint.failing_since.isoformat()} without a success"
+                    await self._disable(session, endpoint, delivery, "failing", reason, now)
+                    if delivery.status == "scheduled":
+                        delivery.status, delivery.next_attempt_at = "failed", None
+                        delivery.status_reason = "endpoint_disabled"
+                        metrics.DELIVERIES.labels(*labels, "failed").inc()
+                    events = True
+            if result.outcome != Outcome.DELIVERED:
+                session.add(endpoint)
+        session.add(delivery)
+        return events
 
     def _event(
         self,

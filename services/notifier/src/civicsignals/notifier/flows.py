@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +27,7 @@ from nats.aio.msg import Msg
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from civicsignals.common.bus import ConsumerSpec, TransientError
+from civicsignals.common.bus import ConsumerSpec, NotReady
 from civicsignals.common.events import (
     CaseStatusChanged,
     CloudEvent,
@@ -101,113 +102,135 @@ def _merge_payload(delivery: Delivery, values: dict[str, Any]) -> None:
 # --- the consumers -------------------------------------------------------------------------------
 
 
-async def on_signal_received(ctx: NotifierContext, event: CloudEvent) -> bool:
+async def _alone(
+    ctx: NotifierContext, consumer: str, event: CloudEvent, apply: Callable[[AsyncSession], Awaitable[None]]
+) -> bool:
+    """Apply one event in a transaction of its own with its inbox claim (tools and tests; the
+    consumers commit a fetched batch together)."""
+    async with ctx.runtime.sessions() as session, session.begin():
+        if not await claim(session, consumer, event.id):
+            return False
+        await apply(session)
+    ctx.wake()
+    return True
+
+
+async def apply_signal_received(ctx: NotifierContext, session: AsyncSession, event: CloudEvent) -> None:
     """Remember the signal; schedule its acknowledgement (sent at once when routing answers)."""
     received = read_data(event, SignalReceived)
     now = utcnow()
-    async with ctx.runtime.sessions() as session, session.begin():
-        if not await claim(session, RECEIVED_CONSUMER, event.id):
-            return False
-        link = await _link(session, event.tenant, received.signal_id)
-        link.tracking_code = received.tracking_code
-        link.language = received.language or link.language
-        link.has_contact = received.has_contact
-        mid = acknowledgement_id(event.tenant, received.signal_id)
-        ack = await _delivery_by_message_id(session, mid)
-        if not received.has_contact:
-            if ack is not None and ack.status == "scheduled":
-                # signal.routed came first and scheduled it; there is nobody to write to.
-                ack.status, ack.status_reason, ack.next_attempt_at = "skipped", "no_contact", None
-            return True
-        if ack is None:
-            session.add(
-                Delivery(
-                    message_id=mid,
-                    tenant=event.tenant,
-                    channel="email",
-                    template=messages.ACKNOWLEDGEMENT,
-                    event_id=event.id,
-                    event_type=event.type,
-                    event_time=event.time,
-                    signal_id=received.signal_id,
-                    payload=messages.dumps(
-                        {"tracking_code": received.tracking_code, "language": received.language}
-                    ),
-                    next_attempt_at=now + timedelta(seconds=ctx.settings.acknowledgement_wait_s),
-                )
+    link = await _link(session, event.tenant, received.signal_id)
+    link.tracking_code = received.tracking_code
+    link.language = received.language or link.language
+    link.has_contact = received.has_contact
+    mid = acknowledgement_id(event.tenant, received.signal_id)
+    ack = await _delivery_by_message_id(session, mid)
+    if not received.has_contact:
+        if ack is not None and ack.status == "scheduled":
+            # signal.routed came first and scheduled it; there is nobody to write to.
+            ack.status, ack.status_reason, ack.next_attempt_at = "skipped", "no_contact", None
+        return
+    if ack is None:
+        session.add(
+            Delivery(
+                message_id=mid,
+                tenant=event.tenant,
+                channel="email",
+                template=messages.ACKNOWLEDGEMENT,
+                event_id=event.id,
+                event_type=event.type,
+                event_time=event.time,
+                signal_id=received.signal_id,
+                payload=messages.dumps(
+                    {"tracking_code": received.tracking_code, "language": received.language}
+                ),
+                next_attempt_at=now + timedelta(seconds=ctx.settings.acknowledgement_wait_s),
             )
-        elif ack.status == "scheduled":
-            _merge_payload(ack, {"tracking_code": received.tracking_code, "language": received.language})
-    ctx.wake()
-    return True
+        )
+    elif ack.status == "scheduled":
+        _merge_payload(ack, {"tracking_code": received.tracking_code, "language": received.language})
 
 
-async def on_signal_routed(ctx: NotifierContext, event: CloudEvent) -> bool:
+async def on_signal_received(ctx: NotifierContext, event: CloudEvent) -> bool:
+    """``apply_signal_received`` in a transaction of its own; False for an event handled before."""
+    return await _alone(
+        ctx, RECEIVED_CONSUMER, event, lambda session: apply_signal_received(ctx, session, event)
+    )
+
+
+async def apply_signal_routed(ctx: NotifierContext, session: AsyncSession, event: CloudEvent) -> None:
     """Release the acknowledgement with the service promise; webhooks to the case's partners."""
     routed = read_data(event, SignalRouted)
     now = utcnow()
-    async with ctx.runtime.sessions() as session, session.begin():
-        if not await claim(session, ROUTED_CONSUMER, event.id):
-            return False
-        link = await _link(session, event.tenant, routed.signal_id)
-        link.case_id = routed.case_id
-        link.tracking_code = routed.tracking_code
-        link.partners = list(routed.partners)
-        link.service_promise = routed.service_promise
-        link.due_at = routed.due_at
-        if link.has_contact is not False:
-            values = {
-                "tracking_code": routed.tracking_code,
-                "service_promise": routed.service_promise,
-                "due_at": routed.due_at.isoformat() if routed.due_at else None,
-            }
-            mid = acknowledgement_id(event.tenant, routed.signal_id)
-            ack = await _delivery_by_message_id(session, mid)
-            if ack is None:
-                ack = Delivery(
-                    message_id=mid,
-                    tenant=event.tenant,
-                    channel="email",
-                    template=messages.ACKNOWLEDGEMENT,
-                    event_id=event.id,
-                    event_type=event.type,
-                    event_time=event.time,
-                    signal_id=routed.signal_id,
-                    case_id=routed.case_id,
-                    payload=messages.dumps({"language": link.language}),
-                    next_attempt_at=now,
-                )
-                session.add(ack)
-            if ack.status == "scheduled":
-                _merge_payload(ack, values)
-                ack.case_id = routed.case_id
-                ack.event_id, ack.event_type, ack.event_time = event.id, event.type, event.time
-                ack.next_attempt_at = now
-                ack.updated_at = now
-        await fan_out(session, event, routed.partners, signal_id=routed.signal_id, case_id=routed.case_id)
-    ctx.wake()
-    return True
+    link = await _link(session, event.tenant, routed.signal_id)
+    link.case_id = routed.case_id
+    link.tracking_code = routed.tracking_code
+    link.partners = list(routed.partners)
+    link.service_promise = routed.service_promise
+    link.due_at = routed.due_at
+    if link.has_contact is not False:
+        values = {
+            "tracking_code": routed.tracking_code,
+            "service_promise": routed.service_promise,
+            "due_at": routed.due_at.isoformat() if routed.due_at else None,
+        }
+        mid = acknowledgement_id(event.tenant, routed.signal_id)
+        ack = await _delivery_by_message_id(session, mid)
+        if ack is None:
+            ack = Delivery(
+                message_id=mid,
+                tenant=event.tenant,
+                channel="email",
+                template=messages.ACKNOWLEDGEMENT,
+                event_id=event.id,
+                event_type=event.type,
+                event_time=event.time,
+                signal_id=routed.signal_id,
+                case_id=routed.case_id,
+                payload=messages.dumps({"language": link.language}),
+                next_attempt_at=now,
+            )
+            session.add(ack)
+        if ack.status == "scheduled":
+            _merge_payload(ack, values)
+            ack.case_id = routed.case_id
+            ack.event_id, ack.event_type, ack.event_time = event.id, event.type, event.time
+            ack.next_attempt_at = now
+            ack.updated_at = now
+    await fan_out(session, event, routed.partners, signal_id=routed.signal_id, case_id=routed.case_id)
 
 
-async def on_case_status_changed(ctx: NotifierContext, event: CloudEvent, deliveries: int = 1) -> bool:
+async def on_signal_routed(ctx: NotifierContext, event: CloudEvent) -> bool:
+    """``apply_signal_routed`` in a transaction of its own; False for an event handled before."""
+    return await _alone(ctx, ROUTED_CONSUMER, event, lambda session: apply_signal_routed(ctx, session, event))
+
+
+async def apply_case_status_changed(
+    ctx: NotifierContext, session: AsyncSession, event: CloudEvent, deliveries: int = 1
+) -> None:
     """A status mail (coalesced per case) and webhooks to the case's partners."""
     changed = read_data(event, CaseStatusChanged)
     now = utcnow()
-    async with ctx.runtime.sessions() as session, session.begin():
-        if not await claim(session, STATUS_CONSUMER, event.id):
-            return False
-        link = await session.get(SignalLink, changed.signal_id)
-        if (link is None or link.partners is None) and deliveries < ROUTED_WAIT_DELIVERIES:
-            # Rolls the claim back: the event comes again, by when signal.routed has been handled.
-            raise TransientError("signal.routed of this case has not been handled yet")
-        if messages.status_mail_wanted(changed.to, changed.sequence) and (
-            link is None or link.has_contact is not False
-        ):
-            await _coalesce_status_mail(ctx, session, event, changed, link, now)
-        partners = list(link.partners or []) if link is not None else []
-        await fan_out(session, event, partners, signal_id=changed.signal_id, case_id=changed.case_id)
-    ctx.wake()
-    return True
+    link = await session.get(SignalLink, changed.signal_id)
+    if (link is None or link.partners is None) and deliveries < ROUTED_WAIT_DELIVERIES:
+        # Before any change: the event comes again, by when signal.routed has been handled.
+        raise NotReady("signal.routed of this case has not been handled yet")
+    if messages.status_mail_wanted(changed.to, changed.sequence) and (
+        link is None or link.has_contact is not False
+    ):
+        await _coalesce_status_mail(ctx, session, event, changed, link, now)
+    partners = list(link.partners or []) if link is not None else []
+    await fan_out(session, event, partners, signal_id=changed.signal_id, case_id=changed.case_id)
+
+
+async def on_case_status_changed(ctx: NotifierContext, event: CloudEvent, deliveries: int = 1) -> bool:
+    """``apply_case_status_changed`` in a transaction of its own; False for an event handled before."""
+    return await _alone(
+        ctx,
+        STATUS_CONSUMER,
+        event,
+        lambda session: apply_case_status_changed(ctx, session, event, deliveries),
+    )
 
 
 async def _coalesce_status_mail(
@@ -304,17 +327,23 @@ async def fan_out(
 
 
 def consumers(ctx: NotifierContext) -> list[ConsumerSpec]:
-    async def on_received(event: CloudEvent, _msg: Msg) -> None:
-        await on_signal_received(ctx, event)
+    """The three consumers; each commits a fetched batch in one transaction, then wakes the dispatcher."""
 
-    async def on_routed(event: CloudEvent, _msg: Msg) -> None:
-        await on_signal_routed(ctx, event)
+    async def on_received(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
+        await apply_signal_received(ctx, session, event)
 
-    async def on_status(event: CloudEvent, msg: Msg) -> None:
-        await on_case_status_changed(ctx, event, deliveries=msg.metadata.num_delivered or 1)
+    async def on_routed(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
+        await apply_signal_routed(ctx, session, event)
+
+    async def on_status(session: AsyncSession, event: CloudEvent, msg: Msg) -> None:
+        await apply_case_status_changed(ctx, session, event, deliveries=msg.metadata.num_delivered or 1)
 
     return [
-        ConsumerSpec(RECEIVED_CONSUMER, SignalReceived.subscription(), on_received),
-        ConsumerSpec(ROUTED_CONSUMER, SignalRouted.subscription(), on_routed),
-        ConsumerSpec(STATUS_CONSUMER, CaseStatusChanged.subscription(), on_status),
+        ConsumerSpec(
+            RECEIVED_CONSUMER, SignalReceived.subscription(), apply=on_received, after_commit=ctx.wake
+        ),
+        ConsumerSpec(ROUTED_CONSUMER, SignalRouted.subscription(), apply=on_routed, after_commit=ctx.wake),
+        ConsumerSpec(
+            STATUS_CONSUMER, CaseStatusChanged.subscription(), apply=on_status, after_commit=ctx.wake
+        ),
     ]

@@ -84,7 +84,7 @@ class NotifierSettings(ServiceSettings):
     # --- the delivery scheduler ----------------------------------------------------------------
     scheduler_poll_interval_s: float = Field(default=1.0, gt=0)
     scheduler_batch_size: int = Field(default=100, ge=1)
-    delivery_concurrency: int = Field(default=16, ge=1)
+    delivery_concurrency: int = Field(default=64, ge=1)
     lease_margin_s: float = Field(
         default=30.0,
         gt=0,

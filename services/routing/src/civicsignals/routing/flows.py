@@ -115,8 +115,9 @@ def _flush_reloads(ctx: RoutingContext, session: AsyncSession) -> None:
 # -- routing a classified signal -------------------------------------------------------------------
 
 
-async def route_signal(ctx: RoutingContext, event: CloudEvent) -> bool:
-    """Open the case for a classified signal; False when it was routed before (a redelivery)."""
+async def open_case_for(ctx: RoutingContext, session: AsyncSession, event: CloudEvent) -> bool:
+    """Open the case for a classified signal in the caller's transaction; False when there is none
+    to open (imported history, or a case for this signal exists already)."""
     classified = read_data(event, SignalClassified)
     if getattr(classified, "imported", False):
         return False  # history loaded by intake's import: counted by insights, no case to act on
@@ -126,35 +127,43 @@ async def route_signal(ctx: RoutingContext, event: CloudEvent) -> bool:
         rules = ctx.rules.get(event.tenant)
     except RulesError as exc:
         raise PermanentError(str(exc)) from exc
-    async with ctx.runtime.sessions() as session, session.begin():
-        _flush_reloads(ctx, session)
-        if not await claim(session, CONSUMER, event.id):
-            return False
-        if await service.case_for_signal(session, classified.signal_id) is not None:
-            return False
-        case, history, events = service.open_case(event.tenant, classified, rules)
-        session.add(case)
-        await session.flush()
-        session.add(history)
-        _enqueue(session, event.tenant, events)
-        service.audit(
-            session,
-            event.tenant,
-            service.SYSTEM_ACTOR,
-            "case.open",
-            f"case:{case.id}",
-            case.status,
-            rule=case.rule_id,
-        )
-    ctx.runtime.events_committed()
+    _flush_reloads(ctx, session)
+    if await service.case_for_signal(session, classified.signal_id) is not None:
+        return False
+    case, history, events = service.open_case(event.tenant, classified, rules)
+    session.add(case)
+    await session.flush()
+    session.add(history)
+    _enqueue(session, event.tenant, events)
+    service.audit(
+        session,
+        event.tenant,
+        service.SYSTEM_ACTOR,
+        "case.open",
+        f"case:{case.id}",
+        case.status,
+        rule=case.rule_id,
+    )
     return True
 
 
-def consumers(ctx: RoutingContext) -> list[ConsumerSpec]:
-    async def on_classified(event: CloudEvent, _msg: Msg) -> None:
-        await route_signal(ctx, event)
+async def route_signal(ctx: RoutingContext, event: CloudEvent) -> bool:
+    """Route one classified signal in a transaction of its own; False when it was routed before."""
+    async with ctx.runtime.sessions() as session, session.begin():
+        if not await claim(session, CONSUMER, event.id):
+            return False
+        opened = await open_case_for(ctx, session, event)
+    ctx.runtime.events_committed()
+    return opened
 
-    return [ConsumerSpec(CONSUMER, SignalClassified.subscription(), on_classified)]
+
+def consumers(ctx: RoutingContext) -> list[ConsumerSpec]:
+    """Classified signals become cases, a fetched batch of them in one transaction."""
+
+    async def on_classified(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
+        await open_case_for(ctx, session, event)
+
+    return [ConsumerSpec(CONSUMER, SignalClassified.subscription(), apply=on_classified)]
 
 
 # -- changing a case -------------------------------------------------------------------------------

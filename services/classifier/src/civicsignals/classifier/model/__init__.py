@@ -1,9 +1,10 @@
 """Topic models: hashed features in Python, everything numeric in an ONNX graph.
 
-* :mod:`.features` — text -> hashed feature ids and counts (the graph's inputs);
+* :mod:`.features` — text -> hashed feature ids and counts (looked up in the bundle's vocabulary,
+  the graph's inputs);
 * :mod:`.onnx_graph` — the graph: tf-idf, L2 norm, linear layer, softmax;
-* :mod:`.training` — fit with scikit-learn, export a bundle (``model.onnx``, ``labels.json``,
-  ``card.json``);
+* :mod:`.training` — fit with scikit-learn, export a bundle (``model.onnx``, ``vocabulary.npy``,
+  ``labels.json``, ``card.json``);
 * :mod:`.inference` — :class:`TopicModel` serves a bundle with onnxruntime;
 * :mod:`.coldstart` — a first model from the taxonomy alone.
 """

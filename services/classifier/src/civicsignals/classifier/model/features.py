@@ -52,6 +52,7 @@ __all__ = [
     "feature_strings",
     "normalize",
     "pad_rows",
+    "shared_extractor",
     "tokenize",
 ]
 
@@ -260,10 +261,11 @@ def pad_rows(rows: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]
 
 
 @lru_cache(maxsize=8)
-def _extractor(config: FeatureConfig) -> FeatureExtractor:
+def shared_extractor(config: FeatureConfig = DEFAULT_FEATURE_CONFIG) -> FeatureExtractor:
+    """One extractor (and word cache) per config for the process, so repeated calls reuse it."""
     return FeatureExtractor(config)
 
 
 def encode_batch(texts: Sequence[str], config: FeatureConfig = DEFAULT_FEATURE_CONFIG) -> FeatureBatch:
     """Padded features of a batch of texts, with a shared extractor (and word cache) per config."""
-    return _extractor(config).batch(texts)
+    return shared_extractor(config).batch(texts)

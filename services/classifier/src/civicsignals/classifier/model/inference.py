@@ -1,11 +1,12 @@
 """Serve a topic-model bundle with onnxruntime.
 
-:class:`TopicModel` loads a bundle folder (``model.onnx``, ``labels.json``, ``card.json``; see
-:mod:`.training`), rebuilds the feature extractor from the card, and turns texts into
+:class:`TopicModel` loads a bundle folder (``model.onnx``, ``vocabulary.npy``, ``labels.json``,
+``card.json``; see :mod:`.training`), rebuilds the feature extractor from the card, and turns texts into
 :class:`Prediction` objects carrying what the ``signal.classified.v1`` event needs: topic,
 subtopic, confidence, the top alternatives, ``needs_review`` and the model version.
 
-Batching: texts are featurised in Python, sorted by their number of distinct features and cut
+Batching: texts are featurised in Python (hashed, then looked up in the vocabulary, as a
+tokeniser maps tokens to ids), sorted by their number of distinct features and cut
 into chunks whose padded size (rows x longest row) stays under a budget, so one long text does
 not make a whole batch pad to its length, and memory stays bounded (the graph gathers a
 ``[rows, L, C]`` block of weights). Each chunk is one ``session.run``.
@@ -17,6 +18,8 @@ several threads per call would fight over cores with the event loop and the othe
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,14 +31,15 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from civicsignals.classifier.model.encoder import EncoderUnavailable, SentenceEncoder, default_encoder
-from civicsignals.classifier.model.features import FeatureConfig, FeatureExtractor, pad_rows
+from civicsignals.classifier.model.features import FeatureConfig, FeatureExtractor
 from civicsignals.classifier.model.training import (
-    BUNDLE_FORMAT,
     CARD_FEATURE_NOTES,
     CARD_FILE,
     FEATURE_HASH,
     LABELS_FILE,
     MODEL_FILE,
+    READABLE_FORMATS,
+    VOCABULARY_FILE,
 )
 
 __all__ = ["Alternative", "BundleError", "Prediction", "TopicModel", "read_card"]
@@ -96,9 +100,9 @@ def read_card(bundle_dir: Path) -> dict[str, Any]:
         raise BundleError(f"model bundle {bundle_dir}: cannot read {CARD_FILE}: {exc}") from exc
     if not isinstance(card, dict):
         raise BundleError(f"model bundle {bundle_dir}: {CARD_FILE} is not a JSON object")
-    if card.get("format") != BUNDLE_FORMAT:
+    if card.get("format") not in READABLE_FORMATS:
         raise BundleError(
-            f"model bundle {bundle_dir}: format {card.get('format')!r} is not {BUNDLE_FORMAT!r}"
+            f"model bundle {bundle_dir}: format {card.get('format')!r} is not one of {sorted(READABLE_FORMATS)}"
         )
     missing = [k for k in ("version", "threshold", "features") if k not in card]
     if missing:
@@ -118,7 +122,7 @@ class TopicModel:
         self,
         bundle_dir: Path,
         *,
-        batch_cells: int = 32_768,
+        batch_cells: int = 16_384,
         max_batch: int = 256,
         intra_op_threads: int = 1,
         encoder: SentenceEncoder | None = None,
@@ -127,7 +131,8 @@ class TopicModel:
 
         A chunk of the batch holds at most ``max_batch`` texts and ``batch_cells`` padded
         features (rows x longest row), bounding the ``[rows, L, classes]`` float32 block the graph
-        gathers to ``batch_cells x classes x 4`` bytes (about 20 MB for 150 classes).
+        gathers to ``batch_cells x classes x 4`` bytes (about 10 MB for 150 classes; smaller blocks
+        stay in the CPU's caches, which measured faster than 32,768 cells).
 
         A bundle whose card names a sentence encoder gets ``encoder`` or the process's shared
         one; its file must be the one the bundle was trained with (same SHA-256).
@@ -167,6 +172,13 @@ class TopicModel:
             )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BundleError(f"model bundle {self.bundle_dir}: cannot load {MODEL_FILE}: {exc}") from exc
+        inputs = {i.name for i in self._session.get_inputs()}
+        # "rows": the graph takes vocabulary rows, looked up here from the vocabulary file; "ids"
+        # (format /1): it takes hashed indices and holds the lookup table itself.
+        self._rows_input = "rows" if "rows" in inputs else "ids"
+        self._remap: npt.NDArray[np.int32] | None = None
+        if self._rows_input == "rows":
+            self._remap = self._load_vocabulary()
         n_outputs = self._session.get_outputs()[0].shape[-1]
         if n_outputs != len(self.labels):
             raise BundleError(
@@ -192,6 +204,29 @@ class TopicModel:
         self._batch_cells = max(1, batch_cells)
         self._max_batch = max(1, max_batch)
 
+    def _load_vocabulary(self) -> npt.NDArray[np.int32]:
+        """The hashed index -> vocabulary row table, from the bundle's vocabulary file (checked
+        against the card's sha256, so a file from another bundle is refused)."""
+        path = self.bundle_dir / VOCABULARY_FILE
+        try:
+            raw = path.read_bytes()
+            wanted = (self.card.get("vocabulary") or {}).get("sha256")
+            if wanted != hashlib.sha256(raw).hexdigest():
+                raise ValueError("its sha256 differs from the card's")
+            vocabulary = np.load(io.BytesIO(raw), allow_pickle=False)
+            dim = self.feature_config.dim
+            if vocabulary.ndim != 1 or vocabulary.dtype.kind not in "iu":
+                raise ValueError("not a 1-D array of integers")
+            if vocabulary.size and (vocabulary.min() < 0 or vocabulary.max() >= dim):
+                raise ValueError(f"indices outside [0, {dim})")
+        except (OSError, ValueError) as exc:
+            raise BundleError(
+                f"model bundle {self.bundle_dir}: cannot read {VOCABULARY_FILE}: {exc}"
+            ) from exc
+        table = np.zeros(dim, dtype=np.int32)
+        table[vocabulary] = np.arange(1, len(vocabulary) + 1, dtype=np.int32)
+        return table
+
     @property
     def topics_only(self) -> bool:
         """True when the model predicts topics without subtopics."""
@@ -208,29 +243,71 @@ class TopicModel:
 
         ``embeddings`` may be passed when the caller computed them already (:meth:`embed`).
         """
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
-            return out
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
         if self.encoder is not None and embeddings is None:
             embeddings = self.encoder.encode(texts)
-        rows = self._extractor.rows(texts)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
-        start = 0
-        while start < len(order):
-            stop = start + 1
-            while stop < len(order) and stop - start < self._max_batch:
-                width = max(len(rows[order[stop]][0]), 1)  # sorted: the candidate is the longest
-                if (stop - start + 1) * width > self._batch_cells:
-                    break
-                stop += 1
-            chunk = order[start:stop]
-            batch = pad_rows([rows[i] for i in chunk])
-            feed = {"ids": batch.ids, "counts": batch.counts}
+        return self.proba_from_features(self._extractor.rows(texts), embeddings=embeddings)
+
+    def proba_from_features(
+        self,
+        rows: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]],
+        *,
+        embeddings: npt.NDArray[np.float32] | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """:meth:`predict_proba` after featurisation: per-text ``(ids, counts)`` (and embeddings) in.
+
+        Public so that the benchmark can time the graph exactly as serving calls it (sorted,
+        chunked, padded), apart from the Python featurisation that both paths share.
+        """
+        out = np.zeros((len(rows), len(self.labels)), dtype=np.float32)
+        if self.encoder is not None and embeddings is None:
+            raise ValueError("this model needs the texts' embeddings")
+        if not rows:
+            return out
+        n = len(rows)
+        ids_list = [ids for ids, _ in rows]
+        lengths = np.fromiter(map(len, ids_list), dtype=np.int64, count=n)
+        # Chunks: texts sorted by length, cut so that rows x (longest row) stays within the
+        # budget; a chunk of k sorted texts pads to its last one, so rows x width grows with k.
+        order = np.argsort(lengths, kind="stable")
+        sorted_lengths = lengths[order]
+        bounds = [0]
+        while bounds[-1] < n:
+            start = bounds[-1]
+            widths = np.maximum(sorted_lengths[start : start + self._max_batch], 1)
+            cells = widths * np.arange(1, len(widths) + 1)
+            bounds.append(start + max(1, int(np.searchsorted(cells, self._batch_cells, side="right"))))
+        edges = np.asarray(bounds, dtype=np.int64)
+        chunk_rows = np.diff(edges)
+        chunk_width = np.maximum(sorted_lengths[edges[1:] - 1], 1)
+        chunk_base = np.concatenate([[0], np.cumsum(chunk_rows * chunk_width)])
+        # Every chunk's padded [rows, width] block lives in one flat buffer; each feature is
+        # scattered to its place at once (numpy over all features, no Python loop per text), and
+        # the blocks handed to onnxruntime are reshaped views of the buffer.
+        chunk_of = np.repeat(np.arange(len(chunk_rows)), chunk_rows)
+        first_cell = np.empty(n, dtype=np.int64)
+        first_cell[order] = chunk_base[chunk_of] + (np.arange(n) - edges[chunk_of]) * chunk_width[chunk_of]
+        hashed = np.concatenate(ids_list)
+        text_start = np.cumsum(lengths) - lengths
+        cell = np.repeat(first_cell - text_start, lengths) + np.arange(len(hashed))
+        flat_ids = np.zeros(int(chunk_base[-1]), dtype=np.int64)
+        # Hashed index -> vocabulary row (format /2); a /1 graph looks the hashed index up itself.
+        flat_ids[cell] = hashed if self._remap is None else self._remap[hashed]
+        flat_counts = np.zeros(int(chunk_base[-1]), dtype=np.float32)
+        flat_counts[cell] = np.concatenate([counts for _, counts in rows])
+        for c in range(len(chunk_rows)):
+            shape = (int(chunk_rows[c]), int(chunk_width[c]))
+            cells_of = slice(int(chunk_base[c]), int(chunk_base[c + 1]))
+            chunk = order[edges[c] : edges[c + 1]]
+            feed = {
+                self._rows_input: flat_ids[cells_of].reshape(shape),
+                "counts": flat_counts[cells_of].reshape(shape),
+            }
             if embeddings is not None:
                 feed["embeddings"] = np.ascontiguousarray(embeddings[chunk], dtype=np.float32)
             (probabilities,) = self._session.run(["probabilities"], feed)
             out[chunk] = probabilities
-            start = stop
         return out
 
     def predict(

@@ -1,15 +1,25 @@
-"""The ONNX graph of a topic model: hashed feature counts in, class probabilities out.
+"""The ONNX graph of a topic model: feature rows and counts in, class probabilities out.
 
-Inputs (from :mod:`.features`):
+Inputs (from :mod:`.features`, each hashed feature looked up in the bundle's vocabulary, as a
+tokeniser maps tokens to vocabulary ids):
 
-* ``ids``    int64   ``[N, L]`` hashed feature indices in ``[0, 2**hash_bits)``, padding 0;
+* ``rows``   int64   ``[N, L]`` vocabulary row of each distinct feature of a text, in ``[0, V]``;
+  0 for a feature unseen in training, and for padding;
 * ``counts`` float32 ``[N, L]`` how often each occurred, padding 0.
+
+Bundles of format ``civicsignals-topic-model/1`` took the hashed indices themselves (input
+``ids`` in ``[0, 2**hash_bits)``) and did the lookup in the graph (``rows = remap[ids]``, an
+``int32 [D]`` initialiser ``remap``); ``build_onnx_model(remap=...)`` still builds that form, and
+serving still runs it. Measured on the same texts, onnxruntime's ``Gather`` of one int32 per
+feature from that 1 MB table took about a quarter of the graph's time, numpy's lookup a small
+fraction of it, so the lookup moved next to the hashing (same result, bit for bit).
 
 Initialisers:
 
-* ``remap``   int32   ``[D]``      hashed index -> compact row; 0 for every feature unseen in training;
-* ``idf``     float32 ``[V + 1]``  idf of each compact row; row 0 holds the idf of an unseen feature;
-* ``weights`` float32 ``[V + 1, C]`` logistic-regression weights; row 0 is all zeros;
+* ``table``   float32 ``[V + 1, C + 1]`` per compact row its logistic-regression weights (row 0, an
+  unseen feature, all zeros) and, as the last column, its idf (row 0: the idf of an unseen
+  feature). One table, so one ``Gather`` of whole rows brings both: gathering the idf alone,
+  one float per feature, was measured slower than slicing it out of the gathered rows;
 * ``bias``    float32 ``[C]``.
 
 With a sentence encoder (:mod:`.encoder`), a third input and initialiser are added:
@@ -22,17 +32,19 @@ session (it is shared by every bundle, so it is not copied into each ``model.onn
 
 Computation (``D = 2**hash_bits``, ``V`` = features seen in training, ``C`` = classes)::
 
-    rows   = remap[ids]                                  # [N, L]
+    rows   = remap[ids]          (format /1 only)        # [N, L]
+    block  = table[rows]                                 # [N, L, C + 1]
+    weights, idf = block[..., :C], block[..., C]
     tf     = log(1 + counts)   (or counts when sublinear_tf is off)
-    w      = tf * idf[rows]                              # [N, L]
+    w      = tf * idf                                    # [N, L]
     w      = w / max(sqrt(sum_L w^2), 1e-12)             # L2 per text; an empty text stays 0
-    logits = sum_L w[n, l] * weights[rows[n, l], :] + bias   # [N, C] (a batched MatMul)
+    logits = sum_L w[n, l] * weights[n, l, :] + bias     # [N, C] (a batched MatMul)
     probabilities = softmax(logits)                      # [N, C]
 
 Why the compact vocabulary: a dense ``[2**18, C]`` weight matrix would be 2**18 x 150 x 4 bytes
 ~ 150 MB, almost all rows zero (a weight of a feature that never occurred in training stays
-exactly 0 under L2-regularised logistic regression). The remap table costs 1 MB (int32) and the
-weights only ``V + 1`` rows.
+exactly 0 under L2-regularised logistic regression). The vocabulary costs 4 bytes per seen
+feature and the weights only ``V + 1`` rows.
 
 Why unseen features still get an idf (row 0): a text's L2 norm then counts them, exactly as
 scikit-learn's ``TfidfTransformer`` over all ``D`` hashed columns would (smooth idf of a column
@@ -62,7 +74,6 @@ _NORM_FLOOR = 1e-12
 
 def build_onnx_model(
     *,
-    remap: npt.NDArray[np.integer],
     idf: npt.NDArray[np.floating],
     weights: npt.NDArray[np.floating],
     bias: npt.NDArray[np.floating],
@@ -70,23 +81,27 @@ def build_onnx_model(
     dense_weights: npt.NDArray[np.floating] | None = None,
     metadata: Mapping[str, str] | None = None,
     name: str = "civicsignals-topic-model",
+    remap: npt.NDArray[np.integer] | None = None,
 ) -> onnx.ModelProto:
     """Build and check the ONNX model; see the module docstring for shapes and maths.
+
+    With ``remap`` the graph takes hashed ``ids`` and looks them up itself (the format /1 graph).
 
     ``metadata`` goes into the model's ``metadata_props`` (e.g. version and labels), so a lone
     ``model.onnx`` still says what it is.
     """
-    remap = np.asarray(remap)
     idf = np.asarray(idf)
     weights = np.asarray(weights)
     bias = np.asarray(bias)
-    if remap.ndim != 1 or idf.ndim != 1 or weights.ndim != 2 or bias.ndim != 1:
-        raise ValueError("remap, idf and bias must be 1-D and weights 2-D")
+    if idf.ndim != 1 or weights.ndim != 2 or bias.ndim != 1:
+        raise ValueError("idf and bias must be 1-D and weights 2-D")
     rows, n_classes = weights.shape
     if idf.shape[0] != rows or bias.shape[0] != n_classes:
         raise ValueError(f"shapes disagree: idf {idf.shape}, weights {weights.shape}, bias {bias.shape}")
-    if remap.size and (remap.min() < 0 or remap.max() >= rows):
-        raise ValueError("remap points outside the weight rows")
+    if remap is not None:
+        remap = np.asarray(remap)
+        if remap.ndim != 1 or (remap.size and (remap.min() < 0 or remap.max() >= rows)):
+            raise ValueError("remap must be 1-D and point inside the weight rows")
     if np.any(weights[0] != 0):
         raise ValueError("row 0 of weights is for unseen features and must be zero")
     if dense_weights is not None:
@@ -94,17 +109,27 @@ def build_onnx_model(
         if dense_weights.ndim != 2 or dense_weights.shape[1] != n_classes:
             raise ValueError(f"dense_weights must be [E, {n_classes}], got {dense_weights.shape}")
 
+    # One table [V + 1, C + 1]: the weights of each row with its idf as the last column, so one
+    # Gather of whole rows brings both (onnxruntime's Gather of single floats is slow).
+    table = np.concatenate([weights, idf[:, None]], axis=1).astype(np.float32)
     initializers = [
-        numpy_helper.from_array(remap.astype(np.int32), "remap"),
-        numpy_helper.from_array(idf.astype(np.float32), "idf"),
-        numpy_helper.from_array(weights.astype(np.float32), "weights"),
+        numpy_helper.from_array(table, "table"),
         numpy_helper.from_array(bias.astype(np.float32), "bias"),
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "first_class"),
+        numpy_helper.from_array(np.array([n_classes], dtype=np.int64), "idf_column"),
+        numpy_helper.from_array(np.array([n_classes + 1], dtype=np.int64), "idf_column_end"),
         numpy_helper.from_array(np.array(_NORM_FLOOR, dtype=np.float32), "norm_floor"),
     ]
-    nodes = [
-        helper.make_node("Gather", ["remap", "ids"], ["rows"], axis=0),
-        helper.make_node("Gather", ["idf", "rows"], ["idf_rows"], axis=0),
+    nodes = []
+    if remap is not None:
+        initializers.append(numpy_helper.from_array(remap.astype(np.int32), "remap"))
+        nodes.append(helper.make_node("Gather", ["remap", "ids"], ["rows"], axis=0))
+    nodes += [
+        helper.make_node("Gather", ["table", "rows"], ["row_block"], axis=0),  # [N, L, C + 1]
+        helper.make_node("Slice", ["row_block", "idf_column", "idf_column_end", "axis2"], ["idf_3d"]),
+        helper.make_node("Squeeze", ["idf_3d", "axis2"], ["idf_rows"]),  # [N, L]
     ]
     if sublinear_tf:
         initializers.append(numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"))
@@ -121,14 +146,17 @@ def build_onnx_model(
         helper.make_node("Sqrt", ["sum_squares"], ["norm"]),
         helper.make_node("Max", ["norm", "norm_floor"], ["safe_norm"]),
         helper.make_node("Div", ["w", "safe_norm"], ["w_normalised"]),
-        # [N, L] -> [N, 1, L] @ [N, L, C] -> [N, 1, C] -> [N, C]
+        # [N, L] -> [N, 1, L] @ [N, L, C + 1] -> [N, 1, C + 1] -> [N, C + 1] -> [N, C]
+        # (the idf column's product is computed too, and dropped: cheaper than copying the block)
         helper.make_node("Unsqueeze", ["w_normalised", "axis1"], ["w_row"]),
-        helper.make_node("Gather", ["weights", "rows"], ["weight_rows"], axis=0),
-        helper.make_node("MatMul", ["w_row", "weight_rows"], ["logits_3d"]),
-        helper.make_node("Squeeze", ["logits_3d", "axis1"], ["sparse_logits"]),
+        helper.make_node("MatMul", ["w_row", "row_block"], ["logits_3d"]),
+        helper.make_node("Squeeze", ["logits_3d", "axis1"], ["logits_and_idf"]),
+        helper.make_node(
+            "Slice", ["logits_and_idf", "first_class", "idf_column", "axis1"], ["sparse_logits"]
+        ),
     ]
     inputs = [
-        helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "L"]),
+        helper.make_tensor_value_info("ids" if remap is not None else "rows", TensorProto.INT64, ["N", "L"]),
         helper.make_tensor_value_info("counts", TensorProto.FLOAT, ["N", "L"]),
     ]
     if dense_weights is None:
@@ -157,7 +185,7 @@ def build_onnx_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],
         producer_name="civicsignals-classifier",
-        doc_string="Hashed tf-idf features -> multinomial logistic regression -> probabilities.",
+        doc_string="Feature rows and counts -> tf-idf -> multinomial logistic regression -> probabilities.",
     )
     model.ir_version = IR_VERSION
     for key, value in (metadata or {}).items():

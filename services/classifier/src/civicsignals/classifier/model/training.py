@@ -6,9 +6,11 @@ hashed counts from :mod:`.features`, sublinear tf ``log1p(count)``, smooth idf
 :class:`~sklearn.linear_model.LogisticRegression`. :meth:`TrainedModel.predict_proba` is that
 reference path; the tests hold the ONNX output to it within 1e-5.
 
-A bundle is a folder with three files:
+A bundle is a folder with four files:
 
 * ``model.onnx`` — the graph;
+* ``vocabulary.npy`` — the hashed feature index of each compact row ``1..V`` (int32, ascending;
+  row 0 is every unseen feature): serving maps hashed indices to the graph's ``rows`` with it;
 * ``labels.json`` — a JSON array with one ``{"topic": ..., "subtopic": ...}`` object per column
   of the ``probabilities`` output, in column order;
 * ``card.json`` — what the model is: ``format``, ``version``, ``created_at`` (RFC 3339 UTC),
@@ -22,6 +24,7 @@ A bundle is a folder with three files:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -40,7 +43,12 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from civicsignals.classifier.model.features import DEFAULT_FEATURE_CONFIG, FeatureConfig, FeatureExtractor
+from civicsignals.classifier.model.features import (
+    DEFAULT_FEATURE_CONFIG,
+    FeatureConfig,
+    FeatureExtractor,
+    shared_extractor,
+)
 from civicsignals.classifier.model.onnx_graph import IR_VERSION, OPSET, build_onnx_model
 from civicsignals.classifier.taxonomy import label_key, split_label
 
@@ -51,18 +59,23 @@ __all__ = [
     "FEATURE_HASH",
     "LABELS_FILE",
     "MODEL_FILE",
+    "READABLE_FORMATS",
+    "VOCABULARY_FILE",
     "TrainedModel",
     "export_bundle",
     "train",
     "training_data_digest",
 ]
 
-BUNDLE_FORMAT = "civicsignals-topic-model/1"
+BUNDLE_FORMAT = "civicsignals-topic-model/2"
+#: Formats serving still reads: /1 bundles have no vocabulary file (the lookup is in their graph).
+READABLE_FORMATS = frozenset({"civicsignals-topic-model/1", BUNDLE_FORMAT})
 #: The only feature hash a bundle of this format may use.
 FEATURE_HASH = "crc32-utf8"
 #: Keys of the card's ``features`` block that describe the graph rather than configure features.
 CARD_FEATURE_NOTES = frozenset({"hash", "tf", "idf", "norm", "vocabulary_size"})
 MODEL_FILE = "model.onnx"
+VOCABULARY_FILE = "vocabulary.npy"
 LABELS_FILE = "labels.json"
 CARD_FILE = "card.json"
 
@@ -109,9 +122,17 @@ class TrainedModel:
     ) -> sp.csr_matrix:
         """The matrix the classifier sees (numpy twin of the graph): normalised tf-idf ``[n, V]``,
         followed by the scaled embeddings ``[n, E]`` when the model has an encoder."""
-        tfidf = _tfidf(
-            FeatureExtractor(self.feature_config).rows(texts), self.remap_table(), self.idf, self.sublinear_tf
-        )
+        # The process's shared extractor, as serving keeps one per model: both paths then pay the
+        # same featurisation cost and the benchmark compares what comes after it.
+        return self.transform_features(shared_extractor(self.feature_config).rows(texts), embeddings)
+
+    def transform_features(
+        self,
+        rows: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]],
+        embeddings: npt.NDArray[np.floating] | None = None,
+    ) -> sp.csr_matrix:
+        """:meth:`transform` after featurisation (per-text ``(ids, counts)`` from :mod:`.features`)."""
+        tfidf = _tfidf(rows, self.remap_table(), self.idf, self.sublinear_tf)
         return _with_embeddings(tfidf, embeddings, self.encoder)
 
     def predict_proba(
@@ -318,7 +339,6 @@ def export_bundle(
     weights = np.zeros((n_rows, len(model.classes)), dtype=np.float32)
     weights[1:] = model.coef.T
     onnx_model = build_onnx_model(
-        remap=model.remap_table(),
         idf=model.idf,
         weights=weights,
         bias=model.intercept,
@@ -327,6 +347,9 @@ def export_bundle(
         metadata={"version": version, "bundle_format": BUNDLE_FORMAT},
     )
     onnx_bytes = onnx_model.SerializeToString()
+    buffer = io.BytesIO()
+    np.save(buffer, model.vocabulary.astype(np.int32), allow_pickle=False)
+    vocabulary_bytes = buffer.getvalue()
 
     card: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
@@ -353,12 +376,17 @@ def export_bundle(
         },
         "classifier": model.params,
         "encoder": model.encoder,
+        "vocabulary": {
+            "file": VOCABULARY_FILE,
+            "size": len(model.vocabulary),
+            "sha256": hashlib.sha256(vocabulary_bytes).hexdigest(),
+        },
         "onnx": {
             "file": MODEL_FILE,
             "opset": OPSET,
             "ir_version": IR_VERSION,
             "inputs": {
-                "ids": "int64[N,L]",
+                "rows": "int64[N,L]",
                 "counts": "float32[N,L]",
                 **({"embeddings": f"float32[N,{model.encoder['dim']}]"} if model.encoder else {}),
             },
@@ -375,6 +403,7 @@ def export_bundle(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / MODEL_FILE, onnx_bytes)
+    _write_atomic(out_dir / VOCABULARY_FILE, vocabulary_bytes)
     labels_json = [{"topic": t, "subtopic": s} for t, s in labels]
     _write_atomic(out_dir / LABELS_FILE, _json_bytes(labels_json))
     _write_atomic(out_dir / CARD_FILE, _json_bytes(card))  # last: its presence marks a complete bundle

@@ -1,0 +1,123 @@
+"""Group commit: items from concurrent tasks, written together in one transaction.
+
+A service that commits once per request or per delivery pays a transaction each time: on SQLite
+every writer queues for the one write lock, on PostgreSQL every commit waits for its WAL flush.
+Under load, the items that arrive while a transaction runs are written together in the next one,
+so a commit's cost is shared and the writer can load what the items need in one query instead of
+one each; each caller still returns only after its own item has committed.
+
+The writer gets the session and a list of items and must only change the database through that
+session, so that it can run again: if a shared transaction fails, it rolls back whole and each item
+is written once more in a transaction of its own, so one failing item fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from civicsignals.common.db import SessionFactory
+
+log = logging.getLogger(__name__)
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+Writer = Callable[[AsyncSession, Sequence[ItemT]], Awaitable[Sequence[ResultT]]]
+
+
+class GroupCommit(Generic[ItemT, ResultT]):
+    """Submit items one by one; ``write(session, items)`` writes a batch and returns one result each."""
+
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        write: Writer[ItemT, ResultT],
+        *,
+        name: str,
+        max_batch: int = 200,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._on_commit = on_commit
+        self._write = write
+        self._name = name
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[ItemT, asyncio.Future[ResultT]]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.items = 0
+
+    async def submit(self, item: ItemT) -> ResultT:
+        """Write ``item`` in the next shared transaction; returns its result once that committed."""
+        if self._task is None or self._task.done():
+            self._queue = asyncio.Queue()
+            self._task = asyncio.create_task(self._loop(), name=self._name)
+        assert self._queue is not None
+        future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, future))
+        return await asyncio.shield(future)  # a cancelled caller does not cancel the others' commit
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _loop(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < self._max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                results = await self._commit([item for item, _ in batch])
+            except asyncio.CancelledError:
+                for _, future in batch:
+                    future.cancel()
+                raise
+            except Exception as exc:
+                if len(batch) == 1:
+                    _settle(batch[0][1], error=exc)
+                    continue
+                log.info(
+                    "%s: a batch of %d failed (%s); one by one", self._name, len(batch), type(exc).__name__
+                )
+                for item, future in batch:
+                    try:
+                        (result,) = await self._commit([item])
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as single:
+                        _settle(future, error=single)
+                    else:
+                        _settle(future, result=result)
+                continue
+            self.batches += 1
+            self.items += len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                _settle(future, result=result)
+
+    async def _commit(self, items: list[ItemT]) -> Sequence[ResultT]:
+        async with self._sessions() as session, session.begin():
+            results = await self._write(session, items)
+        if self._on_commit is not None:
+            self._on_commit()
+        return results
+
+
+def _settle(
+    future: asyncio.Future[ResultT], *, result: ResultT | None = None, error: BaseException | None = None
+) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]

@@ -1,0 +1,67 @@
+"""Group commit on a real SQLite file: concurrent units share a transaction; a failing one fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, event, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from civicsignals.common.db import create_engine, session_factory
+from civicsignals.common.groupcommit import GroupCommit
+
+ROWS = Table("rows", MetaData(), Column("number", Integer, primary_key=True))
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'group.db'}")
+    async with engine.begin() as connection:
+        await connection.run_sync(ROWS.metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+async def _insert_all(session: AsyncSession, numbers: Sequence[int]) -> list[int]:
+    """The writer: every number of the batch in one statement, each answered with ten times it."""
+    await session.exec(insert(ROWS), params=[{"number": number} for number in numbers])
+    return [number * 10 for number in numbers]
+
+
+async def _stored(engine: AsyncEngine) -> list[int]:
+    async with engine.connect() as connection:
+        return sorted(row[0] for row in await connection.execute(select(ROWS.c.number)))
+
+
+async def test_concurrent_units_commit_together_and_each_gets_its_result(engine: AsyncEngine) -> None:
+    commits: list[int] = []
+    event.listen(engine.sync_engine, "commit", lambda _connection: commits.append(1))
+    writer: GroupCommit[int, int] = GroupCommit(session_factory(engine), _insert_all, name="test")
+    try:
+        results = await asyncio.gather(*(writer.submit(number) for number in range(50)))
+    finally:
+        await writer.close()
+    assert results == [number * 10 for number in range(50)]
+    assert await _stored(engine) == list(range(50))
+    assert len(commits) < 50 and writer.items == 50 and writer.batches == len(commits)
+
+
+async def test_a_failing_unit_fails_alone(engine: AsyncEngine) -> None:
+    writer: GroupCommit[int, int] = GroupCommit(session_factory(engine), _insert_all, name="test")
+    try:
+        outcomes = await asyncio.gather(
+            writer.submit(1),
+            writer.submit(2),
+            writer.submit(1),  # the same primary key: this one cannot commit
+            writer.submit(3),
+            return_exceptions=True,
+        )
+    finally:
+        await writer.close()
+    assert outcomes[0] == 10 and outcomes[1] == 20 and outcomes[3] == 30
+    assert isinstance(outcomes[2], Exception) and "UNIQUE" in str(outcomes[2])
+    assert await _stored(engine) == [1, 2, 3]

@@ -1,0 +1,266 @@
+"""The transactional consumer: a fetched batch applied in one transaction, on a real nats-server
+and a real SQLite database. A failing batch is settled event by event; nothing is applied twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+from opentelemetry import trace
+from sqlalchemy import Column, MetaData, String, Table, event, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from civicsignals.common import bus as bus_module
+from civicsignals.common.bus import (
+    DLQ_STREAM,
+    STREAM,
+    Bus,
+    ConsumerSpec,
+    NotReady,
+    PermanentError,
+    stream_messages,
+)
+from civicsignals.common.db import create_engine, session_factory
+from civicsignals.common.events import CloudEvent, SignalReceived, make_event, utcnow
+from civicsignals.common.inbox import ProcessedEvent, TransactionalConsumer
+from civicsignals.common.telemetry import tracer
+
+pytestmark = pytest.mark.timeout(60)
+
+DURABLE = "tests-transactional"
+SUBJECT = "civic.gouda.signal.received"
+APPLIED = Table("applied", MetaData(), Column("event_id", String, primary_key=True))
+
+Behaviour = Callable[[CloudEvent, Msg], Awaitable[None]]
+
+
+def _received(number: int) -> CloudEvent:
+    data = SignalReceived(
+        signal_id=f"signal-{number}",
+        tracking_code="7KQ2-M9XD-4HTC",
+        kind="report",
+        channel="web",
+        text="losse stoeptegel",
+        received_at=utcnow(),
+        has_contact=False,
+        source="tests",
+    )
+    return make_event(tenant="gouda", service="intake", data=data)
+
+
+class Database:
+    """A real SQLite file with the inbox and a table that records each applied event."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.sessions = session_factory(engine)
+        self.commits = 0
+        event.listen(engine.sync_engine, "commit", self._count)
+
+    def _count(self, _connection: Any) -> None:
+        self.commits += 1
+
+    async def applied(self) -> list[str]:
+        async with self.engine.connect() as connection:
+            return [row[0] for row in await connection.execute(select(APPLIED.c.event_id))]
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'consumer.db'}")
+    async with engine.begin() as connection:
+        await connection.run_sync(lambda sync: ProcessedEvent.__table__.create(sync))  # type: ignore[attr-defined]
+        await connection.run_sync(APPLIED.metadata.create_all)
+    yield Database(engine)
+    await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def running(
+    bus: Bus,
+    database: Database,
+    behaviour: Behaviour | None = None,
+    seen: list[tuple[str, int]] | None = None,
+) -> AsyncIterator[TransactionalConsumer]:
+    async def apply(session: AsyncSession, event: CloudEvent, msg: Msg) -> None:
+        if seen is not None:
+            seen.append((event.id, trace.get_current_span().get_span_context().trace_id))
+        await session.exec(insert(APPLIED).values(event_id=event.id))
+        if behaviour is not None:
+            await behaviour(event, msg)
+
+    spec = ConsumerSpec(DURABLE, "civic.*.signal.received", apply=apply, max_deliver=5, ack_wait_s=10.0)
+    consumer = TransactionalConsumer(bus, spec, database.sessions)
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield consumer
+    finally:
+        consumer.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _settled(bus: Bus, last_seq: int) -> bool:
+    try:
+        info = await bus.js.consumer_info(STREAM, DURABLE)
+    except NotFoundError:  # the consumer's task has not created it yet
+        return False
+    return info.ack_floor.stream_seq >= last_seq and info.num_ack_pending == 0 and info.num_pending == 0
+
+
+@pytest.fixture
+def short_delays(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bus_module, "redelivery_delay", lambda num_delivered: 0.3 * num_delivered)
+
+
+def test_a_spec_takes_either_a_handler_or_apply() -> None:
+    async def handler(_event: CloudEvent, _msg: Msg) -> None: ...
+
+    async def apply(_session: AsyncSession, _event: CloudEvent, _msg: Msg) -> None: ...
+
+    with pytest.raises(ValueError, match="exactly one"):
+        ConsumerSpec(DURABLE, SUBJECT)
+    with pytest.raises(ValueError, match="exactly one"):
+        ConsumerSpec(DURABLE, SUBJECT, handler, apply=apply)
+
+
+async def test_a_fetched_batch_commits_in_one_transaction(
+    bus: Bus, database: Database, wait_until: Any
+) -> None:
+    events = [_received(number) for number in range(30)]
+    for item in events:
+        await bus.publish(SUBJECT, item)
+
+    async with running(bus, database):
+        await wait_until(lambda: _settled(bus, len(events)), message="every message acked")
+
+    assert sorted(await database.applied()) == sorted(item.id for item in events)
+    assert database.commits == 1  # the 30 messages were fetched (batch size 50) and committed together
+
+
+async def test_an_event_processed_before_is_acked_and_not_applied_again(
+    bus: Bus, database: Database, wait_until: Any
+) -> None:
+    before, fresh = _received(1), _received(2)
+    async with database.sessions() as session, session.begin():
+        session.add(ProcessedEvent(consumer=DURABLE, event_id=before.id))
+    await bus.publish(SUBJECT, before)
+    await bus.publish(SUBJECT, fresh)
+    await bus.publish(SUBJECT, fresh.model_copy())  # a duplicate: JetStream drops it (same Nats-Msg-Id)
+
+    async with running(bus, database):
+        await wait_until(lambda: _settled(bus, 2), message="both acked")
+
+    assert await database.applied() == [fresh.id]
+
+
+async def test_a_poison_event_in_a_batch_is_dead_lettered_alone(
+    bus: Bus, database: Database, wait_until: Any
+) -> None:
+    events = [_received(number) for number in range(10)]
+    poison = events[4]
+
+    async def refuse_poison(event: CloudEvent, _msg: Msg) -> None:
+        if event.id == poison.id:
+            raise PermanentError("unknown tenant")
+
+    for item in events:
+        await bus.publish(SUBJECT, item)
+    await bus.js.publish(SUBJECT, b"{not a cloud event", headers={"Nats-Msg-Id": "malformed-1"})
+
+    async with running(bus, database, refuse_poison):
+        await wait_until(lambda: _settled(bus, len(events) + 1), message="every message settled")
+
+    applied = await database.applied()
+    assert sorted(applied) == sorted(item.id for item in events if item is not poison)
+    dead = await stream_messages(bus.js, DLQ_STREAM)
+    reasons = sorted(message.headers["Civic-Dlq-Reason"] for message in dead)
+    assert len(dead) == 2
+    assert reasons[0].startswith("PermanentError: unknown tenant")
+    assert reasons[1].startswith("malformed CloudEvent")
+    async with database.engine.connect() as connection:
+        claimed = {row[0] for row in await connection.execute(text("SELECT event_id FROM inbox"))}
+    assert poison.id not in claimed  # its claim rolled back with it
+    assert len(claimed) == len(events) - 1
+
+
+async def test_a_transient_failure_in_a_batch_delays_only_its_event(
+    bus: Bus, database: Database, wait_until: Any, short_delays: None
+) -> None:
+    events = [_received(number) for number in range(8)]
+    flaky = events[2]
+
+    async def fail_first_delivery(event: CloudEvent, msg: Msg) -> None:
+        if event.id == flaky.id and msg.metadata.num_delivered == 1:
+            raise RuntimeError("database busy")
+
+    for item in events:
+        await bus.publish(SUBJECT, item)
+
+    async with running(bus, database, fail_first_delivery):
+        await wait_until(lambda: _settled(bus, len(events)), message="every message acked")
+
+    applied = await database.applied()
+    assert sorted(applied) == sorted(item.id for item in events)
+    assert len(applied) == len(set(applied))  # the flaky one once, after its redelivery
+
+
+async def test_each_event_of_a_batch_continues_its_own_trace(
+    bus: Bus, database: Database, wait_until: Any, spans: Any
+) -> None:
+    publishers = []
+    events = [_received(1), _received(2)]
+    for item in events:
+        with tracer().start_as_current_span("POST /v1/signals") as span:
+            await bus.publish(SUBJECT, item)
+        publishers.append(span.get_span_context().trace_id)
+    seen: list[tuple[str, int]] = []
+
+    async with running(bus, database, seen=seen):
+        await wait_until(lambda: _settled(bus, 2), message="both acked")
+
+    assert dict(seen) == {item.id: trace_id for item, trace_id in zip(events, publishers, strict=True)}
+    assert publishers[0] != publishers[1]
+
+
+async def test_a_not_ready_event_waits_while_the_rest_of_its_batch_commits(
+    bus: Bus, database: Database, wait_until: Any, short_delays: None
+) -> None:
+    events = [_received(number) for number in range(6)]
+    early = events[1]
+    deliveries: list[int] = []
+
+    async def wait_for_its_turn(event: CloudEvent, msg: Msg) -> None:
+        if event.id == early.id:
+            deliveries.append(msg.metadata.num_delivered)
+            if msg.metadata.num_delivered < 3:
+                raise NotReady("waits for another event")
+
+    async def apply_after_check(session: AsyncSession, event: CloudEvent, msg: Msg) -> None:
+        await wait_for_its_turn(event, msg)  # before any change, as NotReady requires
+        await session.exec(insert(APPLIED).values(event_id=event.id))
+
+    for item in events:
+        await bus.publish(SUBJECT, item)
+    spec = ConsumerSpec(DURABLE, "civic.*.signal.received", apply=apply_after_check, max_deliver=5)
+    consumer = TransactionalConsumer(bus, spec, database.sessions)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_until(lambda: _settled(bus, len(events)), message="every message acked")
+    finally:
+        consumer.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    assert sorted(await database.applied()) == sorted(item.id for item in events)
+    assert deliveries == [1, 2, 3]
+    assert database.commits == 2  # the batch without it, then it alone once ready (a wait commits nothing)
