@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import message_from_bytes
@@ -154,7 +156,10 @@ class Load:
 async def post_all(
     url: str, key: str, count: int, *, concurrency: int, rate: float | None, offset: int = 0
 ) -> Load:
-    """POST ``count`` signals: as fast as possible with ``concurrency`` clients, or at ``rate``/s."""
+    """POST ``count`` signals: as fast as possible with ``concurrency`` clients, or at ``rate``/s.
+
+    Runs in a process of its own (``load_in_own_process``), so the receivers of this process and
+    the load generator do not share one interpreter lock."""
     load = Load()
     headers = {"Authorization": f"Bearer {key}"}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -185,6 +190,21 @@ async def post_all(
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     load.last = time.time()
     return load
+
+
+def _load_process(url: str, key: str, count: int, concurrency: int, rate: float | None, offset: int) -> Load:
+    return asyncio.run(post_all(url, key, count, concurrency=concurrency, rate=rate, offset=offset))
+
+
+async def load_in_own_process(
+    url: str, key: str, count: int, *, concurrency: int, rate: float | None, offset: int = 0
+) -> Load:
+    """``post_all`` in a child process (spawned, so it inherits none of this process's threads)."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return await asyncio.get_running_loop().run_in_executor(
+            pool, _load_process, url, key, count, concurrency, rate, offset
+        )
 
 
 # --- the stack --------------------------------------------------------------------------------
@@ -301,7 +321,7 @@ async def main_async(args: argparse.Namespace) -> int:
     await asyncio.sleep(1.0)
 
     print("reference: bare FastAPI endpoint …", flush=True)
-    ref = await post_all(
+    ref = await load_in_own_process(
         f"http://127.0.0.1:{reference_port}/v1/signals",
         "x",
         args.signals,
@@ -316,7 +336,7 @@ async def main_async(args: argparse.Namespace) -> int:
     try:
         register_partner(stack, f"http://127.0.0.1:{receiver_port}/hook")
         # Warm up: the first signals pay for model loading, connections and JIT-free caches.
-        warm = await post_all(
+        warm = await load_in_own_process(
             f"{stack.url('intake')}/v1/signals", stack.key, 50, concurrency=8, rate=None, offset=10**6
         )
         await wait_until(
@@ -324,7 +344,7 @@ async def main_async(args: argparse.Namespace) -> int:
         )
 
         print(f"sustained: {args.signals} signals …", flush=True)
-        sustained = await post_all(
+        sustained = await load_in_own_process(
             f"{stack.url('intake')}/v1/signals",
             stack.key,
             args.signals,
@@ -351,7 +371,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
         print(f"fixed rate: {args.rate}/s for {args.seconds}s …", flush=True)
         count = int(args.rate * args.seconds)
-        fixed = await post_all(
+        fixed = await load_in_own_process(
             f"{stack.url('intake')}/v1/signals",
             stack.key,
             count,
@@ -421,7 +441,9 @@ def write_report(
 
     figure, axis = plt.subplots(figsize=(9, 4.8))
     names = [name for name, values in stages.items() if values]
-    axis.boxplot([[v * 1000 for v in stages[name]] for name in names], vert=False, showfliers=False)
+    axis.boxplot(
+        [[v * 1000 for v in stages[name]] for name in names], orientation="horizontal", showfliers=False
+    )
     axis.set_yticks(range(1, len(names) + 1), names)
     axis.set_xlabel("milliseconds")
     axis.set_title(f"Latency per stage at {args.rate:g} signals/s for {args.seconds:g} s (whiskers 5-95 %)")

@@ -68,6 +68,7 @@ class NotReady(TransientError):
 Handler = Callable[[CloudEvent, Msg], Awaitable[None]]
 """A handler that settles its own work (its own transaction, if it has one)."""
 Apply = Callable[["AsyncSession", CloudEvent, Msg], Awaitable[None]]
+Prepare = Callable[["AsyncSession", list[CloudEvent]], Awaitable[None]]
 """A handler that applies one event inside a transaction it is given (see ``inbox.TransactionalConsumer``)."""
 
 
@@ -82,6 +83,11 @@ class ConsumerSpec:
     """Instead of ``handler``: applied inside a transaction the consumer owns, a fetched batch in one."""
     after_commit: Callable[[], None] | None = None
     """Called after a transaction of ``apply`` committed (say, to wake a dispatcher)."""
+    prepare: Prepare | None = None
+    """With ``apply``: called once per transaction, before any ``apply``, with the events to be
+    applied, to read what they all need in one query each (kept in ``session.info``). The applies
+    then write without reading, so the transaction holds SQLite's one write lock only for its
+    final flush, not while each event waits its turn on the event loop."""
     max_deliver: int = 10
     ack_wait_s: float = 30.0
     batch_size: int = 50

@@ -119,6 +119,8 @@ class TransactionalConsumer(Consumer):
         async with self._sessions() as session, session.begin():
             if not await claim(session, self.spec.durable, event.id):
                 return
+            if self.spec.prepare is not None:
+                await self.spec.prepare(session, [event])
             await self._apply(session, event, msg)
         self._committed()
 
@@ -139,6 +141,8 @@ class TransactionalConsumer(Consumer):
         try:
             async with self._sessions() as session, session.begin():
                 done = await claimed_before(session, durable, [event.id for _, event in batch])
+                if self.spec.prepare is not None:
+                    await self.spec.prepare(session, [event for _, event in batch if event.id not in done])
                 for msg, event in batch:
                     if event.id in done:
                         continue  # processed before, or twice in this batch

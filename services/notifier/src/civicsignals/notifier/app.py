@@ -11,6 +11,7 @@ from civicsignals.common.audit import mount_audit
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.notifier import flows, models  # noqa: F401  (models registers the tables)
 from civicsignals.notifier.dispatch import Dispatcher
+from civicsignals.notifier.mailer import SmtpPool
 from civicsignals.notifier.messages import TemplateBook
 from civicsignals.notifier.secretbox import SecretBox
 from civicsignals.notifier.service import IntakeContacts
@@ -41,6 +42,7 @@ def create_app(
         templates=TemplateBook(settings.tenants_dir),
         box=SecretBox.from_setting(settings.secrets_key, settings.data_dir),
         http=webhook_http,
+        mailer=SmtpPool(settings),
     )
     dispatcher = Dispatcher(context)
     context.wake_dispatcher.append(dispatcher.wake)
@@ -52,6 +54,7 @@ def create_app(
         # Before the clients close: attempts under way must not fail for a closed client.
         await dispatcher.stop()
         await webhook_http.aclose()
+        await context.mailer.close()
         if intake_client is None:
             await intake_http.aclose()
 

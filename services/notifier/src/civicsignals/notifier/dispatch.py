@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "civicsignals-notifier/1"
 SKIPPED = "skipped"
+RECORD_BACKLOG_FACTOR = 4
+"""Attempts that have sent and wait for their record: at most this many times the sending slots."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class Claimed:
     endpoint_id: str | None
     payload: str
     number: int
+    endpoint: Endpoint | None = None
+    """A webhook's endpoint as it was at the claim (read with the claim, not once per attempt)."""
 
 
 @dataclass
@@ -132,21 +136,28 @@ class Dispatcher:
     async def run(self) -> None:
         """Dispatch until cancelled: claim what is due into free slots, at once when woken.
 
-        Attempts run as their own tasks, up to ``delivery_concurrency`` at a time; a slow receiver
-        holds one slot, not the whole pass; finished attempts wake the loop, which claims again once
-        a quarter of the slots is free.
+        Attempts run as their own tasks; up to ``delivery_concurrency`` of them may be sending at a
+        time. A slot is taken by the send only: an attempt that has sent gives its slot back while
+        its outcome waits for the next group commit. A slow receiver holds one slot, not the whole
+        pass; a finished send wakes the loop, which claims again once a quarter of the slots is free.
         """
         self._task = asyncio.current_task()
-        in_flight: set[asyncio.Task[None]] = set()
+        tasks: set[asyncio.Task[None]] = set()
+        sending: set[str] = set()
         try:
             while True:
                 self._wakeup.clear()
-                free = self.settings.delivery_concurrency - len(in_flight)
+                # Sent attempts still waiting for their record count too, up to a bound: a database
+                # that cannot keep up must slow the sending, or leases would run out unrecorded.
+                free = min(
+                    self.settings.delivery_concurrency - len(sending),
+                    RECORD_BACKLOG_FACTOR * self.settings.delivery_concurrency - len(tasks),
+                )
                 claimed: list[Claimed] = []
                 # Claim when a quarter of the slots are free (or none is busy), not per finished
                 # attempt: a claim is a write transaction, and one per delivery would queue on it.
                 refill = max(1, self.settings.delivery_concurrency // 4)
-                if free >= refill or (free > 0 and not in_flight):
+                if free >= refill or (free > 0 and not sending):
                     try:
                         claimed = await self.claim_due(min(free, self.settings.scheduler_batch_size))
                     except asyncio.CancelledError:
@@ -154,11 +165,17 @@ class Dispatcher:
                     except Exception:
                         log.exception("dispatcher: claiming failed; trying again")
                 for item in claimed:
-                    task = asyncio.create_task(self._attempt(item), name=f"notifier-attempt-{item.id}")
-                    in_flight.add(task)
-                    task.add_done_callback(self._finished(in_flight))
-                if self.settings.delivery_concurrency - len(in_flight) < refill:
-                    await self._wakeup.wait()  # too few slots free: the next finish wakes us
+                    sending.add(item.id)
+                    release = self._releaser(sending, item.id)
+                    task = asyncio.create_task(
+                        self._attempt(item, release), name=f"notifier-attempt-{item.id}"
+                    )
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    task.add_done_callback(lambda _task: self._wakeup.set())
+                    task.add_done_callback(release)  # an attempt that failed before sending
+                if free - len(claimed) < refill:
+                    await self._wakeup.wait()  # too few slots free: the next finished send wakes us
                     continue
                 if claimed:
                     continue  # there may be more due right now
@@ -167,17 +184,21 @@ class Dispatcher:
                         self._wakeup.wait(), timeout=self.settings.scheduler_poll_interval_s
                     )
         finally:
-            for task in in_flight:
+            for task in tasks:
                 task.cancel()
             with contextlib.suppress(Exception):
-                await asyncio.gather(*in_flight, return_exceptions=True)
+                await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _finished(self, in_flight: set[asyncio.Task[None]]) -> Any:
-        def _done(task: asyncio.Task[None]) -> None:
-            in_flight.discard(task)
-            self._wakeup.set()
+    def _releaser(self, sending: set[str], delivery_id: str) -> Callable[..., None]:
+        """Gives the attempt's sending slot back (once) and wakes the loop to fill it; also a
+        done-callback of the attempt's task."""
 
-        return _done
+        def release(_task: object = None) -> None:
+            if delivery_id in sending:
+                sending.discard(delivery_id)
+                self._wakeup.set()
+
+        return release
 
     async def dispatch_once(self) -> int:
         """One pass, waiting for every attempt it started (for tools and tests)."""
@@ -200,6 +221,17 @@ class Dispatcher:
             if self._skip_locked:
                 query = query.with_for_update(skip_locked=True)
             rows = list((await session.exec(query)).all())
+            endpoint_ids = {row.endpoint_id for row in rows if row.channel == "webhook" and row.endpoint_id}
+            endpoints = (
+                {
+                    endpoint.id: endpoint
+                    for endpoint in await session.exec(
+                        select(Endpoint).where(col(Endpoint.id).in_(endpoint_ids))
+                    )
+                }
+                if endpoint_ids
+                else {}
+            )
             claimed: list[Claimed] = []
             for row in rows:
                 if row.status == "sending":
@@ -232,12 +264,14 @@ class Dispatcher:
                         endpoint_id=row.endpoint_id,
                         payload=row.payload,
                         number=row.attempts,
+                        endpoint=endpoints.get(row.endpoint_id) if row.endpoint_id else None,
                     )
                 )
         metrics.DUE.set(len(claimed))
         return claimed
 
-    async def _attempt(self, claimed: Claimed) -> None:
+    async def _attempt(self, claimed: Claimed, sent: Callable[[], None] = lambda: None) -> None:
+        """Send, call ``sent`` (the slot is free again), then record the outcome."""
         started = time.perf_counter()
         try:
             if claimed.channel == "webhook":
@@ -248,6 +282,7 @@ class Dispatcher:
             log.exception("dispatcher: attempt %d of %s failed unexpectedly", claimed.number, claimed.id)
             result = self._retry(claimed, f"internal error: {type(exc).__name__}", "internal")
         result.duration_s = time.perf_counter() - started
+        sent()
         labels = (metric_partner(claimed), claimed.channel)
         metrics.ATTEMPTS.labels(*labels, result.outcome).inc()
         metrics.ATTEMPT_DURATION.labels(*labels).observe(result.duration_s)
@@ -281,8 +316,7 @@ class Dispatcher:
 
     async def _send_webhook(self, claimed: Claimed) -> Result:
         now = utcnow()
-        async with self.ctx.runtime.sessions() as session:
-            endpoint = await session.get(Endpoint, claimed.endpoint_id) if claimed.endpoint_id else None
+        endpoint = claimed.endpoint
         if endpoint is None or not endpoint.enabled:
             reason = "endpoint_disabled" if endpoint is not None else "endpoint_deleted"
             return Result(outcome=Outcome.FAILED.value, reason=reason, error=reason)
@@ -375,7 +409,7 @@ class Dispatcher:
             domain=self.settings.mail_domain,
         )
         try:
-            await service.send_mail(self.settings, mail)
+            await self.ctx.mailer.send(mail)
         except TransientError as exc:
             return self._retry(claimed, str(exc), "smtp")
         return Result(outcome=Outcome.DELIVERED.value, reason="accepted by the SMTP server")

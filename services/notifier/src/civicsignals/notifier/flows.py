@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 from nats.aio.msg import Msg
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.bus import ConsumerSpec, NotReady
@@ -36,11 +35,11 @@ from civicsignals.common.events import (
     read_data,
     utcnow,
 )
-from civicsignals.common.inbox import claim
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.notifier import messages, service
+from civicsignals.notifier.mailer import SmtpPool
 from civicsignals.notifier.messages import TemplateBook
-from civicsignals.notifier.models import Delivery, SignalLink
+from civicsignals.notifier.models import Delivery, Endpoint, Partner, SignalLink
 from civicsignals.notifier.secretbox import SecretBox
 from civicsignals.notifier.settings import NotifierSettings
 from civicsignals.notifier.signing import message_id
@@ -63,6 +62,7 @@ class NotifierContext:
     templates: TemplateBook
     box: SecretBox
     http: httpx.AsyncClient
+    mailer: SmtpPool
     wake_dispatcher: list[Any] = field(default_factory=list)
 
     def wake(self) -> None:
@@ -81,16 +81,94 @@ def acknowledgement_id(tenant: str, signal_id: str) -> str:
     return message_id(tenant, signal_id, messages.ACKNOWLEDGEMENT)
 
 
-async def _delivery_by_message_id(session: AsyncSession, mid: str) -> Delivery | None:
-    return (await session.exec(select(Delivery).where(Delivery.message_id == mid))).first()
+@dataclass
+class BatchView:
+    """What a transaction's events need of the database, read before any of them writes.
+
+    ``prepare`` fills it with one query per kind for every event of a consumer's batch; the applies
+    then only look things up here and add rows, so nothing is read after the first write: the
+    transaction holds SQLite's write lock only for the final flush (and PostgreSQL gets three
+    queries a batch, not three an event). Rows an apply adds are registered too, so a later event
+    of the same batch (a second status change of one case) sees them.
+    """
+
+    links: dict[str, SignalLink] = field(default_factory=dict)
+    by_message_id: dict[str, Delivery] = field(default_factory=dict)
+    by_coalesce_key: dict[str, Delivery] = field(default_factory=dict)
+    endpoints: dict[str, list[tuple[Partner, Endpoint]]] = field(default_factory=dict)
+    """Per tenant, the enabled endpoints of the partners the batch names."""
+
+    KEY: ClassVar[str] = "notifier.batch"
+
+    @staticmethod
+    def of(session: AsyncSession) -> BatchView:
+        view = session.info.get(BatchView.KEY)
+        if not isinstance(view, BatchView):
+            raise RuntimeError("notifier's apply ran without its prepare")
+        return view
+
+    def link(self, session: AsyncSession, tenant: str, signal_id: str) -> SignalLink:
+        """The signal's link, created (and added) when this is the first event about it."""
+        link = self.links.get(signal_id)
+        if link is None:
+            link = self.links[signal_id] = SignalLink(signal_id=signal_id, tenant=tenant)
+            session.add(link)
+        return link
+
+    def add(self, session: AsyncSession, delivery: Delivery) -> Delivery:
+        session.add(delivery)
+        self.by_message_id[delivery.message_id] = delivery
+        if delivery.coalesce_key:
+            self.by_coalesce_key[delivery.coalesce_key] = delivery
+        return delivery
+
+    def enabled_endpoints(self, tenant: str, codes: list[str]) -> list[tuple[Partner, Endpoint]]:
+        wanted = set(codes)
+        return [pair for pair in self.endpoints.get(tenant, []) if pair[0].code in wanted]
 
 
-async def _link(session: AsyncSession, tenant: str, signal_id: str) -> SignalLink:
-    link = await session.get(SignalLink, signal_id)
-    if link is None:
-        link = SignalLink(signal_id=signal_id, tenant=tenant)
-        session.add(link)
-    return link
+def _signal_id(event: CloudEvent) -> str | None:
+    value = event.data.get("signal_id")
+    return value if isinstance(value, str) else None
+
+
+async def prepare(ctx: NotifierContext, session: AsyncSession, events: list[CloudEvent]) -> None:
+    """Read, in one query each, the links, deliveries and endpoints that ``events`` will touch.
+
+    Tolerant of events that do not fit their schema: their apply raises, alone, as it should.
+    """
+    view = BatchView()
+    session.info[BatchView.KEY] = view
+    signal_ids = {sid for event in events if (sid := _signal_id(event))}
+    if signal_ids:
+        links = await session.exec(select(SignalLink).where(col(SignalLink.signal_id).in_(signal_ids)))
+        view.links = {link.signal_id: link for link in links.all()}
+    message_ids = {acknowledgement_id(e.tenant, sid) for e in events if (sid := _signal_id(e))}
+    coalesce_keys = {
+        status_mail_key(e.tenant, str(e.data.get("case_id")))
+        for e in events
+        if e.type == CaseStatusChanged.event_type()
+    }
+    if message_ids or coalesce_keys:
+        deliveries = await session.exec(
+            select(Delivery).where(
+                col(Delivery.message_id).in_(message_ids) | col(Delivery.coalesce_key).in_(coalesce_keys)
+            )
+        )
+        for delivery in deliveries.all():
+            view.by_message_id[delivery.message_id] = delivery
+            if delivery.coalesce_key:
+                view.by_coalesce_key[delivery.coalesce_key] = delivery
+    codes: dict[str, set[str]] = {}
+    for event in events:
+        named = event.data.get("partners") if event.type == SignalRouted.event_type() else None
+        if named is None:
+            link = view.links.get(_signal_id(event) or "")
+            named = link.partners if link is not None else None
+        if isinstance(named, list):
+            codes.setdefault(event.tenant, set()).update(str(code) for code in named)
+    for tenant, tenant_codes in codes.items():
+        view.endpoints[tenant] = await service.enabled_endpoints(session, tenant, sorted(tenant_codes))
 
 
 def _merge_payload(delivery: Delivery, values: dict[str, Any]) -> None:
@@ -102,36 +180,25 @@ def _merge_payload(delivery: Delivery, values: dict[str, Any]) -> None:
 # --- the consumers -------------------------------------------------------------------------------
 
 
-async def _alone(
-    ctx: NotifierContext, consumer: str, event: CloudEvent, apply: Callable[[AsyncSession], Awaitable[None]]
-) -> bool:
-    """Apply one event in a transaction of its own with its inbox claim (tools and tests; the
-    consumers commit a fetched batch together)."""
-    async with ctx.runtime.sessions() as session, session.begin():
-        if not await claim(session, consumer, event.id):
-            return False
-        await apply(session)
-    ctx.wake()
-    return True
-
-
 async def apply_signal_received(ctx: NotifierContext, session: AsyncSession, event: CloudEvent) -> None:
     """Remember the signal; schedule its acknowledgement (sent at once when routing answers)."""
     received = read_data(event, SignalReceived)
     now = utcnow()
-    link = await _link(session, event.tenant, received.signal_id)
+    view = BatchView.of(session)
+    link = view.link(session, event.tenant, received.signal_id)
     link.tracking_code = received.tracking_code
     link.language = received.language or link.language
     link.has_contact = received.has_contact
     mid = acknowledgement_id(event.tenant, received.signal_id)
-    ack = await _delivery_by_message_id(session, mid)
+    ack = view.by_message_id.get(mid)
     if not received.has_contact:
         if ack is not None and ack.status == "scheduled":
             # signal.routed came first and scheduled it; there is nobody to write to.
             ack.status, ack.status_reason, ack.next_attempt_at = "skipped", "no_contact", None
         return
     if ack is None:
-        session.add(
+        view.add(
+            session,
             Delivery(
                 message_id=mid,
                 tenant=event.tenant,
@@ -145,24 +212,18 @@ async def apply_signal_received(ctx: NotifierContext, session: AsyncSession, eve
                     {"tracking_code": received.tracking_code, "language": received.language}
                 ),
                 next_attempt_at=now + timedelta(seconds=ctx.settings.acknowledgement_wait_s),
-            )
+            ),
         )
     elif ack.status == "scheduled":
         _merge_payload(ack, {"tracking_code": received.tracking_code, "language": received.language})
-
-
-async def on_signal_received(ctx: NotifierContext, event: CloudEvent) -> bool:
-    """``apply_signal_received`` in a transaction of its own; False for an event handled before."""
-    return await _alone(
-        ctx, RECEIVED_CONSUMER, event, lambda session: apply_signal_received(ctx, session, event)
-    )
 
 
 async def apply_signal_routed(ctx: NotifierContext, session: AsyncSession, event: CloudEvent) -> None:
     """Release the acknowledgement with the service promise; webhooks to the case's partners."""
     routed = read_data(event, SignalRouted)
     now = utcnow()
-    link = await _link(session, event.tenant, routed.signal_id)
+    view = BatchView.of(session)
+    link = view.link(session, event.tenant, routed.signal_id)
     link.case_id = routed.case_id
     link.tracking_code = routed.tracking_code
     link.partners = list(routed.partners)
@@ -175,7 +236,7 @@ async def apply_signal_routed(ctx: NotifierContext, session: AsyncSession, event
             "due_at": routed.due_at.isoformat() if routed.due_at else None,
         }
         mid = acknowledgement_id(event.tenant, routed.signal_id)
-        ack = await _delivery_by_message_id(session, mid)
+        ack = view.by_message_id.get(mid)
         if ack is None:
             ack = Delivery(
                 message_id=mid,
@@ -190,19 +251,14 @@ async def apply_signal_routed(ctx: NotifierContext, session: AsyncSession, event
                 payload=messages.dumps({"language": link.language}),
                 next_attempt_at=now,
             )
-            session.add(ack)
+            view.add(session, ack)
         if ack.status == "scheduled":
             _merge_payload(ack, values)
             ack.case_id = routed.case_id
             ack.event_id, ack.event_type, ack.event_time = event.id, event.type, event.time
             ack.next_attempt_at = now
             ack.updated_at = now
-    await fan_out(session, event, routed.partners, signal_id=routed.signal_id, case_id=routed.case_id)
-
-
-async def on_signal_routed(ctx: NotifierContext, event: CloudEvent) -> bool:
-    """``apply_signal_routed`` in a transaction of its own; False for an event handled before."""
-    return await _alone(ctx, ROUTED_CONSUMER, event, lambda session: apply_signal_routed(ctx, session, event))
+    fan_out(session, event, routed.partners, signal_id=routed.signal_id, case_id=routed.case_id)
 
 
 async def apply_case_status_changed(
@@ -211,29 +267,24 @@ async def apply_case_status_changed(
     """A status mail (coalesced per case) and webhooks to the case's partners."""
     changed = read_data(event, CaseStatusChanged)
     now = utcnow()
-    link = await session.get(SignalLink, changed.signal_id)
+    link = BatchView.of(session).links.get(changed.signal_id)
     if (link is None or link.partners is None) and deliveries < ROUTED_WAIT_DELIVERIES:
         # Before any change: the event comes again, by when signal.routed has been handled.
         raise NotReady("signal.routed of this case has not been handled yet")
     if messages.status_mail_wanted(changed.to, changed.sequence) and (
         link is None or link.has_contact is not False
     ):
-        await _coalesce_status_mail(ctx, session, event, changed, link, now)
+        _coalesce_status_mail(ctx, session, event, changed, link, now)
     partners = list(link.partners or []) if link is not None else []
-    await fan_out(session, event, partners, signal_id=changed.signal_id, case_id=changed.case_id)
+    fan_out(session, event, partners, signal_id=changed.signal_id, case_id=changed.case_id)
 
 
-async def on_case_status_changed(ctx: NotifierContext, event: CloudEvent, deliveries: int = 1) -> bool:
-    """``apply_case_status_changed`` in a transaction of its own; False for an event handled before."""
-    return await _alone(
-        ctx,
-        STATUS_CONSUMER,
-        event,
-        lambda session: apply_case_status_changed(ctx, session, event, deliveries),
-    )
+def status_mail_key(tenant: str, case_id: str) -> str:
+    """The key under which a case's status mail waits out its window (at most one at a time)."""
+    return f"case:{tenant}:{case_id}"
 
 
-async def _coalesce_status_mail(
+def _coalesce_status_mail(
     ctx: NotifierContext,
     session: AsyncSession,
     event: CloudEvent,
@@ -246,14 +297,15 @@ async def _coalesce_status_mail(
     The window runs from the first change, not the last, so a case that keeps changing still gets
     a mail every window. The mail carries the latest status (by sequence) and that change's note.
     """
-    key = f"case:{event.tenant}:{changed.case_id}"
+    view = BatchView.of(session)
+    key = status_mail_key(event.tenant, changed.case_id)
     values = {
         "status": changed.to,
         "public_note": changed.public_note,
         "tracking_code": changed.tracking_code,
         "language": link.language if link else None,
     }
-    waiting = (await session.exec(select(Delivery).where(Delivery.coalesce_key == key))).first()
+    waiting = view.by_coalesce_key.get(key)
     if waiting is not None and waiting.status == "scheduled":
         if changed.sequence > waiting.sequence:
             payload = json.loads(waiting.payload)
@@ -264,7 +316,8 @@ async def _coalesce_status_mail(
             waiting.event_id, waiting.event_type, waiting.event_time = event.id, event.type, event.time
             waiting.updated_at = now
         return
-    session.add(
+    view.add(
+        session,
         Delivery(
             message_id=message_id(event.id, "email"),
             tenant=event.tenant,
@@ -279,11 +332,11 @@ async def _coalesce_status_mail(
             coalesce_key=key,
             sequence=changed.sequence,
             next_attempt_at=now + timedelta(seconds=ctx.settings.coalesce_window_s),
-        )
+        ),
     )
 
 
-async def fan_out(
+def fan_out(
     session: AsyncSession, event: CloudEvent, partner_codes: list[str], *, signal_id: str, case_id: str
 ) -> int:
     """One webhook delivery per enabled endpoint of each partner that subscribed to this event.
@@ -294,7 +347,7 @@ async def fan_out(
     wanted = short_type(event.type)
     body = event.to_json().decode()
     count = 0
-    targets = await service.enabled_endpoints(session, event.tenant, partner_codes)
+    targets = BatchView.of(session).enabled_endpoints(event.tenant, partner_codes)
     missing = set(partner_codes) - {partner.code for partner, _ in targets}
     if missing:
         log.info(
@@ -327,7 +380,8 @@ async def fan_out(
 
 
 def consumers(ctx: NotifierContext) -> list[ConsumerSpec]:
-    """The three consumers; each commits a fetched batch in one transaction, then wakes the dispatcher."""
+    """The three consumers; each reads ahead for a fetched batch, commits it in one transaction,
+    then wakes the dispatcher."""
 
     async def on_received(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
         await apply_signal_received(ctx, session, event)
@@ -338,12 +392,20 @@ def consumers(ctx: NotifierContext) -> list[ConsumerSpec]:
     async def on_status(session: AsyncSession, event: CloudEvent, msg: Msg) -> None:
         await apply_case_status_changed(ctx, session, event, deliveries=msg.metadata.num_delivered or 1)
 
+    async def read_ahead(session: AsyncSession, events: list[CloudEvent]) -> None:
+        await prepare(ctx, session, events)
+
     return [
         ConsumerSpec(
-            RECEIVED_CONSUMER, SignalReceived.subscription(), apply=on_received, after_commit=ctx.wake
-        ),
-        ConsumerSpec(ROUTED_CONSUMER, SignalRouted.subscription(), apply=on_routed, after_commit=ctx.wake),
-        ConsumerSpec(
-            STATUS_CONSUMER, CaseStatusChanged.subscription(), apply=on_status, after_commit=ctx.wake
-        ),
+            durable,
+            subject,
+            apply=apply,
+            prepare=read_ahead,
+            after_commit=ctx.wake,
+        )
+        for durable, subject, apply in (
+            (RECEIVED_CONSUMER, SignalReceived.subscription(), on_received),
+            (ROUTED_CONSUMER, SignalRouted.subscription(), on_routed),
+            (STATUS_CONSUMER, CaseStatusChanged.subscription(), on_status),
+        )
     ]

@@ -1,4 +1,4 @@
-"""Notifier's plain functions: contacts from intake, SMTP, partners and their secrets, the log.
+"""Notifier's plain functions: contacts from intake, partners and their secrets, the log.
 
 Nothing here knows HTTP routes or the bus; ``flows`` and ``views`` call these.
 """
@@ -8,11 +8,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 import httpx
 import yaml
 from sqlmodel import col, select
@@ -21,7 +19,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from civicsignals.common.bus import PermanentError, TransientError
 from civicsignals.notifier.models import Attempt, Delivery, Endpoint, EndpointPublic, Partner, SecretInfo
 from civicsignals.notifier.secretbox import SecretBox
-from civicsignals.notifier.settings import NotifierSettings
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +73,6 @@ class IntakeContacts:
             consent=bool(body.get("consent")),
             language=body.get("language"),
         )
-
-
-async def send_mail(settings: NotifierSettings, mail: EmailMessage) -> None:
-    """Hand a mail to the SMTP server (STARTTLS and login as configured)."""
-    try:
-        await aiosmtplib.send(
-            mail,
-            hostname=settings.smtp_host,
-            port=settings.smtp_port,
-            start_tls=settings.smtp_starttls,
-            username=settings.smtp_username,
-            password=settings.smtp_password,
-            timeout=settings.smtp_timeout_s,
-        )
-    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        raise TransientError(f"SMTP failed: {type(exc).__name__}") from exc
 
 
 # --- partners ------------------------------------------------------------------------------------

@@ -32,6 +32,15 @@ class NotifierSettings(ServiceSettings):
     smtp_username: str | None = None
     smtp_password: str | None = None
     smtp_timeout_s: float = Field(default=10.0, gt=0)
+    smtp_connections: int = Field(
+        default=8, ge=1, description="SMTP connections kept open, and so mails handed over at once"
+    )
+    smtp_messages_per_connection: int = Field(
+        default=100, ge=1, description="mails sent on one connection before it is closed and a new one opened"
+    )
+    smtp_idle_s: float = Field(
+        default=30.0, gt=0, description="an SMTP connection unused this long is closed, not reused"
+    )
     mail_from: str = "Gemeente <noreply@civicsignals.local>"
     mail_domain: str = Field(default="civicsignals.local", description="right-hand side of Message-IDs")
     public_base_url: str = Field(
@@ -108,7 +117,8 @@ class NotifierSettings(ServiceSettings):
     def lease_s(self, channel: str) -> float:
         """How long one attempt may hold its delivery: every time-out it may wait on, plus margin.
 
-        An e-mail waits on intake (for the address) and on the SMTP server; a webhook on its receiver.
+        An e-mail waits on intake (for the address), for a free SMTP connection and on the SMTP
+        server; a webhook on its receiver.
         """
-        waits = self.webhook_timeout_s if channel == "webhook" else 2 * self.smtp_timeout_s
+        waits = self.webhook_timeout_s if channel == "webhook" else 3 * self.smtp_timeout_s
         return waits + self.lease_margin_s
