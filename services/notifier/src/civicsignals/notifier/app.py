@@ -17,6 +17,7 @@ from civicsignals.notifier.secretbox import SecretBox
 from civicsignals.notifier.service import IntakeContacts
 from civicsignals.notifier.settings import NotifierSettings
 from civicsignals.notifier.views import deliveries_router, partners_router, templates_router
+from civicsignals.notifier.webhook_client import WebhookClient
 
 
 def create_app(
@@ -29,12 +30,8 @@ def create_app(
     intake_http = intake_client or httpx.AsyncClient(
         timeout=settings.smtp_timeout_s, follow_redirects=False, trust_env=False
     )
-    webhook_http = httpx.AsyncClient(
-        timeout=settings.webhook_timeout_s,
-        follow_redirects=False,  # DESIGN §6: a redirect is a failed attempt, never followed
-        trust_env=False,
-        limits=httpx.Limits(max_connections=settings.delivery_concurrency * 2),
-    )
+    # DESIGN §6: a redirect is a failed attempt, never followed (the client does not follow one).
+    webhook_http = WebhookClient(max_connections=settings.delivery_concurrency * 2)
     context = flows.NotifierContext(
         runtime=runtime,
         settings=settings,
@@ -53,7 +50,7 @@ def create_app(
     async def close_clients() -> None:
         # Before the clients close: attempts under way must not fail for a closed client.
         await dispatcher.stop()
-        await webhook_http.aclose()
+        await webhook_http.close()
         await context.mailer.close()
         if intake_client is None:
             await intake_http.aclose()

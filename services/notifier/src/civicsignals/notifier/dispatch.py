@@ -24,12 +24,12 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -50,6 +50,7 @@ from civicsignals.notifier.flows import NotifierContext
 from civicsignals.notifier.models import Attempt, Delivery, Endpoint, Partner
 from civicsignals.notifier.schedule import Outcome, Verdict, judge, retry_delay
 from civicsignals.notifier.signing import InvalidSecret, message_id, webhook_headers
+from civicsignals.notifier.webhook_client import WebhookTimeout, WebhookUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class Claimed:
     number: int
     endpoint: Endpoint | None = None
     """A webhook's endpoint as it was at the claim (read with the claim, not once per attempt)."""
+    claimed_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -134,37 +136,34 @@ class Dispatcher:
         await self._recorder.close()
 
     async def run(self) -> None:
-        """Dispatch until cancelled: claim what is due into free slots, at once when woken.
+        """Dispatch until cancelled: claim what is due in batches, send it through free slots.
 
-        Attempts run as their own tasks; up to ``delivery_concurrency`` of them may be sending at a
-        time. A slot is taken by the send only: an attempt that has sent gives its slot back while
-        its outcome waits for the next group commit. A slow receiver holds one slot, not the whole
-        pass; a finished send wakes the loop, which claims again once a quarter of the slots is free.
+        A claim takes up to ``scheduler_batch_size`` due deliveries into a local queue, and claims
+        again when the queue is half empty: few, large claim transactions, since each one queues for
+        the database's write lock. Attempts run as their own tasks; up to ``delivery_concurrency``
+        of them send at a time. A slot is held by the send only: an attempt that has sent gives it
+        back while its outcome waits for the next group commit, and at most
+        ``RECORD_BACKLOG_FACTOR`` times that many sent attempts may wait so, so a database that
+        cannot keep up slows the sending instead of letting leases run out unrecorded. A queued
+        delivery whose lease has too little left (slots stayed full) is not started: its lease
+        runs out and it is claimed again.
         """
         self._task = asyncio.current_task()
         tasks: set[asyncio.Task[None]] = set()
         sending: set[str] = set()
+        queue: deque[Claimed] = deque()
+        batch = self.settings.scheduler_batch_size
+        concurrency = self.settings.delivery_concurrency
         try:
             while True:
                 self._wakeup.clear()
-                # Sent attempts still waiting for their record count too, up to a bound: a database
-                # that cannot keep up must slow the sending, or leases would run out unrecorded.
-                free = min(
-                    self.settings.delivery_concurrency - len(sending),
-                    RECORD_BACKLOG_FACTOR * self.settings.delivery_concurrency - len(tasks),
-                )
-                claimed: list[Claimed] = []
-                # Claim when a quarter of the slots are free (or none is busy), not per finished
-                # attempt: a claim is a write transaction, and one per delivery would queue on it.
-                refill = max(1, self.settings.delivery_concurrency // 4)
-                if free >= refill or (free > 0 and not sending):
-                    try:
-                        claimed = await self.claim_due(min(free, self.settings.scheduler_batch_size))
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:
-                        log.exception("dispatcher: claiming failed; trying again")
-                for item in claimed:
+                while (
+                    queue and len(sending) < concurrency and len(tasks) < RECORD_BACKLOG_FACTOR * concurrency
+                ):
+                    item = queue.popleft()
+                    if time.monotonic() - item.claimed_at > self.settings.lease_margin_s / 2:
+                        log.info("dispatcher: %s waited too long for a slot; left to its lease", item.id)
+                        continue
                     sending.add(item.id)
                     release = self._releaser(sending, item.id)
                     task = asyncio.create_task(
@@ -174,11 +173,20 @@ class Dispatcher:
                     task.add_done_callback(tasks.discard)
                     task.add_done_callback(lambda _task: self._wakeup.set())
                     task.add_done_callback(release)  # an attempt that failed before sending
-                if free - len(claimed) < refill:
-                    await self._wakeup.wait()  # too few slots free: the next finished send wakes us
-                    continue
+                claimed: list[Claimed] = []
+                if len(queue) <= batch // 2:
+                    try:
+                        claimed = await self.claim_due(batch - len(queue))
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        log.exception("dispatcher: claiming failed; trying again")
+                    queue.extend(claimed)
                 if claimed:
-                    continue  # there may be more due right now
+                    continue  # start them, and there may be more due right now
+                if queue:
+                    await self._wakeup.wait()  # slots are full: the next finished send wakes us
+                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._wakeup.wait(), timeout=self.settings.scheduler_poll_interval_s
@@ -335,27 +343,27 @@ class Dispatcher:
         headers["content-type"] = "application/cloudevents+json; charset=utf-8"
         headers["user-agent"] = USER_AGENT
         try:
-            response = await self.ctx.http.post(
-                endpoint.url, content=body, headers=headers, timeout=self.settings.webhook_timeout_s
+            answer = await self.ctx.http.post(
+                endpoint.url, body, headers, timeout_s=self.settings.webhook_timeout_s
             )
-        except httpx.TimeoutException:
+        except WebhookTimeout:
             result = self._retry(claimed, f"timed out after {self.settings.webhook_timeout_s:g}s", "timeout")
             result.counts_against_endpoint = True
             return result
-        except httpx.HTTPError as exc:
-            result = self._retry(claimed, f"connection failed: {type(exc).__name__}", "connect")
+        except WebhookUnreachable as exc:
+            result = self._retry(claimed, f"connection failed: {exc}", "connect")
             result.counts_against_endpoint = True
             return result
         verdict = judge(
-            status_code=response.status_code,
+            status_code=answer.status_code,
             error=None,
-            retry_after=response.headers.get("retry-after"),
+            retry_after=answer.retry_after,
             attempts=claimed.number,
             schedule=self.settings.retry_schedule_s,
             now=utcnow(),
             retry_after_cap_s=self.settings.retry_after_max_s,
         )
-        code = response.status_code
+        code = answer.status_code
         failure_class = None
         if verdict.outcome is not Outcome.DELIVERED:
             failure_class = "redirect" if 300 <= code < 400 else f"http_{code // 100}xx"

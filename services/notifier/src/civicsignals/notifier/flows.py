@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-import httpx
 from nats.aio.msg import Msg
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -43,6 +42,7 @@ from civicsignals.notifier.models import Delivery, Endpoint, Partner, SignalLink
 from civicsignals.notifier.secretbox import SecretBox
 from civicsignals.notifier.settings import NotifierSettings
 from civicsignals.notifier.signing import message_id
+from civicsignals.notifier.webhook_client import WebhookClient
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class NotifierContext:
     contacts: service.IntakeContacts
     templates: TemplateBook
     box: SecretBox
-    http: httpx.AsyncClient
+    http: WebhookClient
     mailer: SmtpPool
     wake_dispatcher: list[Any] = field(default_factory=list)
 
