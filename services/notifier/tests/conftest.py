@@ -204,13 +204,11 @@ async def notifier_factory(
     """``await notifier_factory(tenant_key, **settings)`` starts a notifier; stopped after the test."""
     running: list[Notifier] = []
 
-    async def _start(
-        tenant_key: Any, *, intake_client: httpx.AsyncClient | None = None, **overrides: Any
-    ) -> Notifier:
+    async def _start(tenant_key: Any, **overrides: Any) -> Notifier:
         settings = notifier_settings(
             database_url, nats_server.url, tenant_key.tenants_dir, tmp_path / "notifier-data", **overrides
         )
-        app = create_app(settings, intake_client=intake_client)
+        app = create_app(settings)
         stack = contextlib.AsyncExitStack()
         await stack.enter_async_context(app.router.lifespan_context(app))
         client = await stack.enter_async_context(

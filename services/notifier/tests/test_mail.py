@@ -1,13 +1,11 @@
-"""Resident e-mail in-process: the real intake (its API, sealed contacts and service-key check), a
-real NATS, a real SMTP server (aiosmtpd) and notifier. Routing's events are published by the test.
-
-Intake runs in the same process and notifier reaches it through ``httpx.ASGITransport``: the same
-HTTP requests, headers and auth as over TCP, without a port.
+"""Resident e-mail: the real intake (its API, sealed contacts and service-key check) served by
+uvicorn on a loopback port, a real NATS, a real SMTP server (aiosmtpd) and notifier, which reads
+contacts from intake over HTTP as in production. Routing's events are published by the test.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -15,9 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from civicsignals.common.events import CaseStatusChanged, SignalRouted
 from civicsignals.devstack.nats import NatsServer
+from civicsignals.devstack.ports import free_port
 from civicsignals.intake.app import create_app as create_intake
 from civicsignals.intake.settings import IntakeSettings
 
@@ -69,24 +69,29 @@ async def setup(
         outbox_poll_interval_s=0.1,
     )
     app = create_intake(settings)
-    async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(app.router.lifespan_context(app))
-        client = await stack.enter_async_context(
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake")
-        )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not serving.done(), "intake did not start"
+        await asyncio.sleep(0.05)
+    intake_url = f"http://127.0.0.1:{server.config.port}"
+    try:
+        async with httpx.AsyncClient(base_url=intake_url) as client:
 
-        async def start_notifier(**overrides: Any) -> Any:
-            return await notifier_factory(
-                tenant,
-                intake_client=client,
-                intake_url="http://intake",
-                intake_keys_dir=keys_dir,
-                smtp_port=mail.port,
-                **overrides,
-            )
+            async def start_notifier(**overrides: Any) -> Any:
+                return await notifier_factory(
+                    tenant,
+                    intake_url=intake_url,
+                    intake_keys_dir=keys_dir,
+                    smtp_port=mail.port,
+                    **overrides,
+                )
 
-        yield Intake(client, tenant.key), start_notifier, mail
+            yield Intake(client, tenant.key), start_notifier, mail
+    finally:
         await close_bus_first(app.state.runtime)
+        server.should_exit = True
+        await serving
 
 
 def routed(created: dict[str, Any], case_id: str) -> SignalRouted:

@@ -1,4 +1,4 @@
-"""The webhook client against a real HTTP server on loopback: redirects are answers, not followed;
+"""The webhook client (and intake's contact reader, on the same client library) against a real HTTP server on loopback: redirects are answers, not followed;
 ``Retry-After`` comes through; a slow receiver is a time-out; a closed port is unreachable; a
 receiver's long answer does not break the next request."""
 
@@ -8,10 +8,13 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
+from civicsignals.common.bus import PermanentError, TransientError
 from civicsignals.devstack.ports import free_port
+from civicsignals.notifier.service import IntakeContacts
 from civicsignals.notifier.webhook_client import WebhookClient, WebhookTimeout, WebhookUnreachable
 
 
@@ -97,3 +100,15 @@ async def test_a_closed_port_is_unreachable() -> None:
             await client.post(f"http://127.0.0.1:{free_port()}/hook", b"{}", {}, timeout_s=5)
     finally:
         await client.close()
+
+
+async def test_contacts_from_an_unreachable_intake_are_a_transient_error(tmp_path: Path) -> None:
+    (tmp_path / "gouda").write_text("service-key")
+    contacts = IntakeContacts(f"http://127.0.0.1:{free_port()}", tmp_path, timeout_s=5)
+    try:
+        with pytest.raises(TransientError, match="intake unreachable"):
+            await contacts.fetch("gouda", "01SIGNAL")
+        with pytest.raises(PermanentError, match="no intake service key"):
+            await contacts.fetch("delft", "01SIGNAL")
+    finally:
+        await contacts.close()

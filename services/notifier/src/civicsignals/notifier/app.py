@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 from fastapi import FastAPI
 from sqlmodel import SQLModel
 
@@ -20,22 +19,18 @@ from civicsignals.notifier.views import deliveries_router, partners_router, temp
 from civicsignals.notifier.webhook_client import WebhookClient
 
 
-def create_app(
-    settings: NotifierSettings | None = None, *, intake_client: httpx.AsyncClient | None = None
-) -> FastAPI:
-    """The notifier app; ``intake_client`` lets a test talk to an in-process intake."""
+def create_app(settings: NotifierSettings | None = None) -> FastAPI:
+    """The notifier app."""
     settings = settings or NotifierSettings()
     runtime = ServiceRuntime(settings, metadata=SQLModel.metadata)
-    # trust_env=False: no proxy from the environment between us and a partner, or intake.
-    intake_http = intake_client or httpx.AsyncClient(
-        timeout=settings.smtp_timeout_s, follow_redirects=False, trust_env=False
-    )
     # DESIGN §6: a redirect is a failed attempt, never followed (the client does not follow one).
     webhook_http = WebhookClient(max_connections=settings.delivery_concurrency * 2)
     context = flows.NotifierContext(
         runtime=runtime,
         settings=settings,
-        contacts=IntakeContacts(settings.intake_url, settings.intake_keys_dir, intake_http),
+        contacts=IntakeContacts(
+            settings.intake_url, settings.intake_keys_dir, timeout_s=settings.smtp_timeout_s
+        ),
         templates=TemplateBook(settings.tenants_dir),
         box=SecretBox.from_setting(settings.secrets_key, settings.data_dir),
         http=webhook_http,
@@ -52,8 +47,7 @@ def create_app(
         await dispatcher.stop()
         await webhook_http.close()
         await context.mailer.close()
-        if intake_client is None:
-            await intake_http.aclose()
+        await context.contacts.close()
 
     app = create_service_app(
         runtime,

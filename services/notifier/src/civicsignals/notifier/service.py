@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import yaml
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -35,12 +35,18 @@ class Contact:
 
 
 class IntakeContacts:
-    """Reads contacts through intake's internal endpoint; the address is used, never stored."""
+    """Reads contacts through intake's internal endpoint; the address is used, never stored.
 
-    def __init__(self, base_url: str, keys_dir: Path, client: httpx.AsyncClient) -> None:
+    On aiohttp, like the webhooks (``webhook_client``): one read per resident mail, and httpx cost
+    several times the CPU per request here. The session opens on first use, in the running loop.
+    """
+
+    def __init__(self, base_url: str, keys_dir: Path, *, timeout_s: float, max_connections: int = 16) -> None:
         self.base_url = base_url.rstrip("/")
         self.keys_dir = keys_dir
-        self.client = client
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
 
     def _key(self, tenant: str) -> str:
         path = self.keys_dir / tenant
@@ -49,30 +55,42 @@ class IntakeContacts:
         except FileNotFoundError:
             raise PermanentError(f"no intake service key for tenant {tenant!r} in {self.keys_dir}") from None
 
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                timeout=self.timeout,
+                trust_env=False,
+            )
+        return self._session
+
     async def fetch(self, tenant: str, signal_id: str) -> Contact | None:
         """The contact of a signal, or None when intake keeps none (erased, or never given)."""
+        url = f"{self.base_url}/v1/signals/{signal_id}/contact"
+        headers = {"Authorization": f"Bearer {self._key(tenant)}"}
         try:
-            response = await self.client.get(
-                f"{self.base_url}/v1/signals/{signal_id}/contact",
-                headers={"Authorization": f"Bearer {self._key(tenant)}"},
-            )
-        except httpx.HTTPError as exc:
+            async with self._open().get(url, headers=headers, allow_redirects=False) as response:
+                status = response.status
+                body: Any = await response.json(content_type=None) if status == 200 else None
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             raise TransientError(f"intake unreachable: {type(exc).__name__}") from exc
-        if response.status_code == 404:
+        if status == 404:
             return None
-        if response.status_code in (401, 403):
-            raise PermanentError(
-                f"intake refused notifier's key for tenant {tenant!r}: {response.status_code}"
-            )
-        if response.status_code != 200:
-            raise TransientError(f"intake answered {response.status_code}")
-        body: dict[str, Any] = response.json()
+        if status in (401, 403):
+            raise PermanentError(f"intake refused notifier's key for tenant {tenant!r}: {status}")
+        if status != 200 or not isinstance(body, dict):
+            raise TransientError(f"intake answered {status}")
         return Contact(
             name=body.get("name"),
             email=body.get("email"),
             consent=bool(body.get("consent")),
             language=body.get("language"),
         )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 # --- partners ------------------------------------------------------------------------------------
