@@ -280,3 +280,20 @@ async def test_redirects_are_not_followed_and_a_failed_delivery_can_be_retried(
     assert [a["number"] for a in detail["attempt_log"]] == [1, 2, 3]
     again = await notifier.client.post(f"/v1/deliveries/{delivery['id']}/retry")
     assert again.status_code == 409
+
+
+async def test_a_status_change_that_comes_seconds_before_its_routing_still_reaches_the_partner(
+    make_tenant, notifier_factory, receiver, wait_until
+) -> None:
+    """Under load notifier may see a case's status change well before its ``signal.routed`` (they
+    travel on different consumers): the change waits for the partners instead of going to nobody."""
+    notifier = await notifier_factory(make_tenant(TENANT, scopes=["rules:admin"]))
+    await notifier.register("woonpartners", receiver.url)
+    data = routed(["woonpartners"])
+    await notifier.publish(TENANT, status(data, "in_progress", 2, "We komen dinsdag."))
+    await asyncio.sleep(3.5)  # longer than the first two redeliveries (1 s, then 2 s)
+    assert receiver.delivered() == []
+    await notifier.publish(TENANT, data)
+    await wait_until(lambda: len(receiver.delivered()) == 2, timeout=20, message="both webhooks")
+    types = sorted(CloudEvent.from_json(item.body).type for item in receiver.delivered())
+    assert types == ["nl.civicsignals.case.status_changed.v1", "nl.civicsignals.signal.routed.v1"]

@@ -49,9 +49,11 @@ log = logging.getLogger(__name__)
 RECEIVED_CONSUMER = "notifier-signal-received"
 ROUTED_CONSUMER = "notifier-signal-routed"
 STATUS_CONSUMER = "notifier-case-status"
-ROUTED_WAIT_DELIVERIES = 3
-"""How many deliveries of a status change wait for its case's ``signal.routed`` (which travels on
-another consumer and may be handled a moment later) before it goes on without knowing the partners."""
+ROUTED_WAIT = timedelta(minutes=2)
+"""How long a status change waits for its case's ``signal.routed`` (which travels on another consumer
+and is normally handled a moment later, under load seconds later) before it goes on without knowing
+the partners. By the event's age, not its deliveries: a count of quick redeliveries ran out under
+load, and partners then missed status webhooks."""
 
 
 @dataclass
@@ -261,14 +263,12 @@ async def apply_signal_routed(ctx: NotifierContext, session: AsyncSession, event
     fan_out(session, event, routed.partners, signal_id=routed.signal_id, case_id=routed.case_id)
 
 
-async def apply_case_status_changed(
-    ctx: NotifierContext, session: AsyncSession, event: CloudEvent, deliveries: int = 1
-) -> None:
+async def apply_case_status_changed(ctx: NotifierContext, session: AsyncSession, event: CloudEvent) -> None:
     """A status mail (coalesced per case) and webhooks to the case's partners."""
     changed = read_data(event, CaseStatusChanged)
     now = utcnow()
     link = BatchView.of(session).links.get(changed.signal_id)
-    if (link is None or link.partners is None) and deliveries < ROUTED_WAIT_DELIVERIES:
+    if (link is None or link.partners is None) and now - event.time < ROUTED_WAIT:
         # Before any change: the event comes again, by when signal.routed has been handled.
         raise NotReady("signal.routed of this case has not been handled yet")
     if messages.status_mail_wanted(changed.to, changed.sequence) and (
@@ -390,7 +390,7 @@ def consumers(ctx: NotifierContext) -> list[ConsumerSpec]:
         await apply_signal_routed(ctx, session, event)
 
     async def on_status(session: AsyncSession, event: CloudEvent, msg: Msg) -> None:
-        await apply_case_status_changed(ctx, session, event, deliveries=msg.metadata.num_delivered or 1)
+        await apply_case_status_changed(ctx, session, event)
 
     async def read_ahead(session: AsyncSession, events: list[CloudEvent]) -> None:
         await prepare(ctx, session, events)
