@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
@@ -206,3 +209,31 @@ def test_which_status_changes_get_which_mail() -> None:
     assert messages.template_for_status("reopened") == messages.REOPENING
     assert messages.template_for_status("waiting_on_resident") == messages.STATUS_UPDATE
     assert messages.format_date(datetime(2026, 12, 6, 23, 30, tzinfo=UTC), "nl") == "7 december 2026"
+
+
+def _sent_and_read_back(subject: str, sender: str, recipient: str) -> tuple[Any, Any]:
+    rendered = messages.RenderedMessage(subject=subject, text="Beste Anna,\néén tip.\n", html="<p>één</p>")
+    mail = messages.build_email(
+        rendered, sender=sender, recipient=recipient, message_id="msg_1", domain="gemeente.example"
+    )
+    return mail, email.message_from_bytes(mail.as_bytes(), policy=email.policy.default)
+
+
+def test_a_mail_reads_back_as_written_with_names_and_subjects_outside_ascii() -> None:
+    subject = "Uw melding is opgelost — Súdwest-Fryslân (7KQ2-M9XD-4HTC)"
+    _, back = _sent_and_read_back(
+        subject, "Gemeente Súdwest-Fryslân <noreply@gemeente.example>", "Anna de Vriés <anna@example.org>"
+    )
+    assert back["Subject"] == subject
+    assert back["From"].addresses[0].display_name == "Gemeente Súdwest-Fryslân"
+    assert back["To"].addresses[0].addr_spec == "anna@example.org"
+    assert back["Message-ID"] == "<msg_1@gemeente.example>" and back["Auto-Submitted"] == "auto-generated"
+    assert back.get_content_type() == "multipart/alternative"
+    assert back.get_body(preferencelist=("plain",)).get_content() == "Beste Anna,\néén tip.\n"
+    assert back.get_body(preferencelist=("html",)).get_content() == "<p>één</p>"
+
+
+def test_a_mailbox_outside_ascii_is_written_by_the_modern_api() -> None:
+    mail, back = _sent_and_read_back("Uw melding", "Gemeente <noreply@gemeente.example>", "jé@voorbeeld.nl")
+    assert mail.__class__.__name__ == "EmailMessage"
+    assert back["To"].addresses[0].addr_spec == "jé@voorbeeld.nl"

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import Message
 
 import aiosmtplib
 
@@ -44,7 +44,7 @@ class SmtpPool:
         self._slots = asyncio.Semaphore(settings.smtp_connections)
         self._closed = False
 
-    async def send(self, mail: EmailMessage) -> None:
+    async def send(self, mail: Message) -> None:
         """Hand one mail to the relay; :class:`TransientError` when it could not take it.
 
         The wait for a free connection is bounded like the send itself, so an attempt never
@@ -59,7 +59,7 @@ class SmtpPool:
         finally:
             self._slots.release()
 
-    async def _send_with_retry(self, mail: EmailMessage) -> None:
+    async def _send_with_retry(self, mail: Message) -> None:
         connection = self._take_idle()
         if connection is not None:
             try:
@@ -106,7 +106,7 @@ class SmtpPool:
         await smtp.connect()
         return _Connection(smtp, time.monotonic())
 
-    async def _send_on(self, connection: _Connection, mail: EmailMessage) -> None:
+    async def _send_on(self, connection: _Connection, mail: Message) -> None:
         """Send on this connection, then keep it for the next mail or retire it."""
         try:
             await connection.smtp.send_message(mail)

@@ -12,10 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from email.message import EmailMessage
-from email.utils import formatdate
+from email.charset import QP, Charset
+from email.header import Header
+from email.message import EmailMessage, Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.nonmultipart import MIMENonMultipart
+from email.utils import formataddr, formatdate, parseaddr
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
 from jinja2 import (
@@ -254,14 +258,50 @@ def example_values(template: str, language: str, public_base_url: str) -> dict[s
     }
 
 
+UTF8_QUOTED_PRINTABLE = Charset("utf-8")
+UTF8_QUOTED_PRINTABLE.body_encoding = QP  # readable in a mail's source, as the modern API chooses
+
+
 def build_email(
     message: RenderedMessage, *, sender: str, recipient: str, message_id: str, domain: str
-) -> EmailMessage:
+) -> Message:
     """A multipart/alternative mail whose Message-ID comes from the delivery.
 
     The same delivery always has the same Message-ID, so if a crash between the SMTP server's
     acceptance and our record of it makes us send again, mail systems can see it is one message.
+
+    Built with the ``compat32`` classes: the modern ``EmailMessage`` parses every header it sets
+    through its header registry, which took a sixth of notifier's CPU under load. Display names
+    and subjects outside ASCII are encoded (RFC 2047); an address outside ASCII (an SMTPUTF8
+    mailbox) is left to the modern API, which knows how to write it.
     """
+    sender_name, sender_address = parseaddr(sender)
+    recipient_name, recipient_address = parseaddr(recipient)
+    if not (sender_address.isascii() and recipient_address.isascii()):
+        return _build_email_modern(
+            message, sender=sender, recipient=recipient, message_id=message_id, domain=domain
+        )
+    mail = MIMEMultipart("alternative")
+    mail["From"] = formataddr((sender_name, sender_address), "utf-8")
+    mail["To"] = formataddr((recipient_name, recipient_address), "utf-8")
+    if message.subject.isascii():
+        mail["Subject"] = message.subject
+    else:
+        # compat32 takes a Header and folds its encoded words itself; typeshed types the value as str.
+        mail["Subject"] = cast(str, Header(message.subject, "utf-8"))
+    mail["Date"] = formatdate(localtime=False, usegmt=True)
+    mail["Message-ID"] = f"<{message_id}@{domain}>"
+    mail["Auto-Submitted"] = "auto-generated"
+    for body, subtype in ((message.text, "plain"), (message.html, "html")):
+        part = MIMENonMultipart("text", subtype)
+        part.set_payload(body, UTF8_QUOTED_PRINTABLE)
+        mail.attach(part)
+    return mail
+
+
+def _build_email_modern(
+    message: RenderedMessage, *, sender: str, recipient: str, message_id: str, domain: str
+) -> EmailMessage:
     mail = EmailMessage()
     mail["From"] = sender
     mail["To"] = recipient
