@@ -413,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Same shape as uvicorn's lines, so the gateway's upstream warnings read like the rest.
     logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP session
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per readiness probe and proxied request
 
     if args.command == "run":
         try:
