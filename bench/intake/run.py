@@ -9,7 +9,8 @@ generator and concurrency, a bare FastAPI process that validates the same body (
     .venv/bin/python bench/intake/run.py [--seconds 10] [--concurrency 64] [--import-rows 20000]
         [--postgres-url postgresql+asyncpg://postgres@127.0.0.1:5432/test]
 
-For each database it prints accepted/s, p50 and p99 latency of intake beside the bare endpoint,
+For each database it prints accepted/s, p50 and p99 latency and the server's CPU time per accepted
+request of intake beside the bare endpoint,
 and beside the same bare endpoint inside the service stack every service shares (``stack.py``:
 middlewares, OpenTelemetry, Prometheus, the common key check; no write), the ratios (target:
 intake at least half the bare rate), how long the outbox relay took to publish every accepted
@@ -142,6 +143,30 @@ class Connection:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used so far; NaN where /proc is missing.
+
+    Beside accepted/s, CPU per accepted request says what each server costs even when the shared
+    machine's load changes between the targets' turns (the rate follows the load; this much less).
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(
+    proc: subprocess.Popen[bytes], port: int, key: str, args: argparse.Namespace
+) -> dict[str, float]:
+    """``load`` against the server in ``proc``, plus its CPU microseconds per accepted request."""
+    before = cpu_seconds(proc.pid)
+    result = asyncio.run(load(port, key, args.seconds, args.concurrency))
+    used = cpu_seconds(proc.pid) - before
+    result["cpu_us"] = 1e6 * used / result["accepted"] if result["accepted"] else float("nan")
+    return result
 
 
 def http_request(port: int, key: str) -> bytes:
@@ -303,8 +328,8 @@ def bench_database(
         bare_env,
         bare_port,
         root / f"bare-{label}.log",
-    ):
-        bare = asyncio.run(load(bare_port, key, args.seconds, args.concurrency))
+    ) as proc:
+        bare = measured(proc, bare_port, key, args)
     stack_port = free_port()
     stack_env = {**intake_env(root, database_url, nats.url, stack_port), "PYTHONPATH": str(HERE)}
     uvicorn_args = ["--log-level", "warning", "--no-access-log"]
@@ -313,16 +338,16 @@ def bench_database(
         stack_env,
         stack_port,
         root / f"stack-{label}.log",
-    ):
-        stack = asyncio.run(load(stack_port, key, args.seconds, args.concurrency))
+    ) as proc:
+        stack = measured(proc, stack_port, key, args)
     with process(
         [python, "-m", "civicsignals.intake", "serve"], env, intake_port, root / f"intake-{label}.log"
-    ):
-        intake = asyncio.run(load(intake_port, key, args.seconds, args.concurrency))
+    ) as proc:
+        intake = measured(proc, intake_port, key, args)
         drain = asyncio.run(outbox_drain_seconds(database_url))
     ratio = intake["accepted_per_s"] / bare["accepted_per_s"]
     print(f"\n== {label}: {args.concurrency} concurrent clients, {args.seconds:.0f} s each ==")
-    print(f"{'':22}{'accepted/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'non-201':>10}")
+    print(f"{'':22}{'accepted/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'non-201':>10}{'CPU us/req':>12}")
     rows = (
         ("bare FastAPI (no write)", bare),
         ("same in service stack", stack),
@@ -330,12 +355,14 @@ def bench_database(
     )
     for name, result in rows:
         print(
-            f"{name:22}{result['accepted_per_s']:12.0f}{result['p50_ms']:10.1f}{result['p99_ms']:10.1f}{result['other']:10.0f}"
+            f"{name:22}{result['accepted_per_s']:12.0f}{result['p50_ms']:10.1f}{result['p99_ms']:10.1f}"
+            f"{result['other']:10.0f}{result['cpu_us']:12.0f}"
         )
     print(
         f"intake / bare: {ratio:.2f} (target >= 0.50); intake / service stack: "
         f"{intake['accepted_per_s'] / stack['accepted_per_s']:.2f}; outbox drained {drain:.1f} s after the load"
     )
+    print(f"CPU per accepted request, bare / intake: {bare['cpu_us'] / intake['cpu_us']:.2f}")
     history = root / "history.csv"
     if not history.exists():
         write_history(history, args.import_rows)

@@ -783,3 +783,61 @@ def test_property_ordinary_sentences_are_unchanged(text: str) -> None:
 def test_property_redaction_is_idempotent_on_number_soup(text: str) -> None:
     once = redact(text)
     assert redact(once) == once
+
+
+# --------------------------------------------------------------------------------------------
+# The cheap tests before each pass skip only pieces the pass cannot match in
+# --------------------------------------------------------------------------------------------
+
+
+def redact_without_tests(text: str) -> str:
+    """The redaction as it was before each pass got its test: every pattern on every piece."""
+    from civicsignals.intake import redaction
+
+    counts = dict.fromkeys((kind.value for kind in Kind), 0)
+    segments: list[tuple[str, bool]] = [(text, False)]
+    for pattern, decide, _test in redaction._PASSES:
+        segments = redaction._run_pass(segments, pattern, decide, counts)
+    return "".join(piece for piece, _ in segments)
+
+
+# Characters every pattern cares about, so that near-misses (a dash without a plate, three digits
+# without a BSN, letters and digits that are almost an IBAN or a postcode) are common.
+pass_alphabet = st.sampled_from(list("0123456789 -./@()+,abNLBEGRsSxXAZ\u00a0\u202f"))
+near_misses = st.lists(
+    st.one_of(
+        pass_alphabet,
+        st.sampled_from(
+            [
+                "NL91",
+                "nl91abna0417164300",
+                "2801 AB",
+                "2801ab",
+                "06-",
+                "+31",
+                "@x.nl",
+                "12-ab-34",
+                "1-1-2026",
+                "01/01/1900 00.00",
+                "06/12/2026 06.12",
+                "123.456.782",
+            ]
+        ),
+    ),
+    max_size=40,
+).map("".join)
+
+
+@PROPERTY_SETTINGS
+@given(text=st.one_of(near_misses, st.text(max_size=60)))
+def test_the_tests_before_each_pass_change_no_result(text: str) -> None:
+    assert redact(text) == redact_without_tests(text)
+
+
+def test_the_tests_before_each_pass_are_used() -> None:
+    """Without this, the property above would pass with tests that never skip anything."""
+    from civicsignals.intake import redaction
+
+    text = "Bel 06-12345678, er ligt afval."
+    skipped = [test for _pattern, _decide, test in redaction._PASSES if not test.search(text)]
+    assert len(skipped) >= 3  # e-mail, IBAN and postcode at least

@@ -214,3 +214,12 @@ async def test_contact_endpoint_needs_its_scope_stays_in_the_tenant_and_is_audit
         ("contact.read", "not_found", "utrecht"),
     ]
     assert all("example.org" not in f"{a.actor}{a.object}" for a in audit)
+
+
+async def test_an_app_that_is_not_serving_leaves_the_collector_alone(api: Api) -> None:
+    """Tests and embedding applications share their process: only ``serve`` tunes the collector."""
+    import gc
+
+    assert (await api.client.get("/livez")).status_code == 200
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold()[0] != 20_000

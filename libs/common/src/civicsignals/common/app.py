@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import re
 import sys
@@ -101,6 +102,34 @@ def configure_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def tune_collector(settings: ServiceSettings) -> None:
+    """Keep Python's cyclic garbage collector from costing more than the requests it serves.
+
+    Measured in intake under bench/intake's load (py-spy with ``--native``, and the collector timed
+    from inside): about a quarter of the process's time went to the collector. Two causes, two
+    settings:
+
+    * The modules, routes, pydantic schemas and SQLAlchemy metadata (some 180,000 objects) live as
+      long as the process, yet every full collection walked them again (about 100 ms each, every
+      few hundred requests). ``gc.freeze()`` after start-up moves them to the permanent generation,
+      which the collector never visits; garbage made before it is collected first.
+    * With many requests or events in flight, their live objects pass Python's youngest-generation
+      threshold of 700 net allocations every few requests, so each collection walks all of them and
+      promotes them, to be walked again by the older generations. Real cyclic garbage is under one
+      object per signal (measured with ``gc.DEBUG_SAVEALL``), so a higher threshold costs no memory
+      to speak of.
+
+    Only a serving process does this (``serve`` below): it changes process-wide state that a test
+    process or an embedding application must keep.
+    """
+    if settings.gc_freeze_after_start:
+        gc.collect()
+        gc.freeze()
+    if settings.gc_young_threshold:
+        _, middle, oldest = gc.get_threshold()
+        gc.set_threshold(settings.gc_young_threshold, middle, oldest)
+
+
 def create_service_app(
     runtime: ServiceRuntime,
     *,
@@ -124,6 +153,8 @@ def create_service_app(
         await runtime.start()
         if on_startup is not None:
             await on_startup()
+        if getattr(_app.state, "serving", False):
+            tune_collector(settings)  # after start-up: what it made lives as long as the process
         try:
             yield
         finally:
@@ -162,10 +193,13 @@ def create_service_app(
 
 
 def serve(app_factory: Callable[[], FastAPI], host: str, port: int, log_level: str) -> None:
-    """Run one service process with uvicorn (no access log: it would hold client addresses)."""
+    """Run one service process with uvicorn (no access log: it would hold client addresses); its
+    collector is tuned once the service has started (:func:`tune_collector`)."""
     import uvicorn
 
-    uvicorn.run(app_factory(), host=host, port=port, log_level=log_level.lower(), access_log=False)
+    app = app_factory()
+    app.state.serving = True
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)
 
 
 def build_cli(prog: str, description: str | None) -> tuple[argparse.ArgumentParser, Any]:

@@ -46,6 +46,16 @@ class ServiceSettings(BaseSettings):
         "a batch and before marking it published",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # The garbage collector of a serving process (``<service> serve`` only; see ``app.tune_collector``).
+    gc_freeze_after_start: bool = Field(
+        default=True,
+        description="move the objects that live as long as the process out of the collector's reach",
+    )
+    gc_young_threshold: int = Field(
+        default=20_000,
+        ge=0,
+        description="allocations between two collections of the youngest generation; 0 keeps Python's 700",
+    )
     log_level: str = "INFO"
     otel_exporter: Literal["none", "console", "otlp", "jsonl"] = "none"
     otel_jsonl_path: Path | None = None
