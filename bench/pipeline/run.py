@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import sys
 import tempfile
 import threading
@@ -166,6 +167,7 @@ class Load:
     statuses: dict[int, int] = field(default_factory=dict)
     first: float = 0.0
     last: float = 0.0
+    cpu_s: float = 0.0  # CPU time of the load generator's process for this load
 
 
 async def post_all(
@@ -211,7 +213,16 @@ async def post_all(
 
 
 def _load_process(url: str, key: str, count: int, concurrency: int, rate: float | None, offset: int) -> Load:
-    return asyncio.run(post_all(url, key, count, concurrency=concurrency, rate=rate, offset=offset))
+    started = time.process_time()
+    load = asyncio.run(post_all(url, key, count, concurrency=concurrency, rate=rate, offset=offset))
+    load.cpu_s = time.process_time() - started
+    return load
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from ``/proc/<pid>/stat`` (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def load_in_own_process(
@@ -257,6 +268,14 @@ class Stack:
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of every process of the stack, and of this one (the receivers)."""
+        pids = {name: self.supervisor.pid(name) for name in SERVICES}
+        pids["nats-server"] = self.nats.pid
+        used = {name: cpu_seconds(pid) for name, pid in pids.items() if pid is not None}
+        used["receivers (bench process)"] = time.process_time()
+        return used
 
     def stop(self) -> None:
         self.supervisor.stop_all()
@@ -360,6 +379,7 @@ async def main_async(args: argparse.Namespace) -> int:
         await wait_until(lambda: all(arrivals.complete(c) for c in warm.started), 120)
 
         print(f"sustained: {args.signals} signals …", flush=True)
+        cpu_before = stack.cpu()
         sustained = await load_in_own_process(
             f"{stack.url('intake')}/v1/signals",
             stack.key,
@@ -370,6 +390,9 @@ async def main_async(args: argparse.Namespace) -> int:
         codes = list(sustained.started)
         complete = await wait_until(lambda: all(arrivals.complete(c) for c in codes), args.drain_timeout)
         done_at = max(arrivals.finished_at(c) for c in codes)
+        cpu_after = stack.cpu()
+        cpu_ms = {name: (cpu_after[name] - cpu_before[name]) * 1000 / len(codes) for name in cpu_before}
+        cpu_ms["load generator"] = sustained.cpu_s * 1000 / len(codes)
         lost = sum(1 for c in codes if not arrivals.complete(c))
         results["sustained"] = {
             "posted": args.signals,
@@ -379,6 +402,7 @@ async def main_async(args: argparse.Namespace) -> int:
             "end_to_end_rate": len(codes) / (done_at - sustained.first) if complete else float("nan"),
             "lost": lost,
             "post_latency": describe(sustained.latencies),
+            "cpu_ms_per_signal": cpu_ms,
         }
 
         print(f"fixed rate: {args.rate}/s for {args.seconds}s …", flush=True)
@@ -486,6 +510,22 @@ def write_report(
         lines.append(
             f"| {name} | {figures['p50_ms']:.0f} | {figures['p95_ms']:.0f} | {figures['p99_ms']:.0f} | {figures['n']:.0f} |"
         )
+    cpu = sustained["cpu_ms_per_signal"]
+    outside = ("load generator", "receivers (bench process)")  # stand-ins for residents and partners
+    on_stack = sum(value for name, value in cpu.items() if name not in outside)
+    lines += [
+        "",
+        "CPU time per signal in the sustained run (each process's user + system time over the run, from",
+        "the first POST until the last webhook and e-mail arrived, divided by the signals):",
+        "",
+        "| process | CPU ms per signal |",
+        "|---|---|",
+        *(f"| {name} | {value:.1f} |" for name, value in cpu.items()),
+        f"| **the services and NATS** | **{on_stack:.1f}** |",
+        "",
+        f"So {os.cpu_count()} cores, with nothing else running, could carry at most about "
+        f"{1000 * (os.cpu_count() or 1) / on_stack:.0f} signals per second through the services and NATS.",
+    ]
     lines += ["", "![latency per stage](latency.png)", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
