@@ -103,8 +103,10 @@ class OutboxRelay:
         if self._fault == "hold":
             return 0
         async with self._sessions() as session, session.begin():
+            # The four columns, not ORM objects: the relay never changes a row through the session,
+            # and building objects cost intake about a tenth of a millisecond of CPU per signal.
             query = (
-                select(OutboxMessage)
+                select(OutboxMessage.id, OutboxMessage.subject, OutboxMessage.payload, OutboxMessage.headers)
                 .where(col(OutboxMessage.published_at).is_(None))
                 .order_by(col(OutboxMessage.id))
                 .limit(self._batch_size)
@@ -119,13 +121,13 @@ class OutboxRelay:
             outcomes = await asyncio.gather(
                 *(
                     self._publisher.publish_raw(
-                        row.subject, row.payload.encode(), {**json.loads(row.headers), MSG_ID_HEADER: row.id}
+                        subject, payload.encode(), {**json.loads(headers), MSG_ID_HEADER: event_id}
                     )
-                    for row in rows
+                    for event_id, subject, payload, headers in rows
                 ),
                 return_exceptions=True,
             )
-            sent_ids = [row.id for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
+            sent_ids = [row[0] for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
             failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
             for outcome in failures:
                 if not isinstance(outcome, Exception):
