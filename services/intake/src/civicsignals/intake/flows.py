@@ -572,8 +572,25 @@ def consumers(ctx: IntakeContext) -> list[ConsumerSpec]:
     async def on_classified(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
         await service.apply_classified(session, read_data(event, SignalClassified))
 
+    async def read_ahead(session: AsyncSession, events: list[CloudEvent]) -> None:
+        ids = {sid for event in events if isinstance(sid := event.data.get("signal_id"), str)}
+        status = any(event.type == CaseStatusChanged.event_type() for event in events)
+        await service.read_ahead(session, ids, status_entries=status)
+
     return [
-        ConsumerSpec("intake-case-status", CaseStatusChanged.subscription(), apply=on_status_changed),
-        ConsumerSpec("intake-signal-routed", SignalRouted.subscription(), apply=on_routed),
-        ConsumerSpec("intake-signal-classified", SignalClassified.subscription(), apply=on_classified),
+        ConsumerSpec(
+            "intake-case-status",
+            CaseStatusChanged.subscription(),
+            apply=on_status_changed,
+            prepare=read_ahead,
+        ),
+        ConsumerSpec(
+            "intake-signal-routed", SignalRouted.subscription(), apply=on_routed, prepare=read_ahead
+        ),
+        ConsumerSpec(
+            "intake-signal-classified",
+            SignalClassified.subscription(),
+            apply=on_classified,
+            prepare=read_ahead,
+        ),
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -246,19 +247,55 @@ async def tracking_view(session: AsyncSession, signal: Signal) -> TrackingPublic
     )
 
 
-async def apply_status_change(session: AsyncSession, change: CaseStatusChanged, at: datetime) -> bool:
-    """Follow the case's status so the tracking page shows it; stale or repeated changes are ignored."""
-    signal = await session.get(Signal, change.signal_id)
-    if signal is None:
-        return False
-    existing = (
-        await session.exec(
-            select(StatusEntry).where(
-                StatusEntry.signal_id == signal.id, StatusEntry.sequence == change.sequence
+READ_AHEAD = "intake.read_ahead"
+
+
+@dataclass
+class ReadAhead:
+    """The signals a consumer batch is about, and their status entries, read in one query each
+    before any event of the batch writes: the applies then only write, so the transaction holds
+    SQLite's write lock for its final flush only (``ConsumerSpec.prepare``). Holding the objects
+    here also keeps them in the session's identity map, which only references them weakly."""
+
+    signals: dict[str, Signal]
+    status_entries: set[tuple[str, int]] | None
+
+
+async def read_ahead(session: AsyncSession, signal_ids: set[str], *, status_entries: bool) -> None:
+    rows = await session.exec(select(Signal).where(col(Signal.id).in_(signal_ids)))
+    signals = {signal.id: signal for signal in rows.all()}
+    entries: set[tuple[str, int]] | None = None
+    if status_entries:
+        keys = await session.exec(
+            select(StatusEntry.signal_id, StatusEntry.sequence).where(
+                col(StatusEntry.signal_id).in_(signal_ids)
             )
         )
-    ).first()
-    if existing is None:
+        entries = {(signal_id, sequence) for signal_id, sequence in keys.all()}
+    session.info[READ_AHEAD] = ReadAhead(signals, entries)
+
+
+async def _signal(session: AsyncSession, signal_id: str) -> Signal | None:
+    ahead = session.info.get(READ_AHEAD)
+    if isinstance(ahead, ReadAhead):
+        return ahead.signals.get(signal_id)  # events follow signal.received: no signal, none to come
+    return await session.get(Signal, signal_id)
+
+
+async def _has_status_entry(session: AsyncSession, signal_id: str, sequence: int) -> bool:
+    ahead = session.info.get(READ_AHEAD)
+    if isinstance(ahead, ReadAhead) and ahead.status_entries is not None:
+        return (signal_id, sequence) in ahead.status_entries
+    query = select(StatusEntry).where(StatusEntry.signal_id == signal_id, StatusEntry.sequence == sequence)
+    return (await session.exec(query)).first() is not None
+
+
+async def apply_status_change(session: AsyncSession, change: CaseStatusChanged, at: datetime) -> bool:
+    """Follow the case's status so the tracking page shows it; stale or repeated changes are ignored."""
+    signal = await _signal(session, change.signal_id)
+    if signal is None:
+        return False
+    if not await _has_status_entry(session, signal.id, change.sequence):
         session.add(
             StatusEntry(
                 signal_id=signal.id,
@@ -268,6 +305,9 @@ async def apply_status_change(session: AsyncSession, change: CaseStatusChanged, 
                 note=change.public_note,
             )
         )
+        ahead = session.info.get(READ_AHEAD)
+        if isinstance(ahead, ReadAhead) and ahead.status_entries is not None:
+            ahead.status_entries.add((signal.id, change.sequence))  # a repeat later in the batch
     if change.sequence > signal.status_sequence:
         signal.status = change.to
         signal.status_sequence = change.sequence
@@ -278,7 +318,7 @@ async def apply_status_change(session: AsyncSession, change: CaseStatusChanged, 
 
 
 async def apply_routed(session: AsyncSession, routed: SignalRouted) -> bool:
-    signal = await session.get(Signal, routed.signal_id)
+    signal = await _signal(session, routed.signal_id)
     if signal is None:
         return False
     signal.case_id = routed.case_id
@@ -292,7 +332,7 @@ async def apply_routed(session: AsyncSession, routed: SignalRouted) -> bool:
 
 async def apply_classified(session: AsyncSession, classified: SignalClassified) -> bool:
     """Remember the topic, so Open311 can show a request's service_code once it is known."""
-    signal = await session.get(Signal, classified.signal_id)
+    signal = await _signal(session, classified.signal_id)
     if signal is None:
         return False
     signal.topic = classified.topic

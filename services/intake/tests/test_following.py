@@ -1,0 +1,82 @@
+"""Intake following the case, a consumer batch at a time: read ahead (``service.read_ahead``), then
+applied in one transaction, against the real intake database. Repeats and reorderings inside one
+batch behave as they do across batches.
+
+The applies are called directly, in one session as ``TransactionalConsumer`` does, so that which
+events share a transaction is certain (over the bus it depends on how a fetch splits).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlmodel import col, select
+
+from civicsignals.common.events import CaseStatusChanged, SignalRouted, utcnow
+from civicsignals.intake import service
+from civicsignals.intake.models import Signal, StatusEntry
+
+from .conftest import Intake
+
+
+def change(signal: dict[str, Any], to: str, sequence: int) -> CaseStatusChanged:
+    return CaseStatusChanged(
+        case_id="case-1",
+        signal_id=signal["id"],
+        tracking_code=signal["tracking_code"],
+        to=to,
+        public_note=f"note {sequence}",
+        actor="department",
+        sequence=sequence,
+        **{"from": "assigned"},
+    )
+
+
+async def test_a_batch_of_changes_with_a_repeat_and_an_old_one_keeps_one_entry_each_and_the_latest(
+    intake: Intake,
+) -> None:
+    created = (await intake.post_signal()).json()
+    routed = SignalRouted(
+        signal_id=created["id"],
+        case_id="case-1",
+        tracking_code=created["tracking_code"],
+        responsible="stadsbeheer",
+        priority="normal",
+        rule_id="afval",
+        service_promise="Binnen 5 werkdagen.",
+    )
+    now = utcnow()
+    batch = [
+        change(created, "in_progress", 3),
+        change(created, "assigned", 2),
+        change(created, "in_progress", 3),
+    ]
+    async with intake.runtime.sessions() as session, session.begin():
+        await service.read_ahead(session, {created["id"], "01NOSUCHSIGNAL"}, status_entries=True)
+        assert await service.apply_routed(session, routed)
+        for offset, item in enumerate(batch):
+            assert await service.apply_status_change(session, item, now + timedelta(seconds=offset))
+        missing = change({"id": "01NOSUCHSIGNAL", "tracking_code": "X"}, "assigned", 2)
+        assert not await service.apply_status_change(session, missing, now)
+
+    async with intake.runtime.sessions() as session:
+        signal = await session.get(Signal, created["id"])
+        entries = (
+            await session.exec(
+                select(StatusEntry)
+                .where(StatusEntry.signal_id == created["id"])
+                .order_by(col(StatusEntry.sequence))
+            )
+        ).all()
+    assert signal is not None
+    assert (signal.status, signal.status_sequence, signal.service_promise) == (
+        "in_progress",
+        3,
+        "Binnen 5 werkdagen.",
+    )
+    assert [(entry.sequence, entry.status) for entry in entries] == [
+        (0, "received"),
+        (2, "assigned"),
+        (3, "in_progress"),
+    ]
