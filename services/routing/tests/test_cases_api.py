@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import nats
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from civicsignals.common.audit import AuditRecord
 from civicsignals.common.events import CASE_STATUSES, CloudEvent, SignalClassified, make_event
@@ -563,3 +563,33 @@ async def test_rule_reloads_and_case_changes_are_audited(api: Api) -> None:
     assert ("rules.reload", "system:routing", "refused") in actions
     assert ("case.transition", "department:afval", "in_progress") in actions
     assert all(case.text not in (r.detail or "") for r in rows if case.text)
+
+
+async def test_a_batch_read_ahead_opens_one_case_per_signal_even_when_a_signal_comes_twice(api: Api) -> None:
+    """As the consumer applies a fetched batch: ``read_ahead`` once, then every event, one commit."""
+    existing = await api.route(topic="afval")
+
+    def classified(signal_id: str) -> CloudEvent:
+        data = SignalClassified(
+            signal_id=signal_id,
+            topic="afval",
+            confidence=0.9,
+            alternatives=[],
+            kind="report",
+            needs_review=False,
+            model_version="test",
+            tracking_code=new_tracking_code(),
+        )
+        return make_event(tenant="gouda", service="classifier", data=data)
+
+    fresh = new_id()
+    batch = [classified(existing.signal_id), classified(fresh), classified(fresh)]
+    async with api.runtime.sessions() as session, session.begin():
+        await flows.read_ahead(session, batch)
+        opened = [await flows.open_case_for(api.ctx, session, event) for event in batch]
+    assert opened == [False, True, False]
+    async with api.runtime.sessions() as session:
+        cases = (
+            await session.exec(select(Case).where(col(Case.signal_id).in_([existing.signal_id, fresh])))
+        ).all()
+    assert sorted(case.signal_id for case in cases) == sorted([existing.signal_id, fresh])

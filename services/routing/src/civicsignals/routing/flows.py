@@ -128,7 +128,12 @@ async def open_case_for(ctx: RoutingContext, session: AsyncSession, event: Cloud
     except RulesError as exc:
         raise PermanentError(str(exc)) from exc
     _flush_reloads(ctx, session)
-    if await service.case_for_signal(session, classified.signal_id) is not None:
+    routed_before = session.info.get(ROUTED_BEFORE)
+    if isinstance(routed_before, set):
+        if classified.signal_id in routed_before:
+            return False
+        routed_before.add(classified.signal_id)  # a repeat later in the same batch opens nothing
+    elif await service.case_for_signal(session, classified.signal_id) is not None:
         return False
     case, history, events = service.open_case(event.tenant, classified, rules)
     session.add(case)
@@ -157,13 +162,25 @@ async def route_signal(ctx: RoutingContext, event: CloudEvent) -> bool:
     return opened
 
 
+ROUTED_BEFORE = "routing.routed_before"
+"""``session.info`` key: the signals of a consumer batch that have a case already."""
+
+
+async def read_ahead(session: AsyncSession, events: list[CloudEvent]) -> None:
+    """Which signals of the batch have a case already, in one query before anything is written
+    (so the batch's transaction takes SQLite's write lock only at its end)."""
+    ids = {sid for event in events if isinstance(sid := event.data.get("signal_id"), str)}
+    rows = await session.exec(select(Case.signal_id).where(col(Case.signal_id).in_(ids)))
+    session.info[ROUTED_BEFORE] = set(rows.all())
+
+
 def consumers(ctx: RoutingContext) -> list[ConsumerSpec]:
     """Classified signals become cases, a fetched batch of them in one transaction."""
 
     async def on_classified(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
         await open_case_for(ctx, session, event)
 
-    return [ConsumerSpec(CONSUMER, SignalClassified.subscription(), apply=on_classified)]
+    return [ConsumerSpec(CONSUMER, SignalClassified.subscription(), apply=on_classified, prepare=read_ahead)]
 
 
 # -- changing a case -------------------------------------------------------------------------------
