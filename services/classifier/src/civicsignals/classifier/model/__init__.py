@@ -16,6 +16,7 @@ from civicsignals.classifier.model.coldstart import (
 )
 from civicsignals.classifier.model.features import (
     DEFAULT_FEATURE_CONFIG,
+    TRAINED_FEATURE_CONFIG,
     FeatureBatch,
     FeatureConfig,
     FeatureExtractor,
@@ -33,6 +34,7 @@ from civicsignals.classifier.model.training import TrainedModel, export_bundle, 
 __all__ = [
     "COLDSTART_THRESHOLD",
     "DEFAULT_FEATURE_CONFIG",
+    "TRAINED_FEATURE_CONFIG",
     "Alternative",
     "BundleError",
     "FeatureBatch",

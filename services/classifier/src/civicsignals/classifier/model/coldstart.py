@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from civicsignals.classifier.model.features import DEFAULT_FEATURE_CONFIG
 from civicsignals.classifier.model.training import export_bundle, train
 from civicsignals.classifier.taxonomy import Taxonomy, label_key, load_taxonomy
 
@@ -100,7 +101,9 @@ def build_default_bundle(out_dir: Path, taxonomy: Taxonomy | None = None) -> Pat
     """
     taxonomy = taxonomy or load_taxonomy()
     texts, labels = coldstart_examples(taxonomy)
-    model = train(texts, labels, C=COLDSTART_C, class_weight="balanced")
+    # Stop words dropped (the features' defaults): with a few sentences per class, the model would
+    # otherwise learn whichever class's definitions happened to use "onze" or "staat".
+    model = train(texts, labels, C=COLDSTART_C, class_weight="balanced", features=DEFAULT_FEATURE_CONFIG)
     return export_bundle(
         model,
         Path(out_dir),

@@ -68,7 +68,11 @@ class SentenceEncoder:
     #: Embedding size of the Universal Sentence Encoder.
     dim = 512
 
-    def __init__(self, path: Path | None = None, *, intra_op_threads: int = 1, batch_size: int = 256) -> None:
+    def __init__(self, path: Path | None = None, *, intra_op_threads: int = 1, batch_size: int = 128) -> None:
+        """``batch_size``: texts per ``session.run``, after sorting by length (see :meth:`encode`).
+        Sorted, 32, 64 and 128 ran at about the same speed and 256 about 15% slower (measured
+        alternately on the same texts, ``docs/classifier.md``, "Speed"); 128 keeps the number of
+        runs, and so their fixed cost, low."""
         try:
             import onnxruntime as ort
             from onnxruntime_extensions import get_library_path
@@ -81,6 +85,11 @@ class SentenceEncoder:
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # All graph optimisations (onnxruntime's default, stated here because it matters: basic
+        # only was about 1.5x slower, extended about 1.1x). Optimising offline, at build time, and
+        # loading the result with optimisations off ran no faster: the optimisation happens once,
+        # when the session is created, and the saved graph is specific to the CPU it was made on.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.register_custom_ops_library(get_library_path())
         self._session = ort.InferenceSession(
             str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
@@ -107,14 +116,27 @@ class SentenceEncoder:
     def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Unit-length embeddings ``[len(texts), 512]`` (float32), in batches of ``batch_size``.
 
+        The texts are sorted by length (characters, a proxy for their tokens) before they are cut
+        into batches, and the embeddings are put back in the callers' order: the encoder pads
+        every text of a batch to the batch's longest token sequence and runs its convolutions
+        over the padding too, so batches of texts of about the same length waste little work.
+
+        The encoder quantises its activations per batch (dynamic int8 quantisation, one scale per
+        tensor of the whole batch), so a text's embedding depends slightly on the other texts of
+        its batch: cosine about 0.999 (at least 0.998) between a text embedded alone and in a
+        batch of 256 BANKING77 texts.
+
         An empty text gets the encoder's embedding of the empty string, as any other text: the
         callers skip empty texts before they get here anyway.
         """
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+        order = np.argsort(lengths, kind="stable")
         for start in range(0, len(texts), self.batch_size):
-            chunk = np.array(list(texts[start : start + self.batch_size]), dtype=object)
+            batch = order[start : start + self.batch_size]
+            chunk = np.array([texts[i] for i in batch], dtype=object)
             (embeddings,) = self._session.run(["outputs"], {"inputs": chunk})
-            out[start : start + len(chunk)] = embeddings
+            out[batch] = embeddings
         return out
 
 

@@ -44,7 +44,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from civicsignals.classifier.model.features import (
-    DEFAULT_FEATURE_CONFIG,
+    TRAINED_FEATURE_CONFIG,
     FeatureConfig,
     FeatureExtractor,
     shared_extractor,
@@ -208,7 +208,7 @@ def train(
     max_iter: int = 1000,
     tol: float = 1e-4,
     solver: Literal["newton-cg", "lbfgs", "saga"] = "newton-cg",
-    features: FeatureConfig = DEFAULT_FEATURE_CONFIG,
+    features: FeatureConfig = TRAINED_FEATURE_CONFIG,
     embeddings: npt.NDArray[np.floating] | None = None,
     encoder: Mapping[str, Any] | None = None,
     embedding_scale: float = 1.0,
@@ -224,7 +224,9 @@ def train(
     per iteration once there are millions of parameters (features x classes), making the cold
     start take 10-30 s instead of about 2 s.
     Features seen in fewer than ``min_df`` training texts are treated as unseen, which shrinks the
-    bundle for large exports. The result is deterministic for the same inputs.
+    bundle for large exports. ``features`` defaults to :data:`~.features.TRAINED_FEATURE_CONFIG`
+    (stop words kept: measured better with real training data); the cold start passes
+    :data:`~.features.DEFAULT_FEATURE_CONFIG` (stop words dropped). The result is deterministic for the same inputs.
 
     ``embeddings`` (``[n, E]``, unit length, from :class:`~.encoder.SentenceEncoder`) add the
     sentence embedding of each text as ``E`` dense features beside the tf-idf ones; ``encoder`` is
