@@ -121,6 +121,13 @@ def redelivery_delay(num_delivered: int) -> float:
     return float(min(60, 2 ** max(0, num_delivered - 1)))
 
 
+def not_ready_delay(num_delivered: int) -> float:
+    """The delay before an event that waited for another (:class:`NotReady`) is tried again:
+    0.25, 0.5, 1 … seconds, at most 60. Shorter than after a failure: the other event is usually
+    handled a moment later by a sibling consumer of the same service."""
+    return min(60.0, 0.25 * 2 ** max(0, num_delivered - 1))
+
+
 class Bus:
     """A NATS connection with JetStream, used by every service."""
 
@@ -316,9 +323,11 @@ class Consumer:
                         msg, f"gave up after {delivered} deliveries: {short_reason(exc)}", event.tenant
                     )
                     return
-                delay = redelivery_delay(delivered)
-                log.warning(
-                    "consumer %s: event %s failed (%s), redelivery %d in %.0fs",
+                not_ready = isinstance(exc, NotReady)
+                delay = not_ready_delay(delivered) if not_ready else redelivery_delay(delivered)
+                log.log(
+                    logging.INFO if not_ready else logging.WARNING,
+                    "consumer %s: event %s failed (%s), redelivery %d in %.2fs",
                     durable,
                     event.id,
                     type(exc).__name__,

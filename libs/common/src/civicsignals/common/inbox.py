@@ -179,9 +179,9 @@ class TransactionalConsumer(Consumer):
         BATCH_SIZE.labels(durable).observe(committed)
 
     async def _later(self, msg: Msg) -> None:
-        """Redeliver a not-ready event after the usual growing delay (or handle it alone at the end)."""
+        """Redeliver a not-ready event after a short growing delay (or handle it alone at the end)."""
         if msg.metadata.num_delivered >= self.spec.max_deliver:
             await self.handle(msg)  # its last chance: settled (dead-lettered) as a single event would be
             return
         EVENTS_CONSUMED.labels(self.spec.durable, "retry").inc()
-        await msg.nak(delay=bus_module.redelivery_delay(msg.metadata.num_delivered))
+        await msg.nak(delay=bus_module.not_ready_delay(msg.metadata.num_delivered))
