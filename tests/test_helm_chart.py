@@ -138,6 +138,21 @@ def test_each_service_has_its_deployment_service_and_probes(rendered: list[Manif
         assert selector["app.kubernetes.io/component"] == name
 
 
+def test_every_setting_the_chart_passes_is_one_the_service_reads(rendered: list[Manifest]) -> None:
+    """A misspelt variable would be ignored silently (the settings ignore unknown names)."""
+    import importlib
+
+    for deployment in by_kind(rendered, "Deployment").values():
+        name = component(deployment)
+        module = importlib.import_module(f"civicsignals.{name}.settings")
+        fields = getattr(module, f"{name.capitalize()}Settings").model_fields
+        prefix = f"CIVIC_{name.upper()}_"
+        passed = [key.removeprefix(prefix).lower() for key in env_of(deployment) if key.startswith(prefix)]
+        assert passed and all(key in fields for key in passed), (name, set(passed) - set(fields))
+        if name == "notifier":
+            assert env_of(deployment)[f"{prefix}SMTP_CONNECTIONS"]["value"] == "8"
+
+
 def test_no_pdb_with_one_replica_and_one_with_more(rendered: list[Manifest]) -> None:
     budgets = {component(p) for p in by_kind(rendered, "PodDisruptionBudget").values()}
     autoscalers = {

@@ -66,6 +66,8 @@ Secrets only ever arrive through valueFrom.secretKeyRef.
   value: {{ $svc.smtp.port | quote }}
 - name: {{ $p }}SMTP_STARTTLS
   value: {{ $svc.smtp.starttls | quote }}
+- name: {{ $p }}SMTP_CONNECTIONS
+  value: {{ $svc.smtp.connections | quote }}
 {{- if $svc.smtp.username }}
 - name: {{ $p }}SMTP_USERNAME
   value: {{ $svc.smtp.username | quote }}

@@ -15,6 +15,7 @@ from sqlalchemy import MetaData
 
 from civicsignals.common.app import create_service_app
 from civicsignals.common.auth import Principal, scope_dependency
+from civicsignals.common.events import CloudEvent, SignalReceived, make_event, utcnow
 from civicsignals.common.problems import Problem
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.common.settings import ServiceSettings
@@ -111,3 +112,18 @@ async def service(tmp_path: Path, tenant_key: Any) -> AsyncIterator[ServiceUnder
 @pytest.fixture
 def service_factory(tmp_path: Path) -> ServiceFactory:
     return ServiceFactory(tmp_path)
+
+
+def received_event(number: int = 1, tenant: str = "gouda") -> CloudEvent:
+    """A ``signal.received`` event (no personal data) for the consumer tests."""
+    data = SignalReceived(
+        signal_id=f"signal-{number}",
+        tracking_code="7KQ2-M9XD-4HTC",
+        kind="report",
+        channel="web",
+        text="losse stoeptegel",
+        received_at=utcnow(),
+        has_contact=False,
+        source="tests",
+    )
+    return make_event(tenant=tenant, service="intake", data=data)

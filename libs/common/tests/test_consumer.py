@@ -33,31 +33,17 @@ from civicsignals.common.events import (
     CloudEvent,
     SignalClassified,
     SignalReceived,
-    make_event,
     read_data,
-    utcnow,
 )
 from civicsignals.common.telemetry import tracer
 from civicsignals.devstack.nats import NatsServer
+
+from .conftest import received_event
 
 pytestmark = pytest.mark.timeout(60)
 
 DURABLE = "tests-received"
 SUBJECT = "civic.gouda.signal.received"
-
-
-def _received(number: int = 1, tenant: str = "gouda") -> CloudEvent:
-    data = SignalReceived(
-        signal_id=f"signal-{number}",
-        tracking_code="7KQ2-M9XD-4HTC",
-        kind="report",
-        channel="web",
-        text="losse stoeptegel",
-        received_at=utcnow(),
-        has_contact=False,
-        source="tests",
-    )
-    return make_event(tenant=tenant, service="intake", data=data)
 
 
 class Recorder:
@@ -122,9 +108,9 @@ def test_redelivery_delay_grows_and_is_capped() -> None:
 
 async def test_a_handled_message_is_acked(bus: Bus, wait_until: Any) -> None:
     handler = Recorder()
-    event = _received()
+    event = received_event()
     await bus.publish(SUBJECT, event)
-    await bus.publish("civic.gouda.signal.classified", _received(2))  # another kind: not ours
+    await bus.publish("civic.gouda.signal.classified", received_event(2))  # another kind: not ours
 
     async with running(bus, _spec(handler)):
         await wait_until(lambda: handler.calls, message="the handler to run")
@@ -138,7 +124,7 @@ async def test_a_handled_message_is_acked(bus: Bus, wait_until: Any) -> None:
 
 
 async def test_published_event_carries_its_id_and_is_deduplicated(bus: Bus) -> None:
-    event = _received()
+    event = received_event()
     await bus.publish(SUBJECT, event)
     await bus.publish(SUBJECT, event)  # a retried publish
     messages = await stream_messages(bus.js, STREAM)
@@ -155,7 +141,7 @@ async def test_a_failing_handler_is_redelivered_after_a_delay_then_acked(
             raise error
 
     handler = Recorder(fail_twice)
-    await bus.publish(SUBJECT, _received())
+    await bus.publish(SUBJECT, received_event())
 
     async with running(bus, _spec(handler)):
         await wait_until(lambda: len(handler.calls) == 3, timeout=10, message="three deliveries")
@@ -171,7 +157,7 @@ async def test_a_failing_handler_is_redelivered_after_a_delay_then_acked(
 
 async def test_malformed_payloads_are_dead_lettered_and_the_rest_flows_on(bus: Bus, wait_until: Any) -> None:
     handler = Recorder()
-    wrong_tenant = _received().model_dump(mode="json")
+    wrong_tenant = received_event().model_dump(mode="json")
     wrong_tenant["tenant"] = "Gouda"
     poison = [
         b"this is not JSON",
@@ -180,7 +166,7 @@ async def test_malformed_payloads_are_dead_lettered_and_the_rest_flows_on(bus: B
     ]
     for payload in poison:
         await bus.js.publish(SUBJECT, payload)
-    valid = _received()
+    valid = received_event()
     await bus.publish(SUBJECT, valid)
 
     async with running(bus, _spec(handler)):
@@ -208,7 +194,7 @@ async def test_a_permanent_error_is_dead_lettered_under_its_tenant(
         raise PermanentError("department wegen is unknown")
 
     handler = Recorder(refuse)
-    event = _received(tenant="alphen-aan-den-rijn")
+    event = received_event(tenant="alphen-aan-den-rijn")
     with tracer().start_as_current_span("publisher"):
         await bus.publish("civic.alphen-aan-den-rijn.signal.received", event)
 
@@ -231,7 +217,7 @@ async def test_data_that_does_not_fit_its_model_is_dead_lettered(bus: Bus, wait_
         read_data(event, SignalReceived)
 
     handler = Recorder(strict)
-    event = _received()
+    event = received_event()
     event.data["kind"] = "rant"
     await bus.publish(SUBJECT, event)
 
@@ -252,7 +238,7 @@ async def test_exceeding_max_deliver_dead_letters_the_message(
         raise RuntimeError("database down")
 
     handler = Recorder(always_fail)
-    await bus.publish(SUBJECT, _received())
+    await bus.publish(SUBJECT, received_event())
 
     async with running(bus, _spec(handler, max_deliver=2)):
         await wait_until(lambda: stream_messages(bus.js, DLQ_STREAM), timeout=10, message="the dead letter")
@@ -268,7 +254,7 @@ async def test_exceeding_max_deliver_dead_letters_the_message(
 async def test_the_consumer_continues_the_publishers_trace(bus: Bus, wait_until: Any, spans: Any) -> None:
     handler = Recorder()
     with tracer().start_as_current_span("POST /v1/signals") as publisher:
-        await bus.publish(SUBJECT, _received())
+        await bus.publish(SUBJECT, received_event())
     context = publisher.get_span_context()
 
     async with running(bus, _spec(handler)):
@@ -310,10 +296,10 @@ async def test_ensure_consumer_applies_a_changed_config(bus: Bus) -> None:
 
 async def test_a_consumer_with_several_subjects(bus: Bus, wait_until: Any) -> None:
     handler = Recorder()
-    received, classified = _received(1), _received(2)
+    received, classified = received_event(1), received_event(2)
     await bus.publish(SUBJECT, received)
     await bus.publish(SignalClassified.bus_subject("gouda"), classified)
-    await bus.publish("civic.gouda.case.status_changed", _received(3))
+    await bus.publish("civic.gouda.case.status_changed", received_event(3))
     spec = _spec(handler, extra_filter_subjects=[SignalClassified.subscription()])
 
     async with running(bus, spec):

@@ -28,9 +28,11 @@ from civicsignals.common.bus import (
     stream_messages,
 )
 from civicsignals.common.db import create_engine, session_factory
-from civicsignals.common.events import CloudEvent, SignalReceived, make_event, utcnow
+from civicsignals.common.events import CloudEvent
 from civicsignals.common.inbox import ProcessedEvent, TransactionalConsumer
 from civicsignals.common.telemetry import tracer
+
+from .conftest import received_event
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,20 +41,6 @@ SUBJECT = "civic.gouda.signal.received"
 APPLIED = Table("applied", MetaData(), Column("event_id", String, primary_key=True))
 
 Behaviour = Callable[[CloudEvent, Msg], Awaitable[None]]
-
-
-def _received(number: int) -> CloudEvent:
-    data = SignalReceived(
-        signal_id=f"signal-{number}",
-        tracking_code="7KQ2-M9XD-4HTC",
-        kind="report",
-        channel="web",
-        text="losse stoeptegel",
-        received_at=utcnow(),
-        has_contact=False,
-        source="tests",
-    )
-    return make_event(tenant="gouda", service="intake", data=data)
 
 
 class Database:
@@ -135,7 +123,7 @@ def test_a_spec_takes_either_a_handler_or_apply() -> None:
 async def test_a_fetched_batch_commits_in_one_transaction(
     bus: Bus, database: Database, wait_until: Any
 ) -> None:
-    events = [_received(number) for number in range(30)]
+    events = [received_event(number) for number in range(30)]
     for item in events:
         await bus.publish(SUBJECT, item)
 
@@ -149,7 +137,7 @@ async def test_a_fetched_batch_commits_in_one_transaction(
 async def test_an_event_processed_before_is_acked_and_not_applied_again(
     bus: Bus, database: Database, wait_until: Any
 ) -> None:
-    before, fresh = _received(1), _received(2)
+    before, fresh = received_event(1), received_event(2)
     async with database.sessions() as session, session.begin():
         session.add(ProcessedEvent(consumer=DURABLE, event_id=before.id))
     await bus.publish(SUBJECT, before)
@@ -165,7 +153,7 @@ async def test_an_event_processed_before_is_acked_and_not_applied_again(
 async def test_a_poison_event_in_a_batch_is_dead_lettered_alone(
     bus: Bus, database: Database, wait_until: Any
 ) -> None:
-    events = [_received(number) for number in range(10)]
+    events = [received_event(number) for number in range(10)]
     poison = events[4]
 
     async def refuse_poison(event: CloudEvent, _msg: Msg) -> None:
@@ -195,7 +183,7 @@ async def test_a_poison_event_in_a_batch_is_dead_lettered_alone(
 async def test_a_transient_failure_in_a_batch_delays_only_its_event(
     bus: Bus, database: Database, wait_until: Any, short_delays: None
 ) -> None:
-    events = [_received(number) for number in range(8)]
+    events = [received_event(number) for number in range(8)]
     flaky = events[2]
 
     async def fail_first_delivery(event: CloudEvent, msg: Msg) -> None:
@@ -217,7 +205,7 @@ async def test_each_event_of_a_batch_continues_its_own_trace(
     bus: Bus, database: Database, wait_until: Any, spans: Any
 ) -> None:
     publishers = []
-    events = [_received(1), _received(2)]
+    events = [received_event(1), received_event(2)]
     for item in events:
         with tracer().start_as_current_span("POST /v1/signals") as span:
             await bus.publish(SUBJECT, item)
@@ -234,7 +222,7 @@ async def test_each_event_of_a_batch_continues_its_own_trace(
 async def test_a_not_ready_event_waits_while_the_rest_of_its_batch_commits(
     bus: Bus, database: Database, wait_until: Any, short_delays: None
 ) -> None:
-    events = [_received(number) for number in range(6)]
+    events = [received_event(number) for number in range(6)]
     early = events[1]
     deliveries: list[int] = []
 

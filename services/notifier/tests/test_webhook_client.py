@@ -4,6 +4,7 @@ receiver's long answer does not break the next request."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -36,6 +37,10 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(200, body=b"x" * 200_000)
         else:
             self._answer(204)
+
+    def do_GET(self) -> None:
+        Handler.seen.append((self.path, b"", self.headers.get("authorization")))
+        self._answer(404)  # intake keeps no contact for this signal
 
     def _answer(self, status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
         self.send_response(status)
@@ -112,3 +117,24 @@ async def test_contacts_from_an_unreachable_intake_are_a_transient_error(tmp_pat
             await contacts.fetch("delft", "01SIGNAL")
     finally:
         await contacts.close()
+
+
+async def test_a_rotated_intake_key_is_used_from_the_next_read(server: str, tmp_path: Path) -> None:
+    key_file = tmp_path / "gouda"
+    key_file.write_text("first-key\n")
+    contacts = IntakeContacts(server, tmp_path, timeout_s=5)
+    try:
+        assert await contacts.fetch("gouda", "01SIGNAL") is None
+        assert await contacts.fetch("gouda", "01SIGNAL") is None
+        key_file.write_text("second-key\n")
+        later = key_file.stat().st_mtime_ns + 1_000_000_000
+        os.utime(key_file, ns=(later, later))  # a new mtime even on a coarse file system clock
+        assert await contacts.fetch("gouda", "01SIGNAL") is None
+    finally:
+        await contacts.close()
+    assert [auth for _, _, auth in Handler.seen] == [
+        "Bearer first-key",
+        "Bearer first-key",
+        "Bearer second-key",
+    ]
+    assert {path for path, _, _ in Handler.seen} == {"/v1/signals/01SIGNAL/contact"}

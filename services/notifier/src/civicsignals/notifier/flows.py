@@ -182,6 +182,23 @@ def _merge_payload(delivery: Delivery, values: dict[str, Any]) -> None:
 # --- the consumers -------------------------------------------------------------------------------
 
 
+def _acknowledgement(event: CloudEvent, signal_id: str, payload: dict[str, Any], due: datetime) -> Delivery:
+    """A resident's acknowledgement, scheduled by whichever of ``signal.received`` and
+    ``signal.routed`` comes first (the other one updates it)."""
+    return Delivery(
+        message_id=acknowledgement_id(event.tenant, signal_id),
+        tenant=event.tenant,
+        channel="email",
+        template=messages.ACKNOWLEDGEMENT,
+        event_id=event.id,
+        event_type=event.type,
+        event_time=event.time,
+        signal_id=signal_id,
+        payload=messages.dumps(payload),
+        next_attempt_at=due,
+    )
+
+
 async def apply_signal_received(ctx: NotifierContext, session: AsyncSession, event: CloudEvent) -> None:
     """Remember the signal; schedule its acknowledgement (sent at once when routing answers)."""
     received = read_data(event, SignalReceived)
@@ -199,23 +216,9 @@ async def apply_signal_received(ctx: NotifierContext, session: AsyncSession, eve
             ack.status, ack.status_reason, ack.next_attempt_at = "skipped", "no_contact", None
         return
     if ack is None:
-        view.add(
-            session,
-            Delivery(
-                message_id=mid,
-                tenant=event.tenant,
-                channel="email",
-                template=messages.ACKNOWLEDGEMENT,
-                event_id=event.id,
-                event_type=event.type,
-                event_time=event.time,
-                signal_id=received.signal_id,
-                payload=messages.dumps(
-                    {"tracking_code": received.tracking_code, "language": received.language}
-                ),
-                next_attempt_at=now + timedelta(seconds=ctx.settings.acknowledgement_wait_s),
-            ),
-        )
+        payload = {"tracking_code": received.tracking_code, "language": received.language}
+        due = now + timedelta(seconds=ctx.settings.acknowledgement_wait_s)
+        view.add(session, _acknowledgement(event, received.signal_id, payload, due))
     elif ack.status == "scheduled":
         _merge_payload(ack, {"tracking_code": received.tracking_code, "language": received.language})
 
@@ -240,20 +243,9 @@ async def apply_signal_routed(ctx: NotifierContext, session: AsyncSession, event
         mid = acknowledgement_id(event.tenant, routed.signal_id)
         ack = view.by_message_id.get(mid)
         if ack is None:
-            ack = Delivery(
-                message_id=mid,
-                tenant=event.tenant,
-                channel="email",
-                template=messages.ACKNOWLEDGEMENT,
-                event_id=event.id,
-                event_type=event.type,
-                event_time=event.time,
-                signal_id=routed.signal_id,
-                case_id=routed.case_id,
-                payload=messages.dumps({"language": link.language}),
-                next_attempt_at=now,
+            ack = view.add(
+                session, _acknowledgement(event, routed.signal_id, {"language": link.language}, now)
             )
-            view.add(session, ack)
         if ack.status == "scheduled":
             _merge_payload(ack, values)
             ack.case_id = routed.case_id

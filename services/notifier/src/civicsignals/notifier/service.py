@@ -47,11 +47,17 @@ class IntakeContacts:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._keys: dict[str, tuple[int, str]] = {}
 
     def _key(self, tenant: str) -> str:
+        """The tenant's key file, read again only when it changed (a rotation replaces the file)."""
         path = self.keys_dir / tenant
         try:
-            return path.read_text(encoding="utf-8").strip()
+            changed = path.stat().st_mtime_ns
+            cached = self._keys.get(tenant)
+            if cached is None or cached[0] != changed:
+                cached = self._keys[tenant] = (changed, path.read_text(encoding="utf-8").strip())
+            return cached[1]
         except FileNotFoundError:
             raise PermanentError(f"no intake service key for tenant {tenant!r} in {self.keys_dir}") from None
 
