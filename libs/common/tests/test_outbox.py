@@ -106,6 +106,34 @@ async def test_rolled_back_event_is_never_relayed(
     assert await _stream(bus) == []
 
 
+async def test_a_staged_row_is_written_at_the_flush_or_the_commit_and_only_then(
+    sessions: SessionFactory, database_url: str
+) -> None:
+    """``enqueue`` stages the row on the session: a flush with ORM changes writes it (so it is
+    readable in the transaction), a commit without any writes it too, and a session whose
+    transaction ended without a commit keeps nothing for its next one."""
+    first, second, third = _event(1), _event(2), _event(3)
+    async with sessions() as session:
+        async with session.begin():
+            enqueue(session, *first)
+            session.add(OutboxMessage(id="orm-row", subject="civic.test", payload="{}"))
+            await session.flush()
+            seen = set((await session.exec(select(OutboxMessage.id))).all())
+            assert seen == {first[1].id, "orm-row"}
+        async with session.begin():
+            enqueue(session, *second)  # no ORM change in this transaction: no flush, the commit writes it
+        await session.begin()
+        enqueue(session, *third)
+        await session.rollback()
+        async with session.begin():
+            pass  # commits nothing left over from the rolled-back transaction
+    assert set(await _rows(sessions)) == {first[1].id, "orm-row", second[1].id}
+    async with sessions() as session, session.begin():
+        await session.begin_nested()
+        with pytest.raises(RuntimeError, match="SAVEPOINT"):
+            enqueue(session, *third)
+
+
 async def test_committed_event_is_published_with_its_id_and_trace_and_marked(
     sessions: SessionFactory, bus: Bus, database_url: str, spans: Any
 ) -> None:

@@ -141,13 +141,11 @@ async def test_rotation_reseals_every_contact_with_the_active_key(intake: Intake
     assert await privacy.key_usage(intake.runtime.sessions) == {"k2": 3}
     async with intake.runtime.sessions() as session:
         for index, signal_id in enumerate(ids):
-            contact = await service.read_contact(session, rotated, "gouda", signal_id, "test")
+            contact = await service.read_contact(session, rotated, "gouda", signal_id)
             assert contact is not None and contact.email == f"p{index}@example.org"
     only_new = FieldCipher(parse_keys(new_spec), "k2")  # the old key can now be retired
     async with intake.runtime.sessions() as session:
-        assert (
-            await service.read_contact(session, only_new, "gouda", ids[0], "test")
-        ).email == "p0@example.org"  # type: ignore[union-attr]
+        assert (await service.read_contact(session, only_new, "gouda", ids[0])).email == "p0@example.org"  # type: ignore[union-attr]
 
 
 # -- import ---------------------------------------------------------------------------------------

@@ -582,14 +582,23 @@ async def test_a_batch_read_ahead_opens_one_case_per_signal_even_when_a_signal_c
         )
         return make_event(tenant="gouda", service="classifier", data=data)
 
-    fresh = new_id()
-    batch = [classified(existing.signal_id), classified(fresh), classified(fresh)]
+    fresh = [new_id() for _ in range(25)]
+    batch = [classified(existing.signal_id), classified(fresh[0]), classified(fresh[0])]
+    batch += [classified(signal_id) for signal_id in fresh[1:]]
     async with api.runtime.sessions() as session, session.begin():
         await flows.read_ahead(session, batch)
+        # No flush per case: every case and its first history entry go in at the commit, cases
+        # first (the foreign key is enforced on SQLite too), whatever order the session picks.
         opened = [await flows.open_case_for(api.ctx, session, event) for event in batch]
-    assert opened == [False, True, False]
+    assert opened == [False, True, False] + [True] * 24
     async with api.runtime.sessions() as session:
         cases = (
-            await session.exec(select(Case).where(col(Case.signal_id).in_([existing.signal_id, fresh])))
+            await session.exec(select(Case).where(col(Case.signal_id).in_([existing.signal_id, *fresh])))
         ).all()
-    assert sorted(case.signal_id for case in cases) == sorted([existing.signal_id, fresh])
+        histories = (
+            await session.exec(
+                select(CaseHistory.case_id).where(col(CaseHistory.case_id).in_([c.id for c in cases]))
+            )
+        ).all()
+    assert sorted(case.signal_id for case in cases) == sorted([existing.signal_id, *fresh])
+    assert len(histories) == len(cases)

@@ -29,11 +29,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Table
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.auth import Principal, scope_dependency
-from civicsignals.common.db import UtcDateTime
+from civicsignals.common.db import UtcDateTime, stage_insert
 from civicsignals.common.problems import Problem, problem_responses
 from civicsignals.common.tenants import ReloadEvent, TenantRegistry
 
@@ -63,6 +64,9 @@ class AuditRecord(SQLModel, table=True):
     object: str = Field(max_length=200)
     result: str = Field(max_length=50)
     detail: str | None = Field(default=None, max_length=1000)
+
+
+AUDIT_TABLE: Table = AuditRecord.__table__  # type: ignore[attr-defined]
 
 
 class AuditRecordPublic(BaseModel):
@@ -104,22 +108,21 @@ def record(
     service: str = "",
     detail: str | None = None,
     at: datetime | None = None,
-) -> AuditRecord:
-    """Add an audit record to ``session``; it commits with the change it describes."""
+) -> None:
+    """Add an audit record to ``session``'s transaction; it commits with the change it describes
+    (staged as a row, not an ORM object: :func:`~civicsignals.common.db.stage_insert`)."""
     check_no_personal_data(actor=actor, object=object, detail=detail)
-    entry = AuditRecord(
-        tenant=tenant,
-        service=service,
-        actor=actor,
-        action=action,
-        object=object,
-        result=result,
-        detail=detail[:1000] if detail else None,
-    )
-    if at is not None:
-        entry.at = at
-    session.add(entry)
-    return entry
+    row = {
+        "at": at or _utcnow(),
+        "tenant": tenant,
+        "service": service,
+        "actor": actor,
+        "action": action,
+        "object": object,
+        "result": result,
+        "detail": detail[:1000] if detail else None,
+    }
+    stage_insert(session, AUDIT_TABLE, row)
 
 
 async def query(

@@ -10,9 +10,10 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import DateTime, MetaData, Table, event, insert
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.types import TypeDecorator
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -65,6 +66,46 @@ async def transaction(sessions: SessionFactory) -> AsyncIterator[AsyncSession]:
     """A session whose work commits together at the end, or not at all."""
     async with sessions() as session, session.begin():
         yield session
+
+
+_STAGED = "civicsignals.staged_rows"
+"""``session.info`` key: rows staged per table since the session last wrote them."""
+
+
+def stage_insert(session: AsyncSession | Session, table: Table, row: dict[str, Any]) -> None:
+    """Insert ``row`` in the session's transaction without building an ORM object for it.
+
+    For rows that are only ever written (outbox events, inbox and audit records): a SQLModel
+    object per row cost a consumer more CPU than the rest of handling its event (py-spy under
+    bench/pipeline). Staged rows are inserted, one Core ``INSERT`` per table, before the session's
+    next flush of ORM changes (an autoflush before a query included) and before its commit (a
+    transaction with no ORM changes does not flush at all); they commit or roll back with the
+    caller's changes, and a transaction that ends without committing forgets them. A row must not
+    depend on an ORM object of the same flush (their order is not known).
+    """
+    sync_session = session.sync_session if isinstance(session, AsyncSession) else session
+    if sync_session.in_nested_transaction():
+        # A savepoint's rollback would have to take back only the rows staged inside it; nothing
+        # here stages inside one, so that is refused rather than half supported.
+        raise RuntimeError("staging rows inside a SAVEPOINT is not supported")
+    staged: dict[Table, list[dict[str, Any]]] = sync_session.info.setdefault(_STAGED, {})
+    staged.setdefault(table, []).append(row)
+
+
+def _insert_staged(session: Session, *_args: Any) -> None:
+    staged: dict[Table, list[dict[str, Any]]] | None = session.info.pop(_STAGED, None)
+    for table, rows in (staged or {}).items():
+        session.connection().execute(insert(table), rows)
+
+
+def _forget_staged(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the session's own transaction ended: committed, rolled back or closed
+        session.info.pop(_STAGED, None)
+
+
+event.listen(Session, "before_flush", _insert_staged)
+event.listen(Session, "before_commit", _insert_staged)
+event.listen(Session, "after_transaction_end", _forget_staged)
 
 
 async def ping(engine: AsyncEngine) -> bool:

@@ -16,6 +16,7 @@ from datetime import datetime
 from nats.aio.msg import Msg
 from prometheus_client import Histogram
 from pydantic import ValidationError
+from sqlalchemy import Table
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -29,7 +30,7 @@ from civicsignals.common.bus import (
     NotReady,
     short_reason,
 )
-from civicsignals.common.db import SessionFactory, UtcDateTime
+from civicsignals.common.db import SessionFactory, UtcDateTime, stage_insert
 from civicsignals.common.events import CloudEvent, utcnow
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,18 @@ class ProcessedEvent(SQLModel, table=True):
     processed_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 
 
+INBOX_TABLE: Table = ProcessedEvent.__table__  # type: ignore[attr-defined]
+
+
+def record_processed(session: AsyncSession, consumer: str, event_ids: list[str]) -> None:
+    """Record events as processed in the caller's transaction, staged as rows rather than ORM
+    objects (:func:`~civicsignals.common.db.stage_insert`). A record that exists already (a
+    redelivery racing this batch) fails the INSERT at the commit, and so the transaction."""
+    now = utcnow()
+    for event_id in event_ids:
+        stage_insert(session, INBOX_TABLE, {"consumer": consumer, "event_id": event_id, "processed_at": now})
+
+
 async def claim(session: AsyncSession, consumer: str, event_id: str) -> bool:
     """True when this consumer has not yet processed ``event_id``; records it in the transaction.
 
@@ -61,7 +74,7 @@ async def claim(session: AsyncSession, consumer: str, event_id: str) -> bool:
     )
     if existing.first() is not None:
         return False
-    session.add(ProcessedEvent(consumer=consumer, event_id=event_id))
+    record_processed(session, consumer, [event_id])  # written with the caller's changes
     return True
 
 
@@ -116,12 +129,16 @@ class TransactionalConsumer(Consumer):
 
     async def process(self, event: CloudEvent, msg: Msg) -> None:
         """One event in a transaction of its own (a batch of one, or a failed batch's retry)."""
+        durable = self.spec.durable
         async with self._sessions() as session, session.begin():
-            if not await claim(session, self.spec.durable, event.id):
+            if await claimed_before(session, durable, [event.id]):
                 return
             if self.spec.prepare is not None:
                 await self.spec.prepare(session, [event])
             await self._apply(session, event, msg)
+            record_processed(
+                session, durable, [event.id]
+            )  # last: SQLite's write lock is held from the first write
         self._committed()
 
     async def handle_fetched(self, messages: list[Msg], limit: asyncio.Semaphore) -> None:
@@ -137,6 +154,7 @@ class TransactionalConsumer(Consumer):
             return
         durable = self.spec.durable
         waiting: set[str] = set()  # ids of the events left out as not ready
+        applied: list[str] = []
         started = time.perf_counter()
         try:
             async with self._sessions() as session, session.begin():
@@ -153,7 +171,8 @@ class TransactionalConsumer(Consumer):
                             waiting.add(event.id)  # it changed nothing: the rest commits without it
                             continue
                     done.add(event.id)
-                    session.add(ProcessedEvent(consumer=durable, event_id=event.id))
+                    applied.append(event.id)
+                record_processed(session, durable, applied)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -17,15 +17,15 @@ import logging
 import os
 import time
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import delete, func, update
+from sqlalchemy import Table, delete, func, update
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.bus import MSG_ID_HEADER
-from civicsignals.common.db import SessionFactory, UtcDateTime, is_postgres
+from civicsignals.common.db import SessionFactory, UtcDateTime, is_postgres, stage_insert
 from civicsignals.common.events import CloudEvent, utcnow
 from civicsignals.common.telemetry import inject_trace_headers
 
@@ -48,15 +48,34 @@ class OutboxMessage(SQLModel, table=True):
     attempts: int = 0
 
 
-def enqueue(session: AsyncSession, subject: str, event: CloudEvent) -> OutboxMessage:
-    """Add an event to the outbox in the caller's transaction, with the current trace context."""
+OUTBOX_TABLE: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
+
+
+def outbox_row(subject: str, event: CloudEvent) -> dict[str, Any]:
+    """An outbox row's columns for ``event``, with the current trace context: for writers that
+    insert rows themselves (intake's group commit, notifier's recorded attempts) and for
+    :func:`enqueue`."""
     headers: dict[str, str] = {}
     inject_trace_headers(headers)
-    row = OutboxMessage(
-        id=event.id, subject=subject, payload=event.model_dump_json(), headers=json.dumps(headers)
-    )
-    session.add(row)
-    return row
+    return {
+        "id": event.id,
+        "subject": subject,
+        "payload": event.model_dump_json(),
+        "headers": json.dumps(headers),
+        "created_at": utcnow(),
+        "published_at": None,
+        "attempts": 0,
+    }
+
+
+def enqueue(session: AsyncSession, subject: str, event: CloudEvent) -> None:
+    """Add an event to the outbox in the caller's transaction, with the current trace context.
+
+    The row is staged (:func:`~civicsignals.common.db.stage_insert`): it is written with one
+    INSERT for all of the transaction's events at its next flush or its commit, not as an ORM
+    object, and commits or rolls back with the caller's changes as before.
+    """
+    stage_insert(session, OUTBOX_TABLE, outbox_row(subject, event))
 
 
 class Publisher(Protocol):

@@ -7,7 +7,6 @@ Every write that publishes does both in one transaction through the outbox (DESI
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,11 +37,10 @@ from civicsignals.common.events import (
 )
 from civicsignals.common.groupcommit import GroupCommit
 from civicsignals.common.ids import new_id
-from civicsignals.common.outbox import enqueue
+from civicsignals.common.outbox import enqueue, outbox_row
 from civicsignals.common.problems import Problem
 from civicsignals.common.ratelimit import TokenBucketLimiter
 from civicsignals.common.runtime import ServiceRuntime
-from civicsignals.common.telemetry import inject_trace_headers
 from civicsignals.common.tenants import Tenant
 from civicsignals.intake import attachments, service
 from civicsignals.intake.batching import Rows, row_writer
@@ -50,6 +48,7 @@ from civicsignals.intake.crypto import FieldCipher
 from civicsignals.intake.models import (
     Attachment,
     AttachmentPublic,
+    ContactPublic,
     Conversation,
     ConversationCreate,
     ConversationCreated,
@@ -150,22 +149,6 @@ async def stop_background_tasks(runtime: ServiceRuntime, *, patience_s: float = 
         while not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=patience_s)
-
-
-def outbox_row(subject: str, event: CloudEvent) -> dict[str, Any]:
-    """An outbox row as :func:`civicsignals.common.outbox.enqueue` makes it (with the request's
-    trace context), as plain values because the group commit writes it later."""
-    headers: dict[str, str] = {}
-    inject_trace_headers(headers)
-    return {
-        "id": event.id,
-        "subject": subject,
-        "payload": event.model_dump_json(),
-        "headers": json.dumps(headers),
-        "created_at": event.time,
-        "published_at": None,
-        "attempts": 0,
-    }
 
 
 # -- exactly once ----------------------------------------------------------------------------------
@@ -383,6 +366,20 @@ async def find_signal(
     return SignalCreated(
         id=signal.id, tracking_code=signal.tracking_code, status_url=ctx.status_url(signal.tracking_code)
     )
+
+
+async def read_contact(ctx: IntakeContext, tenant: str, signal_id: str, actor: str) -> ContactPublic | None:
+    """A reporter's contact for notifier. Every read is audited, found or not, and the contact is
+    handed out only after its audit record has committed. The record goes through the group commit
+    with the signals being written, not in a transaction of its own: on SQLite a transaction per
+    read queued for the one write lock with every signal's, at one read per acknowledgement mail."""
+    async with ctx.runtime.sessions() as session:
+        contact = await service.read_contact(session, ctx.cipher, tenant, signal_id)
+    result = "ok" if contact is not None else "not_found"
+    await ctx.writer.submit(
+        [("audit", service.audit_row(tenant, actor, "contact.read", f"signal:{signal_id}", result))]
+    )
+    return contact
 
 
 # -- conversations ---------------------------------------------------------------------------------

@@ -427,11 +427,7 @@ async def post_feedback(tracking_code: str, payload: FeedbackCreate, request: Re
 )
 async def get_contact(signal_id: str, principal: ContactReader, request: Request) -> ContactPublic:
     """Service-to-service only: every read is recorded in the audit log, found or not."""
-    ctx = _context(request)
-    async with ctx.runtime.sessions() as session, session.begin():
-        contact = await service.read_contact(
-            session, ctx.cipher, principal.tenant, signal_id, principal.actor
-        )
+    contact = await flows.read_contact(_context(request), principal.tenant, signal_id, principal.actor)
     if contact is None:
         raise Problem(404, "no contact data is kept for this signal", slug="no-contact")
     return contact

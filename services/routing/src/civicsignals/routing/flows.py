@@ -136,9 +136,7 @@ async def open_case_for(ctx: RoutingContext, session: AsyncSession, event: Cloud
     elif await service.case_for_signal(session, classified.signal_id) is not None:
         return False
     case, history, events = service.open_case(event.tenant, classified, rules)
-    session.add(case)
-    await session.flush()
-    session.add(history)
+    session.add_all((case, history))  # the history's ``case`` orders their INSERTs at the flush
     _enqueue(session, event.tenant, events)
     service.audit(
         session,

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Column, UniqueConstraint
-from sqlmodel import JSON, SQLModel
+from sqlmodel import JSON, Relationship, SQLModel
 from sqlmodel import Field as SQLField
 
 from civicsignals.common.db import UtcDateTime
@@ -73,6 +73,10 @@ class CaseHistory(SQLModel, table=True):
     public_note: str | None = None
     internal_note: str | None = None
     details: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column(JSON))
+    # Set only on a new case's first entry (``open_case``), never read: it tells the session to
+    # insert the case before its history, so a consumer batch of new cases needs one flush at its
+    # commit instead of one per case. Reading it would need a query, hence ``lazy="raise"``.
+    case: Case = Relationship(sa_relationship_kwargs={"lazy": "raise"})
 
 
 class PartnerUpdate(SQLModel, table=True):

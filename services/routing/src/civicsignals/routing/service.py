@@ -186,6 +186,7 @@ def open_case(
     )
     history = CaseHistory(
         case_id=case.id,
+        case=case,
         sequence=1,
         kind="transition",
         from_status="received",
