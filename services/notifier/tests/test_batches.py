@@ -9,6 +9,7 @@ which events share a transaction is certain (over the bus it depends on how a fe
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from sqlmodel import col, select
@@ -16,13 +17,16 @@ from sqlmodel import col, select
 from civicsignals.common.events import (
     CaseStatusChanged,
     CloudEvent,
+    NotificationDelivered,
     SignalReceived,
     SignalRouted,
     make_event,
     utcnow,
 )
+from civicsignals.common.outbox import OutboxMessage
 from civicsignals.notifier import flows
-from civicsignals.notifier.models import Delivery, SignalLink
+from civicsignals.notifier.dispatch import Result
+from civicsignals.notifier.models import Attempt, Delivery, SignalLink
 
 TENANT = "gouda"
 
@@ -137,3 +141,57 @@ async def test_received_and_routed_of_one_signal_in_one_batch_make_one_link_and_
     assert len(acknowledgements) == 1
     assert acknowledgements[0].case_id == "case-2"
     assert json.loads(acknowledgements[0].payload)["tracking_code"] == "code-s-2"
+
+
+async def test_an_attempt_that_outlived_its_lease_records_nothing_and_the_one_holding_it_does(
+    make_tenant, notifier_factory
+) -> None:
+    """The fence of the batched record (``Dispatcher._record_fast``): a delivery claimed again after
+    its lease ran out is recorded by the new attempt only, with one ``notification.delivered``."""
+    tenant = make_tenant(TENANT, name="Gouda")
+    notifier = await notifier_factory(tenant)
+    dispatcher = notifier.app.state.dispatcher
+    await dispatcher.stop()  # claims below are this test's own
+    now = utcnow()
+    delivery = Delivery(
+        message_id="msg_fence",
+        tenant=TENANT,
+        channel="email",
+        template="acknowledgement",
+        event_id="ev-fence",
+        event_type=SignalRouted.event_type(),
+        event_time=now,
+        signal_id="s-fence",
+        payload="{}",
+        next_attempt_at=now,
+    )
+    async with notifier.runtime.sessions() as session, session.begin():
+        session.add(delivery)
+
+    (first,) = await dispatcher.claim_due(10)
+    async with notifier.runtime.sessions() as session, session.begin():  # its lease runs out
+        row = await session.get(Delivery, delivery.id)
+        assert row is not None and row.status == "sending"
+        row.next_attempt_at = utcnow() - timedelta(seconds=1)
+    (second,) = await dispatcher.claim_due(10)
+    assert (first.number, second.number) == (1, 2)
+
+    await dispatcher.record(first, Result(outcome="delivered", reason="late"))
+    async with notifier.runtime.sessions() as session:
+        row = await session.get(Delivery, delivery.id)
+        assert row is not None and (row.status, row.attempts) == ("sending", 2)
+
+    await dispatcher.record(second, Result(outcome="delivered", reason="accepted", status_code=None))
+    async with notifier.runtime.sessions() as session:
+        row = await session.get(Delivery, delivery.id)
+        assert row is not None and row.status == "delivered" and row.delivered_at is not None
+        attempts = (
+            await session.exec(
+                select(Attempt).where(Attempt.delivery_id == delivery.id).order_by(col(Attempt.number))
+            )
+        ).all()
+        assert [(a.number, a.outcome) for a in attempts] == [(1, "abandoned"), (2, "delivered")]
+        events = (
+            await session.exec(select(OutboxMessage).where(col(OutboxMessage.payload).contains(delivery.id)))
+        ).all()
+        assert [json.loads(e.payload)["type"] for e in events] == [NotificationDelivered.event_type()]

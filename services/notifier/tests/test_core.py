@@ -5,11 +5,15 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import email.utils
+import random
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtplib.email import flatten_message
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from civicsignals.notifier import messages
@@ -237,3 +241,58 @@ def test_a_mailbox_outside_ascii_is_written_by_the_modern_api() -> None:
     mail, back = _sent_and_read_back("Uw melding", "Gemeente <noreply@gemeente.example>", "jé@voorbeeld.nl")
     assert mail.__class__.__name__ == "EmailMessage"
     assert back["To"].addresses[0].addr_spec == "jé@voorbeeld.nl"
+
+
+# --- the mail's wire form, written without the generator -----------------------------------------
+
+_DATE = re.compile(rb"^Date: .*$", re.MULTILINE)
+
+
+def _generated(rendered: messages.RenderedMessage, sender: str, recipient: str, seed: int) -> bytes:
+    """What aiosmtplib sent before: the compat32 Message flattened by the stdlib generator."""
+    random.seed(seed)
+    mail = messages.build_email(
+        rendered, sender=sender, recipient=recipient, message_id="msg_1", domain="gemeente.example"
+    )
+    return _DATE.sub(b"Date: -", flatten_message(mail))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_mail_written_directly_is_byte_for_byte_what_the_generator_writes(seed: int) -> None:
+    chooser = random.Random(seed)
+    pieces = ["From here on", ".", "..", "één", "tab\tend\t", "trailing ", "=3D", "a" * 90, "", "\r", "—"]
+    text = "\n".join(" ".join(chooser.choices(pieces, k=chooser.randint(0, 6))) for _ in range(6))
+    subject = " ".join(chooser.choices(["Uw", "melding", "(7KQ2-M9XD-4HTC)", "is", "opgelost"], k=5))
+    senders = [
+        "Gemeente Demo <noreply@demo.example>",
+        '"Gemeente, Demo" <noreply@demo.example>',
+        "x@y.nl",
+        "Gé <g@demo.example>",
+    ]
+    recipients = ["bewoner1@example.org", "Anna de Vries <anna@example.org>", "o'brien+tag@example.org"]
+    sender, recipient = chooser.choice(senders), chooser.choice(recipients)
+    rendered = messages.RenderedMessage(subject=subject, text=text + "\n", html=f"<p>{text}</p>")
+    random.seed(seed)
+    direct = messages.encode_email(
+        rendered, sender=sender, recipient=recipient, message_id="msg_1", domain="gemeente.example"
+    )
+    assert isinstance(direct, messages.OutgoingMail)
+    assert direct.recipients == [email.utils.parseaddr(recipient)[1]]
+    assert direct.sender == email.utils.parseaddr(sender)[1]
+    assert _DATE.sub(b"Date: -", direct.data) == _generated(rendered, sender, recipient, seed)
+
+
+def test_a_mail_whose_headers_need_encoding_or_folding_is_left_to_the_generator() -> None:
+    body = messages.RenderedMessage(subject="Uw melding", text="tekst\n", html="<p>tekst</p>")
+    for subject, sender in (
+        ("Uw melding is opgelost — Súdwest-Fryslân", "Gemeente <noreply@gemeente.example>"),
+        (("Uw melding " * 8).strip(), "Gemeente <noreply@gemeente.example>"),
+        ("Uw melding", "Gemeente Súdwest-Fryslân <noreply@gemeente.example>"),
+    ):
+        rendered = messages.RenderedMessage(subject=subject, text=body.text, html=body.html)
+        mail = messages.encode_email(
+            rendered, sender=sender, recipient="anna@example.org", message_id="msg_1", domain="g.example"
+        )
+        assert not isinstance(mail, messages.OutgoingMail)
+        back = email.message_from_bytes(mail.as_bytes(), policy=email.policy.default)
+        assert back["Subject"] == subject

@@ -22,10 +22,12 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from nats.aio.msg import Msg
+from sqlalchemy import Table
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.bus import ConsumerSpec, NotReady
+from civicsignals.common.db import stage_insert
 from civicsignals.common.events import (
     CaseStatusChanged,
     CloudEvent,
@@ -34,6 +36,7 @@ from civicsignals.common.events import (
     read_data,
     utcnow,
 )
+from civicsignals.common.ids import new_id
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.notifier import messages, service
 from civicsignals.notifier.mailer import SmtpPool
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 RECEIVED_CONSUMER = "notifier-signal-received"
 ROUTED_CONSUMER = "notifier-signal-routed"
 STATUS_CONSUMER = "notifier-case-status"
+DELIVERIES: Table = Delivery.__table__  # type: ignore[attr-defined]
 ROUTED_WAIT = timedelta(minutes=2)
 """How long a status change waits for its case's ``signal.routed`` (which travels on another consumer
 and is normally handled a moment later, under load seconds later) before it goes on without knowing
@@ -99,7 +103,6 @@ class BatchView:
     by_coalesce_key: dict[str, Delivery] = field(default_factory=dict)
     endpoints: dict[str, list[tuple[Partner, Endpoint]]] = field(default_factory=dict)
     """Per tenant, the enabled endpoints of the partners the batch names."""
-
     KEY: ClassVar[str] = "notifier.batch"
 
     @staticmethod
@@ -185,7 +188,11 @@ def _merge_payload(delivery: Delivery, values: dict[str, Any]) -> None:
 def _acknowledgement(event: CloudEvent, signal_id: str, payload: dict[str, Any], due: datetime) -> Delivery:
     """A resident's acknowledgement, scheduled by whichever of ``signal.received`` and
     ``signal.routed`` comes first (the other one updates it)."""
+    now = utcnow()
     return Delivery(
+        # Every column given: a default_factory left to pydantic costs an inspection of the factory
+        # each time, a large share of building the object.
+        id=new_id(),
         message_id=acknowledgement_id(event.tenant, signal_id),
         tenant=event.tenant,
         channel="email",
@@ -196,6 +203,8 @@ def _acknowledgement(event: CloudEvent, signal_id: str, payload: dict[str, Any],
         signal_id=signal_id,
         payload=messages.dumps(payload),
         next_attempt_at=due,
+        created_at=now,
+        updated_at=now,
     )
 
 
@@ -311,6 +320,7 @@ def _coalesce_status_mail(
     view.add(
         session,
         Delivery(
+            id=new_id(),
             message_id=message_id(event.id, "email"),
             tenant=event.tenant,
             channel="email",
@@ -324,6 +334,8 @@ def _coalesce_status_mail(
             coalesce_key=key,
             sequence=changed.sequence,
             next_attempt_at=now + timedelta(seconds=ctx.settings.coalesce_window_s),
+            created_at=now,
+            updated_at=now,
         ),
     )
 
@@ -338,34 +350,51 @@ def fan_out(
     """
     wanted = short_type(event.type)
     body = event.to_json().decode()
-    count = 0
-    targets = BatchView.of(session).enabled_endpoints(event.tenant, partner_codes)
+    view = BatchView.of(session)
+    targets = view.enabled_endpoints(event.tenant, partner_codes)
     missing = set(partner_codes) - {partner.code for partner, _ in targets}
     if missing:
         log.info(
             "event %s names partners without an enabled endpoint: %s", event.id, ", ".join(sorted(missing))
         )
+    now = utcnow()
+    count = 0
     for partner, endpoint in targets:
         if wanted not in endpoint.event_types:
             continue
         # No look-up first: the inbox claim makes a redelivered event add nothing, and the unique
         # message_id turns a race between replicas into a rolled-back (and retried) transaction.
-        session.add(
-            Delivery(
-                message_id=message_id(event.id, endpoint.id),
-                tenant=event.tenant,
-                channel="webhook",
-                event_id=event.id,
-                event_type=event.type,
-                event_time=event.time,
-                signal_id=signal_id,
-                case_id=case_id,
-                partner_id=partner.id,
-                partner_code=partner.code,
-                endpoint_id=endpoint.id,
-                payload=body,
-                next_attempt_at=utcnow(),
-            )
+        # A row, not a Delivery object: staged, it is inserted with the batch's others at the commit.
+        stage_insert(
+            session,
+            DELIVERIES,
+            {
+                "id": new_id(),
+                "message_id": message_id(event.id, endpoint.id),
+                "tenant": event.tenant,
+                "channel": "webhook",
+                "template": None,
+                "event_id": event.id,
+                "event_type": event.type,
+                "event_time": event.time,
+                "signal_id": signal_id,
+                "case_id": case_id,
+                "partner_id": partner.id,
+                "partner_code": partner.code,
+                "endpoint_id": endpoint.id,
+                "payload": body,
+                "coalesce_key": None,
+                "sequence": 0,
+                "status": "scheduled",
+                "status_reason": None,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "last_status_code": None,
+                "last_error": None,
+                "created_at": now,
+                "updated_at": now,
+                "delivered_at": None,
+            },
         )
         count += 1
     return count

@@ -21,6 +21,7 @@ from email.message import Message
 import aiosmtplib
 
 from civicsignals.common.bus import TransientError
+from civicsignals.notifier.messages import OutgoingMail
 from civicsignals.notifier.settings import NotifierSettings
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,11 @@ class SmtpPool:
         self._slots = asyncio.Semaphore(settings.smtp_connections)
         self._closed = False
 
-    async def send(self, mail: Message) -> None:
+    async def send(self, mail: Message | OutgoingMail) -> None:
         """Hand one mail to the relay; :class:`TransientError` when it could not take it.
+
+        An :class:`OutgoingMail` goes as its bytes to its envelope's addresses; a ``Message`` is
+        flattened, and its addresses read from its headers, by aiosmtplib.
 
         The wait for a free connection is bounded like the send itself, so an attempt never
         outlives its lease (``NotifierSettings.lease_s``) queued behind a relay that hangs.
@@ -59,7 +63,7 @@ class SmtpPool:
         finally:
             self._slots.release()
 
-    async def _send_with_retry(self, mail: Message) -> None:
+    async def _send_with_retry(self, mail: Message | OutgoingMail) -> None:
         connection = self._take_idle()
         if connection is not None:
             try:
@@ -106,10 +110,13 @@ class SmtpPool:
         await smtp.connect()
         return _Connection(smtp, time.monotonic())
 
-    async def _send_on(self, connection: _Connection, mail: Message) -> None:
+    async def _send_on(self, connection: _Connection, mail: Message | OutgoingMail) -> None:
         """Send on this connection, then keep it for the next mail or retire it."""
         try:
-            await connection.smtp.send_message(mail)
+            if isinstance(mail, OutgoingMail):
+                await connection.smtp.sendmail(mail.sender, mail.recipients, mail.data)
+            else:
+                await connection.smtp.send_message(mail)
         except BaseException:
             connection.smtp.close()  # its state is unknown: never reuse it
             raise

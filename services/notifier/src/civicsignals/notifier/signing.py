@@ -77,4 +77,6 @@ def message_id(*parts: str, prefix: str = "msg_") -> str:
     ``Message-ID``), on every retry and after any crash, so a receiver can drop a copy it has seen.
     """
     digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
-    return prefix + base64.b32encode(digest).decode().rstrip("=").lower()[:32]
+    # The first 32 base32 characters are those of the first 20 bytes (base32 encodes each 5 bytes
+    # on their own): encoding only those is the same id at less cost.
+    return prefix + base64.b32encode(digest[:20]).decode().lower()
