@@ -3,13 +3,22 @@ classifier stage adds to a signal.
 
 1. Throughput, one core (onnxruntime with one intra-op thread, scikit-learn/BLAS limited to one
    thread), on the same texts in the same run: BANKING77 test texts and the Dutch xSID texts,
-   repeated to ``--texts``. For each model (the default n-gram features alone, and n-grams plus
-   the sentence encoder, both trained on BANKING77's train split):
+   repeated to ``--texts``. Three models, trained on BANKING77's train split: the n-gram
+   features alone; the default (n-grams plus the sentence encoder, with the cascade: an n-gram
+   head answers the texts it is sure of, only the others are encoded, the threshold chosen on
+   held-out training texts); and the same full model without the cascade (every text encoded,
+   as bundles were before it). For each:
 
    * ``onnxruntime``: :meth:`TopicModel.predict_proba`, i.e. Python featurisation (+ the encoder
      session) + the topic graph;
    * ``source model``: :meth:`TrainedModel.predict_proba`, the same featurisation (+ the encoder)
-     and scikit-learn's ``LogisticRegression.predict_proba`` on the tf-idf matrix.
+     and scikit-learn's ``LogisticRegression.predict_proba`` on the tf-idf matrix; with the
+     cascade, the same cascade in scikit-learn (the n-gram head's ``predict_proba`` on every
+     text, the encoder and the full model on the texts below the threshold only).
+
+   The cascade row also prints how many texts skipped the encoder. Each end-to-end row is
+   followed by the same per CPU second of the process (``time.process_time``), which leaves out
+   the time it waited for a core while other work ran on the shared machine.
 
    Both share one feature extractor (with its word cache) per process, so the end-to-end row
    compares like with like; the row "after featurisation" times only what differs: the graph as
@@ -36,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import json
 import statistics
 import tempfile
 import time
@@ -47,6 +57,7 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
+from civicsignals.classifier.data import LabelledData, read_labelled
 from civicsignals.classifier.model import (
     TRAINED_FEATURE_CONFIG,
     TopicModel,
@@ -56,6 +67,15 @@ from civicsignals.classifier.model import (
 )
 from civicsignals.classifier.model.encoder import SentenceEncoder
 from civicsignals.classifier.model.features import shared_extractor
+from civicsignals.classifier.model.training import with_cascade
+from civicsignals.classifier.pipeline import (
+    TrainOptions,
+    _cascade_on_heldout,
+    _class_names,
+    _fit,
+    _holdout_split,
+    _predict_trained,
+)
 
 #: The shared data sets live beside the repository (``<repo>/../shared/data``); ``--data`` overrides.
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -75,18 +95,28 @@ def best_of_pair(
     first: Callable[[], object], second: Callable[[], object], repeats: int = 7
 ) -> tuple[float, float]:
     """Best time of each of two functions, run alternately: load from other work on the shared
-    machine then falls on both columns alike instead of on whichever happened to run during it."""
+    machine then falls on both columns alike instead of on whichever happened to run during it.
+
+    Wall-clock seconds are returned; the best CPU seconds of the process for each (which leave out
+    the time the process waited for a core while others ran) are kept in :data:`LAST_CPU`."""
     first()
     second()
-    a, b = [], []
+    a, b, a_cpu, b_cpu = [], [], [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         first()
         a.append(time.perf_counter() - started)
-        started = time.perf_counter()
+        a_cpu.append(time.process_time() - cpu)
+        started, cpu = time.perf_counter(), time.process_time()
         second()
         b.append(time.perf_counter() - started)
+        b_cpu.append(time.process_time() - cpu)
+    LAST_CPU[:] = [min(a_cpu), min(b_cpu)]
     return min(a), min(b)
+
+
+#: CPU seconds of the last :func:`best_of_pair` (first, second).
+LAST_CPU: list[float] = [0.0, 0.0]
 
 
 def _row(name: str, n: int, onnx_s: float, source_s: float, extra: str = "") -> str:
@@ -99,34 +129,91 @@ def _row(name: str, n: int, onnx_s: float, source_s: float, extra: str = "") -> 
 def compare(
     name: str, model: TopicModel, trained: TrainedModel, texts: list[str], encoder: SentenceEncoder | None
 ) -> list[str]:
-    """The two rows of one model: end to end, and after featurisation (and encoding)."""
+    """The two rows of one model: end to end, and after featurisation (and encoding).
+
+    With a cascade, both columns run it: the n-gram head first, the encoder and the full model
+    only for the texts the head is not sure of (scikit-learn: :meth:`TrainedModel.predict_proba`
+    with ``encode``, which embeds exactly those texts in one call, as serving does)."""
     n = len(texts)
 
     def encode(batch: list[str]) -> npt.NDArray[np.float32] | None:
         return None if encoder is None else encoder.encode(batch)
 
     # End to end: text in, probabilities out; both share featurisation (and the encoder session).
-    onnx_s, source_s = best_of_pair(
-        lambda: model.predict_proba(texts), lambda: trained.predict_proba(texts, encode(texts))
-    )
+    if trained.cascade is not None:
+        onnx_s, source_s = best_of_pair(
+            lambda: model.predict_proba(texts),
+            lambda: trained.predict_proba(texts, encode=encoder_of(encoder)),
+        )
+    else:
+        onnx_s, source_s = best_of_pair(
+            lambda: model.predict_proba(texts), lambda: trained.predict_proba(texts, encode(texts))
+        )
+    onnx_cpu, source_cpu = LAST_CPU
     sample = texts[:2000]
-    sample_emb = encode(sample)
-    ours = model.predict_proba(sample, embeddings=sample_emb)
-    theirs = trained.predict_proba(sample, sample_emb)
+    ours = model.predict_proba(sample)
+    theirs = trained.predict_proba(sample, encode=encoder_of(encoder))
     agree = float(np.mean(ours.argmax(1) == theirs.argmax(1)))
     diff = float(np.abs(ours - theirs).max())
-    lines = [_row(name, n, onnx_s, source_s, f"   same label {agree:.4f}   max |dp| {diff:.1e}")]
+    extra = f"   same label {agree:.4f}   max |dp| {diff:.1e}"
+    if trained.cascade is not None:
+        _, used = model.predict_proba_routed(texts)
+        extra += (
+            f"   skipped the encoder {int((~used).sum())}/{n} ({float((~used).mean()):.1%}; "
+            f"cascade threshold {trained.cascade.threshold:.4f})"
+        )
+    lines = [_row(name, n, onnx_s, source_s, extra)]
+    # The same per CPU second of this process: the time it waited for a core left out.
+    lines.append(_row("  per CPU second", n, onnx_cpu, source_cpu))
     # The part that differs between the two: everything after featurisation (and encoding).
     # onnxruntime as serving runs it (sorted by length, chunked, padded, one run per chunk);
-    # scikit-learn: the tf-idf matrix and LogisticRegression.predict_proba.
+    # scikit-learn: the tf-idf matrix and LogisticRegression.predict_proba (the cascade: the
+    # n-gram head on all texts, the full model on the rest), on the same embeddings.
     features = model._extractor.rows(texts)
     text_emb = encode(texts)
-    graph_s, sk_s = best_of_pair(
-        lambda: model.proba_from_features(features, embeddings=text_emb),
-        lambda: trained.estimator.predict_proba(trained.transform_features(features, text_emb)),
-    )
+    if trained.cascade is not None:
+        graph_s, sk_s = best_of_pair(
+            lambda: model.proba_from_features(features, embeddings=text_emb),
+            lambda: trained.cascade_proba_from_features(features, embeddings=text_emb),
+        )
+    else:
+        graph_s, sk_s = best_of_pair(
+            lambda: model.proba_from_features(features, embeddings=text_emb),
+            lambda: trained.estimator.predict_proba(trained.transform_features(features, text_emb)),
+        )
     lines.append(_row("  after featurisation", n, graph_s, sk_s))
     return lines
+
+
+def encoder_of(encoder: SentenceEncoder | None) -> Callable[[list[str]], npt.NDArray[np.float32]] | None:
+    return None if encoder is None else encoder.encode
+
+
+def cascade_model(
+    data: LabelledData, encoder: SentenceEncoder, embeddings: npt.NDArray[np.float32]
+) -> tuple[TrainedModel, TrainedModel, dict[str, object]]:
+    """The default model as ``train`` builds it on BANKING77's train split, with its cascade: the
+    full model and the n-gram head fitted on the same 90% as ``train`` (its held-out split, C = 10,
+    the C ``train`` picks there), the cascade threshold chosen on the other 10% by the same rule, so
+    it is the threshold of the bundle ``train`` writes. The bench skips ``train``'s refit on all
+    the data (minutes, and no change in speed). Returns ``(with cascade, without, card block)``:
+    the same full model, once with the cascade and once without."""
+    options = TrainOptions()
+    classes = _class_names(data.labels)
+    train_idx, held_idx, _ = _holdout_split(data, options.holdout, options.seed)
+    fit_texts = [data.texts[i] for i in train_idx]
+    fit_classes = [classes[i] for i in train_idx]
+    held_texts = [data.texts[i] for i in held_idx]
+    full = _fit(fit_texts, fit_classes, embeddings[train_idx], encoder, options, 10.0)
+    head = _fit(fit_texts, fit_classes, None, None, options, 10.0)
+    full_guess, full_conf = _predict_trained(full, held_texts, embeddings[held_idx])
+    head_guess, head_conf = _predict_trained(head, held_texts, None)
+    block, _, _ = _cascade_on_heldout(
+        [classes[i] for i in held_idx], full_guess, full_conf, head_guess, head_conf
+    )
+    if block["threshold"] is None:
+        raise SystemExit("no cascade threshold qualified on the held-out texts")
+    return with_cascade(full, head, float(block["threshold"])), full, block
 
 
 def encode_unsorted(
@@ -155,24 +242,36 @@ def throughput(n_texts: int, work: Path, data: Path) -> None:
     n = len(texts)
     print(f"throughput on one core, {n} texts (BANKING77 test + xSID Dutch, repeated):")
     with threadpool_limits(limits=1):
-        for name, use_encoder in (
-            ("n-grams (default features)", False),
-            ("n-grams + sentence encoder", True),
+        # N-grams alone (as `train --no-encoder` fits them: no class weighting, newton-cg).
+        trained = train(train_texts, labels, class_weight=None, solver="newton-cg", max_iter=2000)
+        model = TopicModel(export_bundle(trained, work / "ngrams"), intra_op_threads=1)
+        for line in compare("n-grams alone", model, trained, texts, None):
+            print(line)
+        # The default (`train`): n-grams + sentence encoder with the cascade; and the same full
+        # model without a cascade (every text encoded), as bundles were before it.
+        banking = read_labelled(
+            data / "banking77.csv",
+            text_column="text",
+            topic_column="label",
+            split_column="split",
+            split="train",
+        )
+        cascaded, plain, block = cascade_model(banking, encoder, encoder.encode(banking.texts))
+        print(
+            f"  (cascade threshold {block['threshold']:.4f}, chosen as `train` chooses it: on its held-out "
+            f"{block['heldout_n']} texts {block['skipped_encoder']:.1%} skip the encoder, accuracy "
+            f"{block['accuracy']:.4f} with the cascade, {block['full_accuracy']:.4f} without)"
+        )
+        for name, trained in (
+            ("default: + encoder, cascade", cascaded),
+            ("+ encoder, no cascade", plain),
         ):
-            embeddings = encoder.encode(train_texts) if use_encoder else None
-            # As `train` fits them (no class weighting; lbfgs with the embeddings, else newton-cg).
-            trained = train(
-                train_texts,
-                labels,
-                class_weight=None,
-                solver="lbfgs" if use_encoder else "newton-cg",
-                max_iter=2000,
-                embeddings=embeddings,
-                encoder=encoder.describe() if use_encoder else None,
-            )
-            bundle = export_bundle(trained, work / name.replace(" ", "-"))
+            # Labels as `train` writes them (its class names are JSON [topic, subtopic] pairs).
+            labels_of = [tuple(json.loads(c)) for c in trained.classes]
+            folder = work / name.replace(" ", "-").replace(":", "").replace(",", "")
+            bundle = export_bundle(trained, folder, labels=[(str(t), s) for t, s in labels_of])
             model = TopicModel(bundle, encoder=encoder, intra_op_threads=1)
-            for line in compare(name, model, trained, texts, encoder if use_encoder else None):
+            for line in compare(name, model, trained, texts, encoder):
                 print(line)
         feature_s = best_of(lambda: shared_extractor(TRAINED_FEATURE_CONFIG).rows(texts))
         encode_s, unsorted_s = best_of_pair(

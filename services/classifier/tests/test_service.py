@@ -157,6 +157,23 @@ async def test_register_activate_and_roll_back_without_restart(
     ]
 
 
+async def test_a_refresh_that_read_before_an_activation_does_not_undo_it(
+    svc: Service, trained_bundle: Path
+) -> None:
+    """The refresh loop reads the database, then syncs: an activation through the API in between
+    must survive that sync (under load this race once rolled a rollback back)."""
+    version = await svc.register("gouda", trained_bundle)
+    registry = svc.app.state.classifier.registry
+    read_after = registry.applied
+    stale = {"gouda": None}  # what a refresh read just before the activation: the cold start
+    activated = await svc.client.post(f"/v1/models/{version}:activate", headers=svc.headers())
+    assert activated.status_code == 200 and registry.serving_version("gouda") == version
+    await registry.sync(stale, read_after=read_after)
+    assert registry.serving_version("gouda") == version
+    await registry.sync(stale)  # the same read without its time would undo the activation
+    assert registry.serving_version("gouda") != version
+
+
 async def test_another_replica_follows_an_activation(svc: Service, trained_bundle: Path, wait_until) -> None:
     """Another process that shares the database and folder picks the version up by itself."""
     version = await svc.register("gouda", trained_bundle)

@@ -54,6 +54,11 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-encoder", action="store_true", help="n-gram features only, without the sentence encoder"
     )
+    parser.add_argument(
+        "--no-cascade",
+        action="store_true",
+        help="send every text through the sentence encoder (no n-gram head that lets sure texts skip it)",
+    )
     parser.add_argument("--class-weight", choices=("none", "balanced"), default="none")
     parser.add_argument("--holdout", type=float, default=0.1, help="share held out for metrics (default 0.1)")
     parser.add_argument(
@@ -133,6 +138,7 @@ def _options(args: argparse.Namespace) -> Any:
         review_share=args.review_share,
         target_precision=args.target_precision,
         learning_curve=not args.no_learning_curve,
+        cascade=not args.no_cascade,
     )
 
 

@@ -322,9 +322,10 @@ async def refresh_loop(ctx: ClassifierContext, interval_s: float) -> None:
     while True:
         try:
             ctx.refresh_taxonomies()
+            read_after = ctx.registry.applied
             async with ctx.runtime.sessions() as session:
                 wanted = await service.active_versions(session)
-            await ctx.registry.sync(wanted)
+            await ctx.registry.sync(wanted, read_after=read_after)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -12,8 +12,14 @@
    there (:func:`conformal_threshold`, optionally raised by :func:`choose_threshold`), and a
    **learning curve** is measured (the same held-out part, models fitted on the first 100, 500, 2,000 and all
    training examples of a fixed shuffle);
-4. the bundle's model is then fitted on *all* the data, so no labelled report is wasted; its card
-   carries the held-out figures of step 3, which are thus a slightly pessimistic estimate.
+   With the encoder, an **n-gram head** (the same logistic regression on the n-gram features
+   alone, same ``C``) is fitted on the training part too, and the **cascade threshold** is chosen
+   on the held-out part (:func:`choose_cascade_threshold`): texts whose n-gram-head confidence
+   reaches it skip the encoder when the model serves. The held-out figures and the review
+   threshold are then those of the cascade, as served;
+4. the bundle's model (and n-gram head) is then fitted on *all* the data, so no labelled report
+   is wasted; its card carries the held-out figures of step 3, which are thus a slightly
+   pessimistic estimate.
 
 The model is :func:`~.model.training.train`: hashed word, bigram and character n-gram tf-idf
 (plus the sentence embedding) and a multinomial logistic regression, exported to ONNX.
@@ -41,12 +47,13 @@ from tqdm import tqdm
 from civicsignals.classifier.data import Label, LabelledData, TextRows, label_name
 from civicsignals.classifier.model.encoder import SentenceEncoder, default_encoder
 from civicsignals.classifier.model.inference import TopicModel
-from civicsignals.classifier.model.training import TrainedModel, export_bundle, train
+from civicsignals.classifier.model.training import TrainedModel, export_bundle, train, with_cascade
 
 __all__ = [
     "LEARNING_CURVE_SIZES",
     "Metrics",
     "TrainOptions",
+    "choose_cascade_threshold",
     "choose_threshold",
     "conformal_threshold",
     "evaluate",
@@ -99,6 +106,9 @@ class TrainOptions:
     #: longer on BANKING77), newton-cg for n-grams alone (where lbfgs is the slow one).
     solver: Literal["newton-cg", "lbfgs", "saga"] | None = None
     max_iter: int = 2000
+    #: With the encoder: add an n-gram head so that texts it is sure of skip the encoder
+    #: (:func:`choose_cascade_threshold`); needs a held-out part to choose its threshold.
+    cascade: bool = True
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -110,6 +120,7 @@ class TrainOptions:
             "target_precision": self.target_precision,
             "seed": self.seed,
             "solver": self.solver,
+            "cascade": self.cascade,
         }
 
 
@@ -200,6 +211,39 @@ def conformal_threshold(
         return FALLBACK_THRESHOLD, 0, 0
     k = max(1, int(np.floor(share * (n + 1))))
     return float(np.floor(scores[k - 1] * 10_000) / 10_000), k, n
+
+
+def choose_cascade_threshold(
+    head_confidence: npt.NDArray[np.floating],
+    head_correct: npt.NDArray[np.bool_],
+    full_correct: npt.NDArray[np.bool_],
+) -> tuple[float, int] | None:
+    """The cascade threshold from held-out data: returns ``(threshold, accepted)`` or None.
+
+    The held-out texts are ranked by the n-gram head's confidence. For a threshold ``t`` the
+    texts with confidence >= ``t`` would keep the n-gram head's answer; among them, count the
+    texts the full model gets right and the head wrong (lost by the cascade) and those the head
+    gets right and the full model wrong (won). The threshold is the lowest confidence at which
+    the accepted texts lose no more than they win: there the cascade is, on held-out data, at
+    least as accurate as the full model, and every text below it goes to the encoder. None when
+    no threshold qualifies (then every text is encoded). The threshold sits exactly on a held-out
+    confidence (ties accepted together), so the held-out texts accepted are exactly ``accepted``.
+    """
+    conf = np.asarray(head_confidence, dtype=np.float64)
+    if len(conf) == 0:
+        return None
+    order = np.argsort(-conf, kind="stable")
+    conf = conf[order]
+    head = np.asarray(head_correct, dtype=bool)[order]
+    full = np.asarray(full_correct, dtype=bool)[order]
+    balance = np.cumsum(full & ~head) - np.cumsum(head & ~full)  # lost minus won, top i + 1
+    # A cut may only fall after the last of equal confidences (a threshold accepts all of them).
+    cut_ok = np.append(conf[1:] < conf[:-1], True)
+    ok = np.flatnonzero((balance <= 0) & cut_ok)
+    if len(ok) == 0:
+        return None
+    last = int(ok[-1])
+    return float(conf[last]), last + 1
 
 
 def _class_names(labels: Sequence[Label]) -> list[str]:
@@ -303,6 +347,7 @@ def train_bundle(
     curve: list[dict[str, Any]] = []
     threshold = FALLBACK_THRESHOLD
     chosen_c = options.C
+    cascade_card: dict[str, Any] | None = None
     rationale = (
         f"too little data (< {4 * MIN_HOLDOUT} examples) to hold any out: the fallback {FALLBACK_THRESHOLD}"
     )
@@ -334,6 +379,15 @@ def train_bundle(
             chosen_c, _, predicted, confidence = best
             heldout["C_search"] = search
             heldout["C"] = chosen_c
+            if encoder is not None and options.cascade:
+                progress(
+                    f"fitting the n-gram head of the cascade on {len(tr_texts)} examples (C={chosen_c:g}) ..."
+                )
+                head = _fit(tr_texts, tr_classes, None, None, options, chosen_c)
+                head_guess, head_conf = _predict_trained(head, ho_texts, None)
+                cascade_card, predicted, confidence = _cascade_on_heldout(
+                    ho_classes, predicted, confidence, head_guess, head_conf
+                )
             truth_names = [label_name(tuple(json.loads(c))) for c in ho_classes]
             pred_names = [label_name(tuple(json.loads(c))) for c in predicted]
             metrics = measure(truth_names, pred_names)
@@ -383,6 +437,15 @@ def train_bundle(
 
     progress(f"fitting the final model on all {len(data)} examples (C={chosen_c:g}) ...")
     final = _fit(data.texts, classes, embeddings, encoder, options, chosen_c)
+    if cascade_card is not None and cascade_card["threshold"] is not None:
+        progress(f"fitting the final n-gram head on all {len(data)} examples (C={chosen_c:g}) ...")
+        final_head = _fit(data.texts, classes, None, None, options, chosen_c)
+        final = with_cascade(
+            final,
+            final_head,
+            cascade_card["threshold"],
+            {k: v for k, v in cascade_card.items() if k != "threshold"},
+        )
     labels = [tuple(json.loads(c)) for c in final.classes]
     extra: dict[str, Any] = {
         "kind": "trained",
@@ -393,6 +456,8 @@ def train_bundle(
         "training_options": options.describe(),
         "topics_only": not data.has_subtopics,
     }
+    if cascade_card is not None and cascade_card["threshold"] is None:
+        extra["cascade_rejected"] = cascade_card  # why every text goes through the encoder
     extra.update(card_extra or {})
     export_bundle(
         final,
@@ -404,6 +469,49 @@ def train_bundle(
     )
     card: dict[str, Any] = json.loads((Path(out_dir) / "card.json").read_text(encoding="utf-8"))
     return card
+
+
+def _cascade_on_heldout(
+    truth: Sequence[str],
+    full_guess: list[str],
+    full_conf: npt.NDArray[np.float64],
+    head_guess: list[str],
+    head_conf: npt.NDArray[np.float64],
+) -> tuple[dict[str, Any], list[str], npt.NDArray[np.float64]]:
+    """Choose the cascade threshold on the held-out part; return the card's ``cascade`` block and
+    the cascade's held-out predictions and confidences (what serving will answer)."""
+    full_correct = np.array([g == t for g, t in zip(full_guess, truth, strict=True)], dtype=bool)
+    head_correct = np.array([g == t for g, t in zip(head_guess, truth, strict=True)], dtype=bool)
+    chosen = choose_cascade_threshold(head_conf, head_correct, full_correct)
+    n = len(truth)
+    block: dict[str, Any] = {
+        "rule": "the lowest n-gram-head confidence at which the held-out texts it accepts lose no more "
+        "right answers against the full model than they win",
+        "heldout_n": n,
+        "head_accuracy": round(float(head_correct.mean()), 4),
+        "full_accuracy": round(float(full_correct.mean()), 4),
+    }
+    if chosen is None:
+        block["threshold"] = None
+        return block, full_guess, full_conf
+    threshold, _ = chosen
+    skip = np.asarray(head_conf) >= threshold
+    guess = [h if s else f for h, f, s in zip(head_guess, full_guess, skip, strict=True)]
+    conf = np.where(skip, head_conf, full_conf)
+    correct = np.array([g == t for g, t in zip(guess, truth, strict=True)], dtype=bool)
+    block.update(
+        threshold=threshold,
+        skipped_encoder=round(float(skip.mean()), 4),
+        accuracy=round(float(correct.mean()), 4),
+        accepted_head_accuracy=round(float(head_correct[skip].mean()), 4) if skip.any() else None,
+        accepted_full_accuracy=round(float(full_correct[skip].mean()), 4) if skip.any() else None,
+        accepted_agreement=round(
+            float(np.mean([h == f for h, f, s in zip(head_guess, full_guess, skip, strict=True) if s])), 4
+        )
+        if skip.any()
+        else None,
+    )
+    return block, guess, conf
 
 
 def _learning_curve(

@@ -49,6 +49,10 @@ class ModelRegistry:
         self._tenant_taxonomy: dict[str, str] = {}
         self._building: dict[str, asyncio.Task[TopicModel]] = {}
         self._lock = asyncio.Lock()
+        #: Counts every :meth:`apply`; per tenant, the count at its last one. A refresh that read
+        #: the database before a tenant's last apply must not undo it with what it read.
+        self.applied = 0
+        self._applied_at: dict[str, int] = {}
 
     @property
     def loaded(self) -> bool:
@@ -157,6 +161,8 @@ class ModelRegistry:
     async def apply(self, tenant: str, version: str | None, model: TopicModel | None = None) -> None:
         """Serve ``version`` (None: the cold start) for ``tenant`` from now on; loads it if needed."""
         async with self._lock:
+            self.applied += 1
+            self._applied_at[tenant] = self.applied
             if version is None:
                 self._wanted[tenant] = None
                 self._tenant_models.pop(tenant, None)
@@ -168,9 +174,15 @@ class ModelRegistry:
                 self._tenant_models[tenant] = model
             self._wanted[tenant] = version
 
-    async def sync(self, wanted: dict[str, str | None]) -> None:
-        """Bring every tenant to the version the database says (called by the refresh loop)."""
+    async def sync(self, wanted: dict[str, str | None], *, read_after: int | None = None) -> None:
+        """Bring every tenant to the version the database says (called by the refresh loop).
+
+        ``read_after`` is :attr:`applied` from before ``wanted`` was read: a tenant applied since
+        (an activation or rollback through this replica's API) is left alone, as what was read
+        may predate it; the next refresh reads it again."""
         for tenant, version in wanted.items():
+            if read_after is not None and self._applied_at.get(tenant, 0) > read_after:
+                continue
             if self._wanted.get(tenant, None) == version and (
                 version is None or tenant in self._tenant_models
             ):

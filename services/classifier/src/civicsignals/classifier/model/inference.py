@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,7 @@ class TopicModel:
         max_batch: int = 256,
         intra_op_threads: int = 1,
         encoder: SentenceEncoder | None = None,
+        cascade: bool = True,
     ) -> None:
         """Load ``bundle_dir``; raise :class:`BundleError` if it is incomplete or inconsistent.
 
@@ -136,6 +137,10 @@ class TopicModel:
 
         A bundle whose card names a sentence encoder gets ``encoder`` or the process's shared
         one; its file must be the one the bundle was trained with (same SHA-256).
+
+        A bundle with a cascade (format /3, card ``cascade``) lets the texts its n-gram head is
+        sure of skip the encoder; ``cascade=False`` sends every text through the full model
+        (to measure what the cascade changes). Bundles without one encode every text, as before.
         """
         self.bundle_dir = Path(bundle_dir)
         self.card = read_card(self.bundle_dir)
@@ -198,6 +203,20 @@ class TopicModel:
                     f"(sha256 {str(wanted.get('sha256'))[:12]}...), but {self.encoder.name!r} "
                     f"(sha256 {self.encoder.sha256[:12]}...) is installed"
                 )
+        # A cascade graph takes the embeddings of some texts only ("encoded" says which).
+        self._cascade_threshold: float | None = None
+        if "encoded" in inputs:
+            block = self.card.get("cascade")
+            threshold = block.get("threshold") if isinstance(block, dict) else None
+            if self.encoder is None or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+                raise BundleError(
+                    f"model bundle {self.bundle_dir}: {MODEL_FILE} is a cascade graph, but {CARD_FILE} "
+                    "has no cascade threshold in [0, 1] or no encoder"
+                )
+            self._cascade_threshold = float(threshold)
+        elif self.card.get("cascade"):
+            raise BundleError(f"model bundle {self.bundle_dir}: {CARD_FILE} has a cascade, {MODEL_FILE} not")
+        self._use_cascade = cascade and self._cascade_threshold is not None
         self.version: str = str(self.card["version"])
         self.threshold: float = float(self.card["threshold"])
         self._extractor = FeatureExtractor(self.feature_config)
@@ -236,18 +255,35 @@ class TopicModel:
         """The sentence embeddings this model needs for ``texts``, or None when it uses no encoder."""
         return None if self.encoder is None else self.encoder.encode(texts)
 
+    @property
+    def cascade_threshold(self) -> float | None:
+        """The n-gram head's threshold when the bundle has a cascade (and it is on), else None."""
+        return self._cascade_threshold if self._use_cascade else None
+
     def predict_proba(
         self, texts: Sequence[str], *, embeddings: npt.NDArray[np.float32] | None = None
     ) -> npt.NDArray[np.float32]:
         """Probabilities ``[len(texts), len(labels)]``, columns in :attr:`labels` order.
 
-        ``embeddings`` may be passed when the caller computed them already (:meth:`embed`).
+        ``embeddings`` (of all ``texts``) may be passed when the caller computed them already
+        (:meth:`embed`); otherwise the encoder embeds the texts that need it: all of them, or with
+        a cascade only those the n-gram head is not sure of.
         """
+        return self.predict_proba_routed(texts, embeddings=embeddings)[0]
+
+    def predict_proba_routed(
+        self, texts: Sequence[str], *, embeddings: npt.NDArray[np.float32] | None = None
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """:meth:`predict_proba` and, per text, whether it went through the sentence encoder."""
         if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        if self.encoder is not None and embeddings is None:
-            embeddings = self.encoder.encode(texts)
-        return self.proba_from_features(self._extractor.rows(texts), embeddings=embeddings)
+            return np.zeros((0, len(self.labels)), dtype=np.float32), np.zeros(0, dtype=bool)
+        encoder = self.encoder
+
+        def encode(indices: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+            assert encoder is not None
+            return encoder.encode([texts[int(i)] for i in indices])
+
+        return self.routed_from_features(self._extractor.rows(texts), embeddings=embeddings, encode=encode)
 
     def proba_from_features(
         self,
@@ -260,12 +296,74 @@ class TopicModel:
         Public so that the benchmark can time the graph exactly as serving calls it (sorted,
         chunked, padded), apart from the Python featurisation that both paths share.
         """
-        out = np.zeros((len(rows), len(self.labels)), dtype=np.float32)
-        if self.encoder is not None and embeddings is None:
-            raise ValueError("this model needs the texts' embeddings")
-        if not rows:
-            return out
+        return self.routed_from_features(rows, embeddings=embeddings)[0]
+
+    def routed_from_features(
+        self,
+        rows: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]],
+        *,
+        embeddings: npt.NDArray[np.float32] | None = None,
+        encode: Callable[[npt.NDArray[np.int64]], npt.NDArray[np.float32]] | None = None,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """Probabilities and, per text, whether it went through the encoder, after featurisation.
+
+        The embeddings of the texts that need them are rows of ``embeddings`` (given for all
+        texts) or ``encode(indices)``. With a cascade, a first pass of the graph gives the n-gram
+        head's answer and ``use_encoder`` for every text; only those texts are embedded and run
+        again through the full model.
+        """
         n = len(rows)
+        out = np.zeros((n, len(self.labels)), dtype=np.float32)
+        if self.encoder is None:
+            for chunk, feed in self._feeds(rows):
+                (out[chunk],) = self._session.run(["probabilities"], feed)
+            return out, np.zeros(n, dtype=bool)
+        if embeddings is None and encode is None:
+            raise ValueError("this model needs the texts' embeddings")
+        if self._cascade_threshold is None:  # every text through the full model, as before
+            # One encoder call for all texts (it sorts them by length into its own batches).
+            every = self._embeddings_of(np.arange(n), embeddings, encode)
+            for chunk, feed in self._feeds(rows):
+                feed["embeddings"] = np.ascontiguousarray(every[chunk])
+                (out[chunk],) = self._session.run(["probabilities"], feed)
+            return out, np.ones(n, dtype=bool)
+        hard = np.ones(n, dtype=bool)
+        if self._use_cascade:
+            no_embeddings = np.zeros((0, self.encoder.dim), dtype=np.float32)
+            none = np.zeros(0, dtype=np.int64)
+            for chunk, feed in self._feeds(rows):
+                feed.update(embeddings=no_embeddings, encoded=none)
+                out[chunk], hard[chunk] = self._session.run(["probabilities", "use_encoder"], feed)
+        picked = np.flatnonzero(hard)
+        if len(picked):
+            # The encoder's own batching sorts the texts by length; one call for all of them.
+            part = self._embeddings_of(picked, embeddings, encode)
+            for chunk, feed in self._feeds([rows[int(i)] for i in picked]):
+                feed.update(
+                    embeddings=np.ascontiguousarray(part[chunk]),
+                    encoded=np.arange(len(chunk), dtype=np.int64),
+                )
+                (out[picked[chunk]],) = self._session.run(["probabilities"], feed)
+        return out, hard
+
+    @staticmethod
+    def _embeddings_of(
+        indices: npt.NDArray[np.int64],
+        embeddings: npt.NDArray[np.float32] | None,
+        encode: Callable[[npt.NDArray[np.int64]], npt.NDArray[np.float32]] | None,
+    ) -> npt.NDArray[np.float32]:
+        if embeddings is not None:
+            return np.ascontiguousarray(embeddings[indices], dtype=np.float32)
+        assert encode is not None
+        return np.ascontiguousarray(encode(indices), dtype=np.float32)
+
+    def _feeds(
+        self, rows: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]
+    ) -> Iterator[tuple[npt.NDArray[np.int64], dict[str, npt.NDArray[Any]]]]:
+        """The graph's feature inputs, chunk by chunk: ``(indices of the chunk's texts, feed)``."""
+        n = len(rows)
+        if not n:
+            return
         ids_list = [ids for ids, _ in rows]
         lengths = np.fromiter(map(len, ids_list), dtype=np.int64, count=n)
         # Chunks: texts sorted by length, cut so that rows x (longest row) stays within the
@@ -299,16 +397,13 @@ class TopicModel:
         for c in range(len(chunk_rows)):
             shape = (int(chunk_rows[c]), int(chunk_width[c]))
             cells_of = slice(int(chunk_base[c]), int(chunk_base[c + 1]))
-            chunk = order[edges[c] : edges[c + 1]]
-            feed = {
-                self._rows_input: flat_ids[cells_of].reshape(shape),
-                "counts": flat_counts[cells_of].reshape(shape),
-            }
-            if embeddings is not None:
-                feed["embeddings"] = np.ascontiguousarray(embeddings[chunk], dtype=np.float32)
-            (probabilities,) = self._session.run(["probabilities"], feed)
-            out[chunk] = probabilities
-        return out
+            yield (
+                order[edges[c] : edges[c + 1]],
+                {
+                    self._rows_input: flat_ids[cells_of].reshape(shape),
+                    "counts": flat_counts[cells_of].reshape(shape),
+                },
+            )
 
     def predict(
         self, texts: Sequence[str], *, threshold: float | None = None, top_k: int = 3

@@ -30,6 +30,27 @@ With a sentence encoder (:mod:`.encoder`), a third input and initialiser are add
 and ``logits`` gets ``+ embeddings @ dense_weights``. The encoder runs as its own onnxruntime
 session (it is shared by every bundle, so it is not copied into each ``model.onnx``).
 
+**Cascade** (``cascade_weights`` given; bundles of format ``civicsignals-topic-model/3``). The
+encoder is most of the serving time, and most texts do not need it: a second logistic
+regression on the n-gram features alone (the n-gram head) is as accurate as the full model on
+the texts it is confident about. The ``table`` then holds the n-gram head's weights (and the
+idf), which every text needs, and ``full_table`` ``[V + 1, C]`` the full model's n-gram weights,
+gathered only for the texts that get embeddings (each text's normalised tf-idf is computed once):
+
+* ``embeddings`` float32 ``[M, E]`` and ``encoded`` int64 ``[M]``: the embeddings of ``M`` of the
+  ``N`` texts and which rows of the batch they belong to (``M`` may be 0);
+* output ``probabilities`` ``[N, C]``: the full model's for the rows in ``encoded``, the n-gram
+  head's for the others;
+* output ``use_encoder`` bool ``[N]``: the n-gram head's top probability is below the cascade
+  threshold (an initialiser, the card's ``cascade.threshold``), so the text needs the encoder.
+
+Serving runs the graph once with ``M = 0``, embeds only the texts ``use_encoder`` names, and runs
+those again with their embeddings. onnxruntime executes every node of a graph whatever outputs
+are asked for (tried: a node of an output not asked for still ran), which is why the full model's
+weights are gathered through ``encoded`` (nothing with ``M = 0``) rather than in the first
+``Gather``: one table ``[V + 1, 2C + 1]`` with both heads' weights made the first run about twice
+as slow as the plain graph (the ``Gather`` of whole rows is most of its time).
+
 Computation (``D = 2**hash_bits``, ``V`` = features seen in training, ``C`` = classes)::
 
     rows   = remap[ids]          (format /1 only)        # [N, L]
@@ -82,10 +103,15 @@ def build_onnx_model(
     metadata: Mapping[str, str] | None = None,
     name: str = "civicsignals-topic-model",
     remap: npt.NDArray[np.integer] | None = None,
+    cascade_weights: npt.NDArray[np.floating] | None = None,
+    cascade_bias: npt.NDArray[np.floating] | None = None,
+    cascade_threshold: float | None = None,
 ) -> onnx.ModelProto:
     """Build and check the ONNX model; see the module docstring for shapes and maths.
 
     With ``remap`` the graph takes hashed ``ids`` and looks them up itself (the format /1 graph).
+    With ``cascade_weights`` (``[V + 1, C]``, the n-gram head; needs ``dense_weights``,
+    ``cascade_bias`` and ``cascade_threshold``) it is the cascade graph described above.
 
     ``metadata`` goes into the model's ``metadata_props`` (e.g. version and labels), so a lone
     ``model.onnx`` still says what it is.
@@ -108,18 +134,34 @@ def build_onnx_model(
         dense_weights = np.asarray(dense_weights)
         if dense_weights.ndim != 2 or dense_weights.shape[1] != n_classes:
             raise ValueError(f"dense_weights must be [E, {n_classes}], got {dense_weights.shape}")
+    cascade = cascade_weights is not None
+    if cascade:
+        cascade_weights = np.asarray(cascade_weights)
+        if cascade_weights.shape != weights.shape or np.any(cascade_weights[0] != 0):
+            raise ValueError(f"cascade_weights must be {weights.shape} with row 0 zero")
+        if dense_weights is None or remap is not None:
+            raise ValueError("a cascade needs dense_weights (an encoder) and the rows input")
+        if cascade_bias is None or np.asarray(cascade_bias).shape != (n_classes,):
+            raise ValueError(f"cascade_bias must be [{n_classes}]")
+        if cascade_threshold is None or not 0.0 <= cascade_threshold <= 1.0:
+            raise ValueError(f"cascade_threshold must be in [0, 1], got {cascade_threshold}")
 
     # One table [V + 1, C + 1]: the weights of each row with its idf as the last column, so one
     # Gather of whole rows brings both (onnxruntime's Gather of single floats is slow).
-    table = np.concatenate([weights, idf[:, None]], axis=1).astype(np.float32)
+    # With a cascade, this table holds the n-gram head's weights (every text needs them) and the
+    # full model's n-gram weights are a table of their own, gathered only for the encoded texts.
+    first = np.asarray(cascade_weights) if cascade else weights
+    table = np.concatenate([first, idf[:, None]], axis=1).astype(np.float32)
+    idf_at = n_classes
     initializers = [
         numpy_helper.from_array(table, "table"),
         numpy_helper.from_array(bias.astype(np.float32), "bias"),
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
         numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
         numpy_helper.from_array(np.array([0], dtype=np.int64), "first_class"),
-        numpy_helper.from_array(np.array([n_classes], dtype=np.int64), "idf_column"),
-        numpy_helper.from_array(np.array([n_classes + 1], dtype=np.int64), "idf_column_end"),
+        numpy_helper.from_array(np.array([n_classes], dtype=np.int64), "class_end"),
+        numpy_helper.from_array(np.array([idf_at], dtype=np.int64), "idf_column"),
+        numpy_helper.from_array(np.array([idf_at + 1], dtype=np.int64), "idf_column_end"),
         numpy_helper.from_array(np.array(_NORM_FLOOR, dtype=np.float32), "norm_floor"),
     ]
     nodes = []
@@ -151,15 +193,56 @@ def build_onnx_model(
         helper.make_node("Unsqueeze", ["w_normalised", "axis1"], ["w_row"]),
         helper.make_node("MatMul", ["w_row", "row_block"], ["logits_3d"]),
         helper.make_node("Squeeze", ["logits_3d", "axis1"], ["logits_and_idf"]),
-        helper.make_node(
-            "Slice", ["logits_and_idf", "first_class", "idf_column", "axis1"], ["sparse_logits"]
-        ),
+        helper.make_node("Slice", ["logits_and_idf", "first_class", "class_end", "axis1"], ["sparse_logits"]),
     ]
     inputs = [
         helper.make_tensor_value_info("ids" if remap is not None else "rows", TensorProto.INT64, ["N", "L"]),
         helper.make_tensor_value_info("counts", TensorProto.FLOAT, ["N", "L"]),
     ]
-    if dense_weights is None:
+    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_classes])]
+    if cascade:
+        assert dense_weights is not None and cascade_bias is not None and cascade_threshold is not None
+        initializers += [
+            numpy_helper.from_array(dense_weights.astype(np.float32), "dense_weights"),
+            numpy_helper.from_array(np.asarray(cascade_bias).astype(np.float32), "cascade_bias"),
+            numpy_helper.from_array(np.array(cascade_threshold, dtype=np.float32), "cascade_threshold"),
+            numpy_helper.from_array(weights.astype(np.float32), "full_table"),
+            numpy_helper.from_array(np.array([-1], dtype=np.int64), "last_axis"),
+        ]
+        inputs += [
+            helper.make_tensor_value_info(
+                "embeddings", TensorProto.FLOAT, ["M", int(dense_weights.shape[0])]
+            ),
+            helper.make_tensor_value_info("encoded", TensorProto.INT64, ["M"]),
+        ]
+        nodes += [
+            # The n-gram head, for every text: its probabilities and whether it is sure enough.
+            helper.make_node("Add", ["sparse_logits", "cascade_bias"], ["cascade_logits"]),
+            helper.make_node("Softmax", ["cascade_logits"], ["cascade_probabilities"], axis=-1),
+            helper.make_node(
+                "ReduceMax", ["cascade_probabilities"], ["cascade_confidence"], axes=[1], keepdims=0
+            ),
+            helper.make_node("Less", ["cascade_confidence", "cascade_threshold"], ["use_encoder"]),
+            # The full model, for the M texts whose embeddings were given: their normalised tf-idf
+            # (same features, same idf) times the full model's n-gram weights, plus the embedding's.
+            helper.make_node("Gather", ["rows", "encoded"], ["encoded_rows"], axis=0),  # [M, L]
+            helper.make_node("Gather", ["w_row", "encoded"], ["encoded_w_row"], axis=0),  # [M, 1, L]
+            helper.make_node("Gather", ["full_table", "encoded_rows"], ["full_block"], axis=0),  # [M, L, C]
+            helper.make_node("MatMul", ["encoded_w_row", "full_block"], ["encoded_sparse_3d"]),
+            helper.make_node("Squeeze", ["encoded_sparse_3d", "axis1"], ["encoded_sparse_logits"]),
+            helper.make_node("MatMul", ["embeddings", "dense_weights"], ["dense_logits"]),
+            helper.make_node("Add", ["encoded_sparse_logits", "dense_logits"], ["full_logits_no_bias"]),
+            helper.make_node("Add", ["full_logits_no_bias", "bias"], ["full_logits"]),
+            helper.make_node("Softmax", ["full_logits"], ["full_probabilities"], axis=-1),
+            helper.make_node("Unsqueeze", ["encoded", "last_axis"], ["encoded_index"]),
+            helper.make_node(
+                "ScatterND",
+                ["cascade_probabilities", "encoded_index", "full_probabilities"],
+                ["probabilities"],
+            ),
+        ]
+        outputs.append(helper.make_tensor_value_info("use_encoder", TensorProto.BOOL, ["N"]))
+    elif dense_weights is None:
         nodes.append(helper.make_node("Identity", ["sparse_logits"], ["logits_no_bias"]))
     else:
         initializers.append(numpy_helper.from_array(dense_weights.astype(np.float32), "dense_weights"))
@@ -170,17 +253,12 @@ def build_onnx_model(
             helper.make_node("MatMul", ["embeddings", "dense_weights"], ["dense_logits"]),
             helper.make_node("Add", ["sparse_logits", "dense_logits"], ["logits_no_bias"]),
         ]
-    nodes += [
-        helper.make_node("Add", ["logits_no_bias", "bias"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        name,
-        inputs=inputs,
-        outputs=[helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_classes])],
-        initializer=initializers,
-    )
+    if not cascade:
+        nodes += [
+            helper.make_node("Add", ["logits_no_bias", "bias"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+        ]
+    graph = helper.make_graph(nodes, name, inputs=inputs, outputs=outputs, initializer=initializers)
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],

@@ -23,6 +23,7 @@ A bundle is a folder with four files:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -30,7 +31,7 @@ import os
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,20 +57,26 @@ __all__ = [
     "BUNDLE_FORMAT",
     "CARD_FEATURE_NOTES",
     "CARD_FILE",
+    "CASCADE_BUNDLE_FORMAT",
     "FEATURE_HASH",
     "LABELS_FILE",
     "MODEL_FILE",
     "READABLE_FORMATS",
     "VOCABULARY_FILE",
+    "Cascade",
     "TrainedModel",
     "export_bundle",
     "train",
     "training_data_digest",
+    "with_cascade",
 ]
 
 BUNDLE_FORMAT = "civicsignals-topic-model/2"
-#: Formats serving still reads: /1 bundles have no vocabulary file (the lookup is in their graph).
-READABLE_FORMATS = frozenset({"civicsignals-topic-model/1", BUNDLE_FORMAT})
+#: The format of a bundle with a cascade (an n-gram head that lets sure texts skip the encoder;
+#: see :mod:`.onnx_graph`): its graph has other inputs, so older servers must refuse it.
+CASCADE_BUNDLE_FORMAT = "civicsignals-topic-model/3"
+#: Formats serving reads: /1 bundles have no vocabulary file (the lookup is in their graph).
+READABLE_FORMATS = frozenset({"civicsignals-topic-model/1", BUNDLE_FORMAT, CASCADE_BUNDLE_FORMAT})
 #: The only feature hash a bundle of this format may use.
 FEATURE_HASH = "crc32-utf8"
 #: Keys of the card's ``features`` block that describe the graph rather than configure features.
@@ -78,6 +85,23 @@ MODEL_FILE = "model.onnx"
 VOCABULARY_FILE = "vocabulary.npy"
 LABELS_FILE = "labels.json"
 CARD_FILE = "card.json"
+
+
+@dataclass(slots=True)
+class Cascade:
+    """The n-gram head of a cascade: a logistic regression on the same tf-idf features alone.
+
+    A text whose top n-gram-head probability reaches ``threshold`` keeps that head's answer and
+    never goes through the sentence encoder; the others get the full model's. ``coef`` ``[C, V]``
+    and ``intercept`` ``[C]`` as in :class:`TrainedModel`; ``card`` is the card's ``cascade``
+    block (how the threshold was chosen, on held-out data only).
+    """
+
+    coef: npt.NDArray[np.float64]
+    intercept: npt.NDArray[np.float64]
+    estimator: LogisticRegression
+    threshold: float
+    card: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -107,6 +131,8 @@ class TrainedModel:
     dense_coef: npt.NDArray[np.float64] | None = None
     #: The card's ``encoder`` block (name, dim, sha256, scale), or None.
     encoder: dict[str, Any] | None = None
+    #: The n-gram head and its threshold (:func:`with_cascade`), or None: every text is encoded.
+    cascade: Cascade | None = None
     _remap: npt.NDArray[np.int32] | None = field(default=None, repr=False)
 
     def remap_table(self) -> npt.NDArray[np.int32]:
@@ -136,10 +162,58 @@ class TrainedModel:
         return _with_embeddings(tfidf, embeddings, self.encoder)
 
     def predict_proba(
-        self, texts: Sequence[str], embeddings: npt.NDArray[np.floating] | None = None
+        self,
+        texts: Sequence[str],
+        embeddings: npt.NDArray[np.floating] | None = None,
+        *,
+        encode: Callable[[list[str]], npt.NDArray[np.floating]] | None = None,
     ) -> npt.NDArray[np.float64]:
-        """scikit-learn's probabilities ``[n, C]``: the reference the ONNX graph must reproduce."""
-        return np.asarray(self.estimator.predict_proba(self.transform(texts, embeddings)), dtype=np.float64)
+        """scikit-learn's probabilities ``[n, C]``: the reference the ONNX graph must reproduce.
+
+        With a cascade, the n-gram head answers the texts it is sure of and only the others go
+        through the full model: their embeddings are rows of ``embeddings`` (all texts') or come
+        from ``encode`` (called once, with those texts only, as serving calls the encoder).
+        """
+        if self.cascade is None:
+            if embeddings is None and encode is not None and self.encoder is not None:
+                embeddings = encode(list(texts))
+            return np.asarray(
+                self.estimator.predict_proba(self.transform(texts, embeddings)), dtype=np.float64
+            )
+        rows = shared_extractor(self.feature_config).rows(texts)
+        return self.cascade_proba_from_features(rows, texts, embeddings=embeddings, encode=encode)[0]
+
+    def cascade_proba_from_features(
+        self,
+        rows: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]],
+        texts: Sequence[str] | None = None,
+        *,
+        embeddings: npt.NDArray[np.floating] | None = None,
+        encode: Callable[[list[str]], npt.NDArray[np.floating]] | None = None,
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """The cascade in scikit-learn after featurisation: probabilities and which texts needed
+        the encoder. ``encode`` needs ``texts``; without a cascade every text is encoded."""
+        tfidf = _tfidf(rows, self.remap_table(), self.idf, self.sublinear_tf)
+        n = tfidf.shape[0]
+        if self.cascade is None:
+            hard = np.ones(n, dtype=bool)
+            out = np.zeros((n, len(self.classes)), dtype=np.float64)
+        else:
+            out = np.asarray(self.cascade.estimator.predict_proba(tfidf), dtype=np.float64)
+            hard = out.max(axis=1) < self.cascade.threshold
+        picked = np.flatnonzero(hard)
+        if len(picked):
+            if embeddings is not None:
+                part = np.asarray(embeddings)[picked]
+            elif encode is not None and texts is not None:
+                part = np.asarray(encode([texts[int(i)] for i in picked]))
+            elif self.encoder is None:
+                part = None
+            else:
+                raise ValueError("this model needs the texts' embeddings (or texts and encode)")
+            full = _with_embeddings(tfidf[picked], part, self.encoder)
+            out[picked] = self.estimator.predict_proba(full)
+        return out, hard
 
 
 def _with_embeddings(
@@ -306,6 +380,36 @@ def train(
     return model
 
 
+def with_cascade(
+    model: TrainedModel, head: TrainedModel, threshold: float, card: Mapping[str, Any] | None = None
+) -> TrainedModel:
+    """A copy of ``model`` (with an encoder) with ``head``, a model of the n-gram features alone
+    fitted on the same texts and labels (so the same vocabulary, idf and classes), as its cascade.
+    ``model`` itself is left as it was (it still answers every text with the full model)."""
+    if model.encoder is None:
+        raise ValueError("a cascade only makes sense for a model with an encoder")
+    if head.encoder is not None or head.cascade is not None:
+        raise ValueError("the cascade's head must be a model of the n-gram features alone")
+    if (
+        head.classes != model.classes
+        or head.feature_config != model.feature_config
+        or head.sublinear_tf != model.sublinear_tf
+        or not np.array_equal(head.vocabulary, model.vocabulary)
+        or not np.array_equal(head.idf, model.idf)
+    ):
+        raise ValueError("the cascade's head was not fitted on the same texts and labels")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"the cascade threshold must be in [0, 1], got {threshold}")
+    cascade = Cascade(
+        coef=head.coef,
+        intercept=head.intercept,
+        estimator=head.estimator,
+        threshold=float(threshold),
+        card={"head": head.params, **(card or {})},
+    )
+    return dataclasses.replace(model, cascade=cascade)
+
+
 def export_bundle(
     model: TrainedModel,
     out_dir: Path,
@@ -340,21 +444,36 @@ def export_bundle(
     n_rows = len(model.vocabulary) + 1
     weights = np.zeros((n_rows, len(model.classes)), dtype=np.float32)
     weights[1:] = model.coef.T
+    cascade_weights = None
+    if model.cascade is not None:
+        cascade_weights = np.zeros_like(weights)
+        cascade_weights[1:] = model.cascade.coef.T
+    bundle_format = BUNDLE_FORMAT if model.cascade is None else CASCADE_BUNDLE_FORMAT
     onnx_model = build_onnx_model(
         idf=model.idf,
         weights=weights,
         bias=model.intercept,
         sublinear_tf=model.sublinear_tf,
         dense_weights=None if model.dense_coef is None else model.dense_coef.T,
-        metadata={"version": version, "bundle_format": BUNDLE_FORMAT},
+        cascade_weights=cascade_weights,
+        cascade_bias=None if model.cascade is None else model.cascade.intercept,
+        cascade_threshold=None if model.cascade is None else model.cascade.threshold,
+        metadata={"version": version, "bundle_format": bundle_format},
     )
     onnx_bytes = onnx_model.SerializeToString()
     buffer = io.BytesIO()
     np.save(buffer, model.vocabulary.astype(np.int32), allow_pickle=False)
     vocabulary_bytes = buffer.getvalue()
 
+    inputs = {"rows": "int64[N,L]", "counts": "float32[N,L]"}
+    outputs = {"probabilities": f"float32[N,{len(labels)}]"}
+    if model.encoder is not None and model.cascade is None:
+        inputs["embeddings"] = f"float32[N,{model.encoder['dim']}]"
+    elif model.encoder is not None:
+        inputs.update(embeddings=f"float32[M,{model.encoder['dim']}]", encoded="int64[M]")
+        outputs["use_encoder"] = "bool[N]"
     card: dict[str, Any] = {
-        "format": BUNDLE_FORMAT,
+        "format": bundle_format,
         "version": version,
         "created_at": created.isoformat().replace("+00:00", "Z"),
         "threshold": threshold,
@@ -378,6 +497,9 @@ def export_bundle(
         },
         "classifier": model.params,
         "encoder": model.encoder,
+        "cascade": None
+        if model.cascade is None
+        else {**model.cascade.card, "threshold": model.cascade.threshold},
         "vocabulary": {
             "file": VOCABULARY_FILE,
             "size": len(model.vocabulary),
@@ -387,12 +509,8 @@ def export_bundle(
             "file": MODEL_FILE,
             "opset": OPSET,
             "ir_version": IR_VERSION,
-            "inputs": {
-                "rows": "int64[N,L]",
-                "counts": "float32[N,L]",
-                **({"embeddings": f"float32[N,{model.encoder['dim']}]"} if model.encoder else {}),
-            },
-            "outputs": {"probabilities": f"float32[N,{len(labels)}]"},
+            "inputs": inputs,
+            "outputs": outputs,
             "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
             "bytes": len(onnx_bytes),
         },
