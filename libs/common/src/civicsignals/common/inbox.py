@@ -136,9 +136,7 @@ class TransactionalConsumer(Consumer):
             if self.spec.prepare is not None:
                 await self.spec.prepare(session, [event])
             await self._apply(session, event, msg)
-            record_processed(
-                session, durable, [event.id]
-            )  # last: SQLite's write lock is held from the first write
+            record_processed(session, durable, [event.id])
         self._committed()
 
     async def handle_fetched(self, messages: list[Msg], limit: asyncio.Semaphore) -> None:
