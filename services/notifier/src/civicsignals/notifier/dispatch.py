@@ -44,7 +44,7 @@ from civicsignals.common.events import (
     utcnow,
 )
 from civicsignals.common.groupcommit import GroupCommit
-from civicsignals.common.outbox import OutboxMessage, enqueue, outbox_row
+from civicsignals.common.outbox import OUTBOX_TABLE, enqueue, outbox_row
 from civicsignals.notifier import messages, metrics, service
 from civicsignals.notifier.addresses import UnsafeEndpoint, check_endpoint
 from civicsignals.notifier.flows import NotifierContext
@@ -67,7 +67,6 @@ RECORD_BACKLOG_FACTOR = 4
 # disabling an endpoint) keep the ORM path, where the rules are.
 DELIVERIES: Table = Delivery.__table__  # type: ignore[attr-defined]
 ATTEMPTS: Table = Attempt.__table__  # type: ignore[attr-defined]
-OUTBOX: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 ENDPOINTS: Table = Endpoint.__table__  # type: ignore[attr-defined]
 FAST_RECORD = (Outcome.DELIVERED.value, SKIPPED)
 """Outcomes recorded by :meth:`Dispatcher._record_fast`: they touch no endpoint state beyond its last
@@ -703,7 +702,7 @@ class Dispatcher:
                 update(ENDPOINTS).where(e.id.in_(succeeded)).values(failing_since=None, last_success_at=now)
             )
         if outbox_rows:
-            await session.exec(insert(OUTBOX), params=outbox_rows)
+            await session.exec(insert(OUTBOX_TABLE), params=outbox_rows)
         return flags
 
     async def _record_in(
