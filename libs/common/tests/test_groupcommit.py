@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.db import create_engine, session_factory
 from civicsignals.common.groupcommit import GroupCommit
+from civicsignals.common.tasks import cancel_and_wait
 
 ROWS = Table("rows", MetaData(), Column("number", Integer, primary_key=True))
 
@@ -65,3 +67,55 @@ async def test_a_failing_unit_fails_alone(engine: AsyncEngine) -> None:
     assert outcomes[0] == 10 and outcomes[1] == 20 and outcomes[3] == 30
     assert isinstance(outcomes[2], Exception) and "UNIQUE" in str(outcomes[2])
     assert await _stored(engine) == [1, 2, 3]
+
+
+async def test_close_ends_even_when_the_driver_turns_the_cancel_into_an_error_of_its_own(
+    engine: AsyncEngine,
+) -> None:
+    """A database driver interrupted mid-statement may raise its own error instead of
+    ``CancelledError``; the writer must still stop, and every waiting submitter must learn that its
+    item was not written (before, close() waited for ever and so did the service's shutdown)."""
+    writing = asyncio.Event()
+
+    async def interrupted_writer(session: AsyncSession, numbers: Sequence[int]) -> list[int]:
+        await session.exec(insert(ROWS), params=[{"number": number} for number in numbers])
+        writing.set()
+        try:
+            await asyncio.Event().wait()  # a statement that does not end by itself
+        except asyncio.CancelledError:
+            raise RuntimeError("connection left in the middle of an operation") from None
+        return list(numbers)
+
+    writer: GroupCommit[int, int] = GroupCommit(session_factory(engine), interrupted_writer, name="test")
+    first = asyncio.create_task(writer.submit(1))
+    await writing.wait()
+    queued = asyncio.create_task(writer.submit(2))  # waits for the next batch, which never comes
+    await asyncio.sleep(0)
+    await writer.close(timeout_s=30)
+    outcomes = await asyncio.gather(first, queued, return_exceptions=True)
+    assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes), outcomes
+    assert await _stored(engine) == []  # the interrupted transaction was rolled back
+
+
+async def test_a_task_that_ignores_its_cancel_does_not_hold_the_shutdown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``cancel_and_wait`` gives up after its timeout and says where the task waits."""
+
+    released = asyncio.Event()
+
+    async def stubborn() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        await released.wait()  # swallowed its cancel and waits on
+
+    task = asyncio.create_task(stubborn(), name="stubborn")
+    obedient = asyncio.create_task(asyncio.sleep(3600), name="obedient")
+    await asyncio.sleep(0)
+    assert await cancel_and_wait([task, obedient], timeout_s=0.2, what="test") is False
+    assert obedient.cancelled() and not task.done()
+    (message,) = [record.getMessage() for record in caplog.records if "did not stop" in record.getMessage()]
+    assert "stubborn" in message and "in stubborn" in message
+    assert await cancel_and_wait([obedient], timeout_s=0.2, what="test") is True
+    released.set()
+    await task

@@ -25,6 +25,7 @@ import pytest
 from fastapi import FastAPI
 
 from civicsignals.common.events import CloudEvent, EventData, make_event
+from civicsignals.common.tasks import awaits
 from civicsignals.devstack.mailcatcher import MailCatcher
 from civicsignals.devstack.nats import NatsServer
 from civicsignals.devstack.ports import free_port
@@ -225,8 +226,21 @@ async def notifier_factory(
 
     yield _start
     for notifier in running:
+        await stop_or_show_what_hangs(notifier)
+
+
+async def stop_or_show_what_hangs(notifier: Notifier, timeout_s: float = 60.0) -> None:
+    """Stop a notifier; if it has not stopped after ``timeout_s``, fail with every task's stack,
+    so that a shutdown that hangs says where."""
+    stopping = asyncio.create_task(notifier.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=timeout_s)
+    if done:
         with contextlib.suppress(Exception):
-            await notifier.stop()
+            stopping.result()
+        return
+    stacks = [f"{task!r}\n{awaits(task)}" for task in asyncio.all_tasks()]
+    stopping.cancel()
+    pytest.fail(f"notifier did not stop within {timeout_s:g} s; tasks:\n" + "\n".join(stacks))
 
 
 def event_json(received: Received) -> dict[str, Any]:

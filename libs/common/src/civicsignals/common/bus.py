@@ -28,6 +28,7 @@ from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
 from civicsignals.common.events import CloudEvent
+from civicsignals.common.tasks import cancel_requested
 from civicsignals.common.telemetry import extract_trace_context, inject_trace_headers, tracer
 
 if TYPE_CHECKING:
@@ -270,6 +271,8 @@ class Consumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if cancel_requested():
+                    raise asyncio.CancelledError from exc
                 log.warning("consumer %s: fetch failed: %s", self.spec.durable, type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue

@@ -14,7 +14,6 @@ is written once more in a transaction of its own, so one failing item fails alon
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -22,6 +21,7 @@ from typing import Generic, TypeVar
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.db import SessionFactory
+from civicsignals.common.tasks import cancel_and_wait, cancel_requested
 
 log = logging.getLogger(__name__)
 
@@ -62,47 +62,54 @@ class GroupCommit(Generic[ItemT, ResultT]):
         self._queue.put_nowait((item, future))
         return await asyncio.shield(future)  # a cancelled caller does not cancel the others' commit
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the writer; a transaction under way is rolled back (its callers see it cancelled)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait([task], timeout_s=timeout_s, what=self._name)
 
     async def _loop(self) -> None:
         assert self._queue is not None
         queue = self._queue
-        while True:
-            batch = [await queue.get()]
-            while len(batch) < self._max_batch and not queue.empty():
-                batch.append(queue.get_nowait())
-            try:
-                results = await self._commit([item for item, _ in batch])
-            except asyncio.CancelledError:
-                for _, future in batch:
-                    future.cancel()
-                raise
-            except Exception as exc:
-                if len(batch) == 1:
-                    _settle(batch[0][1], error=exc)
-                    continue
-                log.info(
-                    "%s: a batch of %d failed (%s); one by one", self._name, len(batch), type(exc).__name__
-                )
-                for item, future in batch:
-                    try:
-                        (result,) = await self._commit([item])
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as single:
-                        _settle(future, error=single)
-                    else:
-                        _settle(future, result=result)
-                continue
-            self.batches += 1
-            self.items += len(batch)
-            for (_, future), result in zip(batch, results, strict=True):
-                _settle(future, result=result)
+        batch: list[tuple[ItemT, asyncio.Future[ResultT]]] = []
+        try:
+            while True:
+                batch = [await queue.get()]
+                while len(batch) < self._max_batch and not queue.empty():
+                    batch.append(queue.get_nowait())
+                await self._write_batch(batch)
+        finally:
+            # Stopped: whoever still waits for an item learns that it was not written.
+            for _, future in batch:
+                future.cancel()
+            while not queue.empty():
+                queue.get_nowait()[1].cancel()
+
+    async def _write_batch(self, batch: list[tuple[ItemT, asyncio.Future[ResultT]]]) -> None:
+        """Write the batch in one transaction; if that fails, each item in one of its own."""
+        try:
+            results = await self._commit([item for item, _ in batch])
+        except Exception as exc:
+            if cancel_requested():  # the driver turned our cancel into an error of its own
+                raise asyncio.CancelledError from exc
+            if len(batch) == 1:
+                _settle(batch[0][1], error=exc)
+                return
+            log.info("%s: a batch of %d failed (%s); one by one", self._name, len(batch), type(exc).__name__)
+            for item, future in batch:
+                try:
+                    (result,) = await self._commit([item])
+                except Exception as single:
+                    if cancel_requested():
+                        raise asyncio.CancelledError from single
+                    _settle(future, error=single)
+                else:
+                    _settle(future, result=result)
+            return
+        self.batches += 1
+        self.items += len(batch)
+        for (_, future), result in zip(batch, results, strict=True):
+            _settle(future, result=result)
 
     async def _commit(self, items: list[ItemT]) -> Sequence[ResultT]:
         async with self._sessions() as session, session.begin():

@@ -21,6 +21,7 @@ from civicsignals.common.inbox import TransactionalConsumer
 from civicsignals.common.migrations import upgrade
 from civicsignals.common.outbox import OutboxRelay
 from civicsignals.common.settings import ServiceSettings
+from civicsignals.common.tasks import cancel_and_wait, cancel_requested
 from civicsignals.common.tenants import TenantRegistry
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,9 @@ class ServiceRuntime:
                     return
                 except asyncio.CancelledError:
                     raise
-                except Exception:
+                except Exception as exc:
+                    if cancel_requested():  # a cancel that a driver turned into an error of its own
+                        raise asyncio.CancelledError from exc
                     log.exception("%s: %s stopped with an error; restarting in 1s", self.service, name)
                     await asyncio.sleep(1.0)
 
@@ -125,11 +128,8 @@ class ServiceRuntime:
     async def stop(self) -> None:
         for consumer in self.consumers:
             consumer.stop()
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            # A task stuck in a database driver may ignore the cancel; shutdown must not hang on it.
-            await asyncio.wait(self._tasks, timeout=5.0)
+        # A task stuck in a database driver may ignore the cancel; shutdown must not hang on it.
+        await cancel_and_wait(self._tasks, timeout_s=5.0, what=self.service)
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await self.bus.close()

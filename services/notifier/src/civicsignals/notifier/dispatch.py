@@ -45,6 +45,7 @@ from civicsignals.common.events import (
 )
 from civicsignals.common.groupcommit import GroupCommit
 from civicsignals.common.outbox import OUTBOX_TABLE, enqueue, outbox_row
+from civicsignals.common.tasks import cancel_and_wait, cancel_requested
 from civicsignals.notifier import messages, metrics, service
 from civicsignals.notifier.addresses import UnsafeEndpoint, check_endpoint
 from civicsignals.notifier.flows import NotifierContext
@@ -59,6 +60,8 @@ USER_AGENT = "civicsignals-notifier/1"
 SKIPPED = "skipped"
 RECORD_BACKLOG_FACTOR = 4
 """Attempts that have sent and wait for their record: at most this many times the sending slots."""
+STOP_TIMEOUT_S = 5.0
+"""How long a shutdown waits for the loop, the attempts and the recorder; leases bring back the rest."""
 
 # The hot paths (claiming, recording an attempt that delivered or was skipped) write with Core
 # statements on the tables, several rows per statement, instead of through ORM objects: building,
@@ -142,11 +145,9 @@ class Dispatcher:
     async def stop(self) -> None:
         """Cancel the loop and the attempts under way (their leases bring them back later)."""
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self._recorder.close()
+        if task is not None:
+            await cancel_and_wait([task], timeout_s=STOP_TIMEOUT_S, what="dispatcher")
+        await self._recorder.close(timeout_s=STOP_TIMEOUT_S)
 
     async def run(self) -> None:
         """Dispatch until cancelled: claim what is due in batches, send it through free slots.
@@ -192,7 +193,9 @@ class Dispatcher:
                         claimed = await self.claim_due(batch - len(queue))
                     except asyncio.CancelledError:
                         raise
-                    except Exception:
+                    except Exception as exc:
+                        if cancel_requested():  # the driver turned our cancel into an error of its own
+                            raise asyncio.CancelledError from exc
                         log.exception("dispatcher: claiming failed; trying again")
                     queue.extend(claimed)
                 if claimed:
@@ -205,10 +208,7 @@ class Dispatcher:
                         self._wakeup.wait(), timeout=self.settings.scheduler_poll_interval_s
                     )
         finally:
-            for task in tasks:
-                task.cancel()
-            with contextlib.suppress(Exception):
-                await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks, timeout_s=STOP_TIMEOUT_S, what="dispatcher attempts")
 
     def _releaser(self, sending: set[str], delivery_id: str) -> Callable[..., None]:
         """Gives the attempt's sending slot back (once) and wakes the loop to fill it; also a
@@ -355,6 +355,8 @@ class Dispatcher:
             else:
                 result = await self._send_email(claimed)
         except Exception as exc:  # a bug must not leave the delivery claimed until its lease ends
+            if cancel_requested():
+                raise asyncio.CancelledError from exc
             log.exception("dispatcher: attempt %d of %s failed unexpectedly", claimed.number, claimed.id)
             result = self._retry(claimed, f"internal error: {type(exc).__name__}", "internal")
         result.duration_s = time.perf_counter() - started
