@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import bindparam, insert, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -49,7 +49,7 @@ from civicsignals.common.tasks import cancel_and_wait, cancel_requested
 from civicsignals.notifier import messages, metrics, service
 from civicsignals.notifier.addresses import UnsafeEndpoint, check_endpoint
 from civicsignals.notifier.flows import NotifierContext
-from civicsignals.notifier.models import Attempt, Delivery, Endpoint, Partner
+from civicsignals.notifier.models import ATTEMPTS, DELIVERIES, ENDPOINTS, Attempt, Delivery, Endpoint, Partner
 from civicsignals.notifier.schedule import Outcome, Verdict, judge, retry_delay
 from civicsignals.notifier.signing import InvalidSecret, message_id, webhook_headers
 from civicsignals.notifier.webhook_client import WebhookTimeout, WebhookUnreachable
@@ -68,9 +68,6 @@ STOP_TIMEOUT_S = 5.0
 # tracking and flushing a SQLModel object cost about a tenth of a millisecond of CPU each, and a
 # signal's three deliveries needed a dozen of them here. The rare outcomes (retries, failures,
 # disabling an endpoint) keep the ORM path, where the rules are.
-DELIVERIES: Table = Delivery.__table__  # type: ignore[attr-defined]
-ATTEMPTS: Table = Attempt.__table__  # type: ignore[attr-defined]
-ENDPOINTS: Table = Endpoint.__table__  # type: ignore[attr-defined]
 FAST_RECORD = (Outcome.DELIVERED.value, SKIPPED)
 """Outcomes recorded by :meth:`Dispatcher._record_fast`: they touch no endpoint state beyond its last
 success, and neither disable anything nor schedule anything."""

@@ -22,7 +22,6 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from nats.aio.msg import Msg
-from sqlalchemy import Table
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -41,7 +40,7 @@ from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.notifier import messages, service
 from civicsignals.notifier.mailer import SmtpPool
 from civicsignals.notifier.messages import TemplateBook
-from civicsignals.notifier.models import Delivery, Endpoint, Partner, SignalLink
+from civicsignals.notifier.models import DELIVERIES, Delivery, Endpoint, Partner, SignalLink
 from civicsignals.notifier.secretbox import SecretBox
 from civicsignals.notifier.settings import NotifierSettings
 from civicsignals.notifier.signing import message_id
@@ -52,7 +51,6 @@ log = logging.getLogger(__name__)
 RECEIVED_CONSUMER = "notifier-signal-received"
 ROUTED_CONSUMER = "notifier-signal-routed"
 STATUS_CONSUMER = "notifier-case-status"
-DELIVERIES: Table = Delivery.__table__  # type: ignore[attr-defined]
 ROUTED_WAIT = timedelta(minutes=2)
 """How long a status change waits for its case's ``signal.routed`` (which travels on another consumer
 and is normally handled a moment later, under load seconds later) before it goes on without knowing

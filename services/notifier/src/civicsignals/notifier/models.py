@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, field_validator
 from pydantic import Field as PydanticField
-from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from civicsignals.common.db import UtcDateTime
@@ -158,6 +158,12 @@ class Attempt(SQLModel, table=True):
     status_code: int | None = None
     error: str | None = None
     duration_ms: float | None = None
+
+
+# The tables themselves, for the hot paths that write with Core statements (see dispatch.py).
+DELIVERIES: Table = Delivery.__table__  # type: ignore[attr-defined]
+ATTEMPTS: Table = Attempt.__table__  # type: ignore[attr-defined]
+ENDPOINTS: Table = Endpoint.__table__  # type: ignore[attr-defined]
 
 
 # --- API schemas ---------------------------------------------------------------------------------
