@@ -259,11 +259,15 @@ class Consumer:
     def stop(self) -> None:
         self._stopping.set()
 
+    def running(self) -> bool:
+        """Whether to fetch again; a subclass may add conditions of its own."""
+        return not self._stopping.is_set()
+
     async def run(self) -> None:
         await self.bus.ensure_consumer(self.spec)
         subscription = await self.bus.js.pull_subscribe_bind(durable=self.spec.durable, stream=STREAM)
         limit = asyncio.Semaphore(max(1, self.spec.concurrency or 1))
-        while not self._stopping.is_set():
+        while self.running():
             try:
                 messages = await subscription.fetch(self.spec.batch_size, timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):

@@ -121,21 +121,8 @@ class BatchConsumer(Consumer):
         self.ctx = ctx
         self.kind = kind
 
-    async def run(self) -> None:
-        await self.bus.ensure_consumer(self.spec)
-        subscription = await self.bus.js.pull_subscribe_bind(durable=self.spec.durable, stream=STREAM)
-        while not self._stopping.is_set() and not self.ctx.stopping:
-            try:
-                messages = await subscription.fetch(self.spec.batch_size, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("consumer %s: fetch failed: %s", self.spec.durable, type(exc).__name__)
-                await asyncio.sleep(0.5)
-                continue
-            await self.handle_batch(messages)
+    def running(self) -> bool:
+        return super().running() and not self.ctx.stopping
 
     def read(self, event: CloudEvent) -> Parsed:
         """Validate an event for this consumer; raises what makes it a poison message."""
@@ -148,7 +135,8 @@ class BatchConsumer(Consumer):
             raise PermanentError(f"insights does not read {event.type}")
         return parsed
 
-    async def handle_batch(self, messages: list[Msg]) -> None:
+    async def handle_fetched(self, messages: list[Msg], limit: asyncio.Semaphore) -> None:
+        """Apply the fetched batch in one transaction (one by one if that fails)."""
         valid: list[tuple[Msg, Parsed]] = []
         for msg in messages:
             try:
