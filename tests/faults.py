@@ -59,6 +59,21 @@ async def subject_counts(nats_url: str, subject: str, stream: str = "CIVIC") -> 
         await client.close()
 
 
+async def consumer_states(nats_url: str, stream: str = "CIVIC") -> str:
+    """One line per durable consumer: what it has yet to get, holds unacknowledged, got again."""
+    client = await nats.connect(servers(nats_url))
+    try:
+        infos = await client.jetstream().consumers_info(stream)
+        return "\n".join(
+            f"{info.name}: pending {info.num_pending}, unacknowledged {info.num_ack_pending}, "
+            f"redelivered {info.num_redelivered}, waiting pulls {info.num_waiting}, "
+            f"cluster leader {info.cluster.leader if info.cluster else '-'}"
+            for info in sorted(infos, key=lambda info: str(info.name))
+        )
+    finally:
+        await client.close()
+
+
 def data_field_counts(messages: list[Any], field: str) -> Counter[str]:
     return Counter(str(json.loads(m.data)["data"][field]) for m in messages)
 
