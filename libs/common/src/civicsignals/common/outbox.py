@@ -27,6 +27,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from civicsignals.common.bus import MSG_ID_HEADER
 from civicsignals.common.db import SessionFactory, UtcDateTime, is_postgres, stage_insert
 from civicsignals.common.events import CloudEvent, utcnow
+from civicsignals.common.tasks import cancel_requested
 from civicsignals.common.telemetry import inject_trace_headers
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,8 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if cancel_requested():  # a cancel that the database driver turned into an error
+                    raise asyncio.CancelledError from exc
                 log.warning(
                     "outbox relay: publish failed, retrying in %.1fs: %s", backoff, type(exc).__name__
                 )

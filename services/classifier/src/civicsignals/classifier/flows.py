@@ -48,6 +48,7 @@ from civicsignals.common.events import (
 from civicsignals.common.inbox import TransactionalConsumer, claim
 from civicsignals.common.outbox import enqueue
 from civicsignals.common.runtime import ServiceRuntime
+from civicsignals.common.tasks import cancel_requested
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +329,8 @@ async def refresh_loop(ctx: ClassifierContext, interval_s: float) -> None:
             await ctx.registry.sync(wanted, read_after=read_after)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            if cancel_requested():  # a cancel that the database driver turned into an error
+                raise asyncio.CancelledError from exc
             log.exception("model registry refresh failed; trying again")
         await asyncio.sleep(interval_s)

@@ -11,6 +11,7 @@ from sqlmodel import SQLModel
 from civicsignals.common.app import create_service_app
 from civicsignals.common.audit import mount_audit
 from civicsignals.common.runtime import ServiceRuntime
+from civicsignals.common.tasks import cancel_requested
 from civicsignals.intake import flows, models, privacy  # noqa: F401  (models registers the tables)
 from civicsignals.intake.access import TenantCorsMiddleware
 from civicsignals.intake.crypto import FieldCipher, load_or_create_dev_keys, parse_keys
@@ -42,7 +43,9 @@ def retention_job(context: flows.IntakeContext) -> object:
                 deleted = await privacy.apply_retention(context.runtime.sessions, context.runtime.tenants)
                 if any(deleted.values()):
                     log.info("retention: deleted contact data of %s", deleted)
-            except Exception:
+            except Exception as exc:
+                if cancel_requested():  # a cancel that the database driver turned into an error
+                    raise asyncio.CancelledError from exc
                 log.exception("retention: run failed; retrying at the next interval")
             await asyncio.sleep(context.settings.retention_interval_s)
 

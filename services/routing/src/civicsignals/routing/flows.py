@@ -34,6 +34,7 @@ from civicsignals.common.inbox import claim
 from civicsignals.common.outbox import enqueue
 from civicsignals.common.problems import Problem
 from civicsignals.common.runtime import ServiceRuntime
+from civicsignals.common.tasks import cancel_requested
 from civicsignals.routing import lifecycle, service
 from civicsignals.routing.models import (
     AssignmentRequest,
@@ -714,7 +715,9 @@ def background_jobs(
         while True:
             try:
                 await check_overdue(ctx)
-            except Exception:
+            except Exception as exc:
+                if cancel_requested():  # a cancel that the database driver turned into an error
+                    raise asyncio.CancelledError from exc
                 log.exception("overdue check failed; trying again at the next interval")
             await asyncio.sleep(overdue_interval_s)
 
