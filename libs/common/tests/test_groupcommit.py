@@ -69,6 +69,17 @@ async def test_a_failing_unit_fails_alone(engine: AsyncEngine) -> None:
     assert await _stored(engine) == [1, 2, 3]
 
 
+async def test_close_writes_what_was_submitted_before_it(engine: AsyncEngine) -> None:
+    """A shutdown lets the writer finish: items submitted before ``close`` are written, not
+    cancelled halfway through their transaction."""
+    writer: GroupCommit[int, int] = GroupCommit(session_factory(engine), _insert_all, name="test")
+    submitted = [asyncio.create_task(writer.submit(number)) for number in range(20)]
+    await asyncio.sleep(0)  # every submit has queued its item
+    await writer.close(timeout_s=30)
+    assert [task.result() for task in submitted] == [number * 10 for number in range(20)]
+    assert await _stored(engine) == list(range(20))
+
+
 async def test_close_ends_even_when_the_driver_turns_the_cancel_into_an_error_of_its_own(
     engine: AsyncEngine,
 ) -> None:
@@ -91,7 +102,7 @@ async def test_close_ends_even_when_the_driver_turns_the_cancel_into_an_error_of
     await writing.wait()
     queued = asyncio.create_task(writer.submit(2))  # waits for the next batch, which never comes
     await asyncio.sleep(0)
-    await writer.close(timeout_s=30)
+    await writer.close(timeout_s=0.5)  # the write never ends by itself: close cancels it
     outcomes = await asyncio.gather(first, queued, return_exceptions=True)
     assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes), outcomes
     assert await _stored(engine) == []  # the interrupted transaction was rolled back

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,6 +48,7 @@ class Receiver:
 
     port: int = field(default_factory=free_port)
     default: int = 204
+    delay_s: float = 0.0  # how long it takes to answer, once it has recorded the request
     script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     requests: list[Received] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
@@ -73,6 +75,7 @@ class Receiver:
                     receiver.requests.append(
                         Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, status)
                     )
+                time.sleep(receiver.delay_s)
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)

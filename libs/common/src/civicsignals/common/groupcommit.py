@@ -47,7 +47,8 @@ class GroupCommit(Generic[ItemT, ResultT]):
         self._write = write
         self._name = name
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[ItemT, asyncio.Future[ResultT]]] | None = None
+        # Items with the future of their result; None tells the writer to stop.
+        self._queue: asyncio.Queue[tuple[ItemT, asyncio.Future[ResultT]] | None] | None = None
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.items = 0
@@ -63,9 +64,18 @@ class GroupCommit(Generic[ItemT, ResultT]):
         return await asyncio.shield(future)  # a cancelled caller does not cancel the others' commit
 
     async def close(self, timeout_s: float = 5.0) -> None:
-        """Stop the writer; a transaction under way is rolled back (its callers see it cancelled)."""
+        """Stop the writer once what was submitted before is written; cancel it after ``timeout_s``.
+
+        Cancelling is the last resort: a database call cancelled halfway may leave its driver
+        waiting for ever (asyncpg's issue 873), and the items of the cancelled transaction are not
+        written (their submitters see ``CancelledError``)."""
         task, self._task = self._task, None
-        if task is not None:
+        if task is None or task.done():
+            return
+        assert self._queue is not None
+        self._queue.put_nowait(None)  # the writer stops when it comes to this
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if not done:
             await cancel_and_wait([task], timeout_s=timeout_s, what=self._name)
 
     async def _loop(self) -> None:
@@ -74,16 +84,28 @@ class GroupCommit(Generic[ItemT, ResultT]):
         batch: list[tuple[ItemT, asyncio.Future[ResultT]]] = []
         try:
             while True:
-                batch = [await queue.get()]
+                first = await queue.get()
+                if first is None:
+                    return
+                batch, closing = [first], False
                 while len(batch) < self._max_batch and not queue.empty():
-                    batch.append(queue.get_nowait())
+                    item = queue.get_nowait()
+                    if item is None:
+                        closing = True
+                        break
+                    batch.append(item)
                 await self._write_batch(batch)
+                batch = []
+                if closing:
+                    return
         finally:
             # Stopped: whoever still waits for an item learns that it was not written.
             for _, future in batch:
                 future.cancel()
             while not queue.empty():
-                queue.get_nowait()[1].cancel()
+                left = queue.get_nowait()
+                if left is not None:
+                    left[1].cancel()
 
     async def _write_batch(self, batch: list[tuple[ItemT, asyncio.Future[ResultT]]]) -> None:
         """Write the batch in one transaction; if that fails, each item in one of its own."""

@@ -60,8 +60,10 @@ USER_AGENT = "civicsignals-notifier/1"
 SKIPPED = "skipped"
 RECORD_BACKLOG_FACTOR = 4
 """Attempts that have sent and wait for their record: at most this many times the sending slots."""
+DRAIN_TIMEOUT_S = 10.0
+"""How long a shutdown lets the attempts under way finish and be recorded before it cancels them."""
 STOP_TIMEOUT_S = 5.0
-"""How long a shutdown waits for the loop, the attempts and the recorder; leases bring back the rest."""
+"""How long a shutdown then waits for what it cancelled; leases bring back what is left."""
 
 # The hot paths (claiming, recording an attempt that delivered or was skipped) write with Core
 # statements on the tables, several rows per statement, instead of through ORM objects: building,
@@ -131,6 +133,7 @@ class Dispatcher:
         self.settings = ctx.settings
         self._skip_locked = is_postgres(ctx.settings.database_url)
         self._wakeup = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._recorder: GroupCommit[tuple[Claimed, Result], bool] = GroupCommit(
             ctx.runtime.sessions, self._record_batch, name="notifier-record"
@@ -140,14 +143,24 @@ class Dispatcher:
         self._wakeup.set()
 
     async def stop(self) -> None:
-        """Cancel the loop and the attempts under way (their leases bring them back later)."""
+        """Stop claiming, let the attempts under way finish and be recorded, then stop the recorder.
+
+        Only what is still running after ``DRAIN_TIMEOUT_S`` is cancelled: a cancelled attempt may
+        have been sent without being recorded, so it is sent again once its lease ends (the same
+        message id, but a second e-mail all the same), and a database call cancelled halfway can
+        leave asyncpg waiting for ever (its issue 873). Deliveries claimed but not yet started
+        wait for their lease."""
+        self._stopping = True
+        self.wake()
         task, self._task = self._task, None
         if task is not None:
-            await cancel_and_wait([task], timeout_s=STOP_TIMEOUT_S, what="dispatcher")
+            done, _ = await asyncio.wait({task}, timeout=DRAIN_TIMEOUT_S)
+            if not done:
+                await cancel_and_wait([task], timeout_s=STOP_TIMEOUT_S, what="dispatcher")
         await self._recorder.close(timeout_s=STOP_TIMEOUT_S)
 
     async def run(self) -> None:
-        """Dispatch until cancelled: claim what is due in batches, send it through free slots.
+        """Dispatch until stopped: claim what is due in batches, send it through free slots.
 
         A claim takes up to ``scheduler_batch_size`` due deliveries into a local queue, and claims
         again when the queue is half empty: few, large claim transactions, since each one queues for
@@ -166,7 +179,7 @@ class Dispatcher:
         batch = self.settings.scheduler_batch_size
         concurrency = self.settings.delivery_concurrency
         try:
-            while True:
+            while not self._stopping:
                 self._wakeup.clear()
                 while (
                     queue and len(sending) < concurrency and len(tasks) < RECORD_BACKLOG_FACTOR * concurrency
@@ -185,7 +198,7 @@ class Dispatcher:
                     task.add_done_callback(lambda _task: self._wakeup.set())
                     task.add_done_callback(release)  # an attempt that failed before sending
                 claimed: list[Claimed] = []
-                if len(queue) <= batch // 2:
+                if len(queue) <= batch // 2 and not self._stopping:
                     try:
                         claimed = await self.claim_due(batch - len(queue))
                     except asyncio.CancelledError:
@@ -200,10 +213,12 @@ class Dispatcher:
                 if queue:
                     await self._wakeup.wait()  # slots are full: the next finished send wakes us
                     continue
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wakeup.wait(), timeout=self.settings.scheduler_poll_interval_s
-                    )
+                    async with asyncio.timeout(self.settings.scheduler_poll_interval_s):
+                        await self._wakeup.wait()
+            if tasks:  # stopping: the attempts under way finish and record their outcome
+                await asyncio.wait(set(tasks))
         finally:
             await cancel_and_wait(tasks, timeout_s=STOP_TIMEOUT_S, what="dispatcher attempts")
 
