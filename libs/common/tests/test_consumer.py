@@ -123,6 +123,18 @@ async def test_a_handled_message_is_acked(bus: Bus, wait_until: Any) -> None:
     assert await stream_messages(bus.js, DLQ_STREAM) == []
 
 
+async def test_stop_ends_a_waiting_fetch_at_once(bus: Bus, wait_until: Any) -> None:
+    """A shutdown does not wait for a fetch that waits for messages to time out."""
+    idle = Consumer(bus, _spec(Recorder()))
+    idle_task = asyncio.create_task(idle.run())
+    await wait_until(lambda: idle._fetch is not None and not idle._fetch.done(), message="a fetch that waits")
+    fetch = idle._fetch
+    assert fetch is not None and not fetch.done()
+    idle.stop()
+    await asyncio.wait_for(idle_task, timeout=10)
+    assert fetch.cancelled()  # ended by stop(), not by its own timeout
+
+
 async def test_published_event_carries_its_id_and_is_deduplicated(bus: Bus) -> None:
     event = received_event()
     await bus.publish(SUBJECT, event)

@@ -1,21 +1,27 @@
-"""The runtime's supervision of background loops: restarted after an error, never after a cancel."""
+"""The runtime's background loops: restarted after an error, never after a cancel; a shutdown lets
+the consumers finish the batch in hand before it cancels anything."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+from nats.aio.msg import Msg
 from sqlalchemy import MetaData
 
+from civicsignals.common.bus import STREAM, Bus, ConsumerSpec
+from civicsignals.common.events import CloudEvent
 from civicsignals.common.runtime import ServiceRuntime
+from civicsignals.devstack.nats import NatsServer
 
-from .conftest import ServiceFactory
+from .conftest import ServiceFactory, received_event
 
 
-def _runtime(tmp_path: Path) -> ServiceRuntime:
+def _runtime(tmp_path: Path, nats_url: str = "nats://127.0.0.1:1") -> ServiceRuntime:
     (tmp_path / "tenants").mkdir()
     return ServiceRuntime(
-        ServiceFactory(tmp_path).settings(tmp_path / "tenants"), metadata=MetaData(), outbox=False
+        ServiceFactory(tmp_path).settings(tmp_path / "tenants", nats_url), metadata=MetaData(), outbox=False
     )
 
 
@@ -61,3 +67,34 @@ async def test_a_loop_whose_cancel_the_driver_turns_into_an_error_stops_and_is_n
     await runtime.stop()
     assert task.done() and task.cancelled()
     assert runs == [0]
+
+
+async def test_a_shutdown_lets_the_event_in_hand_finish_and_be_acked(
+    tmp_path: Path, nats_server: NatsServer, bus: Bus, wait_until: Any
+) -> None:
+    """Stopping a service while a consumer handles an event: the handler runs to its end and the
+    event is acknowledged, instead of being cancelled halfway and delivered again after
+    ``ack_wait`` (and a database call cancelled halfway can hang asyncpg)."""
+    runtime = _runtime(tmp_path, nats_server.url)
+    handling, finished = asyncio.Event(), asyncio.Event()
+
+    async def slow(_event: CloudEvent, _msg: Msg) -> None:
+        handling.set()
+        await asyncio.sleep(0.5)
+        finished.set()
+
+    runtime.add_consumer(
+        ConsumerSpec(durable="tests-shutdown", filter_subject="civic.*.signal.received", handler=slow)
+    )
+    await runtime.start()
+    await asyncio.wait_for(runtime.bus_ready.wait(), timeout=20)
+    await bus.publish("civic.gouda.signal.received", received_event())
+    await asyncio.wait_for(handling.wait(), timeout=20)
+    await runtime.stop()
+    assert finished.is_set()
+
+    async def acknowledged() -> bool:
+        info = await bus.js.consumer_info(STREAM, "tests-shutdown")
+        return info.ack_floor.stream_seq >= 1 and info.num_ack_pending == 0
+
+    await wait_until(acknowledged, message="the event's ack")

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -255,9 +256,14 @@ class Consumer:
         self.bus = bus
         self.spec = spec
         self._stopping = asyncio.Event()
+        self._fetch: asyncio.Future[list[Msg]] | None = None
 
     def stop(self) -> None:
+        """End the loop without cutting a batch short: a fetch that waits is cancelled (what it
+        would have brought comes again after ``ack_wait``), a batch being handled is finished."""
         self._stopping.set()
+        if self._fetch is not None and not self._fetch.done():
+            self._fetch.cancel()
 
     def running(self) -> bool:
         """Whether to fetch again; a subclass may add conditions of its own."""
@@ -268,18 +274,27 @@ class Consumer:
         subscription = await self.bus.js.pull_subscribe_bind(durable=self.spec.durable, stream=STREAM)
         limit = asyncio.Semaphore(max(1, self.spec.concurrency or 1))
         while self.running():
+            self._fetch = asyncio.ensure_future(subscription.fetch(self.spec.batch_size, timeout=1.0))
             try:
-                messages = await subscription.fetch(self.spec.batch_size, timeout=1.0)
+                messages = await self._fetch
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except asyncio.CancelledError:
-                raise
+                if cancel_requested():
+                    raise
+                if not self.running():
+                    return  # stop() cancelled the fetch
+                continue  # cancelled from elsewhere: fetch again
             except Exception as exc:
                 if cancel_requested():
                     raise asyncio.CancelledError from exc
                 log.warning("consumer %s: fetch failed: %s", self.spec.durable, type(exc).__name__)
-                await asyncio.sleep(0.5)
+                with contextlib.suppress(TimeoutError):  # a pause that stop() ends at once
+                    async with asyncio.timeout(0.5):
+                        await self._stopping.wait()
                 continue
+            finally:
+                self._fetch = None
             await self.handle_fetched(messages, limit)
 
     async def handle_fetched(self, messages: list[Msg], limit: asyncio.Semaphore) -> None:

@@ -26,6 +26,9 @@ from civicsignals.common.tenants import TenantRegistry
 
 log = logging.getLogger(__name__)
 
+CONSUMER_DRAIN_S = 10.0
+"""How long a shutdown lets the consumers finish the batch in hand before it cancels them."""
+
 
 class ServiceRuntime:
     def __init__(self, settings: ServiceSettings, *, metadata: MetaData, outbox: bool = True) -> None:
@@ -59,6 +62,7 @@ class ServiceRuntime:
         self.consumers: list[Consumer] = []
         self.bus_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._consumer_tasks: list[asyncio.Task[None]] = []
 
     def add_consumer(self, spec: ConsumerSpec) -> None:
         spec.max_deliver = self.settings.consumer_max_deliver
@@ -103,12 +107,12 @@ class ServiceRuntime:
                 else Consumer(self.bus, spec)
             )
             self.consumers.append(consumer)
-            self._spawn(consumer.run, f"consumer-{spec.durable}")
+            self._consumer_tasks.append(self._spawn(consumer.run, f"consumer-{spec.durable}"))
         for job in self.background:
             self._spawn(job, getattr(job, "__name__", "background"))
         self.bus_ready.set()
 
-    def _spawn(self, job: Callable[[], Awaitable[None]], name: str) -> None:
+    def _spawn(self, job: Callable[[], Awaitable[None]], name: str) -> asyncio.Task[None]:
         async def _supervised() -> None:
             # A loop that crashes is restarted after a pause rather than silently lost.
             while True:
@@ -123,14 +127,24 @@ class ServiceRuntime:
                     log.exception("%s: %s stopped with an error; restarting in 1s", self.service, name)
                     await asyncio.sleep(1.0)
 
-        self._tasks.append(asyncio.create_task(_supervised(), name=f"{self.service}-{name}"))
+        task = asyncio.create_task(_supervised(), name=f"{self.service}-{name}")
+        self._tasks.append(task)
+        return task
 
     async def stop(self) -> None:
+        """Let the consumers finish the batch in hand, then cancel every task still running.
+
+        Cancelling is the last resort: a transaction cancelled halfway is rolled back (its messages
+        come again), but a database call cancelled halfway can leave asyncpg waiting for ever."""
         for consumer in self.consumers:
             consumer.stop()
+        running = [task for task in self._consumer_tasks if not task.done()]
+        if running:
+            await asyncio.wait(running, timeout=CONSUMER_DRAIN_S)
         # A task stuck in a database driver may ignore the cancel; shutdown must not hang on it.
         await cancel_and_wait(self._tasks, timeout_s=5.0, what=self.service)
         self._tasks.clear()
+        self._consumer_tasks.clear()
         with contextlib.suppress(Exception):
             await self.bus.close()
         await self.engine.dispose()
