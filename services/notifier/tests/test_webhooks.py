@@ -324,3 +324,44 @@ async def test_a_shutdown_lets_the_webhook_under_way_finish_so_the_restart_does_
     lease = restarted.app.state.notifier.settings.lease_s("webhook")
     await asyncio.sleep(lease + 1.0)  # a delivery left to its lease would be claimed again by now
     assert len(receiver.requests) == 1
+
+
+async def test_a_shutdown_gives_back_what_it_claimed_but_did_not_start(
+    make_tenant, notifier_factory, receiver, wait_until
+) -> None:
+    """With its one sending slot busy, notifier has claimed a second webhook when it is stopped:
+    that delivery is due again at once for the next notifier (its attempt ``abandoned``), not after
+    its lease, and each webhook still arrives once."""
+    tenant = make_tenant(TENANT, scopes=["rules:admin"])
+    notifier = await notifier_factory(tenant, delivery_concurrency=1)
+    await notifier.register("woonpartners", receiver.url)
+    receiver.delay_s = 2.0
+    await notifier.publish(TENANT, routed(["woonpartners"]))
+    await notifier.publish(TENANT, routed(["woonpartners"]))
+
+    async def both_claimed_one_sent() -> bool:
+        deliveries = await notifier.deliveries(channel="webhook")
+        return (
+            len(deliveries) == 2
+            and {d["status"] for d in deliveries} == {"sending"}
+            and len(receiver.requests) == 1
+        )
+
+    await wait_until(both_claimed_one_sent, timeout=20, message="one webhook on its way, the other claimed")
+    await notifier.stop()
+
+    restarted = await notifier_factory(tenant)
+
+    async def both_delivered() -> bool:
+        return [d["status"] for d in await restarted.deliveries(channel="webhook")] == ["delivered"] * 2
+
+    await wait_until(both_delivered, timeout=20, message="the second webhook")
+    assert len({request.headers["webhook-id"] for request in receiver.requests}) == 2
+    outcomes = []
+    for delivery in await restarted.deliveries(channel="webhook"):
+        detail = await restarted.delivery(delivery["id"])
+        outcomes.append([(attempt["outcome"], attempt["error"]) for attempt in detail["attempt_log"]])
+    outcomes.sort()
+    # Left to its lease, the claim of the next notifier would have marked it "the attempt's process died".
+    given_back = ("abandoned", "not started: notifier stopped")
+    assert outcomes == [[given_back, ("delivered", None)], [("delivered", None)]]

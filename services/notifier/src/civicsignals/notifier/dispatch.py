@@ -149,7 +149,7 @@ class Dispatcher:
         have been sent without being recorded, so it is sent again once its lease ends (the same
         message id, but a second e-mail all the same), and a database call cancelled halfway can
         leave asyncpg waiting for ever (its issue 873). Deliveries claimed but not yet started
-        wait for their lease."""
+        are given back (:meth:`release_unstarted`)."""
         self._stopping = True
         self.wake()
         task, self._task = self._task, None
@@ -217,10 +217,44 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.settings.scheduler_poll_interval_s):
                         await self._wakeup.wait()
-            if tasks:  # stopping: the attempts under way finish and record their outcome
+            # Stopping: what was claimed but not started is due again at once, for the next
+            # notifier; the attempts under way finish and record their outcome.
+            await self.release_unstarted(list(queue))
+            if tasks:
                 await asyncio.wait(set(tasks))
         finally:
             await cancel_and_wait(tasks, timeout_s=STOP_TIMEOUT_S, what="dispatcher attempts")
+
+    async def release_unstarted(self, items: Sequence[Claimed]) -> None:
+        """Give back deliveries that were claimed but not started: due at once (not after their
+        lease), their attempt ``abandoned``; only where the claim still holds."""
+        if not items:
+            return
+        now = utcnow()
+        held = [{"b_id": item.id, "b_number": item.number} for item in items]
+        d, a = DELIVERIES.c, ATTEMPTS.c
+        try:
+            async with self.ctx.runtime.sessions() as session, session.begin():
+                await session.exec(
+                    update(DELIVERIES)
+                    .where(
+                        d.id == bindparam("b_id"), d.attempts == bindparam("b_number"), d.status == "sending"
+                    )
+                    .values(next_attempt_at=now, updated_at=now),
+                    params=held,
+                )
+                await session.exec(
+                    update(ATTEMPTS)
+                    .where(
+                        a.delivery_id == bindparam("b_id"),
+                        a.number == bindparam("b_number"),
+                        a.outcome == "in_flight",
+                    )
+                    .values(outcome="abandoned", finished_at=now, error="not started: notifier stopped"),
+                    params=held,
+                )
+        except Exception:  # their leases bring them back all the same
+            log.exception("dispatcher: could not give back %d unstarted deliveries", len(items))
 
     def _releaser(self, sending: set[str], delivery_id: str) -> Callable[..., None]:
         """Gives the attempt's sending slot back (once) and wakes the loop to fill it; also a
