@@ -128,5 +128,8 @@ async def test_a_task_that_ignores_its_cancel_does_not_hold_the_shutdown(
     (message,) = [record.getMessage() for record in caplog.records if "did not stop" in record.getMessage()]
     assert "stubborn" in message and "in stubborn" in message
     assert await cancel_and_wait([obedient], timeout_s=0.2, what="test") is True
+    finishing = asyncio.create_task(asyncio.sleep(0.05))  # ends by itself within its grace
+    assert await cancel_and_wait([finishing], grace_s=30, timeout_s=0.2, what="test") is True
+    assert finishing.done() and not finishing.cancelled()
     released.set()
     await task

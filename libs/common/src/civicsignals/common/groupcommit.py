@@ -74,9 +74,7 @@ class GroupCommit(Generic[ItemT, ResultT]):
             return
         assert self._queue is not None
         self._queue.put_nowait(None)  # the writer stops when it comes to this
-        done, _ = await asyncio.wait({task}, timeout=timeout_s)
-        if not done:
-            await cancel_and_wait([task], timeout_s=timeout_s, what=self._name)
+        await cancel_and_wait([task], grace_s=timeout_s, timeout_s=timeout_s, what=self._name)
 
     async def _loop(self) -> None:
         assert self._queue is not None

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 CONSUMER_DRAIN_S = 10.0
 """How long a shutdown lets the consumers finish the batch in hand before it cancels them."""
+STOP_TIMEOUT_S = 5.0
+"""How long a shutdown then waits for what it cancelled."""
 
 
 class ServiceRuntime:
@@ -138,11 +140,11 @@ class ServiceRuntime:
         come again), but a database call cancelled halfway can leave asyncpg waiting for ever."""
         for consumer in self.consumers:
             consumer.stop()
-        running = [task for task in self._consumer_tasks if not task.done()]
-        if running:
-            await asyncio.wait(running, timeout=CONSUMER_DRAIN_S)
+        await cancel_and_wait(
+            self._consumer_tasks, grace_s=CONSUMER_DRAIN_S, timeout_s=STOP_TIMEOUT_S, what=self.service
+        )
         # A task stuck in a database driver may ignore the cancel; shutdown must not hang on it.
-        await cancel_and_wait(self._tasks, timeout_s=5.0, what=self.service)
+        await cancel_and_wait(self._tasks, timeout_s=STOP_TIMEOUT_S, what=self.service)
         self._tasks.clear()
         self._consumer_tasks.clear()
         with contextlib.suppress(Exception):

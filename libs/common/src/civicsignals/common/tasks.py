@@ -27,11 +27,17 @@ def cancel_requested() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[object]], *, timeout_s: float, what: str) -> bool:
-    """Cancel ``tasks`` and wait for them up to ``timeout_s``; True if all ended.
+async def cancel_and_wait(
+    tasks: Iterable[asyncio.Task[object]], *, timeout_s: float, what: str, grace_s: float = 0.0
+) -> bool:
+    """Give ``tasks`` (already told to stop) up to ``grace_s`` to end by themselves, cancel those
+    still running and wait for them up to ``timeout_s``; True if all ended.
 
-    Those still running are logged with their stack and left behind: a shutdown must end."""
+    Those still running then are logged with where they wait and left behind: a shutdown must end."""
     pending = [task for task in tasks if not task.done()]
+    if pending and grace_s > 0:
+        _, unfinished = await asyncio.wait(pending, timeout=grace_s)
+        pending = list(unfinished)
     for task in pending:
         task.cancel()
     if not pending:

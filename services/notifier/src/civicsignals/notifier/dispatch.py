@@ -154,9 +154,9 @@ class Dispatcher:
         self.wake()
         task, self._task = self._task, None
         if task is not None:
-            done, _ = await asyncio.wait({task}, timeout=DRAIN_TIMEOUT_S)
-            if not done:
-                await cancel_and_wait([task], timeout_s=STOP_TIMEOUT_S, what="dispatcher")
+            await cancel_and_wait(
+                [task], grace_s=DRAIN_TIMEOUT_S, timeout_s=STOP_TIMEOUT_S, what="dispatcher"
+            )
         await self._recorder.close(timeout_s=STOP_TIMEOUT_S)
 
     async def run(self) -> None:
