@@ -80,3 +80,48 @@ async def test_a_batch_of_changes_with_a_repeat_and_an_old_one_keeps_one_entry_e
         (2, "assigned"),
         (3, "in_progress"),
     ]
+
+
+async def test_the_status_change_brings_its_due_date_whichever_event_comes_first(intake: Intake) -> None:
+    """``signal.routed`` and ``case.status_changed`` reach intake through two consumers, in either
+    order: the page must never show ``assigned`` without the promised date, and a reopening's new
+    date must not be undone by a routed event that arrives late."""
+    created = (await intake.post_signal()).json()
+    now = utcnow()
+    first_due, reopened_due = now + timedelta(days=5), now + timedelta(days=12)
+    assigned = change(created, "assigned", 1).model_copy(
+        update={"due_at": first_due, "service_promise": "Binnen 5 werkdagen."}
+    )
+    reopened = change(created, "reopened", 4).model_copy(
+        update={"due_at": reopened_due, "service_promise": "Binnen 5 werkdagen."}
+    )
+    routed = SignalRouted(
+        signal_id=created["id"],
+        case_id="case-1",
+        tracking_code=created["tracking_code"],
+        responsible="stadsbeheer",
+        priority="normal",
+        rule_id="afval",
+        due_at=first_due,
+        service_promise="Binnen 5 werkdagen.",
+    )
+
+    async def tracking() -> dict[str, Any]:
+        response = await intake.client.get(f"/v1/tracking/{created['tracking_code']}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async with intake.runtime.sessions() as session, session.begin():
+        assert await service.apply_status_change(session, assigned, now)
+    page = await tracking()
+    assert page["status"] == "assigned"
+    assert page["expected_by"] is not None and page["service_promise"] == "Binnen 5 werkdagen."
+
+    async with intake.runtime.sessions() as session, session.begin():
+        assert await service.apply_status_change(session, reopened, now + timedelta(seconds=1))
+    async with intake.runtime.sessions() as session, session.begin():
+        assert await service.apply_routed(session, routed)  # late: it must not bring back the old date
+    async with intake.runtime.sessions() as session:
+        signal = await session.get(Signal, created["id"])
+    assert signal is not None
+    assert (signal.status, signal.expected_by, signal.case_id) == ("reopened", reopened_due, "case-1")

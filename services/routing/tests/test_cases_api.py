@@ -385,6 +385,12 @@ async def test_a_partner_updates_only_the_cases_forwarded_to_it(api: Api) -> Non
     )
     assert reopened.status_code == 200 and reopened.json()["status"] == "reopened"
     assert (await history(api, case.id))[-1].actor == "resident"
+    # The reopened case's new due date travels with the change, for the resident's page.
+    [_, changed] = (await api.outbox("case.status_changed"))[-1]
+    assert changed["data"]["to"] == "reopened"
+    now_due = (await api.get(f"/v1/cases/{case.id}", api.keys.coordinator)).json()["due_at"]
+    assert changed["data"]["due_at"] is not None
+    assert datetime.fromisoformat(changed["data"]["due_at"]) == datetime.fromisoformat(now_due)
 
 
 async def test_forwarding_to_a_partner_later_and_the_partner_hands_it_back(api: Api) -> None:

@@ -302,6 +302,8 @@ def example_data() -> dict[type[EventData], EventData]:
             actor="system:routing",
             sequence=1,
             responsible="afval-en-reiniging",
+            due_at=DUE_AT,
+            service_promise="We halen het binnen 5 werkdagen weg.",
         ),
         FeedbackReceived: FeedbackReceived(
             signal_id=SIGNAL_ID, case_id=CASE_ID, satisfied=True, score=4, comment="Snel opgehaald, dank!"

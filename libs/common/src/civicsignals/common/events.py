@@ -263,6 +263,11 @@ class CaseStatusChanged(EventData):
     partners: list[str] = Field(default_factory=list)
     forwarded_to: str | None = None
     merged_into: str | None = Field(default=None, description="the surviving case of a merged duplicate")
+    # What the resident is promised once the change is made: a reopened case gets a new due date,
+    # and the resident's page shows it with the status in one step, whichever of ``signal.routed``
+    # and this event a consumer applies first. Absent in events from before these fields.
+    due_at: datetime | None = Field(default=None, description="the case's due date after the change")
+    service_promise: str | None = None
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
 

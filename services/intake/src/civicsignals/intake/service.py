@@ -314,6 +314,9 @@ async def apply_status_change(session: AsyncSession, change: CaseStatusChanged, 
         signal.status_sequence = change.sequence
         signal.case_id = change.case_id
         signal.status_updated_at = at
+        if change.due_at is not None:  # events from before the field leave the routed date
+            signal.expected_by = change.due_at
+            signal.service_promise = change.service_promise
         session.add(signal)
     return True
 
@@ -323,8 +326,10 @@ async def apply_routed(session: AsyncSession, routed: SignalRouted) -> bool:
     if signal is None:
         return False
     signal.case_id = routed.case_id
-    signal.expected_by = routed.due_at
-    signal.service_promise = routed.service_promise
+    if signal.expected_by is None or signal.status_sequence <= 1:
+        # a later change (a reopening, say) applied first already carries the newer due date
+        signal.expected_by = routed.due_at
+        signal.service_promise = routed.service_promise
     signal.responsible = routed.responsible
     signal.partners = list(routed.partners)
     session.add(signal)

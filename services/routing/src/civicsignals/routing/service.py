@@ -277,6 +277,8 @@ def status_events(
         sequence=case.sequence,
         responsible=case.responsible,
         partners=list(case.partners),
+        due_at=case.due_at,
+        service_promise=case.service_promise,
         **{"from": from_status},
         **extra,
     )
