@@ -16,6 +16,7 @@ import pytest
 from aiosmtplib.email import flatten_message
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from civicsignals.common import wording
 from civicsignals.notifier import messages
 from civicsignals.notifier.addresses import UnsafeEndpoint, check_endpoint, check_url_shape, is_public
 from civicsignals.notifier.schedule import Outcome, judge, parse_retry_after, retry_delay
@@ -177,8 +178,8 @@ def test_templates_render_in_the_residents_language_with_links(tmp_path: Path) -
         assert phrase in rendered.text
         assert "https://gemeente.example/v1/tracking/7KQ2-M9XD-4HTC/feedback?score=5" in rendered.text
         assert 'href="https://gemeente.example/v1/tracking/7KQ2-M9XD-4HTC/feedback?score=1"' in rendered.html
-    assert messages.language_of("en-GB") == "en" and messages.language_of("de") == "nl"
-    assert messages.language_of(None) == "nl"
+    assert wording.language_of("en-GB") == "en" and wording.language_of("de") == "nl"
+    assert wording.language_of(None) == "nl"
 
 
 def test_a_tenant_overrides_a_template_and_runs_in_the_sandbox(tmp_path: Path) -> None:
@@ -212,7 +213,7 @@ def test_which_status_changes_get_which_mail() -> None:
     assert messages.template_for_status("resolved") == messages.RESOLUTION
     assert messages.template_for_status("reopened") == messages.REOPENING
     assert messages.template_for_status("waiting_on_resident") == messages.STATUS_UPDATE
-    assert messages.format_date(datetime(2026, 12, 6, 23, 30, tzinfo=UTC), "nl") == "7 december 2026"
+    assert wording.format_date(datetime(2026, 12, 6, 23, 30, tzinfo=UTC), "nl") == "7 december 2026"
 
 
 def _sent_and_read_back(subject: str, sender: str, recipient: str) -> tuple[Any, Any]:

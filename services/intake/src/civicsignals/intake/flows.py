@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from nats.aio.msg import Msg
@@ -60,6 +61,7 @@ from civicsignals.intake.models import (
     Signal,
     SignalCreate,
     SignalCreated,
+    TrackingPublic,
 )
 from civicsignals.intake.open311.catalogue import CatalogueCache
 from civicsignals.intake.redaction import redact
@@ -510,7 +512,39 @@ async def add_attachment(
     )
 
 
-# -- feedback --------------------------------------------------------------------------------------
+# -- tracking and feedback -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """A signal as its resident sees it, with what their pages need around it."""
+
+    view: TrackingPublic
+    language: str | None
+    municipality: str
+    status_path: str
+    """The tracking page's path under the public base URL (``/v1/tracking/<code>``): the pages link
+    and post by path, so they stay on the origin that served them, behind any proxy prefix."""
+
+    @property
+    def feedback_path(self) -> str:
+        return f"{self.status_path}/feedback"
+
+
+async def tracking(ctx: IntakeContext, tracking_code: str) -> Tracked | None:
+    """The public view of the signal with this code, or None for a code that does not exist."""
+    async with ctx.runtime.sessions() as session:
+        signal = await service.find_by_tracking_code(session, tracking_code)
+        if signal is None:
+            return None
+        view = await service.tracking_view(session, signal)
+    tenant = ctx.tenant(signal.tenant)
+    return Tracked(
+        view=view,
+        language=signal.language,
+        municipality=tenant.name if tenant is not None else signal.tenant,
+        status_path=urlsplit(ctx.status_url(signal.tracking_code)).path,
+    )
 
 
 async def submit_feedback(

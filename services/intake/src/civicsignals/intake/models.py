@@ -131,6 +131,8 @@ class TrackingPublic(BaseModel):
     history: list[HistoryEntry]
     expected_by: datetime | None = None
     service_promise: str | None = None
+    feedback_given: bool = False
+    """Whether the resident answered the satisfaction form (a portal then stops asking)."""
 
 
 class ContactPublic(BaseModel):

@@ -32,6 +32,7 @@ from civicsignals.intake.models import (
     ContactPublic,
     Conversation,
     ConversationCreate,
+    Feedback,
     HistoryEntry,
     Reporter,
     Signal,
@@ -245,6 +246,7 @@ async def tracking_view(session: AsyncSession, signal: Signal) -> TrackingPublic
         history=[HistoryEntry(status=e.status, at=e.at, note=e.note) for e in entries],
         expected_by=signal.expected_by,
         service_promise=signal.service_promise,
+        feedback_given=await session.get(Feedback, signal.id) is not None,
     )
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, File, Header, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Header, Query, Request, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ValidationError
 
 from civicsignals.common.auth import Principal
 from civicsignals.common.ids import normalise_tracking_code
 from civicsignals.common.problems import Problem
-from civicsignals.intake import flows, service
+from civicsignals.intake import flows, pages
 from civicsignals.intake.access import authorised, public_limit
 from civicsignals.intake.models import (
     AttachmentPublic,
@@ -129,6 +132,18 @@ WRITE_PROBLEMS: dict[int | str, dict[str, Any]] = {
 }
 
 router = APIRouter()
+Body = TypeVar("Body", bound=BaseModel)
+
+
+async def _json_body(request: Request, model: type[Body]) -> Body:
+    """The body as ``model``, for a route that also takes another content type and so reads its own
+    body: the same 400 (not JSON) and 422 (field pointers) as FastAPI's own validation gives."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        ) from None
 
 
 def _context(request: Request) -> flows.IntakeContext:
@@ -310,39 +325,90 @@ TRACKING_EXAMPLE = {
 }
 
 
+HTML_PAGE = {"text/html": {"example": '<!doctype html><html lang="nl">…</html>'}}
+UNKNOWN_CODE = problem(
+    404, "No signal has this code", "Not Found", "no signal has this tracking code", "unknown-tracking-code"
+)
+UNKNOWN_CODE_PAGE = {
+    "description": "No signal has this code (the same page for every unknown code)",
+    "content": HTML_PAGE,
+}
+
+
+def _either(api: dict[str, Any], page: dict[str, Any]) -> dict[str, Any]:
+    """One status answered as problem+json to an API client and as a page to a browser."""
+    return {**api, "content": {**api["content"], **page["content"]}}
+
+
 @router.get(
     "/v1/tracking/{tracking_code}",
     response_model=TrackingPublic,
     tags=["tracking"],
-    summary="Public status of a signal, by its tracking code",
+    summary="Public status of a signal, by its tracking code (JSON, or the resident's page in a browser)",
     dependencies=[PublicLimit],
     responses={
         200: {
-            "description": "Status and history; no personal data",
-            "content": {"application/json": {"example": TRACKING_EXAMPLE}},
+            "description": "Status and history; no personal data. HTML when `Accept` prefers `text/html`.",
+            "content": {"application/json": {"example": TRACKING_EXAMPLE}, **HTML_PAGE},
         },
-        404: problem(
-            404,
-            "No signal has this code",
-            "Not Found",
-            "no signal has this tracking code",
-            "unknown-tracking-code",
-        ),
+        404: _either(UNKNOWN_CODE, UNKNOWN_CODE_PAGE),
         429: AUTH_PROBLEMS[429],
     },
 )
-async def get_tracking(tracking_code: str, request: Request) -> TrackingPublic:
+async def get_tracking(tracking_code: str, request: Request, response: Response) -> Response | TrackingPublic:
     """Public: anyone with the code sees the status and its history, never personal data.
 
     Codes carry 60 random bits and every unknown code answers the same 404, and requests are
-    rate-limited per client address, so codes cannot be enumerated.
+    rate-limited per client address, so codes cannot be enumerated. The same URL is the
+    resident's page in a browser (``pages``), the link in every e-mail.
     """
-    code = normalise_tracking_code(tracking_code)
-    async with _context(request).runtime.sessions() as session:
-        signal = await service.find_by_tracking_code(session, code)
-        if signal is None:
-            raise Problem(404, "no signal has this tracking code", slug="unknown-tracking-code")
-        return await service.tracking_view(session, signal)
+    tracked = await flows.tracking(_context(request), normalise_tracking_code(tracking_code))
+    html = pages.wants_html(request)
+    if tracked is None:
+        if html:
+            return pages.not_found_page()
+        raise Problem(404, "no signal has this tracking code", slug="unknown-tracking-code")
+    if html:
+        return pages.tracking_page(tracked)
+    response.headers["Vary"] = "Accept"
+    return tracked.view
+
+
+@router.get(
+    "/v1/tracking/{tracking_code}/feedback",
+    response_class=HTMLResponse,
+    tags=["tracking"],
+    summary="The satisfaction form, as the resolution e-mail's links open it",
+    dependencies=[PublicLimit],
+    responses={
+        200: {"description": "The form, the score of the link chosen; records nothing", "content": HTML_PAGE},
+        404: UNKNOWN_CODE_PAGE,
+        429: AUTH_PROBLEMS[429],
+    },
+)
+async def get_feedback_form(
+    tracking_code: str,
+    request: Request,
+    score: Annotated[
+        str | None, Query(description="1 to 5: the score the link chose", examples=["4"])
+    ] = None,
+) -> Response:
+    """A GET never records anything: mail scanners open links. The resident confirms the score."""
+    tracked = await flows.tracking(_context(request), normalise_tracking_code(tracking_code))
+    if tracked is None:
+        return pages.not_found_page()
+    return pages.feedback_page(tracked, pages.prefill(score))
+
+
+FEEDBACK_FORM_SCHEMA = {
+    "type": "object",
+    "required": ["score", "satisfied"],
+    "properties": {
+        "score": {"type": "integer", "minimum": 1, "maximum": 5},
+        "satisfied": {"type": "string", "enum": ["yes", "no"]},
+        "comment": {"type": "string", "maxLength": 2000},
+    },
+}
 
 
 @router.post(
@@ -352,6 +418,21 @@ async def get_tracking(tracking_code: str, request: Request) -> TrackingPublic:
     tags=["tracking"],
     summary="The resident's satisfaction with how their signal was handled",
     dependencies=[PublicLimit],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": FeedbackCreate.model_json_schema(),
+                    "example": {"satisfied": True, "score": 4, "comment": "Snel opgelost, dank!"},
+                },
+                pages.FORM_TYPE: {
+                    "schema": FEEDBACK_FORM_SCHEMA,
+                    "example": {"score": 4, "satisfied": "yes", "comment": "Snel opgelost, dank!"},
+                },
+            },
+        }
+    },
     responses={
         201: {
             "description": "Recorded and published as feedback.received (comment redacted)",
@@ -361,36 +442,46 @@ async def get_tracking(tracking_code: str, request: Request) -> TrackingPublic:
                 }
             },
         },
-        404: problem(
-            404,
-            "No signal has this code",
-            "Not Found",
-            "no signal has this tracking code",
-            "unknown-tracking-code",
-        ),
-        409: problem(
-            409,
-            "Feedback was already given",
-            "Conflict",
-            "feedback was already given for this signal",
-            "feedback-already-given",
+        303: {"description": "The HTML form was recorded: back to the tracking page"},
+        404: _either(UNKNOWN_CODE, UNKNOWN_CODE_PAGE),
+        409: _either(
+            problem(
+                409,
+                "Feedback was already given",
+                "Conflict",
+                "feedback was already given for this signal",
+                "feedback-already-given",
+            ),
+            {"content": HTML_PAGE},
         ),
         413: WRITE_PROBLEMS[413],
         400: WRITE_PROBLEMS[400],
-        422: problem(
-            422,
-            "Invalid fields",
-            "Unprocessable Entity",
-            "the request has invalid fields",
-            "invalid-request",
-            "/score",
+        422: _either(
+            problem(
+                422,
+                "Invalid fields",
+                "Unprocessable Entity",
+                "the request has invalid fields",
+                "invalid-request",
+                "/score",
+            ),
+            {"content": HTML_PAGE},
         ),
         429: AUTH_PROBLEMS[429],
     },
 )
-async def post_feedback(tracking_code: str, payload: FeedbackCreate, request: Request) -> FeedbackAccepted:
-    """Public, like the tracking page: one answer per signal; the comment is redacted."""
-    return await flows.submit_feedback(_context(request), normalise_tracking_code(tracking_code), payload)
+async def post_feedback(tracking_code: str, request: Request) -> Response:
+    """Public, like the tracking page: one answer per signal; the comment is redacted. JSON from a
+    portal; ``application/x-www-form-urlencoded`` from the resident's page, answered with pages."""
+    ctx, code = _context(request), normalise_tracking_code(tracking_code)
+    if pages.is_form(request):
+        tracked = await flows.tracking(ctx, code)
+        if tracked is None:
+            return pages.not_found_page()
+        return await pages.post_feedback_form(ctx, tracked, await request.form())
+    payload = await _json_body(request, FeedbackCreate)
+    accepted = await flows.submit_feedback(ctx, code, payload)
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=201)
 
 
 @router.get(

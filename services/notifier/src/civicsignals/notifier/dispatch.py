@@ -34,6 +34,7 @@ from sqlalchemy import bindparam, insert, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from civicsignals.common import wording
 from civicsignals.common.bus import PermanentError, TransientError
 from civicsignals.common.db import is_postgres
 from civicsignals.common.events import (
@@ -519,7 +520,7 @@ class Dispatcher:
             if not contact.consent:
                 return Result(outcome=SKIPPED, reason="no_consent")
             recipient, name = contact.email, contact.name
-            language = messages.language_of(payload.get("language") or contact.language)
+            language = wording.language_of(payload.get("language") or contact.language)
             values = self._resident_values(payload, template, language, municipality, timezone, name)
         try:
             rendered = self.ctx.templates.render(claimed.tenant, template, language, values)
@@ -557,11 +558,11 @@ class Dispatcher:
             "tracking_code": code,
             "tracking_url": f"{base}/v1/tracking/{code}",
             "service_promise": payload.get("service_promise"),
-            "expected_by": messages.format_date(datetime.fromisoformat(due_at), language, timezone)
+            "expected_by": wording.format_date(datetime.fromisoformat(due_at), language, timezone)
             if due_at
             else None,
             "status": status,
-            "status_label": messages.STATUS_LABELS[language].get(status, status),
+            "status_label": wording.STATUS_LABELS[language].get(status, status),
             "public_note": payload.get("public_note"),
             "feedback_urls": messages.feedback_urls(self.settings.public_base_url, code)
             if template == messages.RESOLUTION

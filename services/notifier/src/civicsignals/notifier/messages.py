@@ -15,7 +15,6 @@ import random
 import re
 import sys
 from dataclasses import dataclass
-from datetime import datetime
 from email import quoprimime
 from email.charset import QP, Charset
 from email.header import Header
@@ -25,7 +24,6 @@ from email.mime.nonmultipart import MIMENonMultipart
 from email.utils import formataddr, formatdate, parseaddr
 from pathlib import Path
 from typing import Any, Literal, cast
-from zoneinfo import ZoneInfo
 
 from jinja2 import (
     BaseLoader,
@@ -39,8 +37,7 @@ from jinja2 import (
 )
 from jinja2.sandbox import SandboxedEnvironment
 
-SUPPORTED_LANGUAGES = ("nl", "en")
-DEFAULT_LANGUAGE = "nl"
+from civicsignals.common.wording import STATUS_LABELS, language_of
 
 ACKNOWLEDGEMENT = "acknowledgement"
 STATUS_UPDATE = "status_update"
@@ -58,68 +55,6 @@ TEMPLATE_VARIABLES: dict[str, list[str]] = {
     REOPENING: [*RESIDENT_VARIABLES, "status", "status_label", "public_note"],
     ENDPOINT_DISABLED: [*COMMON_VARIABLES, "partner_name", "endpoint_url", "reason", "disabled_at"],
 }
-
-STATUS_LABELS: dict[str, dict[str, str]] = {
-    "nl": {
-        "received": "ontvangen",
-        "triage": "wordt beoordeeld",
-        "assigned": "doorgezet naar de juiste afdeling",
-        "in_progress": "in behandeling",
-        "waiting_on_resident": "wacht op uw reactie",
-        "forwarded": "doorgestuurd naar een partnerorganisatie",
-        "resolved": "opgelost",
-        "closed": "afgesloten",
-        "reopened": "heropend",
-        "rejected": "niet in behandeling genomen",
-        "duplicate": "samengevoegd met een eerdere melding",
-        "cancelled": "ingetrokken",
-    },
-    "en": {
-        "received": "received",
-        "triage": "being assessed",
-        "assigned": "passed to the right department",
-        "in_progress": "in progress",
-        "waiting_on_resident": "waiting for your reply",
-        "forwarded": "forwarded to a partner organisation",
-        "resolved": "resolved",
-        "closed": "closed",
-        "reopened": "reopened",
-        "rejected": "not taken into treatment",
-        "duplicate": "merged with an earlier report",
-        "cancelled": "withdrawn",
-    },
-}
-
-_MONTHS_NL = (
-    "januari",
-    "februari",
-    "maart",
-    "april",
-    "mei",
-    "juni",
-    "juli",
-    "augustus",
-    "september",
-    "oktober",
-    "november",
-    "december",
-)
-
-
-def language_of(language: str | None) -> str:
-    """The template language for what the resident wrote in: ``nl-BE`` is Dutch; unknown is Dutch."""
-    base = (language or "").split("-", 1)[0].lower()
-    return base if base in SUPPORTED_LANGUAGES else DEFAULT_LANGUAGE
-
-
-def format_date(value: datetime | None, language: str, timezone: str = "Europe/Amsterdam") -> str | None:
-    """A date as a resident reads it: ``7 december 2026`` or ``7 December 2026``, local time."""
-    if value is None:
-        return None
-    local = value.astimezone(ZoneInfo(timezone))
-    if language == "nl":
-        return f"{local.day} {_MONTHS_NL[local.month - 1]} {local.year}"
-    return f"{local.day} {local.strftime('%B')} {local.year}"
 
 
 def template_for_status(status: str) -> str:

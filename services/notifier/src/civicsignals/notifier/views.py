@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from civicsignals.common import wording
 from civicsignals.common.auth import Principal, scope_dependency
 from civicsignals.common.events import utcnow
 from civicsignals.common.problems import Problem
@@ -423,7 +424,7 @@ async def list_templates(request: Request, principal: Admin) -> TemplateList:
     items = [
         TemplateInfo(name=name, language=language, source=book.source_of(principal.tenant, name, language))
         for name in messages.TEMPLATES
-        for language in messages.SUPPORTED_LANGUAGES
+        for language in wording.SUPPORTED_LANGUAGES
     ]
     return TemplateList(items=items, variables=messages.TEMPLATE_VARIABLES)
 

@@ -1,0 +1,72 @@
+"""What a resident reads, in their language: status names and dates, the same in notifier's
+e-mails and intake's tracking page, so a mail and the page it links to never say it differently."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+SUPPORTED_LANGUAGES = ("nl", "en")
+DEFAULT_LANGUAGE = "nl"
+
+STATUS_LABELS: dict[str, dict[str, str]] = {
+    "nl": {
+        "received": "ontvangen",
+        "triage": "wordt beoordeeld",
+        "assigned": "doorgezet naar de juiste afdeling",
+        "in_progress": "in behandeling",
+        "waiting_on_resident": "wacht op uw reactie",
+        "forwarded": "doorgestuurd naar een partnerorganisatie",
+        "resolved": "opgelost",
+        "closed": "afgesloten",
+        "reopened": "heropend",
+        "rejected": "niet in behandeling genomen",
+        "duplicate": "samengevoegd met een eerdere melding",
+        "cancelled": "ingetrokken",
+    },
+    "en": {
+        "received": "received",
+        "triage": "being assessed",
+        "assigned": "passed to the right department",
+        "in_progress": "in progress",
+        "waiting_on_resident": "waiting for your reply",
+        "forwarded": "forwarded to a partner organisation",
+        "resolved": "resolved",
+        "closed": "closed",
+        "reopened": "reopened",
+        "rejected": "not taken into treatment",
+        "duplicate": "merged with an earlier report",
+        "cancelled": "withdrawn",
+    },
+}
+
+_MONTHS_NL = (
+    "januari",
+    "februari",
+    "maart",
+    "april",
+    "mei",
+    "juni",
+    "juli",
+    "augustus",
+    "september",
+    "oktober",
+    "november",
+    "december",
+)
+
+
+def language_of(language: str | None) -> str:
+    """The template language for what the resident wrote in: ``nl-BE`` is Dutch; unknown is Dutch."""
+    base = (language or "").split("-", 1)[0].lower()
+    return base if base in SUPPORTED_LANGUAGES else DEFAULT_LANGUAGE
+
+
+def format_date(value: datetime | None, language: str, timezone: str = "Europe/Amsterdam") -> str | None:
+    """A date as a resident reads it: ``7 december 2026`` or ``7 December 2026``, local time."""
+    if value is None:
+        return None
+    local = value.astimezone(ZoneInfo(timezone))
+    if language == "nl":
+        return f"{local.day} {_MONTHS_NL[local.month - 1]} {local.year}"
+    return f"{local.day} {local.strftime('%B')} {local.year}"

@@ -1,0 +1,270 @@
+"""The resident's own pages: the tracking page and the satisfaction form, as HTML for a browser.
+
+The acknowledgement e-mail links to ``/v1/tracking/{code}`` and the resolution e-mail to
+``/v1/tracking/{code}/feedback?score=N``, and residents open those links in a browser. So the
+same URLs answer HTML to a browser (``Accept`` prefers ``text/html``) and JSON to everything
+else, and the form works without JavaScript: it posts ``application/x-www-form-urlencoded`` to
+the JSON API's own route, which then answers with a redirect back to the tracking page
+(post/redirect/get, so reloading never posts twice). A link in an e-mail only shows the form
+with the score filled in: mail scanners open links, so a GET must never record anything.
+
+The pages show what the JSON shows (``TrackingPublic``) and nothing more: no personal data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from pydantic import ValidationError
+
+from civicsignals.common.problems import Problem
+from civicsignals.common.wording import STATUS_LABELS, format_date, language_of
+from civicsignals.intake import flows
+from civicsignals.intake.flows import IntakeContext, Tracked
+from civicsignals.intake.models import FeedbackCreate
+
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+FORM_TYPE = "application/x-www-form-urlencoded"
+LOCAL_TIME = ZoneInfo("Europe/Amsterdam")  # the e-mails' dates are in it too (``format_date``)
+
+# No scripts, no outside resources, forms only back to us; the code in the URL goes to no one else.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "Vary": "Accept",
+}
+
+# The case has ended for the resident: the page asks how it went.
+FEEDBACK_STATUSES = frozenset({"resolved", "closed", "rejected"})
+
+_ENV = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(default=True),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+WORDS: dict[str, dict[str, str]] = {
+    "nl": {
+        "title": "Uw melding",
+        "code": "Volgnummer",
+        "received": "Ontvangen op",
+        "status": "Status",
+        "expected": "Verwacht uiterlijk",
+        "history": "Verloop",
+        "feedback_heading": "Hoe tevreden bent u?",
+        "score_legend": "Hoe tevreden bent u over de afhandeling? (1 = zeer ontevreden, 5 = zeer tevreden)",
+        "satisfied_legend": "Is uw melding naar tevredenheid afgehandeld?",
+        "yes": "Ja",
+        "no": "Nee",
+        "comment": "Toelichting (niet verplicht)",
+        "comment_hint": "Zet hier geen naam, adres, telefoonnummer of e-mailadres in.",
+        "send": "Verstuur",
+        "thanks": "Dank u wel voor uw beoordeling.",
+        "already": "Voor deze melding is al een beoordeling gegeven. Dank u wel.",
+        "errors": "Controleer het formulier:",
+        "back": "Terug naar uw melding",
+        "keep": "Bewaar de link naar deze pagina: hier ziet u hoe het met uw melding gaat.",
+        "not_found_title": "Melding niet gevonden",
+        "not_found": "Wij kennen geen melding met dit volgnummer. Controleer het nummer in uw e-mail.",
+    },
+    "en": {
+        "title": "Your report",
+        "code": "Tracking code",
+        "received": "Received on",
+        "status": "Status",
+        "expected": "Expected by",
+        "history": "History",
+        "feedback_heading": "How satisfied are you?",
+        "score_legend": "How satisfied are you with how it was handled? (1 = very dissatisfied, 5 = very satisfied)",
+        "satisfied_legend": "Was your report dealt with to your satisfaction?",
+        "yes": "Yes",
+        "no": "No",
+        "comment": "Comment (optional)",
+        "comment_hint": "Please do not include a name, address, phone number or e-mail address.",
+        "send": "Send",
+        "thanks": "Thank you for your feedback.",
+        "already": "Feedback was already given for this report. Thank you.",
+        "errors": "Please check the form:",
+        "back": "Back to your report",
+        "keep": "Keep the link to this page: it shows how your report is progressing.",
+        "not_found_title": "Report not found",
+        "not_found": "We know of no report with this tracking code. Please check the code in your e-mail.",
+    },
+}
+
+FIELD_ERRORS: dict[str, dict[str, str]] = {
+    "nl": {
+        "score": "Kies een cijfer van 1 tot en met 5.",
+        "satisfied": "Kies ja of nee.",
+        "comment": "De toelichting is te lang (ten hoogste 2000 tekens).",
+    },
+    "en": {
+        "score": "Choose a score from 1 to 5.",
+        "satisfied": "Choose yes or no.",
+        "comment": "The comment is too long (2,000 characters at most).",
+    },
+}
+
+
+def wants_html(request: Request) -> bool:
+    """Whether the client prefers HTML to JSON (RFC 9110 ``Accept`` with q-values): a browser
+    does; curl, portals and Open311 clients (``*/*`` or ``application/json``) get JSON."""
+    html = json = 0.0
+    for item in request.headers.get("accept", "").split(","):
+        media, _, params = item.strip().partition(";")
+        media = media.strip().lower()
+        quality = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if media in HTML_TYPES or media == "text/*":
+            html = max(html, quality)
+        elif media in ("application/json", "application/*", "application/problem+json"):
+            json = max(json, quality)
+        elif media == "*/*":
+            html, json = max(html, quality * 0.999), max(json, quality)  # a tie goes to JSON
+    return html > json
+
+
+def is_form(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == FORM_TYPE
+
+
+def _when(value: datetime, language: str) -> str:
+    """``29 november 2026, 09:46``: the date as the e-mails write it, and the local time."""
+    return f"{format_date(value, language)}, {value.astimezone(LOCAL_TIME).strftime('%H:%M')}"
+
+
+def _render(template: str, status_code: int, **values: Any) -> HTMLResponse:
+    html = _ENV.get_template(template).render(**values)
+    return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
+
+
+def tracking_page(tracked: Tracked) -> HTMLResponse:
+    """The resident's page: status, expected date, the history with public notes, and once the
+    case has ended, the satisfaction form (or thanks for it)."""
+    view, lang = tracked.view, language_of(tracked.language)
+    labels = STATUS_LABELS[lang]
+    ended = view.status in FEEDBACK_STATUSES
+    return _render(
+        "tracking.html",
+        200,
+        lang=lang,
+        words=WORDS[lang],
+        municipality=tracked.municipality,
+        code=view.tracking_code,
+        status=labels.get(view.status, view.status),
+        received=_when(view.received_at, lang),
+        expected=None if ended else format_date(view.expected_by, lang),
+        promise=None if ended else view.service_promise,
+        history=[
+            {
+                "when": _when(entry.at, lang),
+                "status": labels.get(entry.status, entry.status),
+                "note": entry.note,
+            }
+            for entry in reversed(view.history)
+        ],
+        ask_feedback=ended and not view.feedback_given,
+        feedback_given=view.feedback_given,
+        form=_form_values({}),
+        errors={},
+        feedback_url=tracked.feedback_path,
+    )
+
+
+def feedback_page(
+    tracked: Tracked,
+    values: Mapping[str, Any] | None = None,
+    errors: Mapping[str, str] | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    """The satisfaction form on its own (the resolution e-mail's links), filled in with ``values``."""
+    lang = language_of(tracked.language)
+    return _render(
+        "feedback.html",
+        status_code,
+        lang=lang,
+        words=WORDS[lang],
+        municipality=tracked.municipality,
+        code=tracked.view.tracking_code,
+        status=STATUS_LABELS[lang].get(tracked.view.status, tracked.view.status),
+        feedback_given=tracked.view.feedback_given,
+        form=_form_values(values or {}),
+        errors=dict(errors or {}),
+        feedback_url=tracked.feedback_path,
+        status_url=tracked.status_path,
+    )
+
+
+def not_found_page() -> HTMLResponse:
+    """An unknown code: the same answer for every code (no enumeration), in both languages."""
+    return _render("not_found.html", 404, pages=[WORDS["nl"], WORDS["en"]])
+
+
+def _form_values(values: Mapping[str, Any]) -> dict[str, str]:
+    return {name: str(values.get(name) or "") for name in ("score", "satisfied", "comment")}
+
+
+def prefill(score: str | None) -> dict[str, str]:
+    """The form as an e-mail's link opens it: its score chosen, and "satisfied" when 4 or 5 (no when
+    1 or 2). A score that is not 1 to 5 is ignored: the resident still gets the empty form."""
+    if score is None or score.strip() not in ("1", "2", "3", "4", "5"):
+        return {}
+    chosen = int(score)
+    return {"score": str(chosen), "satisfied": "yes" if chosen >= 4 else "no" if chosen <= 2 else ""}
+
+
+def read_form(form: Mapping[str, Any], language: str | None) -> tuple[FeedbackCreate | None, dict[str, str]]:
+    """The posted form as the API's ``FeedbackCreate``, or the resident's errors by field."""
+    lang = language_of(language)
+    raw = {
+        "score": str(form.get("score", "")).strip() or None,
+        "satisfied": {"yes": True, "no": False}.get(str(form.get("satisfied", "")).strip().lower()),
+        "comment": str(form.get("comment", "")) or None,
+    }
+    try:
+        return FeedbackCreate.model_validate(raw), {}
+    except ValidationError as exc:
+        fields = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+        return None, {field: FIELD_ERRORS[lang][field] for field in fields if field in FIELD_ERRORS[lang]}
+
+
+def see_tracking_page(tracked: Tracked) -> RedirectResponse:
+    """After the form: back to the tracking page, which now thanks the resident (303: as a GET)."""
+    return RedirectResponse(tracked.status_path, status_code=303, headers={"Cache-Control": "no-store"})
+
+
+async def post_feedback_form(ctx: IntakeContext, tracked: Tracked, form: Mapping[str, Any]) -> Response:
+    """The form posted: recorded as the JSON API records it, then back to the tracking page; a form
+    with mistakes comes back filled in, with the mistakes named (422), and nothing is recorded."""
+    payload, errors = read_form(form, tracked.language)
+    if payload is None:
+        return feedback_page(tracked, form, errors, 422)
+    try:
+        await flows.submit_feedback(ctx, tracked.view.tracking_code, payload)
+    except Problem as problem:
+        if problem.status != 409:
+            raise
+        given = replace(tracked, view=tracked.view.model_copy(update={"feedback_given": True}))
+        return feedback_page(given, status_code=409)
+    return see_tracking_page(tracked)
