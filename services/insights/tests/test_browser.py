@@ -4,21 +4,16 @@ their charts are drawn, small cells stay hidden, and a screenshot of each is kep
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from civicsignals.devstack.ports import free_port
+from civicsignals.devstack.browser import chromium, find_chromium, served
 from civicsignals.insights import flows, synthetic
 
-from .cdp import chromium, find_chromium
 from .conftest import Insights
 
 ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "insights"
@@ -40,25 +35,6 @@ CHARTS_DRAWN = """(() => {
     text: document.body.textContent,
   };
 })()"""
-
-
-@contextlib.asynccontextmanager
-async def served(insights: Insights) -> AsyncIterator[str]:
-    """The in-process app over real HTTP on a free port (its lifespan is already running)."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(insights.app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            await asyncio.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 async def _data(insights: Insights) -> None:
@@ -95,7 +71,7 @@ async def _data(insights: Insights) -> None:
 async def test_dashboard_and_transparency_page_in_chromium(insights: Insights, tmp_path: Path) -> None:
     assert CHROMIUM is not None
     await _data(insights)
-    async with served(insights) as base, chromium(CHROMIUM, tmp_path / "profile") as browser:
+    async with served(insights.app) as base, chromium(CHROMIUM, tmp_path / "profile") as browser:
         page = await browser.new_page()
         await page.goto(f"{base}/dashboard")
         assert (await page.evaluate("location.pathname")) == "/dashboard/login"

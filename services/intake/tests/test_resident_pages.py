@@ -19,14 +19,14 @@ BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;
 DUE = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 
 
-async def _signal(intake: Intake, language: str = "nl") -> dict[str, Any]:
+async def reported(intake: Intake, language: str = "nl") -> dict[str, Any]:
     created = await intake.post_signal({**SIGNAL, "language": language})
     assert created.status_code == 201, created.text
     body: dict[str, Any] = created.json()
     return body
 
 
-async def _move(
+async def move_case(
     intake: Intake, signal: dict[str, Any], to: str, sequence: int, note: str | None = None
 ) -> None:
     """What intake's consumers apply from routing's events, applied directly (no bus needed here)."""
@@ -57,9 +57,9 @@ async def _move(
 
 
 async def test_a_browser_gets_the_page_and_an_api_client_json_from_the_same_link(intake: Intake) -> None:
-    signal = await _signal(intake)
-    await _move(intake, signal, "assigned", 1)
-    await _move(intake, signal, "in_progress", 2, note="De ploeg komt <b>donderdag</b>.")
+    signal = await reported(intake)
+    await move_case(intake, signal, "assigned", 1)
+    await move_case(intake, signal, "in_progress", 2, note="De ploeg komt <b>donderdag</b>.")
     url = f"/v1/tracking/{signal['tracking_code']}"
 
     page = await intake.client.get(url, headers=BROWSER)
@@ -87,8 +87,8 @@ async def test_a_browser_gets_the_page_and_an_api_client_json_from_the_same_link
 
 
 async def test_english_reporters_get_english_pages(intake: Intake) -> None:
-    signal = await _signal(intake, language="en")
-    await _move(intake, signal, "assigned", 1)
+    signal = await reported(intake, language="en")
+    await move_case(intake, signal, "assigned", 1)
     html = (await intake.client.get(f"/v1/tracking/{signal['tracking_code']}", headers=BROWSER)).text
     assert '<html lang="en">' in html and "Your report" in html
     assert "passed to the right department" in html and "7 December 2026" in html
@@ -109,9 +109,9 @@ async def test_an_unknown_code_is_the_same_page_for_a_browser_and_a_problem_for_
 
 
 async def test_the_resolution_mails_link_shows_the_form_and_records_nothing(intake: Intake) -> None:
-    signal = await _signal(intake)
-    await _move(intake, signal, "assigned", 1)
-    await _move(intake, signal, "resolved", 2, note="De container is geleegd.")
+    signal = await reported(intake)
+    await move_case(intake, signal, "assigned", 1)
+    await move_case(intake, signal, "resolved", 2, note="De container is geleegd.")
     link = f"/v1/tracking/{signal['tracking_code']}/feedback"
 
     form = await intake.client.get(f"{link}?score=4", headers=BROWSER)
@@ -132,9 +132,9 @@ async def test_the_resolution_mails_link_shows_the_form_and_records_nothing(inta
 
 
 async def test_the_form_posted_records_once_and_returns_to_the_page(intake: Intake, wait_until: Any) -> None:
-    signal = await _signal(intake)
-    await _move(intake, signal, "assigned", 1)
-    await _move(intake, signal, "resolved", 2)
+    signal = await reported(intake)
+    await move_case(intake, signal, "assigned", 1)
+    await move_case(intake, signal, "resolved", 2)
     code = signal["tracking_code"]
     link = f"/v1/tracking/{code}/feedback"
 
@@ -169,7 +169,7 @@ async def test_the_form_posted_records_once_and_returns_to_the_page(intake: Inta
 
 
 async def test_the_json_api_on_the_same_route_is_unchanged(intake: Intake) -> None:
-    signal = await _signal(intake)
+    signal = await reported(intake)
     link = f"/v1/tracking/{signal['tracking_code']}/feedback"
     malformed = await intake.client.post(
         link, content=b"{not json", headers={"Content-Type": "application/json"}
@@ -186,7 +186,7 @@ async def test_the_json_api_on_the_same_route_is_unchanged(intake: Intake) -> No
 async def test_every_link_of_notifiers_resolution_mail_opens_the_form_with_its_score(intake: Intake) -> None:
     """The contract between the two services: the URLs notifier writes into the mail (from the
     same public base URL) are pages intake serves, each with its own score chosen."""
-    signal = await _signal(intake)
+    signal = await reported(intake)
     links = feedback_urls(intake.settings.public_base_url, signal["tracking_code"])
     assert [link["score"] for link in links] == [1, 2, 3, 4, 5]
     for link in links:

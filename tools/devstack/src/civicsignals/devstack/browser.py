@@ -1,4 +1,5 @@
-"""A small client for headless Chromium's DevTools protocol, for the browser tests.
+"""A small client for headless Chromium's DevTools protocol, for the services' browser tests
+(insights' dashboard, intake's resident pages), and :func:`served` to put an app on a real port.
 
 Chromium is Debian's ``chromium`` (the Makefile installs it); the client speaks the protocol over
 a websocket with the ``websockets`` package, so no driver binary is needed. It records console
@@ -18,7 +19,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 import websockets
+
+from civicsignals.devstack.ports import free_port
 
 FLAGS = (
     "--headless",
@@ -66,10 +70,10 @@ class Page:
             entry = params["entry"]
             self.errors.append(f"log: {entry.get('text')} {entry.get('url', '')}")
 
-    async def goto(self, url: str, timeout: float = 20) -> None:
+    async def goto(self, url: str, wait_s: float = 20) -> None:
         self.loaded.clear()
         await self.send("Page.navigate", {"url": url})
-        await asyncio.wait_for(self.loaded.wait(), timeout)
+        await asyncio.wait_for(self.loaded.wait(), wait_s)
 
     async def evaluate(self, expression: str) -> Any:
         result = await self.send(
@@ -79,11 +83,11 @@ class Page:
             raise AssertionError(f"page script failed: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    async def submit(self, expression: str, timeout: float = 20) -> None:
+    async def submit(self, expression: str, wait_s: float = 20) -> None:
         """Run a script that submits a form, and wait for the next page to load."""
         self.loaded.clear()
         await self.evaluate(expression)
-        await asyncio.wait_for(self.loaded.wait(), timeout)
+        await asyncio.wait_for(self.loaded.wait(), wait_s)
 
     async def screenshot(self, path: Path, width: int = 1280) -> None:
         metrics = await self.send("Page.getLayoutMetrics")
@@ -93,8 +97,12 @@ class Page:
             {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
         )
         shot = await self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(shot["data"]))
+        await asyncio.to_thread(_write, path, base64.b64decode(shot["data"]))
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 class Browser:
@@ -179,3 +187,22 @@ async def _devtools_url(process: asyncio.subprocess.Process) -> str:
         found = re.search(rb"DevTools listening on (ws://\S+)", line)
         if found:
             return found.group(1).decode()
+
+
+@contextlib.asynccontextmanager
+async def served(app: Any) -> AsyncIterator[str]:
+    """An in-process ASGI app over real HTTP on a free loopback port (its lifespan already runs)."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
