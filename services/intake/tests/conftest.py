@@ -7,6 +7,7 @@ second tenant ``utrecht`` (its own key, its own origin), and yields an :class:`I
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 from collections.abc import AsyncIterator, Callable
@@ -15,11 +16,17 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 import yaml
 from sqlmodel import func, select
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from civicsignals.common.bus import STREAM, stream_messages
 from civicsignals.devstack.nats import NatsServer
+from civicsignals.devstack.ports import free_port
 from civicsignals.intake.app import create_app
 from civicsignals.intake.settings import IntakeSettings
 
@@ -150,3 +157,48 @@ async def intake(
         async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
             await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=10)
             yield Intake(app, client, gouda, utrecht, settings)
+
+
+class Receiver:
+    """A real HTTP server standing in for routing's ``POST /v1/cases/{id}/updates``."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str, dict[str, Any]]] = []
+        self.status = 201
+        self.port = free_port()
+
+        async def updates(request: Request) -> JSONResponse:
+            self.received.append(
+                (
+                    request.path_params["case_id"],
+                    request.headers.get("authorization", ""),
+                    await request.json(),
+                )
+            )
+            return JSONResponse(
+                {"detail": "refused by the test"} if self.status >= 400 else {"ok": True},
+                status_code=self.status,
+            )
+
+        app = Starlette(routes=[Route("/v1/cases/{case_id}/updates", updates, methods=["POST"])])
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    server = Receiver()
+    task = asyncio.create_task(server.server.serve())
+    while not server.server.started:
+        await asyncio.sleep(0.02)
+    try:
+        yield server
+    finally:
+        server.server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -37,15 +37,24 @@ async def test_a_resident_reads_the_page_and_rates_the_handling_in_chromium(
     assert CHROMIUM is not None
     signal = await reported(intake)
     await move_case(intake, signal, "assigned", 1)
-    await move_case(intake, signal, "in_progress", 2, note="De ploeg komt donderdag.")
-    await move_case(intake, signal, "resolved", 3, note="Het afval is opgehaald.")
+    await move_case(intake, signal, "waiting_on_resident", 2, note="Bij welke container ligt het?")
     code = signal["tracking_code"]
 
     async with served(intake.app) as base, chromium(CHROMIUM, tmp_path / "profile") as browser:
         page = await browser.new_page()
         await page.goto(f"{base}/v1/tracking/{code}")
+        asked = await page.evaluate(PAGE)
+        assert (
+            "Wij hebben een vraag aan u" in asked["text"] and "Bij welke container ligt het?" in asked["text"]
+        )
+        assert asked["forms"] == 2, asked  # the answer, and (folded away) the withdrawal
+        await page.screenshot(ARTIFACTS / "tracking-question.png", width=820)
+
+        await move_case(intake, signal, "in_progress", 3, note="De ploeg komt donderdag.")
+        await move_case(intake, signal, "resolved", 4, note="Het afval is opgehaald.")
+        await page.goto(f"{base}/v1/tracking/{code}")
         before = await page.evaluate(PAGE)
-        assert before["lang"] == "nl" and before["forms"] == 1 and before["styled"], before
+        assert before["lang"] == "nl" and before["forms"] == 2 and before["styled"], before  # rate, reopen
         assert "opgelost" in before["text"] and "Het afval is opgehaald." in before["text"]
         assert "De ploeg komt donderdag." in before["text"]
         await page.screenshot(ARTIFACTS / "tracking-resolved.png", width=820)
@@ -58,7 +67,7 @@ async def test_a_resident_reads_the_page_and_rates_the_handling_in_chromium(
         )
         after = await page.evaluate(PAGE)
         assert after["path"] == f"/v1/tracking/{code}", after
-        assert "Dank u wel voor uw beoordeling." in after["text"] and after["forms"] == 0
+        assert "Dank u wel voor uw beoordeling." in after["text"] and after["forms"] == 1  # reopen
         await page.screenshot(ARTIFACTS / "tracking-thanked.png", width=820)
 
     assert page.errors == [], page.errors

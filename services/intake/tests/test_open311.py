@@ -7,26 +7,17 @@ shape (the spec's "Spark convention": a list document is a JSON array). Ids are 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from civicsignals.common.events import CaseStatusChanged, SignalRouted, make_event, utcnow
-from civicsignals.devstack.ports import free_port
 from civicsignals.intake.models import Signal
 
-from .conftest import Intake
+from .conftest import Intake, Receiver
 
 # -- the specification's examples (XML, verbatim structure) ----------------------------------------
 
@@ -411,51 +402,6 @@ async def test_default_jurisdiction(intake: Intake) -> None:
 
 
 # -- servicerequestupdates -------------------------------------------------------------------------
-
-
-class Receiver:
-    """A real HTTP server standing in for routing's ``POST /v1/cases/{id}/updates``."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, str, dict[str, Any]]] = []
-        self.status = 201
-        self.port = free_port()
-
-        async def updates(request: Request) -> JSONResponse:
-            self.received.append(
-                (
-                    request.path_params["case_id"],
-                    request.headers.get("authorization", ""),
-                    await request.json(),
-                )
-            )
-            return JSONResponse(
-                {"detail": "refused by the test"} if self.status >= 400 else {"ok": True},
-                status_code=self.status,
-            )
-
-        app = Starlette(routes=[Route("/v1/cases/{case_id}/updates", updates, methods=["POST"])])
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    server = Receiver()
-    task = asyncio.create_task(server.server.serve())
-    while not server.server.started:
-        await asyncio.sleep(0.02)
-    try:
-        yield server
-    finally:
-        server.server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _route(intake: Intake, bus: Any, request_id: str, partners: list[str], wait_until: Any) -> None:

@@ -210,6 +210,9 @@ def test_which_status_changes_get_which_mail() -> None:
     assert not messages.status_mail_wanted("assigned", 1)  # the acknowledgement covers it
     assert not messages.status_mail_wanted("triage", 2)
     assert messages.status_mail_wanted("in_progress", 2)
+    assert messages.status_mail_wanted("in_progress", 3, "department:afval")
+    assert not messages.status_mail_wanted("in_progress", 3, "resident")  # their own answer
+    assert not messages.status_mail_wanted("reopened", 4, "resident")
     assert messages.template_for_status("resolved") == messages.RESOLUTION
     assert messages.template_for_status("reopened") == messages.REOPENING
     assert messages.template_for_status("waiting_on_resident") == messages.STATUS_UPDATE

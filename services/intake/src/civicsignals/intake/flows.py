@@ -7,6 +7,7 @@ Every write that publishes does both in one transaction through the outbox (DESI
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,10 +44,11 @@ from civicsignals.common.problems import Problem
 from civicsignals.common.ratelimit import TokenBucketLimiter
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.common.tenants import Tenant
-from civicsignals.intake import attachments, service
+from civicsignals.intake import attachments, caseupdates, service
 from civicsignals.intake.batching import Rows, row_writer
 from civicsignals.intake.crypto import FieldCipher
 from civicsignals.intake.models import (
+    RESIDENT_ACTIONS,
     Attachment,
     AttachmentPublic,
     ContactPublic,
@@ -58,6 +60,8 @@ from civicsignals.intake.models import (
     FeedbackCreate,
     IdempotencyRecord,
     Location,
+    ResidentUpdateAccepted,
+    ResidentUpdateCreate,
     Signal,
     SignalCreate,
     SignalCreated,
@@ -530,6 +534,10 @@ class Tracked:
     def feedback_path(self) -> str:
         return f"{self.status_path}/feedback"
 
+    @property
+    def actions_path(self) -> str:
+        return f"{self.status_path}/updates"
+
 
 async def tracking(ctx: IntakeContext, tracking_code: str) -> Tracked | None:
     """The public view of the signal with this code, or None for a code that does not exist."""
@@ -585,6 +593,68 @@ async def submit_feedback(
     return FeedbackAccepted(
         tracking_code=signal.tracking_code, satisfied=payload.satisfied, score=payload.score
     )
+
+
+# -- the resident's own actions --------------------------------------------------------------------
+
+
+def _not_now(status: str, action: str) -> Problem:
+    return Problem(
+        409,
+        f"a signal that is {status} cannot be given a {action} now",
+        slug="resident-action-not-possible",
+        allowed=sorted(name for name, (_, offered) in RESIDENT_ACTIONS.items() if status in offered),
+    )
+
+
+async def resident_update(
+    ctx: IntakeContext, tracking_code: str, payload: ResidentUpdateCreate
+) -> ResidentUpdateAccepted:
+    """The resident answers a question, reopens, or withdraws (``RESIDENT_ACTIONS``): passed on to
+    routing on their behalf with intake's service key, the text redacted first like everything that
+    leaves intake. The same action with the same text on the same state of the case is one update
+    at routing (a double click, a retry), however often it is sent."""
+    note = payload.note
+    if note is None and payload.action in ("reply", "reopen"):
+        raise Problem(
+            422,
+            "the request has invalid fields",
+            slug="invalid-request",
+            errors=[{"pointer": "/text", "detail": f"a {payload.action} needs a text"}],
+        )
+    async with ctx.runtime.sessions() as session:
+        signal = await service.find_by_tracking_code(session, tracking_code)
+    if signal is None:
+        raise Problem(404, "no signal has this tracking code", slug="unknown-tracking-code")
+    to, offered_in = RESIDENT_ACTIONS[payload.action]
+    if signal.case_id is None or signal.status not in offered_in:
+        raise _not_now(signal.status, payload.action)
+    fingerprint = f"{signal.id}|{signal.status_sequence}|{payload.action}|{note or ''}"
+    update = caseupdates.CaseUpdate(
+        case_id=signal.case_id,
+        status=to,
+        public_note=redact(note) if note else None,
+        update_id="resident:" + hashlib.sha256(fingerprint.encode()).hexdigest()[:40],
+        on_behalf_of_resident=True,
+    )
+    unavailable = Problem(
+        503,
+        "the case service cannot take this now; please try again in a minute",
+        slug="case-service-unavailable",
+        headers={"Retry-After": "60"},
+    )
+    try:
+        key = caseupdates.service_key(ctx.settings.service_keys_dir, signal.tenant)
+        await caseupdates.send(ctx.http, ctx.settings.routing_url, key, update)
+    except (caseupdates.NoServiceKey, caseupdates.RoutingUnavailable):
+        raise unavailable from None
+    except caseupdates.RoutingRefused as refused:
+        if refused.status == 409:  # the case moved on since intake last heard of it
+            raise _not_now(signal.status, payload.action) from None
+        log.error("routing refused a resident's %s (%s): %s", payload.action, refused.status, refused.detail)
+        raise unavailable from None
+    log.info("resident %s on signal %s passed on to routing", payload.action, signal.id)
+    return ResidentUpdateAccepted(tracking_code=signal.tracking_code, action=payload.action, status=to)
 
 
 # -- what intake follows ---------------------------------------------------------------------------

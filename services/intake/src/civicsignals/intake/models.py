@@ -237,6 +237,49 @@ class FeedbackAccepted(BaseModel):
     score: int
 
 
+ResidentAction = Literal["reply", "reopen", "withdraw"]
+
+# What a resident may do from their page, the case status it asks routing for, and the statuses
+# it is offered in: routing's lifecycle lets the ``resident`` role make exactly these moves, and
+# has the final say (a case that moved meanwhile answers 409).
+RESIDENT_ACTIONS: dict[str, tuple[CaseStatus, frozenset[str]]] = {
+    "reply": ("in_progress", frozenset({"waiting_on_resident"})),
+    "reopen": ("reopened", frozenset({"resolved", "closed"})),
+    "withdraw": (
+        "cancelled",
+        frozenset({"triage", "assigned", "in_progress", "waiting_on_resident", "forwarded"}),
+    ),
+}
+
+
+class ResidentUpdateCreate(BaseModel):
+    """The resident answers the question they were asked, reports that the problem is back, or
+    withdraws their signal; the text (redacted) becomes the public note of the change."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"action": "reply", "text": "De container staat achter het gemeentehuis."}]
+        }
+    )
+
+    action: ResidentAction
+    text: str | None = Field(
+        default=None, max_length=4000, description="required to reply and to reopen; optional to withdraw"
+    )
+
+    @property
+    def note(self) -> str | None:
+        return self.text.strip() if self.text and self.text.strip() else None
+
+
+class ResidentUpdateAccepted(BaseModel):
+    """Routing made the change; the tracking page shows it as soon as the case's event is back."""
+
+    tracking_code: str
+    action: ResidentAction
+    status: CaseStatus
+
+
 # --- tables ------------------------------------------------------------------------------------
 
 

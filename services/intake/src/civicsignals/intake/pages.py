@@ -29,7 +29,7 @@ from civicsignals.common.problems import Problem
 from civicsignals.common.wording import STATUS_LABELS, format_date, language_of
 from civicsignals.intake import flows
 from civicsignals.intake.flows import IntakeContext, Tracked
-from civicsignals.intake.models import FeedbackCreate
+from civicsignals.intake.models import RESIDENT_ACTIONS, FeedbackCreate, ResidentUpdateCreate
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -81,6 +81,20 @@ WORDS: dict[str, dict[str, str]] = {
         "keep": "Bewaar de link naar deze pagina: hier ziet u hoe het met uw melding gaat.",
         "not_found_title": "Melding niet gevonden",
         "not_found": "Wij kennen geen melding met dit volgnummer. Controleer het nummer in uw e-mail.",
+        "reply_heading": "Wij hebben een vraag aan u",
+        "reply_label": "Uw antwoord",
+        "reply_send": "Verstuur uw antwoord",
+        "reopen_summary": "Is het probleem er nog? Meld het ons",
+        "reopen_label": "Wat is er nog mis?",
+        "reopen_send": "Heropen mijn melding",
+        "withdraw_summary": "Melding intrekken",
+        "withdraw_label": "Waarom trekt u de melding in? (niet verplicht)",
+        "withdraw_send": "Trek mijn melding in",
+        "sent_reply": "Uw antwoord is verstuurd. De status wordt zo bijgewerkt.",
+        "sent_reopen": "Uw melding is heropend. De status wordt zo bijgewerkt.",
+        "sent_withdraw": "Uw melding is ingetrokken. De status wordt zo bijgewerkt.",
+        "not_now": "Dit kan nu niet meer: de status van uw melding is intussen veranderd.",
+        "unavailable": "Dit lukt op dit moment niet. Probeer het over een minuut opnieuw.",
     },
     "en": {
         "title": "Your report",
@@ -104,6 +118,20 @@ WORDS: dict[str, dict[str, str]] = {
         "keep": "Keep the link to this page: it shows how your report is progressing.",
         "not_found_title": "Report not found",
         "not_found": "We know of no report with this tracking code. Please check the code in your e-mail.",
+        "reply_heading": "We have a question for you",
+        "reply_label": "Your answer",
+        "reply_send": "Send your answer",
+        "reopen_summary": "Is the problem still there? Tell us",
+        "reopen_label": "What is still wrong?",
+        "reopen_send": "Reopen my report",
+        "withdraw_summary": "Withdraw this report",
+        "withdraw_label": "Why do you withdraw it? (optional)",
+        "withdraw_send": "Withdraw my report",
+        "sent_reply": "Your answer was sent. The status will be updated shortly.",
+        "sent_reopen": "Your report was reopened. The status will be updated shortly.",
+        "sent_withdraw": "Your report was withdrawn. The status will be updated shortly.",
+        "not_now": "This is no longer possible: the status of your report has changed meanwhile.",
+        "unavailable": "This cannot be done right now. Please try again in a minute.",
     },
 }
 
@@ -112,11 +140,13 @@ FIELD_ERRORS: dict[str, dict[str, str]] = {
         "score": "Kies een cijfer van 1 tot en met 5.",
         "satisfied": "Kies ja of nee.",
         "comment": "De toelichting is te lang (ten hoogste 2000 tekens).",
+        "text": "Schrijf hier uw tekst (ten hoogste 4000 tekens).",
     },
     "en": {
         "score": "Choose a score from 1 to 5.",
         "satisfied": "Choose yes or no.",
         "comment": "The comment is too long (2,000 characters at most).",
+        "text": "Please write your text here (4,000 characters at most).",
     },
 }
 
@@ -159,17 +189,28 @@ def _render(template: str, status_code: int, **values: Any) -> HTMLResponse:
     return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
 
 
-def tracking_page(tracked: Tracked) -> HTMLResponse:
-    """The resident's page: status, expected date, the history with public notes, and once the
-    case has ended, the satisfaction form (or thanks for it)."""
+def tracking_page(
+    tracked: Tracked,
+    *,
+    sent: str | None = None,
+    failed: tuple[str, str] | None = None,
+    values: Mapping[str, Any] | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    """The resident's page: status, expected date, the history with public notes, what they may
+    do now (answer a question, reopen, withdraw), and once the case has ended, the satisfaction
+    form (or thanks for it). ``sent`` names the action just made (its form is not offered again
+    while the page waits for the case's event); ``failed`` is (action, message) for a form that
+    comes back, with the ``values`` that were typed."""
     view, lang = tracked.view, language_of(tracked.language)
     labels = STATUS_LABELS[lang]
     ended = view.status in FEEDBACK_STATUSES
+    words = WORDS[lang]
     return _render(
         "tracking.html",
-        200,
+        status_code,
         lang=lang,
-        words=WORDS[lang],
+        words=words,
         municipality=tracked.municipality,
         code=view.tracking_code,
         status=labels.get(view.status, view.status),
@@ -184,6 +225,16 @@ def tracking_page(tracked: Tracked) -> HTMLResponse:
             }
             for entry in reversed(view.history)
         ],
+        question=view.history[-1].note if view.status == "waiting_on_resident" and view.history else None,
+        actions=[
+            action
+            for action, (_, offered_in) in RESIDENT_ACTIONS.items()
+            if view.status in offered_in and action != sent
+        ],
+        notice=words.get(f"sent_{sent}") if sent in RESIDENT_ACTIONS else None,
+        failed={"action": failed[0], "message": failed[1]} if failed else None,
+        typed=str((values or {}).get("text") or ""),
+        action_url=tracked.actions_path,
         ask_feedback=ended and not view.feedback_given,
         feedback_given=view.feedback_given,
         form=_form_values({}),
@@ -268,3 +319,35 @@ async def post_feedback_form(ctx: IntakeContext, tracked: Tracked, form: Mapping
         given = replace(tracked, view=tracked.view.model_copy(update={"feedback_given": True}))
         return feedback_page(given, status_code=409)
     return see_tracking_page(tracked)
+
+
+async def post_resident_form(ctx: IntakeContext, tracked: Tracked, form: Mapping[str, Any]) -> Response:
+    """A resident's action from their page, made as the JSON API makes it; then back to the page,
+    which says it was sent. A form that cannot be done comes back on the page with the reason."""
+    words = WORDS[language_of(tracked.language)]
+    action = str(form.get("action", ""))
+    try:
+        payload = ResidentUpdateCreate.model_validate({"action": action, "text": form.get("text") or None})
+    except ValidationError as exc:
+        if any(error["loc"][:1] == ("action",) for error in exc.errors()):
+            return tracking_page(tracked, failed=("", words["not_now"]), status_code=422)
+        return tracking_page(tracked, failed=(action, _text_error(tracked)), values=form, status_code=422)
+    try:
+        await flows.resident_update(ctx, tracked.view.tracking_code, payload)
+    except Problem as problem:
+        if problem.status == 422:
+            message, status = _text_error(tracked), 422
+        elif problem.status == 409:
+            message, status = words["not_now"], 409
+        elif problem.status == 503:
+            message, status = words["unavailable"], 503
+        else:
+            raise
+        return tracking_page(tracked, failed=(action, message), values=form, status_code=status)
+    return RedirectResponse(
+        f"{tracked.status_path}?sent={action}", status_code=303, headers={"Cache-Control": "no-store"}
+    )
+
+
+def _text_error(tracked: Tracked) -> str:
+    return FIELD_ERRORS[language_of(tracked.language)]["text"]

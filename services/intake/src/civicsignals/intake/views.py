@@ -15,12 +15,15 @@ from civicsignals.common.problems import Problem
 from civicsignals.intake import flows, pages
 from civicsignals.intake.access import authorised, public_limit
 from civicsignals.intake.models import (
+    RESIDENT_ACTIONS,
     AttachmentPublic,
     ContactPublic,
     ConversationCreate,
     ConversationCreated,
     FeedbackAccepted,
     FeedbackCreate,
+    ResidentUpdateAccepted,
+    ResidentUpdateCreate,
     SignalCreate,
     SignalCreated,
     TrackingPublic,
@@ -355,7 +358,17 @@ def _either(api: dict[str, Any], page: dict[str, Any]) -> dict[str, Any]:
         429: AUTH_PROBLEMS[429],
     },
 )
-async def get_tracking(tracking_code: str, request: Request, response: Response) -> Response | TrackingPublic:
+async def get_tracking(
+    tracking_code: str,
+    request: Request,
+    response: Response,
+    sent: Annotated[
+        str | None,
+        Query(
+            description="the page only: the resident's action just sent, to confirm it", examples=["reply"]
+        ),
+    ] = None,
+) -> Response | TrackingPublic:
     """Public: anyone with the code sees the status and its history, never personal data.
 
     Codes carry 60 random bits and every unknown code answers the same 404, and requests are
@@ -369,7 +382,7 @@ async def get_tracking(tracking_code: str, request: Request, response: Response)
             return pages.not_found_page()
         raise Problem(404, "no signal has this tracking code", slug="unknown-tracking-code")
     if html:
-        return pages.tracking_page(tracked)
+        return pages.tracking_page(tracked, sent=sent)
     response.headers["Vary"] = "Accept"
     return tracked.view
 
@@ -482,6 +495,100 @@ async def post_feedback(tracking_code: str, request: Request) -> Response:
     payload = await _json_body(request, FeedbackCreate)
     accepted = await flows.submit_feedback(ctx, code, payload)
     return JSONResponse(accepted.model_dump(mode="json"), status_code=201)
+
+
+RESIDENT_FORM_SCHEMA = {
+    "type": "object",
+    "required": ["action"],
+    "properties": {
+        "action": {"type": "string", "enum": list(RESIDENT_ACTIONS)},
+        "text": {"type": "string", "maxLength": 4000},
+    },
+}
+
+
+@router.post(
+    "/v1/tracking/{tracking_code}/updates",
+    status_code=202,
+    response_model=ResidentUpdateAccepted,
+    tags=["tracking"],
+    summary="The resident answers a question, reopens, or withdraws their signal",
+    dependencies=[PublicLimit],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": ResidentUpdateCreate.model_json_schema(),
+                    "example": {"action": "reply", "text": "De container staat achter het gemeentehuis."},
+                },
+                pages.FORM_TYPE: {
+                    "schema": RESIDENT_FORM_SCHEMA,
+                    "example": {"action": "reopen", "text": "Er ligt weer afval naast de container."},
+                },
+            },
+        }
+    },
+    responses={
+        202: {
+            "description": "Routing made the change; the tracking page shows it once its event is back",
+            "content": {
+                "application/json": {
+                    "example": {"tracking_code": "7KQ2-M9XD-4HTC", "action": "reply", "status": "in_progress"}
+                }
+            },
+        },
+        303: {"description": "The page's form was sent: back to the tracking page (`?sent=<action>`)"},
+        400: WRITE_PROBLEMS[400],
+        404: _either(UNKNOWN_CODE, UNKNOWN_CODE_PAGE),
+        409: _either(
+            problem(
+                409,
+                "Not possible in the signal's status now (`allowed` lists what is)",
+                "Conflict",
+                "a signal that is resolved cannot be given a reply now",
+                "resident-action-not-possible",
+            ),
+            {"content": HTML_PAGE},
+        ),
+        413: WRITE_PROBLEMS[413],
+        422: _either(
+            problem(
+                422,
+                "Invalid fields (a reply or a reopening needs a text)",
+                "Unprocessable Entity",
+                "the request has invalid fields",
+                "invalid-request",
+                "/text",
+            ),
+            {"content": HTML_PAGE},
+        ),
+        429: AUTH_PROBLEMS[429],
+        503: _either(
+            problem(
+                503,
+                "The case service cannot take it now (see Retry-After); nothing was changed",
+                "Service Unavailable",
+                "the case service cannot take this now; please try again in a minute",
+                "case-service-unavailable",
+            ),
+            {"content": HTML_PAGE},
+        ),
+    },
+)
+async def post_resident_update(tracking_code: str, request: Request) -> Response:
+    """Public, by the tracking code as for feedback: the resident's own moves in the case's
+    lifecycle, made at routing on their behalf (``role resident``). JSON from a portal;
+    ``application/x-www-form-urlencoded`` from the resident's page, answered with pages."""
+    ctx, code = _context(request), normalise_tracking_code(tracking_code)
+    if pages.is_form(request):
+        tracked = await flows.tracking(ctx, code)
+        if tracked is None:
+            return pages.not_found_page()
+        return await pages.post_resident_form(ctx, tracked, await request.form())
+    payload = await _json_body(request, ResidentUpdateCreate)
+    accepted = await flows.resident_update(ctx, code, payload)
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
 
 
 @router.get(

@@ -270,7 +270,7 @@ async def apply_case_status_changed(ctx: NotifierContext, session: AsyncSession,
     if (link is None or link.partners is None) and now - event.time < ROUTED_WAIT:
         # Before any change: the event comes again, by when signal.routed has been handled.
         raise NotReady("signal.routed of this case has not been handled yet")
-    if messages.status_mail_wanted(changed.to, changed.sequence) and (
+    if messages.status_mail_wanted(changed.to, changed.sequence, changed.actor) and (
         link is None or link.has_contact is not False
     ):
         _coalesce_status_mail(ctx, session, event, changed, link, now)

@@ -66,13 +66,15 @@ def template_for_status(status: str) -> str:
     return STATUS_UPDATE
 
 
-def status_mail_wanted(status: str, sequence: int) -> bool:
+def status_mail_wanted(status: str, sequence: int, actor: str = "") -> bool:
     """Whether a case status change is worth a mail to the resident.
 
     Not the change that opens the case (sequence 1: the acknowledgement tells the resident it was
-    received and passed on), and not the internal steps ``received`` and ``triage``.
+    received and passed on), not the internal steps ``received`` and ``triage``, and not a change
+    the resident made themselves from their page (answering, reopening, withdrawing), which the
+    page has just confirmed.
     """
-    return sequence > 1 and status not in ("received", "triage")
+    return sequence > 1 and status not in ("received", "triage") and actor != "resident"
 
 
 def feedback_urls(public_base_url: str, tracking_code: str) -> list[dict[str, Any]]:

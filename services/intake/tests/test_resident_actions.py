@@ -1,0 +1,146 @@
+"""The resident's own moves (answer a question, reopen, withdraw) from the tracking page and the
+JSON API: what intake checks, and what it sends to routing. A real HTTP server stands in for
+routing's ``POST /v1/cases/{id}/updates`` here, so that its answers (409, 503, none at all) can be
+chosen; ``tests/test_resident_actions.py`` runs the same moves through the real routing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .conftest import Intake, Receiver
+from .test_resident_pages import BROWSER, move_case, reported
+
+
+@pytest.fixture
+def routing(intake: Intake, receiver: Receiver) -> Receiver:
+    """Intake pointed at the stand-in, with a service key for routing as ``make run`` writes one."""
+    intake.context.settings.routing_url = receiver.url
+    key_file = intake.settings.service_keys_dir / "gouda"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text("cs_intake.servicekey\n")
+    return receiver
+
+
+async def _page(intake: Intake, code: str, query: str = "") -> str:
+    page = await intake.client.get(f"/v1/tracking/{code}{query}", headers=BROWSER)
+    assert page.status_code == 200
+    return page.text
+
+
+async def test_a_question_is_answered_from_the_page_on_the_residents_behalf(
+    intake: Intake, routing: Receiver
+) -> None:
+    signal = await reported(intake)
+    code = signal["tracking_code"]
+    await move_case(intake, signal, "assigned", 1)
+    await move_case(intake, signal, "waiting_on_resident", 2, note="Bij welke container precies?")
+    page = await _page(intake, code)
+    assert "Wij hebben een vraag aan u" in page and "Bij welke container precies?" in page
+    assert 'name="action" value="reply"' in page and 'name="action" value="withdraw"' in page
+    assert 'value="reopen"' not in page
+
+    answer = "Die achter het gemeentehuis. Bel 06-12345678 als u mij zoekt."
+    sent = await intake.client.post(
+        f"/v1/tracking/{code}/updates", data={"action": "reply", "text": answer}, headers=BROWSER
+    )
+    assert sent.status_code == 303 and sent.headers["location"] == f"/v1/tracking/{code}?sent=reply"
+    [(case_id, authorization, body)] = routing.received
+    assert (case_id, authorization) == ("case-1", "Bearer cs_intake.servicekey")
+    assert body["status"] == "in_progress" and body["on_behalf_of_resident"] is True
+    assert body["public_note"] == "Die achter het gemeentehuis. Bel [PHONE] als u mij zoekt."
+    assert body["update_id"].startswith("resident:")
+
+    # The page confirms, and does not offer the answer again while it waits for the case's event.
+    after = await _page(intake, code, "?sent=reply")
+    assert "Uw antwoord is verstuurd." in after and 'value="reply"' not in after
+
+    # Sent twice (a double click, a reload of the POST): one update at routing, the same id.
+    again = await intake.client.post(f"/v1/tracking/{code}/updates", json={"action": "reply", "text": answer})
+    assert again.status_code == 202
+    assert again.json() == {"tracking_code": code, "action": "reply", "status": "in_progress"}
+    assert routing.received[1][2]["update_id"] == body["update_id"]
+
+
+async def test_only_what_the_status_allows_is_offered_and_accepted(intake: Intake, routing: Receiver) -> None:
+    signal = await reported(intake)
+    code = signal["tracking_code"]
+    updates = f"/v1/tracking/{code}/updates"
+
+    # No case yet: nothing to act on.
+    early = await intake.client.post(updates, json={"action": "withdraw"})
+    assert early.status_code == 409 and early.json()["allowed"] == []
+    await move_case(intake, signal, "assigned", 1)
+    await move_case(intake, signal, "resolved", 2, note="Opgeruimd.")
+    page = await _page(intake, code)
+    assert 'value="reopen"' in page and 'value="reply"' not in page and 'value="withdraw"' not in page
+
+    wrong = await intake.client.post(updates, json={"action": "reply", "text": "Hallo"})
+    assert wrong.status_code == 409 and wrong.headers["content-type"] == "application/problem+json"
+    assert wrong.json()["allowed"] == ["reopen"]
+    no_text = await intake.client.post(updates, json={"action": "reopen", "text": "   "})
+    assert no_text.status_code == 422 and no_text.json()["errors"][0]["pointer"] == "/text"
+    unknown_action = await intake.client.post(updates, json={"action": "escalate", "text": "x"})
+    assert unknown_action.status_code == 422 and unknown_action.json()["errors"][0]["pointer"] == "/action"
+    not_json = await intake.client.post(updates, content=b"{", headers={"Content-Type": "application/json"})
+    assert not_json.status_code == 400
+    unknown = await intake.client.post("/v1/tracking/0000-0000-0000/updates", json={"action": "withdraw"})
+    assert unknown.status_code == 404
+    assert routing.received == []  # none of these reached routing
+
+    # From the page, a reopening without a text comes back with the reason, the form open.
+    empty = await intake.client.post(updates, data={"action": "reopen", "text": ""}, headers=BROWSER)
+    assert empty.status_code == 422 and 'role="alert"' in empty.text
+    assert "<details open>" in empty.text and "Schrijf hier uw tekst" in empty.text
+    assert routing.received == []
+
+    reopened = await intake.client.post(updates, json={"action": "reopen", "text": "Het ligt er weer."})
+    assert reopened.status_code == 202 and reopened.json()["status"] == "reopened"
+    assert routing.received[0][2]["status"] == "reopened"
+
+
+async def test_routings_answers_become_the_residents_messages(intake: Intake, routing: Receiver) -> None:
+    signal = await reported(intake)
+    code = signal["tracking_code"]
+    updates = f"/v1/tracking/{code}/updates"
+    await move_case(intake, signal, "assigned", 1)
+    typed = "Ik heb het zelf opgeruimd."
+
+    # The case moved on at routing before intake heard of it: 409, with the page explaining.
+    routing.status = 409
+    moved = await intake.client.post(updates, data={"action": "withdraw", "text": typed}, headers=BROWSER)
+    assert moved.status_code == 409 and "de status van uw melding is intussen veranderd" in moved.text
+    assert f">{typed}</textarea>" in moved.text  # what was typed is kept
+    assert (await intake.client.post(updates, json={"action": "withdraw"})).status_code == 409
+
+    # Routing down or refusing intake's key: 503 with Retry-After, and the page says try later.
+    routing.status = 500
+    down = await intake.client.post(updates, json={"action": "withdraw"})
+    assert down.status_code == 503 and down.headers["retry-after"] == "60"
+    page = await intake.client.post(updates, data={"action": "withdraw"}, headers=BROWSER)
+    assert page.status_code == 503 and "Probeer het over een minuut opnieuw." in page.text
+    intake.context.settings.routing_url = "http://127.0.0.1:9"  # nothing listens there
+    assert (await intake.client.post(updates, json={"action": "withdraw"})).status_code == 503
+
+    # No service key configured: the same for the resident (the operator's log says what is missing).
+    (intake.settings.service_keys_dir / "gouda").unlink()
+    assert (await intake.client.post(updates, json={"action": "withdraw"})).status_code == 503
+
+
+def _statuses(received: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
+    return [body["status"] for _, _, body in received]
+
+
+async def test_english_pages_and_a_withdrawal_without_a_reason(intake: Intake, routing: Receiver) -> None:
+    signal = await reported(intake, language="en")
+    code = signal["tracking_code"]
+    await move_case(intake, signal, "assigned", 1)
+    page = await _page(intake, code)
+    assert "Withdraw this report" in page
+    sent = await intake.client.post(
+        f"/v1/tracking/{code}/updates", data={"action": "withdraw"}, headers=BROWSER
+    )
+    assert sent.status_code == 303
+    assert "Your report was withdrawn." in await _page(intake, code, "?sent=withdraw")
+    assert _statuses(routing.received) == ["cancelled"] and routing.received[0][2]["public_note"] is None
