@@ -60,6 +60,8 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/redoc"): "API description",
     ("GET", "/v1/tracking/{tracking_code}"): "a resident's status page, opened by the tracking code",
     ("POST", "/v1/tracking/{tracking_code}/feedback"): "a resident's feedback, by the tracking code",
+    ("GET", "/v1/tracking/{tracking_code}/feedback"): "the feedback form a resident's e-mail links to",
+    ("POST", "/v1/tracking/{tracking_code}/updates"): "a resident's own move, by the tracking code",
     ("GET", "/open311/discovery.{fmt}"): "Open311 GeoReport v2: public reads",
     ("GET", "/open311/v2/services.{fmt}"): "Open311 GeoReport v2: public reads",
     ("GET", "/open311/v2/services/{service_code}.{fmt}"): "Open311 GeoReport v2: public reads",
