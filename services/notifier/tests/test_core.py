@@ -182,6 +182,22 @@ def test_templates_render_in_the_residents_language_with_links(tmp_path: Path) -
     assert wording.language_of(None) == "nl"
 
 
+def test_a_question_for_the_resident_sends_them_to_answer_it_on_their_page(tmp_path: Path) -> None:
+    book = messages.TemplateBook(tmp_path)
+    for language, answer, follow in (
+        ("nl", "U kunt de vraag beantwoorden", "Hier ziet u hoe het ermee staat"),
+        ("en", "You can answer the question", "Follow its progress here"),
+    ):
+        values = messages.example_values(messages.STATUS_UPDATE, language, "https://gemeente.example")
+        asked = book.render(
+            "gouda", messages.STATUS_UPDATE, language, {**values, "status": "waiting_on_resident"}
+        )
+        assert answer in asked.text and follow not in asked.text
+        assert "https://gemeente.example/v1/tracking/7KQ2-M9XD-4HTC" in asked.text
+        news = book.render("gouda", messages.STATUS_UPDATE, language, {**values, "status": "in_progress"})
+        assert follow in news.text and answer not in news.text
+
+
 def test_a_tenant_overrides_a_template_and_runs_in_the_sandbox(tmp_path: Path) -> None:
     folder = tmp_path / "gouda" / "templates"
     folder.mkdir(parents=True)
