@@ -20,32 +20,40 @@ from civicsignals.intake.models import Signal, StatusEntry
 from .conftest import Intake
 
 
-def change(signal: dict[str, Any], to: str, sequence: int) -> CaseStatusChanged:
-    return CaseStatusChanged(
-        case_id="case-1",
-        signal_id=signal["id"],
-        tracking_code=signal["tracking_code"],
-        to=to,
-        public_note=f"note {sequence}",
-        actor="department",
-        sequence=sequence,
-        **{"from": "assigned"},
-    )
+def change(signal: dict[str, Any], to: str, sequence: int, **extra: Any) -> CaseStatusChanged:
+    """Routing's ``case.status_changed`` for case-1 of ``signal``; ``extra`` overrides fields."""
+    fields: dict[str, Any] = {
+        "case_id": "case-1",
+        "signal_id": signal["id"],
+        "tracking_code": signal["tracking_code"],
+        "to": to,
+        "public_note": f"note {sequence}",
+        "actor": "department",
+        "sequence": sequence,
+        "from": "assigned",
+    }
+    return CaseStatusChanged(**{**fields, **extra})
+
+
+def routed(signal: dict[str, Any], **extra: Any) -> SignalRouted:
+    """Routing's ``signal.routed`` opening case-1 for ``signal``; ``extra`` overrides fields."""
+    fields: dict[str, Any] = {
+        "signal_id": signal["id"],
+        "case_id": "case-1",
+        "tracking_code": signal["tracking_code"],
+        "responsible": "stadsbeheer",
+        "priority": "normal",
+        "rule_id": "afval",
+        "service_promise": "Binnen 5 werkdagen.",
+    }
+    return SignalRouted(**{**fields, **extra})
 
 
 async def test_a_batch_of_changes_with_a_repeat_and_an_old_one_keeps_one_entry_each_and_the_latest(
     intake: Intake,
 ) -> None:
     created = (await intake.post_signal()).json()
-    routed = SignalRouted(
-        signal_id=created["id"],
-        case_id="case-1",
-        tracking_code=created["tracking_code"],
-        responsible="stadsbeheer",
-        priority="normal",
-        rule_id="afval",
-        service_promise="Binnen 5 werkdagen.",
-    )
+    opened = routed(created)
     now = utcnow()
     batch = [
         change(created, "in_progress", 3),
@@ -54,7 +62,7 @@ async def test_a_batch_of_changes_with_a_repeat_and_an_old_one_keeps_one_entry_e
     ]
     async with intake.runtime.sessions() as session, session.begin():
         await service.read_ahead(session, {created["id"], "01NOSUCHSIGNAL"}, status_entries=True)
-        assert await service.apply_routed(session, routed)
+        assert await service.apply_routed(session, opened)
         for offset, item in enumerate(batch):
             assert await service.apply_status_change(session, item, now + timedelta(seconds=offset))
         missing = change({"id": "01NOSUCHSIGNAL", "tracking_code": "X"}, "assigned", 2)
@@ -89,22 +97,10 @@ async def test_the_status_change_brings_its_due_date_whichever_event_comes_first
     created = (await intake.post_signal()).json()
     now = utcnow()
     first_due, reopened_due = now + timedelta(days=5), now + timedelta(days=12)
-    assigned = change(created, "assigned", 1).model_copy(
-        update={"due_at": first_due, "service_promise": "Binnen 5 werkdagen."}
-    )
-    reopened = change(created, "reopened", 4).model_copy(
-        update={"due_at": reopened_due, "service_promise": "Binnen 5 werkdagen."}
-    )
-    routed = SignalRouted(
-        signal_id=created["id"],
-        case_id="case-1",
-        tracking_code=created["tracking_code"],
-        responsible="stadsbeheer",
-        priority="normal",
-        rule_id="afval",
-        due_at=first_due,
-        service_promise="Binnen 5 werkdagen.",
-    )
+    promise = "Binnen 5 werkdagen."
+    assigned = change(created, "assigned", 1, due_at=first_due, service_promise=promise)
+    reopened = change(created, "reopened", 4, due_at=reopened_due, service_promise=promise)
+    late = routed(created, due_at=first_due)
 
     async def tracking() -> dict[str, Any]:
         response = await intake.client.get(f"/v1/tracking/{created['tracking_code']}")
@@ -120,7 +116,7 @@ async def test_the_status_change_brings_its_due_date_whichever_event_comes_first
     async with intake.runtime.sessions() as session, session.begin():
         assert await service.apply_status_change(session, reopened, now + timedelta(seconds=1))
     async with intake.runtime.sessions() as session, session.begin():
-        assert await service.apply_routed(session, routed)  # late: it must not bring back the old date
+        assert await service.apply_routed(session, late)  # late: it must not bring back the old date
     async with intake.runtime.sessions() as session:
         signal = await session.get(Signal, created["id"])
     assert signal is not None

@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from civicsignals.common.events import CaseStatusChanged, SignalRouted
 from civicsignals.intake import service
 from civicsignals.intake.models import Feedback
 from civicsignals.notifier.messages import feedback_urls
 
 from .conftest import SIGNAL, Intake
+from .test_following import change, routed
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 DUE = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
@@ -32,28 +32,10 @@ async def move_case(
     """What intake's consumers apply from routing's events, applied directly (no bus needed here)."""
     async with intake.runtime.sessions() as session, session.begin():
         if sequence == 1:
-            routed = SignalRouted(
-                signal_id=signal["id"],
-                case_id="case-1",
-                tracking_code=signal["tracking_code"],
-                responsible="stadsbeheer",
-                priority="normal",
-                rule_id="afval",
-                due_at=DUE,
-                service_promise="We halen het binnen 5 werkdagen weg.",
-            )
-            assert await service.apply_routed(session, routed)
-        change = CaseStatusChanged(
-            case_id="case-1",
-            signal_id=signal["id"],
-            tracking_code=signal["tracking_code"],
-            to=to,
-            public_note=note,
-            actor="department",
-            sequence=sequence,
-            **{"from": "received"},
-        )
-        assert await service.apply_status_change(session, change, datetime.now(UTC))
+            opened = routed(signal, due_at=DUE, service_promise="We halen het binnen 5 werkdagen weg.")
+            assert await service.apply_routed(session, opened)
+        moved = change(signal, to, sequence, public_note=note, **{"from": "received"})
+        assert await service.apply_status_change(session, moved, datetime.now(UTC))
 
 
 async def test_a_browser_gets_the_page_and_an_api_client_json_from_the_same_link(intake: Intake) -> None:

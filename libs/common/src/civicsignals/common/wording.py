@@ -6,8 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from civicsignals.common.tenants import Tenant
+
 SUPPORTED_LANGUAGES = ("nl", "en")
 DEFAULT_LANGUAGE = "nl"
+DEFAULT_TIMEZONE = "Europe/Amsterdam"
 
 STATUS_LABELS: dict[str, dict[str, str]] = {
     "nl": {
@@ -62,7 +65,12 @@ def language_of(language: str | None) -> str:
     return base if base in SUPPORTED_LANGUAGES else DEFAULT_LANGUAGE
 
 
-def format_date(value: datetime | None, language: str, timezone: str = "Europe/Amsterdam") -> str | None:
+def timezone_of(tenant: Tenant | None) -> str:
+    """The clock the tenant's residents read: its ``timezone`` setting, Amsterdam's by default."""
+    return str(tenant.settings.get("timezone", DEFAULT_TIMEZONE)) if tenant is not None else DEFAULT_TIMEZONE
+
+
+def format_date(value: datetime | None, language: str, timezone: str = DEFAULT_TIMEZONE) -> str | None:
     """A date as a resident reads it: ``7 december 2026`` or ``7 December 2026``, local time."""
     if value is None:
         return None

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from civicsignals.common import wording
 from civicsignals.common.bus import ConsumerSpec
 from civicsignals.common.events import (
     CaseStatusChanged,
@@ -526,6 +527,8 @@ class Tracked:
     view: TrackingPublic
     language: str | None
     municipality: str
+    timezone: str
+    """The tenant's clock, in which the pages write dates and times (as its e-mails do)."""
     status_path: str
     """The tracking page's path under the public base URL (``/v1/tracking/<code>``): the pages link
     and post by path, so they stay on the origin that served them, behind any proxy prefix."""
@@ -551,6 +554,7 @@ async def tracking(ctx: IntakeContext, tracking_code: str) -> Tracked | None:
         view=view,
         language=signal.language,
         municipality=tenant.name if tenant is not None else signal.tenant,
+        timezone=wording.timezone_of(tenant),
         status_path=urlsplit(ctx.status_url(signal.tracking_code)).path,
     )
 

@@ -33,7 +33,6 @@ from civicsignals.intake.models import RESIDENT_ACTIONS, FeedbackCreate, Residen
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 FORM_TYPE = "application/x-www-form-urlencoded"
-LOCAL_TIME = ZoneInfo("Europe/Amsterdam")  # the e-mails' dates are in it too (``format_date``)
 
 # No scripts, no outside resources, forms only back to us; the code in the URL goes to no one else.
 PAGE_HEADERS = {
@@ -179,9 +178,11 @@ def is_form(request: Request) -> bool:
     return request.headers.get("content-type", "").split(";")[0].strip().lower() == FORM_TYPE
 
 
-def _when(value: datetime, language: str) -> str:
+def _when(value: datetime, language: str, timezone: str) -> str:
     """``29 november 2026, 09:46``: the date as the e-mails write it, and the local time."""
-    return f"{format_date(value, language)}, {value.astimezone(LOCAL_TIME).strftime('%H:%M')}"
+    return (
+        f"{format_date(value, language, timezone)}, {value.astimezone(ZoneInfo(timezone)).strftime('%H:%M')}"
+    )
 
 
 def _render(template: str, status_code: int, **values: Any) -> HTMLResponse:
@@ -214,12 +215,12 @@ def tracking_page(
         municipality=tracked.municipality,
         code=view.tracking_code,
         status=labels.get(view.status, view.status),
-        received=_when(view.received_at, lang),
-        expected=None if ended else format_date(view.expected_by, lang),
+        received=_when(view.received_at, lang, tracked.timezone),
+        expected=None if ended else format_date(view.expected_by, lang, tracked.timezone),
         promise=None if ended else view.service_promise,
         history=[
             {
-                "when": _when(entry.at, lang),
+                "when": _when(entry.at, lang, tracked.timezone),
                 "status": labels.get(entry.status, entry.status),
                 "note": entry.note,
             }
@@ -269,7 +270,7 @@ def feedback_page(
 
 def not_found_page() -> HTMLResponse:
     """An unknown code: the same answer for every code (no enumeration), in both languages."""
-    return _render("not_found.html", 404, pages=[WORDS["nl"], WORDS["en"]])
+    return _render("not_found.html", 404, lang="nl", pages=[WORDS["nl"], WORDS["en"]])
 
 
 def _form_values(values: Mapping[str, Any]) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, File, Header, Query, Request, Response, UploadFile
@@ -338,9 +339,44 @@ UNKNOWN_CODE_PAGE = {
 }
 
 
-def _either(api: dict[str, Any], page: dict[str, Any]) -> dict[str, Any]:
+def _or_page(api: dict[str, Any]) -> dict[str, Any]:
     """One status answered as problem+json to an API client and as a page to a browser."""
-    return {**api, "content": {**api["content"], **page["content"]}}
+    return {**api, "content": {**api["content"], **HTML_PAGE}}
+
+
+def _json_or_form(
+    model: type[BaseModel], example: dict[str, Any], form_schema: dict[str, Any], form_example: dict[str, Any]
+) -> dict[str, Any]:
+    """OpenAPI's request body of a route that takes JSON from portals and the resident's page form."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": model.model_json_schema(), "example": example},
+                pages.FORM_TYPE: {"schema": form_schema, "example": form_example},
+            },
+        }
+    }
+
+
+async def _from_page_or_api(
+    request: Request,
+    tracking_code: str,
+    model: type[Body],
+    from_page: Callable[[flows.IntakeContext, flows.Tracked, Any], Awaitable[Response]],
+    from_api: Callable[[flows.IntakeContext, str, Body], Awaitable[BaseModel]],
+    status_code: int,
+) -> Response:
+    """A resident's POST: the page's form (``application/x-www-form-urlencoded``) is answered with
+    pages, JSON from a portal with JSON; both go through the same flow."""
+    ctx, code = _context(request), normalise_tracking_code(tracking_code)
+    if pages.is_form(request):
+        tracked = await flows.tracking(ctx, code)
+        if tracked is None:
+            return pages.not_found_page()
+        return await from_page(ctx, tracked, await request.form())
+    accepted = await from_api(ctx, code, await _json_body(request, model))
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=status_code)
 
 
 @router.get(
@@ -354,7 +390,7 @@ def _either(api: dict[str, Any], page: dict[str, Any]) -> dict[str, Any]:
             "description": "Status and history; no personal data. HTML when `Accept` prefers `text/html`.",
             "content": {"application/json": {"example": TRACKING_EXAMPLE}, **HTML_PAGE},
         },
-        404: _either(UNKNOWN_CODE, UNKNOWN_CODE_PAGE),
+        404: _or_page(UNKNOWN_CODE),
         429: AUTH_PROBLEMS[429],
     },
 )
@@ -431,21 +467,12 @@ FEEDBACK_FORM_SCHEMA = {
     tags=["tracking"],
     summary="The resident's satisfaction with how their signal was handled",
     dependencies=[PublicLimit],
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": FeedbackCreate.model_json_schema(),
-                    "example": {"satisfied": True, "score": 4, "comment": "Snel opgelost, dank!"},
-                },
-                pages.FORM_TYPE: {
-                    "schema": FEEDBACK_FORM_SCHEMA,
-                    "example": {"score": 4, "satisfied": "yes", "comment": "Snel opgelost, dank!"},
-                },
-            },
-        }
-    },
+    openapi_extra=_json_or_form(
+        FeedbackCreate,
+        {"satisfied": True, "score": 4, "comment": "Snel opgelost, dank!"},
+        FEEDBACK_FORM_SCHEMA,
+        {"score": 4, "satisfied": "yes", "comment": "Snel opgelost, dank!"},
+    ),
     responses={
         201: {
             "description": "Recorded and published as feedback.received (comment redacted)",
@@ -456,20 +483,19 @@ FEEDBACK_FORM_SCHEMA = {
             },
         },
         303: {"description": "The HTML form was recorded: back to the tracking page"},
-        404: _either(UNKNOWN_CODE, UNKNOWN_CODE_PAGE),
-        409: _either(
+        404: _or_page(UNKNOWN_CODE),
+        409: _or_page(
             problem(
                 409,
                 "Feedback was already given",
                 "Conflict",
                 "feedback was already given for this signal",
                 "feedback-already-given",
-            ),
-            {"content": HTML_PAGE},
+            )
         ),
         413: WRITE_PROBLEMS[413],
         400: WRITE_PROBLEMS[400],
-        422: _either(
+        422: _or_page(
             problem(
                 422,
                 "Invalid fields",
@@ -477,8 +503,7 @@ FEEDBACK_FORM_SCHEMA = {
                 "the request has invalid fields",
                 "invalid-request",
                 "/score",
-            ),
-            {"content": HTML_PAGE},
+            )
         ),
         429: AUTH_PROBLEMS[429],
     },
@@ -486,15 +511,9 @@ FEEDBACK_FORM_SCHEMA = {
 async def post_feedback(tracking_code: str, request: Request) -> Response:
     """Public, like the tracking page: one answer per signal; the comment is redacted. JSON from a
     portal; ``application/x-www-form-urlencoded`` from the resident's page, answered with pages."""
-    ctx, code = _context(request), normalise_tracking_code(tracking_code)
-    if pages.is_form(request):
-        tracked = await flows.tracking(ctx, code)
-        if tracked is None:
-            return pages.not_found_page()
-        return await pages.post_feedback_form(ctx, tracked, await request.form())
-    payload = await _json_body(request, FeedbackCreate)
-    accepted = await flows.submit_feedback(ctx, code, payload)
-    return JSONResponse(accepted.model_dump(mode="json"), status_code=201)
+    return await _from_page_or_api(
+        request, tracking_code, FeedbackCreate, pages.post_feedback_form, flows.submit_feedback, 201
+    )
 
 
 RESIDENT_FORM_SCHEMA = {
@@ -514,21 +533,12 @@ RESIDENT_FORM_SCHEMA = {
     tags=["tracking"],
     summary="The resident answers a question, reopens, or withdraws their signal",
     dependencies=[PublicLimit],
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": ResidentUpdateCreate.model_json_schema(),
-                    "example": {"action": "reply", "text": "De container staat achter het gemeentehuis."},
-                },
-                pages.FORM_TYPE: {
-                    "schema": RESIDENT_FORM_SCHEMA,
-                    "example": {"action": "reopen", "text": "Er ligt weer afval naast de container."},
-                },
-            },
-        }
-    },
+    openapi_extra=_json_or_form(
+        ResidentUpdateCreate,
+        {"action": "reply", "text": "De container staat achter het gemeentehuis."},
+        RESIDENT_FORM_SCHEMA,
+        {"action": "reopen", "text": "Er ligt weer afval naast de container."},
+    ),
     responses={
         202: {
             "description": "Routing made the change; the tracking page shows it once its event is back",
@@ -540,19 +550,18 @@ RESIDENT_FORM_SCHEMA = {
         },
         303: {"description": "The page's form was sent: back to the tracking page (`?sent=<action>`)"},
         400: WRITE_PROBLEMS[400],
-        404: _either(UNKNOWN_CODE, UNKNOWN_CODE_PAGE),
-        409: _either(
+        404: _or_page(UNKNOWN_CODE),
+        409: _or_page(
             problem(
                 409,
                 "Not possible in the signal's status now (`allowed` lists what is)",
                 "Conflict",
                 "a signal that is resolved cannot be given a reply now",
                 "resident-action-not-possible",
-            ),
-            {"content": HTML_PAGE},
+            )
         ),
         413: WRITE_PROBLEMS[413],
-        422: _either(
+        422: _or_page(
             problem(
                 422,
                 "Invalid fields (a reply or a reopening needs a text)",
@@ -560,19 +569,17 @@ RESIDENT_FORM_SCHEMA = {
                 "the request has invalid fields",
                 "invalid-request",
                 "/text",
-            ),
-            {"content": HTML_PAGE},
+            )
         ),
         429: AUTH_PROBLEMS[429],
-        503: _either(
+        503: _or_page(
             problem(
                 503,
                 "The case service cannot take it now (see Retry-After); nothing was changed",
                 "Service Unavailable",
                 "the case service cannot take this now; please try again in a minute",
                 "case-service-unavailable",
-            ),
-            {"content": HTML_PAGE},
+            )
         ),
     },
 )
@@ -580,15 +587,9 @@ async def post_resident_update(tracking_code: str, request: Request) -> Response
     """Public, by the tracking code as for feedback: the resident's own moves in the case's
     lifecycle, made at routing on their behalf (``role resident``). JSON from a portal;
     ``application/x-www-form-urlencoded`` from the resident's page, answered with pages."""
-    ctx, code = _context(request), normalise_tracking_code(tracking_code)
-    if pages.is_form(request):
-        tracked = await flows.tracking(ctx, code)
-        if tracked is None:
-            return pages.not_found_page()
-        return await pages.post_resident_form(ctx, tracked, await request.form())
-    payload = await _json_body(request, ResidentUpdateCreate)
-    accepted = await flows.resident_update(ctx, code, payload)
-    return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
+    return await _from_page_or_api(
+        request, tracking_code, ResidentUpdateCreate, pages.post_resident_form, flows.resident_update, 202
+    )
 
 
 @router.get(

@@ -499,7 +499,7 @@ class Dispatcher:
         template = claimed.template or messages.STATUS_UPDATE
         tenant = self.ctx.runtime.tenants.get(claimed.tenant)
         municipality = tenant.name if tenant else claimed.tenant
-        timezone = str(tenant.settings.get("timezone", "Europe/Amsterdam")) if tenant else "Europe/Amsterdam"
+        timezone = wording.timezone_of(tenant)
         name: str | None
         if template == messages.ENDPOINT_DISABLED:
             async with self.ctx.runtime.sessions() as session:
