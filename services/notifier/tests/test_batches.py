@@ -65,7 +65,7 @@ def received(signal_id: str) -> CloudEvent:
     )
 
 
-def change(signal_id: str, case_id: str, to: str, sequence: int) -> CloudEvent:
+def change(signal_id: str, case_id: str, to: str, sequence: int, partners: list[str]) -> CloudEvent:
     return event(
         CaseStatusChanged(
             case_id=case_id,
@@ -75,6 +75,7 @@ def change(signal_id: str, case_id: str, to: str, sequence: int) -> CloudEvent:
             public_note=f"note {sequence}",
             actor="department",
             sequence=sequence,
+            partners=partners,
             **{"from": "assigned"},
         )
     )
@@ -114,7 +115,11 @@ async def test_two_changes_of_one_case_in_one_batch_become_one_mail_and_two_webh
     await apply_batch(notifier, [routed("s-1", "case-1", ["woonpartners"])])
 
     await apply_batch(
-        notifier, [change("s-1", "case-1", "in_progress", 2), change("s-1", "case-1", "resolved", 3)]
+        notifier,
+        [
+            change("s-1", "case-1", "in_progress", 2, ["woonpartners"]),
+            change("s-1", "case-1", "resolved", 3, ["woonpartners"]),
+        ],
     )
 
     rows = await deliveries(notifier, "s-1")

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from civicsignals.common.bus import STREAM, stream_messages
-from civicsignals.common.events import CaseStatusChanged, CloudEvent, SignalRouted
+from civicsignals.common.events import CaseStatusChanged, CloudEvent, SignalRouted, make_event
 from civicsignals.common.ids import new_id
 
 TENANT = "gouda"
@@ -44,6 +44,7 @@ def status(routed_data: SignalRouted, to: str, sequence: int, note: str | None =
         public_note=note,
         actor="department",
         sequence=sequence,
+        partners=list(routed_data.partners),  # as routing sends it: the case's partners after the change
         **{"from": "assigned"},
     )
 
@@ -284,15 +285,35 @@ async def test_redirects_are_not_followed_and_a_failed_delivery_can_be_retried(
     assert again.status_code == 409
 
 
-async def test_a_status_change_that_comes_seconds_before_its_routing_still_reaches_the_partner(
+async def test_a_status_change_that_names_its_partners_goes_to_them_before_its_routing_is_handled(
     make_tenant, notifier_factory, receiver, wait_until
 ) -> None:
-    """Under load notifier may see a case's status change well before its ``signal.routed`` (they
-    travel on different consumers): the change waits for the partners instead of going to nobody."""
+    """Routing publishes a case's first change with ``signal.routed``; notifier follows them on two
+    consumers, so it may see the change first. The change names the case's partners as they are
+    after it, and goes to them without waiting for the other event."""
     notifier = await notifier_factory(make_tenant(TENANT, scopes=["rules:admin"]))
     await notifier.register("woonpartners", receiver.url)
     data = routed(["woonpartners"])
     await notifier.publish(TENANT, status(data, "in_progress", 2, "We komen dinsdag."))
+    await wait_until(lambda: len(receiver.delivered()) == 1, timeout=20, message="the status webhook")
+    [first] = receiver.delivered()
+    assert CloudEvent.from_json(first.body).type == "nl.civicsignals.case.status_changed.v1"
+    await notifier.publish(TENANT, data)
+    await wait_until(lambda: len(receiver.delivered()) == 2, timeout=20, message="the routed webhook")
+
+
+async def test_a_status_change_without_partners_waits_for_its_routing_to_know_them(
+    make_tenant, notifier_factory, receiver, wait_until
+) -> None:
+    """An event from before routing named the partners in status changes: it waits (redelivered)
+    for the case's ``signal.routed`` instead of going to nobody."""
+    notifier = await notifier_factory(make_tenant(TENANT, scopes=["rules:admin"]))
+    await notifier.register("woonpartners", receiver.url)
+    data = routed(["woonpartners"])
+    change = status(data, "in_progress", 2, "We komen dinsdag.")
+    event = make_event(tenant=TENANT, service="routing", data=change)
+    del event.data["partners"]
+    await notifier.runtime.bus.publish(change.bus_subject(TENANT), event)
     await asyncio.sleep(3.5)  # longer than the first redeliveries (0.25, 0.5, 1 s): three were made
     assert receiver.delivered() == []
     await notifier.publish(TENANT, data)

@@ -52,10 +52,11 @@ RECEIVED_CONSUMER = "notifier-signal-received"
 ROUTED_CONSUMER = "notifier-signal-routed"
 STATUS_CONSUMER = "notifier-case-status"
 ROUTED_WAIT = timedelta(minutes=2)
-"""How long a status change waits for its case's ``signal.routed`` (which travels on another consumer
-and is normally handled a moment later, under load seconds later) before it goes on without knowing
-the partners. By the event's age, not its deliveries: a count of quick redeliveries ran out under
-load, and partners then missed status webhooks."""
+"""How long a status change that does not name its partners (an event from before routing added
+them) waits for its case's ``signal.routed`` (which travels on another consumer and is normally
+handled a moment later, under load seconds later) before it goes on without knowing the partners.
+By the event's age, not its deliveries: a count of quick redeliveries ran out under load, and
+partners then missed status webhooks."""
 
 
 @dataclass
@@ -164,7 +165,7 @@ async def prepare(ctx: NotifierContext, session: AsyncSession, events: list[Clou
                 view.by_coalesce_key[delivery.coalesce_key] = delivery
     codes: dict[str, set[str]] = {}
     for event in events:
-        named = event.data.get("partners") if event.type == SignalRouted.event_type() else None
+        named = event.data.get("partners")  # routed, and status changes since routing names them
         if named is None:
             link = view.links.get(_signal_id(event) or "")
             named = link.partners if link is not None else None
@@ -267,15 +268,32 @@ async def apply_case_status_changed(ctx: NotifierContext, session: AsyncSession,
     changed = read_data(event, CaseStatusChanged)
     now = utcnow()
     link = BatchView.of(session).links.get(changed.signal_id)
-    if (link is None or link.partners is None) and now - event.time < ROUTED_WAIT:
+    partners = _partners_after(event, changed, link)
+    if partners is None and now - event.time < ROUTED_WAIT:
         # Before any change: the event comes again, by when signal.routed has been handled.
         raise NotReady("signal.routed of this case has not been handled yet")
     if messages.status_mail_wanted(changed.to, changed.sequence, changed.actor) and (
         link is None or link.has_contact is not False
     ):
         _coalesce_status_mail(ctx, session, event, changed, link, now)
-    partners = list(link.partners or []) if link is not None else []
-    fan_out(session, event, partners, signal_id=changed.signal_id, case_id=changed.case_id)
+    fan_out(session, event, partners or [], signal_id=changed.signal_id, case_id=changed.case_id)
+
+
+def _partners_after(
+    event: CloudEvent, changed: CaseStatusChanged, link: SignalLink | None
+) -> list[str] | None:
+    """The partners a status change goes to: those the event names (routing sends the case's
+    partners as they are after the change, so a case forwarded later reaches its new partner);
+    for an event from before that field, those of the case's ``signal.routed``; None while
+    neither is known.
+
+    Routing publishes ``signal.routed`` and the first change together, and notifier follows
+    them on two consumers: waiting for the one to apply the other sent about half of the first
+    changes back for redelivery under bench/pipeline's load, and their webhooks a second late.
+    """
+    if "partners" in event.data:
+        return list(changed.partners)
+    return list(link.partners) if link is not None and link.partners is not None else None
 
 
 def status_mail_key(tenant: str, case_id: str) -> str:
