@@ -35,7 +35,13 @@ def routed(partners: list[str], signal_id: str | None = None, case_id: str | Non
     )
 
 
-def status(routed_data: SignalRouted, to: str, sequence: int, note: str | None = None) -> CaseStatusChanged:
+def status(
+    routed_data: SignalRouted,
+    to: str,
+    sequence: int,
+    note: str | None = None,
+    partners: list[str] | None = None,
+) -> CaseStatusChanged:
     return CaseStatusChanged(
         case_id=routed_data.case_id,
         signal_id=routed_data.signal_id,
@@ -44,7 +50,8 @@ def status(routed_data: SignalRouted, to: str, sequence: int, note: str | None =
         public_note=note,
         actor="department",
         sequence=sequence,
-        partners=list(routed_data.partners),  # as routing sends it: the case's partners after the change
+        # as routing sends it: the case's partners after the change
+        partners=list(routed_data.partners) if partners is None else partners,
         **{"from": "assigned"},
     )
 
@@ -300,6 +307,22 @@ async def test_a_status_change_that_names_its_partners_goes_to_them_before_its_r
     assert CloudEvent.from_json(first.body).type == "nl.civicsignals.case.status_changed.v1"
     await notifier.publish(TENANT, data)
     await wait_until(lambda: len(receiver.delivered()) == 2, timeout=20, message="the routed webhook")
+
+
+async def test_a_case_forwarded_to_another_partner_brings_it_the_status_changes_from_then_on(
+    make_tenant, notifier_factory, receiver, wait_until
+) -> None:
+    """The partners of a status change are those of the case after it, not those it was routed to."""
+    notifier = await notifier_factory(make_tenant(TENANT, scopes=["rules:admin"]))
+    await notifier.register("zorgpartner", receiver.url)
+    data = routed(["woonpartners"])
+    await notifier.publish(TENANT, data)
+    await notifier.publish(TENANT, status(data, "forwarded", 2, partners=["woonpartners", "zorgpartner"]))
+    await wait_until(lambda: len(receiver.delivered()) == 1, timeout=20, message="the forwarded change")
+    await asyncio.sleep(1.0)  # the routed event, not addressed to this partner, must not follow
+    [only] = receiver.delivered()
+    event = CloudEvent.from_json(only.body)
+    assert event.type == "nl.civicsignals.case.status_changed.v1" and event.data["to"] == "forwarded"
 
 
 async def test_a_status_change_without_partners_waits_for_its_routing_to_know_them(
