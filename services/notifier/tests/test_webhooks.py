@@ -7,8 +7,11 @@ our implementation, including while a secret is being rotated.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections import Counter
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import nats
@@ -16,8 +19,16 @@ from prometheus_client import REGISTRY
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from civicsignals.common.bus import STREAM, stream_messages
-from civicsignals.common.events import CaseStatusChanged, CloudEvent, SignalRouted, make_event
+from civicsignals.common.events import (
+    CaseStatusChanged,
+    CloudEvent,
+    SignalReceived,
+    SignalRouted,
+    make_event,
+    utcnow,
+)
 from civicsignals.common.ids import new_id
+from civicsignals.devstack.ports import free_port
 
 TENANT = "gouda"
 
@@ -32,6 +43,21 @@ def routed(partners: list[str], signal_id: str | None = None, case_id: str | Non
         priority="normal",
         rule_id="woonoverlast",
         service_promise="Binnen 5 werkdagen.",
+    )
+
+
+def received(signal_id: str) -> SignalReceived:
+    """A signal whose reporter left an address (notifier reads it from intake when it mails)."""
+    return SignalReceived(
+        signal_id=signal_id,
+        tracking_code="7KQ2-M9XD-4HTC",
+        kind="report",
+        channel="web",
+        text="Afval naast de container.",
+        language="nl",
+        received_at=utcnow(),
+        has_contact=True,
+        source="portal",
     )
 
 
@@ -409,3 +435,63 @@ async def test_a_shutdown_gives_back_what_it_claimed_but_did_not_start(
     # Left to its lease, the claim of the next notifier would have marked it "the attempt's process died".
     given_back = ("abandoned", "not started: notifier stopped")
     assert outcomes == [[given_back, ("delivered", None)], [("delivered", None)]]
+
+
+class SlowIntake:
+    """An intake that takes ``delay_s`` to answer notifier's contact reads, then 503 (real HTTP on
+    loopback): the resident mails waiting on it hold their sending slots that long."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.started: list[float] = []
+        self.answered: list[float] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.started.append(time.monotonic())
+                time.sleep(outer.delay_s)
+                outer.answered.append(time.monotonic())
+                self.send_response(503)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_resident_mails_waiting_on_intake_do_not_hold_up_the_partners_webhooks(
+    make_tenant, notifier_factory, receiver, wait_until, tmp_path
+) -> None:
+    """Webhooks and e-mails have sending slots of their own: with every e-mail slot taken by mails
+    waiting on a slow intake, a partner's webhook still goes at once."""
+    intake = SlowIntake(delay_s=4.0)
+    keys = tmp_path / "intake-keys"
+    keys.mkdir()
+    (keys / TENANT).write_text("notifier-key")
+    try:
+        notifier = await notifier_factory(
+            make_tenant(TENANT, scopes=["rules:admin"]),
+            delivery_concurrency=2,
+            acknowledgement_wait_s=0.0,
+            intake_url=intake.url,
+            intake_keys_dir=keys,
+        )
+        await notifier.register("woonpartners", receiver.url)
+        for _ in range(3):  # acknowledgements due at once: two fill the e-mail slots, one waits
+            await notifier.publish(TENANT, received(new_id()))
+        await wait_until(lambda: len(intake.started) == 2, timeout=20, message="both e-mail slots taken")
+        await notifier.publish(TENANT, routed(["woonpartners"]))
+        await wait_until(lambda: receiver.delivered(), timeout=20, message="the webhook")
+        webhook_at = time.monotonic()
+        assert not intake.answered or webhook_at < intake.answered[0], "the webhook waited for a mail"
+    finally:
+        intake.stop()

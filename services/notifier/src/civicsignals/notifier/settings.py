@@ -93,7 +93,9 @@ class NotifierSettings(ServiceSettings):
     # --- the delivery scheduler ----------------------------------------------------------------
     scheduler_poll_interval_s: float = Field(default=1.0, gt=0)
     scheduler_batch_size: int = Field(default=100, ge=1)
-    delivery_concurrency: int = Field(default=64, ge=1)
+    delivery_concurrency: int = Field(
+        default=64, ge=1, description="attempts under way at once, per channel (webhooks, e-mails)"
+    )
     lease_margin_s: float = Field(
         default=30.0,
         gt=0,
