@@ -279,6 +279,35 @@ async def test_running_relay_publishes_after_wake_and_rides_out_an_outage(
             await task
 
 
+@pytest.mark.parametrize("linger_s", [0.0, 0.5])
+async def test_a_lingering_relay_sends_the_events_of_commits_close_together_in_one_pass(
+    sessions: SessionFactory, bus: Bus, database_url: str, wait_until: Any, linger_s: float
+) -> None:
+    """With ``linger_s`` the relay waits after a wake-up, so three commits 50 ms apart are
+    published and marked in one pass (one ``published_at``); without it the first goes alone."""
+    relay = _relay(sessions, bus, database_url, poll_interval_s=30.0, linger_s=linger_s)
+    task = asyncio.create_task(relay.run())
+    try:
+        await asyncio.sleep(0.1)  # the relay's first pass (nothing to send) is over
+        ids: list[str] = []
+        for number in range(3):
+            ids += await _enqueue(sessions, 1, start=number)
+            relay.wake()
+            await asyncio.sleep(0.05)
+
+        async def all_published() -> bool:
+            return await relay.pending() == 0 and await _msg_ids(bus) == ids
+
+        await wait_until(all_published, timeout=10, message="every event published")
+        rows = await _rows(sessions)
+        with_the_first = {row.id for row in rows.values() if row.published_at == rows[ids[0]].published_at}
+        assert with_the_first == (set(ids) if linger_s else {ids[0]})
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def test_prune_forgets_published_rows_only(
     sessions: SessionFactory, bus: Bus, database_url: str
 ) -> None:

@@ -54,6 +54,7 @@ class ServiceRuntime:
                 database_url=settings.database_url,
                 batch_size=settings.outbox_batch_size,
                 poll_interval_s=settings.outbox_poll_interval_s,
+                linger_s=settings.outbox_linger_s,
                 fault=settings.outbox_fault,
             )
             if outbox

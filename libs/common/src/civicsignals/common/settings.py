@@ -39,6 +39,13 @@ class ServiceSettings(BaseSettings):
     consumer_concurrency: int = Field(default=8, ge=1, le=256)
     outbox_batch_size: int = Field(default=200, ge=1)
     outbox_poll_interval_s: float = Field(default=0.5, gt=0)
+    outbox_linger_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="how long the outbox relay waits after a commit woke it, so that the events of the "
+        "commits that follow go out and are marked in the same pass: fewer write transactions, each "
+        "event that much later (0 for events on a resident's path)",
+    )
     outbox_fault: Literal["none", "hold", "exit_after_publish"] = Field(
         default="none",
         description="fault injection for the end-to-end tests only: 'hold' never publishes (as if the "

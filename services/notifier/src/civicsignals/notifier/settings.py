@@ -90,6 +90,13 @@ class NotifierSettings(ServiceSettings):
         "under <data_dir>/secrets (embedded run only)",
     )
 
+    outbox_linger_s: float = Field(
+        default=0.25,
+        ge=0,
+        description="the outbox relay's wait after a commit: notifier's events (notification.*) are "
+        "read by insights, not by a resident, so they go in fewer, larger passes",
+    )
+
     # --- the delivery scheduler ----------------------------------------------------------------
     scheduler_poll_interval_s: float = Field(default=1.0, gt=0)
     scheduler_batch_size: int = Field(default=100, ge=1)
