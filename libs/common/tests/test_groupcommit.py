@@ -52,6 +52,30 @@ async def test_concurrent_units_commit_together_and_each_gets_its_result(engine:
     assert len(commits) < 50 and writer.items == 50 and writer.batches == len(commits)
 
 
+@pytest.mark.parametrize("linger_s", [0.0, 0.3])
+async def test_a_lingering_writer_takes_items_submitted_soon_after_the_first_along(
+    engine: AsyncEngine, linger_s: float
+) -> None:
+    """Items submitted one by one, 50 ms apart: one commit each without a linger, one for all
+    with it."""
+    commits: list[int] = []
+    event.listen(engine.sync_engine, "commit", lambda _connection: commits.append(1))
+    writer: GroupCommit[int, int] = GroupCommit(
+        session_factory(engine), _insert_all, name="test", linger_s=linger_s
+    )
+
+    async def submit_later(number: int) -> int:
+        await asyncio.sleep(0.05 * number)
+        return await writer.submit(number)
+
+    try:
+        results = await asyncio.gather(*(submit_later(number) for number in range(4)))
+    finally:
+        await writer.close()
+    assert results == [0, 10, 20, 30]
+    assert len(commits) == (1 if linger_s else 4)
+
+
 async def test_a_failing_unit_fails_alone(engine: AsyncEngine) -> None:
     writer: GroupCommit[int, int] = GroupCommit(session_factory(engine), _insert_all, name="test")
     try:

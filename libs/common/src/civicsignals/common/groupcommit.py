@@ -41,12 +41,16 @@ class GroupCommit(Generic[ItemT, ResultT]):
         name: str,
         max_batch: int = 200,
         on_commit: Callable[[], None] | None = None,
+        linger_s: float = 0.0,
     ) -> None:
+        """``linger_s``: how long the writer waits after the first item of a batch for more to join
+        it; for items whose submitters can wait (0: a batch is what came while the last commit ran)."""
         self._sessions = sessions
         self._on_commit = on_commit
         self._write = write
         self._name = name
         self._max_batch = max_batch
+        self._linger_s = linger_s
         # Items with the future of their result; None tells the writer to stop.
         self._queue: asyncio.Queue[tuple[ItemT, asyncio.Future[ResultT]] | None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -85,6 +89,8 @@ class GroupCommit(Generic[ItemT, ResultT]):
                 first = await queue.get()
                 if first is None:
                     return
+                if self._linger_s:
+                    await asyncio.sleep(self._linger_s)
                 batch, closing = [first], False
                 while len(batch) < self._max_batch and not queue.empty():
                     item = queue.get_nowait()

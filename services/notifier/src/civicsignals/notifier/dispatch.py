@@ -61,6 +61,8 @@ USER_AGENT = "civicsignals-notifier/1"
 SKIPPED = "skipped"
 RECORD_BACKLOG_FACTOR = 4
 """Attempts that have sent and wait for their record: at most this many times the sending slots."""
+RECORD_LINGER_S = 0.1
+"""How long the recording of an attempt waits for others to join its transaction."""
 DRAIN_TIMEOUT_S = 10.0
 """How long a shutdown lets the attempts under way finish and be recorded before it cancels them."""
 STOP_TIMEOUT_S = 5.0
@@ -148,8 +150,10 @@ class Dispatcher:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        # An attempt's record waits a little for others to join it: the message has gone and the
+        # slot is free, and every record transaction queues for SQLite's one write lock.
         self._recorder: GroupCommit[tuple[Claimed, Result], bool] = GroupCommit(
-            ctx.runtime.sessions, self._record_batch, name="notifier-record"
+            ctx.runtime.sessions, self._record_batch, name="notifier-record", linger_s=RECORD_LINGER_S
         )
 
     def wake(self) -> None:
