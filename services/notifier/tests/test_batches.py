@@ -200,3 +200,63 @@ async def test_an_attempt_that_outlived_its_lease_records_nothing_and_the_one_ho
             await session.exec(select(OutboxMessage).where(col(OutboxMessage.payload).contains(delivery.id)))
         ).all()
         assert [json.loads(e.payload)["type"] for e in events] == [NotificationDelivered.event_type()]
+
+
+async def attempts_of(notifier: Any, delivery_id: str) -> list[Attempt]:
+    async with notifier.runtime.sessions() as session:
+        rows = await session.exec(
+            select(Attempt).where(Attempt.delivery_id == delivery_id).order_by(col(Attempt.number))
+        )
+        return list(rows.all())
+
+
+async def test_a_webhook_is_claimed_by_the_consumer_that_creates_it_and_sent_without_a_claim(
+    make_tenant, notifier_factory, receiver, wait_until
+) -> None:
+    """With the dispatcher running, the webhook's first attempt starts in the consumer's own
+    transaction (its start is the delivery's creation) and goes out from there."""
+    notifier = await notifier_factory(make_tenant(TENANT, name="Gouda"))
+    await notifier.register("woonpartners", receiver.url)
+    await apply_batch(notifier, [routed("s-claim", "case-claim", ["woonpartners"])])
+    await wait_until(lambda: len(receiver.delivered()) == 1, timeout=20, message="the webhook")
+
+    async def delivered() -> bool:
+        rows = [row for row in await deliveries(notifier, "s-claim") if row.channel == "webhook"]
+        return len(rows) == 1 and rows[0].status == "delivered"
+
+    await wait_until(delivered, timeout=20, message="the webhook recorded as delivered")
+    [hook] = [row for row in await deliveries(notifier, "s-claim") if row.channel == "webhook"]
+    [attempt] = await attempts_of(notifier, hook.id)
+    assert (attempt.number, attempt.outcome, hook.attempts) == (1, "delivered", 1)
+    assert attempt.started_at == hook.created_at  # claimed as it was created, not by a later claim
+
+
+async def test_webhooks_created_as_the_dispatcher_stops_are_given_back_due_at_once(
+    make_tenant, notifier_factory, receiver, wait_until
+) -> None:
+    """A batch read ahead while the dispatcher ran but committed after it stopped: its claimed
+    webhooks are not left to their lease but made due again, their attempt abandoned."""
+    notifier = await notifier_factory(make_tenant(TENANT, name="Gouda"))
+    await notifier.register("woonpartners", receiver.url)
+    ctx, dispatcher = notifier.app.state.notifier, notifier.app.state.dispatcher
+    event = routed("s-stop", "case-stop", ["woonpartners"])
+    async with notifier.runtime.sessions() as session, session.begin():
+        await flows.prepare(ctx, session, [event])
+        await flows.apply_signal_routed(ctx, session, event)
+        await dispatcher.stop()
+
+    async def given_back() -> bool:
+        [hook] = [row for row in await deliveries(notifier, "s-stop") if row.channel == "webhook"]
+        return hook.next_attempt_at is not None and hook.next_attempt_at <= utcnow()
+
+    await wait_until(given_back, timeout=3, message="the webhook due again before its lease ends (5 s)")
+    [hook] = [row for row in await deliveries(notifier, "s-stop") if row.channel == "webhook"]
+    [attempt] = await attempts_of(notifier, hook.id)
+    assert attempt.outcome == "abandoned" and hook.status == "sending"
+    assert receiver.delivered() == []
+
+    later = routed("s-later", "case-later", ["woonpartners"])
+    await apply_batch(notifier, [later])  # the dispatcher is gone: created due, not claimed
+    [scheduled] = [row for row in await deliveries(notifier, "s-later") if row.channel == "webhook"]
+    assert (scheduled.status, scheduled.attempts) == ("scheduled", 0)
+    assert await attempts_of(notifier, scheduled.id) == []

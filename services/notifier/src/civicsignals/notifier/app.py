@@ -38,6 +38,7 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
     )
     dispatcher = Dispatcher(context)
     context.wake_dispatcher.append(dispatcher.wake)
+    context.dispatcher = dispatcher
     for spec in flows.consumers(context):
         runtime.add_consumer(spec)
     runtime.add_background(dispatcher.run)

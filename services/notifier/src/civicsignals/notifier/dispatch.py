@@ -50,7 +50,16 @@ from civicsignals.common.tasks import cancel_and_wait, cancel_requested
 from civicsignals.notifier import messages, metrics, service
 from civicsignals.notifier.addresses import UnsafeEndpoint, check_endpoint
 from civicsignals.notifier.flows import NotifierContext
-from civicsignals.notifier.models import ATTEMPTS, DELIVERIES, ENDPOINTS, Attempt, Delivery, Endpoint, Partner
+from civicsignals.notifier.models import (
+    ATTEMPTS,
+    DELIVERIES,
+    ENDPOINTS,
+    Attempt,
+    Claimed,
+    Delivery,
+    Endpoint,
+    Partner,
+)
 from civicsignals.notifier.schedule import Outcome, Verdict, judge, retry_delay
 from civicsignals.notifier.signing import InvalidSecret, message_id, webhook_headers
 from civicsignals.notifier.webhook_client import WebhookTimeout, WebhookUnreachable
@@ -76,29 +85,6 @@ STOP_TIMEOUT_S = 5.0
 FAST_RECORD = (Outcome.DELIVERED.value, SKIPPED)
 """Outcomes recorded by :meth:`Dispatcher._record_fast`: they touch no endpoint state beyond its last
 success, and neither disable anything nor schedule anything."""
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """What an attempt needs of its delivery, read while claiming it."""
-
-    id: str
-    message_id: str
-    tenant: str
-    channel: str
-    template: str | None
-    event_type: str
-    event_time: datetime
-    signal_id: str | None
-    case_id: str | None
-    partner_id: str | None
-    partner_code: str | None
-    endpoint_id: str | None
-    payload: str
-    number: int
-    endpoint: Endpoint | None = None
-    """A webhook's endpoint as it was at the claim (read with the claim, not once per attempt)."""
-    claimed_at: float = field(default_factory=time.monotonic)
 
 
 CHANNELS = ("webhook", "email")
@@ -150,6 +136,8 @@ class Dispatcher:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._lanes = {channel: Lane() for channel in CHANNELS}
+        self._giving_back: set[asyncio.Task[None]] = set()
         # An attempt's record waits a little for others to join it: the message has gone and the
         # slot is free, and every record transaction queues for SQLite's one write lock.
         self._recorder: GroupCommit[tuple[Claimed, Result], bool] = GroupCommit(
@@ -158,6 +146,27 @@ class Dispatcher:
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def accepting(self) -> bool:
+        """Whether deliveries claimed elsewhere (by the consumer that created them) are taken."""
+        return self._task is not None and not self._stopping
+
+    def offer(self, claimed: Sequence[Claimed]) -> None:
+        """Take deliveries that their consumer claimed as it created them, once that committed.
+
+        Saves them a claim transaction and the wait for it (the webhooks of ``signal.routed``
+        and ``case.status_changed``). Offered while the dispatcher stops, they are given back at
+        once rather than left to their lease."""
+        if not claimed:
+            return
+        if not self.accepting():
+            task = asyncio.get_running_loop().create_task(self.release_unstarted(list(claimed)))
+            self._giving_back.add(task)
+            task.add_done_callback(self._giving_back.discard)
+            return
+        for item in claimed:
+            self._lanes[item.channel if item.channel in self._lanes else "email"].queue.append(item)
+        self.wake()
 
     async def stop(self) -> None:
         """Stop claiming, let the attempts under way finish and be recorded, then stop the recorder.
@@ -175,6 +184,8 @@ class Dispatcher:
                 [task], grace_s=DRAIN_TIMEOUT_S, timeout_s=STOP_TIMEOUT_S, what="dispatcher"
             )
         await self._recorder.close(timeout_s=STOP_TIMEOUT_S)
+        if self._giving_back:
+            await asyncio.wait(set(self._giving_back), timeout=STOP_TIMEOUT_S)
 
     async def run(self) -> None:
         """Dispatch until stopped: claim what is due in batches, send it through free slots.
@@ -193,7 +204,7 @@ class Dispatcher:
         little left (slots stayed full) is not started: its lease runs out and it is claimed again.
         """
         self._task = asyncio.current_task()
-        lanes = {channel: Lane() for channel in CHANNELS}
+        lanes = self._lanes
         batch = self.settings.scheduler_batch_size
         try:
             while not self._stopping:

@@ -19,9 +19,10 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from nats.aio.msg import Msg
+from sqlalchemy import event as sa_event
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -40,7 +41,15 @@ from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.notifier import messages, service
 from civicsignals.notifier.mailer import SmtpPool
 from civicsignals.notifier.messages import TemplateBook
-from civicsignals.notifier.models import DELIVERIES, Delivery, Endpoint, Partner, SignalLink
+from civicsignals.notifier.models import (
+    ATTEMPTS,
+    DELIVERIES,
+    Claimed,
+    Delivery,
+    Endpoint,
+    Partner,
+    SignalLink,
+)
 from civicsignals.notifier.secretbox import SecretBox
 from civicsignals.notifier.settings import NotifierSettings
 from civicsignals.notifier.signing import message_id
@@ -59,6 +68,15 @@ By the event's age, not its deliveries: a count of quick redeliveries ran out un
 partners then missed status webhooks."""
 
 
+class ClaimSink(Protocol):
+    """The dispatcher, as the consumers see it: it takes the deliveries they claim as they create
+    them (:meth:`~civicsignals.notifier.dispatch.Dispatcher.offer`)."""
+
+    def accepting(self) -> bool: ...
+
+    def offer(self, claimed: list[Claimed]) -> None: ...
+
+
 @dataclass
 class NotifierContext:
     runtime: ServiceRuntime
@@ -69,6 +87,7 @@ class NotifierContext:
     http: WebhookClient
     mailer: SmtpPool
     wake_dispatcher: list[Any] = field(default_factory=list)
+    dispatcher: ClaimSink | None = None
 
     def wake(self) -> None:
         """Tell the dispatcher that deliveries were committed that may be due now."""
@@ -102,6 +121,10 @@ class BatchView:
     by_coalesce_key: dict[str, Delivery] = field(default_factory=dict)
     endpoints: dict[str, list[tuple[Partner, Endpoint]]] = field(default_factory=dict)
     """Per tenant, the enabled endpoints of the partners the batch names."""
+    claim_webhooks: bool = False
+    """Whether the batch's new webhooks are claimed as they are created (the dispatcher runs)."""
+    claimed: list[Claimed] = field(default_factory=list)
+    """Those claimed so far: handed to the dispatcher once the transaction has committed."""
     KEY: ClassVar[str] = "notifier.batch"
 
     @staticmethod
@@ -143,6 +166,14 @@ async def prepare(ctx: NotifierContext, session: AsyncSession, events: list[Clou
     """
     view = BatchView()
     session.info[BatchView.KEY] = view
+    dispatcher = ctx.dispatcher
+    if dispatcher is not None and dispatcher.accepting():
+        view.claim_webhooks = True
+
+        def hand_over(_session: Any) -> None:
+            dispatcher.offer(view.claimed)
+
+        sa_event.listen(session.sync_session, "after_commit", hand_over, once=True)
     signal_ids = {sid for event in events if (sid := _signal_id(event))}
     if signal_ids:
         links = await session.exec(select(SignalLink).where(col(SignalLink.signal_id).in_(signal_ids)))
@@ -260,7 +291,7 @@ async def apply_signal_routed(ctx: NotifierContext, session: AsyncSession, event
             ack.event_id, ack.event_type, ack.event_time = event.id, event.type, event.time
             ack.next_attempt_at = now
             ack.updated_at = now
-    fan_out(session, event, routed.partners, signal_id=routed.signal_id, case_id=routed.case_id)
+    fan_out(ctx, session, event, routed.partners, signal_id=routed.signal_id, case_id=routed.case_id)
 
 
 async def apply_case_status_changed(ctx: NotifierContext, session: AsyncSession, event: CloudEvent) -> None:
@@ -276,7 +307,7 @@ async def apply_case_status_changed(ctx: NotifierContext, session: AsyncSession,
         link is None or link.has_contact is not False
     ):
         _coalesce_status_mail(ctx, session, event, changed, link, now)
-    fan_out(session, event, partners or [], signal_id=changed.signal_id, case_id=changed.case_id)
+    fan_out(ctx, session, event, partners or [], signal_id=changed.signal_id, case_id=changed.case_id)
 
 
 def _partners_after(
@@ -357,12 +388,23 @@ def _coalesce_status_mail(
 
 
 def fan_out(
-    session: AsyncSession, event: CloudEvent, partner_codes: list[str], *, signal_id: str, case_id: str
+    ctx: NotifierContext,
+    session: AsyncSession,
+    event: CloudEvent,
+    partner_codes: list[str],
+    *,
+    signal_id: str,
+    case_id: str,
 ) -> int:
     """One webhook delivery per enabled endpoint of each partner that subscribed to this event.
 
     The body is the CloudEvent as it came from the bus (it holds no personal data, DESIGN §2); the
     ``webhook-id`` derives from the event and the endpoint, so a redelivery adds nothing.
+
+    While the dispatcher runs, each delivery is created claimed, as the dispatcher's claim would
+    leave it (``sending``, attempt 1 ``in_flight``, the lease as ``next_attempt_at``), and handed
+    to the dispatcher after the commit: no claim transaction to queue for SQLite's write lock, no
+    wait for the next claim. A process that dies first leaves it to its lease, like any claim.
     """
     wanted = short_type(event.type)
     body = event.to_json().decode()
@@ -374,10 +416,13 @@ def fan_out(
             "event %s names partners without an enabled endpoint: %s", event.id, ", ".join(sorted(missing))
         )
     now = utcnow()
+    claim = view.claim_webhooks
+    lease = now + timedelta(seconds=ctx.settings.lease_s("webhook"))
     count = 0
     for partner, endpoint in targets:
         if wanted not in endpoint.event_types:
             continue
+        delivery_id, webhook_id = new_id(), message_id(event.id, endpoint.id)
         # No look-up first: the inbox claim makes a redelivered event add nothing, and the unique
         # message_id turns a race between replicas into a rolled-back (and retried) transaction.
         # A row, not a Delivery object: staged, it is inserted with the batch's others at the commit.
@@ -385,8 +430,8 @@ def fan_out(
             session,
             DELIVERIES,
             {
-                "id": new_id(),
-                "message_id": message_id(event.id, endpoint.id),
+                "id": delivery_id,
+                "message_id": webhook_id,
                 "tenant": event.tenant,
                 "channel": "webhook",
                 "template": None,
@@ -401,10 +446,10 @@ def fan_out(
                 "payload": body,
                 "coalesce_key": None,
                 "sequence": 0,
-                "status": "scheduled",
+                "status": "sending" if claim else "scheduled",
                 "status_reason": None,
-                "attempts": 0,
-                "next_attempt_at": now,
+                "attempts": 1 if claim else 0,
+                "next_attempt_at": lease if claim else now,
                 "last_status_code": None,
                 "last_error": None,
                 "created_at": now,
@@ -412,6 +457,40 @@ def fan_out(
                 "delivered_at": None,
             },
         )
+        if claim:
+            stage_insert(
+                session,
+                ATTEMPTS,
+                {
+                    "delivery_id": delivery_id,
+                    "number": 1,
+                    "started_at": now,
+                    "finished_at": None,
+                    "outcome": "in_flight",
+                    "status_code": None,
+                    "error": None,
+                    "duration_ms": None,
+                },
+            )
+            view.claimed.append(
+                Claimed(
+                    id=delivery_id,
+                    message_id=webhook_id,
+                    tenant=event.tenant,
+                    channel="webhook",
+                    template=None,
+                    event_type=event.type,
+                    event_time=event.time,
+                    signal_id=signal_id,
+                    case_id=case_id,
+                    partner_id=partner.id,
+                    partner_code=partner.code,
+                    endpoint_id=endpoint.id,
+                    payload=body,
+                    number=1,
+                    endpoint=endpoint,
+                )
+            )
         count += 1
     return count
 

@@ -10,6 +10,9 @@ test process, and a name another service also used would clash there.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -373,3 +376,26 @@ class TemplatePreview(BaseModel):
     subject: str
     text: str
     html: str
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What an attempt needs of its delivery, read while claiming it."""
+
+    id: str
+    message_id: str
+    tenant: str
+    channel: str
+    template: str | None
+    event_type: str
+    event_time: datetime
+    signal_id: str | None
+    case_id: str | None
+    partner_id: str | None
+    partner_code: str | None
+    endpoint_id: str | None
+    payload: str
+    number: int
+    endpoint: Endpoint | None = None
+    """A webhook's endpoint as it was at the claim (read with the claim, not once per attempt)."""
+    claimed_at: float = dataclass_field(default_factory=time.monotonic)
