@@ -59,6 +59,7 @@ from civicsignals.notifier.models import (
     Delivery,
     Endpoint,
     Partner,
+    in_flight_attempt,
 )
 from civicsignals.notifier.schedule import Outcome, Verdict, judge, retry_delay
 from civicsignals.notifier.signing import InvalidSecret, message_id, webhook_headers
@@ -164,9 +165,12 @@ class Dispatcher:
             self._giving_back.add(task)
             task.add_done_callback(self._giving_back.discard)
             return
+        self._enqueue(claimed)
+        self.wake()
+
+    def _enqueue(self, claimed: Sequence[Claimed]) -> None:
         for item in claimed:
             self._lanes[item.channel if item.channel in self._lanes else "email"].queue.append(item)
-        self.wake()
 
     async def stop(self) -> None:
         """Stop claiming, let the attempts under way finish and be recorded, then stop the recorder.
@@ -222,8 +226,7 @@ class Dispatcher:
                         if cancel_requested():  # the driver turned our cancel into an error of its own
                             raise asyncio.CancelledError from exc
                         log.exception("dispatcher: claiming failed; trying again")
-                    for item in claimed:
-                        lanes[item.channel if item.channel in lanes else "email"].queue.append(item)
+                    self._enqueue(claimed)
                 if claimed:
                     continue  # start them, and there may be more due right now
                 if queued:
@@ -395,36 +398,11 @@ class Dispatcher:
                 ],
             )
             await session.exec(
-                insert(ATTEMPTS),
-                params=[
-                    {
-                        "delivery_id": row.id,
-                        "number": row.attempts + 1,
-                        "started_at": now,
-                        "finished_at": None,
-                        "outcome": "in_flight",
-                        "status_code": None,
-                        "error": None,
-                        "duration_ms": None,
-                    }
-                    for row in rows
-                ],
+                insert(ATTEMPTS), params=[in_flight_attempt(row.id, row.attempts + 1, now) for row in rows]
             )
             claimed = [
-                Claimed(
-                    id=row.id,
-                    message_id=row.message_id,
-                    tenant=row.tenant,
-                    channel=row.channel,
-                    template=row.template,
-                    event_type=row.event_type,
-                    event_time=row.event_time,
-                    signal_id=row.signal_id,
-                    case_id=row.case_id,
-                    partner_id=row.partner_id,
-                    partner_code=row.partner_code,
-                    endpoint_id=row.endpoint_id,
-                    payload=row.payload,
+                Claimed.of(
+                    row._mapping,
                     number=row.attempts + 1,
                     endpoint=endpoints.get(row.endpoint_id) if row.endpoint_id else None,
                 )

@@ -49,6 +49,7 @@ from civicsignals.notifier.models import (
     Endpoint,
     Partner,
     SignalLink,
+    in_flight_attempt,
 )
 from civicsignals.notifier.secretbox import SecretBox
 from civicsignals.notifier.settings import NotifierSettings
@@ -422,75 +423,41 @@ def fan_out(
     for partner, endpoint in targets:
         if wanted not in endpoint.event_types:
             continue
-        delivery_id, webhook_id = new_id(), message_id(event.id, endpoint.id)
+        delivery_id = new_id()
         # No look-up first: the inbox claim makes a redelivered event add nothing, and the unique
         # message_id turns a race between replicas into a rolled-back (and retried) transaction.
         # A row, not a Delivery object: staged, it is inserted with the batch's others at the commit.
-        stage_insert(
-            session,
-            DELIVERIES,
-            {
-                "id": delivery_id,
-                "message_id": webhook_id,
-                "tenant": event.tenant,
-                "channel": "webhook",
-                "template": None,
-                "event_id": event.id,
-                "event_type": event.type,
-                "event_time": event.time,
-                "signal_id": signal_id,
-                "case_id": case_id,
-                "partner_id": partner.id,
-                "partner_code": partner.code,
-                "endpoint_id": endpoint.id,
-                "payload": body,
-                "coalesce_key": None,
-                "sequence": 0,
-                "status": "sending" if claim else "scheduled",
-                "status_reason": None,
-                "attempts": 1 if claim else 0,
-                "next_attempt_at": lease if claim else now,
-                "last_status_code": None,
-                "last_error": None,
-                "created_at": now,
-                "updated_at": now,
-                "delivered_at": None,
-            },
-        )
+        row = {
+            "id": delivery_id,
+            "message_id": message_id(event.id, endpoint.id),
+            "tenant": event.tenant,
+            "channel": "webhook",
+            "template": None,
+            "event_id": event.id,
+            "event_type": event.type,
+            "event_time": event.time,
+            "signal_id": signal_id,
+            "case_id": case_id,
+            "partner_id": partner.id,
+            "partner_code": partner.code,
+            "endpoint_id": endpoint.id,
+            "payload": body,
+            "coalesce_key": None,
+            "sequence": 0,
+            "status": "sending" if claim else "scheduled",
+            "status_reason": None,
+            "attempts": 1 if claim else 0,
+            "next_attempt_at": lease if claim else now,
+            "last_status_code": None,
+            "last_error": None,
+            "created_at": now,
+            "updated_at": now,
+            "delivered_at": None,
+        }
+        stage_insert(session, DELIVERIES, row)
         if claim:
-            stage_insert(
-                session,
-                ATTEMPTS,
-                {
-                    "delivery_id": delivery_id,
-                    "number": 1,
-                    "started_at": now,
-                    "finished_at": None,
-                    "outcome": "in_flight",
-                    "status_code": None,
-                    "error": None,
-                    "duration_ms": None,
-                },
-            )
-            view.claimed.append(
-                Claimed(
-                    id=delivery_id,
-                    message_id=webhook_id,
-                    tenant=event.tenant,
-                    channel="webhook",
-                    template=None,
-                    event_type=event.type,
-                    event_time=event.time,
-                    signal_id=signal_id,
-                    case_id=case_id,
-                    partner_id=partner.id,
-                    partner_code=partner.code,
-                    endpoint_id=endpoint.id,
-                    payload=body,
-                    number=1,
-                    endpoint=endpoint,
-                )
-            )
+            stage_insert(session, ATTEMPTS, in_flight_attempt(delivery_id, 1, now))
+            view.claimed.append(Claimed.of(row, number=1, endpoint=endpoint))
         count += 1
     return count
 

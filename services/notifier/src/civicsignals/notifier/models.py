@@ -11,6 +11,7 @@ test process, and a name another service also used would clash there.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import datetime
@@ -399,3 +400,45 @@ class Claimed:
     endpoint: Endpoint | None = None
     """A webhook's endpoint as it was at the claim (read with the claim, not once per attempt)."""
     claimed_at: float = dataclass_field(default_factory=time.monotonic)
+
+    @classmethod
+    def of(cls, delivery: Mapping[str, Any], *, number: int, endpoint: Endpoint | None) -> Claimed:
+        """The claim of a delivery given by its columns (a row read by the dispatcher's claim, or
+        the row a consumer stages as it creates the delivery claimed)."""
+        return cls(
+            **{name: delivery[name] for name in CLAIMED_COLUMNS},
+            number=number,
+            endpoint=endpoint,
+        )
+
+
+CLAIMED_COLUMNS = (
+    "id",
+    "message_id",
+    "tenant",
+    "channel",
+    "template",
+    "event_type",
+    "event_time",
+    "signal_id",
+    "case_id",
+    "partner_id",
+    "partner_code",
+    "endpoint_id",
+    "payload",
+)
+"""The delivery's columns that its claim carries to the attempt."""
+
+
+def in_flight_attempt(delivery_id: str, number: int, started_at: datetime) -> dict[str, Any]:
+    """The ``attempt`` row a claim writes: attempt ``number`` under way since ``started_at``."""
+    return {
+        "delivery_id": delivery_id,
+        "number": number,
+        "started_at": started_at,
+        "finished_at": None,
+        "outcome": "in_flight",
+        "status_code": None,
+        "error": None,
+        "duration_ms": None,
+    }
