@@ -260,3 +260,30 @@ async def test_webhooks_created_as_the_dispatcher_stops_are_given_back_due_at_on
     [scheduled] = [row for row in await deliveries(notifier, "s-later") if row.channel == "webhook"]
     assert (scheduled.status, scheduled.attempts) == ("scheduled", 0)
     assert await attempts_of(notifier, scheduled.id) == []
+
+
+async def test_routing_claims_the_waiting_acknowledgement_with_the_webhooks_it_releases(
+    make_tenant, notifier_factory, receiver, wait_until
+) -> None:
+    """``signal.routed`` makes the acknowledgement (scheduled by ``signal.received``) due at once:
+    with the dispatcher running it is claimed in the same transaction, beside the new webhook."""
+    notifier = await notifier_factory(make_tenant(TENANT, name="Gouda"), acknowledgement_wait_s=3600.0)
+    await notifier.register("woonpartners", receiver.url)
+    await apply_batch(notifier, [received("s-ack")])
+    [ack] = await deliveries(notifier, "s-ack")
+    assert (ack.status, ack.attempts) == ("scheduled", 0)
+
+    ctx = notifier.app.state.notifier
+    event = routed("s-ack", "case-ack", ["woonpartners"])
+    async with notifier.runtime.sessions() as session, session.begin():
+        await flows.prepare(ctx, session, [event])
+        await flows.apply_signal_routed(ctx, session, event)
+        claimed = flows.BatchView.of(session).claimed
+        assert sorted(item.channel for item in claimed) == ["email", "webhook"]
+        assert next(item for item in claimed if item.channel == "email").id == ack.id
+
+    async def first_attempt() -> bool:
+        return [attempt.number for attempt in await attempts_of(notifier, ack.id)] == [1]
+
+    await wait_until(first_attempt, timeout=10, message="the acknowledgement's first attempt")
+    await wait_until(lambda: len(receiver.delivered()) == 1, timeout=20, message="the webhook")

@@ -14,6 +14,7 @@ from sqlalchemy import DateTime, MetaData, Table, event, insert
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.schema import sort_tables
 from sqlalchemy.types import TypeDecorator
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -80,8 +81,9 @@ def stage_insert(session: AsyncSession | Session, table: Table, row: dict[str, A
     bench/pipeline). Staged rows are inserted, one Core ``INSERT`` per table, before the session's
     next flush of ORM changes (an autoflush before a query included) and before its commit (a
     transaction with no ORM changes does not flush at all); they commit or roll back with the
-    caller's changes, and a transaction that ends without committing forgets them. A row must not
-    depend on an ORM object of the same flush (their order is not known).
+    caller's changes, and a transaction that ends without committing forgets them. The tables go
+    in the order of their foreign keys (parents first), so a staged row may refer to another staged
+    row; it must not refer to an ORM object of the same flush (that is written after it).
     """
     sync_session = session.sync_session if isinstance(session, AsyncSession) else session
     if sync_session.in_nested_transaction():
@@ -94,8 +96,11 @@ def stage_insert(session: AsyncSession | Session, table: Table, row: dict[str, A
 
 def _insert_staged(session: Session, *_args: Any) -> None:
     staged: dict[Table, list[dict[str, Any]]] | None = session.info.pop(_STAGED, None)
-    for table, rows in (staged or {}).items():
-        session.connection().execute(insert(table), rows)
+    if not staged:
+        return
+    # Parents before the rows that refer to them, whatever order they were staged in.
+    for table in sort_tables(staged) if len(staged) > 1 else staged:
+        session.connection().execute(insert(table), staged[table])
 
 
 def _forget_staged(session: Session, transaction: SessionTransaction) -> None:

@@ -43,6 +43,7 @@ from civicsignals.notifier.mailer import SmtpPool
 from civicsignals.notifier.messages import TemplateBook
 from civicsignals.notifier.models import (
     ATTEMPTS,
+    CLAIMED_COLUMNS,
     DELIVERIES,
     Claimed,
     Delivery,
@@ -122,8 +123,9 @@ class BatchView:
     by_coalesce_key: dict[str, Delivery] = field(default_factory=dict)
     endpoints: dict[str, list[tuple[Partner, Endpoint]]] = field(default_factory=dict)
     """Per tenant, the enabled endpoints of the partners the batch names."""
-    claim_webhooks: bool = False
-    """Whether the batch's new webhooks are claimed as they are created (the dispatcher runs)."""
+    claim_due_now: bool = False
+    """Whether deliveries the batch makes due at once are claimed right there (the dispatcher runs):
+    new webhooks, and the acknowledgement that ``signal.routed`` releases."""
     claimed: list[Claimed] = field(default_factory=list)
     """Those claimed so far: handed to the dispatcher once the transaction has committed."""
     KEY: ClassVar[str] = "notifier.batch"
@@ -169,7 +171,7 @@ async def prepare(ctx: NotifierContext, session: AsyncSession, events: list[Clou
     session.info[BatchView.KEY] = view
     dispatcher = ctx.dispatcher
     if dispatcher is not None and dispatcher.accepting():
-        view.claim_webhooks = True
+        view.claim_due_now = True
 
         def hand_over(_session: Any) -> None:
             dispatcher.offer(view.claimed)
@@ -290,8 +292,11 @@ async def apply_signal_routed(ctx: NotifierContext, session: AsyncSession, event
             _merge_payload(ack, values)
             ack.case_id = routed.case_id
             ack.event_id, ack.event_type, ack.event_time = event.id, event.type, event.time
-            ack.next_attempt_at = now
             ack.updated_at = now
+            if view.claim_due_now and ack not in session.new:
+                _claim_now(ctx, session, ack, now)
+            else:  # the dispatcher claims it (a new row: its attempt could not be written before it)
+                ack.next_attempt_at = now
     fan_out(ctx, session, event, routed.partners, signal_id=routed.signal_id, case_id=routed.case_id)
 
 
@@ -326,6 +331,20 @@ def _partners_after(
     if "partners" in event.data:
         return list(changed.partners)
     return list(link.partners) if link is not None and link.partners is not None else None
+
+
+def _claim_now(ctx: NotifierContext, session: AsyncSession, delivery: Delivery, now: datetime) -> None:
+    """Claim a delivery that is due now, in this transaction, as the dispatcher's claim would
+    (see :func:`fan_out`); it goes to the dispatcher once the transaction has committed."""
+    delivery.status = "sending"
+    delivery.attempts += 1
+    delivery.coalesce_key = None
+    delivery.next_attempt_at = now + timedelta(seconds=ctx.settings.lease_s(delivery.channel))
+    # A staged row: the delivery is already in the database (staged rows go in before the flush
+    # of ORM changes, so a delivery new in this transaction is left to the dispatcher's claim).
+    stage_insert(session, ATTEMPTS, in_flight_attempt(delivery.id, delivery.attempts, now))
+    columns = {name: getattr(delivery, name) for name in CLAIMED_COLUMNS}
+    BatchView.of(session).claimed.append(Claimed.of(columns, number=delivery.attempts, endpoint=None))
 
 
 def status_mail_key(tenant: str, case_id: str) -> str:
@@ -417,7 +436,7 @@ def fan_out(
             "event %s names partners without an enabled endpoint: %s", event.id, ", ".join(sorted(missing))
         )
     now = utcnow()
-    claim = view.claim_webhooks
+    claim = view.claim_due_now
     lease = now + timedelta(seconds=ctx.settings.lease_s("webhook"))
     count = 0
     for partner, endpoint in targets:
