@@ -25,7 +25,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from civicsignals.common.events import CloudEvent, EventData, make_event
+from civicsignals.common.events import CloudEvent, EventData, SignalReceived, make_event, utcnow
 from civicsignals.common.tasks import awaits
 from civicsignals.devstack.mailcatcher import MailCatcher
 from civicsignals.devstack.nats import NatsServer
@@ -249,3 +249,18 @@ async def stop_or_show_what_hangs(notifier: Notifier, timeout_s: float = 60.0) -
 def event_json(received: Received) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(received.body)
     return body
+
+
+def signal_received(signal_id: str, tracking_code: str = "7KQ2-M9XD-4HTC") -> SignalReceived:
+    """A signal whose reporter left an address (notifier reads it from intake when it mails)."""
+    return SignalReceived(
+        signal_id=signal_id,
+        tracking_code=tracking_code,
+        kind="report",
+        channel="web",
+        text="Afval naast de container.",
+        language="nl",
+        received_at=utcnow(),
+        has_contact=True,
+        source="portal",
+    )

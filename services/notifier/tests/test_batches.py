@@ -28,6 +28,8 @@ from civicsignals.notifier import flows
 from civicsignals.notifier.dispatch import Result
 from civicsignals.notifier.models import Attempt, Delivery, SignalLink
 
+from .conftest import signal_received
+
 TENANT = "gouda"
 
 
@@ -50,19 +52,7 @@ def routed(signal_id: str, case_id: str, partners: list[str]) -> CloudEvent:
 
 
 def received(signal_id: str) -> CloudEvent:
-    return event(
-        SignalReceived(
-            signal_id=signal_id,
-            tracking_code=f"code-{signal_id}",
-            kind="report",
-            channel="web",
-            text="Afval naast de container.",
-            language="nl",
-            received_at=utcnow(),
-            has_contact=True,
-            source="portal",
-        )
-    )
+    return event(signal_received(signal_id, tracking_code=f"code-{signal_id}"))
 
 
 def change(signal_id: str, case_id: str, to: str, sequence: int, partners: list[str]) -> CloudEvent:

@@ -22,13 +22,13 @@ from civicsignals.common.bus import STREAM, stream_messages
 from civicsignals.common.events import (
     CaseStatusChanged,
     CloudEvent,
-    SignalReceived,
     SignalRouted,
     make_event,
-    utcnow,
 )
 from civicsignals.common.ids import new_id
 from civicsignals.devstack.ports import free_port
+
+from .conftest import signal_received
 
 TENANT = "gouda"
 
@@ -43,21 +43,6 @@ def routed(partners: list[str], signal_id: str | None = None, case_id: str | Non
         priority="normal",
         rule_id="woonoverlast",
         service_promise="Binnen 5 werkdagen.",
-    )
-
-
-def received(signal_id: str) -> SignalReceived:
-    """A signal whose reporter left an address (notifier reads it from intake when it mails)."""
-    return SignalReceived(
-        signal_id=signal_id,
-        tracking_code="7KQ2-M9XD-4HTC",
-        kind="report",
-        channel="web",
-        text="Afval naast de container.",
-        language="nl",
-        received_at=utcnow(),
-        has_contact=True,
-        source="portal",
     )
 
 
@@ -487,7 +472,7 @@ async def test_resident_mails_waiting_on_intake_do_not_hold_up_the_partners_webh
         )
         await notifier.register("woonpartners", receiver.url)
         for _ in range(3):  # acknowledgements due at once: two fill the e-mail slots, one waits
-            await notifier.publish(TENANT, received(new_id()))
+            await notifier.publish(TENANT, signal_received(new_id()))
         await wait_until(lambda: len(intake.started) == 2, timeout=20, message="both e-mail slots taken")
         await notifier.publish(TENANT, routed(["woonpartners"]))
         await wait_until(lambda: receiver.delivered(), timeout=20, message="the webhook")

@@ -37,7 +37,6 @@ def create_app(settings: NotifierSettings | None = None) -> FastAPI:
         mailer=SmtpPool(settings),
     )
     dispatcher = Dispatcher(context)
-    context.wake_dispatcher.append(dispatcher.wake)
     context.dispatcher = dispatcher
     for spec in flows.consumers(context):
         runtime.add_consumer(spec)

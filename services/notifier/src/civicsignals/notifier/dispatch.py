@@ -52,6 +52,7 @@ from civicsignals.notifier.addresses import UnsafeEndpoint, check_endpoint
 from civicsignals.notifier.flows import NotifierContext
 from civicsignals.notifier.models import (
     ATTEMPTS,
+    CLAIMED_COLUMNS,
     DELIVERIES,
     ENDPOINTS,
     Attempt,
@@ -327,23 +328,7 @@ class Dispatcher:
         d = DELIVERIES.c
         async with self.ctx.runtime.sessions() as session, session.begin():
             query = (
-                _columns(
-                    d.id,
-                    d.status,
-                    d.attempts,
-                    d.message_id,
-                    d.tenant,
-                    d.channel,
-                    d.template,
-                    d.event_type,
-                    d.event_time,
-                    d.signal_id,
-                    d.case_id,
-                    d.partner_id,
-                    d.partner_code,
-                    d.endpoint_id,
-                    d.payload,
-                )
+                _columns(d.status, d.attempts, *(d[name] for name in CLAIMED_COLUMNS))
                 .where(d.status.in_(("scheduled", "sending")))
                 .where(d.next_attempt_at <= now)
                 .order_by(d.next_attempt_at)

@@ -70,9 +70,11 @@ By the event's age, not its deliveries: a count of quick redeliveries ran out un
 partners then missed status webhooks."""
 
 
-class ClaimSink(Protocol):
-    """The dispatcher, as the consumers see it: it takes the deliveries they claim as they create
-    them (:meth:`~civicsignals.notifier.dispatch.Dispatcher.offer`)."""
+class DispatcherHandle(Protocol):
+    """The dispatcher, as the consumers see it: woken when deliveries were committed, and taking
+    those they claimed as they created them (:meth:`~civicsignals.notifier.dispatch.Dispatcher.offer`)."""
+
+    def wake(self) -> None: ...
 
     def accepting(self) -> bool: ...
 
@@ -88,13 +90,12 @@ class NotifierContext:
     box: SecretBox
     http: WebhookClient
     mailer: SmtpPool
-    wake_dispatcher: list[Any] = field(default_factory=list)
-    dispatcher: ClaimSink | None = None
+    dispatcher: DispatcherHandle | None = None
 
     def wake(self) -> None:
         """Tell the dispatcher that deliveries were committed that may be due now."""
-        for wake in self.wake_dispatcher:
-            wake()
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
 
 
 def short_type(event_type: str) -> str:
