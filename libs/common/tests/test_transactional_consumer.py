@@ -252,3 +252,51 @@ async def test_a_not_ready_event_waits_while_the_rest_of_its_batch_commits(
     assert sorted(await database.applied()) == sorted(item.id for item in events)
     assert deliveries == [1, 2, 3]
     assert database.commits == 2  # the batch without it, then it alone once ready (a wait commits nothing)
+
+
+async def test_a_batch_that_collides_with_a_concurrent_writer_is_tried_again_whole(
+    bus: Bus, database: Database, wait_until: Any
+) -> None:
+    """Another writer commits a row the batch creates too, after the batch's prepare read that it
+    was missing (notifier's two consumers that both create a signal's acknowledgement). The second
+    try reads it and builds on it: one more transaction, not one per event and a redelivery."""
+    shared = Table("shared", APPLIED.metadata, Column("key", String, primary_key=True))
+    async with database.engine.begin() as connection:
+        await connection.run_sync(shared.create)
+    commits_before = database.commits
+    events = [received_event(number) for number in range(6)]
+    tries: list[bool] = []
+    deliveries: list[int] = []
+
+    async def prepare(session: AsyncSession, _events: list[CloudEvent]) -> None:
+        found = (await session.exec(select(shared.c.key).where(shared.c.key == "ack"))).first()
+        session.info["ack exists"] = found is not None
+        tries.append(found is not None)
+        if len(tries) == 1:  # the other writer commits it now, between this read and the batch's commit
+            async with database.engine.begin() as other:
+                await other.execute(insert(shared).values(key="ack"))
+
+    async def apply(session: AsyncSession, event: CloudEvent, msg: Msg) -> None:
+        deliveries.append(msg.metadata.num_delivered)
+        if not session.info["ack exists"]:
+            await session.exec(insert(shared).values(key="ack"))
+            session.info["ack exists"] = True
+        await session.exec(insert(APPLIED).values(event_id=event.id))
+
+    for item in events:
+        await bus.publish(SUBJECT, item)
+    spec = ConsumerSpec(DURABLE, "civic.*.signal.received", apply=apply, prepare=prepare, max_deliver=5)
+    consumer = TransactionalConsumer(bus, spec, database.sessions)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_until(lambda: _settled(bus, len(events)), message="every message acked")
+    finally:
+        consumer.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    assert sorted(await database.applied()) == sorted(item.id for item in events)
+    assert tries == [False, True]  # the whole batch once more, having read the other writer's row
+    assert database.commits - commits_before == 2  # the other writer's and the batch's second try
+    assert set(deliveries) == {1}  # nothing went back for redelivery
