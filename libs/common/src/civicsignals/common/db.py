@@ -29,6 +29,12 @@ def is_postgres(url: str) -> bool:
     return make_url(url).get_backend_name() == "postgresql"
 
 
+SQLITE_POOL_SIZE = 32
+"""Connections an SQLite engine keeps open; as many again may be opened for a burst (and closed
+after it). Not fewer with no overflow: a request holding a connection may wait for a group commit
+that needs one of its own."""
+
+
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     """Open an engine; SQLite gets WAL and a busy timeout so that a relay and requests can share it."""
     if is_sqlite(url):
@@ -37,7 +43,17 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             from pathlib import Path
 
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        engine = create_async_engine(
+            url,
+            echo=echo,
+            connect_args={"timeout": 30},
+            # Keep every connection open: an aiosqlite connection is a thread of its own plus four
+            # PRAGMAs to open, and the default pool (5, overflow 10) closed each one past the fifth
+            # on its return, so under load a new one was opened for most sessions (py-spy under
+            # bench/pipeline: intake's contact reads spent half their time in Thread.start).
+            pool_size=SQLITE_POOL_SIZE,
+            max_overflow=SQLITE_POOL_SIZE,
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
