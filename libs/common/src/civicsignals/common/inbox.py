@@ -91,6 +91,12 @@ async def claimed_before(session: AsyncSession, consumer: str, event_ids: list[s
     return set(rows.all())
 
 
+CONFLICT_TRIES = 3
+"""Tries of a batch (and of a single event) that fails on a unique constraint, each reading afresh
+what another writer committed meanwhile (see :meth:`TransactionalConsumer._apply_batch`). One retry
+still collided with notifier's other consumer a few times a minute under bench/pipeline's load."""
+
+
 class TransactionalConsumer(Consumer):
     """A consumer whose events change the service's database: a fetched batch in one transaction.
 
@@ -130,10 +136,13 @@ class TransactionalConsumer(Consumer):
 
     async def process(self, event: CloudEvent, msg: Msg) -> None:
         """One event in a transaction of its own (a batch of one, or a failed batch's retry)."""
-        try:
-            await self._process_once(event, msg)
-        except IntegrityError:
-            await self._process_once(event, msg)  # a concurrent writer's row: see :meth:`_apply_batch`
+        for tries_left in reversed(range(CONFLICT_TRIES)):
+            try:
+                await self._process_once(event, msg)
+                return
+            except IntegrityError:
+                if not tries_left:  # a concurrent writer's row: see :meth:`_apply_batch`
+                    raise
 
     async def _process_once(self, event: CloudEvent, msg: Msg) -> None:
         durable = self.spec.durable
@@ -160,10 +169,13 @@ class TransactionalConsumer(Consumer):
         durable = self.spec.durable
         started = time.perf_counter()
         try:
-            try:
-                waiting = await self._apply_batch(batch)
-            except IntegrityError:
-                waiting = await self._apply_batch(batch)
+            for tries_left in reversed(range(CONFLICT_TRIES)):
+                try:
+                    waiting = await self._apply_batch(batch)
+                    break
+                except IntegrityError:
+                    if not tries_left:
+                        raise
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -192,15 +204,15 @@ class TransactionalConsumer(Consumer):
         """Apply and commit the events of ``batch`` in one transaction; the ids of those left out
         as not ready.
 
-        The caller tries a batch that failed on a unique constraint (``IntegrityError``) once more
-        at once, before handling its events one by one: nearly always another writer committed,
-        after this batch's ``prepare`` read, a row the batch creates too (notifier's
-        ``signal.received`` and ``signal.routed`` consumers both create a signal's acknowledgement,
-        whichever comes first; a redelivery races its first delivery's inbox record), and the
-        second try reads that row and builds on it. Handled one by one instead, each event of the
-        batch took a transaction of its own, and the one that had collided a second collision and
-        a redelivery a second later (bench/pipeline: about 25 batches a minute at 100 signals/s,
-        the webhooks of those batches up to 1.4 s late).
+        The caller tries a batch that failed on a unique constraint (``IntegrityError``) again at
+        once (``CONFLICT_TRIES`` in all) before it handles the events one by one: nearly always
+        another writer committed, after this batch's ``prepare`` read, a row the batch creates too
+        (notifier's ``signal.received`` and ``signal.routed`` consumers both create a signal's
+        acknowledgement, whichever comes first; a redelivery races its first delivery's inbox
+        record), and the next try reads that row and builds on it. Handled one by one instead,
+        each event of the batch took a transaction of its own, and the one that had collided
+        collided again and came back a second later (bench/pipeline: about 25 batches a minute at
+        100 signals/s, the webhooks of those batches up to 1.4 s late).
         """
         durable = self.spec.durable
         waiting: set[str] = set()  # ids of the events left out as not ready
