@@ -29,7 +29,7 @@ from civicsignals.common.bus import (
 )
 from civicsignals.common.db import create_engine, session_factory
 from civicsignals.common.events import CloudEvent
-from civicsignals.common.inbox import ProcessedEvent, TransactionalConsumer
+from civicsignals.common.inbox import CONFLICT_TRIES, ProcessedEvent, TransactionalConsumer
 from civicsignals.common.telemetry import tracer
 
 from .conftest import received_event
@@ -254,39 +254,57 @@ async def test_a_not_ready_event_waits_while_the_rest_of_its_batch_commits(
     assert database.commits == 2  # the batch without it, then it alone once ready (a wait commits nothing)
 
 
+SHARED = Table("shared", APPLIED.metadata, Column("key", String, primary_key=True))
+"""A row that two writers both create when they find it missing (made with APPLIED's tables)."""
+
+
+def colliding_consumer(
+    bus: Bus, database: Database, collisions: int, tries: list[bool], deliveries: list[int]
+) -> TransactionalConsumer:
+    """A consumer whose batch creates the row ``ack`` unless its prepare read it, while another
+    writer deletes that row before the first ``collisions`` prepares read and creates it again
+    before their commits: notifier's two consumers that both create a signal's acknowledgement,
+    whichever event comes first."""
+
+    async def other_writer(statement: Any) -> None:
+        async with database.engine.begin() as other:
+            await other.execute(statement)
+
+    async def prepare(session: AsyncSession, _events: list[CloudEvent]) -> None:
+        collide = len(tries) < collisions
+        if collide:
+            await other_writer(SHARED.delete().where(SHARED.c.key == "ack"))
+        found = (await session.exec(select(SHARED.c.key).where(SHARED.c.key == "ack"))).first()
+        session.info["ack exists"] = found is not None
+        tries.append(found is not None)
+        if collide:  # between this read and the batch's commit
+            await other_writer(insert(SHARED).values(key="ack"))
+
+    async def apply(session: AsyncSession, event: CloudEvent, msg: Msg) -> None:
+        deliveries.append(msg.metadata.num_delivered)
+        if not session.info["ack exists"]:
+            await session.exec(insert(SHARED).values(key="ack"))
+            session.info["ack exists"] = True
+        await session.exec(insert(APPLIED).values(event_id=event.id))
+
+    spec = ConsumerSpec(DURABLE, "civic.*.signal.received", apply=apply, prepare=prepare, max_deliver=5)
+    return TransactionalConsumer(bus, spec, database.sessions)
+
+
 async def test_a_batch_that_collides_with_a_concurrent_writer_is_tried_again_whole(
     bus: Bus, database: Database, wait_until: Any
 ) -> None:
     """Another writer commits a row the batch creates too, after the batch's prepare read that it
-    was missing (notifier's two consumers that both create a signal's acknowledgement). The second
-    try reads it and builds on it: one more transaction, not one per event and a redelivery."""
-    shared = Table("shared", APPLIED.metadata, Column("key", String, primary_key=True))
-    async with database.engine.begin() as connection:
-        await connection.run_sync(shared.create)
+    was missing. The second try reads it and builds on it: one more transaction, not one per
+    event and a redelivery."""
     commits_before = database.commits
     events = [received_event(number) for number in range(6)]
     tries: list[bool] = []
     deliveries: list[int] = []
 
-    async def prepare(session: AsyncSession, _events: list[CloudEvent]) -> None:
-        found = (await session.exec(select(shared.c.key).where(shared.c.key == "ack"))).first()
-        session.info["ack exists"] = found is not None
-        tries.append(found is not None)
-        if len(tries) == 1:  # the other writer commits it now, between this read and the batch's commit
-            async with database.engine.begin() as other:
-                await other.execute(insert(shared).values(key="ack"))
-
-    async def apply(session: AsyncSession, event: CloudEvent, msg: Msg) -> None:
-        deliveries.append(msg.metadata.num_delivered)
-        if not session.info["ack exists"]:
-            await session.exec(insert(shared).values(key="ack"))
-            session.info["ack exists"] = True
-        await session.exec(insert(APPLIED).values(event_id=event.id))
-
     for item in events:
         await bus.publish(SUBJECT, item)
-    spec = ConsumerSpec(DURABLE, "civic.*.signal.received", apply=apply, prepare=prepare, max_deliver=5)
-    consumer = TransactionalConsumer(bus, spec, database.sessions)
+    consumer = colliding_consumer(bus, database, 1, tries, deliveries)
     task = asyncio.create_task(consumer.run())
     try:
         await wait_until(lambda: _settled(bus, len(events)), message="every message acked")
@@ -298,5 +316,34 @@ async def test_a_batch_that_collides_with_a_concurrent_writer_is_tried_again_who
 
     assert sorted(await database.applied()) == sorted(item.id for item in events)
     assert tries == [False, True]  # the whole batch once more, having read the other writer's row
-    assert database.commits - commits_before == 2  # the other writer's and the batch's second try
+    # The other writer's two (its delete found nothing) and the batch's second try.
+    assert database.commits - commits_before == 3
     assert set(deliveries) == {1}  # nothing went back for redelivery
+
+
+async def test_a_batch_that_keeps_colliding_is_settled_event_by_event(
+    bus: Bus, database: Database, wait_until: Any
+) -> None:
+    """The tries are bounded: a batch that collides on every one of them (another writer commits
+    the row anew each time) is handled one event at a time, as any failed batch, and each event
+    is still applied once."""
+    events = [received_event(number) for number in range(4)]
+    tries: list[bool] = []
+    deliveries: list[int] = []
+    for item in events:
+        await bus.publish(SUBJECT, item)
+    consumer = colliding_consumer(bus, database, CONFLICT_TRIES, tries, deliveries)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_until(lambda: _settled(bus, len(events)), message="every message acked")
+    finally:
+        consumer.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    applied = await database.applied()
+    assert sorted(applied) == sorted(item.id for item in events)
+    assert len(applied) == len(set(applied))
+    # Every try of the batch collided; then each event alone, reading the row it now finds.
+    assert tries == [False] * CONFLICT_TRIES + [True] * len(events)
