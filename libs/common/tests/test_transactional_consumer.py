@@ -274,7 +274,7 @@ def colliding_consumer(
         collide = len(tries) < collisions
         if collide:
             await other_writer(SHARED.delete().where(SHARED.c.key == "ack"))
-        found = (await session.exec(select(SHARED.c.key).where(SHARED.c.key == "ack"))).first()
+        found = await session.scalar(select(SHARED.c.key).where(SHARED.c.key == "ack"))
         session.info["ack exists"] = found is not None
         tries.append(found is not None)
         if collide:  # between this read and the batch's commit
