@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 from nats.aio.msg import Msg
 from prometheus_client import Histogram
@@ -35,6 +36,7 @@ from civicsignals.common.db import SessionFactory, UtcDateTime, stage_insert
 from civicsignals.common.events import CloudEvent, utcnow
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BATCH_SIZE = Histogram(
     "civic_consumer_batch_size",
@@ -97,6 +99,18 @@ what another writer committed meanwhile (see :meth:`TransactionalConsumer._apply
 still collided with notifier's other consumer a few times a minute under bench/pipeline's load."""
 
 
+async def _tried_again_on_conflict(attempt: Callable[[], Awaitable[T]]) -> T:
+    """``attempt()``, tried again at once when it fails on a unique constraint, up to
+    ``CONFLICT_TRIES`` in all (see :meth:`TransactionalConsumer._apply_batch`)."""
+    for tries_left in reversed(range(CONFLICT_TRIES)):
+        try:
+            return await attempt()
+        except IntegrityError:
+            if not tries_left:
+                raise
+    raise AssertionError("CONFLICT_TRIES is at least 1")
+
+
 class TransactionalConsumer(Consumer):
     """A consumer whose events change the service's database: a fetched batch in one transaction.
 
@@ -106,10 +120,11 @@ class TransactionalConsumer(Consumer):
     Each event still gets its own consumer span, so the events it enqueues carry its trace.
 
     An ``apply`` that raises :class:`~civicsignals.common.bus.NotReady` (before changing anything)
-    leaves its event out of the commit; it is redelivered after the usual delay. If anything else
-    fails, the batch rolls back whole and every message is handled again on its own, in a
-    transaction of its own, so one poison or not-yet-ready event is settled alone (dead-lettered or
-    redelivered later) and the rest commit. A crash before the commit leaves every message unacked:
+    leaves its event out of the commit; it is redelivered after the usual delay. A batch that fails
+    on a unique constraint (another writer's row, committed after this batch read it) is tried
+    again whole. If it still fails, or fails otherwise, it rolls back and every message is handled
+    again on its own, in a transaction of its own, so one poison or not-yet-ready event is settled
+    alone (dead-lettered or redelivered later) and the rest commit. A crash before the commit leaves every message unacked:
     JetStream delivers them again and the inbox makes a second apply impossible.
     """
 
@@ -136,13 +151,7 @@ class TransactionalConsumer(Consumer):
 
     async def process(self, event: CloudEvent, msg: Msg) -> None:
         """One event in a transaction of its own (a batch of one, or a failed batch's retry)."""
-        for tries_left in reversed(range(CONFLICT_TRIES)):
-            try:
-                await self._process_once(event, msg)
-                return
-            except IntegrityError:
-                if not tries_left:  # a concurrent writer's row: see :meth:`_apply_batch`
-                    raise
+        await _tried_again_on_conflict(lambda: self._process_once(event, msg))
 
     async def _process_once(self, event: CloudEvent, msg: Msg) -> None:
         durable = self.spec.durable
@@ -169,13 +178,7 @@ class TransactionalConsumer(Consumer):
         durable = self.spec.durable
         started = time.perf_counter()
         try:
-            for tries_left in reversed(range(CONFLICT_TRIES)):
-                try:
-                    waiting = await self._apply_batch(batch)
-                    break
-                except IntegrityError:
-                    if not tries_left:
-                        raise
+            waiting = await _tried_again_on_conflict(lambda: self._apply_batch(batch))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
