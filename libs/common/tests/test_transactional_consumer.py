@@ -86,9 +86,16 @@ async def running(
 
     spec = ConsumerSpec(DURABLE, "civic.*.signal.received", apply=apply, max_deliver=5, ack_wait_s=10.0)
     consumer = TransactionalConsumer(bus, spec, database.sessions)
+    async with consuming(consumer):
+        yield consumer
+
+
+@contextlib.asynccontextmanager
+async def consuming(consumer: TransactionalConsumer) -> AsyncIterator[None]:
+    """Run ``consumer`` for the block; stop it afterwards."""
     task = asyncio.create_task(consumer.run())
     try:
-        yield consumer
+        yield
     finally:
         consumer.stop()
         task.cancel()
@@ -240,14 +247,8 @@ async def test_a_not_ready_event_waits_while_the_rest_of_its_batch_commits(
         await bus.publish(SUBJECT, item)
     spec = ConsumerSpec(DURABLE, "civic.*.signal.received", apply=apply_after_check, max_deliver=5)
     consumer = TransactionalConsumer(bus, spec, database.sessions)
-    task = asyncio.create_task(consumer.run())
-    try:
+    async with consuming(consumer):
         await wait_until(lambda: _settled(bus, len(events)), message="every message acked")
-    finally:
-        consumer.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
     assert sorted(await database.applied()) == sorted(item.id for item in events)
     assert deliveries == [1, 2, 3]
@@ -305,14 +306,8 @@ async def test_a_batch_that_collides_with_a_concurrent_writer_is_tried_again_who
     for item in events:
         await bus.publish(SUBJECT, item)
     consumer = colliding_consumer(bus, database, 1, tries, deliveries)
-    task = asyncio.create_task(consumer.run())
-    try:
+    async with consuming(consumer):
         await wait_until(lambda: _settled(bus, len(events)), message="every message acked")
-    finally:
-        consumer.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
     assert sorted(await database.applied()) == sorted(item.id for item in events)
     assert tries == [False, True]  # the whole batch once more, having read the other writer's row
@@ -333,14 +328,8 @@ async def test_a_batch_that_keeps_colliding_is_settled_event_by_event(
     for item in events:
         await bus.publish(SUBJECT, item)
     consumer = colliding_consumer(bus, database, CONFLICT_TRIES, tries, deliveries)
-    task = asyncio.create_task(consumer.run())
-    try:
+    async with consuming(consumer):
         await wait_until(lambda: _settled(bus, len(events)), message="every message acked")
-    finally:
-        consumer.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
     applied = await database.applied()
     assert sorted(applied) == sorted(item.id for item in events)

@@ -47,7 +47,7 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             url,
             echo=echo,
             connect_args={"timeout": 30},
-            # Keep every connection open: an aiosqlite connection is a thread of its own plus four
+            # Keep 32 connections open: an aiosqlite connection is a thread of its own plus four
             # PRAGMAs to open, and the default pool (5, overflow 10) closed each one past the fifth
             # on its return, so under load a new one was opened for most sessions (py-spy under
             # bench/pipeline: intake's contact reads spent half their time in Thread.start).
