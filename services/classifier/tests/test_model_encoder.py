@@ -38,3 +38,23 @@ def test_batch_size_does_not_reorder(encoder: SentenceEncoder) -> None:
     assert big.shape == small.shape == (40, encoder.dim)
     assert np.all(np.sum(big * small, axis=1) > 0.99)
     assert encoder.encode([]).shape == (0, encoder.dim)
+
+
+def test_the_rewritten_graph_embeds_as_the_shipped_file_does(encoder: SentenceEncoder) -> None:
+    """The encoder is served with its layer normalisations and selects fused (``encoder_graph``).
+    Against the file as shipped, each text's embedding is as close as embedding it in another
+    batch is (the activations are quantised per batch, so a rounding may fall either way)."""
+    assert encoder.rewrites == {"layer_norms": 4, "selects": 14, "unused": 18}
+    texts = [
+        "De lantaarnpaal voor mijn huis is kapot",
+        "Er ligt afval naast de container",
+        "Wanneer wordt mijn paspoort klaar?",
+        "The streetlight in front of my house is broken",
+        "Ik wil een klacht indienen over de behandeling aan de balie",
+        "Mijn afvalstoffenheffing is te hoog",
+    ]
+    shipped = SentenceEncoder(encoder.path, rewrite_graph=False)
+    assert shipped.rewrites == {}
+    rewritten, original = encoder.encode(texts), shipped.encode(texts)
+    assert np.all(np.sum(rewritten * original, axis=1) > 0.999)
+    assert encoder.describe()["graph_rewrites"] == encoder.rewrites
