@@ -188,6 +188,58 @@ async def test_tracking_page_is_public_and_shows_no_personal_data(api: Api) -> N
     assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
 
 
+async def test_contact_lookup_answers_many_signals_once_each_within_the_tenant_audited(
+    api: Api, tenant_key, make_tenant
+) -> None:
+    """notifier's look-up for the mails it sends at once: each signal asked for is answered once,
+    with its contact or under ``missing``; another tenant's key finds nothing; every signal's read
+    is audited on its own."""
+    with_contact = (await api.post(VALID)).json()["id"]
+    anonymous = (await api.post({key: value for key, value in VALID.items() if key != "reporter"})).json()[
+        "id"
+    ]
+    _, notifier_key = tenant_key.add_key(["contact:read"])
+    headers = {"Authorization": f"Bearer {notifier_key}"}
+    asked = [with_contact, anonymous, "01NOSUCHSIGNAL0000000000000", with_contact]
+    response = await api.client.post("/v1/contacts/lookup", json={"signal_ids": asked}, headers=headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [contact["signal_id"] for contact in body["contacts"]] == [with_contact]
+    assert body["contacts"][0]["email"] == "jan@example.org" and body["contacts"][0]["consent"] is True
+    assert body["missing"] == [anonymous, "01NOSUCHSIGNAL0000000000000"]
+
+    stranger = make_tenant("utrecht", ["contact:read"])
+    hidden = await api.client.post(
+        "/v1/contacts/lookup", json={"signal_ids": [with_contact]}, headers=stranger.authorization
+    )
+    assert hidden.status_code == 200 and hidden.json() == {"contacts": [], "missing": [with_contact]}
+    _, portal_key = tenant_key.add_key(["signals:write"])
+    forbidden = await api.client.post(
+        "/v1/contacts/lookup",
+        json={"signal_ids": [with_contact]},
+        headers={"Authorization": f"Bearer {portal_key}"},
+    )
+    assert forbidden.status_code == 403
+    for wrong in (
+        {"signal_ids": []},
+        {"signal_ids": [f"id{i}" for i in range(101)]},
+        {"ids": [with_contact]},
+    ):
+        refused = await api.client.post("/v1/contacts/lookup", json=wrong, headers=headers)
+        assert refused.status_code == 422, wrong
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert {error["pointer"] for error in refused.json()["errors"]} & {"/signal_ids", "/ids"}
+
+    async with api.runtime.sessions() as session:
+        audit = (await session.exec(select(AuditRecord))).all()
+    assert [(a.action, a.object, a.result, a.tenant) for a in audit] == [
+        ("contact.read", f"signal:{with_contact}", "ok", "gouda"),
+        ("contact.read", f"signal:{anonymous}", "not_found", "gouda"),
+        ("contact.read", "signal:01NOSUCHSIGNAL0000000000000", "not_found", "gouda"),
+        ("contact.read", f"signal:{with_contact}", "not_found", "utrecht"),
+    ]
+
+
 async def test_contact_endpoint_needs_its_scope_stays_in_the_tenant_and_is_audited(
     api: Api, tenant_key, make_tenant
 ) -> None:

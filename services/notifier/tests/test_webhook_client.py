@@ -1,9 +1,11 @@
-"""The webhook client (and intake's contact reader, on the same client library) against a real HTTP server on loopback: redirects are answers, not followed;
+"""The webhook client (and intake's contact reader, on the same client library) against a real HTTP server on loopback: redirects are answers, not followed; contact reads asked together are one look-up;
 ``Retry-After`` comes through; a slow receiver is a time-out; a closed port is unreachable; a
 receiver's long answer does not break the next request."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import threading
 import time
@@ -15,7 +17,7 @@ import pytest
 
 from civicsignals.common.bus import PermanentError, TransientError
 from civicsignals.devstack.ports import free_port
-from civicsignals.notifier.service import IntakeContacts
+from civicsignals.notifier.service import LOOKUP_LIMIT, IntakeContacts
 from civicsignals.notifier.webhook_client import WebhookClient, WebhookTimeout, WebhookUnreachable
 
 
@@ -25,6 +27,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        if self.path.endswith("/contacts/lookup"):
+            self._lookup(body)
+            return
         Handler.seen.append((self.path, body, self.headers.get("webhook-id")))
         if self.path == "/moved":
             self._answer(302, {"location": "/elsewhere"})
@@ -41,6 +46,26 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         Handler.seen.append((self.path, b"", self.headers.get("authorization")))
         self._answer(404)  # intake keeps no contact for this signal
+
+    def _lookup(self, body: bytes) -> None:
+        """intake's contact look-up: a contact for the ids that start with 01FOUND; under /old, an
+        intake from before the look-up (404)."""
+        Handler.seen.append((self.path, body, self.headers.get("authorization")))
+        if self.path.startswith("/old/"):
+            self._answer(404)
+            return
+        ids = json.loads(body)["signal_ids"]
+        contacts = [
+            {"signal_id": i, "tracking_code": "T", "name": None, "email": f"{i}@example.org", "consent": True}
+            for i in ids
+            if i.startswith("01FOUND")
+        ]
+        missing = [i for i in ids if not i.startswith("01FOUND")]
+        self._answer(
+            200,
+            {"content-type": "application/json"},
+            json.dumps({"contacts": contacts, "missing": missing}).encode(),
+        )
 
     def _answer(self, status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
         self.send_response(status)
@@ -137,4 +162,56 @@ async def test_a_rotated_intake_key_is_used_from_the_next_read(server: str, tmp_
         "Bearer first-key",
         "Bearer second-key",
     ]
-    assert {path for path, _, _ in Handler.seen} == {"/v1/signals/01SIGNAL/contact"}
+    assert {path for path, _, _ in Handler.seen} == {"/v1/contacts/lookup"}
+
+
+async def test_contact_reads_asked_together_go_to_intake_as_one_look_up_per_tenant(
+    server: str, tmp_path: Path
+) -> None:
+    """The dispatcher starts its claimed mails together; their reads make one request per tenant
+    (each signal named once), and each read gets its own signal's answer."""
+    (tmp_path / "gouda").write_text("gouda-key")
+    (tmp_path / "delft").write_text("delft-key")
+    contacts = IntakeContacts(server, tmp_path, timeout_s=5)
+    try:
+        first, gone, again, other = await asyncio.gather(
+            contacts.fetch("gouda", "01FOUND1"),
+            contacts.fetch("gouda", "01ERASED"),
+            contacts.fetch("gouda", "01FOUND1"),
+            contacts.fetch("delft", "01FOUND2"),
+        )
+        many = await asyncio.gather(
+            *(contacts.fetch("gouda", f"01FOUND-{i:03}") for i in range(LOOKUP_LIMIT + 5))
+        )
+    finally:
+        await contacts.close()
+    assert first == again and first is not None and first.email == "01FOUND1@example.org"
+    assert gone is None
+    assert other is not None and other.email == "01FOUND2@example.org"
+    assert [m.email for m in many if m] == [f"01FOUND-{i:03}@example.org" for i in range(LOOKUP_LIMIT + 5)]
+    requests = [(json.loads(body)["signal_ids"], auth) for _, body, auth in Handler.seen]
+    assert requests[:2] == [
+        (["01FOUND1", "01ERASED"], "Bearer gouda-key"),
+        (["01FOUND2"], "Bearer delft-key"),
+    ]
+    # More than intake takes at once: two look-ups, of 100 and of the 5 left.
+    assert [len(ids) for ids, _ in requests[2:]] == [LOOKUP_LIMIT, 5]
+
+
+async def test_an_intake_without_the_look_up_is_asked_one_signal_at_a_time(
+    server: str, tmp_path: Path
+) -> None:
+    """During an upgrade notifier may be newer than intake: a 404 for the look-up falls back to
+    the one-signal read."""
+    (tmp_path / "gouda").write_text("gouda-key")
+    contacts = IntakeContacts(f"{server}/old", tmp_path, timeout_s=5)
+    try:
+        answers = await asyncio.gather(contacts.fetch("gouda", "01A"), contacts.fetch("gouda", "01B"))
+    finally:
+        await contacts.close()
+    assert answers == [None, None]
+    assert sorted(path for path, _, _ in Handler.seen) == [
+        "/old/v1/contacts/lookup",
+        "/old/v1/signals/01A/contact",
+        "/old/v1/signals/01B/contact",
+    ]

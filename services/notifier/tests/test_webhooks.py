@@ -7,6 +7,7 @@ our implementation, including while a secret is being rotated.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections import Counter
@@ -423,8 +424,9 @@ async def test_a_shutdown_gives_back_what_it_claimed_but_did_not_start(
 
 
 class SlowIntake:
-    """An intake that takes ``delay_s`` to answer notifier's contact reads, then 503 (real HTTP on
-    loopback): the resident mails waiting on it hold their sending slots that long."""
+    """An intake that takes ``delay_s`` to answer notifier's contact look-ups, then 503 (real HTTP
+    on loopback): the resident mails waiting on it hold their sending slots that long. ``started``
+    has a time for each signal asked for."""
 
     def __init__(self, delay_s: float) -> None:
         self.delay_s = delay_s
@@ -433,8 +435,9 @@ class SlowIntake:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.started.append(time.monotonic())
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
+                outer.started.extend(time.monotonic() for _ in body["signal_ids"])
                 time.sleep(outer.delay_s)
                 outer.answered.append(time.monotonic())
                 self.send_response(503)

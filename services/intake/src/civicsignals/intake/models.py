@@ -147,6 +147,29 @@ class ContactPublic(BaseModel):
     language: str | None
 
 
+#: The most signals one contact look-up may name: notifier asks for the mails it sends at once.
+MAX_CONTACT_LOOKUP = 100
+
+
+class ContactLookup(BaseModel):
+    """The signals whose reporters' contacts notifier needs now (one request for many mails)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"signal_ids": ["01JDX3W6Q5TB7V0N8K2M4R6P9S"]}]},
+    )
+
+    signal_ids: list[str] = Field(min_length=1, max_length=MAX_CONTACT_LOOKUP)
+
+
+class ContactsPublic(BaseModel):
+    """Each signal asked for is in exactly one list: its contact, or ``missing`` when this tenant
+    keeps none for it (never given, erased, or no such signal)."""
+
+    contacts: list[ContactPublic]
+    missing: list[str]
+
+
 class TurnIn(BaseModel):
     speaker: Literal["citizen", "agent"]
     text: str = Field(min_length=1, max_length=MAX_TEXT)
