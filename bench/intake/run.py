@@ -14,7 +14,8 @@ request of intake beside the bare endpoint,
 and beside the same bare endpoint inside the service stack every service shares (``stack.py``:
 middlewares, OpenTelemetry, Prometheus, the common key check; no write), the ratios (target:
 intake at least half the bare rate), how long the outbox relay took to publish every accepted
-signal, and the import rate in rows per second (target: 2,000 or more).
+signal, intake's CPU per contact that notifier reads (one request a mail against look-ups of
+16), and the import rate in rows per second (target: 2,000 or more).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ from civicsignals.devstack.nats import NatsServer
 from civicsignals.devstack.ports import free_port
 
 TENANT = "bench"
+#: How many contacts the contact-read comparison reads, and how many one look-up names.
+CONTACT_READS = 2_000
+LOOKUP_SIZE = 16
 HERE = Path(__file__).resolve().parent
 BODY = {
     "text": "Er ligt al drie dagen een berg afval naast de container op de Kerkstraat. Bel 06-12345678.",
@@ -127,10 +131,14 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self) -> int:
+        return await self.send(self.request)
+
+    async def send(self, request: bytes) -> int:
+        """Send one request and read its answer; the status code."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None
-        self.writer.write(self.request)
+        self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         length = 0
@@ -210,6 +218,75 @@ async def load(port: int, key: str, seconds: float, concurrency: int) -> dict[st
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
     }
+
+
+async def signals_with_contact(database_url: str, limit: int) -> list[str]:
+    """Ids of signals the load left with a sealed contact (every posted body has a reporter)."""
+    from sqlalchemy import text
+
+    from civicsignals.common.db import create_engine
+
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(text("SELECT signal_id FROM contact LIMIT :n"), {"n": limit})
+            return [str(row[0]) for row in rows]
+    finally:
+        await engine.dispose()
+
+
+def contact_requests(port: int, key: str, ids: list[str], per_request: int) -> list[bytes]:
+    """notifier's reads of ``ids``: one ``GET .../contact`` each, or look-ups of ``per_request``."""
+    head = f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {key}\r\n"
+    if per_request == 1:
+        return [f"GET /v1/signals/{i}/contact HTTP/1.1\r\n{head}\r\n".encode() for i in ids]
+    requests = []
+    for start in range(0, len(ids), per_request):
+        body = json.dumps({"signal_ids": ids[start : start + per_request]}).encode()
+        requests.append(
+            f"POST /v1/contacts/lookup HTTP/1.1\r\n{head}Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+    return requests
+
+
+async def send_all(port: int, requests: list[bytes], concurrency: int) -> dict[int, int]:
+    """Send ``requests`` over ``concurrency`` keep-alive connections; the count of each status."""
+    queue = list(reversed(requests))
+    statuses: dict[int, int] = {}
+    connections = [Connection(port, b"") for _ in range(concurrency)]
+
+    async def worker(connection: Connection) -> None:
+        while queue:
+            status = await connection.send(queue.pop())
+            statuses[status] = statuses.get(status, 0) + 1
+
+    await asyncio.gather(*(worker(c) for c in connections))
+    for connection in connections:
+        connection.close()
+    return statuses
+
+
+def contact_reads(proc: subprocess.Popen[bytes], port: int, key: str, database_url: str) -> str:
+    """intake's CPU per contact that notifier reads: one request a mail (as before 2026-12-06),
+    against look-ups of ``LOOKUP_SIZE`` (as notifier now asks for the mails it starts together);
+    the same signals, alternately, three times, the lowest of each counted."""
+    ids = asyncio.run(signals_with_contact(database_url, CONTACT_READS))
+    cost: dict[int, list[float]] = {1: [], LOOKUP_SIZE: []}
+    for _ in range(3):
+        for per_request in cost:
+            requests = contact_requests(port, key, ids, per_request)
+            before = cpu_seconds(proc.pid)
+            statuses = asyncio.run(send_all(port, requests, concurrency=16))
+            if set(statuses) != {200}:
+                raise RuntimeError(f"contact reads answered {statuses}")
+            cost[per_request].append(1e6 * (cpu_seconds(proc.pid) - before) / len(ids))
+    one, many = min(cost[1]), min(cost[LOOKUP_SIZE])
+    return (
+        f"contact reads for notifier ({len(ids)} signals, 16 connections): one GET each {one:.0f} us "
+        f"of intake CPU per contact; look-ups of {LOOKUP_SIZE} {many:.0f} us; ratio {one / many:.2f}"
+    )
 
 
 async def outbox_drain_seconds(database_url: str, timeout: float = 120.0) -> float:
@@ -345,6 +422,7 @@ def bench_database(
     ) as proc:
         intake = measured(proc, intake_port, key, args)
         drain = asyncio.run(outbox_drain_seconds(database_url))
+        contacts = contact_reads(proc, intake_port, key, database_url)
     ratio = intake["accepted_per_s"] / bare["accepted_per_s"]
     print(f"\n== {label}: {args.concurrency} concurrent clients, {args.seconds:.0f} s each ==")
     print(f"{'':22}{'accepted/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'non-201':>10}{'CPU us/req':>12}")
@@ -363,6 +441,7 @@ def bench_database(
         f"{intake['accepted_per_s'] / stack['accepted_per_s']:.2f}; outbox drained {drain:.1f} s after the load"
     )
     print(f"CPU per accepted request, bare / intake: {bare['cpu_us'] / intake['cpu_us']:.2f}")
+    print(contacts)
     history = root / "history.csv"
     if not history.exists():
         write_history(history, args.import_rows)

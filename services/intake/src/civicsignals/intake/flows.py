@@ -377,23 +377,18 @@ async def find_signal(
 
 
 async def read_contact(ctx: IntakeContext, tenant: str, signal_id: str, actor: str) -> ContactPublic | None:
-    """A reporter's contact for notifier. Every read is audited, found or not, and the contact is
-    handed out only after its audit record has committed. The record goes through the group commit
-    with the signals being written, not in a transaction of its own: on SQLite a transaction per
-    read queued for the one write lock with every signal's, at one read per acknowledgement mail."""
-    async with ctx.runtime.sessions() as session:
-        contact = await service.read_contact(session, ctx.cipher, tenant, signal_id)
-    result = "ok" if contact is not None else "not_found"
-    await ctx.writer.submit(
-        [("audit", service.audit_row(tenant, actor, "contact.read", f"signal:{signal_id}", result))]
-    )
-    return contact
+    """A reporter's contact for notifier: :func:`read_contacts` for one signal."""
+    answer = await read_contacts(ctx, tenant, [signal_id], actor)
+    return answer.contacts[0] if answer.contacts else None
 
 
 async def read_contacts(ctx: IntakeContext, tenant: str, signal_ids: list[str], actor: str) -> ContactsPublic:
-    """Many reporters' contacts for notifier, in one query: each signal's read is audited on its
-    own, found or not, and the contacts are handed out only after the audit records committed (in
-    one group commit, as :func:`read_contact`'s). Each id is answered once, in the order asked."""
+    """Reporters' contacts for notifier, in one query, each id answered once in the order asked.
+
+    Every signal's read is audited on its own, found or not, and the contacts are handed out only
+    after the audit records have committed. The records go through the group commit with the
+    signals being written, not in a transaction of their own: on SQLite a transaction per read
+    queued for the one write lock with every signal's, at one read per acknowledgement mail."""
     wanted = list(dict.fromkeys(signal_ids))
     async with ctx.runtime.sessions() as session:
         found = await service.read_contacts(session, ctx.cipher, tenant, wanted)

@@ -362,33 +362,27 @@ def audit_row(tenant: str, actor: str, action: str, object: str, result: str) ->
     }
 
 
-_CONTACT_COLUMNS = (
-    col(Contact.signal_id),
-    col(Contact.key_id),
-    col(Contact.nonce),
-    col(Contact.ciphertext),
-    col(Contact.consent),
-    col(Signal.tracking_code),
-    col(Signal.language),
-)
-_CONTACT_QUERY = (
-    sa_select(*_CONTACT_COLUMNS)
-    .join_from(Contact, Signal, col(Signal.id) == col(Contact.signal_id))
-    .where(col(Contact.signal_id) == bindparam("signal_id"), col(Signal.tenant) == bindparam("tenant"))
-)
-"""Built once: building the statement per call cost more than running it (py-spy, bench/pipeline)."""
 _CONTACTS_QUERY = (
-    sa_select(*_CONTACT_COLUMNS)
+    sa_select(
+        col(Contact.signal_id),
+        col(Contact.key_id),
+        col(Contact.nonce),
+        col(Contact.ciphertext),
+        col(Contact.consent),
+        col(Signal.tracking_code),
+        col(Signal.language),
+    )
     .join_from(Contact, Signal, col(Signal.id) == col(Contact.signal_id))
     .where(
         col(Contact.signal_id).in_(bindparam("signal_ids", expanding=True)),
         col(Signal.tenant) == bindparam("tenant"),
     )
 )
+"""Built once: building the statement per call cost more than running it (py-spy, bench/pipeline)."""
 
 
 def _opened_contact(cipher: FieldCipher, row: Any) -> ContactPublic:
-    """A contact row of ``_CONTACT_COLUMNS``, decrypted (its signal id is the associated data)."""
+    """A row of ``_CONTACTS_QUERY``, decrypted (its signal id is the associated data)."""
     signal_id, key_id, nonce, ciphertext, consent, tracking_code, language = row
     opened: dict[str, Any] = json.loads(
         cipher.open(Sealed(key_id, nonce, ciphertext), associated=signal_id.encode())
@@ -407,20 +401,15 @@ def _opened_contact(cipher: FieldCipher, row: Any) -> ContactPublic:
 async def read_contact(
     session: AsyncSession, cipher: FieldCipher, tenant: str, signal_id: str
 ) -> ContactPublic | None:
-    """Decrypt a reporter's contact for notifier; None when this tenant keeps none for the signal.
-
-    Only reads: the audit record of the read is the caller's (:func:`flows.read_contact`). One
-    Core query for the sealed contact and the signal's two columns it needs."""
-    connection = await session.connection()
-    row = (await connection.execute(_CONTACT_QUERY, {"signal_id": signal_id, "tenant": tenant})).first()
-    return None if row is None else _opened_contact(cipher, row)
+    """Decrypt a reporter's contact; None when this tenant keeps none for the signal."""
+    return (await read_contacts(session, cipher, tenant, [signal_id])).get(signal_id)
 
 
 async def read_contacts(
     session: AsyncSession, cipher: FieldCipher, tenant: str, signal_ids: Sequence[str]
 ) -> dict[str, ContactPublic]:
-    """The contacts this tenant keeps for any of ``signal_ids``, by signal id, in one query; the
-    audit records are the caller's (:func:`flows.read_contacts`)."""
+    """The contacts this tenant keeps for any of ``signal_ids``, decrypted, by signal id, in one
+    Core query. Only reads: the audit records are the caller's (:func:`flows.read_contacts`)."""
     connection = await session.connection()
     rows = await connection.execute(_CONTACTS_QUERY, {"signal_ids": list(signal_ids), "tenant": tenant})
     return {contact.signal_id: contact for contact in (_opened_contact(cipher, row) for row in rows)}
