@@ -594,6 +594,17 @@ async def post_resident_update(tracking_code: str, request: Request) -> Response
     )
 
 
+CONTACT_EXAMPLE = {
+    "signal_id": "01JDX3W6Q5TB7V0N8K2M4R6P9S",
+    "tracking_code": "7KQ2-M9XD-4HTC",
+    "name": "A. Bewoner",
+    "email": "bewoner@example.org",
+    "phone": None,
+    "consent": True,
+    "language": "nl",
+}
+
+
 @router.get(
     "/v1/signals/{signal_id}/contact",
     response_model=ContactPublic,
@@ -602,19 +613,7 @@ async def post_resident_update(tracking_code: str, request: Request) -> Response
     responses={
         200: {
             "description": "The decrypted contact",
-            "content": {
-                "application/json": {
-                    "example": {
-                        "signal_id": "01JDX3W6Q5TB7V0N8K2M4R6P9S",
-                        "tracking_code": "7KQ2-M9XD-4HTC",
-                        "name": "A. Bewoner",
-                        "email": "bewoner@example.org",
-                        "phone": None,
-                        "consent": True,
-                        "language": "nl",
-                    }
-                }
-            },
+            "content": {"application/json": {"example": CONTACT_EXAMPLE}},
         },
         **AUTH_PROBLEMS,
         404: problem(
@@ -645,17 +644,7 @@ async def get_contact(signal_id: str, principal: ContactReader, request: Request
             "content": {
                 "application/json": {
                     "example": {
-                        "contacts": [
-                            {
-                                "signal_id": "01JDX3W6Q5TB7V0N8K2M4R6P9S",
-                                "tracking_code": "7KQ2-M9XD-4HTC",
-                                "name": "A. Bewoner",
-                                "email": "bewoner@example.org",
-                                "phone": None,
-                                "consent": True,
-                                "language": "nl",
-                            }
-                        ],
+                        "contacts": [CONTACT_EXAMPLE],
                         "missing": ["01JDX3W6Q5TB7V0N8K2M4R6P9T"],
                     }
                 }

@@ -85,7 +85,7 @@ class SentenceEncoder:
         runs, and so their fixed cost, low.
 
         ``rewrite_graph``: load the graph with TensorFlow's spelled-out layer normalisations and
-        selects fused (:mod:`.encoder_graph`; the same function, a quarter less time). False
+        selects fused (:mod:`.encoder_graph`; the same function, 1.3-1.4x as fast). False
         serves the file exactly as shipped, for comparisons."""
         try:
             import onnxruntime as ort
