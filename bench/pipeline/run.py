@@ -16,6 +16,9 @@ is the local receiver, so every signal ends in two webhooks (``signal.routed`` a
 3. **Fixed rate**: ``--rate`` signals per second for ``--seconds``; latency per stage from the
    CloudEvent times on the bus, and end to end from the POST to the webhook and the e-mail.
 
+The report also counts notifier's requests to intake for residents' contacts per e-mail (from
+intake's request counter): look-ups carry the reads of the mails notifier started together.
+
 Writes ``report.md`` and ``latency.png`` to ``--out`` (default ``bench/results/pipeline``).
 """
 
@@ -325,6 +328,23 @@ async def event_times(nats_url: str, subject: str) -> dict[str, float]:
         await client.close()
 
 
+CONTACT_PATHS = ("/v1/contacts/lookup", "/v1/signals/{signal_id}/contact")
+
+
+def contact_requests(intake_url: str) -> dict[str, float]:
+    """How many requests notifier made to intake for contacts, by route, from intake's own request
+    counter (look-ups carry the reads of the mails the dispatcher started together)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = dict.fromkeys(CONTACT_PATHS, 0.0)
+    text = httpx.get(f"{intake_url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "starlette_requests_total" and sample.labels.get("path") in counts:
+                counts[sample.labels["path"]] += sample.value
+    return counts
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -456,6 +476,10 @@ async def main_async(args: argparse.Namespace) -> int:
             "stages": {name: describe(values) for name, values in stages.items()},
         }
         results["duplicate_webhook_ids"] = len(arrivals.webhook_ids) - len(set(arrivals.webhook_ids))
+        results["contact_requests"] = {
+            "by_route": contact_requests(stack.url("intake")),
+            "mails": len(arrivals.mails),  # warm-up, sustained and fixed rate: one mail a signal
+        }
         results["reference"] = {"rate": ref_rate, "post_latency": describe(ref.latencies)}
         write_report(out, args, results, stages)
     finally:
@@ -491,6 +515,9 @@ def write_report(
     figure.savefig(out / "latency.png", dpi=120)
 
     sustained, fixed, reference = results["sustained"], results["fixed_rate"], results["reference"]
+    lookups, singles = (results["contact_requests"]["by_route"][path] for path in CONTACT_PATHS)
+    mails = results["contact_requests"]["mails"]
+    requests_per_mail = (lookups + singles) / mails if mails else float("nan")
     lines = [
         "# Pipeline benchmark",
         "",
@@ -503,6 +530,8 @@ def write_report(
         f"| end to end, signals per second (POST → webhook and e-mail) | {sustained['end_to_end_rate']:.0f} | ≥ 300 |",
         f"| lost: a signal without its routed webhook, status webhook or e-mail (sustained + fixed rate) | {sustained['lost'] + fixed['lost']} | 0 |",
         f"| duplicate webhook-ids | {results['duplicate_webhook_ids']} | 0 |",
+        f"| notifier's requests to intake for contacts, per resident e-mail | {requests_per_mail:.2f} "
+        f"({lookups:.0f} look-ups, {singles:.0f} single reads, {mails} e-mails) | — |",
         "",
         f"Latency at {args.rate:g} signals/s:",
         "",
