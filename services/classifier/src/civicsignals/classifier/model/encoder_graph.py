@@ -1,10 +1,10 @@
 """Rewrites of the sentence encoder's ONNX graph, made in memory when the encoder is loaded.
 
 The encoder came from TensorFlow, and its layer normalisations are still TensorFlow's arithmetic
-spelled out in eleven element-wise operators each (``moments`` and ``batchnorm``: two means, a
+spelled out in twelve operators each (``moments`` and ``batchnorm``: two means, a
 squared difference, a reciprocal square root, and ``x * scale + (beta - mean * scale)``).
-onnxruntime's own layer-norm fusion looks for PyTorch's spelling and does not recognise this one,
-so each normalisation ran as eleven passes over its tensor. The largest, over the 1,280 features
+onnxruntime's own layer-norm fusion did not fuse this spelling (its profile showed every one of
+the operators), so each normalisation ran as twelve passes over its tensor. The largest, over the 1,280 features
 of the concatenated n-gram layers, took about a sixth of the encoder's time (onnxruntime profile,
 ``docs/classifier.md``, "Speed"). :func:`fuse_layer_norms` replaces each with one
 ``LayerNormalization`` node, which computes the same function in one pass.
