@@ -131,18 +131,7 @@ class IntakeContacts:
 
     async def _lookup(self, tenant: str, signal_ids: list[str]) -> dict[str, Contact]:
         """The contacts intake keeps for ``signal_ids``, by signal id."""
-        headers = {"Authorization": f"Bearer {self._key(tenant)}"}
-        try:
-            async with self._open().post(
-                f"{self.base_url}/v1/contacts/lookup",
-                json={"signal_ids": signal_ids},
-                headers=headers,
-                allow_redirects=False,
-            ) as response:
-                status = response.status
-                body: Any = await response.json(content_type=None) if status == 200 else None
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            raise TransientError(f"intake unreachable: {type(exc).__name__}") from exc
+        status, body = await self._request(tenant, "POST", "/v1/contacts/lookup", {"signal_ids": signal_ids})
         if status in (404, 405):  # an intake from before the look-up
             found = await asyncio.gather(*(self._fetch_one(tenant, signal_id) for signal_id in signal_ids))
             return {
@@ -156,20 +145,28 @@ class IntakeContacts:
 
     async def _fetch_one(self, tenant: str, signal_id: str) -> Contact | None:
         """One signal's contact through ``GET /v1/signals/{signal_id}/contact``."""
-        url = f"{self.base_url}/v1/signals/{signal_id}/contact"
-        headers = {"Authorization": f"Bearer {self._key(tenant)}"}
-        try:
-            async with self._open().get(url, headers=headers, allow_redirects=False) as response:
-                status = response.status
-                body: Any = await response.json(content_type=None) if status == 200 else None
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            raise TransientError(f"intake unreachable: {type(exc).__name__}") from exc
+        status, body = await self._request(tenant, "GET", f"/v1/signals/{signal_id}/contact")
         if status == 404:
             return None
         self._check(tenant, status)
         if not isinstance(body, dict):
             raise TransientError(f"intake answered {status}")
         return _contact(body)
+
+    async def _request(
+        self, tenant: str, method: str, path: str, json: dict[str, Any] | None = None
+    ) -> tuple[int, Any]:
+        """One request to intake with the tenant's key: the status, and the JSON body of a 200.
+        An intake that cannot be reached (or answers no JSON) is a :class:`TransientError`."""
+        headers = {"Authorization": f"Bearer {self._key(tenant)}"}
+        try:
+            async with self._open().request(
+                method, f"{self.base_url}{path}", json=json, headers=headers, allow_redirects=False
+            ) as response:
+                status = response.status
+                return status, await response.json(content_type=None) if status == 200 else None
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            raise TransientError(f"intake unreachable: {type(exc).__name__}") from exc
 
     @staticmethod
     def _check(tenant: str, status: int) -> None:

@@ -97,8 +97,11 @@ class SentenceEncoder:
         self.batch_size = max(1, batch_size)
         self.rewrites: dict[str, int] = {}
         graph: str | bytes = str(self.path)
+        self._sha256: str | None = None
         if rewrite_graph:
-            model = onnx.load(str(self.path))
+            raw = self.path.read_bytes()  # read once: the graph to rewrite and the hash to pin it
+            self._sha256 = hashlib.sha256(raw).hexdigest()
+            model = onnx.load_from_string(raw)
             self.rewrites = optimise_encoder_graph(model)
             graph = model.SerializeToString()
         options = ort.SessionOptions()
@@ -112,12 +115,12 @@ class SentenceEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.register_custom_ops_library(get_library_path())
         self._session = ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
-        self._sha256: str | None = None
         self._lock = threading.Lock()
 
     @property
     def sha256(self) -> str:
-        """SHA-256 of the ONNX file (computed once; it pins the encoder a bundle was trained with)."""
+        """SHA-256 of the ONNX file (it pins the encoder a bundle was trained with): hashed when the
+        graph was read to be rewritten, or else once, on first use."""
         with self._lock:
             if self._sha256 is None:
                 digest = hashlib.sha256()
