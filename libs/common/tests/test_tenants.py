@@ -111,6 +111,18 @@ def test_a_schema_error_names_the_file_the_line_and_the_pointer(make_tenant: Any
     assert (issue.line, issue.pointer) == (6, "/bounding_box/max_lat")
 
 
+def test_the_reopening_window_is_whole_days_or_null(make_tenant: Any) -> None:
+    gouda = make_tenant("gouda", departments=["wegen"])
+    tenant_yaml = gouda.folder / "tenant.yaml"
+    tenant_yaml.write_text("name: Gouda\nresidents:\n  reopen_within_days: null\n", encoding="utf-8")
+    assert TenantRegistry(gouda.tenants_dir).get("gouda") is not None
+    tenant_yaml.write_text("name: Gouda\nresidents:\n  reopen_within_days: two weeks\n", encoding="utf-8")
+    registry = TenantRegistry(gouda.tenants_dir)
+    assert registry.get("gouda") is None
+    [issue] = registry.issues["gouda"]
+    assert (issue.line, issue.pointer) == (3, "/residents/reopen_within_days")
+
+
 def test_a_rule_naming_an_unknown_department_is_refused_with_its_line(make_tenant: Any) -> None:
     gouda = make_tenant("gouda", departments=["wegen", "kcc"])
     (gouda.folder / "rules.yaml").write_text(

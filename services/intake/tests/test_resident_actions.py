@@ -5,6 +5,7 @@ chosen; ``tests/test_resident_actions.py`` runs the same moves through the real 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -144,3 +145,54 @@ async def test_english_pages_and_a_withdrawal_without_a_reason(intake: Intake, r
     assert sent.status_code == 303
     assert "Your report was withdrawn." in await _page(intake, code, "?sent=withdraw")
     assert _statuses(routing.received) == ["cancelled"] and routing.received[0][2]["public_note"] is None
+
+
+async def test_a_case_that_ended_long_ago_is_not_reopened_but_reported_anew(
+    intake: Intake, routing: Receiver
+) -> None:
+    """The tenant's window (30 days by default) runs from when the case was resolved; routing
+    closing it later does not restart it. After it, neither the page nor the API reopens."""
+    now = datetime.now(UTC)
+    late, recent = await reported(intake), await reported(intake, language="en")
+    for signal, resolved_days_ago in ((late, 40), (recent, 10)):
+        await move_case(intake, signal, "assigned", 1, at=now - timedelta(days=resolved_days_ago + 1))
+        await move_case(
+            intake, signal, "resolved", 2, note="Opgeruimd.", at=now - timedelta(days=resolved_days_ago)
+        )
+        await move_case(intake, signal, "closed", 3, at=now - timedelta(days=2))
+
+    fresh = (await intake.client.get(f"/v1/tracking/{recent['tracking_code']}")).json()
+    assert fresh["actions"] == ["reopen"]
+    until = datetime.fromisoformat(fresh["reopen_until"])
+    assert abs(until - (now + timedelta(days=20))) < timedelta(seconds=5)
+    page = await _page(intake, recent["tracking_code"])
+    assert 'value="reopen"' in page and "You can do this until" in page
+
+    code = late["tracking_code"]
+    view = (await intake.client.get(f"/v1/tracking/{code}")).json()
+    assert view["status"] == "closed" and view["actions"] == []
+    assert datetime.fromisoformat(view["reopen_until"]) < now
+    page = await _page(intake, code)
+    assert 'value="reopen"' not in page and "Deze melding kan niet meer worden heropend" in page
+
+    refused = await intake.client.post(
+        f"/v1/tracking/{code}/updates", json={"action": "reopen", "text": "Weer."}
+    )
+    assert refused.status_code == 409 and refused.headers["content-type"] == "application/problem+json"
+    problem = refused.json()
+    assert problem["type"].endswith("/reopen-window-passed") and problem["allowed"] == []
+    assert problem["reopen_until"] == view["reopen_until"].replace("Z", "+00:00")
+    from_page = await intake.client.post(
+        f"/v1/tracking/{code}/updates", data={"action": "reopen", "text": "Weer."}, headers=BROWSER
+    )
+    assert (
+        from_page.status_code == 409
+        and from_page.text.count("Deze melding kan niet meer worden heropend") == 1
+    )
+    assert routing.received == []  # nothing reached routing
+
+    # Within the window it goes through as before.
+    done = await intake.client.post(
+        f"/v1/tracking/{recent['tracking_code']}/updates", json={"action": "reopen", "text": "It is back."}
+    )
+    assert done.status_code == 202 and _statuses(routing.received) == ["reopened"]

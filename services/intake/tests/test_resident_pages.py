@@ -27,15 +27,21 @@ async def reported(intake: Intake, language: str = "nl") -> dict[str, Any]:
 
 
 async def move_case(
-    intake: Intake, signal: dict[str, Any], to: str, sequence: int, note: str | None = None
+    intake: Intake,
+    signal: dict[str, Any],
+    to: str,
+    sequence: int,
+    note: str | None = None,
+    at: datetime | None = None,
 ) -> None:
-    """What intake's consumers apply from routing's events, applied directly (no bus needed here)."""
+    """What intake's consumers apply from routing's events, applied directly (no bus needed here);
+    ``at`` is when the change happened (now unless given)."""
     async with intake.runtime.sessions() as session, session.begin():
         if sequence == 1:
             opened = routed(signal, due_at=DUE, service_promise="We halen het binnen 5 werkdagen weg.")
             assert await service.apply_routed(session, opened)
         moved = change(signal, to, sequence, public_note=note, **{"from": "received"})
-        assert await service.apply_status_change(session, moved, datetime.now(UTC))
+        assert await service.apply_status_change(session, moved, at or datetime.now(UTC))
 
 
 async def test_a_browser_gets_the_page_and_an_api_client_json_from_the_same_link(intake: Intake) -> None:

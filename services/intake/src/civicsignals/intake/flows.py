@@ -71,8 +71,9 @@ from civicsignals.intake.models import (
 )
 from civicsignals.intake.open311.catalogue import CatalogueCache
 from civicsignals.intake.redaction import redact
+from civicsignals.intake.residentmoves import REOPENABLE
 from civicsignals.intake.settings import IntakeSettings
-from civicsignals.intake.tenantconfig import Area, AreaCache, bounding_box
+from civicsignals.intake.tenantconfig import Area, AreaCache, bounding_box, reopen_within_days
 
 log = logging.getLogger(__name__)
 
@@ -572,7 +573,7 @@ async def tracking(ctx: IntakeContext, tracking_code: str) -> Tracked | None:
         signal = await service.find_by_tracking_code(session, tracking_code)
         if signal is None:
             return None
-        view = await service.tracking_view(session, signal)
+        view = await _tracking_view(ctx, session, signal)
     tenant = ctx.tenant(signal.tenant)
     return Tracked(
         view=view,
@@ -581,6 +582,12 @@ async def tracking(ctx: IntakeContext, tracking_code: str) -> Tracked | None:
         timezone=wording.timezone_of(tenant),
         status_path=urlsplit(ctx.status_url(signal.tracking_code)).path,
     )
+
+
+async def _tracking_view(ctx: IntakeContext, session: AsyncSession, signal: Signal) -> TrackingPublic:
+    """The public view as of now, under the signal's tenant's reopening window."""
+    within_days = reopen_within_days(ctx.tenant(signal.tenant))
+    return await service.tracking_view(session, signal, reopen_within_days=within_days, now=utcnow())
 
 
 async def submit_feedback(
@@ -626,12 +633,23 @@ async def submit_feedback(
 # -- the resident's own actions --------------------------------------------------------------------
 
 
-def _not_now(status: str, action: str) -> Problem:
+def _not_now(view: TrackingPublic, action: str) -> Problem:
+    """409 for a move the case does not allow now; ``allowed`` lists those it does."""
+    allowed = sorted(view.actions)
+    if action == "reopen" and view.reopen_until is not None and view.status in REOPENABLE:
+        return Problem(
+            409,
+            f"the case ended too long ago to be reopened (until {view.reopen_until.isoformat()}); "
+            "please make a new report",
+            slug="reopen-window-passed",
+            allowed=allowed,
+            reopen_until=view.reopen_until.isoformat(),
+        )
     return Problem(
         409,
-        f"a signal that is {status} cannot be given a {action} now",
+        f"a signal that is {view.status} cannot be given a {action} now",
         slug="resident-action-not-possible",
-        allowed=sorted(name for name, (_, offered) in RESIDENT_ACTIONS.items() if status in offered),
+        allowed=allowed,
     )
 
 
@@ -652,11 +670,12 @@ async def resident_update(
         )
     async with ctx.runtime.sessions() as session:
         signal = await service.find_by_tracking_code(session, tracking_code)
-    if signal is None:
+        view = None if signal is None else await _tracking_view(ctx, session, signal)
+    if signal is None or view is None:
         raise Problem(404, "no signal has this tracking code", slug="unknown-tracking-code")
-    to, offered_in = RESIDENT_ACTIONS[payload.action]
-    if signal.case_id is None or signal.status not in offered_in:
-        raise _not_now(signal.status, payload.action)
+    if signal.case_id is None or payload.action not in view.actions:  # no case: no move offered
+        raise _not_now(view, payload.action)
+    to = RESIDENT_ACTIONS[payload.action][0]
     fingerprint = f"{signal.id}|{signal.status_sequence}|{payload.action}|{note or ''}"
     update = caseupdates.CaseUpdate(
         case_id=signal.case_id,
@@ -678,7 +697,7 @@ async def resident_update(
         raise unavailable from None
     except caseupdates.RoutingRefused as refused:
         if refused.status == 409:  # the case moved on since intake last heard of it
-            raise _not_now(signal.status, payload.action) from None
+            raise _not_now(view, payload.action) from None
         log.error("routing refused a resident's %s (%s): %s", payload.action, refused.status, refused.detail)
         raise unavailable from None
     log.info("resident %s on signal %s passed on to routing", payload.action, signal.id)

@@ -121,6 +121,10 @@ class HistoryEntry(BaseModel):
     note: str | None = None
 
 
+#: The resident's own moves in the case's life cycle (``RESIDENT_ACTIONS`` below).
+ResidentAction = Literal["reply", "reopen", "withdraw"]
+
+
 class TrackingPublic(BaseModel):
     """What anyone holding the tracking code may see: no personal data."""
 
@@ -133,6 +137,10 @@ class TrackingPublic(BaseModel):
     service_promise: str | None = None
     feedback_given: bool = False
     """Whether the resident answered the satisfaction form (a portal then stops asking)."""
+    actions: list[ResidentAction] = Field(default_factory=list)
+    """The moves the resident may make now (``POST …/updates``): a portal offers exactly these."""
+    reopen_until: datetime | None = None
+    """Until when the resident may reopen the ended case; after it, a new report is the way."""
 
 
 class ContactPublic(BaseModel):
@@ -260,12 +268,10 @@ class FeedbackAccepted(BaseModel):
     score: int
 
 
-ResidentAction = Literal["reply", "reopen", "withdraw"]
-
 # What a resident may do from their page, the case status it asks routing for, and the statuses
 # it is offered in: routing's lifecycle lets the ``resident`` role make exactly these moves, and
 # has the final say (a case that moved meanwhile answers 409).
-RESIDENT_ACTIONS: dict[str, tuple[CaseStatus, frozenset[str]]] = {
+RESIDENT_ACTIONS: dict[ResidentAction, tuple[CaseStatus, frozenset[str]]] = {
     "reply": ("in_progress", frozenset({"waiting_on_resident"})),
     "reopen": ("reopened", frozenset({"resolved", "closed"})),
     "withdraw": (

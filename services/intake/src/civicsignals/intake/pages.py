@@ -30,6 +30,7 @@ from civicsignals.common.wording import STATUS_LABELS, format_date, language_of
 from civicsignals.intake import flows
 from civicsignals.intake.flows import IntakeContext, Tracked
 from civicsignals.intake.models import RESIDENT_ACTIONS, FeedbackCreate, ResidentUpdateCreate
+from civicsignals.intake.residentmoves import REOPENABLE
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -86,6 +87,9 @@ WORDS: dict[str, dict[str, str]] = {
         "reopen_summary": "Is het probleem er nog? Meld het ons",
         "reopen_label": "Wat is er nog mis?",
         "reopen_send": "Heropen mijn melding",
+        "reopen_until": "Dit kan tot en met {date}.",
+        "reopen_passed": "Is het probleem er weer? Deze melding kan niet meer worden heropend; "
+        "doe een nieuwe melding.",
         "withdraw_summary": "Melding intrekken",
         "withdraw_label": "Waarom trekt u de melding in? (niet verplicht)",
         "withdraw_send": "Trek mijn melding in",
@@ -123,6 +127,8 @@ WORDS: dict[str, dict[str, str]] = {
         "reopen_summary": "Is the problem still there? Tell us",
         "reopen_label": "What is still wrong?",
         "reopen_send": "Reopen my report",
+        "reopen_until": "You can do this until {date}.",
+        "reopen_passed": "Is the problem back? This report can no longer be reopened; please make a new report.",
         "withdraw_summary": "Withdraw this report",
         "withdraw_label": "Why do you withdraw it? (optional)",
         "withdraw_send": "Withdraw my report",
@@ -227,11 +233,11 @@ def tracking_page(
             for entry in reversed(view.history)
         ],
         question=view.history[-1].note if view.status == "waiting_on_resident" and view.history else None,
-        actions=[
-            action
-            for action, (_, offered_in) in RESIDENT_ACTIONS.items()
-            if view.status in offered_in and action != sent
-        ],
+        actions=[action for action in view.actions if action != sent],
+        reopen_until=format_date(view.reopen_until, lang, tracked.timezone)
+        if "reopen" in view.actions and view.reopen_until is not None
+        else None,
+        reopen_passed=view.status in REOPENABLE and "reopen" not in view.actions and sent != "reopen",
         notice=words.get(f"sent_{sent}") if sent in RESIDENT_ACTIONS else None,
         failed={"action": failed[0], "message": failed[1]} if failed else None,
         typed=str((values or {}).get("text") or ""),
@@ -339,7 +345,10 @@ async def post_resident_form(ctx: IntakeContext, tracked: Tracked, form: Mapping
         if problem.status == 422:
             message, status = _text_error(tracked), 422
         elif problem.status == 409:
-            message, status = words["not_now"], 409
+            message, status = (
+                words["reopen_passed" if problem.slug == "reopen-window-passed" else "not_now"],
+                409,
+            )
         elif problem.status == 503:
             message, status = words["unavailable"], 503
         else:

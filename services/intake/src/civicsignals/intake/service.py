@@ -26,6 +26,7 @@ from civicsignals.common.events import (
     utcnow,
 )
 from civicsignals.common.ids import new_id, new_tracking_code
+from civicsignals.intake import residentmoves
 from civicsignals.intake.crypto import FieldCipher, Sealed
 from civicsignals.intake.language import guess_language
 from civicsignals.intake.models import (
@@ -237,8 +238,13 @@ async def history(session: AsyncSession, signal_id: str) -> list[StatusEntry]:
     )
 
 
-async def tracking_view(session: AsyncSession, signal: Signal) -> TrackingPublic:
+async def tracking_view(
+    session: AsyncSession, signal: Signal, *, reopen_within_days: int | None, now: datetime
+) -> TrackingPublic:
+    """The public view, with the moves the resident may make ``now`` (the tenant's reopening
+    window is ``reopen_within_days``, see :mod:`.residentmoves`)."""
     entries = await history(session, signal.id)
+    timeline = [(entry.status, entry.at) for entry in entries]
     return TrackingPublic(
         tracking_code=signal.tracking_code,
         status=signal.status,
@@ -248,6 +254,14 @@ async def tracking_view(session: AsyncSession, signal: Signal) -> TrackingPublic
         expected_by=signal.expected_by,
         service_promise=signal.service_promise,
         feedback_given=await session.get(Feedback, signal.id) is not None,
+        actions=residentmoves.offered(
+            signal.status,
+            timeline,
+            has_case=signal.case_id is not None,
+            within_days=reopen_within_days,
+            now=now,
+        ),
+        reopen_until=residentmoves.reopen_until(timeline, reopen_within_days),
     )
 
 

@@ -1,4 +1,5 @@
-"""What intake reads from a tenant's folder: bounding box, areas, CORS origins, retention.
+"""What intake reads from a tenant's folder: bounding box, areas, CORS origins, retention, and how
+long a resident may reopen their case.
 
 ``tenant.yaml`` keys used here (all optional):
 
@@ -7,6 +8,8 @@ bounding_box: {min_lat: 51.95, min_lon: 4.60, max_lat: 52.08, max_lon: 4.80}
 cors_origins: ["https://meldingen.gouda.nl"]
 retention:
   contact_days_after_close: 90   # after the case reached resolved, closed, rejected, duplicate or cancelled
+residents:
+  reopen_within_days: 30         # how long after the case ended its reporter may reopen it; null: always
 ```
 
 and ``areas.geojson``: a FeatureCollection of (Multi)Polygons in WGS84 whose properties carry
@@ -68,6 +71,20 @@ def retention_days(tenant: Tenant) -> int | None:
     raw = tenant.settings.get("retention") or {}
     days = raw.get("contact_days_after_close") if isinstance(raw, dict) else None
     return int(days) if isinstance(days, int | float) and days >= 0 else None
+
+
+#: How many days after their case ended a resident may reopen it, unless the tenant says otherwise.
+DEFAULT_REOPEN_WITHIN_DAYS = 30
+
+
+def reopen_within_days(tenant: Tenant | None) -> int | None:
+    """``residents.reopen_within_days``: the default when the key is missing, None (no limit) when
+    it is null. The tenant schema allows only a whole number of days from 0, or null."""
+    raw = tenant.settings.get("residents") if tenant is not None else None
+    if not isinstance(raw, dict) or "reopen_within_days" not in raw:
+        return DEFAULT_REOPEN_WITHIN_DAYS
+    days = raw["reopen_within_days"]
+    return int(days) if isinstance(days, int) else None
 
 
 def closed_statuses(_tenant: Tenant) -> frozenset[str]:

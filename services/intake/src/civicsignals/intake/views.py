@@ -328,6 +328,9 @@ TRACKING_EXAMPLE = {
     ],
     "expected_by": "2026-12-03T17:00:00Z",
     "service_promise": "Binnen 5 werkdagen opgeruimd",
+    "feedback_given": False,
+    "actions": ["withdraw"],
+    "reopen_until": None,
 }
 
 
