@@ -62,6 +62,7 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("POST", "/v1/tracking/{tracking_code}/feedback"): "a resident's feedback, by the tracking code",
     ("GET", "/v1/tracking/{tracking_code}/feedback"): "the feedback form a resident's e-mail links to",
     ("POST", "/v1/tracking/{tracking_code}/updates"): "a resident's own move, by the tracking code",
+    ("POST", "/v1/tracking/{tracking_code}/attachments"): "a resident's photo, by the tracking code",
     ("GET", "/open311/discovery.{fmt}"): "Open311 GeoReport v2: public reads",
     ("GET", "/open311/v2/services.{fmt}"): "Open311 GeoReport v2: public reads",
     ("GET", "/open311/v2/services/{service_code}.{fmt}"): "Open311 GeoReport v2: public reads",

@@ -9,8 +9,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlmodel import select
 
-from .conftest import Intake, Receiver
+from civicsignals.intake.models import Attachment, Signal
+
+from .conftest import JPEG, PNG, SCRIPT, Intake, Receiver
 from .test_resident_pages import BROWSER, move_case, reported
 
 
@@ -196,3 +199,109 @@ async def test_a_case_that_ended_long_ago_is_not_reopened_but_reported_anew(
         f"/v1/tracking/{recent['tracking_code']}/updates", json={"action": "reopen", "text": "It is back."}
     )
     assert done.status_code == 202 and _statuses(routing.received) == ["reopened"]
+
+
+# -- the resident's photo ---------------------------------------------------------------------------
+
+
+async def _attachments(intake: Intake, signal: dict[str, Any]) -> int:
+    count: int = (await intake.get(Signal, signal["id"])).attachments
+    return count
+
+
+async def test_an_answer_from_the_page_can_carry_a_photo(
+    intake: Intake, routing: Receiver, wait_until: Any
+) -> None:
+    """Asked for a photo, the resident sends it with their answer: checked before the move goes to
+    routing, stored once routing made it, and stored once however often the form is sent."""
+    signal = await reported(intake)
+    code = signal["tracking_code"]
+    await move_case(intake, signal, "assigned", 1)
+    await move_case(intake, signal, "waiting_on_resident", 2, note="Kunt u een foto sturen?")
+    page = await _page(intake, code)
+    assert 'enctype="multipart/form-data"' in page and 'type="file"' in page
+
+    form = {"action": "reply", "text": "Hierbij de foto."}
+    photo = {"file": ("IMG_0042.jpg", JPEG, "image/jpeg")}
+    sent = await intake.client.post(f"/v1/tracking/{code}/updates", data=form, files=photo, headers=BROWSER)
+    assert sent.status_code == 303, sent.text
+    assert _statuses(routing.received) == ["in_progress"]
+    assert await _attachments(intake, signal) == 1
+    async with intake.runtime.sessions() as session:
+        [row] = (await session.exec(select(Attachment).where(Attachment.signal_id == signal["id"]))).all()
+    assert row.media_type == "image/jpeg"
+    assert (intake.settings.attachments_dir / "gouda" / signal["id"] / row.id).read_bytes() == JPEG
+    [event] = await intake.events("signal.attachment_added", wait_until)
+    assert event["data"] == {"signal_id": signal["id"], "attachments": 1}
+
+    # The same form again (a reload of the POST): one update at routing, still one photo.
+    again = await intake.client.post(f"/v1/tracking/{code}/updates", data=form, files=photo, headers=BROWSER)
+    assert again.status_code == 303
+    assert routing.received[1][2]["update_id"] == routing.received[0][2]["update_id"]
+    assert await _attachments(intake, signal) == 1
+
+    # An empty file field (no photo chosen) is an answer without a photo.
+    empty = {"file": ("", b"", "application/octet-stream")}
+    plain = await intake.client.post(
+        f"/v1/tracking/{code}/updates", data={**form, "text": "Nog iets."}, files=empty, headers=BROWSER
+    )
+    assert plain.status_code == 303 and await _attachments(intake, signal) == 1
+
+
+async def test_a_refused_photo_changes_nothing_and_a_refused_move_stores_no_photo(
+    intake: Intake, routing: Receiver
+) -> None:
+    signal = await reported(intake)
+    code = signal["tracking_code"]
+    updates = f"/v1/tracking/{code}/updates"
+    await move_case(intake, signal, "assigned", 1)
+    await move_case(intake, signal, "waiting_on_resident", 2, note="Kunt u een foto sturen?")
+    form = {"action": "reply", "text": "Hierbij."}
+
+    script = await intake.client.post(
+        updates, data=form, files={"file": ("foto.jpg", SCRIPT, "image/jpeg")}, headers=BROWSER
+    )
+    assert script.status_code == 415 and "Dit bestand kunnen wij niet aannemen" in script.text
+    assert ">Hierbij.</textarea>" in script.text  # what was typed is kept
+    assert routing.received == [] and await _attachments(intake, signal) == 0
+
+    routing.status = 500  # routing cannot take the answer: the photo is not kept either
+    down = await intake.client.post(
+        updates, data=form, files={"file": ("foto.png", PNG, "image/png")}, headers=BROWSER
+    )
+    assert down.status_code == 503 and await _attachments(intake, signal) == 0
+    assert not (intake.settings.attachments_dir / "gouda" / signal["id"]).exists()
+
+
+@pytest.mark.parametrize("intake_settings_overrides", [{"max_attachment_bytes": 4096}])
+async def test_a_portal_adds_the_residents_photo_by_the_tracking_code(intake: Intake) -> None:
+    signal = await reported(intake)
+    code = signal["tracking_code"]
+    url = f"/v1/tracking/{code}/attachments"
+
+    added = await intake.client.post(url, files={"file": ("foto.png", PNG, "image/png")})
+    assert added.status_code == 201, added.text
+    assert added.json() == {
+        "tracking_code": code,
+        "media_type": "image/png",
+        "size": len(PNG),
+        "attachments": 1,
+    }
+    assert signal["id"] not in added.text  # a public answer: no internal ids
+
+    too_big = await intake.client.post(url, files={"file": ("big.png", PNG + b"\x00" * 8000, "image/png")})
+    assert too_big.status_code == 413 and too_big.json()["errors"][0]["pointer"] == "/file"
+    spoofed = await intake.client.post(url, files={"file": ("foto.jpg", SCRIPT, "image/jpeg")})
+    assert spoofed.status_code == 415 and spoofed.headers["content-type"] == "application/problem+json"
+    no_file = await intake.client.post(url, data={"text": "geen bestand"})
+    assert no_file.status_code == 422 and no_file.json()["errors"][0]["pointer"] == "/file"
+    unknown = await intake.client.post(
+        "/v1/tracking/0000-0000-0000/attachments", files={"file": ("foto.png", PNG, "image/png")}
+    )
+    assert unknown.status_code == 404
+
+    await move_case(intake, signal, "assigned", 1)
+    await move_case(intake, signal, "resolved", 2, note="Opgeruimd.")
+    ended = await intake.client.post(url, files={"file": ("foto.jpg", JPEG, "image/jpeg")})
+    assert ended.status_code == 409 and ended.json()["type"].endswith("/case-ended")
+    assert await _attachments(intake, signal) == 1

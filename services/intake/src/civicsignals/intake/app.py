@@ -21,7 +21,8 @@ from civicsignals.intake.views import router
 
 log = logging.getLogger(__name__)
 
-ATTACHMENT_PATH = r"/v1/signals/[^/]+/attachments"
+#: Routes that take a file (a portal's upload; a resident's, alone or with their page's form).
+ATTACHMENT_PATH = r"/v1/signals/[^/]+/attachments|/v1/tracking/[^/]+/(attachments|updates)"
 MULTIPART_OVERHEAD = 64 * 1024
 
 

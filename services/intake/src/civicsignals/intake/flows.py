@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, delete
+from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common import wording
@@ -62,6 +62,7 @@ from civicsignals.intake.models import (
     FeedbackCreate,
     IdempotencyRecord,
     Location,
+    ResidentAttachmentAccepted,
     ResidentUpdateAccepted,
     ResidentUpdateCreate,
     Signal,
@@ -73,7 +74,13 @@ from civicsignals.intake.open311.catalogue import CatalogueCache
 from civicsignals.intake.redaction import redact
 from civicsignals.intake.residentmoves import REOPENABLE
 from civicsignals.intake.settings import IntakeSettings
-from civicsignals.intake.tenantconfig import Area, AreaCache, bounding_box, reopen_within_days
+from civicsignals.intake.tenantconfig import (
+    Area,
+    AreaCache,
+    bounding_box,
+    closed_statuses,
+    reopen_within_days,
+)
 
 log = logging.getLogger(__name__)
 
@@ -475,15 +482,24 @@ async def add_attachment(
         signal = await session.get(Signal, signal_id)
     if signal is None or signal.tenant != tenant or signal.erased_at is not None:
         raise Problem(404, "no signal has this id", slug="unknown-signal")
+    check_attachment(ctx, signal, content, filename, declared_type)
+    return await store_attachment(ctx, signal, content)
+
+
+def check_attachment(
+    ctx: IntakeContext, signal: Signal, content: bytes, filename: str | None, declared_type: str | None
+) -> None:
+    """Refuse a file before anything is stored or sent: too large (413), not a photo or PDF, or
+    not what its name or type claims (415), one too many for the signal (409)."""
     if len(content) > ctx.settings.max_attachment_bytes:
         raise Problem(
             413,
             f"an attachment may be at most {ctx.settings.max_attachment_bytes} bytes",
             slug="attachment-too-large",
+            errors=[{"pointer": "/file", "detail": "the file is too large"}],
         )
     try:
-        kind = attachments.sniff(content)
-        attachments.check_claims(kind, filename, declared_type)
+        attachments.check_claims(attachments.sniff(content), filename, declared_type)
     except attachments.AttachmentRefused as exc:
         raise Problem(
             exc.status,
@@ -491,50 +507,67 @@ async def add_attachment(
             slug="attachment-refused",
             errors=[{"pointer": "/file", "detail": str(exc)}],
         ) from None
+    if signal.attachments >= ctx.settings.max_attachments_per_signal:
+        raise _too_many_attachments(ctx)
+
+
+def _too_many_attachments(ctx: IntakeContext) -> Problem:
+    return Problem(
+        409,
+        f"a signal can have at most {ctx.settings.max_attachments_per_signal} attachments",
+        slug="too-many-attachments",
+    )
+
+
+async def store_attachment(ctx: IntakeContext, signal: Signal, content: bytes) -> AttachmentPublic:
+    """Store a file :func:`check_attachment` passed, and count it with its event in one transaction."""
     attachment_id = new_id()
+    kind = attachments.sniff(content)
     stored = await asyncio.to_thread(
-        attachments.store, ctx.settings.attachments_dir, tenant, signal_id, attachment_id, content, kind
+        attachments.store,
+        ctx.settings.attachments_dir,
+        signal.tenant,
+        signal.id,
+        attachment_id,
+        content,
+        kind,
     )
     try:
         async with ctx.runtime.sessions() as session, session.begin():
             # A conditional increment, so concurrent uploads never pass the limit together.
             result = await session.exec(
                 update(Signal)
-                .where(col(Signal.id) == signal_id)
+                .where(col(Signal.id) == signal.id)
                 .where(col(Signal.attachments) < ctx.settings.max_attachments_per_signal)
                 .values(attachments=Signal.attachments + 1)
             )
             if not result.rowcount:
-                raise Problem(
-                    409,
-                    f"a signal can have at most {ctx.settings.max_attachments_per_signal} attachments",
-                    slug="too-many-attachments",
-                )
+                raise _too_many_attachments(ctx)
             session.add(
                 Attachment(
                     id=attachment_id,
-                    signal_id=signal_id,
-                    tenant=tenant,
+                    signal_id=signal.id,
+                    tenant=signal.tenant,
                     media_type=stored.media_type,
                     size=stored.size,
                     sha256=stored.sha256,
                 )
             )
-            refreshed = await session.get(Signal, signal_id, populate_existing=True)
+            refreshed = await session.get(Signal, signal.id, populate_existing=True)
             count = refreshed.attachments if refreshed is not None else 1
             event = make_event(
-                tenant=tenant,
+                tenant=signal.tenant,
                 service="intake",
-                data=SignalAttachmentAdded(signal_id=signal_id, attachments=count),
+                data=SignalAttachmentAdded(signal_id=signal.id, attachments=count),
             )
-            enqueue(session, SignalAttachmentAdded.bus_subject(tenant), event)
+            enqueue(session, SignalAttachmentAdded.bus_subject(signal.tenant), event)
     except BaseException:
         stored.path.unlink(missing_ok=True)
         raise
     ctx.runtime.events_committed()
     return AttachmentPublic(
         id=attachment_id,
-        signal_id=signal_id,
+        signal_id=signal.id,
         media_type=stored.media_type,
         size=stored.size,
         sha256=stored.sha256,
@@ -653,13 +686,26 @@ def _not_now(view: TrackingPublic, action: str) -> Problem:
     )
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A file a resident sent with their page's form or to ``…/attachments``."""
+
+    content: bytes
+    filename: str | None
+    declared_type: str | None
+
+
 async def resident_update(
-    ctx: IntakeContext, tracking_code: str, payload: ResidentUpdateCreate
+    ctx: IntakeContext, tracking_code: str, payload: ResidentUpdateCreate, photo: Upload | None = None
 ) -> ResidentUpdateAccepted:
     """The resident answers a question, reopens, or withdraws (``RESIDENT_ACTIONS``): passed on to
     routing on their behalf with intake's service key, the text redacted first like everything that
     leaves intake. The same action with the same text on the same state of the case is one update
-    at routing (a double click, a retry), however often it is sent."""
+    at routing (a double click, a retry), however often it is sent.
+
+    A ``photo`` (the answer to "can you send a photo?") is checked before the move is sent, and
+    stored once routing made it: a refused file changes nothing, and a move refused by routing
+    stores no file."""
     note = payload.note
     if note is None and payload.action in ("reply", "reopen"):
         raise Problem(
@@ -675,6 +721,8 @@ async def resident_update(
         raise Problem(404, "no signal has this tracking code", slug="unknown-tracking-code")
     if signal.case_id is None or payload.action not in view.actions:  # no case: no move offered
         raise _not_now(view, payload.action)
+    if photo is not None:
+        check_attachment(ctx, signal, photo.content, photo.filename, photo.declared_type)
     to = RESIDENT_ACTIONS[payload.action][0]
     fingerprint = f"{signal.id}|{signal.status_sequence}|{payload.action}|{note or ''}"
     update = caseupdates.CaseUpdate(
@@ -701,7 +749,51 @@ async def resident_update(
         log.error("routing refused a resident's %s (%s): %s", payload.action, refused.status, refused.detail)
         raise unavailable from None
     log.info("resident %s on signal %s passed on to routing", payload.action, signal.id)
+    if photo is not None:
+        await _store_once(ctx, signal, photo.content)
     return ResidentUpdateAccepted(tracking_code=signal.tracking_code, action=payload.action, status=to)
+
+
+async def resident_attachment(
+    ctx: IntakeContext, tracking_code: str, photo: Upload
+) -> ResidentAttachmentAccepted:
+    """A photo or PDF the resident adds to their open signal by its tracking code (public, as the
+    tracking page is); refused once the case has ended. The same file sent again is stored once."""
+    async with ctx.runtime.sessions() as session:
+        signal = await service.find_by_tracking_code(session, tracking_code)
+    if signal is None or signal.erased_at is not None:
+        raise Problem(404, "no signal has this tracking code", slug="unknown-tracking-code")
+    tenant = ctx.tenant(signal.tenant)
+    if tenant is not None and signal.status in closed_statuses(tenant):
+        raise Problem(
+            409,
+            f"a signal that is {signal.status} takes no more attachments",
+            slug="case-ended",
+        )
+    check_attachment(ctx, signal, photo.content, photo.filename, photo.declared_type)
+    count = await _store_once(ctx, signal, photo.content)
+    return ResidentAttachmentAccepted(
+        tracking_code=signal.tracking_code,
+        media_type=attachments.CANONICAL_TYPE[attachments.sniff(photo.content)],
+        size=len(photo.content),
+        attachments=count,
+    )
+
+
+async def _store_once(ctx: IntakeContext, signal: Signal, content: bytes) -> int:
+    """Store the resident's file unless the signal already has this very file (a form sent twice);
+    the signal's number of attachments after it."""
+    digest = hashlib.sha256(content).hexdigest()
+    async with ctx.runtime.sessions() as session:
+        known = await session.exec(
+            select(Attachment.id).where(
+                col(Attachment.signal_id) == signal.id, col(Attachment.sha256) == digest
+            )
+        )
+        if known.first() is not None:
+            current = await session.get(Signal, signal.id)
+            return current.attachments if current is not None else signal.attachments
+    return (await store_attachment(ctx, signal, content)).attachments
 
 
 # -- what intake follows ---------------------------------------------------------------------------

@@ -309,6 +309,15 @@ class ResidentUpdateAccepted(BaseModel):
     status: CaseStatus
 
 
+class ResidentAttachmentAccepted(BaseModel):
+    """A resident's photo or PDF, stored with their signal (no ids, no file name: a public answer)."""
+
+    tracking_code: str
+    media_type: str
+    size: int
+    attachments: int = Field(description="how many attachments the signal has now")
+
+
 # --- tables ------------------------------------------------------------------------------------
 
 

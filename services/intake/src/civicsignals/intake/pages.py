@@ -24,6 +24,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from pydantic import ValidationError
+from starlette.datastructures import UploadFile
 
 from civicsignals.common.problems import Problem
 from civicsignals.common.wording import STATUS_LABELS, format_date, language_of
@@ -34,6 +35,8 @@ from civicsignals.intake.residentmoves import REOPENABLE
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 FORM_TYPE = "application/x-www-form-urlencoded"
+MULTIPART_TYPE = "multipart/form-data"
+FORM_TYPES = frozenset({FORM_TYPE, MULTIPART_TYPE})
 
 # No scripts, no outside resources, forms only back to us; the code in the URL goes to no one else.
 PAGE_HEADERS = {
@@ -87,6 +90,7 @@ WORDS: dict[str, dict[str, str]] = {
         "reopen_summary": "Is het probleem er nog? Meld het ons",
         "reopen_label": "Wat is er nog mis?",
         "reopen_send": "Heropen mijn melding",
+        "photo_label": "Foto of pdf (niet verplicht)",
         "reopen_until": "Dit kan tot en met {date}.",
         "reopen_passed": "Is het probleem er weer? Deze melding kan niet meer worden heropend; "
         "doe een nieuwe melding.",
@@ -127,6 +131,7 @@ WORDS: dict[str, dict[str, str]] = {
         "reopen_summary": "Is the problem still there? Tell us",
         "reopen_label": "What is still wrong?",
         "reopen_send": "Reopen my report",
+        "photo_label": "Photo or PDF (optional)",
         "reopen_until": "You can do this until {date}.",
         "reopen_passed": "Is the problem back? This report can no longer be reopened; please make a new report.",
         "withdraw_summary": "Withdraw this report",
@@ -146,12 +151,18 @@ FIELD_ERRORS: dict[str, dict[str, str]] = {
         "satisfied": "Kies ja of nee.",
         "comment": "De toelichting is te lang (ten hoogste 2000 tekens).",
         "text": "Schrijf hier uw tekst (ten hoogste 4000 tekens).",
+        "photo_size": "Dit bestand is te groot: ten hoogste {mb} MB.",
+        "photo_type": "Dit bestand kunnen wij niet aannemen: stuur een foto (JPEG, PNG, WebP of HEIC) of een pdf.",
+        "photo_count": "Bij deze melding kunnen geen bestanden meer worden gevoegd.",
     },
     "en": {
         "score": "Choose a score from 1 to 5.",
         "satisfied": "Choose yes or no.",
         "comment": "The comment is too long (2,000 characters at most).",
         "text": "Please write your text here (4,000 characters at most).",
+        "photo_size": "This file is too large: {mb} MB at most.",
+        "photo_type": "We cannot accept this file: please send a photo (JPEG, PNG, WebP or HEIC) or a PDF.",
+        "photo_count": "No more files can be added to this report.",
     },
 }
 
@@ -181,7 +192,8 @@ def wants_html(request: Request) -> bool:
 
 
 def is_form(request: Request) -> bool:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower() == FORM_TYPE
+    """Whether the body is a page's form: urlencoded, or multipart when it carries a file."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() in FORM_TYPES
 
 
 def _when(value: datetime, language: str, timezone: str) -> str:
@@ -339,11 +351,16 @@ async def post_resident_form(ctx: IntakeContext, tracked: Tracked, form: Mapping
         if any(error["loc"][:1] == ("action",) for error in exc.errors()):
             return tracking_page(tracked, failed=("", words["not_now"]), status_code=422)
         return tracking_page(tracked, failed=(action, _text_error(tracked)), values=form, status_code=422)
+    photo = await _photo(form.get("file"), ctx.settings.max_attachment_bytes)
     try:
-        await flows.resident_update(ctx, tracked.view.tracking_code, payload)
+        await flows.resident_update(ctx, tracked.view.tracking_code, payload, photo)
     except Problem as problem:
+        errors = FIELD_ERRORS[language_of(tracked.language)]
         if problem.status == 422:
             message, status = _text_error(tracked), 422
+        elif problem.slug in PHOTO_PROBLEMS:
+            limit = ctx.settings.max_attachment_bytes // (1024 * 1024)
+            message, status = errors[PHOTO_PROBLEMS[problem.slug]].format(mb=limit), problem.status
         elif problem.status == 409:
             message, status = (
                 words["reopen_passed" if problem.slug == "reopen-window-passed" else "not_now"],
@@ -357,6 +374,25 @@ async def post_resident_form(ctx: IntakeContext, tracked: Tracked, form: Mapping
     return RedirectResponse(
         f"{tracked.status_path}?sent={action}", status_code=303, headers={"Cache-Control": "no-store"}
     )
+
+
+#: The attachment problems a page form explains, by slug: the key of the message.
+PHOTO_PROBLEMS = {
+    "attachment-too-large": "photo_size",
+    "attachment-refused": "photo_type",
+    "too-many-attachments": "photo_count",
+}
+
+
+async def _photo(field: Any, max_bytes: int) -> flows.Upload | None:
+    """The form's file, or None when none was chosen (a browser then sends an empty part). One
+    byte over the limit is read, so that a file too large is refused as such."""
+    if not isinstance(field, UploadFile) or not field.filename:
+        return None
+    content = await field.read(max_bytes + 1)
+    if not content:
+        return None
+    return flows.Upload(content=content, filename=field.filename, declared_type=field.content_type)
 
 
 def _text_error(tracked: Tracked) -> str:

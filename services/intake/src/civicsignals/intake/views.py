@@ -25,6 +25,7 @@ from civicsignals.intake.models import (
     ConversationCreated,
     FeedbackAccepted,
     FeedbackCreate,
+    ResidentAttachmentAccepted,
     ResidentUpdateAccepted,
     ResidentUpdateCreate,
     SignalCreate,
@@ -202,6 +203,41 @@ async def post_signal(
     return created
 
 
+#: How an upload is refused, the same for a portal's and a resident's.
+ATTACHMENT_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    409: problem(
+        409,
+        "The signal has the most attachments allowed",
+        "Conflict",
+        "a signal can have at most 10 attachments",
+        "too-many-attachments",
+    ),
+    413: problem(
+        413,
+        "File too large",
+        "Content Too Large",
+        "an attachment may be at most 10485760 bytes",
+        "attachment-too-large",
+    ),
+    415: problem(
+        415,
+        "Not a JPEG, PNG, WebP, HEIC or PDF, or its name or type says otherwise",
+        "Unsupported Media Type",
+        "the file is named '*.jpg' but its content is PNG; send it with the right name",
+        "attachment-refused",
+    ),
+    422: problem(
+        422,
+        "No file in the form",
+        "Unprocessable Entity",
+        "the request has invalid fields",
+        "invalid-request",
+        "/file",
+    ),
+}
+UploadedFile = Annotated[UploadFile, File(description="the photo or PDF; its type is read from its content")]
+
+
 @router.post(
     "/v1/signals/{signal_id}/attachments",
     status_code=201,
@@ -233,35 +269,7 @@ async def post_signal(
             "no signal has this id",
             "unknown-signal",
         ),
-        409: problem(
-            409,
-            "The signal has the most attachments allowed",
-            "Conflict",
-            "a signal can have at most 10 attachments",
-            "too-many-attachments",
-        ),
-        413: problem(
-            413,
-            "File too large",
-            "Content Too Large",
-            "an attachment may be at most 10485760 bytes",
-            "attachment-too-large",
-        ),
-        415: problem(
-            415,
-            "Not a JPEG, PNG, WebP, HEIC or PDF, or its name or type says otherwise",
-            "Unsupported Media Type",
-            "the file is named '*.jpg' but its content is PNG; send it with the right name",
-            "attachment-refused",
-        ),
-        422: problem(
-            422,
-            "No file in the form",
-            "Unprocessable Entity",
-            "the request has invalid fields",
-            "invalid-request",
-            "/file",
-        ),
+        **ATTACHMENT_PROBLEMS,
     },
 )
 async def post_attachment(
@@ -269,7 +277,7 @@ async def post_attachment(
     principal: SignalWriter,
     request: Request,
     response: Response,
-    file: Annotated[UploadFile, File(description="the photo or PDF; its type is read from its content")],
+    file: UploadedFile,
 ) -> AttachmentPublic:
     """Attach a photo (JPEG, PNG, WebP, HEIC) or PDF to a signal of the key's tenant.
 
@@ -350,18 +358,21 @@ def _or_page(api: dict[str, Any]) -> dict[str, Any]:
 
 
 def _json_or_form(
-    model: type[BaseModel], example: dict[str, Any], form_schema: dict[str, Any], form_example: dict[str, Any]
+    model: type[BaseModel],
+    example: dict[str, Any],
+    form_schema: dict[str, Any],
+    form_example: dict[str, Any],
+    multipart_schema: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """OpenAPI's request body of a route that takes JSON from portals and the resident's page form."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": model.model_json_schema(), "example": example},
-                pages.FORM_TYPE: {"schema": form_schema, "example": form_example},
-            },
-        }
+    """OpenAPI's request body of a route that takes JSON from portals and the resident's page form
+    (and, with ``multipart_schema``, the page's form with a file)."""
+    content = {
+        "application/json": {"schema": model.model_json_schema(), "example": example},
+        pages.FORM_TYPE: {"schema": form_schema, "example": form_example},
     }
+    if multipart_schema is not None:
+        content[pages.MULTIPART_TYPE] = {"schema": multipart_schema}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 async def _from_page_or_api(
@@ -521,12 +532,18 @@ async def post_feedback(tracking_code: str, request: Request) -> Response:
     )
 
 
-RESIDENT_FORM_SCHEMA = {
+RESIDENT_FORM_FIELDS: dict[str, Any] = {
+    "action": {"type": "string", "enum": list(RESIDENT_ACTIONS)},
+    "text": {"type": "string", "maxLength": 4000},
+}
+RESIDENT_FORM_SCHEMA = {"type": "object", "required": ["action"], "properties": RESIDENT_FORM_FIELDS}
+#: The page's answer and reopening forms: the same fields and, optionally, a photo or PDF.
+RESIDENT_MULTIPART_SCHEMA = {
     "type": "object",
     "required": ["action"],
     "properties": {
-        "action": {"type": "string", "enum": list(RESIDENT_ACTIONS)},
-        "text": {"type": "string", "maxLength": 4000},
+        **RESIDENT_FORM_FIELDS,
+        "file": {"type": "string", "format": "binary", "description": "a photo or PDF (optional)"},
     },
 }
 
@@ -543,6 +560,7 @@ RESIDENT_FORM_SCHEMA = {
         {"action": "reply", "text": "De container staat achter het gemeentehuis."},
         RESIDENT_FORM_SCHEMA,
         {"action": "reopen", "text": "Er ligt weer afval naast de container."},
+        RESIDENT_MULTIPART_SCHEMA,
     ),
     responses={
         202: {
@@ -565,7 +583,8 @@ RESIDENT_FORM_SCHEMA = {
                 "resident-action-not-possible",
             )
         ),
-        413: WRITE_PROBLEMS[413],
+        413: _or_page(ATTACHMENT_PROBLEMS[413]),
+        415: _or_page(ATTACHMENT_PROBLEMS[415]),
         422: _or_page(
             problem(
                 422,
@@ -591,9 +610,55 @@ RESIDENT_FORM_SCHEMA = {
 async def post_resident_update(tracking_code: str, request: Request) -> Response:
     """Public, by the tracking code as for feedback: the resident's own moves in the case's
     lifecycle, made at routing on their behalf (``role resident``). JSON from a portal;
-    ``application/x-www-form-urlencoded`` from the resident's page, answered with pages."""
+    ``application/x-www-form-urlencoded`` from the resident's page, answered with pages, or
+    ``multipart/form-data`` when the page's answer or reopening carries a photo or PDF (checked
+    before the move is sent, stored once routing made it; a portal posts it to
+    ``…/attachments``)."""
     return await _from_page_or_api(
         request, tracking_code, ResidentUpdateCreate, pages.post_resident_form, flows.resident_update, 202
+    )
+
+
+@router.post(
+    "/v1/tracking/{tracking_code}/attachments",
+    status_code=201,
+    response_model=ResidentAttachmentAccepted,
+    tags=["tracking"],
+    summary="The resident adds a photo or PDF to their open signal",
+    dependencies=[PublicLimit],
+    responses={
+        201: {
+            "description": "Stored with the signal; its count goes on the bus",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "tracking_code": "7KQ2-M9XD-4HTC",
+                        "media_type": "image/jpeg",
+                        "size": 482113,
+                        "attachments": 2,
+                    }
+                }
+            },
+        },
+        400: WRITE_PROBLEMS[400],
+        404: UNKNOWN_CODE,
+        **ATTACHMENT_PROBLEMS,
+        429: AUTH_PROBLEMS[429],
+    },
+)
+async def post_resident_attachment(
+    tracking_code: str, request: Request, file: UploadedFile
+) -> ResidentAttachmentAccepted:
+    """Public, by the tracking code as the tracking page: a photo or PDF for a signal whose case
+    has not ended (a `409` `…/case-ended` after it; then a new report is the way). The type is
+    sniffed from the content, as for a portal's upload; the same file sent twice is stored once.
+    The resident's page sends a photo with an answer or a reopening (`POST …/updates`)."""
+    ctx = _context(request)
+    content = await file.read(ctx.settings.max_attachment_bytes + 1)
+    return await flows.resident_attachment(
+        ctx,
+        normalise_tracking_code(tracking_code),
+        flows.Upload(content=content, filename=file.filename, declared_type=file.content_type),
     )
 
 
