@@ -192,6 +192,31 @@ async def test_attachment_limits_and_tenant_isolation(intake: Intake) -> None:
     assert len(stored) == 2  # the refused uploads left no file behind
 
 
+async def test_an_upload_retried_under_its_idempotency_key_is_stored_once(intake: Intake) -> None:
+    signal_id = (await intake.post_signal()).json()["id"]
+
+    async def upload(key: str, content: bytes) -> Any:
+        return await intake.client.post(
+            f"/v1/signals/{signal_id}/attachments",
+            files={"file": ("foto.png", content, "image/png")},
+            headers={**intake.auth(), "Idempotency-Key": key},
+        )
+
+    first = await upload("upload-1", PNG)
+    assert first.status_code == 201 and "idempotent-replayed" not in first.headers
+    again = await upload("upload-1", PNG)
+    assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    other_file = await upload("upload-1", JPEG)
+    assert other_file.status_code == 422 and other_file.json()["type"].endswith("/idempotency-key-reused")
+    assert (await intake.get(Signal, signal_id)).attachments == 1 and await intake.count(Attachment) == 1
+    # A refused file releases its key: the right file may then be sent under it.
+    refused = await upload("upload-2", SCRIPT)
+    assert refused.status_code == 415
+    second = await upload("upload-2", PNG + b"\x00")
+    assert second.status_code == 201 and second.json()["attachments"] == 2
+
+
 # -- tracking and feedback -------------------------------------------------------------------------
 
 

@@ -476,14 +476,41 @@ async def add_attachment(
     content: bytes,
     filename: str | None,
     declared_type: str | None,
-) -> AttachmentPublic:
-    """Sniff, store on the volume, then count it on the signal with its event in one transaction."""
+    idempotency_key: str | None = None,
+) -> tuple[AttachmentPublic, bool]:
+    """Sniff, store on the volume, then count it on the signal with its event in one transaction;
+    under an ``Idempotency-Key`` at most once (returns (attachment, replayed))."""
     async with ctx.runtime.sessions() as session:
         signal = await session.get(Signal, signal_id)
     if signal is None or signal.tenant != tenant or signal.erased_at is not None:
         raise Problem(404, "no signal has this id", slug="unknown-signal")
-    check_attachment(ctx, signal, content, filename, declared_type)
-    return await store_attachment(ctx, signal, content)
+    fingerprint = hashlib.sha256(
+        f"attachments|{signal_id}|{hashlib.sha256(content).hexdigest()}".encode()
+    ).hexdigest()
+
+    async def attach(attachment_id: str) -> AttachmentPublic:
+        check_attachment(ctx, signal, content, filename, declared_type)
+        return await store_attachment(ctx, signal, content, attachment_id)
+
+    return await run_once(
+        ctx, tenant, idempotency_key, fingerprint, attach, find_attachment, AttachmentPublic
+    )
+
+
+async def find_attachment(session: AsyncSession, attachment_id: str) -> AttachmentPublic | None:
+    """The answer to the request that stored this attachment, if it was committed."""
+    row = await session.get(Attachment, attachment_id)
+    if row is None:
+        return None
+    signal = await session.get(Signal, row.signal_id)
+    return AttachmentPublic(
+        id=row.id,
+        signal_id=row.signal_id,
+        media_type=row.media_type,
+        size=row.size,
+        sha256=row.sha256,
+        attachments=signal.attachments if signal is not None else 1,
+    )
 
 
 def check_attachment(
@@ -519,9 +546,11 @@ def _too_many_attachments(ctx: IntakeContext) -> Problem:
     )
 
 
-async def store_attachment(ctx: IntakeContext, signal: Signal, content: bytes) -> AttachmentPublic:
+async def store_attachment(
+    ctx: IntakeContext, signal: Signal, content: bytes, attachment_id: str | None = None
+) -> AttachmentPublic:
     """Store a file :func:`check_attachment` passed, and count it with its event in one transaction."""
-    attachment_id = new_id()
+    attachment_id = attachment_id or new_id()
     kind = attachments.sniff(content)
     stored = await asyncio.to_thread(
         attachments.store,

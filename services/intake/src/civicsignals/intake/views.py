@@ -278,19 +278,24 @@ async def post_attachment(
     request: Request,
     response: Response,
     file: UploadedFile,
+    idempotency_key: IdempotencyKey = None,
 ) -> AttachmentPublic:
     """Attach a photo (JPEG, PNG, WebP, HEIC) or PDF to a signal of the key's tenant.
 
     The type is sniffed from the content; a file whose name or declared type says otherwise,
     or that is a script, is refused with a 415. Only the number of attachments travels on the bus
-    (`signal.attachment_added`); the file stays on intake's volume.
+    (`signal.attachment_added`); the file stays on intake's volume. With an `Idempotency-Key`, the
+    same key and file replay the first answer (a retried upload is stored once); another file
+    under the key is a 422, and a key still in flight a 409.
     """
     ctx = _context(request)
     content = await file.read(ctx.settings.max_attachment_bytes + 1)
-    created = await flows.add_attachment(
-        ctx, principal.tenant, signal_id, content, file.filename, file.content_type
+    created, replayed = await flows.add_attachment(
+        ctx, principal.tenant, signal_id, content, file.filename, file.content_type, idempotency_key
     )
     response.headers["Location"] = f"/v1/signals/{signal_id}/attachments/{created.id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return created
 
 
