@@ -112,10 +112,19 @@ def test_a_schema_error_names_the_file_the_line_and_the_pointer(make_tenant: Any
 
 
 def test_the_reopening_window_is_whole_days_or_null(make_tenant: Any) -> None:
+    from civicsignals.common.wording import DEFAULT_REOPEN_WITHIN_DAYS, reopen_within_days
+
     gouda = make_tenant("gouda", departments=["wegen"])
     tenant_yaml = gouda.folder / "tenant.yaml"
+    assert (
+        reopen_within_days(TenantRegistry(gouda.tenants_dir).get("gouda")) == DEFAULT_REOPEN_WITHIN_DAYS == 30
+    )
+    tenant_yaml.write_text("name: Gouda\nresidents:\n  reopen_within_days: 14\n", encoding="utf-8")
+    assert reopen_within_days(TenantRegistry(gouda.tenants_dir).get("gouda")) == 14
     tenant_yaml.write_text("name: Gouda\nresidents:\n  reopen_within_days: null\n", encoding="utf-8")
-    assert TenantRegistry(gouda.tenants_dir).get("gouda") is not None
+    lifted = TenantRegistry(gouda.tenants_dir).get("gouda")
+    assert lifted is not None and reopen_within_days(lifted) is None
+    assert reopen_within_days(None) == 30
     tenant_yaml.write_text("name: Gouda\nresidents:\n  reopen_within_days: two weeks\n", encoding="utf-8")
     registry = TenantRegistry(gouda.tenants_dir)
     assert registry.get("gouda") is None

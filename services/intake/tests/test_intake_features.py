@@ -10,12 +10,24 @@ import json
 from typing import Any
 
 import pytest
+from sqlmodel import col, select
 
 from civicsignals.common.events import CaseStatusChanged, SignalRouted, make_event
 from civicsignals.common.outbox import OutboxMessage
-from civicsignals.intake.models import Attachment, Contact, Conversation, Feedback, IdempotencyRecord, Signal
+from civicsignals.common.tenants import add_key
+from civicsignals.intake import service
+from civicsignals.intake.models import (
+    Attachment,
+    AuditRecord,
+    Contact,
+    Conversation,
+    Feedback,
+    IdempotencyRecord,
+    Signal,
+)
 
 from .conftest import GOUDA_ORIGIN, HEIC, JPEG, PDF, PNG, SCRIPT, SIGNAL, UTRECHT_ORIGIN, WEBP, Intake
+from .test_following import routed
 
 # -- location and area -----------------------------------------------------------------------------
 
@@ -215,6 +227,56 @@ async def test_an_upload_retried_under_its_idempotency_key_is_stored_once(intake
     assert refused.status_code == 415
     second = await upload("upload-2", PNG + b"\x00")
     assert second.status_code == 201 and second.json()["attachments"] == 2
+
+
+async def test_staff_open_a_signals_photos_and_each_opening_is_audited(intake: Intake) -> None:
+    signal = (await intake.post_signal()).json()
+    signal_id = signal["id"]
+    photo = (await _attach(intake, signal_id, "foto.jpg", JPEG, "image/jpeg")).json()
+    scan = (await _attach(intake, signal_id, "scan.pdf", PDF, "application/pdf")).json()
+    listing = f"/v1/signals/{signal_id}/attachments"
+
+    listed = await intake.client.get(listing, headers=intake.auth())
+    assert listed.status_code == 200
+    assert [(i["id"], i["media_type"]) for i in listed.json()["items"]] == [
+        (photo["id"], "image/jpeg"),
+        (scan["id"], "application/pdf"),
+    ]
+    opened = await intake.client.get(f"{listing}/{photo['id']}", headers=intake.auth())
+    assert opened.status_code == 200 and opened.content == JPEG
+    assert opened.headers["content-type"] == "image/jpeg"
+    assert opened.headers["content-disposition"] == f'inline; filename="{photo["id"]}.jpeg"'
+    assert opened.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in opened.headers["content-security-policy"]
+    assert opened.headers["cache-control"] == "private, no-store"
+    async with intake.runtime.sessions() as session:
+        reads = (
+            await session.exec(select(AuditRecord).where(col(AuditRecord.action) == "attachment.read"))
+        ).all()
+    assert [(r.object, r.result, r.actor) for r in reads] == [
+        (f"attachment:{photo['id']}", "ok", f"key:{intake.gouda.key_id}")
+    ]
+
+    # Another tenant's key, an unknown attachment, and another signal's attachment id: all 404.
+    assert (await intake.client.get(listing, headers=intake.auth(intake.utrecht.key))).status_code == 404
+    stranger = await intake.client.get(f"{listing}/{photo['id']}", headers=intake.auth(intake.utrecht.key))
+    assert stranger.status_code == 404
+    assert (
+        await intake.client.get(f"{listing}/01NOSUCHATTACHMENT000000000", headers=intake.auth())
+    ).status_code == 404
+    other = (await intake.post_signal()).json()["id"]
+    crossed = await intake.client.get(f"/v1/signals/{other}/attachments/{photo['id']}", headers=intake.auth())
+    assert crossed.status_code == 404
+
+    # A key bound to a department sees the signal once its department is responsible for it.
+    _, bound = add_key(intake.gouda.folder, ["cases:read"], departments=["stadsbeheer"])
+    assert (await intake.client.get(listing, headers=intake.auth(bound))).status_code == 404
+    async with intake.runtime.sessions() as session, session.begin():
+        assert await service.apply_routed(session, routed(signal))
+    assert (await intake.client.get(listing, headers=intake.auth(bound))).status_code == 200
+    # A portal's key (signals:write only) posts photos but does not read them.
+    _, portal = add_key(intake.gouda.folder, ["signals:write"])
+    assert (await intake.client.get(listing, headers=intake.auth(portal))).status_code == 403
 
 
 # -- tracking and feedback -------------------------------------------------------------------------

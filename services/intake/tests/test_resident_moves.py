@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from civicsignals.common.tenants import Tenant
 from civicsignals.intake.residentmoves import ended_at, offered, reopen_until
-from civicsignals.intake.tenantconfig import DEFAULT_REOPEN_WITHIN_DAYS, reopen_within_days
 
 DAY = timedelta(days=1)
 T0 = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)
@@ -52,14 +49,3 @@ def test_reopening_is_offered_until_the_last_moment_of_the_window() -> None:
         "reply",
         "withdraw",
     ]
-
-
-def test_the_tenant_sets_the_window_or_lifts_it(tmp_path: Path) -> None:
-    def tenant(settings: dict[str, object]) -> Tenant:
-        return Tenant(code="t", folder=tmp_path, settings={"name": "T", **settings})
-
-    assert reopen_within_days(tenant({})) == DEFAULT_REOPEN_WITHIN_DAYS == 30
-    assert reopen_within_days(tenant({"residents": None})) == 30
-    assert reopen_within_days(tenant({"residents": {"reopen_within_days": 14}})) == 14
-    assert reopen_within_days(tenant({"residents": {"reopen_within_days": None}})) is None
-    assert reopen_within_days(None) == 30

@@ -80,6 +80,8 @@ async def test_templates_are_listed_and_previewed_with_drafts(notifier_factory, 
         await notifier.client.post("/v1/templates/resolution/preview", json={"language": "nl"})
     ).json()
     assert "Gouda" in resolution["text"] and "feedback?score=5" in resolution["html"]
+    assert "reopen_within_days" in listed["variables"]["resolution"]
+    assert "binnen 30 dagen heropenen" in resolution["text"]
     draft = await notifier.client.post(
         "/v1/templates/acknowledgement/preview",
         json={

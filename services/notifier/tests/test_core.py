@@ -182,6 +182,27 @@ def test_templates_render_in_the_residents_language_with_links(tmp_path: Path) -
     assert wording.language_of(None) == "nl"
 
 
+def test_the_resolution_mail_states_the_tenants_reopening_window(tmp_path: Path) -> None:
+    book = messages.TemplateBook(tmp_path)
+    for language, within, always in (
+        ("nl", "binnen 14 dagen heropenen", "Dan kunt u uw melding heropenen"),
+        ("en", "reopen your report within 14 days", "You can reopen your report on this page"),
+    ):
+        values = messages.example_values(messages.RESOLUTION, language, "https://gemeente.example")
+
+        def text(days: int | None, values: dict[str, object] = values, language: str = language) -> str:
+            rendered = book.render(
+                "gouda", messages.RESOLUTION, language, {**values, "reopen_within_days": days}
+            )
+            return rendered.text
+
+        assert within in text(14) and always not in text(14)
+        assert always in text(None) and "14" not in text(None)
+        no_reopening = text(0)  # the tenant lets no resident reopen: the mail does not offer it
+        assert "reopen" not in no_reopening.lower() and "heropen" not in no_reopening
+        assert "https://gemeente.example/v1/tracking/7KQ2-M9XD-4HTC" in no_reopening
+
+
 def test_a_question_for_the_resident_sends_them_to_answer_it_on_their_page(tmp_path: Path) -> None:
     book = messages.TemplateBook(tmp_path)
     for language, answer, follow in (

@@ -180,6 +180,8 @@ async def test_rapid_changes_become_one_mail_resolution_asks_satisfaction_and_re
     for score in range(1, 6):
         assert f"{BASE}/v1/tracking/{code}/feedback?score={score}" in text
         assert f'href="{BASE}/v1/tracking/{code}/feedback?score={score}"' in html
+    # The tenant's reopening window (the default 30 days here), as intake enforces it.
+    assert "binnen 30 dagen heropenen" in text and "binnen 30 dagen op die pagina heropenen" in html
 
     await notifier.publish(TENANT, change(created, case, "reopened", 4, "We kijken er opnieuw naar."))
     reopened = await mail.wait_for_async(lambda m: "heropend" in str(m["Subject"]), timeout=30)

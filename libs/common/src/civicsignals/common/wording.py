@@ -70,6 +70,21 @@ def timezone_of(tenant: Tenant | None) -> str:
     return str(tenant.settings.get("timezone", DEFAULT_TIMEZONE)) if tenant is not None else DEFAULT_TIMEZONE
 
 
+#: How many days after their case ended a resident may reopen it, unless the tenant says otherwise.
+DEFAULT_REOPEN_WITHIN_DAYS = 30
+
+
+def reopen_within_days(tenant: Tenant | None) -> int | None:
+    """``residents.reopen_within_days`` in ``tenant.yaml``: the default when the key is missing,
+    None (no limit) when it is null. Intake enforces it; notifier's resolution mail states it. The
+    tenant schema allows only a whole number of days from 0, or null."""
+    raw = tenant.settings.get("residents") if tenant is not None else None
+    if not isinstance(raw, dict) or "reopen_within_days" not in raw:
+        return DEFAULT_REOPEN_WITHIN_DAYS
+    days = raw["reopen_within_days"]
+    return int(days) if isinstance(days, int) else None
+
+
 def format_date(value: datetime | None, language: str, timezone: str = DEFAULT_TIMEZONE) -> str | None:
     """A date as a resident reads it: ``7 december 2026`` or ``7 December 2026``, local time."""
     if value is None:

@@ -18,7 +18,14 @@ from fastapi import Request
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from civicsignals.common.auth import SCOPE_ATTRIBUTE, Principal, authenticate, scope_dependency
+from civicsignals.common.auth import (
+    ANY_SCOPE_ATTRIBUTE,
+    SCOPE_ATTRIBUTE,
+    Principal,
+    any_scope_dependency,
+    authenticate,
+    scope_dependency,
+)
 from civicsignals.common.problems import Problem, problem_response
 from civicsignals.common.tenants import TenantRegistry
 from civicsignals.intake.flows import IntakeContext
@@ -41,9 +48,10 @@ def check_origin(request: Request, registry: TenantRegistry, tenant_code: str) -
         raise Problem(403, "this origin is not allowed for the key's municipality", slug="origin-not-allowed")
 
 
-def authorised(scope: str) -> Callable[[Request], Awaitable[Principal]]:
-    """``scope_dependency(scope)`` plus the tenant's origin check and the caller's rate limit."""
-    check_scope = scope_dependency(scope)
+def authorised(*scopes: str) -> Callable[[Request], Awaitable[Principal]]:
+    """``scope_dependency`` (or, given several scopes, ``any_scope_dependency``) plus the tenant's
+    origin check and the caller's rate limit."""
+    check_scope = scope_dependency(scopes[0]) if len(scopes) == 1 else any_scope_dependency(*scopes)
 
     async def _dependency(request: Request) -> Principal:
         principal = await check_scope(request)
@@ -52,8 +60,11 @@ def authorised(scope: str) -> Callable[[Request], Awaitable[Principal]]:
         ctx.key_limiter.check(principal.actor, what="this API key")
         return principal
 
-    setattr(_dependency, SCOPE_ATTRIBUTE, scope)
-    _dependency.__name__ = f"requires_{scope.replace(':', '_')}"
+    if len(scopes) == 1:
+        setattr(_dependency, SCOPE_ATTRIBUTE, scopes[0])
+    else:
+        setattr(_dependency, ANY_SCOPE_ATTRIBUTE, frozenset(scopes))
+    _dependency.__name__ = check_scope.__name__
     return _dependency
 
 

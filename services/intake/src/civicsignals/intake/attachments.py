@@ -107,13 +107,23 @@ class StoredFile:
     sha256: str
 
 
+def suffix_for(media_type: str) -> str:
+    """The file-name suffix a download of this type gets (``.jpeg``, ``.pdf``)."""
+    return next((f".{kind}" for kind, known in CANONICAL_TYPE.items() if known == media_type), "")
+
+
+def stored_path(root: Path, tenant: str, signal_id: str, attachment_id: str) -> Path:
+    """Where :func:`store` keeps an attachment: ``root/<tenant>/<signal>/<id>``."""
+    return root / tenant / signal_id / attachment_id
+
+
 def store(
     root: Path, tenant: str, signal_id: str, attachment_id: str, content: bytes, kind: str
 ) -> StoredFile:
     """Write the bytes under ``root/<tenant>/<signal>/<id>`` atomically (temporary name, then rename)."""
-    folder = root / tenant / signal_id
+    target = stored_path(root, tenant, signal_id, attachment_id)
+    folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / attachment_id
     temporary = folder / f".{attachment_id}.part"
     with temporary.open("wb") as handle:
         handle.write(content)

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common import wording
+from civicsignals.common.auth import Principal
 from civicsignals.common.bus import ConsumerSpec
 from civicsignals.common.events import (
     CaseStatusChanged,
@@ -51,6 +53,8 @@ from civicsignals.intake.crypto import FieldCipher
 from civicsignals.intake.models import (
     RESIDENT_ACTIONS,
     Attachment,
+    AttachmentInfo,
+    AttachmentList,
     AttachmentPublic,
     ContactPublic,
     ContactsPublic,
@@ -79,7 +83,6 @@ from civicsignals.intake.tenantconfig import (
     AreaCache,
     bounding_box,
     closed_statuses,
-    reopen_within_days,
 )
 
 log = logging.getLogger(__name__)
@@ -513,6 +516,58 @@ async def find_attachment(session: AsyncSession, attachment_id: str) -> Attachme
     )
 
 
+async def readable_signal(ctx: IntakeContext, principal: Principal, signal_id: str) -> Signal:
+    """A signal of the caller's tenant that the caller may see; 404 otherwise (as if it did not
+    exist). A key bound to departments sees the signals its departments are responsible for."""
+    async with ctx.runtime.sessions() as session:
+        signal = await session.get(Signal, signal_id)
+    if (
+        signal is None
+        or signal.tenant != principal.tenant
+        or signal.erased_at is not None
+        or (principal.departments and not principal.sees_department(signal.responsible or ""))
+    ):
+        raise Problem(404, "no signal has this id", slug="unknown-signal")
+    return signal
+
+
+async def list_attachments(ctx: IntakeContext, principal: Principal, signal_id: str) -> AttachmentList:
+    """The signal's attachments, oldest first (what staff see before they open one)."""
+    signal = await readable_signal(ctx, principal, signal_id)
+    async with ctx.runtime.sessions() as session:
+        rows = await session.exec(
+            select(Attachment)
+            .where(col(Attachment.signal_id) == signal.id)
+            .order_by(col(Attachment.created_at))
+        )
+        items = [AttachmentInfo.model_validate(row, from_attributes=True) for row in rows.all()]
+    return AttachmentList(signal_id=signal.id, items=items)
+
+
+async def open_attachment(
+    ctx: IntakeContext, principal: Principal, signal_id: str, attachment_id: str
+) -> tuple[Path, str]:
+    """The stored file and its media type, for staff to look at. Photos may show people, so each
+    opening is audited as a contact read is (``attachment.read``), committed before the file goes."""
+    signal = await readable_signal(ctx, principal, signal_id)
+    async with ctx.runtime.sessions() as session:
+        row = await session.get(Attachment, attachment_id)
+    path = attachments.stored_path(ctx.settings.attachments_dir, signal.tenant, signal.id, attachment_id)
+    if row is None or row.signal_id != signal.id or not path.is_file():
+        raise Problem(404, "this signal has no attachment with this id", slug="unknown-attachment")
+    await ctx.writer.submit(
+        [
+            (
+                "audit",
+                service.audit_row(
+                    signal.tenant, principal.actor, "attachment.read", f"attachment:{row.id}", "ok"
+                ),
+            )
+        ]
+    )
+    return path, row.media_type
+
+
 def check_attachment(
     ctx: IntakeContext, signal: Signal, content: bytes, filename: str | None, declared_type: str | None
 ) -> None:
@@ -648,7 +703,7 @@ async def tracking(ctx: IntakeContext, tracking_code: str) -> Tracked | None:
 
 async def _tracking_view(ctx: IntakeContext, session: AsyncSession, signal: Signal) -> TrackingPublic:
     """The public view as of now, under the signal's tenant's reopening window."""
-    within_days = reopen_within_days(ctx.tenant(signal.tenant))
+    within_days = wording.reopen_within_days(ctx.tenant(signal.tenant))
     return await service.tracking_view(session, signal, reopen_within_days=within_days, now=utcnow())
 
 

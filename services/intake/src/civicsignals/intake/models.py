@@ -250,6 +250,21 @@ class AttachmentPublic(BaseModel):
     attachments: int = Field(description="how many attachments the signal has now")
 
 
+class AttachmentInfo(BaseModel):
+    """One stored attachment, as staff see it in a signal's list (the file is its own resource)."""
+
+    id: str
+    media_type: str
+    size: int
+    sha256: str
+    created_at: datetime
+
+
+class AttachmentList(BaseModel):
+    signal_id: str
+    items: list[AttachmentInfo]
+
+
 class FeedbackCreate(BaseModel):
     """The satisfaction form on the public tracking page."""
 

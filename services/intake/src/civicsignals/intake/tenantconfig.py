@@ -12,6 +12,9 @@ residents:
   reopen_within_days: 30         # how long after the case ended its reporter may reopen it; null: always
 ```
 
+(``residents`` is read by ``civicsignals.common.wording.reopen_within_days``: notifier's resolution
+mail states the same window.)
+
 and ``areas.geojson``: a FeatureCollection of (Multi)Polygons in WGS84 whose properties carry
 ``code`` (the area) and ``district``. A point gets the first area that covers it (a point on a
 shared border belongs to the first in the file). A file that fails to load is refused with a
@@ -71,20 +74,6 @@ def retention_days(tenant: Tenant) -> int | None:
     raw = tenant.settings.get("retention") or {}
     days = raw.get("contact_days_after_close") if isinstance(raw, dict) else None
     return int(days) if isinstance(days, int | float) and days >= 0 else None
-
-
-#: How many days after their case ended a resident may reopen it, unless the tenant says otherwise.
-DEFAULT_REOPEN_WITHIN_DAYS = 30
-
-
-def reopen_within_days(tenant: Tenant | None) -> int | None:
-    """``residents.reopen_within_days``: the default when the key is missing, None (no limit) when
-    it is null. The tenant schema allows only a whole number of days from 0, or null."""
-    raw = tenant.settings.get("residents") if tenant is not None else None
-    if not isinstance(raw, dict) or "reopen_within_days" not in raw:
-        return DEFAULT_REOPEN_WITHIN_DAYS
-    days = raw["reopen_within_days"]
-    return int(days) if isinstance(days, int) else None
 
 
 def closed_statuses(_tenant: Tenant) -> frozenset[str]:

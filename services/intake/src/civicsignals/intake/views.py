@@ -7,16 +7,17 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, File, Header, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from civicsignals.common.auth import Principal
 from civicsignals.common.ids import normalise_tracking_code
 from civicsignals.common.problems import Problem
-from civicsignals.intake import flows, pages
+from civicsignals.intake import attachments, flows, pages
 from civicsignals.intake.access import authorised, public_limit
 from civicsignals.intake.models import (
     RESIDENT_ACTIONS,
+    AttachmentList,
     AttachmentPublic,
     ContactLookup,
     ContactPublic,
@@ -297,6 +298,92 @@ async def post_attachment(
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return created
+
+
+SignalReader = Annotated[Principal, Depends(authorised("cases:read", "signals:read"))]
+ATTACHMENT_READ_PROBLEMS = {
+    **AUTH_PROBLEMS,
+    404: problem(
+        404,
+        "No signal of this tenant (that the key's departments see) has this id, or no such attachment",
+        "Not Found",
+        "no signal has this id",
+        "unknown-signal",
+    ),
+}
+
+
+@router.get(
+    "/v1/signals/{signal_id}/attachments",
+    response_model=AttachmentList,
+    tags=["signals"],
+    summary="The photos and PDFs of a signal, for staff",
+    responses={
+        200: {
+            "description": "Oldest first; open one with its id",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "signal_id": "01JDX3W6Q5TB7V0N8K2M4R6P9S",
+                        "items": [
+                            {
+                                "id": "01JDX3YB2C8Q4W6E9R1T3Y5U7I",
+                                "media_type": "image/jpeg",
+                                "size": 482113,
+                                "sha256": "9f2c…",
+                                "created_at": "2026-11-28T09:01:12Z",
+                            }
+                        ],
+                    }
+                }
+            },
+        },
+        **ATTACHMENT_READ_PROBLEMS,
+    },
+)
+async def get_attachments(signal_id: str, principal: SignalReader, request: Request) -> AttachmentList:
+    """Scope `cases:read` or `signals:read`; a key bound to departments sees the signals of the
+    cases its departments are responsible for."""
+    return await flows.list_attachments(_context(request), principal, signal_id)
+
+
+@router.get(
+    "/v1/signals/{signal_id}/attachments/{attachment_id}",
+    response_class=FileResponse,
+    tags=["signals"],
+    summary="One photo or PDF of a signal (audited)",
+    responses={
+        200: {
+            "description": "The file as stored, with its sniffed type",
+            "content": {
+                "image/jpeg": {},
+                "image/png": {},
+                "image/webp": {},
+                "image/heic": {},
+                "application/pdf": {},
+            },
+        },
+        **ATTACHMENT_READ_PROBLEMS,
+    },
+)
+async def get_attachment(
+    signal_id: str, attachment_id: str, principal: SignalReader, request: Request
+) -> FileResponse:
+    """The bytes, for a department's screen. Each opening writes an audit record
+    (`attachment.read`): photos may show people. Served so that a browser never runs it
+    (`nosniff`, a sandboxing CSP) and never keeps it (`no-store`)."""
+    path, media_type = await flows.open_attachment(_context(request), principal, signal_id, attachment_id)
+    return FileResponse(
+        path,
+        media_type=media_type,
+        filename=f"{attachment_id}{attachments.suffix_for(media_type)}",
+        content_disposition_type="inline",
+        headers={
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "Cache-Control": "private, no-store",
+        },
+    )
 
 
 @router.post(

@@ -525,6 +525,7 @@ class Dispatcher:
             recipient, name = contact.email, contact.name
             language = wording.language_of(payload.get("language") or contact.language)
             values = self._resident_values(payload, template, language, municipality, timezone, name)
+            values["reopen_within_days"] = wording.reopen_within_days(tenant)
         try:
             rendered = self.ctx.templates.render(claimed.tenant, template, language, values)
         except messages.TemplateProblem as exc:

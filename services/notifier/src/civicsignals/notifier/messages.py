@@ -51,7 +51,14 @@ RESIDENT_VARIABLES = [*COMMON_VARIABLES, "name", "tracking_code", "tracking_url"
 TEMPLATE_VARIABLES: dict[str, list[str]] = {
     ACKNOWLEDGEMENT: [*RESIDENT_VARIABLES, "service_promise", "expected_by"],
     STATUS_UPDATE: [*RESIDENT_VARIABLES, "status", "status_label", "public_note"],
-    RESOLUTION: [*RESIDENT_VARIABLES, "status", "status_label", "public_note", "feedback_urls"],
+    RESOLUTION: [
+        *RESIDENT_VARIABLES,
+        "status",
+        "status_label",
+        "public_note",
+        "feedback_urls",
+        "reopen_within_days",
+    ],
     REOPENING: [*RESIDENT_VARIABLES, "status", "status_label", "public_note"],
     ENDPOINT_DISABLED: [*COMMON_VARIABLES, "partner_name", "endpoint_url", "reason", "disabled_at"],
 }
@@ -193,6 +200,7 @@ def example_values(template: str, language: str, public_base_url: str) -> dict[s
         "status_label": STATUS_LABELS[language_of(language)][status],
         "public_note": "De container is geleegd." if language == "nl" else "The container was emptied.",
         "feedback_urls": feedback_urls(public_base_url, code),
+        "reopen_within_days": 30,
         "partner_name": "Woonpartners",
         "endpoint_url": "https://hooks.woonpartners.example/civic",
         "reason": "failing since 2026-11-25T09:00:00Z",
