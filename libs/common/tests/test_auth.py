@@ -229,3 +229,9 @@ async def test_logs_carry_the_key_id_never_the_key(
     assert tenant_key.key_id in text and narrow.split(".")[0][3:] in text
     assert tenant_key.key not in text and narrow not in text
     assert tenant_key.key.split(".")[1] not in text
+
+
+def test_a_principal_names_the_partners_it_acts_for() -> None:
+    caller = Principal(tenant="gouda", key_id="k", scopes=frozenset({"partner:woonpartners", "cases:read"}))
+    assert caller.partners == {"woonpartners"}
+    assert Principal(tenant="gouda", key_id="k", scopes=frozenset({"admin"})).partners == frozenset()

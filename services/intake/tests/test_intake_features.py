@@ -277,6 +277,16 @@ async def test_staff_open_a_signals_photos_and_each_opening_is_audited(intake: I
     # A portal's key (signals:write only) posts photos but does not read them.
     _, portal = add_key(intake.gouda.folder, ["signals:write"])
     assert (await intake.client.get(listing, headers=intake.auth(portal))).status_code == 403
+    # A partner organisation sees the photos of the signals forwarded to it, and no others.
+    _, partner = add_key(intake.gouda.folder, ["partner:woonpartners"])
+    assert (await intake.client.get(listing, headers=intake.auth(partner))).status_code == 404
+    async with intake.runtime.sessions() as session, session.begin():
+        assert await service.apply_routed(session, routed(signal, partners=["woonpartners"]))
+    forwarded = await intake.client.get(f"{listing}/{scan['id']}", headers=intake.auth(partner))
+    assert forwarded.status_code == 200 and forwarded.content == PDF
+    assert forwarded.headers["content-disposition"] == f'inline; filename="{scan["id"]}.pdf"'
+    other_listing = await intake.client.get(f"/v1/signals/{other}/attachments", headers=intake.auth(partner))
+    assert other_listing.status_code == 404
 
 
 # -- tracking and feedback -------------------------------------------------------------------------

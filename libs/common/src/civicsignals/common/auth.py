@@ -55,6 +55,11 @@ class Principal:
     def allows(self, scope: str) -> bool:
         return scope in self.scopes or "admin" in self.scopes
 
+    @property
+    def partners(self) -> frozenset[str]:
+        """The partner organisations this caller acts for: the codes of its ``partner:<code>`` scopes."""
+        return frozenset(scope.split(":", 1)[1] for scope in self.scopes if scope.startswith("partner:"))
+
     def sees_department(self, department: str) -> bool:
         """Whether this caller may see what belongs to ``department`` (cases, feeds)."""
         return not self.departments or department in self.departments or "admin" in self.scopes

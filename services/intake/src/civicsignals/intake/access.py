@@ -24,6 +24,7 @@ from civicsignals.common.auth import (
     Principal,
     any_scope_dependency,
     authenticate,
+    authenticate_bearer,
     scope_dependency,
 )
 from civicsignals.common.problems import Problem, problem_response
@@ -65,6 +66,28 @@ def authorised(*scopes: str) -> Callable[[Request], Awaitable[Principal]]:
     else:
         setattr(_dependency, ANY_SCOPE_ATTRIBUTE, frozenset(scopes))
     _dependency.__name__ = check_scope.__name__
+    return _dependency
+
+
+def staff_or_partner(*scopes: str) -> Callable[[Request], Awaitable[Principal]]:
+    """A read that staff (any of ``scopes``) and partner organisations (a ``partner:<code>``
+    scope) may make; which objects a partner sees is for the flow to decide. With the tenant's
+    origin check and the caller's rate limit, as :func:`authorised`."""
+
+    async def _dependency(request: Request) -> Principal:
+        ctx = _context(request)
+        principal = await authenticate_bearer(ctx.runtime.tenants, request.headers.get("authorization"))
+        if not (any(principal.allows(scope) for scope in scopes) or principal.partners):
+            raise Problem(
+                403,
+                f"this key needs one of the scopes {', '.join(repr(s) for s in scopes)} or a partner:<code> scope",
+                slug="forbidden",
+            )
+        request.state.principal = principal
+        check_origin(request, ctx.runtime.tenants, principal.tenant)
+        ctx.key_limiter.check(principal.actor, what="this API key")
+        return principal
+
     return _dependency
 
 

@@ -516,17 +516,23 @@ async def find_attachment(session: AsyncSession, attachment_id: str) -> Attachme
     )
 
 
+#: The scopes with which staff read signals (a partner reads those forwarded to it).
+STAFF_READ_SCOPES = ("cases:read", "signals:read")
+
+
 async def readable_signal(ctx: IntakeContext, principal: Principal, signal_id: str) -> Signal:
     """A signal of the caller's tenant that the caller may see; 404 otherwise (as if it did not
-    exist). A key bound to departments sees the signals its departments are responsible for."""
+    exist). A key bound to departments sees the signals its departments are responsible for; a
+    partner organisation's key (``partner:<code>``) the signals whose case was forwarded to it."""
     async with ctx.runtime.sessions() as session:
         signal = await session.get(Signal, signal_id)
-    if (
-        signal is None
-        or signal.tenant != principal.tenant
-        or signal.erased_at is not None
-        or (principal.departments and not principal.sees_department(signal.responsible or ""))
-    ):
+    if signal is None or signal.tenant != principal.tenant or signal.erased_at is not None:
+        raise Problem(404, "no signal has this id", slug="unknown-signal")
+    if any(principal.allows(scope) for scope in STAFF_READ_SCOPES):
+        sees = not principal.departments or principal.sees_department(signal.responsible or "")
+    else:
+        sees = bool(principal.partners & set(signal.partners or ()))
+    if not sees:
         raise Problem(404, "no signal has this id", slug="unknown-signal")
     return signal
 

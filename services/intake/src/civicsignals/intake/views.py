@@ -14,7 +14,7 @@ from civicsignals.common.auth import Principal
 from civicsignals.common.ids import normalise_tracking_code
 from civicsignals.common.problems import Problem
 from civicsignals.intake import attachments, flows, pages
-from civicsignals.intake.access import authorised, public_limit
+from civicsignals.intake.access import authorised, public_limit, staff_or_partner
 from civicsignals.intake.models import (
     RESIDENT_ACTIONS,
     AttachmentList,
@@ -300,7 +300,7 @@ async def post_attachment(
     return created
 
 
-SignalReader = Annotated[Principal, Depends(authorised("cases:read", "signals:read"))]
+SignalReader = Annotated[Principal, Depends(staff_or_partner(*flows.STAFF_READ_SCOPES))]
 ATTACHMENT_READ_PROBLEMS = {
     **AUTH_PROBLEMS,
     404: problem(
@@ -343,7 +343,8 @@ ATTACHMENT_READ_PROBLEMS = {
 )
 async def get_attachments(signal_id: str, principal: SignalReader, request: Request) -> AttachmentList:
     """Scope `cases:read` or `signals:read`; a key bound to departments sees the signals of the
-    cases its departments are responsible for."""
+    cases its departments are responsible for, and a partner organisation's key (`partner:<code>`)
+    the signals whose case was forwarded to it."""
     return await flows.list_attachments(_context(request), principal, signal_id)
 
 
