@@ -812,6 +812,8 @@ async def resident_update(
     if signal.case_id is None or payload.action not in view.actions:  # no case: no move offered
         raise _not_now(view, payload.action)
     if photo is not None:
+        if signal.erased_at is not None:  # the person's data was erased: take no new photo of theirs
+            raise Problem(404, "no signal has this tracking code", slug="unknown-tracking-code")
         check_attachment(ctx, signal, photo.content, photo.filename, photo.declared_type)
     to = RESIDENT_ACTIONS[payload.action][0]
     fingerprint = f"{signal.id}|{signal.status_sequence}|{payload.action}|{note or ''}"
