@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
+from civicsignals.intake import privacy
 from civicsignals.intake.models import Attachment, Signal
 
 from .conftest import JPEG, PNG, SCRIPT, Intake, Receiver
@@ -271,6 +272,16 @@ async def test_a_refused_photo_changes_nothing_and_a_refused_move_stores_no_phot
     )
     assert down.status_code == 503 and await _attachments(intake, signal) == 0
     assert not (intake.settings.attachments_dir / "gouda" / signal["id"]).exists()
+
+    # Once the person's data is erased, no new photo of theirs is taken, by either door.
+    routing.status, asked = 202, len(routing.received)
+    async with intake.runtime.sessions() as session, session.begin():
+        await privacy.erase_signals(session, "gouda", [signal["id"]], "test", intake.settings.attachments_dir)
+    photo = {"file": ("foto.png", PNG, "image/png")}
+    erased = await intake.client.post(updates, data=form, files=photo)
+    assert erased.status_code == 404 and len(routing.received) == asked
+    direct = await intake.client.post(f"/v1/tracking/{code}/attachments", files=photo)
+    assert direct.status_code == 404 and await _attachments(intake, signal) == 0
 
 
 @pytest.mark.parametrize("intake_settings_overrides", [{"max_attachment_bytes": 4096}])
