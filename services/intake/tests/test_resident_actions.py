@@ -195,6 +195,16 @@ async def test_a_case_that_ended_long_ago_is_not_reopened_but_reported_anew(
     )
     assert routing.received == []  # nothing reached routing
 
+    # Within the window, a refusal by routing (the case moved on meanwhile) is not the window's.
+    routing.status, asked = 409, len(routing.received)
+    moved_on = await intake.client.post(
+        f"/v1/tracking/{recent['tracking_code']}/updates", json={"action": "reopen", "text": "It is back."}
+    )
+    assert moved_on.status_code == 409 and moved_on.json()["type"].endswith("/resident-action-not-possible")
+    assert len(routing.received) == asked + 1
+    routing.status = 201
+    routing.received.clear()
+
     # Within the window it goes through as before.
     done = await intake.client.post(
         f"/v1/tracking/{recent['tracking_code']}/updates", json={"action": "reopen", "text": "It is back."}
@@ -274,7 +284,7 @@ async def test_a_refused_photo_changes_nothing_and_a_refused_move_stores_no_phot
     assert not (intake.settings.attachments_dir / "gouda" / signal["id"]).exists()
 
     # Once the person's data is erased, no new photo of theirs is taken, by either door.
-    routing.status, asked = 202, len(routing.received)
+    routing.status, asked = 201, len(routing.received)
     async with intake.runtime.sessions() as session, session.begin():
         await privacy.erase_signals(session, "gouda", [signal["id"]], "test", intake.settings.attachments_dir)
     photo = {"file": ("foto.png", PNG, "image/png")}

@@ -55,11 +55,7 @@ def authorised(*scopes: str) -> Callable[[Request], Awaitable[Principal]]:
     check_scope = scope_dependency(scopes[0]) if len(scopes) == 1 else any_scope_dependency(*scopes)
 
     async def _dependency(request: Request) -> Principal:
-        principal = await check_scope(request)
-        ctx = _context(request)
-        check_origin(request, ctx.runtime.tenants, principal.tenant)
-        ctx.key_limiter.check(principal.actor, what="this API key")
-        return principal
+        return _admitted(request, await check_scope(request))
 
     if len(scopes) == 1:
         setattr(_dependency, SCOPE_ATTRIBUTE, scopes[0])
@@ -84,11 +80,18 @@ def staff_or_partner(*scopes: str) -> Callable[[Request], Awaitable[Principal]]:
                 slug="forbidden",
             )
         request.state.principal = principal
-        check_origin(request, ctx.runtime.tenants, principal.tenant)
-        ctx.key_limiter.check(principal.actor, what="this API key")
-        return principal
+        return _admitted(request, principal)
 
     return _dependency
+
+
+def _admitted(request: Request, principal: Principal) -> Principal:
+    """The checks every key-authenticated request passes after its scope: the tenant's origins,
+    then the key's rate limit."""
+    ctx = _context(request)
+    check_origin(request, ctx.runtime.tenants, principal.tenant)
+    ctx.key_limiter.check(principal.actor, what="this API key")
+    return principal
 
 
 def authorise_key(request: Request, api_key: str | None, scopes: tuple[str, ...]) -> Principal:
@@ -102,10 +105,8 @@ def authorise_key(request: Request, api_key: str | None, scopes: tuple[str, ...]
         raise Problem(403, f"invalid api_key: {exc.detail}", slug="unauthenticated") from None
     if not any(principal.allows(scope) or _has_prefix(principal, scope) for scope in scopes):
         raise Problem(403, f"this api_key lacks the scope '{scopes[0]}'", slug="forbidden")
-    check_origin(request, ctx.runtime.tenants, principal.tenant)
-    ctx.key_limiter.check(principal.actor, what="this API key")
     request.state.principal = principal
-    return principal
+    return _admitted(request, principal)
 
 
 def _has_prefix(principal: Principal, scope: str) -> bool:

@@ -492,8 +492,8 @@ async def add_attachment(
     ).hexdigest()
 
     async def attach(attachment_id: str) -> AttachmentPublic:
-        check_attachment(ctx, signal, content, filename, declared_type)
-        return await store_attachment(ctx, signal, content, attachment_id)
+        kind = check_attachment(ctx, signal, content, filename, declared_type)
+        return await store_attachment(ctx, signal, content, kind, attachment_id)
 
     return await run_once(
         ctx, tenant, idempotency_key, fingerprint, attach, find_attachment, AttachmentPublic
@@ -506,13 +506,18 @@ async def find_attachment(session: AsyncSession, attachment_id: str) -> Attachme
     if row is None:
         return None
     signal = await session.get(Signal, row.signal_id)
+    return _attachment_public(row, signal.attachments if signal is not None else 1)
+
+
+def _attachment_public(row: Attachment, count: int) -> AttachmentPublic:
+    """What a portal is told of a stored attachment; ``count`` is the signal's number of them."""
     return AttachmentPublic(
         id=row.id,
         signal_id=row.signal_id,
         media_type=row.media_type,
         size=row.size,
         sha256=row.sha256,
-        attachments=signal.attachments if signal is not None else 1,
+        attachments=count,
     )
 
 
@@ -576,9 +581,10 @@ async def open_attachment(
 
 def check_attachment(
     ctx: IntakeContext, signal: Signal, content: bytes, filename: str | None, declared_type: str | None
-) -> None:
+) -> str:
     """Refuse a file before anything is stored or sent: too large (413), not a photo or PDF, or
-    not what its name or type claims (415), one too many for the signal (409)."""
+    not what its name or type claims (415), one too many for the signal (409). Returns its kind
+    as sniffed (``attachments.sniff``), for :func:`store_attachment`."""
     if len(content) > ctx.settings.max_attachment_bytes:
         raise Problem(
             413,
@@ -587,7 +593,8 @@ def check_attachment(
             errors=[{"pointer": "/file", "detail": "the file is too large"}],
         )
     try:
-        attachments.check_claims(attachments.sniff(content), filename, declared_type)
+        kind = attachments.sniff(content)
+        attachments.check_claims(kind, filename, declared_type)
     except attachments.AttachmentRefused as exc:
         raise Problem(
             exc.status,
@@ -597,6 +604,7 @@ def check_attachment(
         ) from None
     if signal.attachments >= ctx.settings.max_attachments_per_signal:
         raise _too_many_attachments(ctx)
+    return kind
 
 
 def _too_many_attachments(ctx: IntakeContext) -> Problem:
@@ -608,11 +616,11 @@ def _too_many_attachments(ctx: IntakeContext) -> Problem:
 
 
 async def store_attachment(
-    ctx: IntakeContext, signal: Signal, content: bytes, attachment_id: str | None = None
+    ctx: IntakeContext, signal: Signal, content: bytes, kind: str, attachment_id: str | None = None
 ) -> AttachmentPublic:
-    """Store a file :func:`check_attachment` passed, and count it with its event in one transaction."""
+    """Store a file :func:`check_attachment` passed (``kind`` is what it returned), and count it
+    with its event in one transaction."""
     attachment_id = attachment_id or new_id()
-    kind = attachments.sniff(content)
     stored = await asyncio.to_thread(
         attachments.store,
         ctx.settings.attachments_dir,
@@ -633,16 +641,15 @@ async def store_attachment(
             )
             if not result.rowcount:
                 raise _too_many_attachments(ctx)
-            session.add(
-                Attachment(
-                    id=attachment_id,
-                    signal_id=signal.id,
-                    tenant=signal.tenant,
-                    media_type=stored.media_type,
-                    size=stored.size,
-                    sha256=stored.sha256,
-                )
+            row = Attachment(
+                id=attachment_id,
+                signal_id=signal.id,
+                tenant=signal.tenant,
+                media_type=stored.media_type,
+                size=stored.size,
+                sha256=stored.sha256,
             )
+            session.add(row)
             refreshed = await session.get(Signal, signal.id, populate_existing=True)
             count = refreshed.attachments if refreshed is not None else 1
             event = make_event(
@@ -655,14 +662,7 @@ async def store_attachment(
         stored.path.unlink(missing_ok=True)
         raise
     ctx.runtime.events_committed()
-    return AttachmentPublic(
-        id=attachment_id,
-        signal_id=signal.id,
-        media_type=stored.media_type,
-        size=stored.size,
-        sha256=stored.sha256,
-        attachments=count,
-    )
+    return _attachment_public(row, count)
 
 
 # -- tracking and feedback -------------------------------------------------------------------------
@@ -759,14 +759,20 @@ async def submit_feedback(
 def _not_now(view: TrackingPublic, action: str) -> Problem:
     """409 for a move the case does not allow now; ``allowed`` lists those it does."""
     allowed = sorted(view.actions)
-    if action == "reopen" and view.reopen_until is not None and view.status in REOPENABLE:
+    until = view.reopen_until
+    # Only when the window is the reason: within it, a 409 from routing means the case moved on.
+    if (
+        action == "reopen"
+        and until is not None
+        and view.status in REOPENABLE
+        and "reopen" not in view.actions
+    ):
         return Problem(
             409,
-            f"the case ended too long ago to be reopened (until {view.reopen_until.isoformat()}); "
-            "please make a new report",
+            f"the case ended too long ago to be reopened (until {until.isoformat()}); please make a new report",
             slug="reopen-window-passed",
             allowed=allowed,
-            reopen_until=view.reopen_until.isoformat(),
+            reopen_until=until.isoformat(),
         )
     return Problem(
         409,
@@ -814,7 +820,7 @@ async def resident_update(
     if photo is not None:
         if signal.erased_at is not None:  # the person's data was erased: take no new photo of theirs
             raise Problem(404, "no signal has this tracking code", slug="unknown-tracking-code")
-        check_attachment(ctx, signal, photo.content, photo.filename, photo.declared_type)
+        kind = check_attachment(ctx, signal, photo.content, photo.filename, photo.declared_type)
     to = RESIDENT_ACTIONS[payload.action][0]
     fingerprint = f"{signal.id}|{signal.status_sequence}|{payload.action}|{note or ''}"
     update = caseupdates.CaseUpdate(
@@ -842,7 +848,7 @@ async def resident_update(
         raise unavailable from None
     log.info("resident %s on signal %s passed on to routing", payload.action, signal.id)
     if photo is not None:
-        await _store_once(ctx, signal, photo.content)
+        await _store_once(ctx, signal, photo.content, kind)
     return ResidentUpdateAccepted(tracking_code=signal.tracking_code, action=payload.action, status=to)
 
 
@@ -862,17 +868,17 @@ async def resident_attachment(
             f"a signal that is {signal.status} takes no more attachments",
             slug="case-ended",
         )
-    check_attachment(ctx, signal, photo.content, photo.filename, photo.declared_type)
-    count = await _store_once(ctx, signal, photo.content)
+    kind = check_attachment(ctx, signal, photo.content, photo.filename, photo.declared_type)
+    count = await _store_once(ctx, signal, photo.content, kind)
     return ResidentAttachmentAccepted(
         tracking_code=signal.tracking_code,
-        media_type=attachments.CANONICAL_TYPE[attachments.sniff(photo.content)],
+        media_type=attachments.CANONICAL_TYPE[kind],
         size=len(photo.content),
         attachments=count,
     )
 
 
-async def _store_once(ctx: IntakeContext, signal: Signal, content: bytes) -> int:
+async def _store_once(ctx: IntakeContext, signal: Signal, content: bytes, kind: str) -> int:
     """Store the resident's file unless the signal already has this very file (a form sent twice);
     the signal's number of attachments after it."""
     digest = hashlib.sha256(content).hexdigest()
@@ -885,7 +891,7 @@ async def _store_once(ctx: IntakeContext, signal: Signal, content: bytes) -> int
         if known.first() is not None:
             current = await session.get(Signal, signal.id)
             return current.attachments if current is not None else signal.attachments
-    return (await store_attachment(ctx, signal, content)).attachments
+    return (await store_attachment(ctx, signal, content, kind)).attachments
 
 
 # -- what intake follows ---------------------------------------------------------------------------
