@@ -121,3 +121,41 @@ async def test_the_status_change_brings_its_due_date_whichever_event_comes_first
         signal = await session.get(Signal, created["id"])
     assert signal is not None
     assert (signal.status, signal.expected_by, signal.case_id) == ("reopened", reopened_due, "case-1")
+
+
+async def test_the_department_and_partners_follow_the_case_whichever_event_comes_first(
+    intake: Intake,
+) -> None:
+    """Who may read a signal's attachments follows the case: a partner it is forwarded to later
+    and a department it is handed on to. A late ``signal.routed`` undoes neither, and a change
+    from before routing named partners in status changes takes none away."""
+    created = (await intake.post_signal()).json()
+    now = utcnow()
+    handed_on = change(created, "forwarded", 3, responsible="wonen", partners=["woonpartners", "zorgpartner"])
+    old_style = change(created, "in_progress", 4)  # no partners field, no responsible
+    assert "partners" not in old_style.model_fields_set
+    late = routed(created, partners=["woonpartners"])
+
+    async with intake.runtime.sessions() as session, session.begin():
+        assert await service.apply_status_change(session, handed_on, now)
+        assert await service.apply_status_change(session, old_style, now + timedelta(seconds=1))
+    async with intake.runtime.sessions() as session, session.begin():
+        assert await service.apply_routed(session, late)
+    async with intake.runtime.sessions() as session:
+        signal = await session.get(Signal, created["id"])
+    assert signal is not None
+    assert (signal.responsible, signal.partners) == ("wonen", ["woonpartners", "zorgpartner"])
+
+    # In the usual order too: routed first, then the forward to a second partner.
+    other = (await intake.post_signal()).json()
+    async with intake.runtime.sessions() as session, session.begin():
+        assert await service.apply_routed(session, routed(other, partners=["woonpartners"]))
+    async with intake.runtime.sessions() as session, session.begin():
+        forward = change(
+            other, "forwarded", 2, responsible="stadsbeheer", partners=["woonpartners", "welzijn"]
+        )
+        assert await service.apply_status_change(session, forward, now)
+    async with intake.runtime.sessions() as session:
+        followed = await session.get(Signal, other["id"])
+    assert followed is not None
+    assert (followed.responsible, followed.partners) == ("stadsbeheer", ["woonpartners", "welzijn"])

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
-from civicsignals.common.events import CaseStatusChanged, SignalRouted, make_event
+from civicsignals.common.events import CaseStatusChanged, SignalRouted, make_event, utcnow
 from civicsignals.common.outbox import OutboxMessage
 from civicsignals.common.tenants import add_key
 from civicsignals.intake import service
@@ -27,7 +27,7 @@ from civicsignals.intake.models import (
 )
 
 from .conftest import GOUDA_ORIGIN, HEIC, JPEG, PDF, PNG, SCRIPT, SIGNAL, UTRECHT_ORIGIN, WEBP, Intake
-from .test_following import routed
+from .test_following import change, routed
 
 # -- location and area -----------------------------------------------------------------------------
 
@@ -287,6 +287,13 @@ async def test_staff_open_a_signals_photos_and_each_opening_is_audited(intake: I
     assert forwarded.headers["content-disposition"] == f'inline; filename="{scan["id"]}.pdf"'
     other_listing = await intake.client.get(f"/v1/signals/{other}/attachments", headers=intake.auth(partner))
     assert other_listing.status_code == 404
+    # A partner the case is forwarded to later sees them from that change on.
+    _, later = add_key(intake.gouda.folder, ["partner:zorgpartner"])
+    assert (await intake.client.get(listing, headers=intake.auth(later))).status_code == 404
+    forward = change(signal, "forwarded", 2, partners=["woonpartners", "zorgpartner"])
+    async with intake.runtime.sessions() as session, session.begin():
+        assert await service.apply_status_change(session, forward, utcnow())
+    assert (await intake.client.get(listing, headers=intake.auth(later))).status_code == 200
 
 
 # -- tracking and feedback -------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from civicsignals.common.bus import STREAM, stream_messages
 from civicsignals.common.events import (
     CaseStatusChanged,
     CloudEvent,
+    SignalAttachmentAdded,
     SignalRouted,
     make_event,
 )
@@ -93,6 +94,7 @@ async def test_signed_webhooks_verify_with_standardwebhooks_through_a_secret_rot
     first_secret = endpoint["secret"]
     assert first_secret.startswith("whsec_") and endpoint["event_types"] == [
         "case.status_changed",
+        "signal.attachment_added",
         "signal.routed",
     ]
 
@@ -355,6 +357,55 @@ async def test_a_status_change_without_partners_waits_for_its_routing_to_know_th
     await wait_until(lambda: len(receiver.delivered()) == 2, timeout=20, message="both webhooks")
     types = sorted(CloudEvent.from_json(item.body).type for item in receiver.delivered())
     assert types == ["nl.civicsignals.case.status_changed.v1", "nl.civicsignals.signal.routed.v1"]
+
+
+async def test_a_photo_added_reaches_the_partners_of_the_case_once_it_is_routed(
+    make_tenant, notifier_factory, receiver, wait_until
+) -> None:
+    """A portal sends its photos right after the signal, so ``signal.attachment_added`` usually
+    comes before the case's ``signal.routed``: it waits for it, then goes to the case's partners
+    that subscribed to it; a partner the case is forwarded to later gets the next one. The body
+    is the event as it travelled (the count, no file, no name)."""
+    notifier = await notifier_factory(make_tenant(TENANT, scopes=["rules:admin"]))
+    _, endpoint = await notifier.register("woonpartners", receiver.url)
+    _, later_endpoint = await notifier.register("zorgpartner", receiver.url)
+    # A third partner of the case whose endpoint wants only status changes gets no attachment news.
+    await notifier.register("welzijn", receiver.url, event_types=["case.status_changed"])
+    data = routed(["woonpartners", "welzijn"])
+    await notifier.publish(TENANT, SignalAttachmentAdded(signal_id=data.signal_id, attachments=1))
+    await asyncio.sleep(1.0)  # redelivered while routing is unknown; nothing goes out yet
+    assert receiver.delivered() == []
+
+    def of_type(kind: str) -> list[Any]:
+        return [r for r in receiver.delivered() if CloudEvent.from_json(r.body).type == kind]
+
+    added = "nl.civicsignals.signal.attachment_added.v1"
+    await notifier.publish(TENANT, data)
+    await wait_until(lambda: len(of_type(added)) == 1, timeout=20, message="the attachment webhook")
+    [first] = of_type(added)
+    assert verifies(endpoint["secret"], first)
+    assert CloudEvent.from_json(first.body).data == {"signal_id": data.signal_id, "attachments": 1}
+
+    await notifier.publish(
+        TENANT, status(data, "forwarded", 2, partners=["woonpartners", "welzijn", "zorgpartner"])
+    )
+    await wait_until(
+        lambda: len(of_type("nl.civicsignals.case.status_changed.v1")) == 3,
+        timeout=20,
+        message="the forwarded change at all three partners",
+    )
+    await notifier.publish(TENANT, SignalAttachmentAdded(signal_id=data.signal_id, attachments=2))
+    await wait_until(lambda: len(of_type(added)) == 3, timeout=20, message="the second attachment webhooks")
+    await asyncio.sleep(0.5)  # nothing more may follow: not to welzijn, not twice
+    second = [r for r in of_type(added) if CloudEvent.from_json(r.body).data["attachments"] == 2]
+    assert len(of_type(added)) == 3 and len(second) == 2
+    assert sum(verifies(later_endpoint["secret"], r) for r in second) == 1
+    assert sum(verifies(endpoint["secret"], r) for r in second) == 1
+    deliveries = await notifier.deliveries(channel="webhook")
+    assert Counter(d["partner"] for d in deliveries if d["event_type"].endswith("attachment_added.v1")) == {
+        "woonpartners": 2,
+        "zorgpartner": 1,
+    }
 
 
 async def test_a_shutdown_lets_the_webhook_under_way_finish_so_the_restart_does_not_send_it_again(

@@ -111,7 +111,7 @@ ROUTES: dict[type[EventData], Route] = {
     ),
     SignalAttachmentAdded: Route(
         "intake",
-        (),
+        ("notifier-signal-attachment-added",),
         "A photo or PDF was attached to a signal after it was received; only the count travels.",
     ),
     ConversationReceived: Route(

@@ -334,8 +334,23 @@ async def apply_status_change(session: AsyncSession, change: CaseStatusChanged, 
         if change.due_at is not None:  # events from before the field leave the routed date
             signal.expected_by = change.due_at
             signal.service_promise = change.service_promise
+        if change.responsible is not None:  # a case handed to another department
+            signal.responsible = change.responsible
         session.add(signal)
+    if "partners" in change.model_fields_set:  # events from before the field name none
+        _add_partners(session, signal, change.partners)
     return True
+
+
+def _add_partners(session: AsyncSession, signal: Signal, partners: list[str]) -> None:
+    """Add the partners a case was forwarded to. Routing only ever adds partners to a case, so the
+    union is right whatever order ``signal.routed`` and the status changes are applied in; it is
+    what lets a partner's key read the signal's attachments (``flows.readable_signal``)."""
+    known = list(signal.partners or [])
+    added = [code for code in partners if code not in known]
+    if added:
+        signal.partners = [*known, *added]
+        session.add(signal)
 
 
 async def apply_routed(session: AsyncSession, routed: SignalRouted) -> bool:
@@ -347,8 +362,10 @@ async def apply_routed(session: AsyncSession, routed: SignalRouted) -> bool:
         # a later change (a reopening, say) applied first already carries the newer due date
         signal.expected_by = routed.due_at
         signal.service_promise = routed.service_promise
-    signal.responsible = routed.responsible
-    signal.partners = list(routed.partners)
+    if signal.responsible is None or signal.status_sequence <= 1:
+        # likewise the department: a later change may have handed the case on already
+        signal.responsible = routed.responsible
+    _add_partners(session, signal, routed.partners)
     session.add(signal)
     return True
 

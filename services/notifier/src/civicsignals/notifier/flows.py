@@ -11,6 +11,8 @@ restart, a redelivered event adds nothing, and several replicas share the sendin
   promise and expected date, is due at once; one webhook per subscribed endpoint of each partner.
 - ``case.status_changed``: a status mail for the resident, coalesced per case over
   ``coalesce_window_s``; one webhook per subscribed endpoint of the case's partners.
+- ``signal.attachment_added``: one webhook per subscribed endpoint of the case's partners, so a
+  partner learns that the resident (or the portal) sent a photo or PDF, and reads it from intake.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from civicsignals.common.db import stage_insert
 from civicsignals.common.events import (
     CaseStatusChanged,
     CloudEvent,
+    SignalAttachmentAdded,
     SignalReceived,
     SignalRouted,
     read_data,
@@ -62,6 +65,7 @@ log = logging.getLogger(__name__)
 RECEIVED_CONSUMER = "notifier-signal-received"
 ROUTED_CONSUMER = "notifier-signal-routed"
 STATUS_CONSUMER = "notifier-case-status"
+ATTACHMENT_CONSUMER = "notifier-signal-attachment-added"
 ROUTED_WAIT = timedelta(minutes=2)
 """How long a status change that does not name its partners (an event from before routing added
 them) waits for its case's ``signal.routed`` (which travels on another consumer and is normally
@@ -274,7 +278,8 @@ async def apply_signal_routed(ctx: NotifierContext, session: AsyncSession, event
     link = view.link(session, event.tenant, routed.signal_id)
     link.case_id = routed.case_id
     link.tracking_code = routed.tracking_code
-    link.partners = list(routed.partners)
+    # a forward applied before this event (status changes travel on another consumer) stays known
+    _add_partners(link, routed.partners)
     link.service_promise = routed.service_promise
     link.due_at = routed.due_at
     if link.has_contact is not False:
@@ -314,7 +319,33 @@ async def apply_case_status_changed(ctx: NotifierContext, session: AsyncSession,
         link is None or link.has_contact is not False
     ):
         _coalesce_status_mail(ctx, session, event, changed, link, now)
+    if link is not None and "partners" in event.data:
+        _add_partners(link, changed.partners)  # a case forwarded later: its attachments reach them too
     fan_out(ctx, session, event, partners or [], signal_id=changed.signal_id, case_id=changed.case_id)
+
+
+async def apply_attachment_added(ctx: NotifierContext, session: AsyncSession, event: CloudEvent) -> None:
+    """Webhooks to the case's partners: the signal has a new photo or PDF. Only the count travels
+    (DESIGN §2); the partner lists and opens the files at intake with its own key.
+
+    A portal sends its photos right after the signal, so this event usually comes before the
+    case's ``signal.routed``: it waits for it (redelivered) as a status change without partners
+    does, and after ``ROUTED_WAIT`` goes to nobody.
+    """
+    added = read_data(event, SignalAttachmentAdded)
+    link = BatchView.of(session).links.get(added.signal_id)
+    if link is None or link.partners is None or link.case_id is None:
+        if utcnow() - event.time < ROUTED_WAIT:
+            raise NotReady("signal.routed of this signal has not been handled yet")
+        log.info("event %s: the signal's routing is not known; no partner is told", event.id)
+        return
+    fan_out(ctx, session, event, list(link.partners), signal_id=added.signal_id, case_id=link.case_id)
+
+
+def _add_partners(link: SignalLink, partners: list[str]) -> None:
+    """Routing only ever adds partners to a case, so the union is right in any order of events."""
+    known = list(link.partners or [])
+    link.partners = [*known, *(code for code in partners if code not in known)]
 
 
 def _partners_after(
@@ -483,7 +514,7 @@ def fan_out(
 
 
 def consumers(ctx: NotifierContext) -> list[ConsumerSpec]:
-    """The three consumers; each reads ahead for a fetched batch, commits it in one transaction,
+    """The four consumers; each reads ahead for a fetched batch, commits it in one transaction,
     then wakes the dispatcher."""
 
     async def on_received(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
@@ -494,6 +525,9 @@ def consumers(ctx: NotifierContext) -> list[ConsumerSpec]:
 
     async def on_status(session: AsyncSession, event: CloudEvent, msg: Msg) -> None:
         await apply_case_status_changed(ctx, session, event)
+
+    async def on_attachment(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
+        await apply_attachment_added(ctx, session, event)
 
     async def read_ahead(session: AsyncSession, events: list[CloudEvent]) -> None:
         await prepare(ctx, session, events)
@@ -510,5 +544,6 @@ def consumers(ctx: NotifierContext) -> list[ConsumerSpec]:
             (RECEIVED_CONSUMER, SignalReceived.subscription(), on_received),
             (ROUTED_CONSUMER, SignalRouted.subscription(), on_routed),
             (STATUS_CONSUMER, CaseStatusChanged.subscription(), on_status),
+            (ATTACHMENT_CONSUMER, SignalAttachmentAdded.subscription(), on_attachment),
         )
     ]

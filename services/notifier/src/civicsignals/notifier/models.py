@@ -26,7 +26,7 @@ from civicsignals.common.db import UtcDateTime
 from civicsignals.common.events import check_code, utcnow
 from civicsignals.common.ids import new_id
 
-WEBHOOK_EVENT_TYPES = ("signal.routed", "case.status_changed")
+WEBHOOK_EVENT_TYPES = ("signal.routed", "case.status_changed", "signal.attachment_added")
 """What a partner endpoint can subscribe to (the short form of the CloudEvent type)."""
 
 DeliveryStatus = Literal["scheduled", "sending", "delivered", "failed", "skipped"]
