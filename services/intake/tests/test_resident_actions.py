@@ -5,6 +5,7 @@ chosen; ``tests/test_resident_actions.py`` runs the same moves through the real 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -326,3 +327,45 @@ async def test_a_portal_adds_the_residents_photo_by_the_tracking_code(intake: In
     ended = await intake.client.post(url, files={"file": ("foto.jpg", JPEG, "image/jpeg")})
     assert ended.status_code == 409 and ended.json()["type"].endswith("/case-ended")
     assert await _attachments(intake, signal) == 1
+
+
+async def test_a_residents_photo_under_an_idempotency_key_is_stored_once_even_sent_twice_at_once(
+    intake: Intake,
+) -> None:
+    """A portal or app sending a photo for the resident retries with the same key: two copies at
+    once make one attachment; another file under the key is a 422. Residents' keys are kept per
+    signal, so another resident who picked the same key is not answered with this one's photo."""
+    signal, other = await reported(intake), await reported(intake)
+    url = f"/v1/tracking/{signal['tracking_code']}/attachments"
+    headers = {"Idempotency-Key": "foto-1"}
+    photo = {"file": ("foto.png", PNG, "image/png")}
+
+    first, second = await asyncio.gather(
+        intake.client.post(url, files=photo, headers=headers),
+        intake.client.post(url, files=photo, headers=headers),
+    )
+    statuses = sorted([first.status_code, second.status_code])
+    # The second copy either waits out the first (a 409 to retry) or replays its answer.
+    assert statuses in ([201, 201], [201, 409]), (first.text, second.text)
+    again = await intake.client.post(url, files=photo, headers=headers)
+    assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == {
+        "tracking_code": signal["tracking_code"],
+        "media_type": "image/png",
+        "size": len(PNG),
+        "attachments": 1,
+    }
+    assert await _attachments(intake, signal) == 1
+
+    reused = await intake.client.post(url, files={"file": ("foto.jpg", JPEG, "image/jpeg")}, headers=headers)
+    assert reused.status_code == 422 and reused.json()["type"].endswith("/idempotency-key-reused")
+    assert await _attachments(intake, signal) == 1
+
+    elsewhere = await intake.client.post(
+        f"/v1/tracking/{other['tracking_code']}/attachments",
+        files={"file": ("foto.jpg", JPEG, "image/jpeg")},
+        headers=headers,
+    )
+    assert elsewhere.status_code == 201 and "idempotent-replayed" not in elsewhere.headers
+    assert elsewhere.json()["media_type"] == "image/jpeg"
+    assert await _attachments(intake, other) == 1

@@ -181,8 +181,14 @@ async def run_once(
     action: Callable[[str], Awaitable[ResponseT]],
     find: Callable[[AsyncSession, str], Awaitable[ResponseT | None]],
     model: type[ResponseT],
+    *,
+    namespace: str | None = None,
 ) -> tuple[ResponseT, bool]:
     """Run ``action(resource_id)`` under an ``Idempotency-Key`` (DESIGN §5); returns (response, replayed).
+
+    Keys are the tenant's (its API clients choose them); a ``namespace`` keeps the keys of callers
+    without an API key apart, such as a resident's by their signal, so that two residents who
+    chose the same key never meet.
 
     The key is claimed in its own transaction first, together with the id of the object the
     request will create (``resource_id``), so a concurrent request with the same key sees it in
@@ -204,6 +210,8 @@ async def run_once(
             slug="invalid-idempotency-key",
             errors=[{"pointer": "", "detail": "header Idempotency-Key has a bad length"}],
         )
+    if namespace is not None:
+        idempotency_key = f"{namespace}|{idempotency_key}"
     resource_id = new_id()
     claimed_at = utcnow()
     try:
@@ -853,10 +861,12 @@ async def resident_update(
 
 
 async def resident_attachment(
-    ctx: IntakeContext, tracking_code: str, photo: Upload
-) -> ResidentAttachmentAccepted:
+    ctx: IntakeContext, tracking_code: str, photo: Upload, idempotency_key: str | None = None
+) -> tuple[ResidentAttachmentAccepted, bool]:
     """A photo or PDF the resident adds to their open signal by its tracking code (public, as the
-    tracking page is); refused once the case has ended. The same file sent again is stored once."""
+    tracking page is); refused once the case has ended. The same file sent again is stored once;
+    under an ``Idempotency-Key`` (a portal or app sending for the resident) also when two copies
+    arrive at once, and another file under the key is a 422. Returns (answer, replayed)."""
     async with ctx.runtime.sessions() as session:
         signal = await service.find_by_tracking_code(session, tracking_code)
     if signal is None or signal.erased_at is not None:
@@ -869,16 +879,41 @@ async def resident_attachment(
             slug="case-ended",
         )
     kind = check_attachment(ctx, signal, photo.content, photo.filename, photo.declared_type)
-    count = await _store_once(ctx, signal, photo.content, kind)
-    return ResidentAttachmentAccepted(
-        tracking_code=signal.tracking_code,
-        media_type=attachments.CANONICAL_TYPE[kind],
-        size=len(photo.content),
-        attachments=count,
+    digest = hashlib.sha256(photo.content).hexdigest()
+
+    def accepted(count: int) -> ResidentAttachmentAccepted:
+        return ResidentAttachmentAccepted(
+            tracking_code=signal.tracking_code,
+            media_type=attachments.CANONICAL_TYPE[kind],
+            size=len(photo.content),
+            attachments=count,
+        )
+
+    async def store(attachment_id: str) -> ResidentAttachmentAccepted:
+        return accepted(await _store_once(ctx, signal, photo.content, kind, attachment_id))
+
+    async def find(session: AsyncSession, attachment_id: str) -> ResidentAttachmentAccepted | None:
+        stored = await session.get(Attachment, attachment_id)
+        current = await session.get(Signal, signal.id)
+        if stored is None or stored.signal_id != signal.id or current is None:
+            return None
+        return accepted(current.attachments)
+
+    return await run_once(
+        ctx,
+        signal.tenant,
+        idempotency_key,
+        hashlib.sha256(f"resident-attachments|{signal.id}|{digest}".encode()).hexdigest(),
+        store,
+        find,
+        ResidentAttachmentAccepted,
+        namespace=f"tracking:{signal.id}",
     )
 
 
-async def _store_once(ctx: IntakeContext, signal: Signal, content: bytes, kind: str) -> int:
+async def _store_once(
+    ctx: IntakeContext, signal: Signal, content: bytes, kind: str, attachment_id: str | None = None
+) -> int:
     """Store the resident's file unless the signal already has this very file (a form sent twice);
     the signal's number of attachments after it."""
     digest = hashlib.sha256(content).hexdigest()
@@ -891,7 +926,7 @@ async def _store_once(ctx: IntakeContext, signal: Signal, content: bytes, kind: 
         if known.first() is not None:
             current = await session.get(Signal, signal.id)
             return current.attachments if current is not None else signal.attachments
-    return (await store_attachment(ctx, signal, content, kind)).attachments
+    return (await store_attachment(ctx, signal, content, kind, attachment_id)).attachments
 
 
 # -- what intake follows ---------------------------------------------------------------------------

@@ -740,19 +740,30 @@ async def post_resident_update(tracking_code: str, request: Request) -> Response
     },
 )
 async def post_resident_attachment(
-    tracking_code: str, request: Request, file: UploadedFile
+    tracking_code: str,
+    request: Request,
+    response: Response,
+    file: UploadedFile,
+    idempotency_key: IdempotencyKey = None,
 ) -> ResidentAttachmentAccepted:
     """Public, by the tracking code as the tracking page: a photo or PDF for a signal whose case
     has not ended (a `409` `…/case-ended` after it; then a new report is the way). The type is
     sniffed from the content, as for a portal's upload; the same file sent twice is stored once.
-    The resident's page sends a photo with an answer or a reopening (`POST …/updates`)."""
+    With an `Idempotency-Key` (kept per signal), the same key and file replay the first answer
+    even when both copies arrive at once; another file under the key is a `422`, a key still in
+    flight a `409`. The resident's page sends a photo with an answer or a reopening
+    (`POST …/updates`)."""
     ctx = _context(request)
     content = await file.read(ctx.settings.max_attachment_bytes + 1)
-    return await flows.resident_attachment(
+    accepted, replayed = await flows.resident_attachment(
         ctx,
         normalise_tracking_code(tracking_code),
         flows.Upload(content=content, filename=file.filename, declared_type=file.content_type),
+        idempotency_key,
     )
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return accepted
 
 
 CONTACT_EXAMPLE = {
