@@ -6,13 +6,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import nats
 import pytest
 from sqlmodel import col, select
 
 from civicsignals.common.audit import AuditRecord
-from civicsignals.common.events import CASE_STATUSES, CloudEvent, SignalClassified, make_event
+from civicsignals.common.events import (
+    CASE_STATUSES,
+    CloudEvent,
+    SignalAttachmentAdded,
+    SignalClassified,
+    make_event,
+)
 from civicsignals.common.ids import new_id, new_tracking_code
 from civicsignals.routing import flows, lifecycle
 from civicsignals.routing.models import Case, CaseHistory
@@ -608,3 +615,58 @@ async def test_a_batch_read_ahead_opens_one_case_per_signal_even_when_a_signal_c
         ).all()
     assert sorted(case.signal_id for case in cases) == sorted([existing.signal_id, *fresh])
     assert len(histories) == len(cases)
+
+
+async def test_a_signals_new_photos_show_on_its_case_and_reach_the_departments_feeds(
+    api: Api, nats_server, wait_until
+) -> None:
+    """``signal.attachment_added`` over the bus: the count shows on the case (for staff working
+    through the case API) and goes to every department involved, on its own feed. A portal sends
+    photos before the case exists: the event waits for it. A late, lower count changes nothing."""
+    signal_id = new_id()
+    first = make_event(
+        tenant="gouda", service="intake", data=SignalAttachmentAdded(signal_id=signal_id, attachments=1)
+    )
+    await api.runtime.bus.publish(SignalAttachmentAdded.bus_subject("gouda"), first)
+    await asyncio.sleep(0.6)  # redelivered while the signal has no case
+    assert await api.outbox("attachment_added") == []
+    case = await api.route(
+        signal_id=signal_id, topic="wonen", kind="complaint", text="Schimmel in de badkamer."
+    )  # wonen-schimmel: responsible wonen, informed handhaving and sociaal
+
+    async def counted() -> list[tuple[str, dict[str, Any]]] | None:
+        feeds = await api.outbox("attachment_added")
+        return feeds if len(feeds) == 3 else None
+
+    feeds = await wait_until(counted, timeout=15, message="the department feeds of the first photo")
+    assert {subject: event["data"]["role"] for subject, event in feeds} == {
+        "civic.gouda.dept.wonen.attachment_added": "responsible",
+        "civic.gouda.dept.handhaving.attachment_added": "informed",
+        "civic.gouda.dept.sociaal.attachment_added": "informed",
+    }
+    assert all(
+        event["data"] == {**event["data"], "case_id": case.id, "signal_id": signal_id, "attachments": 1}
+        and event["type"] == "nl.civicsignals.dept.attachment_added.v1"
+        for _, event in feeds
+    )
+    shown = await api.get(f"/v1/cases/{case.id}")
+    assert shown.status_code == 200 and shown.json()["attachments"] == 1
+    sequence = shown.json()["sequence"]
+
+    for count in (3, 2):  # the third photo's event overtakes the second's
+        event = make_event(
+            tenant="gouda",
+            service="intake",
+            data=SignalAttachmentAdded(signal_id=signal_id, attachments=count),
+        )
+        await api.runtime.bus.publish(SignalAttachmentAdded.bus_subject("gouda"), event)
+
+    async def three() -> bool:
+        return (await api.get(f"/v1/cases/{case.id}")).json()["attachments"] == 3
+
+    await wait_until(three, timeout=15, message="the count of three")
+    await asyncio.sleep(0.5)  # the late count of two must change nothing
+    after = (await api.get(f"/v1/cases/{case.id}")).json()
+    assert after["attachments"] == 3 and after["sequence"] == sequence  # not a change of the case
+    counts = sorted(event["data"]["attachments"] for _, event in await api.outbox("attachment_added"))
+    assert counts == [1, 1, 1, 3, 3, 3]

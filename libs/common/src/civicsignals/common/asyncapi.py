@@ -53,6 +53,7 @@ from civicsignals.common.events import (
     ConversationReceived,
     ConversationTurn,
     DepartmentAssigned,
+    DepartmentAttachmentAdded,
     DepartmentStatusChanged,
     EventData,
     FeedbackReceived,
@@ -111,7 +112,7 @@ ROUTES: dict[type[EventData], Route] = {
     ),
     SignalAttachmentAdded: Route(
         "intake",
-        ("notifier-signal-attachment-added",),
+        ("notifier-signal-attachment-added", "routing-signal-attachment-added"),
         "A photo or PDF was attached to a signal after it was received; only the count travels.",
     ),
     ConversationReceived: Route(
@@ -154,6 +155,13 @@ ROUTES: dict[type[EventData], Route] = {
         "routing",
         (),
         "Department feed: a case the department is involved in changed status.",
+        external=DEPARTMENT_SYSTEMS,
+    ),
+    DepartmentAttachmentAdded: Route(
+        "routing",
+        (),
+        "Department feed: the signal of a case the department is involved in has a new photo or PDF "
+        "(the count; the files are read at intake).",
         external=DEPARTMENT_SYSTEMS,
     ),
     CaseOverdue: Route(
@@ -333,6 +341,13 @@ def example_data() -> dict[type[EventData], EventData]:
             actor="department:afval-en-reiniging",
             sequence=2,
             responsible="afval-en-reiniging",  # an extra field routing adds (docs/routing.md §5)
+        ),
+        DepartmentAttachmentAdded: DepartmentAttachmentAdded(
+            case_id=CASE_ID,
+            signal_id=SIGNAL_ID,
+            department="afval-en-reiniging",
+            role="responsible",
+            attachments=2,
         ),
         CaseOverdue: CaseOverdue(
             case_id=CASE_ID,

@@ -332,6 +332,24 @@ class DepartmentStatusChanged(EventData):
         )
 
 
+class DepartmentAttachmentAdded(EventData):
+    """The department feed: the signal of a case the department is involved in has a new photo or
+    PDF. Only the count travels (DESIGN §2); the department's system opens the files at intake."""
+
+    aggregate: ClassVar[str] = "dept"
+    event: ClassVar[str] = "attachment_added"
+
+    case_id: str
+    signal_id: str
+    department: str
+    role: Literal["responsible", "informed"]
+    attachments: int = Field(ge=1, description="how many attachments the signal has now")
+
+    @classmethod
+    def department_subject(cls, tenant: str, department: str) -> str:
+        return f"civic.{check_code(tenant, 'tenant')}.dept.{check_code(department, 'department')}.attachment_added"
+
+
 class CaseOverdue(EventData):
     """A case passed its due date without being resolved; published once per case and escalation."""
 
@@ -434,6 +452,7 @@ ALL_EVENT_MODELS: tuple[type[EventData], ...] = (
     FeedbackReceived,
     DepartmentAssigned,
     DepartmentStatusChanged,
+    DepartmentAttachmentAdded,
     CaseOverdue,
     NotificationDelivered,
     NotificationFailed,

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -20,10 +20,11 @@ from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from civicsignals.common.bus import ConsumerSpec, PermanentError
+from civicsignals.common.bus import ConsumerSpec, NotReady, PermanentError
 from civicsignals.common.events import (
     CaseOverdue,
     CloudEvent,
+    SignalAttachmentAdded,
     SignalClassified,
     SignalReclassified,
     make_event,
@@ -61,7 +62,11 @@ from civicsignals.routing.service import Actor, Caller, Change, Conflict, Events
 log = logging.getLogger(__name__)
 
 CONSUMER = "routing-signal-classified"
+ATTACHMENT_CONSUMER = "routing-signal-attachment-added"
 SERVICE = "routing"
+CASE_WAIT = timedelta(minutes=2)
+"""How long ``signal.attachment_added`` waits (redelivered) for the signal's case: a portal sends
+its photos right after the signal, before classification and routing have opened the case."""
 
 
 @dataclass
@@ -173,13 +178,64 @@ async def read_ahead(session: AsyncSession, events: list[CloudEvent]) -> None:
     session.info[ROUTED_BEFORE] = set(rows.all())
 
 
+async def count_attachments(session: AsyncSession, event: CloudEvent) -> bool:
+    """Keep the signal's number of photos and PDFs on its case (staff see it in the case API) and
+    tell the departments involved on their feeds; False when nothing changed.
+
+    The count only grows, so an older count arriving late changes nothing. A signal without a case
+    yet waits for it (``CASE_WAIT``); after that (imported history has none) the event is dropped.
+    """
+    added = read_data(event, SignalAttachmentAdded)
+    cases = session.info.get(CASES_OF_SIGNALS)
+    if isinstance(cases, dict):
+        case = cases.get(added.signal_id)
+    else:
+        case = await service.case_for_signal(session, added.signal_id)
+    if case is None:
+        if utcnow() - event.time < CASE_WAIT:
+            raise NotReady("the signal has no case yet")
+        log.info("event %s: signal has no case; its attachment count is not kept", event.id)
+        return False
+    if case.tenant != event.tenant:
+        raise PermanentError("the signal's case belongs to another tenant")
+    if added.attachments <= case.attachments:
+        return False
+    case.attachments = added.attachments
+    session.add(case)
+    _enqueue(session, event.tenant, service.attachment_events(event.tenant, case))
+    return True
+
+
+CASES_OF_SIGNALS = "routing.cases_of_signals"
+"""``session.info`` key: the cases of a consumer batch's signals, by signal id."""
+
+
+async def read_cases(session: AsyncSession, events: list[CloudEvent]) -> None:
+    """The cases of the batch's signals, in one query before anything is written."""
+    ids = {sid for event in events if isinstance(sid := event.data.get("signal_id"), str)}
+    rows = await session.exec(select(Case).where(col(Case.signal_id).in_(ids)))
+    session.info[CASES_OF_SIGNALS] = {case.signal_id: case for case in rows.all()}
+
+
 def consumers(ctx: RoutingContext) -> list[ConsumerSpec]:
-    """Classified signals become cases, a fetched batch of them in one transaction."""
+    """Classified signals become cases, a fetched batch of them in one transaction; the count of a
+    signal's attachments follows on its case."""
 
     async def on_classified(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
         await open_case_for(ctx, session, event)
 
-    return [ConsumerSpec(CONSUMER, SignalClassified.subscription(), apply=on_classified, prepare=read_ahead)]
+    async def on_attachment(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
+        await count_attachments(session, event)
+
+    return [
+        ConsumerSpec(CONSUMER, SignalClassified.subscription(), apply=on_classified, prepare=read_ahead),
+        ConsumerSpec(
+            ATTACHMENT_CONSUMER,
+            SignalAttachmentAdded.subscription(),
+            apply=on_attachment,
+            prepare=read_cases,
+        ),
+    ]
 
 
 # -- changing a case -------------------------------------------------------------------------------

@@ -45,6 +45,12 @@ class CaseBase(SQLModel):
     due_at: datetime | None = SQLField(default=None, sa_type=UtcDateTime, index=True)
     escalation_level: int = 0
     duplicate_of: str | None = SQLField(default=None, index=True)
+    attachments: int = SQLField(
+        default=0,
+        sa_column_kwargs={"server_default": "0"},
+        description="photos and PDFs the signal has at intake (`signal.attachment_added`); "
+        "open them with `GET /v1/signals/{signal_id}/attachments`",
+    )
     created_at: datetime = SQLField(default_factory=utcnow, sa_type=UtcDateTime, index=True)
     updated_at: datetime = SQLField(default_factory=utcnow, sa_type=UtcDateTime)
     sequence: int = SQLField(default=0, description="raised by every change; the optimistic lock")

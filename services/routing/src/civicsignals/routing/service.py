@@ -21,6 +21,7 @@ from civicsignals.common import audit as audit_log
 from civicsignals.common.events import (
     CaseStatusChanged,
     DepartmentAssigned,
+    DepartmentAttachmentAdded,
     DepartmentStatusChanged,
     EventData,
     SignalClassified,
@@ -244,6 +245,24 @@ def assigned_events(tenant: str, case: Case, targets: Sequence[tuple[str, str]],
         )
         events.append((DepartmentAssigned.department_subject(tenant, department), feed))
     return events
+
+
+def attachment_events(tenant: str, case: Case) -> Events:
+    """``dept.<code>.attachment_added`` for every department involved in the case: its signal has
+    ``case.attachments`` photos and PDFs now (the files stay at intake)."""
+    return [
+        (
+            DepartmentAttachmentAdded.department_subject(tenant, department),
+            DepartmentAttachmentAdded(
+                case_id=case.id,
+                signal_id=case.signal_id,
+                department=department,
+                role="responsible" if department == case.responsible else "informed",
+                attachments=case.attachments,
+            ),
+        )
+        for department in involved(case)
+    ]
 
 
 def involved(case: Case, *more: str | None) -> list[str]:
