@@ -139,7 +139,7 @@ async def intake(
     tmp_path: Path,
     intake_settings_overrides: dict[str, Any],
 ) -> AsyncIterator[Intake]:
-    gouda = make_tenant("gouda", departments=["stadsbeheer"])
+    gouda = make_tenant("gouda", departments=["stadsbeheer", "handhaving", "sociaal"])
     utrecht = make_tenant("utrecht")
     write_tenant_files(gouda.folder, GOUDA_ORIGIN)
     write_tenant_files(utrecht.folder, UTRECHT_ORIGIN)

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
-from civicsignals.common.events import CaseStatusChanged, SignalRouted, make_event, utcnow
+from civicsignals.common.events import (
+    CaseStatusChanged,
+    DepartmentAssigned,
+    SignalRouted,
+    make_event,
+    utcnow,
+)
 from civicsignals.common.outbox import OutboxMessage
 from civicsignals.common.tenants import add_key
 from civicsignals.intake import service
@@ -466,3 +472,42 @@ async def test_contact_is_sealed_for_open311_reporters_too(intake: Intake) -> No
     assert response.status_code == 200, response.text
     contact = await intake.get(Contact, response.json()[0]["service_request_id"])
     assert contact is not None and b"piet@example.org" not in contact.ciphertext and contact.consent is False
+
+
+async def test_every_department_the_case_reaches_opens_its_photos_from_the_feed(
+    intake: Intake, bus: Any, wait_until: Any
+) -> None:
+    """A department only informed of a case, or one it is reassigned or escalated to, hears of
+    it on its feed (``dept.<code>.assigned``, which also tells it of new photos); intake follows
+    those feeds over the bus, so that department's key opens the photos too. Other departments'
+    keys still do not."""
+    signal = (await intake.post_signal()).json()
+    await _attach(intake, signal["id"], "foto.jpg", JPEG, "image/jpeg")
+    listing = f"/v1/signals/{signal['id']}/attachments"
+    _, informed_key = add_key(intake.gouda.folder, ["cases:read"], departments=["handhaving"])
+    _, other_key = add_key(intake.gouda.folder, ["cases:read"], departments=["sociaal"])
+    assert (await intake.client.get(listing, headers=intake.auth(informed_key))).status_code == 404
+
+    feed = DepartmentAssigned(
+        case_id="case-1",
+        signal_id=signal["id"],
+        tracking_code=signal["tracking_code"],
+        department="handhaving",
+        role="informed",
+        topic="afval",
+        kind="report",
+        priority="normal",
+    )
+    event = make_event(tenant="gouda", service="routing", data=feed)
+    await bus.publish(DepartmentAssigned.department_subject("gouda", "handhaving"), event)
+
+    async def readable() -> bool:
+        return (await intake.client.get(listing, headers=intake.auth(informed_key))).status_code == 200
+
+    await wait_until(readable, timeout=10, message="the informed department's key to open the photos")
+    assert (await intake.client.get(listing, headers=intake.auth(other_key))).status_code == 404
+    async with intake.runtime.sessions() as session, session.begin():  # a repeat adds nothing
+        assert await service.apply_department_assigned(session, feed)
+    async with intake.runtime.sessions() as session:
+        stored = await session.get(Signal, signal["id"])
+    assert stored is not None and stored.departments == ["handhaving"]

@@ -147,7 +147,7 @@ ROUTES: dict[type[EventData], Route] = {
     ),
     DepartmentAssigned: Route(
         "routing",
-        (),
+        ("intake-dept-assigned",),
         "Department feed: a case reached the department (opened, reassigned or escalated to it).",
         external=DEPARTMENT_SYSTEMS,
     ),

@@ -111,7 +111,10 @@ class EventData(BaseModel):
 
     @classmethod
     def subscription(cls) -> str:
-        """The subject filter that matches this event for every tenant."""
+        """The subject filter that matches this event for every tenant (and, on the department
+        feeds, ``civic.<tenant>.dept.<department>.<event>``, for every department)."""
+        if cls.aggregate == "dept":
+            return f"civic.*.dept.*.{cls.event}"
         return f"civic.*.{cls.aggregate}.{cls.event}"
 
     def subject_id(self) -> str:

@@ -31,6 +31,7 @@ from civicsignals.common.events import (
     CaseStatusChanged,
     CloudEvent,
     ConversationReceived,
+    DepartmentAssigned,
     FeedbackReceived,
     SignalAttachmentAdded,
     SignalClassified,
@@ -535,14 +536,15 @@ STAFF_READ_SCOPES = ("cases:read", "signals:read")
 
 async def readable_signal(ctx: IntakeContext, principal: Principal, signal_id: str) -> Signal:
     """A signal of the caller's tenant that the caller may see; 404 otherwise (as if it did not
-    exist). A key bound to departments sees the signals its departments are responsible for; a
+    exist). A key bound to departments sees the signals whose case reached them (``departments``); a
     partner organisation's key (``partner:<code>``) the signals whose case was forwarded to it."""
     async with ctx.runtime.sessions() as session:
         signal = await session.get(Signal, signal_id)
     if signal is None or signal.tenant != principal.tenant or signal.erased_at is not None:
         raise Problem(404, "no signal has this id", slug="unknown-signal")
     if any(principal.allows(scope) for scope in STAFF_READ_SCOPES):
-        sees = not principal.departments or principal.sees_department(signal.responsible or "")
+        reached = {signal.responsible or "", *(signal.departments or ())}
+        sees = not principal.departments or any(principal.sees_department(code) for code in reached)
     else:
         sees = bool(principal.partners & set(signal.partners or ()))
     if not sees:
@@ -933,7 +935,8 @@ async def _store_once(
 
 
 def consumers(ctx: IntakeContext) -> list[ConsumerSpec]:
-    """Intake follows the case so that the public tracking page and Open311 show its status; each
+    """Intake follows the case so that the public tracking page and Open311 show its status, and
+    the departments' feeds so that it knows whose keys may open a signal's attachments; each
     consumer applies a fetched batch in one transaction with its inbox claims."""
 
     async def on_status_changed(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
@@ -944,6 +947,9 @@ def consumers(ctx: IntakeContext) -> list[ConsumerSpec]:
 
     async def on_classified(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
         await service.apply_classified(session, read_data(event, SignalClassified))
+
+    async def on_department_assigned(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
+        await service.apply_department_assigned(session, read_data(event, DepartmentAssigned))
 
     async def read_ahead(session: AsyncSession, events: list[CloudEvent]) -> None:
         ids = {sid for event in events if isinstance(sid := event.data.get("signal_id"), str)}
@@ -964,6 +970,12 @@ def consumers(ctx: IntakeContext) -> list[ConsumerSpec]:
             "intake-signal-classified",
             SignalClassified.subscription(),
             apply=on_classified,
+            prepare=read_ahead,
+        ),
+        ConsumerSpec(
+            "intake-dept-assigned",
+            DepartmentAssigned.subscription(),
+            apply=on_department_assigned,
             prepare=read_ahead,
         ),
     ]

@@ -374,6 +374,9 @@ class Signal(SQLModel, table=True):
     topic: str | None = None
     subtopic: str | None = None
     responsible: str | None = None
+    # Every department the case ever reached (responsible, informed, escalated to), from routing's
+    # events: whose department-bound keys may open the signal's attachments.
+    departments: list[str] | None = SQLField(default=None, sa_column=Column(JSON))
     partners: list[str] = SQLField(default_factory=list, sa_column=Column(JSON))
     status_updated_at: datetime | None = SQLField(default=None, sa_type=UtcDateTime, index=True)
     erased_at: datetime | None = SQLField(default=None, sa_type=UtcDateTime)

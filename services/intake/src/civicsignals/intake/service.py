@@ -20,6 +20,7 @@ from civicsignals.common.events import (
     CoarseLocation,
     ConversationReceived,
     ConversationTurn,
+    DepartmentAssigned,
     SignalClassified,
     SignalReceived,
     SignalRouted,
@@ -109,6 +110,7 @@ def signal_row(
         "district": area.district if area else None,
         "service_code": service_code,
         "status_updated_at": received_at,
+        "departments": [],
         "partners": [],
     }
 
@@ -351,6 +353,21 @@ def _add_partners(session: AsyncSession, signal: Signal, partners: list[str]) ->
     if added:
         signal.partners = [*known, *added]
         session.add(signal)
+
+
+async def apply_department_assigned(session: AsyncSession, assigned: DepartmentAssigned) -> bool:
+    """Remember a department the case reached (opened, reassigned or escalated to it, responsible
+    or informed): its department-bound keys may then open the signal's attachments. Kept as a
+    union, like the partners: the feed carries no order, and a department that worked on a case
+    keeps seeing its photos."""
+    signal = await _signal(session, assigned.signal_id)
+    if signal is None:
+        return False
+    known = list(signal.departments or [])
+    if assigned.department not in known:
+        signal.departments = [*known, assigned.department]
+        session.add(signal)
+    return True
 
 
 async def apply_routed(session: AsyncSession, routed: SignalRouted) -> bool:

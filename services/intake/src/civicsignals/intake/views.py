@@ -342,9 +342,9 @@ ATTACHMENT_READ_PROBLEMS = {
     },
 )
 async def get_attachments(signal_id: str, principal: SignalReader, request: Request) -> AttachmentList:
-    """Scope `cases:read` or `signals:read`; a key bound to departments sees the signals of the
-    cases its departments are responsible for, and a partner organisation's key (`partner:<code>`)
-    the signals whose case was forwarded to it."""
+    """Scope `cases:read` or `signals:read`; a key bound to departments sees the signals whose
+    case reached its departments (responsible, informed, reassigned or escalated to), and a partner
+    organisation's key (`partner:<code>`) the signals whose case was forwarded to it."""
     return await flows.list_attachments(_context(request), principal, signal_id)
 
 
