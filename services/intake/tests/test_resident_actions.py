@@ -289,10 +289,13 @@ async def test_a_refused_photo_changes_nothing_and_a_refused_move_stores_no_phot
     async with intake.runtime.sessions() as session, session.begin():
         await privacy.erase_signals(session, "gouda", [signal["id"]], "test", intake.settings.attachments_dir)
     photo = {"file": ("foto.png", PNG, "image/png")}
-    erased = await intake.client.post(updates, data=form, files=photo)
-    assert erased.status_code == 404 and len(routing.received) == asked
+    page = await intake.client.post(updates, data=form, files=photo, headers=BROWSER)
+    assert page.status_code == 409 and page.headers["content-type"].startswith("text/html")
+    assert "uw gegevens bij deze melding gewist" in page.text and ">Hierbij.</textarea>" in page.text
+    assert len(routing.received) == asked
     direct = await intake.client.post(f"/v1/tracking/{code}/attachments", files=photo)
-    assert direct.status_code == 404 and await _attachments(intake, signal) == 0
+    assert direct.status_code == 409 and direct.json()["type"].endswith("/signal-erased")
+    assert await _attachments(intake, signal) == 0
 
 
 @pytest.mark.parametrize("intake_settings_overrides", [{"max_attachment_bytes": 4096}])

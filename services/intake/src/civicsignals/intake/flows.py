@@ -828,8 +828,8 @@ async def resident_update(
     if signal.case_id is None or payload.action not in view.actions:  # no case: no move offered
         raise _not_now(view, payload.action)
     if photo is not None:
-        if signal.erased_at is not None:  # the person's data was erased: take no new photo of theirs
-            raise Problem(404, "no signal has this tracking code", slug="unknown-tracking-code")
+        if signal.erased_at is not None:
+            raise _erased()
         kind = check_attachment(ctx, signal, photo.content, photo.filename, photo.declared_type)
     to = RESIDENT_ACTIONS[payload.action][0]
     fingerprint = f"{signal.id}|{signal.status_sequence}|{payload.action}|{note or ''}"
@@ -871,8 +871,10 @@ async def resident_attachment(
     arrive at once, and another file under the key is a 422. Returns (answer, replayed)."""
     async with ctx.runtime.sessions() as session:
         signal = await service.find_by_tracking_code(session, tracking_code)
-    if signal is None or signal.erased_at is not None:
+    if signal is None:
         raise Problem(404, "no signal has this tracking code", slug="unknown-tracking-code")
+    if signal.erased_at is not None:
+        raise _erased()
     tenant = ctx.tenant(signal.tenant)
     if tenant is not None and signal.status in closed_statuses(tenant):
         raise Problem(
@@ -910,6 +912,16 @@ async def resident_attachment(
         find,
         ResidentAttachmentAccepted,
         namespace=f"tracking:{signal.id}",
+    )
+
+
+def _erased() -> Problem:
+    """A resident's file for a signal whose person's data was erased on request: none is taken.
+    The tracking page still shows the signal, so this is not a 404."""
+    return Problem(
+        409,
+        "the personal data of this signal was erased on request; it takes no new files",
+        slug="signal-erased",
     )
 
 

@@ -154,6 +154,8 @@ FIELD_ERRORS: dict[str, dict[str, str]] = {
         "photo_size": "Dit bestand is te groot: ten hoogste {mb} MB.",
         "photo_type": "Dit bestand kunnen wij niet aannemen: stuur een foto (JPEG, PNG, WebP of HEIC) of een pdf.",
         "photo_count": "Bij deze melding kunnen geen bestanden meer worden gevoegd.",
+        "photo_erased": "Op uw verzoek zijn uw gegevens bij deze melding gewist; "
+        "wij nemen er daarom geen bestanden meer bij aan. Uw tekst kunt u zonder bestand sturen.",
     },
     "en": {
         "score": "Choose a score from 1 to 5.",
@@ -163,6 +165,8 @@ FIELD_ERRORS: dict[str, dict[str, str]] = {
         "photo_size": "This file is too large: {mb} MB at most.",
         "photo_type": "We cannot accept this file: please send a photo (JPEG, PNG, WebP or HEIC) or a PDF.",
         "photo_count": "No more files can be added to this report.",
+        "photo_erased": "At your request your personal data on this report was erased, so we no "
+        "longer accept files with it. You can send your text without a file.",
     },
 }
 
@@ -381,6 +385,7 @@ PHOTO_PROBLEMS = {
     "attachment-too-large": "photo_size",
     "attachment-refused": "photo_type",
     "too-many-attachments": "photo_count",
+    "signal-erased": "photo_erased",
 }
 
 

@@ -747,7 +747,8 @@ async def post_resident_attachment(
     idempotency_key: IdempotencyKey = None,
 ) -> ResidentAttachmentAccepted:
     """Public, by the tracking code as the tracking page: a photo or PDF for a signal whose case
-    has not ended (a `409` `…/case-ended` after it; then a new report is the way). The type is
+    has not ended (a `409` `…/case-ended` after it; then a new report is the way; `…/signal-erased`
+    once the person's data was erased on request). The type is
     sniffed from the content, as for a portal's upload; the same file sent twice is stored once.
     With an `Idempotency-Key` (kept per signal), the same key and file replay the first answer
     even when both copies arrive at once; another file under the key is a `422`, a key still in
