@@ -2,6 +2,8 @@
 any message on the bus (CIVIC and CIVIC_DLQ), any log line of any process, any webhook body, or
 the insights database.
 
+The doors: the portal API, a phone conversation, an Open311 client, the satisfaction form, the
+resident's own answer and photo on their tracking page, and a partner's Open311 update.
 The canaries are what DESIGN §2 promises to redact from free text (e-mail addresses, phone
 numbers, BSNs, IBANs) and the reporter's contact data, name included. A name written in free
 text by someone else is not among the promises and is not planted there.
@@ -12,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import struct
 import threading
+import zlib
 from pathlib import Path
 
 import httpx
@@ -25,6 +29,17 @@ from tests.faults import read_subject
 from tests.test_pipeline import mail_with, wait_for_status
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+def png_pixel() -> bytes:
+    """A real one-pixel PNG: intake sniffs what it is sent."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 6, 0, 0, 0)  # 1x1, 8 bits, RGBA
+    pixels = zlib.compress(b"\x00" + b"\x00" * 4)  # one row: filter byte, one transparent pixel
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 def valid_bsn(rng: random.Random) -> str:
@@ -176,6 +191,47 @@ async def test_no_personal_data_leaves_through_any_door(stack: Stack, tmp_path: 
         )
         assert feedback.status_code in (201, 202), feedback.text
     await asyncio.to_thread(mail_with, stack, code)
+
+    # 6. the resident's own answer on their page (passed on to routing, shown on the case and
+    # sent to the partner), and a photo whose file name is the resident's e-mail address
+    routing = stack.url("routing")
+    async with httpx.AsyncClient(timeout=30, headers=headers) as client:
+        [case] = (await client.get(f"{routing}/v1/cases", params={"tracking_code": code})).json()["items"]
+        for to in ("in_progress", "waiting_on_resident"):
+            moved = await client.post(
+                f"{routing}/v1/cases/{case['id']}/transitions", json={"to": to, "public_note": "Welke?"}
+            )
+            assert moved.status_code == 200, moved.text
+    await asyncio.to_thread(wait_for_status, stack, code, ("waiting_on_resident",))
+    async with httpx.AsyncClient(timeout=30) as client:
+        reply = await client.post(
+            f"{intake}/v1/tracking/{code}/updates", json={"action": "reply", "text": canaries.in_text()}
+        )
+        assert reply.status_code == 202, reply.text
+        photo = await client.post(
+            f"{intake}/v1/tracking/{code}/attachments",
+            files={"file": (f"{canaries.email}.png", png_pixel(), "image/png")},
+        )
+        assert photo.status_code == 201, photo.text
+    await asyncio.to_thread(wait_for_status, stack, code, ("in_progress",))
+    # 7. a partner's backend posting an update through Open311's servicerequestupdates
+    async with httpx.AsyncClient(timeout=30) as client:
+        update = await client.post(
+            f"{intake}/open311/v2/servicerequestupdates.json",
+            data={
+                "api_key": stack.dev_key,
+                "jurisdiction_id": "demo",
+                "service_request_id": doors[0]["id"],
+                "update_id": "canary-1",
+                "updated_datetime": "2026-11-30T08:00:00Z",
+                "status": "FIXED",
+                "description": canaries.in_text(),
+                "email": canaries.email,
+                "first_name": canaries.name,
+            },
+        )
+        assert update.status_code == 200, update.text
+    await asyncio.to_thread(wait_for_status, stack, code, ("resolved",))
     for _ in range(100):
         if receiver.bodies:
             break

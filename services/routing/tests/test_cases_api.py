@@ -480,6 +480,15 @@ async def test_list_filters_and_cursor_pagination(api: Api) -> None:
     assert bad.status_code == 422 and bad.json()["errors"][0]["pointer"] == "/status/0"
     naive = await api.get("/v1/cases", created_after="2026-01-01T00:00:00")
     assert naive.status_code == 422 and naive.json()["errors"][0]["pointer"] == "/created_after"
+    # The contact centre finds a case by the code a resident reads out, however it is typed.
+    spoken = made[2].tracking_code.lower().replace("-", " ")
+    assert [c["id"] for c in (await api.get("/v1/cases", tracking_code=spoken)).json()["items"]] == [
+        made[2].id
+    ]
+    assert [c["id"] for c in (await api.get("/v1/cases", signal_id=wonen.signal_id)).json()["items"]] == [
+        wonen.id
+    ]
+    assert (await api.get("/v1/cases", tracking_code="0000-0000-0000")).json()["items"] == []
 
 
 # -- tenant isolation ------------------------------------------------------------------------------

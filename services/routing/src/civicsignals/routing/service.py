@@ -28,7 +28,7 @@ from civicsignals.common.events import (
     SignalRouted,
     utcnow,
 )
-from civicsignals.common.ids import new_id
+from civicsignals.common.ids import new_id, normalise_tracking_code
 from civicsignals.routing import lifecycle
 from civicsignals.routing.models import Case, CaseHistory
 from civicsignals.routing.rules import Decision, RuleSet, SignalFacts
@@ -457,6 +457,9 @@ class CaseFilters:
     overdue: bool | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    tracking_code: str | None = None
+    """The code a resident reads out to the contact centre (normalised as intake does)."""
+    signal_id: str | None = None
     visible_to: frozenset[str] = frozenset()
     """The caller's departments when it is bound to some: only their cases are listed."""
 
@@ -503,6 +506,10 @@ async def list_cases(
         query = query.where(col(Case.created_at) >= filters.created_after)
     if filters.created_before:
         query = query.where(col(Case.created_at) < filters.created_before)
+    if filters.tracking_code:
+        query = query.where(Case.tracking_code == normalise_tracking_code(filters.tracking_code))
+    if filters.signal_id:
+        query = query.where(Case.signal_id == filters.signal_id)
     if cursor:
         query = query.where(col(Case.id) < cursor)
     rows = list((await session.exec(query.order_by(col(Case.id).desc()).limit(limit + 1))).all())

@@ -113,6 +113,16 @@ async def list_cases(
     overdue: bool | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
+    tracking_code: Annotated[
+        str | None,
+        Query(
+            max_length=32,
+            description="the resident's tracking code, as they read it out (case, spaces and dashes "
+            "do not matter)",
+            examples=["7KQ2-M9XD-4HTC"],
+        ),
+    ] = None,
+    signal_id: Annotated[str | None, Query(max_length=64, description="the signal the case is about")] = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> CasePage:
@@ -133,6 +143,8 @@ async def list_cases(
         overdue=overdue,
         created_after=created_after,
         created_before=created_before,
+        tracking_code=tracking_code,
+        signal_id=signal_id,
         visible_to=frozenset() if "admin" in principal.scopes else frozenset(principal.departments),
     )
     async with _context(request).runtime.sessions() as session:
