@@ -13,11 +13,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlmodel import select
 
 from civicsignals.common.events import CaseStatusChanged, SignalRouted, make_event, utcnow
-from civicsignals.intake.models import Signal
+from civicsignals.common.outbox import OutboxMessage
+from civicsignals.intake.models import Attachment, Signal
 
-from .conftest import Intake, Receiver
+from .conftest import JPEG, PNG, SCRIPT, Intake, Receiver
 
 # -- the specification's examples (XML, verbatim structure) ----------------------------------------
 
@@ -334,6 +336,69 @@ async def test_address_string_alone_is_a_location(intake: Intake) -> None:
     assert response.status_code == 200, response.text
     signal = await intake.get(Signal, response.json()[0]["service_request_id"])
     assert signal.lat is None and signal.extra["open311"]["address_string"] == "Markt 1, Gouda"
+
+
+async def test_a_photo_sent_with_the_request_is_stored_with_the_signal(intake: Intake) -> None:
+    """The Media Handling extension: the photo itself in a multipart field ``media``, checked like
+    a portal's upload, stored with the signal in its transaction (``signal.received`` counts it,
+    and ``signal.attachment_added`` tells the partners and departments); staff open it as any other."""
+    form = request_form(intake)
+    response = await intake.client.post(
+        "/open311/v2/requests.json", data=form, files={"media": ("foto.jpg", JPEG, "image/jpeg")}
+    )
+    assert response.status_code == 200, response.text
+    signal_id = response.json()[0]["service_request_id"]
+    assert (await intake.get(Signal, signal_id)).attachments == 1
+    async with intake.runtime.sessions() as session:
+        [stored] = (await session.exec(select(Attachment))).all()
+    assert (stored.signal_id, stored.media_type, stored.size) == (signal_id, "image/jpeg", len(JPEG))
+    events = {subject: json.loads(payload) for subject, payload in await _outbox(intake, signal_id)}
+    assert events["civic.gouda.signal.received"]["data"]["attachments"] == 1
+    assert events["civic.gouda.signal.attachment_added"]["data"] == {"signal_id": signal_id, "attachments": 1}
+    listed = await intake.client.get(f"/v1/signals/{signal_id}/attachments", headers=intake.auth())
+    [item] = listed.json()["items"]
+    opened = await intake.client.get(
+        f"/v1/signals/{signal_id}/attachments/{item['id']}", headers=intake.auth()
+    )
+    assert opened.status_code == 200 and opened.content == JPEG
+
+
+async def test_a_refused_photo_creates_no_request(intake: Intake) -> None:
+    """A script named ``.jpg`` is refused with the spec's error array, and nothing is stored."""
+    response = await intake.client.post(
+        "/open311/v2/requests.xml",
+        data=request_form(intake),
+        files={"media": ("foto.jpg", SCRIPT, "image/jpeg")},
+    )
+    assert response.status_code == 400, response.text
+    root = assert_like_spec(response.content, SPEC_ERRORS)
+    assert "not a photo or PDF" in (root[0].findtext("description") or "")
+    assert await intake.count(Signal) == 0 and await intake.count(Attachment) == 0
+    assert not any(intake.settings.attachments_dir.rglob("*.*"))
+
+    # Under an Idempotency-Key, the same form with another photo is another request.
+    key = {"Idempotency-Key": "open311-foto-1"}
+    first = await intake.client.post(
+        "/open311/v2/requests.json",
+        data=request_form(intake),
+        files={"media": ("foto.jpg", JPEG, "image/jpeg")},
+        headers=key,
+    )
+    assert first.status_code == 200, first.text
+    other = await intake.client.post(
+        "/open311/v2/requests.json",
+        data=request_form(intake),
+        files={"media": ("foto.png", PNG, "image/png")},
+        headers=key,
+    )
+    assert other.status_code == 400 and "another request" in other.text
+    assert await intake.count(Signal) == 1 and await intake.count(Attachment) == 1
+
+
+async def _outbox(intake: Intake, signal_id: str) -> list[tuple[str, str]]:
+    async with intake.runtime.sessions() as session:
+        rows = (await session.exec(select(OutboxMessage))).all()
+    return [(row.subject, row.payload) for row in rows if signal_id in row.payload]
 
 
 # -- GET requests ----------------------------------------------------------------------------------

@@ -21,8 +21,11 @@ from civicsignals.intake.views import router
 
 log = logging.getLogger(__name__)
 
-#: Routes that take a file (a portal's upload; a resident's, alone or with their page's form).
-ATTACHMENT_PATH = r"/v1/signals/[^/]+/attachments|/v1/tracking/[^/]+/(attachments|updates)"
+#: Routes that take a file (a portal's upload; a resident's, alone or with their page's form; an
+#: Open311 client's ``media`` with its request).
+ATTACHMENT_PATH = (
+    r"/v1/signals/[^/]+/attachments|/v1/tracking/[^/]+/(attachments|updates)|/open311/v2/requests\.(json|xml)"
+)
 MULTIPART_OVERHEAD = 64 * 1024
 
 

@@ -333,10 +333,13 @@ async def receive_signal(
     service_code: str | None = None,
     area: Area | None = None,
     signal_id: str | None = None,
+    media: CheckedFile | None = None,
 ) -> SignalCreated:
     """Store the signal, its sealed contact and its ``signal.received`` event in one transaction
     (shared with concurrent requests by the group commit); ``signal_id`` is the id reserved with
-    the request's Idempotency-Key."""
+    the request's Idempotency-Key. A ``media`` file sent with the signal (Open311's ``media``) is
+    written to the volume first and counted in the same transaction, with its
+    ``signal.attachment_added``; if the transaction fails, the file is removed again."""
     signal = service.signal_row(
         tenant, payload, source, area=area, service_code=service_code, signal_id=signal_id
     )
@@ -346,9 +349,32 @@ async def receive_signal(
     ]
     if payload.reporter is not None and signal["has_contact"]:
         rows.append(("contact", service.contact_row(ctx.cipher, signal, payload.reporter)))
+    stored = None
+    if media is not None:
+        attachment_id = new_id()
+        stored = await asyncio.to_thread(
+            attachments.store,
+            ctx.settings.attachments_dir,
+            tenant,
+            signal["id"],
+            attachment_id,
+            media.content,
+            media.kind,
+        )
+        signal["attachments"] = 1
+        rows.append(("attachment", service.attachment_row(signal, attachment_id, stored)))
     event = make_event(tenant=tenant, service="intake", data=service.signal_received_from_row(signal))
     rows.append(("outbox", outbox_row(SignalReceived.bus_subject(tenant), event)))
-    await ctx.writer.submit(rows)
+    if stored is not None:
+        added = SignalAttachmentAdded(signal_id=signal["id"], attachments=1)
+        attached = make_event(tenant=tenant, service="intake", data=added)
+        rows.append(("outbox", outbox_row(SignalAttachmentAdded.bus_subject(tenant), attached)))
+    try:
+        await ctx.writer.submit(rows)
+    except BaseException:
+        if stored is not None:
+            stored.path.unlink(missing_ok=True)
+        raise
     return SignalCreated(
         id=signal["id"],
         tracking_code=signal["tracking_code"],
@@ -365,19 +391,32 @@ async def receive_signal_once(
     *,
     service_code: str | None = None,
     endpoint: str = "signals",
+    media: CheckedFile | None = None,
 ) -> tuple[SignalCreated, bool]:
-    # The location is checked before the key is claimed, so a refused request leaves nothing behind.
+    # The location (and a file sent with the signal) is checked before the key is claimed, so a
+    # refused request leaves nothing behind.
     area = ctx.locate(tenant, payload.location)
     if idempotency_key is None:  # the common case: no fingerprint to compute, no key to claim
-        created = await receive_signal(ctx, tenant, payload, source, service_code=service_code, area=area)
+        created = await receive_signal(
+            ctx, tenant, payload, source, service_code=service_code, area=area, media=media
+        )
         return created, False
+    if media is not None:  # another file under the same key is another request
+        endpoint = f"{endpoint}|media:{hashlib.sha256(media.content).hexdigest()}"
     return await run_once(
         ctx,
         tenant,
         idempotency_key,
         service.request_fingerprint(payload, endpoint),
         lambda signal_id: receive_signal(
-            ctx, tenant, payload, source, service_code=service_code, area=area, signal_id=signal_id
+            ctx,
+            tenant,
+            payload,
+            source,
+            service_code=service_code,
+            area=area,
+            signal_id=signal_id,
+            media=media,
         ),
         lambda session, signal_id: find_signal(ctx, session, tenant, signal_id),
         SignalCreated,
@@ -501,7 +540,7 @@ async def add_attachment(
     ).hexdigest()
 
     async def attach(attachment_id: str) -> AttachmentPublic:
-        kind = check_attachment(ctx, signal, content, filename, declared_type)
+        kind = check_attachment(ctx, signal.attachments, content, filename, declared_type)
         return await store_attachment(ctx, signal, content, kind, attachment_id)
 
     return await run_once(
@@ -590,11 +629,12 @@ async def open_attachment(
 
 
 def check_attachment(
-    ctx: IntakeContext, signal: Signal, content: bytes, filename: str | None, declared_type: str | None
+    ctx: IntakeContext, attached: int, content: bytes, filename: str | None, declared_type: str | None
 ) -> str:
     """Refuse a file before anything is stored or sent: too large (413), not a photo or PDF, or
-    not what its name or type claims (415), one too many for the signal (409). Returns its kind
-    as sniffed (``attachments.sniff``), for :func:`store_attachment`."""
+    not what its name or type claims (415), one too many for a signal that has ``attached``
+    files already (409). Returns its kind as sniffed (``attachments.sniff``), for
+    :func:`store_attachment`."""
     if len(content) > ctx.settings.max_attachment_bytes:
         raise Problem(
             413,
@@ -612,9 +652,23 @@ def check_attachment(
             slug="attachment-refused",
             errors=[{"pointer": "/file", "detail": str(exc)}],
         ) from None
-    if signal.attachments >= ctx.settings.max_attachments_per_signal:
+    if attached >= ctx.settings.max_attachments_per_signal:
         raise _too_many_attachments(ctx)
     return kind
+
+
+@dataclass(frozen=True)
+class CheckedFile:
+    """A file :func:`check_attachment` passed, with the kind it sniffed."""
+
+    content: bytes
+    kind: str
+
+
+def check_new_signal_file(ctx: IntakeContext, upload: Upload) -> CheckedFile:
+    """Check a file sent together with a new signal (which has no attachments yet)."""
+    kind = check_attachment(ctx, 0, upload.content, upload.filename, upload.declared_type)
+    return CheckedFile(content=upload.content, kind=kind)
 
 
 def _too_many_attachments(ctx: IntakeContext) -> Problem:
@@ -830,7 +884,7 @@ async def resident_update(
     if photo is not None:
         if signal.erased_at is not None:
             raise _erased()
-        kind = check_attachment(ctx, signal, photo.content, photo.filename, photo.declared_type)
+        kind = check_attachment(ctx, signal.attachments, photo.content, photo.filename, photo.declared_type)
     to = RESIDENT_ACTIONS[payload.action][0]
     fingerprint = f"{signal.id}|{signal.status_sequence}|{payload.action}|{note or ''}"
     update = caseupdates.CaseUpdate(
@@ -882,7 +936,7 @@ async def resident_attachment(
             f"a signal that is {signal.status} takes no more attachments",
             slug="case-ended",
         )
-    kind = check_attachment(ctx, signal, photo.content, photo.filename, photo.declared_type)
+    kind = check_attachment(ctx, signal.attachments, photo.content, photo.filename, photo.declared_type)
     digest = hashlib.sha256(photo.content).hexdigest()
 
     def accepted(count: int) -> ResidentAttachmentAccepted:

@@ -28,6 +28,7 @@ from civicsignals.common.events import (
 )
 from civicsignals.common.ids import new_id, new_tracking_code
 from civicsignals.intake import residentmoves
+from civicsignals.intake.attachments import StoredFile
 from civicsignals.intake.crypto import FieldCipher, Sealed
 from civicsignals.intake.language import guess_language
 from civicsignals.intake.models import (
@@ -140,6 +141,19 @@ def status_row(signal: dict[str, Any]) -> dict[str, Any]:
         "status": signal["status"],
         "at": signal["received_at"],
         "note": None,
+    }
+
+
+def attachment_row(signal: dict[str, Any], attachment_id: str, stored: StoredFile) -> dict[str, Any]:
+    """The ``attachment`` row of a file stored with a new signal (no file name: personal data)."""
+    return {
+        "id": attachment_id,
+        "signal_id": signal["id"],
+        "tenant": signal["tenant"],
+        "media_type": stored.media_type,
+        "size": stored.size,
+        "sha256": stored.sha256,
+        "created_at": signal["received_at"],
     }
 
 

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
 
 from civicsignals.common.events import utcnow
 from civicsignals.common.problems import Problem
@@ -292,6 +293,36 @@ async def service_definition(
 
 # -- requests --------------------------------------------------------------------------------------
 
+_REQUEST_FIELDS: dict[str, Any] = {
+    name: {"type": "string"}
+    for name in (
+        "api_key",
+        "jurisdiction_id",
+        "service_code",
+        "lat",
+        "long",
+        "address_string",
+        "address_id",
+        "email",
+        "device_id",
+        "account_id",
+        "first_name",
+        "last_name",
+        "phone",
+        "description",
+        "media_url",
+    )
+}
+_REQUEST_EXAMPLE = {
+    "api_key": "cs_0123456789abcdef.secret",
+    "jurisdiction_id": "demo",
+    "service_code": "container",
+    "lat": "52.0116",
+    "long": "4.7105",
+    "email": "bewoner@example.org",
+    "description": "De glasbak op de Markt zit vol.",
+    "attribute[container_type]": "glas",
+}
 POST_REQUEST_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -300,36 +331,26 @@ POST_REQUEST_BODY: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "required": ["api_key", "service_code"],
+                    "properties": _REQUEST_FIELDS,
+                    "additionalProperties": {"type": "string"},
+                },
+                "example": _REQUEST_EXAMPLE,
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["api_key", "service_code"],
                     "properties": {
-                        "api_key": {"type": "string"},
-                        "jurisdiction_id": {"type": "string"},
-                        "service_code": {"type": "string"},
-                        "lat": {"type": "string"},
-                        "long": {"type": "string"},
-                        "address_string": {"type": "string"},
-                        "address_id": {"type": "string"},
-                        "email": {"type": "string"},
-                        "device_id": {"type": "string"},
-                        "account_id": {"type": "string"},
-                        "first_name": {"type": "string"},
-                        "last_name": {"type": "string"},
-                        "phone": {"type": "string"},
-                        "description": {"type": "string"},
-                        "media_url": {"type": "string"},
+                        **_REQUEST_FIELDS,
+                        "media": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "the photo (JPEG, PNG, WebP, HEIC) or PDF itself (extension)",
+                        },
                     },
                     "additionalProperties": {"type": "string"},
                 },
-                "example": {
-                    "api_key": "cs_0123456789abcdef.secret",
-                    "jurisdiction_id": "demo",
-                    "service_code": "container",
-                    "lat": "52.0116",
-                    "long": "4.7105",
-                    "email": "bewoner@example.org",
-                    "description": "De glasbak op de Markt zit vol.",
-                    "attribute[container_type]": "glas",
-                },
-            }
+            },
         },
     }
 }
@@ -361,8 +382,15 @@ async def post_request(
     The `service_code` is stored as a hint (classification still runs); `attribute[code]` and
     `attribute[code][]` are checked against the service definition. Contact fields are sealed like
     a portal's reporter; `device_id` is not kept. The request is realtime: its id comes back at once.
+
+    Media (the wiki's "Media Handling" extension, as Bloomington's and Infor's endpoints take it):
+    a `multipart/form-data` POST may carry the photo itself in a file field `media`. It is checked
+    like a portal's upload (type sniffed, size) before anything is stored, and stored with the
+    signal in one transaction; a refused file is an error array and creates nothing. `media_url`
+    stays a reference that is kept, never fetched.
     """
-    form = parse_form((await request.form()).multi_items())
+    raw = await request.form()
+    form = parse_form(raw.multi_items())
     principal = authorise_key(request, form.get("api_key"), ("signals:write",))
     jurisdiction = form.get("jurisdiction_id")
     tenant = resolve_tenant(request, jurisdiction or principal.tenant)
@@ -379,14 +407,22 @@ async def post_request(
     except AttributeError311 as exc:
         raise Open311Error(400, str(exc)) from None
     payload = _signal_from_form(form, service.service_name, attributes)
+    ctx = _ctx(request)
+    media = raw.get("media")
+    checked = None
+    if isinstance(media, UploadFile) and media.filename:
+        content = await media.read(ctx.settings.max_attachment_bytes + 1)
+        upload = flows.Upload(content=content, filename=media.filename, declared_type=media.content_type)
+        checked = flows.check_new_signal_file(ctx, upload)
     created, _replayed = await flows.receive_signal_once(
-        _ctx(request),
+        ctx,
         tenant.code,
         payload,
         source=principal.actor,
         idempotency_key=idempotency_key,
         service_code=service.service_code,
         endpoint="open311",
+        media=checked,
     )
     body = [{"service_request_id": created.id, "service_notice": None, "account_id": None}]
     return render.document(fmt, "service_requests", body, item_name="request")
