@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from civicsignals.common.events import CaseStatusChanged, SignalRouted, utcnow
+from civicsignals.common.events import CaseStatusChanged, DepartmentAssigned, SignalRouted, utcnow
 from civicsignals.intake import service
 from civicsignals.intake.models import Signal, StatusEntry
 
@@ -159,3 +159,49 @@ async def test_the_department_and_partners_follow_the_case_whichever_event_comes
         followed = await session.get(Signal, other["id"])
     assert followed is not None
     assert (followed.responsible, followed.partners) == ("stadsbeheer", ["woonpartners", "welzijn"])
+
+
+async def test_a_reassignment_without_a_status_change_comes_from_the_feed_and_the_latest_wins(
+    intake: Intake,
+) -> None:
+    """A case reassigned while it stays ``assigned`` changes no status: only the departments' feed
+    (``dept.<code>.assigned``, role responsible) tells of it. By the case's sequence, the latest
+    of the feed, the status changes and ``signal.routed`` wins, in whatever order they come."""
+    created = (await intake.post_signal()).json()
+    now = utcnow()
+
+    def feed(department: str, sequence: int) -> DepartmentAssigned:
+        return DepartmentAssigned(
+            case_id="case-1",
+            signal_id=created["id"],
+            tracking_code=created["tracking_code"],
+            department=department,
+            role="responsible",
+            topic="afval",
+            kind="report",
+            priority="normal",
+            sequence=sequence,
+        )
+
+    async def responsible() -> str | None:
+        async with intake.runtime.sessions() as session:
+            signal = await session.get(Signal, created["id"])
+        assert signal is not None
+        return signal.responsible
+
+    steps: list[tuple[str, Any, str]] = [
+        ("reassigned at 3", feed("wonen", 3), "wonen"),
+        ("routed, late", routed(created), "wonen"),
+        ("a change at 2, late", change(created, "assigned", 2, responsible="stadsbeheer"), "wonen"),
+        ("a change at 4", change(created, "in_progress", 4, responsible="handhaving"), "handhaving"),
+        ("the feed at 3 again", feed("wonen", 3), "handhaving"),
+    ]
+    for label, event, expected in steps:
+        async with intake.runtime.sessions() as session, session.begin():
+            if isinstance(event, DepartmentAssigned):
+                assert await service.apply_department_assigned(session, event)
+            elif isinstance(event, SignalRouted):
+                assert await service.apply_routed(session, event)
+            else:
+                assert await service.apply_status_change(session, event, now)
+        assert await responsible() == expected, label

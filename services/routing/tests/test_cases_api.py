@@ -266,8 +266,13 @@ async def test_reassignment_between_departments(api: Api) -> None:
     )
     assert body["history"][-1]["kind"] == "assignment"
     assert body["history"][-1]["details"] == {"from_department": "afval", "to_department": "wonen"}
-    assigned = [subject for subject, _ in await api.outbox(".assigned")]
-    assert assigned[-2:] == ["civic.gouda.dept.wonen.assigned", "civic.gouda.dept.handhaving.assigned"]
+    assigned = await api.outbox(".assigned")
+    assert [subject for subject, _ in assigned[-2:]] == [
+        "civic.gouda.dept.wonen.assigned",
+        "civic.gouda.dept.handhaving.assigned",
+    ]
+    # The feed carries the case's sequence, so intake orders it against the status changes.
+    assert [event["data"]["sequence"] for _, event in assigned[-2:]] == [body["sequence"]] * 2
     assert "civic.gouda.dept.afval.status_changed" in [s for s, _ in await api.outbox("dept.afval")]
     # afval no longer sees the case; wonen does.
     assert (await api.get(f"/v1/cases/{case.id}", api.keys.afval)).status_code == 404

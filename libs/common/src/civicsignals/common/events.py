@@ -307,6 +307,11 @@ class DepartmentAssigned(EventData):
     due_at: datetime | None = None
     text: str | None = None
     location: CoarseLocation | None = None
+    sequence: int | None = Field(
+        default=None,
+        description="the case's sequence after the change that brought it here (absent in older events): "
+        "orders a reassignment against the case's status changes",
+    )
 
     @classmethod
     def department_subject(cls, tenant: str, department: str) -> str:

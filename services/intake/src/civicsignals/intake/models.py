@@ -374,6 +374,9 @@ class Signal(SQLModel, table=True):
     topic: str | None = None
     subtopic: str | None = None
     responsible: str | None = None
+    # The case's sequence at which ``responsible`` was learnt: a reassignment without a status change
+    # comes only on the departments' feed, and must neither be undone by nor undo a later change.
+    responsible_sequence: int = SQLField(default=0, sa_column_kwargs={"server_default": "0"})
     # Every department the case ever reached (responsible, informed, escalated to), from routing's
     # events: whose department-bound keys may open the signal's attachments.
     departments: list[str] | None = SQLField(default=None, sa_column=Column(JSON))

@@ -350,12 +350,22 @@ async def apply_status_change(session: AsyncSession, change: CaseStatusChanged, 
         if change.due_at is not None:  # events from before the field leave the routed date
             signal.expected_by = change.due_at
             signal.service_promise = change.service_promise
-        if change.responsible is not None:  # a case handed to another department
-            signal.responsible = change.responsible
         session.add(signal)
+    if change.responsible is not None:  # a case handed to another department
+        _set_responsible(session, signal, change.responsible, change.sequence)
     if "partners" in change.model_fields_set:  # events from before the field name none
         _add_partners(session, signal, change.partners)
     return True
+
+
+def _set_responsible(session: AsyncSession, signal: Signal, department: str, sequence: int) -> None:
+    """The responsible department as of the case's change ``sequence``, unless a later change
+    was applied already (status changes, routing and the departments' feed come on three
+    consumers, in any order)."""
+    if signal.responsible is None or sequence > signal.responsible_sequence:
+        signal.responsible = department
+        signal.responsible_sequence = max(sequence, signal.responsible_sequence)
+        session.add(signal)
 
 
 def _add_partners(session: AsyncSession, signal: Signal, partners: list[str]) -> None:
@@ -377,6 +387,8 @@ async def apply_department_assigned(session: AsyncSession, assigned: DepartmentA
     signal = await _signal(session, assigned.signal_id)
     if signal is None:
         return False
+    if assigned.role == "responsible" and assigned.sequence is not None:
+        _set_responsible(session, signal, assigned.department, assigned.sequence)
     known = list(signal.departments or [])
     if assigned.department not in known:
         signal.departments = [*known, assigned.department]
@@ -393,9 +405,9 @@ async def apply_routed(session: AsyncSession, routed: SignalRouted) -> bool:
         # a later change (a reopening, say) applied first already carries the newer due date
         signal.expected_by = routed.due_at
         signal.service_promise = routed.service_promise
-    if signal.responsible is None or signal.status_sequence <= 1:
-        # likewise the department: a later change may have handed the case on already
-        signal.responsible = routed.responsible
+    # likewise the department: a later change may have handed the case on already (the routing
+    # is the case's first change)
+    _set_responsible(session, signal, routed.responsible, 1)
     _add_partners(session, signal, routed.partners)
     session.add(signal)
     return True

@@ -240,6 +240,7 @@ def assigned_events(tenant: str, case: Case, targets: Sequence[tuple[str, str]],
             location=None
             if case.area is None and case.district is None
             else {"area": case.area, "district": case.district},
+            sequence=case.sequence,
             status=case.status,
             **extra,
         )
