@@ -684,3 +684,12 @@ async def test_a_signals_new_photos_show_on_its_case_and_reach_the_departments_f
     assert after["attachments"] == 3 and after["sequence"] == sequence  # not a change of the case
     counts = sorted(event["data"]["attachments"] for _, event in await api.outbox("attachment_added"))
     assert counts == [1, 1, 1, 3, 3, 3]
+
+    # A department the case reaches later, and the status change that goes to the partners, say
+    # at once that there are photos.
+    moved = await api.post(f"/v1/cases/{case.id}/assignment", {"responsible": "afval"})
+    assert moved.status_code == 200, moved.text
+    [(_, reached)] = await api.outbox("dept.afval.assigned")
+    assert reached["data"]["attachments"] == 3
+    changed = [event for _, event in await api.outbox("case.status_changed")]
+    assert changed[-1]["data"]["to"] == "assigned" and changed[-1]["data"]["attachments"] == 3

@@ -271,6 +271,11 @@ class CaseStatusChanged(EventData):
     # and this event a consumer applies first. Absent in events from before these fields.
     due_at: datetime | None = Field(default=None, description="the case's due date after the change")
     service_promise: str | None = None
+    attachments: int = Field(
+        default=0,
+        description="photos and PDFs the signal has (at intake): a partner the case is forwarded to "
+        "learns at once that there are some",
+    )
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
 
@@ -311,6 +316,10 @@ class DepartmentAssigned(EventData):
         default=None,
         description="the case's sequence after the change that brought it here (absent in older events): "
         "orders a reassignment against the case's status changes",
+    )
+    attachments: int = Field(
+        default=0,
+        description="photos and PDFs the signal has (at intake) when the case reaches the department",
     )
 
     @classmethod

@@ -241,6 +241,7 @@ def assigned_events(tenant: str, case: Case, targets: Sequence[tuple[str, str]],
             if case.area is None and case.district is None
             else {"area": case.area, "district": case.district},
             sequence=case.sequence,
+            attachments=case.attachments,
             status=case.status,
             **extra,
         )
@@ -299,6 +300,7 @@ def status_events(
         partners=list(case.partners),
         due_at=case.due_at,
         service_promise=case.service_promise,
+        attachments=case.attachments,
         **{"from": from_status},
         **extra,
     )
