@@ -245,6 +245,10 @@ async def test_an_answer_from_the_page_can_carry_a_photo(
     assert (intake.settings.attachments_dir / "gouda" / signal["id"] / row.id).read_bytes() == JPEG
     [event] = await intake.events("signal.attachment_added", wait_until)
     assert event["data"] == {"signal_id": signal["id"], "attachments": 1}
+    # The resident sees that it arrived: a count, never a file or its name.
+    assert (await intake.client.get(f"/v1/tracking/{code}")).json()["attachments"] == 1
+    shown = await _page(intake, code)
+    assert "<dt>Foto&#39;s en bestanden</dt><dd>1</dd>" in shown and "IMG_0042" not in shown
 
     # The same form again (a reload of the POST): one update at routing, still one photo.
     again = await intake.client.post(f"/v1/tracking/{code}/updates", data=form, files=photo, headers=BROWSER)

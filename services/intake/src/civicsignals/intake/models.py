@@ -141,6 +141,9 @@ class TrackingPublic(BaseModel):
     """The moves the resident may make now (``POST …/updates``): a portal offers exactly these."""
     reopen_until: datetime | None = None
     """Until when the resident may reopen the ended case; after it, a new report is the way."""
+    attachments: int = 0
+    """How many photos and PDFs the signal has, so the resident sees theirs arrived (a count only:
+    no file and no name is public; 0 once the person's data was erased)."""
 
 
 class ContactPublic(BaseModel):

@@ -68,6 +68,7 @@ WORDS: dict[str, dict[str, str]] = {
         "received": "Ontvangen op",
         "status": "Status",
         "expected": "Verwacht uiterlijk",
+        "files": "Foto's en bestanden",
         "history": "Verloop",
         "feedback_heading": "Hoe tevreden bent u?",
         "score_legend": "Hoe tevreden bent u over de afhandeling? (1 = zeer ontevreden, 5 = zeer tevreden)",
@@ -109,6 +110,7 @@ WORDS: dict[str, dict[str, str]] = {
         "received": "Received on",
         "status": "Status",
         "expected": "Expected by",
+        "files": "Photos and files",
         "history": "History",
         "feedback_heading": "How satisfied are you?",
         "score_legend": "How satisfied are you with how it was handled? (1 = very dissatisfied, 5 = very satisfied)",
@@ -240,6 +242,7 @@ def tracking_page(
         received=_when(view.received_at, lang, tracked.timezone),
         expected=None if ended else format_date(view.expected_by, lang, tracked.timezone),
         promise=None if ended else view.service_promise,
+        attachments=view.attachments,
         history=[
             {
                 "when": _when(entry.at, lang, tracked.timezone),

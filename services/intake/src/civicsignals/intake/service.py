@@ -278,6 +278,7 @@ async def tracking_view(
             now=now,
         ),
         reopen_until=residentmoves.reopen_until(timeline, reopen_within_days),
+        attachments=0 if signal.erased_at is not None else signal.attachments,
     )
 
 
