@@ -362,7 +362,8 @@ async def receive_signal(
             media.kind,
         )
         signal["attachments"] = 1
-        rows.append(("attachment", service.attachment_row(signal, attachment_id, stored)))
+        row = service.attachment_row(signal["id"], tenant, attachment_id, stored, signal["received_at"])
+        rows.append(("attachment", row))
     event = make_event(tenant=tenant, service="intake", data=service.signal_received_from_row(signal))
     rows.append(("outbox", outbox_row(SignalReceived.bus_subject(tenant), event)))
     if stored is not None:
@@ -706,12 +707,7 @@ async def store_attachment(
             if not result.rowcount:
                 raise _too_many_attachments(ctx)
             row = Attachment(
-                id=attachment_id,
-                signal_id=signal.id,
-                tenant=signal.tenant,
-                media_type=stored.media_type,
-                size=stored.size,
-                sha256=stored.sha256,
+                **service.attachment_row(signal.id, signal.tenant, attachment_id, stored, utcnow())
             )
             session.add(row)
             refreshed = await session.get(Signal, signal.id, populate_existing=True)

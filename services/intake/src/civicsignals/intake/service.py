@@ -144,16 +144,18 @@ def status_row(signal: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def attachment_row(signal: dict[str, Any], attachment_id: str, stored: StoredFile) -> dict[str, Any]:
-    """The ``attachment`` row of a file stored with a new signal (no file name: personal data)."""
+def attachment_row(
+    signal_id: str, tenant: str, attachment_id: str, stored: StoredFile, created_at: datetime
+) -> dict[str, Any]:
+    """The ``attachment`` row of a stored file (no file name: personal data)."""
     return {
         "id": attachment_id,
-        "signal_id": signal["id"],
-        "tenant": signal["tenant"],
+        "signal_id": signal_id,
+        "tenant": tenant,
         "media_type": stored.media_type,
         "size": stored.size,
         "sha256": stored.sha256,
-        "created_at": signal["received_at"],
+        "created_at": created_at,
     }
 
 

@@ -343,9 +343,12 @@ async def apply_attachment_added(ctx: NotifierContext, session: AsyncSession, ev
 
 
 def _add_partners(link: SignalLink, partners: list[str]) -> None:
-    """Routing only ever adds partners to a case, so the union is right in any order of events."""
+    """Routing only ever adds partners to a case, so the union is right in any order of events.
+    The link is written only when a partner is new: most status changes name no new one."""
     known = list(link.partners or [])
-    link.partners = [*known, *(code for code in partners if code not in known)]
+    added = [code for code in partners if code not in known]
+    if added or link.partners is None:
+        link.partners = [*known, *added]
 
 
 def _partners_after(
