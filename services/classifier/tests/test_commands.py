@@ -23,6 +23,7 @@ from civicsignals.classifier.pipeline import (
     choose_threshold,
     conformal_threshold,
     measure,
+    measure_classes,
     train_bundle,
 )
 
@@ -89,12 +90,19 @@ def test_evaluate_prints_one_json_object_and_writes_a_report(
     assert code == 0, err
     result = json.loads(out)  # the whole of stdout is one JSON object
     assert set(result) >= {"accuracy", "macro_f1", "n", "per_class"}
-    assert result["n"] == 48 and result["level"] == "topic/subtopic"
+    # The headline figures count topics (the categories); the subtopic block counts full labels.
+    assert result["n"] == 48 and result["level"] == "topic"
     assert result["accuracy"] >= 0.7, result  # unseen phrasings of six easy classes
-    assert set(result["per_class"]["groen/boom"]) == {"precision", "recall", "f1", "support"}
+    figures = {"precision", "recall", "f1", "support"}
+    assert "groen" in result["per_class"] and set(result["per_class"]["groen"]) == figures
+    assert not any("/" in name for name in result["per_class"])
+    by_label = result["subtopic"]
+    assert by_label["n"] == 48 and set(by_label["per_class"]["groen/boom"]) == figures
+    assert result["accuracy"] >= by_label["accuracy"]  # a right label has its right topic
     report = model / "report" / "report.md"
     text = report.read_text()
     assert "Confusion matrix" in text and "Learning curve" in text and "groen/boom" in text
+    assert "## Per topic\n" in text and "## Per topic and subtopic" in text
     assert (model / "report" / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (model / "report" / "learning_curve.png").exists()
 
@@ -228,6 +236,17 @@ def test_threshold_and_metrics() -> None:
     assert metrics.confusion.tolist() == [[1, 1], [0, 2]]
 
 
+def test_metrics_count_topics_and_labels_apart() -> None:
+    """A wrong subtopic under the right topic is right per topic and wrong per label."""
+    truth = ['["afval", "container"]', '["afval", "grofvuil"]', '["groen", "boom"]']
+    guess = ['["afval", "grofvuil"]', '["afval", "grofvuil"]', '["afval", "container"]']
+    per_topic, by_label = measure_classes(truth, guess, by_subtopic=True)
+    assert (per_topic.accuracy, per_topic.labels) == (2 / 3, ["afval", "groen"])
+    assert by_label is not None and by_label.accuracy == 1 / 3
+    assert by_label.per_class["afval/grofvuil"]["precision"] == 0.5  # guessed twice, right once
+    assert measure_classes(truth, guess, by_subtopic=False)[1] is None
+
+
 # ------------------------------------------------------------------------------- sentence encoder
 
 
@@ -282,6 +301,8 @@ def test_train_bundle_with_encoder_and_learning_curve(
     assert card["encoder"]["name"] == encoder.name
     curve = card["learning_curve"]
     assert [p["examples"] for p in curve] == [100, 193 - card["heldout"]["n"]]
+    assert all(p["accuracy"] >= p["subtopic_accuracy"] for p in curve)  # per topic, then per label
+    assert card["heldout"]["accuracy"] >= card["heldout"]["subtopic"]["accuracy"]
     assert any("learning curve" in m for m in messages)
     copy = tmp_path / "copy"
     shutil.copytree(tmp_path / "m", copy)

@@ -172,8 +172,10 @@ def _train(args: argparse.Namespace) -> int:
     held = card.get("heldout", {})
     print(
         f"wrote {args.out}: version {card['version']}, {card['training_data']['examples']} examples, "
-        f"{card['labels']} labels, held-out accuracy {held.get('accuracy', 'n/a')}, "
-        f"macro-F1 {held.get('macro_f1', 'n/a')}, threshold {card['threshold']}",
+        f"{card['labels']} labels, held-out accuracy per topic {held.get('accuracy', 'n/a')}, "
+        f"macro-F1 {held.get('macro_f1', 'n/a')}"
+        + (f" (per topic and subtopic {held['subtopic']['accuracy']})" if "subtopic" in held else "")
+        + f", threshold {card['threshold']}",
         file=sys.stderr,
     )
     return 0
@@ -199,8 +201,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         "skipped_unlabelled": data.skipped_unlabelled,
         "report": str(report),
     }
-    if "topic_accuracy" in notes:
-        result["topic_accuracy"] = notes["topic_accuracy"]
+    by_label = notes.get("subtopic")
+    if by_label is not None:
+        result["subtopic"] = {**by_label.to_dict(), "accuracy_accepted": notes["subtopic_accuracy_accepted"]}
     print(json.dumps(result, ensure_ascii=False))
     return 0
 

@@ -388,9 +388,7 @@ def train_bundle(
                 cascade_card, predicted, confidence = _cascade_on_heldout(
                     ho_classes, predicted, confidence, head_guess, head_conf
                 )
-            truth_names = [label_name(tuple(json.loads(c))) for c in ho_classes]
-            pred_names = [label_name(tuple(json.loads(c))) for c in predicted]
-            metrics = measure(truth_names, pred_names)
+            metrics, by_label = measure_classes(ho_classes, predicted, data.has_subtopics)
             correct = np.array([t == p for t, p in zip(ho_classes, predicted, strict=True)])
             threshold, k, n_correct = conformal_threshold(confidence, correct, options.review_share)
             rationale = (
@@ -408,7 +406,9 @@ def train_bundle(
                         f"were right at least {options.target_precision:.0%} of the time"
                     )
             accepted = confidence >= threshold
-            heldout.update(metrics.to_dict())
+            heldout.update(metrics.to_dict())  # per topic, as `evaluate` reports it
+            if by_label is not None:
+                heldout["subtopic"] = by_label.to_dict()
             heldout["at_threshold"] = {
                 "threshold": threshold,
                 "accepted": round(float(accepted.mean()), 4),
@@ -432,8 +432,9 @@ def train_bundle(
                     options,
                     chosen_c,
                     progress,
+                    data.has_subtopics,
                 )
-                curve.append({"examples": len(tr_texts), "accuracy": round(metrics.accuracy, 4)})
+                curve.append(_curve_point(len(tr_texts), metrics, by_label))
 
     progress(f"fitting the final model on all {len(data)} examples (C={chosen_c:g}) ...")
     final = _fit(data.texts, classes, embeddings, encoder, options, chosen_c)
@@ -525,6 +526,7 @@ def _learning_curve(
     options: TrainOptions,
     C: float,
     progress: Progress,
+    by_subtopic: bool,
 ) -> list[dict[str, Any]]:
     order = list(range(len(tr_texts)))
     random.Random(options.seed).shuffle(order)
@@ -546,9 +548,30 @@ def _learning_curve(
             C,
         )
         predicted, _ = _predict_trained(model, ho_texts, ho_emb)
-        accuracy = float(np.mean([p == t for p, t in zip(predicted, ho_classes, strict=True)]))
-        points.append({"examples": size, "accuracy": round(accuracy, 4)})
+        points.append(_curve_point(size, *measure_classes(ho_classes, predicted, by_subtopic)))
     return points
+
+
+def measure_classes(
+    truth: Sequence[str], predicted: Sequence[str], by_subtopic: bool
+) -> tuple[Metrics, Metrics | None]:
+    """Metrics per topic of the model's classes (JSON ``[topic, subtopic]``), and per
+    ``topic/subtopic`` label when the data has subtopics (see :func:`evaluate`)."""
+    truth_labels = [tuple(json.loads(c)) for c in truth]
+    predicted_labels = [tuple(json.loads(c)) for c in predicted]
+    per_topic = measure([t[0] for t in truth_labels], [p[0] for p in predicted_labels])
+    if not by_subtopic:
+        return per_topic, None
+    return per_topic, measure(
+        [label_name(t) for t in truth_labels], [label_name(p) for p in predicted_labels]
+    )
+
+
+def _curve_point(examples: int, per_topic: Metrics, by_label: Metrics | None) -> dict[str, Any]:
+    point: dict[str, Any] = {"examples": examples, "accuracy": round(per_topic.accuracy, 4)}
+    if by_label is not None:
+        point["subtopic_accuracy"] = round(by_label.accuracy, 4)
+    return point
 
 
 def predict_rows(
@@ -570,38 +593,57 @@ def predict_rows(
 
 
 def evaluate(model: TopicModel, data: LabelledData) -> tuple[Metrics, dict[str, Any]]:
-    """Measure ``model`` on labelled data; returns the metrics and notes for the report.
+    """Measure ``model`` on labelled data; returns the topic metrics and notes for the report.
 
-    Labels are compared as ``topic/subtopic`` when both the model and the data have subtopics,
-    otherwise as topics (an export with one category column, or a topics-only model).
+    The headline figures are always per topic: the categories a municipality routes by, and the
+    level its exports count ("15 categories"). Comparing ``topic/subtopic`` instead made an export
+    with a subtopic column (picked up by default) read as a far lower accuracy than the same model
+    has on its categories (CLINC150's 10 domains with their 150 intents as subtopics: 0.956
+    against 0.986). When both the model and the data have subtopics, ``notes["subtopic"]`` holds
+    the same figures for ``topic/subtopic`` labels.
     """
-    predicted, confidence, review = predict_rows(model, data.texts)
-    by_subtopic = data.has_subtopics and not model.topics_only
-    if by_subtopic:
-        truth = [label_name(label) for label in data.labels]
-        guess = [label_name(label) for label in predicted]
-    else:
-        truth = [topic for topic, _ in data.labels]
-        guess = [topic for topic, _ in predicted]
-    metrics = measure(truth, guess)
-    correct = np.array([t == g for t, g in zip(truth, guess, strict=True)], dtype=bool)
+    predicted, _, review = predict_rows(model, data.texts)
     accepted = ~np.array(review, dtype=bool)
+
+    def accepted_accuracy(truth: Sequence[str], guess: Sequence[str]) -> float | None:
+        if not accepted.any():
+            return None
+        correct = np.array([t == g for t, g in zip(truth, guess, strict=True)], dtype=bool)
+        return round(float(correct[accepted].mean()), 4)
+
+    truth = [topic for topic, _ in data.labels]
+    guess = [topic for topic, _ in predicted]
+    metrics = measure(truth, guess)
     notes: dict[str, Any] = {
-        "level": "topic/subtopic" if by_subtopic else "topic",
+        "level": "topic",
         "threshold": model.threshold,
         "accepted": round(float(accepted.mean()), 4) if len(accepted) else 0.0,
-        "accuracy_accepted": round(float(correct[accepted].mean()), 4) if accepted.any() else None,
+        "accuracy_accepted": accepted_accuracy(truth, guess),
         "skipped_empty": data.skipped_empty,
         "skipped_unlabelled": data.skipped_unlabelled,
     }
-    if by_subtopic:
-        topic_truth = [topic for topic, _ in data.labels]
-        topic_guess = [topic for topic, _ in predicted]
-        notes["topic_accuracy"] = round(
-            float(np.mean([t == g for t, g in zip(topic_truth, topic_guess, strict=True)])), 4
-        )
-    del confidence
+    if data.has_subtopics and not model.topics_only:
+        label_truth = [label_name(label) for label in data.labels]
+        label_guess = [label_name(label) for label in predicted]
+        notes["subtopic"] = measure(label_truth, label_guess)
+        notes["subtopic_accuracy_accepted"] = accepted_accuracy(label_truth, label_guess)
     return metrics, notes
+
+
+def _per_class_table(title: str, metrics: Metrics) -> list[str]:
+    lines = [
+        "",
+        f"## {title}",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, figures in metrics.per_class.items():
+        lines.append(
+            f"| {label} | {figures['precision']:.3f} | {figures['recall']:.3f} | {figures['f1']:.3f} | "
+            f"{figures['support']} |"
+        )
+    return lines
 
 
 def write_predictions(
@@ -654,6 +696,7 @@ def write_report(
 
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
+    by_label: Metrics | None = notes.get("subtopic")
     n = len(metrics.labels)
     size = min(4 + 0.18 * n, 30)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -664,7 +707,7 @@ def write_report(
     ax.set_yticks(range(n), metrics.labels, fontsize=max(4, 10 - n // 15))
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"Confusion (row share), accuracy {metrics.accuracy:.3f}, n = {metrics.n}")
+    ax.set_title(f"Confusion of topics (row share), accuracy {metrics.accuracy:.3f}, n = {metrics.n}")
     if n <= 25:
         for i in range(n):
             for j in range(n):
@@ -681,7 +724,11 @@ def write_report(
     curve = card.get("learning_curve") or []
     if curve:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([p["examples"] for p in curve], [p["accuracy"] for p in curve], marker="o")
+        examples = [p["examples"] for p in curve]
+        ax.plot(examples, [p["accuracy"] for p in curve], marker="o", label="topic")
+        if all("subtopic_accuracy" in p for p in curve):
+            ax.plot(examples, [p["subtopic_accuracy"] for p in curve], marker="s", label="topic and subtopic")
+            ax.legend(loc="lower right")
         ax.set_xscale("log")
         ax.set_xlabel("training examples")
         ax.set_ylabel("held-out accuracy")
@@ -696,13 +743,25 @@ def write_report(
         "",
         f"- data: `{Path(data.source).name}` (sha256 `{data.sha256[:16]}…`, {data.size} bytes), "
         f"{metrics.n} texts; skipped {data.skipped_empty} empty and {data.skipped_unlabelled} unlabelled rows",
-        f"- compared at the level of: {notes['level']}",
-        f"- **accuracy {metrics.accuracy:.4f}**, **macro-F1 {metrics.macro_f1:.4f}**"
-        + (f", topic accuracy {notes['topic_accuracy']:.4f}" if "topic_accuracy" in notes else ""),
+        f"- per topic: **accuracy {metrics.accuracy:.4f}**, **macro-F1 {metrics.macro_f1:.4f}** "
+        f"({len(metrics.per_class)} topics)",
+        *(
+            [
+                f"- per topic and subtopic: accuracy {by_label.accuracy:.4f}, macro-F1 {by_label.macro_f1:.4f} "
+                f"({len(by_label.per_class)} labels)"
+            ]
+            if by_label is not None
+            else []
+        ),
         f"- review threshold {notes['threshold']}: {notes['accepted']:.1%} of the texts pass without review"
         + (
-            f", with accuracy {notes['accuracy_accepted']:.4f}"
+            f", with topic accuracy {notes['accuracy_accepted']:.4f}"
             if notes.get("accuracy_accepted") is not None
+            else ""
+        )
+        + (
+            f" (topic and subtopic {notes['subtopic_accuracy_accepted']:.4f})"
+            if notes.get("subtopic_accuracy_accepted") is not None
             else ""
         ),
         f"- model: created {card.get('created_at')}, trained on {card.get('training_data', {}).get('examples')} "
@@ -717,30 +776,28 @@ def write_report(
         lines += [
             "## Learning curve (from training, on its held-out data)",
             "",
-            "| training examples | held-out accuracy |",
-            "|---:|---:|",
-            *[f"| {p['examples']} | {p['accuracy']:.4f} |" for p in curve],
+            "| training examples | held-out accuracy per topic | per topic and subtopic |",
+            "|---:|---:|---:|",
+            *[
+                f"| {p['examples']} | {p['accuracy']:.4f} | "
+                + (f"{p['subtopic_accuracy']:.4f} |" if "subtopic_accuracy" in p else "— |")
+                for p in curve
+            ],
             "",
             "![learning curve](learning_curve.png)",
             "",
         ]
-    lines += [
-        "## Per class",
-        "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for label, figures in metrics.per_class.items():
-        lines.append(
-            f"| {label} | {figures['precision']:.3f} | {figures['recall']:.3f} | {figures['f1']:.3f} | "
-            f"{figures['support']} |"
-        )
+    lines += _per_class_table("Per topic", metrics)
+    if by_label is not None:
+        lines += _per_class_table("Per topic and subtopic", by_label)
+    # The finest level there is: which subtopics are taken for which says most about what to fix.
+    finest = by_label if by_label is not None else metrics
     worst = Counter(
         {
-            (metrics.labels[i], metrics.labels[j]): int(metrics.confusion[i, j])
-            for i in range(n)
-            for j in range(n)
-            if i != j and metrics.confusion[i, j]
+            (finest.labels[i], finest.labels[j]): int(finest.confusion[i, j])
+            for i in range(len(finest.labels))
+            for j in range(len(finest.labels))
+            if i != j and finest.confusion[i, j]
         }
     ).most_common(10)
     if worst:
