@@ -188,7 +188,14 @@ async def test_transparency_page_hides_small_cells(insights: Insights) -> None:
     assert "Afval" in html and "<svg" in html
     for small in ("Wonen", "Belastingen", "Verlichting"):
         assert small not in html
-    assert "Other topics" in html  # 3 + 4 + 2 = 9 pooled
+    assert "Overige onderwerpen" in html  # 3 + 4 + 2 = 9 pooled
+    # Residents of a Dutch municipality read it in Dutch; English on request, with a link between.
+    assert '<html lang="nl">' in html and "U meldde, wij deden" in html and 'href="?lang=en"' in html
+    assert " tot en met " in html and "<th>Meldingen</th>" in html  # dates and headings in Dutch too
+    english = (await insights.client.get("/transparency/gouda", params={"lang": "en"})).text
+    assert '<html lang="en">' in english and "You said, we did" in english and "Other topics" in english
+    assert 'href="?lang=nl"' in english and "Overige onderwerpen" not in english
+    assert "U meldde" in (await insights.client.get("/transparency/gouda", params={"lang": "xx"})).text
 
     export = await insights.client.get("/transparency/gouda/export.json")
     rows = {row["topic"]: row for row in export.json()["rows"]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -98,8 +99,9 @@ async def test_dashboard_and_transparency_page_in_chromium(insights: Insights, t
         assert transparency["charts"] == 1 and transparency["drawn"] == 1 and transparency["bars"] >= 5, (
             transparency
         )
-        assert "You said, we did" in transparency["text"] and "Afval" in transparency["text"]
+        assert "U meldde, wij deden" in transparency["text"] and "Afval" in transparency["text"]
         assert "Begraafplaatsen" not in transparency["text"]  # 3 signals: suppressed in public
+        assert re.search(r"\d,\d dagen", transparency["text"]), transparency["text"]  # a Dutch decimal comma
         await public.screenshot(ARTIFACTS / "transparency.png")
 
     assert page.errors == [], page.errors

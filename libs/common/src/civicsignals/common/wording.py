@@ -3,7 +3,7 @@ e-mails and intake's tracking page, so a mail and the page it links to never say
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 from civicsignals.common.tenants import Tenant
@@ -85,11 +85,12 @@ def reopen_within_days(tenant: Tenant | None) -> int | None:
     return int(days) if isinstance(days, int) else None
 
 
-def format_date(value: datetime | None, language: str, timezone: str = DEFAULT_TIMEZONE) -> str | None:
-    """A date as a resident reads it: ``7 december 2026`` or ``7 December 2026``, local time."""
+def format_date(value: date | None, language: str, timezone: str = DEFAULT_TIMEZONE) -> str | None:
+    """A date as a resident reads it: ``7 december 2026`` or ``7 December 2026``, local time (a
+    moment is turned into the tenant's day first; a plain date is that day already)."""
     if value is None:
         return None
-    local = value.astimezone(ZoneInfo(timezone))
+    local = value.astimezone(ZoneInfo(timezone)) if isinstance(value, datetime) else value
     if language == "nl":
         return f"{local.day} {_MONTHS_NL[local.month - 1]} {local.year}"
     return f"{local.day} {local.strftime('%B')} {local.year}"

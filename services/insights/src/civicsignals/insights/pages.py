@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 
 from civicsignals.common.auth import Principal, authenticate, get_registry
 from civicsignals.common.problems import Problem
+from civicsignals.common.wording import format_date, language_of
 from civicsignals.insights import charts, reports, service
 from civicsignals.insights.models import DIMENSIONS, UNCLASSIFIED
 from civicsignals.insights.service import Filters
@@ -346,16 +347,72 @@ async def _transparency(
     return rows, start, end, found.name
 
 
+PUBLIC_WORDS: dict[str, dict[str, str]] = {
+    "nl": {
+        "title": "U meldde, wij deden",
+        "section": "u meldde, wij deden",
+        "other_language": "English",
+        "intro": "Wat inwoners van {tenant} meldden van {start} tot en met {end}, en wat daarmee is gedaan.",
+        "privacy": "Om de privacy te beschermen tonen we geen cijfer dat op minder dan {min} meldingen, "
+        "zaken of antwoorden berust (daar staat „minder dan {min}”), en zijn kleinere onderwerpen "
+        "samengevoegd.",
+        "csv": "Downloaden als CSV",
+        "reported": "Wat u meldde",
+        "chart": "Wat inwoners meldden, per onderwerp",
+        "done": "Wat wij deden",
+        "topic": "Onderwerp",
+        "reports": "Meldingen",
+        "resolved": "Opgelost",
+        "median": "Doorlooptijd (mediaan)",
+        "satisfied": "Tevreden",
+        "fewer": "minder dan {min}",
+        "days": "{days} dagen",
+        "other_topics": "Overige onderwerpen",
+        "nothing": "Nog niets te tonen.",
+    },
+    "en": {
+        "title": "You said, we did",
+        "section": "you said, we did",
+        "other_language": "Nederlands",
+        "intro": "What residents of {tenant} reported from {start} to {end}, and what was done about it.",
+        "privacy": "To protect privacy, no figure based on fewer than {min} reports, cases or answers "
+        "is shown (marked “fewer than {min}”), and smaller topics are combined.",
+        "csv": "Download as CSV",
+        "reported": "What you reported",
+        "chart": "What residents reported, per topic",
+        "done": "What we did",
+        "topic": "Topic",
+        "reports": "Reports",
+        "resolved": "Cases resolved",
+        "median": "Median time to resolve",
+        "satisfied": "Satisfied",
+        "fewer": "fewer than {min}",
+        "days": "{days} days",
+        "other_topics": "Other topics",
+        "nothing": "Nothing to show yet.",
+    },
+}
+"""The public page's words. It is in Dutch unless ``?lang=en`` asks for English: residents of a
+Dutch municipality read it (the staff dashboard stays in English, as the rest of the staff tools)."""
+
+
 @router.get("/transparency/{tenant}", response_class=HTMLResponse)
-async def transparency(request: Request, tenant: str) -> HTMLResponse:
+async def transparency(request: Request, tenant: str, lang: str | None = None) -> HTMLResponse:
     rows, start, end, name = await _transparency(request, tenant)
+    language = language_of(lang)
+    words = PUBLIC_WORDS[language]
+
+    def topic_name(topic: str) -> str:
+        return words["other_topics"] if topic == "other topics" else humanise(topic)
+
+    def days(value: float) -> str:
+        figure = f"{value:.1f}"
+        return words["days"].format(days=figure.replace(".", ",") if language == "nl" else figure)
+
     shown = [row for row in rows if row.reported is not None]
     chart = charts.bar_chart(
-        [
-            charts.Bar(humanise(row.topic) if row.topic != "other topics" else row.topic, row.reported or 0)
-            for row in shown
-        ],
-        label="What residents reported, per topic",
+        [charts.Bar(topic_name(row.topic), row.reported or 0) for row in shown],
+        label=words["chart"],
         width=560,
     )
     response = _render(
@@ -364,10 +421,15 @@ async def transparency(request: Request, tenant: str) -> HTMLResponse:
         tenant=tenant,
         tenant_name=name,
         rows=rows,
-        start=start,
-        end=end,
+        start=format_date(start, language),
+        end=format_date(end, language),
         chart=chart,
         min_cell=context(request).settings.min_cell,
+        lang=language,
+        other_lang="en" if language == "nl" else "nl",
+        words=words,
+        topic_name=topic_name,
+        days=days,
     )
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
