@@ -1,0 +1,136 @@
+"""SQLAlchemy's aiosqlite adapter, with one thread hand-off per statement instead of three or four.
+
+aiosqlite runs every call on the connection's own thread: the event loop queues the call, wakes
+that thread and waits for its answer, and the thread in turn waits for the GIL. SQLAlchemy's
+adapter makes one such call to open a cursor, one to execute, one to fetch the rows and one to
+close the cursor, so a SELECT costs four hand-offs and an INSERT three. Under bench/pipeline's
+load those hand-offs were the largest single item in py-spy's profile of notifier's event loop
+(about an eighth of its samples) and of intake's (about a thirteenth).
+
+:class:`OneCallCursor` does the four steps in one function on the connection's thread and keeps
+what SQLAlchemy reads afterwards (the description, the rows, the row count, the last row id).
+Everything else (connections, transactions, the exceptions SQLAlchemy maps, server-side cursors
+for streamed results) stays SQLAlchemy's and aiosqlite's own. It uses two private names of
+aiosqlite's ``Connection`` (``_execute``, which queues a call on the thread, and ``_conn``, the
+``sqlite3`` connection), as SQLAlchemy's own adapter does for its isolation level; aiosqlite is
+pinned in the lock file, and ``libs/common/tests/test_sqlite_driver.py`` fails if they change.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import aiosqlite
+from sqlalchemy.connectors.asyncio import AsyncAdapt_dbapi_connection
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
+from sqlalchemy.util import EMPTY_DICT
+
+Outcome = tuple[Any, list[Any], int, int | None]
+"""What SQLAlchemy reads of an executed cursor: description, rows, row count, last row id."""
+
+
+def _run(connection: sqlite3.Connection, operation: str, parameters: Any) -> Outcome:
+    """On the connection's thread: execute, fetch every row, close the cursor."""
+    cursor = connection.cursor()
+    try:
+        if parameters is None:
+            cursor.execute(operation)
+        else:
+            cursor.execute(operation, parameters)
+        description = cursor.description
+        rows = cursor.fetchall() if description else []
+        return description, rows, cursor.rowcount, cursor.lastrowid
+    finally:
+        cursor.close()
+
+
+def _run_many(connection: sqlite3.Connection, operation: str, parameters: Sequence[Any]) -> Outcome:
+    cursor = connection.cursor()
+    try:
+        cursor.executemany(operation, parameters)
+        return cursor.description, [], cursor.rowcount, cursor.lastrowid
+    finally:
+        cursor.close()
+
+
+class OneCallCursor(AsyncAdapt_aiosqlite_cursor):
+    """A client-side cursor whose statement runs in a single call on the connection's thread."""
+
+    __slots__ = ("_arraysize", "_outcome_description", "_outcome_lastrowid", "_outcome_rowcount")
+
+    def __init__(self, adapt_connection: AsyncAdapt_dbapi_connection) -> None:
+        # No driver cursor is opened here (SQLAlchemy's opens one, a hand-off of its own).
+        self._adapt_connection = adapt_connection
+        self._connection = adapt_connection._connection
+        self._cursor = None  # type: ignore[assignment]
+        self._rows = deque()
+        self._soft_closed_memoized = EMPTY_DICT
+        self._outcome_description: Any = None
+        self._outcome_rowcount = -1
+        self._outcome_lastrowid: int | None = None
+        self._arraysize = 1
+
+    @property
+    def description(self) -> Any:
+        return self._outcome_description
+
+    @property
+    def rowcount(self) -> int:
+        return self._outcome_rowcount
+
+    @property
+    def lastrowid(self) -> int | None:  # type: ignore[override]
+        return self._outcome_lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return self._arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._arraysize = value
+
+    def _keep(self, outcome: Outcome) -> None:
+        self._outcome_description, rows, self._outcome_rowcount, self._outcome_lastrowid = outcome
+        self._rows = deque(rows)
+
+    async def _execute_async(self, operation: Any, parameters: Any) -> None:
+        async with self._adapt_connection._execute_mutex:
+            driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+            self._keep(await driver._execute(_run, driver._conn, operation, parameters))
+
+    async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> None:
+        async with self._adapt_connection._execute_mutex:
+            driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+            self._keep(await driver._execute(_run_many, driver._conn, operation, seq_of_parameters))
+
+    async def _async_soft_close(self) -> None:
+        """Nothing to close: the driver's cursor was closed on its thread after the statement."""
+
+    def close(self) -> None:
+        self._rows.clear()
+
+
+class OneCallConnection(AsyncAdapt_aiosqlite_connection):
+    __slots__ = ()
+    _cursor_cls = OneCallCursor
+
+
+class OneCallDbapi(AsyncAdapt_aiosqlite_dbapi):
+    """The DBAPI module SQLAlchemy's aiosqlite dialect uses (``create_async_engine(module=…)``),
+    handing out :class:`OneCallConnection` instead of SQLAlchemy's connection."""
+
+    def connect(self, *arg: Any, **kw: Any) -> OneCallConnection:
+        adapted = super().connect(*arg, **kw)
+        return OneCallConnection(self, adapted._connection)
+
+
+def dbapi() -> OneCallDbapi:
+    return OneCallDbapi(aiosqlite, sqlite3)

@@ -1,0 +1,130 @@
+"""The one-hand-off SQLite adapter answers exactly as SQLAlchemy's own aiosqlite adapter does.
+
+Each test runs the same statements through an engine with SQLAlchemy's stock adapter and through
+``create_engine`` (which uses :mod:`civicsignals.common.sqlite_driver`), on real SQLite files.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from civicsignals.common.db import create_engine
+from civicsignals.common.sqlite_driver import OneCallConnection, OneCallCursor
+
+metadata = MetaData()
+items = Table(
+    "items",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String, nullable=False, unique=True),
+    Column("size", Integer),
+)
+
+
+@pytest.fixture
+async def engines(tmp_path: Path) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    """(stock adapter, one-call adapter), each on a database file of its own."""
+    stock = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'stock.db'}")
+    ours = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'ours.db'}")
+    for engine in (stock, ours):
+        async with engine.begin() as connection:
+            await connection.run_sync(metadata.create_all)
+    yield stock, ours
+    for engine in (stock, ours):
+        await engine.dispose()
+
+
+async def test_the_driver_keeps_the_private_names_the_adapter_uses() -> None:
+    """aiosqlite's ``Connection._execute`` and ``_conn``: if an upgrade renames them, this fails
+    before anything else does."""
+    async with aiosqlite.connect(":memory:") as connection:
+        thread_of_call = await connection._execute(lambda: threading.current_thread())
+        assert thread_of_call is not threading.current_thread()  # it ran on the driver's thread
+        assert await connection._execute(lambda: connection._conn.execute("select 41 + 1").fetchone()) == (
+            42,
+        )
+
+
+async def test_engine_uses_the_one_call_cursor(engines: tuple[AsyncEngine, AsyncEngine]) -> None:
+    _, ours = engines
+    async with ours.connect() as connection:
+        raw = await connection.get_raw_connection()
+        assert isinstance(raw.dbapi_connection, OneCallConnection)
+        assert isinstance(raw.dbapi_connection.cursor(), OneCallCursor)
+
+
+async def _script(engine: AsyncEngine) -> list[Any]:
+    """Statements of every kind, and what SQLAlchemy made of each one's cursor."""
+    seen: list[Any] = []
+    async with engine.begin() as connection:
+        one = await connection.execute(insert(items).values(name="lamp", size=3))
+        seen.append(("insert", one.rowcount, one.inserted_primary_key))
+        many = await connection.execute(insert(items), [{"name": f"tree {i}", "size": i} for i in range(5)])
+        seen.append(("executemany", many.rowcount))
+        changed = await connection.execute(update(items).where(items.c.size < 3).values(size=0))
+        seen.append(("update", changed.rowcount))
+        rows = await connection.execute(select(items).order_by(items.c.id))
+        seen.append(("keys", list(rows.keys())))
+        seen.append(("rows", [tuple(row) for row in rows]))
+        first = await connection.execute(select(items.c.name).order_by(items.c.name))
+        seen.append(("fetchone", first.fetchone(), "fetchmany", first.fetchmany(2), "rest", first.fetchall()))
+        none = await connection.execute(select(items).where(items.c.id < 0))
+        seen.append(("empty", none.fetchall()))
+        returned = await connection.execute(
+            insert(items).values(name="bench", size=9).returning(items.c.id, items.c.name)
+        )
+        seen.append(("returning", returned.all()))
+        seen.append(("text", (await connection.execute(text("select count(*), sum(size) from items"))).one()))
+    streamed: list[Any] = []
+    async with engine.connect() as connection:  # a server-side cursor stays SQLAlchemy's own
+        result = await connection.stream(select(items.c.name).order_by(items.c.id))
+        async for row in result:
+            streamed.append(row.name)
+    seen.append(("streamed", streamed))
+    return seen
+
+
+async def test_every_kind_of_statement_answers_as_with_sqlalchemys_adapter(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    stock, ours = engines
+    expected = await _script(stock)
+    assert await _script(ours) == expected
+    assert (
+        "rows",
+        [
+            (1, "lamp", 3),
+            (2, "tree 0", 0),
+            (3, "tree 1", 0),
+            (4, "tree 2", 0),
+            (5, "tree 3", 3),
+            (6, "tree 4", 4),
+        ],
+    ) in expected
+
+
+async def test_a_failing_statement_raises_the_same_error_and_rolls_back_its_transaction(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    for engine in engines:
+        async with engine.begin() as connection:
+            await connection.execute(insert(items).values(name="lamp", size=1))
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as connection:
+                await connection.execute(insert(items).values(name="bin", size=2))
+                await connection.execute(insert(items).values(name="lamp", size=3))  # unique name
+        with pytest.raises(OperationalError, match="no such table"):
+            async with engine.begin() as connection:
+                await connection.execute(text("select * from missing"))
+        async with engine.connect() as connection:
+            names = (await connection.execute(select(items.c.name))).scalars().all()
+        assert names == ["lamp"], engine  # "bin" went with its transaction
