@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import random
+import re
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from urllib.parse import parse_qs, urlparse
 
 from civicsignals.common.bus import STREAM, Bus, stream_messages
 from civicsignals.common.events import CloudEvent
+from civicsignals.common.wording import format_date
 from civicsignals.insights import flows, reports, synthetic
+from civicsignals.insights.pages import STAFF_WORDS, Wording, with_language
 
 from .conftest import Insights
 
@@ -220,9 +224,13 @@ async def test_the_dashboard_needs_a_login_and_a_revoked_key_ends_it(insights: I
     ]
 
     wrong = await insights.client.post(
-        "/dashboard/login", data={"api_key": "cs_nope.nope", "next": "/dashboard"}
+        "/dashboard/login", data={"api_key": "cs_nope.nope", "next": "/dashboard", "lang": "en"}
     )
     assert wrong.status_code == 401 and "not valid" in wrong.text
+    dutch = await insights.client.post(
+        "/dashboard/login", data={"api_key": "cs_nope.nope", "next": "/dashboard"}
+    )
+    assert dutch.status_code == 401 and "Deze API-sleutel is niet geldig." in dutch.text
     good = await insights.client.post(
         "/dashboard/login", data={"api_key": insights.key, "next": "https://evil.example/"}
     )
@@ -244,3 +252,307 @@ async def test_the_dashboard_needs_a_login_and_a_revoked_key_ends_it(insights: I
     assert (await insights.client.get("/dashboard")).status_code == 303
     bearer = await insights.client.get("/dashboard", headers=insights.auth)
     assert bearer.status_code == 401
+
+
+# -- the staff pages in Dutch and in English --------------------------------------------------------
+
+LINK = re.compile(r'\b(href|action)="([^"]*)"')
+LANG_INPUT = '<input type="hidden" name="lang" value="en">'
+
+
+def _links(page: str, attribute: str = "href") -> list[str]:
+    """The page's links (or form actions) to the dashboard's own pages; the exports and the link to
+    the other language left out."""
+    found = [html.unescape(url) for kind, url in LINK.findall(page) if kind == attribute]
+    switch = re.search(r'<a class="other-language" href="([^"]*)"', page)
+    return [
+        url
+        for url in found
+        if url.startswith("/dashboard")
+        and "/exports/" not in url
+        and not (switch and url == html.unescape(switch.group(1)))
+    ]
+
+
+def _lang(url: str) -> list[str]:
+    return parse_qs(urlparse(url).query).get("lang", [])
+
+
+def _other_language(page: str) -> str:
+    found = re.search(r'<a class="other-language" href="([^"]*)"', page)
+    assert found, page
+    return html.unescape(found.group(1))
+
+
+def _untranslated(page: str, language: str) -> list[str]:
+    """Phrases of the other language's words (at least 8 characters between placeholders) that
+    appear on a page: none should, except where both languages say the same."""
+    own, other = STAFF_WORDS[language], STAFF_WORDS["en" if language == "nl" else "nl"]
+    shown = re.sub(r"<[^>]*>", " ", page) + " ".join(re.findall(r'(?:title|aria-label)="([^"]*)"', page))
+    text = html.unescape(shown)
+    fragments = {
+        part.strip()
+        for key, value in other.items()
+        if value != own[key]
+        for part in re.split(r"\{\w+\}", value)
+        if len(part.strip()) >= 8
+    }
+    return sorted(part for part in fragments if re.search(rf"(?<![\w:]){re.escape(part)}(?![\w:])", text))
+
+
+def test_the_staff_words_have_the_same_keys_in_both_languages() -> None:
+    assert STAFF_WORDS["nl"].keys() == STAFF_WORDS["en"].keys()
+    for key, dutch in STAFF_WORDS["nl"].items():  # the same placeholders, so no page breaks in one
+        assert set(re.findall(r"\{\w+\}", dutch)) == set(re.findall(r"\{\w+\}", STAFF_WORDS["en"][key])), key
+
+
+def test_a_redirect_keeps_or_changes_the_language_of_its_target() -> None:
+    assert with_language("/dashboard?topic=afval", "nl") == "/dashboard?topic=afval"
+    assert with_language("/dashboard?topic=afval", "en") == "/dashboard?topic=afval&lang=en"
+    assert with_language("/dashboard?topic=afval&lang=en", "en") == "/dashboard?topic=afval&lang=en"
+    assert with_language("/dashboard?lang=en&topic=afval", "nl") == "/dashboard?topic=afval"
+    assert with_language("/dashboard?lang=en", "nl") == "/dashboard"
+    english, dutch = Wording("en"), Wording("nl")
+    assert (english.number(3.75), dutch.number(3.75), dutch.number(1.2e-5, ".1e")) == (
+        "3.75",
+        "3,75",
+        "1,2e-05",
+    )
+    assert (english.day(date(2026, 12, 7)), dutch.day(date(2026, 12, 7))) == ("2026-12-07", "7 december 2026")
+    assert (english.value("kind", "complaint"), dutch.value("kind", "complaint")) == ("complaint", "klacht")
+    assert dutch.value("area", "centrum") == "centrum" and dutch.topic("unclassified") == "nog niet ingedeeld"
+
+
+async def test_the_dashboard_is_dutch_by_default_and_english_on_request(insights: Insights) -> None:
+    await _load(insights, days=20)
+    dutch = (await insights.client.get("/dashboard", params=_period(), headers=insights.auth)).text
+    assert '<html lang="nl">' in dutch and "<title>Gouda · Civic Signals inzichten</title>" in dutch
+    for phrase in (
+        "Meldingen in de tijd",
+        "Onderwerp per taal",
+        "Afdelingen",
+        "Opkomende kwesties",
+        "Tevredenheid per onderwerp",
+        "Openstaande zaken",
+        "Afmelden",
+        "Mediane doorlooptijd",
+        'aria-label="Meldingen per kanaal"',
+        "<h2>Soort</h2>",
+        ">telefoon</text>",
+        'title="Afval, taal nl: ',
+        "Klik op een label in een grafiek",
+        "Openbare transparantiepagina",
+    ):
+        assert phrase in dutch, phrase
+    assert _untranslated(dutch, "nl") == []
+    assert re.search(r">\d,\d+ / 5 <", dutch)  # mean satisfaction with a decimal comma
+    assert re.search(r">\d,\d+</text>", dutch)  # and so the bar of the satisfaction chart
+    assert not re.search(r">\d\.\d+ / 5 <", dutch)
+    assert re.search(
+        r"<title>[^<]*\d{1,2} (januari|februari|maart|april|mei|juni|juli|augustus|september|"
+        r"oktober|november|december) \d{4}: alle meldingen \d",
+        dutch,
+    )  # a day's hover text
+    switch = _other_language(dutch)
+    assert _lang(switch) == ["en"] and parse_qs(urlparse(switch).query)["from"] == [_period()["from"]]
+    assert all(_lang(url) == [] for url in _links(dutch))  # Dutch, the default, needs no lang
+
+    english = (await insights.client.get(switch, headers=insights.auth)).text
+    assert '<html lang="en">' in english and "<title>Gouda · Civic Signals insights</title>" in english
+    for phrase in (
+        "Signals over time",
+        "Topic by language",
+        "Departments",
+        "Emerging issues",
+        "Satisfaction by topic",
+        "Open cases",
+        "Sign out",
+        "Median to resolve",
+        'aria-label="Signals per channel"',
+        "<h2>Kind</h2>",
+        ">phone</text>",
+        'title="Afval in nl: ',
+        "Public transparency page",
+    ):
+        assert phrase in english, phrase
+    assert _untranslated(english, "en") == []
+    assert re.search(r">\d\.\d+ / 5 <", english) and not re.search(r">\d,\d+ / 5 <", english)
+    assert re.search(r"<title>\d{4}-\d\d-\d\d: all signals \d", english)
+    assert _lang(_other_language(english)) == ["nl"]
+    # Every link and form of the English page keeps it English; the exports stay as they were.
+    links = _links(english)
+    assert len(links) > 100 and all(_lang(url) == ["en"] for url in links), [u for u in links if not _lang(u)]
+    assert english.count(LANG_INPUT) == 2  # the period form and the "largest six" form
+    assert _links(english, "action") == ["/dashboard/logout?lang=en", "/dashboard", "/dashboard"]
+    assert 'href="/transparency/gouda?lang=en"' in english
+    exports = [u for _, u in LINK.findall(english) if "/exports/" in u]
+    assert exports and not any(_lang(html.unescape(u)) for u in exports)
+
+    unknown = await insights.client.get("/dashboard", params={"lang": "xx"}, headers=insights.auth)
+    assert unknown.status_code == 200 and '<html lang="nl">' in unknown.text
+    assert "Meldingen in de tijd" in unknown.text
+
+
+async def test_a_filter_link_and_the_signal_list_keep_the_language(insights: Insights) -> None:
+    await _load(insights, days=20)
+    english = (await insights.client.get("/dashboard", params={"lang": "en"}, headers=insights.auth)).text
+    narrow = next(
+        u
+        for u in _links(english)
+        if urlparse(u).path == "/dashboard" and "topic" in parse_qs(urlparse(u).query)
+    )
+    narrowed = (await insights.client.get(narrow, headers=insights.auth)).text
+    assert (
+        '<html lang="en">' in narrowed and "topic: " in narrowed and 'title="remove this filter"' in narrowed
+    )
+    assert "Subtopic of " in narrowed
+    assert all(_lang(u) == ["en"] for u in _links(narrowed)), [u for u in _links(narrowed) if not _lang(u)]
+
+    drill = next(u for u in _links(narrowed) if urlparse(u).path == "/dashboard/signals")
+    listing = (await insights.client.get(drill, headers=insights.auth)).text
+    assert (
+        '<html lang="en">' in listing
+        and "<th>Received</th>" in listing
+        and "Back to the dashboard" in listing
+    )
+    assert all(_lang(u) == ["en"] for u in _links(listing))
+
+    everything = (
+        await insights.client.get(
+            "/dashboard/signals", params={**_period(), "lang": "en"}, headers=insights.auth
+        )
+    ).text
+    older = next(u for u in _links(everything) if "cursor" in u)
+    assert _lang(older) == ["en"] and "Older signals →" in everything
+    assert '<html lang="en">' in (await insights.client.get(older, headers=insights.auth)).text
+    assert f"<h1>Signals {_period()['from']} to {TODAY.isoformat()}</h1>" in everything
+    dutch_list = (await insights.client.get("/dashboard/signals", headers=insights.auth)).text
+    older = next(u for u in _links(dutch_list) if "cursor" in u)
+    assert _lang(older) == [] and "Oudere meldingen →" in dutch_list
+    assert re.search(r'<td class="nowrap">\d{4}-\d\d-\d\d \d\d:\d\d</td>', everything)
+
+    dutch = (await insights.client.get("/dashboard", headers=insights.auth)).text
+    narrow = next(
+        u
+        for u in _links(dutch)
+        if urlparse(u).path == "/dashboard" and "topic" in parse_qs(urlparse(u).query)
+    )
+    narrowed = (await insights.client.get(narrow, headers=insights.auth)).text
+    assert (
+        '<html lang="nl">' in narrowed
+        and "onderwerp: " in narrowed
+        and 'title="dit filter weghalen"' in narrowed
+    )
+    assert "Subonderwerp van " in narrowed
+
+    passive = await insights.client.get(
+        "/dashboard/signals", params={**_period(), "mode": "passive"}, headers=insights.auth
+    )
+    text = passive.text
+    assert '<html lang="nl">' in text and "<title>Meldingen · Gouda</title>" in text
+    heading = (
+        f"Meldingen van {format_date(TODAY - timedelta(days=40), 'nl')} tot en met {format_date(TODAY, 'nl')}"
+    )
+    assert f"<h1>{heading}</h1>" in text
+    for phrase in (
+        "modus: <strong>passief</strong>",
+        "<th>Ontvangen</th>",
+        "<th>Kanaal</th>",
+        "(gesprek)",
+        "Terug naar het dashboard",
+        "vervangen door plaatshouders",
+    ):
+        assert phrase in text, phrase
+    assert re.search(r'<td class="nowrap">\d{1,2} [a-z]+ \d{4}, \d\d:\d\d</td>', text)
+    assert "(conversation)" not in text and "Received" not in text
+    assert _lang(_other_language(text)) == ["en"] and parse_qs(urlparse(_other_language(text)).query)[
+        "mode"
+    ] == ["passive"]
+    english_list = (await insights.client.get(_other_language(text), headers=insights.auth)).text
+    assert "(conversation)" in english_list and "mode: <strong>passive</strong>" in english_list
+    unknown = await insights.client.get("/dashboard/signals", params={"lang": "xx"}, headers=insights.auth)
+    assert unknown.status_code == 200 and '<html lang="nl">' in unknown.text
+
+
+async def test_the_login_page_in_both_languages_and_the_language_kept_across_login(
+    insights: Insights, make_tenant
+) -> None:
+    await _load(insights, days=5)
+    form = await insights.client.get("/dashboard/login")
+    assert form.status_code == 200 and '<html lang="nl">' in form.text
+    for phrase in (
+        "<title>Aanmelden · Civic Signals inzichten</title>",
+        "Aanmelden bij het dashboard",
+        '<label for="api_key">API-sleutel</label>',
+        '<input type="hidden" name="lang" value="nl">',
+    ):
+        assert phrase in form.text, phrase
+    assert _untranslated(form.text, "nl") == []
+    assert "Sign in" not in form.text
+    english_form = await insights.client.get("/dashboard/login", params={"lang": "en"})
+    assert '<html lang="en">' in english_form.text and "Sign in to the dashboard" in english_form.text
+    assert "<title>Sign in · Civic Signals insights</title>" in english_form.text
+    assert _untranslated(english_form.text, "en") == []
+    unknown = await insights.client.get("/dashboard/login", params={"lang": "xx"})
+    assert unknown.status_code == 200 and "Aanmelden bij het dashboard" in unknown.text
+
+    # An English page asked for without a login: the login form is English, and so is the page after.
+    anonymous = await insights.client.get("/dashboard", params={"topic": "afval", "lang": "en"})
+    assert anonymous.status_code == 303
+    location = anonymous.headers["location"]
+    assert urlparse(location).path == "/dashboard/login" and _lang(location) == ["en"]
+    assert parse_qs(urlparse(location).query)["next"] == ["/dashboard?topic=afval&lang=en"]
+    login = (await insights.client.get(location)).text
+    assert "Sign in to the dashboard" in login and LANG_INPUT in login
+    assert 'name="next" value="/dashboard?topic=afval&amp;lang=en"' in login
+    to_dutch = _other_language(login)
+    assert _lang(to_dutch) == ["nl"] and parse_qs(urlparse(to_dutch).query)["next"] == [
+        "/dashboard?topic=afval&lang=en"
+    ]
+
+    next_url = "/dashboard?topic=afval&lang=en"
+    wrong = await insights.client.post(
+        "/dashboard/login", data={"api_key": "cs_no.no", "next": next_url, "lang": "en"}
+    )
+    assert wrong.status_code == 401 and "the API key is not valid" in wrong.text and LANG_INPUT in wrong.text
+    assert parse_qs(urlparse(_other_language(wrong.text)).query)["next"] == [next_url]
+    wrong = await insights.client.post(
+        "/dashboard/login", data={"api_key": "cs_no.no", "next": next_url, "lang": "nl"}
+    )
+    assert (
+        wrong.status_code == 401
+        and "Deze API-sleutel is niet geldig." in wrong.text
+        and '<html lang="nl">' in wrong.text
+    )
+    unscoped = make_tenant("gouda", scopes=["signals:write"])
+    insights.app.state.tenants.refresh(force=True)
+    lacking = await insights.client.post("/dashboard/login", data={"api_key": unscoped.key, "next": next_url})
+    assert (
+        lacking.status_code == 403
+        and "Deze sleutel heeft de scope 'insights:read' niet." in html.unescape(lacking.text)
+    )
+    lacking = await insights.client.post("/dashboard/login", data={"api_key": unscoped.key, "lang": "en"})
+    assert lacking.status_code == 403 and "this key lacks 'insights:read'" in html.unescape(lacking.text)
+
+    good = await insights.client.post(
+        "/dashboard/login", data={"api_key": insights.key, "next": next_url, "lang": "en"}
+    )
+    assert good.status_code == 303 and good.headers["location"] == next_url
+    after = (await insights.client.get(good.headers["location"])).text
+    assert '<html lang="en">' in after and "Signals over time" in after and "topic: Afval" in after
+
+    # Switched to Dutch on the login form: the choice made last wins.
+    switched = await insights.client.post(
+        "/dashboard/login", data={"api_key": insights.key, "next": next_url, "lang": "nl"}
+    )
+    assert switched.headers["location"] == "/dashboard?topic=afval"
+    # And straight to an English login form, with no page asked for: the dashboard in English.
+    plain = await insights.client.post(
+        "/dashboard/login", data={"api_key": insights.key, "next": "", "lang": "en"}
+    )
+    assert plain.headers["location"] == "/dashboard?lang=en"
+
+    out = await insights.client.post("/dashboard/logout", params={"lang": "en"})
+    assert out.status_code == 303 and out.headers["location"] == "/dashboard/login?lang=en"
+    out = await insights.client.post("/dashboard/logout")
+    assert out.headers["location"] == "/dashboard/login"

@@ -1,6 +1,6 @@
 """The dashboard and the transparency page in headless Chromium: they load without console errors,
-their charts are drawn, small cells stay hidden, and a screenshot of each is kept in
-``test-artifacts/insights/``."""
+their charts are drawn, the dashboard reads Dutch (English by its link, kept when filtering), small
+cells stay hidden, and a screenshot of each is kept in ``test-artifacts/insights/``."""
 
 from __future__ import annotations
 
@@ -33,9 +33,13 @@ CHARTS_DRAWN = """(() => {
     bars: [...document.querySelectorAll('svg.chart rect.bar')].filter(r => r.width.baseVal.value > 0).length,
     styled: getComputedStyle(document.body).fontFamily.length > 0 && getComputedStyle(document.querySelector('header.top')).display === 'flex',
     path: location.pathname,
+    lang: document.documentElement.lang,
     text: document.body.textContent,
   };
 })()"""
+
+NARROW_BY_TOPIC = """[...document.querySelectorAll('#topics svg a')]
+  .map(a => a.getAttribute('href')).find(href => href.startsWith('/dashboard?'))"""
 
 
 async def _data(insights: Insights) -> None:
@@ -81,16 +85,38 @@ async def test_dashboard_and_transparency_page_in_chromium(insights: Insights, t
             "document.querySelector('form').submit();"
         )
         dashboard = await page.evaluate(CHARTS_DRAWN)
-        assert dashboard["path"] == "/dashboard"
+        assert dashboard["path"] == "/dashboard" and dashboard["lang"] == "nl"
         assert dashboard["charts"] >= 7 and dashboard["drawn"] == dashboard["charts"], dashboard
         assert dashboard["lines"] >= 2 and dashboard["bars"] >= 20 and dashboard["styled"], dashboard
-        assert "Emerging issues" in dashboard["text"] and "Burgerzaken" in dashboard["text"]
+        # Dutch for the municipality's staff: headings, a Dutch date, a decimal comma.
+        assert "Opkomende kwesties" in dashboard["text"] and "Burgerzaken" in dashboard["text"]
+        assert "Emerging issues" not in dashboard["text"]
+        assert re.search(
+            r"\d{1,2} [a-z]+ \d{4} ·\s+Burgerzaken:\s+\d+ meldingen tegen \d+,\d verwacht",
+            dashboard["text"],
+        ), dashboard["text"]
+        assert re.search(r"\d,\d+ / 5", dashboard["text"]), dashboard["text"]
         assert "Begraafplaatsen" in dashboard["text"]  # staff see every topic, however small
         await page.screenshot(ARTIFACTS / "dashboard.png")
+
+        # English through the link in the header, kept when a chart label narrows the view.
+        await page.goto(
+            base + await page.evaluate("document.querySelector('a.other-language').getAttribute('href')")
+        )
+        english = await page.evaluate(CHARTS_DRAWN)
+        assert english["lang"] == "en" and "Emerging issues" in english["text"], english["text"]
+        assert english["charts"] == dashboard["charts"] and english["drawn"] == english["charts"], english
+        await page.goto(base + await page.evaluate(NARROW_BY_TOPIC))
+        narrowed = await page.evaluate(CHARTS_DRAWN)
+        assert (
+            narrowed["lang"] == "en" and "topic: " in narrowed["text"] and "Subtopic of" in narrowed["text"]
+        )
+        await page.screenshot(ARTIFACTS / "dashboard-en.png")
 
         await page.goto(f"{base}/dashboard/signals?topic=burgerzaken&language=en")
         listing = await page.evaluate("document.querySelectorAll('table.signals tbody tr').length")
         assert listing == 50
+        assert await page.evaluate("document.documentElement.lang") == "nl"
         await page.screenshot(ARTIFACTS / "signals.png")
 
         public = await browser.new_page()

@@ -4,7 +4,8 @@ as the CSV beside them.
 No chart library is needed, so none is vendored or fetched: a line chart for volume over time, a
 bar chart for breakdowns (every bar links to the view narrowed to it and to the signals behind
 it), and a colour scale for the topic-by-language table. Colours are the Okabe-Ito palette, which
-stays distinguishable for the common forms of colour blindness.
+stays distinguishable for the common forms of colour blindness. The pages give the words: labels
+and series names, and a :class:`ChartWords` for the rest (decimal sign, days, the empty chart).
 """
 
 from __future__ import annotations
@@ -33,8 +34,32 @@ def nice_ticks(maximum: float, count: int = 4) -> list[float]:
     return ticks
 
 
-def _number(value: float) -> str:
-    return f"{value:,.0f}".replace(",", " ") if float(value).is_integer() else f"{value:.2f}"
+def _number(value: float, decimal: str = ".") -> str:
+    if float(value).is_integer():
+        return f"{value:,.0f}".replace(",", " ")
+    return f"{value:.2f}".replace(".", decimal)
+
+
+def _day_month(day: date) -> str:
+    return day.strftime("%d %b")
+
+
+@dataclass(frozen=True)
+class ChartWords:
+    """What a chart writes besides the labels it is given: the empty chart's text, the decimal
+    sign and the days, so a Dutch page's chart says "3,57" and "7 dec". English by default, as
+    every chart was before; the staff pages pass their page's language (the public page's chart,
+    whole numbers only, keeps the default)."""
+
+    empty: str = "no signals in this view"
+    decimal: str = "."
+    axis_day: Callable[[date], str] = _day_month
+    """A day under the time axis (``07 Dec``, ``7 dec``)."""
+    tip_day: Callable[[date], str] = date.isoformat
+    """A day in a period's hover text (``2026-12-07``, ``7 december 2026``)."""
+
+
+ENGLISH = ChartWords()
 
 
 @dataclass(frozen=True)
@@ -50,6 +75,7 @@ def line_chart(
     link: Callable[[date], str] | None = None,
     width: int = 1180,
     height: int = 260,
+    wording: ChartWords = ENGLISH,
 ) -> Markup:
     """Lines over time, one per series, with a legend; each period links to its signals."""
     left, right, top, bottom = 48, 12, 28, 26
@@ -59,7 +85,7 @@ def line_chart(
     ticks = nice_ticks(peak)
     top_value = ticks[-1] or 1.0
     if not days:
-        return _empty(label, width, height)
+        return _empty(label, width, height, wording)
     index = {d: i for i, d in enumerate(days)}
     step = plot_w / max(1, len(days) - 1)
 
@@ -74,14 +100,14 @@ def line_chart(
         parts.append(
             f'<line x1="{left}" x2="{width - right}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#e3e3e3"/>'
             f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end" font-size="11" fill="#555" {FONT}>'
-            f"{_number(tick)}</text>"
+            f"{_number(tick, wording.decimal)}</text>"
         )
     label_every = max(1, math.ceil(len(days) / 8))
     for i, d in enumerate(days):
         if i % label_every == 0:
             parts.append(
                 f'<text x="{x(d):.1f}" y="{height - 8}" text-anchor="middle" font-size="11" fill="#555" {FONT}>'
-                f"{d.strftime('%d %b')}</text>"
+                f"{escape(wording.axis_day(d))}</text>"
             )
     for number, one in enumerate(series):
         colour = PALETTE[number % len(PALETTE)]
@@ -98,7 +124,9 @@ def line_chart(
     # One transparent column per period: hovering tells the numbers, clicking opens the signals.
     totals = {d: [(s.name, v) for s in series for pd, v in s.points if pd == d] for d in days}
     for d in days:
-        tip = f"{d.isoformat()}: " + ", ".join(f"{name} {_number(v)}" for name, v in totals[d])
+        tip = f"{wording.tip_day(d)}: " + ", ".join(
+            f"{name} {_number(v, wording.decimal)}" for name, v in totals[d]
+        )
         column = (
             f'<rect x="{x(d) - step / 2:.1f}" y="{top}" width="{max(step, 4):.1f}" height="{plot_h}" '
             f'fill="transparent"><title>{escape(tip)}</title></rect>'
@@ -126,10 +154,11 @@ def bar_chart(
     maximum: float | None = None,
     colour: str = PALETTE[0],
     row_height: int = 22,
+    wording: ChartWords = ENGLISH,
 ) -> Markup:
     """Horizontal bars, largest first as given, with the value at the end of each bar."""
     if not bars:
-        return _empty(label, width, 60)
+        return _empty(label, width, 60, wording)
     label_w, value_w = 130, 56
     plot_w = width - label_w - value_w
     top_value = maximum or max((b.value for b in bars), default=0) or 1.0
@@ -146,9 +175,9 @@ def bar_chart(
         length = max(1.0, bar.value / top_value * plot_w) if bar.value > 0 else 0.0
         body = (
             f'<rect class="bar" x="{label_w}" y="{y + 3}" width="{length:.1f}" height="{row_height - 6}" '
-            f'fill="{colour}" rx="2"><title>{escape(bar.label)}: {_number(bar.value)}</title></rect>'
+            f'fill="{colour}" rx="2"><title>{escape(bar.label)}: {_number(bar.value, wording.decimal)}</title></rect>'
             f'<text x="{label_w + length + 5:.1f}" y="{y + 15}" font-size="12" fill="#222" {FONT}>'
-            f"{_number(bar.value)}</text>"
+            f"{_number(bar.value, wording.decimal)}</text>"
         )
         parts.append(f'<a href="{escape(bar.href)}">{body}</a>' if bar.href else body)
     parts.append("</svg>")
@@ -184,9 +213,9 @@ def _open(label: str, width: int, height: int, kind: str = "bars") -> str:
     )
 
 
-def _empty(label: str, width: int, height: int) -> Markup:
-    return Markup(  # noqa: S704 - the label is escaped in _open
+def _empty(label: str, width: int, height: int, wording: ChartWords) -> Markup:
+    return Markup(  # noqa: S704 - the label and the text are escaped
         _open(label, width, height)
         + f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="13" fill="#777" {FONT}>'
-        "no signals in this view</text></svg>"
+        f"{escape(wording.empty)}</text></svg>"
     )

@@ -2,15 +2,21 @@
 
 Server-rendered with Jinja2; the charts are SVG drawn in :mod:`charts`, so the pages need no
 JavaScript at all and load nothing from outside the service.
+
+Both speak Dutch unless ``?lang=en`` asks for English: the staff and the residents of a Dutch
+municipality read them. The staff pages carry that choice in the URLs they build (``lang=en`` on
+every link, form and redirect of an English page; nothing on a Dutch one, Dutch being the default)
+rather than in a cookie, just as the public page does: a link copied to a colleague opens in the
+language it was copied in, and there is no second cookie to keep, expire or explain.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, parse_qsl, urlencode
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -18,7 +24,7 @@ from fastapi.templating import Jinja2Templates
 
 from civicsignals.common.auth import Principal, authenticate, get_registry
 from civicsignals.common.problems import Problem
-from civicsignals.common.wording import format_date, language_of
+from civicsignals.common.wording import DEFAULT_LANGUAGE, format_date, language_of
 from civicsignals.insights import charts, reports, service
 from civicsignals.insights.models import DIMENSIONS, UNCLASSIFIED
 from civicsignals.insights.service import Filters
@@ -54,12 +60,392 @@ def _render(request: Request, name: str, status: int = 200, **values: Any) -> HT
     return response
 
 
+# -- the staff pages' words ----------------------------------------------------------------------
+
+STAFF_WORDS: dict[str, dict[str, str]] = {
+    "nl": {
+        "app": "Civic Signals inzichten",
+        "section": "inzichten",
+        "other_language": "English",
+        "none": "(geen)",
+        "unclassified": "nog niet ingedeeld",
+        "n/a": "n.v.t.",
+        # signing in
+        "login_title": "Aanmelden",
+        "login_heading": "Aanmelden bij het dashboard",
+        "login_scope": "Gebruik een API-sleutel van uw gemeente met de scope",
+        "login_kept": "De sleutel wordt één keer gecontroleerd; de browser bewaart alleen een "
+        "ondertekende aanmelding die een werkdag geldig blijft.",
+        "api_key": "API-sleutel",
+        "sign_in": "Aanmelden",
+        "sign_out": "Afmelden",
+        "key_not_valid": "Deze API-sleutel is niet geldig.",
+        "key_revoked": "Deze API-sleutel is ingetrokken.",
+        "key_expired": "Deze API-sleutel is verlopen.",
+        "key_refused": "Deze API-sleutel wordt niet geaccepteerd.",
+        "key_lacks_scope": "Deze sleutel heeft de scope '{scope}' niet.",
+        # the filters
+        "from": "Van",
+        "to": "Tot en met",
+        "per": "Per",
+        "show": "Tonen",
+        "remove_filter": "dit filter weghalen",
+        "hint": "Klik op een label in een grafiek om erop te filteren, op een staaf of een getal om de "
+        "meldingen erachter te zien.",
+        "interval.day": "dag",
+        "interval.week": "week",
+        "interval.month": "maand",
+        "dimension.topic": "onderwerp",
+        "dimension.subtopic": "subonderwerp",
+        "dimension.channel": "kanaal",
+        "dimension.kind": "soort",
+        "dimension.language": "taal",
+        "dimension.area": "gebied",
+        "dimension.mode": "modus",
+        # the values of the closed lists among the dimensions (DESIGN §4); other values are shown as they are
+        "channel.web": "web",
+        "channel.app": "app",
+        "channel.phone": "telefoon",
+        "channel.email": "e-mail",
+        "channel.chat": "chat",
+        "channel.social": "sociale media",
+        "channel.survey": "enquête",
+        "channel.counter": "balie",
+        "channel.open311": "open311",
+        "kind.report": "melding",
+        "kind.complaint": "klacht",
+        "kind.question": "vraag",
+        "kind.feedback": "feedback",
+        "kind.idea": "idee",
+        "kind.compliment": "compliment",
+        "mode.active": "actief",
+        "mode.passive": "passief",
+        "area.unknown": "onbekend",
+        # the dashboard
+        "kpi_signals": "Meldingen",
+        "kpi_passive": "Passief (telefoon, chat)",
+        "kpi_open": "Openstaande zaken",
+        "kpi_sla": "Binnen de termijn",
+        "kpi_feedback": "Tevredenheidsreacties",
+        "volume": "Meldingen in de tijd",
+        "volume_note": "Actieve meldingen komen binnen via portalen, apps en formulieren; passieve zijn "
+        "telefoon- en chatgesprekken. Klik op een {interval} om de meldingen ervan te lezen.",
+        "volume_chart": "Meldingen per {interval}",
+        "series_all": "alle meldingen",
+        "series.active": "actief (portalen, apps)",
+        "series.passive": "passief (telefoon, chat)",
+        "split": "In de tijd per {split}",
+        "split_largest": "De zes grootste waarden van",
+        "split_chart": "Meldingen per {interval}, de {count} grootste waarden van {split}",
+        "bars_chart": "Meldingen per {dimension}",
+        "subtopic_of": "Subonderwerp van {topic}",
+        "chart_empty": "geen meldingen in deze weergave",
+        "heatmap": "Onderwerp per taal",
+        "heatmap_cell": "{topic}, taal {language}: {count}",
+        "no_signals": "Geen meldingen in deze weergave.",
+        "departments": "Afdelingen",
+        "departments_note": "Zaken die in de periode zijn geopend. Binnen de termijn: opgelost vóór de "
+        "streefdatum, van de zaken die er een hadden en die zijn opgelost of waarvan de streefdatum "
+        "voorbij is.",
+        "department": "Afdeling",
+        "cases": "Zaken",
+        "open": "Open",
+        "overdue": "Te laat",
+        "sla_met": "Binnen termijn",
+        "median": "Mediane doorlooptijd",
+        "satisfaction": "Tevredenheid",
+        "of_judged": "van {count}",
+        "hours": "{hours} u",
+        "no_cases": "Geen zaken in deze weergave.",
+        "satisfaction_heading": "Tevredenheid per onderwerp",
+        "satisfaction_chart": "Gemiddelde tevredenheidsscore (1 tot 5) per onderwerp",
+        "emerging": "Opkomende kwesties",
+        "emerging_note": "Een dag valt op als het aantal onwaarschijnlijk hoog is tegenover dezelfde "
+        "weekdag in de {weeks} weken ervoor (exacte voorwaardelijke Poissontoets). Opgegeven kans op "
+        "vals alarm: {rate} per reeks per dag; dagen met minder dan {min} meldingen vallen nooit op.",
+        "issue_area": "gebied {area}",
+        "issue_counts": "{observed} meldingen tegen {expected} verwacht",
+        "issue_evidence": "(p = {p}; basislijn {baseline})",
+        "no_issues": "Geen in deze periode.",
+        "all_signals": "Alle meldingen in deze weergave",
+        "transparency": "Openbare transparantiepagina",
+        # the list of signals
+        "signals_title": "Meldingen",
+        "signals_heading": "Meldingen van {start} tot en met {end}",
+        "redacted": "Teksten zijn bij binnenkomst ontdaan van persoonsgegevens: contactgegevens en "
+        "nummers die een persoon herkenbaar maken, zijn vervangen door plaatshouders.",
+        "back": "Terug naar het dashboard",
+        "received": "Ontvangen",
+        "text": "Tekst",
+        "conversation": "(gesprek)",
+        "older": "Oudere meldingen →",
+    },
+    "en": {
+        "app": "Civic Signals insights",
+        "section": "insights",
+        "other_language": "Nederlands",
+        "none": "(none)",
+        "unclassified": "not yet classified",
+        "n/a": "n/a",
+        "login_title": "Sign in",
+        "login_heading": "Sign in to the dashboard",
+        "login_scope": "Use an API key of your municipality that has the scope",
+        "login_kept": "The key is checked once; the browser keeps only a signed login that lasts a "
+        "working day.",
+        "api_key": "API key",
+        "sign_in": "Sign in",
+        "sign_out": "Sign out",
+        "key_not_valid": "the API key is not valid",
+        "key_revoked": "the API key has been revoked",
+        "key_expired": "the API key has expired",
+        "key_refused": "the API key was refused",
+        "key_lacks_scope": "this key lacks '{scope}'",
+        "from": "From",
+        "to": "To",
+        "per": "Per",
+        "show": "Show",
+        "remove_filter": "remove this filter",
+        "hint": "Click a label in a chart to filter by it, a bar or a number to see the signals behind it.",
+        "interval.day": "day",
+        "interval.week": "week",
+        "interval.month": "month",
+        "dimension.topic": "topic",
+        "dimension.subtopic": "subtopic",
+        "dimension.channel": "channel",
+        "dimension.kind": "kind",
+        "dimension.language": "language",
+        "dimension.area": "area",
+        "dimension.mode": "mode",
+        "channel.web": "web",
+        "channel.app": "app",
+        "channel.phone": "phone",
+        "channel.email": "email",
+        "channel.chat": "chat",
+        "channel.social": "social",
+        "channel.survey": "survey",
+        "channel.counter": "counter",
+        "channel.open311": "open311",
+        "kind.report": "report",
+        "kind.complaint": "complaint",
+        "kind.question": "question",
+        "kind.feedback": "feedback",
+        "kind.idea": "idea",
+        "kind.compliment": "compliment",
+        "mode.active": "active",
+        "mode.passive": "passive",
+        "area.unknown": "unknown",
+        "kpi_signals": "Signals",
+        "kpi_passive": "Passive (phone, chat)",
+        "kpi_open": "Open cases",
+        "kpi_sla": "SLA met",
+        "kpi_feedback": "Feedback answers",
+        "volume": "Signals over time",
+        "volume_note": "Active signals come from portals, apps and forms; passive ones are phone and chat "
+        "conversations. Click a {interval} to read its signals.",
+        "volume_chart": "Signals per {interval}",
+        "series_all": "all signals",
+        "series.active": "active (portals, apps)",
+        "series.passive": "passive (phone, chat)",
+        "split": "Over time by {split}",
+        "split_largest": "The largest six of",
+        "split_chart": "Signals per {interval}, the {count} largest values of {split}",
+        "bars_chart": "Signals per {dimension}",
+        "subtopic_of": "Subtopic of {topic}",
+        "chart_empty": "no signals in this view",
+        "heatmap": "Topic by language",
+        "heatmap_cell": "{topic} in {language}: {count}",
+        "no_signals": "No signals in this view.",
+        "departments": "Departments",
+        "departments_note": "Cases opened in the period. SLA met: resolved by the due date, among cases "
+        "that had one and were resolved or are past it.",
+        "department": "Department",
+        "cases": "Cases",
+        "open": "Open",
+        "overdue": "Overdue",
+        "sla_met": "SLA met",
+        "median": "Median to resolve",
+        "satisfaction": "Satisfaction",
+        "of_judged": "of {count}",
+        "hours": "{hours} h",
+        "no_cases": "No cases in this view.",
+        "satisfaction_heading": "Satisfaction by topic",
+        "satisfaction_chart": "Mean satisfaction score (1 to 5) per topic",
+        "emerging": "Emerging issues",
+        "emerging_note": "A day is flagged when its count is improbably high against the same weekday in "
+        "the preceding {weeks} weeks (exact conditional Poisson test). Stated false-alarm rate: {rate} "
+        "per series per day; days under {min} signals are never flagged.",
+        "issue_area": "area {area}",
+        "issue_counts": "{observed} signals against {expected} expected",
+        "issue_evidence": "(p = {p}; baseline {baseline})",
+        "no_issues": "None in this period.",
+        "all_signals": "All signals in this view",
+        "transparency": "Public transparency page",
+        "signals_title": "Signals",
+        "signals_heading": "Signals {start} to {end}",
+        "redacted": "Texts were redacted when they came in: contact details and numbers that identify a "
+        "person are placeholders.",
+        "back": "Back to the dashboard",
+        "received": "Received",
+        "text": "Text",
+        "conversation": "(conversation)",
+        "older": "Older signals →",
+    },
+}
+"""The staff pages' words: Dutch, the language of the municipalities' staff, unless ``?lang=en``.
+The values of the closed lists (channels, kinds, modes) are translated here too, because a Dutch
+page that says "complaint" under "Soort" reads as half translated; topics keep :func:`humanise`
+(their Dutch codes read well as they are), and areas, languages and departments are shown as coded.
+The exports and the API keep their English column names and codes: programs read them."""
+
+_KEY_PROBLEMS = {
+    "the API key is not valid": "key_not_valid",
+    "the API key has been revoked": "key_revoked",
+    "the API key has expired": "key_expired",
+}
+"""The words for what :func:`civicsignals.common.auth.authenticate` says about a refused key. The
+English page shows those details themselves, as it always did; one this list does not know is
+shown as it is in English and as a general refusal in Dutch."""
+
+_MONTHS_SHORT_NL = ("jan", "feb", "mrt", "apr", "mei", "jun", "jul", "aug", "sep", "okt", "nov", "dec")
+
+
+def _language_in(url: str | None) -> str | None:
+    """The ``lang`` a URL carries (the ``next`` of a login), so that the login speaks like the
+    page that sent the browser there."""
+    if not url:
+        return None
+    return dict(parse_qsl(url.partition("?")[2])).get("lang")
+
+
+def with_language(url: str, language: str) -> str:
+    """``url`` with its ``lang`` set to ``language`` (dropped for Dutch, the default), so a redirect
+    lands on a page in the language chosen last. Unchanged when it already says so."""
+    path, _, query = url.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    kept = [(k, v) for k, v in pairs if k != "lang"]
+    wanted = kept if language == DEFAULT_LANGUAGE else [*kept, ("lang", language)]
+    if wanted == pairs:
+        return url
+    return f"{path}?{urlencode(wanted)}" if wanted else path
+
+
+@dataclasses.dataclass(frozen=True)
+class Wording:
+    """One request's language on the staff pages: its words, and how it writes names, numbers and
+    dates. Templates call it (``t("volume")``) so no page has a sentence of its own."""
+
+    language: str
+
+    @property
+    def words(self) -> dict[str, str]:
+        return STAFF_WORDS[self.language]
+
+    @property
+    def other(self) -> str:
+        """The language the page offers a link to."""
+        return "en" if self.language == "nl" else "nl"
+
+    @property
+    def carried(self) -> str:
+        """The ``lang`` value every link and form of the page carries: none for Dutch (the default)."""
+        return "" if self.language == DEFAULT_LANGUAGE else self.language
+
+    def __call__(self, key: str, **values: object) -> str:
+        text = self.words[key]
+        return text.format(**values) if values else text
+
+    def other_link(self, path: str, params: dict[str, str]) -> str:
+        """The same page in the other language: its own query with only ``lang`` changed."""
+        query = [(k, v) for k, v in params.items() if k != "lang" and v]
+        return f"{path}?{urlencode([*query, ('lang', self.other)])}"
+
+    def topic(self, code: str | None) -> str:
+        """A topic's name: :func:`humanise` for a real topic, the page's words for none or not yet."""
+        if not code:
+            return self("none")
+        return self("unclassified") if code == UNCLASSIFIED else humanise(code)
+
+    def dimension(self, name: str) -> str:
+        return self.words.get(f"dimension.{name}", name)
+
+    def value(self, dimension: str, value: str | None) -> str:
+        """A value as the page shows it: topics humanised, closed lists in the page's language."""
+        if dimension in ("topic", "subtopic"):
+            return self.topic(value)
+        if not value:
+            return self("none")
+        return self.words.get(f"{dimension}.{value}", value)
+
+    def number(self, value: float, spec: str = "") -> str:
+        """A figure as English pages always wrote it, with a decimal comma on a Dutch page."""
+        text = format(value, spec)
+        return text.replace(".", ",") if self.language == "nl" else text
+
+    def day(self, value: date) -> str:
+        """``7 december 2026`` on a Dutch page, ``2026-12-07`` on an English one (as it was)."""
+        if self.language == "nl":
+            return format_date(value, "nl") or ""
+        return value.isoformat()
+
+    def short_day(self, value: date) -> str:
+        """A day on a chart's axis: ``7 dec`` or ``07 Dec``."""
+        if self.language == "nl":
+            return f"{value.day} {_MONTHS_SHORT_NL[value.month - 1]}"
+        return value.strftime("%d %b")
+
+    def moment(self, value: datetime) -> str:
+        """A local time in a list: ``7 december 2026, 14:05`` or ``2026-12-07 14:05``."""
+        if self.language == "nl":
+            return f"{self.day(value.date())}, {value:%H:%M}"
+        return value.strftime("%Y-%m-%d %H:%M")
+
+    def chart(self) -> charts.ChartWords:
+        """What the charts write besides their labels, in this language."""
+        return charts.ChartWords(
+            empty=self("chart_empty"),
+            decimal="," if self.language == "nl" else ".",
+            axis_day=self.short_day,
+            tip_day=self.day,
+        )
+
+
+def _render_staff(
+    request: Request,
+    name: str,
+    t: Wording,
+    status: int = 200,
+    params: dict[str, str] | None = None,
+    **values: Any,
+) -> HTMLResponse:
+    """A staff page in ``t``'s language, with the link to the same page in the other one (built
+    from ``params``, the page's query, by default the request's own)."""
+    query = dict(request.query_params) if params is None else params
+    return _render(
+        request,
+        name,
+        status=status,
+        t=t,
+        lang=t.language,
+        other_link=t.other_link(request.url.path, query),
+        **values,
+    )
+
+
 # -- login ---------------------------------------------------------------------------------------
 
 
 @router.get("/dashboard/login")
-async def login_form(request: Request, next: str | None = None) -> HTMLResponse:
-    return _render(request, "login.html", next=safe_next(next), error=None)
+async def login_form(request: Request, next: str | None = None, lang: str | None = None) -> HTMLResponse:
+    t = Wording(language_of(lang or _language_in(next)))
+    return _render_staff(request, "login.html", t, next=safe_next(next), error=None)
+
+
+def _key_problem(t: Wording, problem: Problem) -> str:
+    """What the login form says about a refused key, in the page's language."""
+    key = _KEY_PROBLEMS.get(problem.detail or "")
+    if key:
+        return t(key)
+    return problem.detail if t.language == "en" and problem.detail else t("key_refused")
 
 
 @router.post("/dashboard/login")
@@ -67,17 +453,22 @@ async def login(request: Request) -> Response:
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     key = (form.get("api_key") or [""])[0].strip()
     target = safe_next((form.get("next") or [""])[0])
+    t = Wording(language_of((form.get("lang") or [""])[0]))
+    again = {"next": target}
     try:
         principal = authenticate(get_registry(request), f"Bearer {key}")
     except Problem as problem:
-        return _render(request, "login.html", status=401, next=target, error=problem.detail)
+        return _render_staff(
+            request, "login.html", t, status=401, params=again, next=target, error=_key_problem(t, problem)
+        )
     if not principal.allows(SCOPE):
-        return _render(request, "login.html", status=403, next=target, error=f"this key lacks '{SCOPE}'")
+        error = t("key_lacks_scope", scope=SCOPE)
+        return _render_staff(request, "login.html", t, status=403, params=again, next=target, error=error)
     ctx = context(request)
     token = sign(
         request.app.state.insights_secret, principal.tenant, principal.key_id, ctx.settings.session_ttl_s
     )
-    response = RedirectResponse(target, status_code=303)
+    response = RedirectResponse(with_language(target, t.language), status_code=303)
     response.set_cookie(
         COOKIE,
         token,
@@ -91,8 +482,8 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/dashboard/logout")
-async def logout() -> Response:
-    response = RedirectResponse("/dashboard/login", status_code=303)
+async def logout(lang: str | None = None) -> Response:
+    response = RedirectResponse(with_language("/dashboard/login", language_of(lang)), status_code=303)
     response.delete_cookie(COOKIE, path="/dashboard")
     return response
 
@@ -114,9 +505,16 @@ async def dashboard(
     filters: FilterParams,
     interval: Interval = "day",
     split: Split = "topic",
+    lang: str | None = None,
 ) -> HTMLResponse:
     ctx = context(request)
     tenant = viewer.tenant
+    t = Wording(language_of(lang))
+    chart_words = t.chart()
+
+    def to(path: str, view: Filters, **extra: str) -> str:
+        return link(path, view, lang=t.carried, **extra)
+
     async with ctx.runtime.sessions() as session:
         volume = await service.trend(session, tenant, filters, interval=interval, group_by="mode")
         by_split = await service.trend(session, tenant, filters, interval=interval, group_by=split)
@@ -139,16 +537,18 @@ async def dashboard(
         totals[period] = totals.get(period, 0) + count
     if not any(n for _, _, n in volume):
         totals = {}
-    series = [charts.Series("all signals", sorted(totals.items()))] if totals else []
+    series = [charts.Series(t("series_all"), sorted(totals.items()))] if totals else []
     series += [
-        charts.Series(f"{mode} ({'portals, apps' if mode == 'active' else 'phone, chat'})", points)
+        charts.Series(t.words.get(f"series.{mode}", mode), points)
         for mode, points in per_mode.items()
         if points and totals
     ]
+    interval_name = t(f"interval.{interval}")
     volume_chart = charts.line_chart(
         series,
-        label=f"Signals per {interval}",
-        link=lambda d: link("/dashboard/signals", _period_filters(filters, d, interval)),
+        label=t("volume_chart", interval=interval_name),
+        link=lambda d: to("/dashboard/signals", _period_filters(filters, d, interval)),
+        wording=chart_words,
     )
 
     split_totals: dict[str, int] = {}
@@ -157,47 +557,51 @@ async def dashboard(
     leaders = [g for g in sorted(split_totals, key=lambda g: (-split_totals[g], g)) if split_totals[g]][:6]
     split_chart = charts.line_chart(
         [
-            charts.Series(
-                humanise(group) if split in ("topic", "subtopic") else group,
-                [(p, n) for p, g, n in by_split if str(g) == group],
-            )
+            charts.Series(t.value(split, group), [(p, n) for p, g, n in by_split if str(g) == group])
             for group in leaders
         ],
-        label=f"Signals per {interval}, the {len(leaders)} largest values of {split}",
-        link=lambda d: link("/dashboard/signals", _period_filters(filters, d, interval)),
+        label=t("split_chart", interval=interval_name, count=len(leaders), split=t.dimension(split)),
+        link=lambda d: to("/dashboard/signals", _period_filters(filters, d, interval)),
+        wording=chart_words,
     )
 
     def bars(dimension: str, rows: list[tuple[str, int]], colour: str) -> Any:
         return charts.bar_chart(
             [
                 charts.Bar(
-                    humanise(value) if dimension in ("topic", "subtopic") else value or "(none)",
+                    t.value(dimension, value),
                     count,
-                    href=link("/dashboard/signals", filters.narrowed(**{dimension: value}))
-                    if value
-                    else None,
-                    label_href=link("/dashboard", filters.narrowed(**{dimension: value}), interval=interval)
+                    href=to("/dashboard/signals", filters.narrowed(**{dimension: value})) if value else None,
+                    label_href=to("/dashboard", filters.narrowed(**{dimension: value}), interval=interval)
                     if value
                     else None,
                 )
                 for value, count in rows
             ],
-            label=f"Signals per {dimension}",
+            label=t("bars_chart", dimension=t.dimension(dimension)),
             colour=colour,
+            wording=chart_words,
         )
 
     palette = charts.PALETTE
     breakdown_charts = [
-        ("Topic", "topics", bars("topic", breakdowns["topic"], palette[0])),
-        ("Channel", "channels", bars("channel", breakdowns["channel"], palette[1])),
-        ("Kind", "kinds", bars("kind", breakdowns["kind"], palette[2])),
-        ("Language", "languages", bars("language", breakdowns["language"], palette[3])),
-        ("Area", "areas", bars("area", breakdowns["area"], palette[4])),
+        (t.dimension(dimension).capitalize(), chart_id, bars(dimension, breakdowns[dimension], colour))
+        for dimension, chart_id, colour in (
+            ("topic", "topics", palette[0]),
+            ("channel", "channels", palette[1]),
+            ("kind", "kinds", palette[2]),
+            ("language", "languages", palette[3]),
+            ("area", "areas", palette[4]),
+        )
     ]
     if filters.topic:
         breakdown_charts.insert(
             1,
-            ("Subtopic of " + humanise(filters.topic), "subtopics", bars("subtopic", subtopics, palette[5])),
+            (
+                t("subtopic_of", topic=t.topic(filters.topic)),
+                "subtopics",
+                bars("subtopic", subtopics, palette[5]),
+            ),
         )
 
     topic_totals: dict[str, int] = {}
@@ -207,7 +611,7 @@ async def dashboard(
         topic_totals[topic] = topic_totals.get(topic, 0) + count
         language_totals[language] = language_totals.get(language, 0) + count
         matrix[(topic, language)] = count
-    topics = sorted(topic_totals, key=lambda t: (-topic_totals[t], t))[:12]
+    topics = sorted(topic_totals, key=lambda name: (-topic_totals[name], name))[:12]
     languages = sorted(language_totals, key=lambda lang: (-language_totals[lang], lang))[:6]
     peak = max(matrix.values(), default=0)
     heatmap = [
@@ -218,7 +622,7 @@ async def dashboard(
                     language,
                     matrix.get((topic, language), 0),
                     charts.shade(matrix.get((topic, language), 0), peak),
-                    link("/dashboard/signals", filters.narrowed(topic=topic, language=language)),
+                    to("/dashboard/signals", filters.narrowed(topic=topic, language=language)),
                 )
                 for language in languages
             ],
@@ -227,13 +631,14 @@ async def dashboard(
     ]
     satisfaction_chart = charts.bar_chart(
         [
-            charts.Bar(humanise(row["topic"]), row["mean_score"] or 0)
+            charts.Bar(t.topic(row["topic"]), row["mean_score"] or 0)
             for row in satisfaction
             if row["mean_score"] is not None
         ],
-        label="Mean satisfaction score (1 to 5) per topic",
+        label=t("satisfaction_chart"),
         maximum=5,
         colour=palette[2],
+        wording=chart_words,
     )
     total = sum(totals.values()) if totals else 0
     passive = sum(v for _, v in per_mode.get("passive", []))
@@ -242,19 +647,20 @@ async def dashboard(
     met = sum(d["sla_met"] for d in departments)
     feedback = sum(d["feedback"] for d in departments)
     kpis = [
-        ("Signals", f"{total:,.0f}".replace(",", " ")),
-        ("Passive (phone, chat)", f"{passive / total:.0%}" if total else "n/a"),
-        ("Open cases", str(open_cases)),
-        ("SLA met", f"{met / judged:.0%}" if judged else "n/a"),
-        ("Feedback answers", str(feedback)),
+        (t("kpi_signals"), f"{total:,.0f}".replace(",", " ")),
+        (t("kpi_passive"), f"{passive / total:.0%}" if total else t("n/a")),
+        (t("kpi_open"), str(open_cases)),
+        (t("kpi_sla"), f"{met / judged:.0%}" if judged else t("n/a")),
+        (t("kpi_feedback"), str(feedback)),
     ]
     active_filters = [
-        (name, value, link("/dashboard", filters.narrowed(**{name: None}), interval=interval))
+        (name, value, to("/dashboard", filters.narrowed(**{name: None}), interval=interval))
         for name, value in filters.dimension_values().items()
     ]
-    return _render(
+    return _render_staff(
         request,
         "dashboard.html",
+        t,
         tenant=tenant,
         tenant_name=_tenant_name(request, tenant),
         filters=filters,
@@ -276,15 +682,21 @@ async def dashboard(
         export=lambda chart, fmt: link(
             f"/dashboard/exports/{chart}.{fmt}", filters, interval=interval, split=split
         ),
-        signals_link=link("/dashboard/signals", filters),
+        signals_link=to("/dashboard/signals", filters),
+        transparency_link=with_language(f"/transparency/{tenant}", t.language),
     )
 
 
 @router.get("/dashboard/signals", response_class=HTMLResponse)
 async def signal_list(
-    request: Request, viewer: Viewer, filters: FilterParams, cursor: str | None = None
+    request: Request,
+    viewer: Viewer,
+    filters: FilterParams,
+    cursor: str | None = None,
+    lang: str | None = None,
 ) -> HTMLResponse:
     ctx = context(request)
+    t = Wording(language_of(lang))
     try:
         async with ctx.runtime.sessions() as session:
             items, next_cursor = await service.signals(
@@ -297,15 +709,18 @@ async def signal_list(
     for item in items:  # shown in the municipality's own time
         if item["received_at"] is not None:
             item["received_at"] = item["received_at"].astimezone(ctx.zone)
-    return _render(
+    return _render_staff(
         request,
         "signals.html",
+        t,
         tenant=viewer.tenant,
         tenant_name=_tenant_name(request, viewer.tenant),
         filters=filters,
         items=items,
-        next_link=link("/dashboard/signals", filters, cursor=next_cursor) if next_cursor else None,
-        back_link=link("/dashboard", filters),
+        next_link=link("/dashboard/signals", filters, cursor=next_cursor, lang=t.carried)
+        if next_cursor
+        else None,
+        back_link=link("/dashboard", filters, lang=t.carried),
         export_csv=link("/dashboard/exports/signals.csv", filters),
         export_json=link("/dashboard/exports/signals.json", filters),
     )
@@ -393,7 +808,7 @@ PUBLIC_WORDS: dict[str, dict[str, str]] = {
     },
 }
 """The public page's words. It is in Dutch unless ``?lang=en`` asks for English: residents of a
-Dutch municipality read it (the staff dashboard stays in English, as the rest of the staff tools)."""
+Dutch municipality read it (the staff pages have their own words, :data:`STAFF_WORDS`)."""
 
 
 @router.get("/transparency/{tenant}", response_class=HTMLResponse)
@@ -457,4 +872,9 @@ async def transparency_export(request: Request, tenant: str, filename: str) -> R
 
 
 def login_redirect(next_url: str) -> RedirectResponse:
-    return RedirectResponse(f"/dashboard/login?{urlencode({'next': next_url})}", status_code=303)
+    """To the login form, which then speaks the language of the page asked for."""
+    query = {"next": next_url}
+    language = language_of(_language_in(next_url))
+    if language != DEFAULT_LANGUAGE:
+        query["lang"] = language
+    return RedirectResponse(f"/dashboard/login?{urlencode(query)}", status_code=303)
