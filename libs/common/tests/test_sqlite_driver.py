@@ -15,7 +15,7 @@ import aiosqlite
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from civicsignals.common.db import create_engine
 from civicsignals.common.sqlite_driver import OneCallConnection, OneCallCursor
@@ -128,3 +128,47 @@ async def test_a_failing_statement_raises_the_same_error_and_rolls_back_its_tran
         async with engine.connect() as connection:
             names = (await connection.execute(select(items.c.name))).scalars().all()
         assert names == ["lamp"], engine  # "bin" went with its transaction
+
+
+async def test_a_session_closed_without_commit_leaves_nothing(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    """The rollback that SQLAlchemy issues on close still happens when a transaction is open."""
+    for engine in engines:
+        sessions = async_sessionmaker(engine)
+        async with sessions() as session:
+            await session.execute(insert(items).values(name="left open", size=1))
+        async with sessions() as session:
+            await session.execute(insert(items).values(name="kept", size=2))
+            await session.commit()
+        async with engine.connect() as connection:
+            names = (await connection.execute(select(items.c.name))).scalars().all()
+        assert names == ["kept"], engine
+
+
+async def test_one_call_per_statement_and_none_for_a_rollback_with_nothing_to_undo(
+    engines: tuple[AsyncEngine, AsyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A committed transaction of a SELECT and an INSERT: two calls and the commit, where
+    SQLAlchemy's adapter made nine (a cursor, execute, fetch for the SELECT and close for each, the
+    commit, and the pool's rollback); a read outside a transaction: one call, where it made six."""
+    _, ours = engines
+    calls: list[str] = []
+    original = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(getattr(fn, "__name__", "?"))
+        return await original(self, fn, *args, **kwargs)
+
+    sessions = async_sessionmaker(ours)
+    async with sessions() as session:  # the pool opens its connection before counting starts
+        await session.execute(select(items.c.id))
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    async with sessions() as session, session.begin():
+        await session.execute(select(items.c.id).where(items.c.name == "lamp"))
+        await session.execute(insert(items).values(name="lamp", size=1))
+    assert calls == ["_run", "_run", "commit"]
+    calls.clear()
+    async with sessions() as session:
+        assert (await session.execute(select(items.c.name))).scalars().all() == ["lamp"]
+    assert calls == ["_run"]

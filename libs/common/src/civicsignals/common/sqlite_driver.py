@@ -9,8 +9,11 @@ load those hand-offs were the largest single item in py-spy's profile of notifie
 
 :class:`OneCallCursor` does the four steps in one function on the connection's thread and keeps
 what SQLAlchemy reads afterwards (the description, the rows, the row count, the last row id).
-Everything else (connections, transactions, the exceptions SQLAlchemy maps, server-side cursors
-for streamed results) stays SQLAlchemy's and aiosqlite's own. It uses two private names of
+:class:`OneCallConnection` also skips the rollback SQLAlchemy issues when a session closes and
+when a connection goes back to the pool if no transaction is open (after a commit, or after reads,
+for which ``sqlite3`` opens none): a hand-off that changed nothing. Everything else (connections,
+transactions, the exceptions SQLAlchemy maps, server-side cursors for streamed results) stays
+SQLAlchemy's and aiosqlite's own. It uses two private names of
 aiosqlite's ``Connection`` (``_execute``, which queues a call on the thread, and ``_conn``, the
 ``sqlite3`` connection), as SQLAlchemy's own adapter does for its isolation level; aiosqlite is
 pinned in the lock file, and ``libs/common/tests/test_sqlite_driver.py`` fails if they change.
@@ -121,6 +124,18 @@ class OneCallCursor(AsyncAdapt_aiosqlite_cursor):
 class OneCallConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
     _cursor_cls = OneCallCursor
+
+    def rollback(self) -> None:
+        """Roll back only when a transaction is open. SQLAlchemy rolls back each connection it
+        returns to the pool, and a session rolls back when it closes, also after a commit and
+        after reads outside a transaction (``sqlite3`` begins one only for writes): one or two
+        hand-offs a session that would change nothing. Nothing else runs on the connection at
+        that point, so reading its state from this thread is safe."""
+        driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        database = driver._connection
+        if database is not None and not database.in_transaction:
+            return
+        super().rollback()
 
 
 class OneCallDbapi(AsyncAdapt_aiosqlite_dbapi):
