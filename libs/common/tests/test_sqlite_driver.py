@@ -44,9 +44,11 @@ async def engines(tmp_path: Path) -> AsyncIterator[tuple[AsyncEngine, AsyncEngin
 
 
 async def test_the_driver_keeps_the_private_names_the_adapter_uses() -> None:
-    """aiosqlite's ``Connection._execute`` and ``_conn``: if an upgrade renames them, this fails
-    before anything else does."""
+    """aiosqlite's ``Connection._execute``, ``_conn`` and ``_connection``: if an upgrade renames
+    them, this fails before anything else does."""
     async with aiosqlite.connect(":memory:") as connection:
+        assert connection._connection is connection._conn
+        assert connection._conn.in_transaction is False
         thread_of_call = await connection._execute(lambda: threading.current_thread())
         assert thread_of_call is not threading.current_thread()  # it ran on the driver's thread
         assert await connection._execute(lambda: connection._conn.execute("select 41 + 1").fetchone()) == (

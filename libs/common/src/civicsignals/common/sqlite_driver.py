@@ -13,10 +13,12 @@ what SQLAlchemy reads afterwards (the description, the rows, the row count, the 
 when a connection goes back to the pool if no transaction is open (after a commit, or after reads,
 for which ``sqlite3`` opens none): a hand-off that changed nothing. Everything else (connections,
 transactions, the exceptions SQLAlchemy maps, server-side cursors for streamed results) stays
-SQLAlchemy's and aiosqlite's own. It uses two private names of
-aiosqlite's ``Connection`` (``_execute``, which queues a call on the thread, and ``_conn``, the
-``sqlite3`` connection), as SQLAlchemy's own adapter does for its isolation level; aiosqlite is
-pinned in the lock file, and ``libs/common/tests/test_sqlite_driver.py`` fails if they change.
+SQLAlchemy's and aiosqlite's own.
+
+It uses private names of aiosqlite's ``Connection``, as SQLAlchemy's own adapter does for its
+isolation level: ``_execute`` (queues a call on the thread), ``_conn`` (the ``sqlite3``
+connection) and ``_connection`` (the same, or None once closed). aiosqlite is pinned in the lock
+file, and ``libs/common/tests/test_sqlite_driver.py`` fails if they change.
 """
 
 from __future__ import annotations
