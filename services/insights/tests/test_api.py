@@ -214,6 +214,15 @@ async def test_transparency_page_hides_small_cells(insights: Insights) -> None:
     assert (await insights.client.get("/transparency/nowhere")).status_code == 404
 
 
+async def test_transparency_page_of_a_quiet_period_speaks_the_readers_language(insights: Insights) -> None:
+    """A municipality with nothing reported yet: the empty chart reads in the page's language."""
+    dutch = (await insights.client.get("/transparency/gouda")).text
+    assert "nog geen meldingen in deze periode" in dutch and "Nog niets te tonen." in dutch
+    assert "no signals in this view" not in dutch
+    english = (await insights.client.get("/transparency/gouda", params={"lang": "en"})).text
+    assert "no reports in this period yet" in english and "Nothing to show yet." in english
+
+
 async def test_the_dashboard_needs_a_login_and_a_revoked_key_ends_it(insights: Insights) -> None:
     await _load(insights, days=10)
     anonymous = await insights.client.get("/dashboard", params={"topic": "afval"})

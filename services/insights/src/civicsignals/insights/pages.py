@@ -784,6 +784,7 @@ PUBLIC_WORDS: dict[str, dict[str, str]] = {
         "days": "{days} dagen",
         "other_topics": "Overige onderwerpen",
         "nothing": "Nog niets te tonen.",
+        "chart_empty": "nog geen meldingen in deze periode",
     },
     "en": {
         "title": "You said, we did",
@@ -805,6 +806,7 @@ PUBLIC_WORDS: dict[str, dict[str, str]] = {
         "days": "{days} days",
         "other_topics": "Other topics",
         "nothing": "Nothing to show yet.",
+        "chart_empty": "no reports in this period yet",
     },
 }
 """The public page's words. It is in Dutch unless ``?lang=en`` asks for English: residents of a
@@ -829,6 +831,7 @@ async def transparency(request: Request, tenant: str, lang: str | None = None) -
         [charts.Bar(topic_name(row.topic), row.reported or 0) for row in shown],
         label=words["chart"],
         width=560,
+        wording=charts.ChartWords(empty=words["chart_empty"]),  # whole numbers: no decimal sign
     )
     response = _render(
         request,
