@@ -198,6 +198,7 @@ async def test_transparency_page_hides_small_cells(insights: Insights) -> None:
     assert " tot en met " in html and "<th>Meldingen</th>" in html  # dates and headings in Dutch too
     english = (await insights.client.get("/transparency/gouda", params={"lang": "en"})).text
     assert '<html lang="en">' in english and "You said, we did" in english and "Other topics" in english
+    assert '<th scope="row">Waste</th>' in english and '<th scope="row">Afval</th>' in html
     assert 'href="?lang=nl"' in english and "Overige onderwerpen" not in english
     assert "U meldde" in (await insights.client.get("/transparency/gouda", params={"lang": "xx"})).text
 
@@ -330,6 +331,8 @@ def test_a_redirect_keeps_or_changes_the_language_of_its_target() -> None:
     assert (english.day(date(2026, 12, 7)), dutch.day(date(2026, 12, 7))) == ("2026-12-07", "7 december 2026")
     assert (english.value("kind", "complaint"), dutch.value("kind", "complaint")) == ("complaint", "klacht")
     assert dutch.value("area", "centrum") == "centrum" and dutch.topic("unclassified") == "nog niet ingedeeld"
+    assert (english.value("topic", "afval"), dutch.value("topic", "afval")) == ("Waste", "Afval")
+    assert english.value("subtopic", "container", "afval") == "Waste container"
 
 
 async def test_the_dashboard_is_dutch_by_default_and_english_on_request(insights: Insights) -> None:
@@ -380,7 +383,7 @@ async def test_the_dashboard_is_dutch_by_default_and_english_on_request(insights
         'aria-label="Signals per channel"',
         "<h2>Kind</h2>",
         ">phone</text>",
-        'title="Afval in nl: ',
+        'title="Waste in nl: ',  # the taxonomy's English name of afval
         "Public transparency page",
     ):
         assert phrase in english, phrase
@@ -548,7 +551,7 @@ async def test_the_login_page_in_both_languages_and_the_language_kept_across_log
     )
     assert good.status_code == 303 and good.headers["location"] == next_url
     after = (await insights.client.get(good.headers["location"])).text
-    assert '<html lang="en">' in after and "Signals over time" in after and "topic: Afval" in after
+    assert '<html lang="en">' in after and "Signals over time" in after and "topic: Waste" in after
 
     # Switched to Dutch on the login form: the choice made last wins.
     switched = await insights.client.post(

@@ -50,6 +50,7 @@ from civicsignals.insights.models import (
     EmergingIssue,
     EmergingRun,
 )
+from civicsignals.insights.names import NamesCache
 from civicsignals.insights.settings import InsightsSettings
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class InsightsContext:
     # Held while the emerging-issue check works on the database.
     detect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    # The names of topics and subtopics the pages show, per tenant (read once per taxonomy file).
+    names: NamesCache = field(default_factory=NamesCache)
 
     @classmethod
     def build(cls, runtime: ServiceRuntime, settings: InsightsSettings) -> InsightsContext:

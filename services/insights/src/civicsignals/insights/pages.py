@@ -24,9 +24,11 @@ from fastapi.templating import Jinja2Templates
 
 from civicsignals.common.auth import Principal, authenticate, get_registry
 from civicsignals.common.problems import Problem
+from civicsignals.common.tenants import Tenant
 from civicsignals.common.wording import DEFAULT_LANGUAGE, format_date, language_of
 from civicsignals.insights import charts, reports, service
 from civicsignals.insights.models import DIMENSIONS, UNCLASSIFIED
+from civicsignals.insights.names import TopicNames, default_names
 from civicsignals.insights.service import Filters
 from civicsignals.insights.views import FilterParams, Interval, Split, context, export_response
 from civicsignals.insights.web_auth import COOKIE, SCOPE, dashboard_principal, safe_next, sign
@@ -44,6 +46,7 @@ SECURITY_HEADERS = {
 
 
 def humanise(code: str) -> str:
+    """A code as readable words: what a page shows for a topic the taxonomy gives no name."""
     if code == UNCLASSIFIED:
         return "not yet classified"
     return code.replace("-", " ").capitalize() if code else "(none)"
@@ -293,8 +296,9 @@ STAFF_WORDS: dict[str, dict[str, str]] = {
 }
 """The staff pages' words: Dutch, the language of the municipalities' staff, unless ``?lang=en``.
 The values of the closed lists (channels, kinds, modes) are translated here too, because a Dutch
-page that says "complaint" under "Soort" reads as half translated; topics keep :func:`humanise`
-(their Dutch codes read well as they are), and areas, languages and departments are shown as coded.
+page that says "complaint" under "Soort" reads as half translated; topics and subtopics are shown by
+their names in the taxonomy (:mod:`civicsignals.insights.names`), and areas, languages and
+departments are shown as coded.
 The exports and the API keep their English column names and codes: programs read them."""
 
 _KEY_PROBLEMS = {
@@ -335,6 +339,8 @@ class Wording:
     dates. Templates call it (``t("volume")``) so no page has a sentence of its own."""
 
     language: str
+    names: TopicNames = dataclasses.field(default_factory=default_names, compare=False)
+    """The tenant's names of topics and subtopics (its own taxonomy's, or the default's)."""
 
     @property
     def words(self) -> dict[str, str]:
@@ -360,18 +366,34 @@ class Wording:
         return f"{path}?{urlencode([*query, ('lang', self.other)])}"
 
     def topic(self, code: str | None) -> str:
-        """A topic's name: :func:`humanise` for a real topic, the page's words for none or not yet."""
+        """A topic's name in the taxonomy, in the page's language; the page's words for none or not
+        yet, and :func:`humanise` for a code the taxonomy does not name (an old one)."""
         if not code:
             return self("none")
-        return self("unclassified") if code == UNCLASSIFIED else humanise(code)
+        if code == UNCLASSIFIED:
+            return self("unclassified")
+        return self.names.topic(code, self.language) or humanise(code)
+
+    def subtopic(self, code: str | None, topic: str | None = None) -> str:
+        """A subtopic's name, like :meth:`topic`. Subtopic codes are the taxonomy's within a topic,
+        so ``topic`` is given wherever the page knows it; without it the code's name is used only
+        when the taxonomy gives that code one name everywhere."""
+        if not code:
+            return self("none")
+        if code == UNCLASSIFIED:
+            return self("unclassified")
+        return self.names.subtopic(code, self.language, topic) or humanise(code)
 
     def dimension(self, name: str) -> str:
         return self.words.get(f"dimension.{name}", name)
 
-    def value(self, dimension: str, value: str | None) -> str:
-        """A value as the page shows it: topics humanised, closed lists in the page's language."""
-        if dimension in ("topic", "subtopic"):
+    def value(self, dimension: str, value: str | None, topic: str | None = None) -> str:
+        """A value as the page shows it: topics and subtopics by name (a subtopic under ``topic``),
+        closed lists in the page's language."""
+        if dimension == "topic":
             return self.topic(value)
+        if dimension == "subtopic":
+            return self.subtopic(value, topic)
         if not value:
             return self("none")
         return self.words.get(f"{dimension}.{value}", value)
@@ -509,7 +531,7 @@ async def dashboard(
 ) -> HTMLResponse:
     ctx = context(request)
     tenant = viewer.tenant
-    t = Wording(language_of(lang))
+    t = Wording(language_of(lang), _topic_names(request, tenant))
     chart_words = t.chart()
 
     def to(path: str, view: Filters, **extra: str) -> str:
@@ -557,7 +579,9 @@ async def dashboard(
     leaders = [g for g in sorted(split_totals, key=lambda g: (-split_totals[g], g)) if split_totals[g]][:6]
     split_chart = charts.line_chart(
         [
-            charts.Series(t.value(split, group), [(p, n) for p, g, n in by_split if str(g) == group])
+            charts.Series(
+                t.value(split, group, filters.topic), [(p, n) for p, g, n in by_split if str(g) == group]
+            )
             for group in leaders
         ],
         label=t("split_chart", interval=interval_name, count=len(leaders), split=t.dimension(split)),
@@ -569,7 +593,7 @@ async def dashboard(
         return charts.bar_chart(
             [
                 charts.Bar(
-                    t.value(dimension, value),
+                    t.value(dimension, value, filters.topic),
                     count,
                     href=to("/dashboard/signals", filters.narrowed(**{dimension: value})) if value else None,
                     label_href=to("/dashboard", filters.narrowed(**{dimension: value}), interval=interval)
@@ -696,7 +720,7 @@ async def signal_list(
     lang: str | None = None,
 ) -> HTMLResponse:
     ctx = context(request)
-    t = Wording(language_of(lang))
+    t = Wording(language_of(lang), _topic_names(request, viewer.tenant))
     try:
         async with ctx.runtime.sessions() as session:
             items, next_cursor = await service.signals(
@@ -743,12 +767,17 @@ def _tenant_name(request: Request, tenant: str) -> str:
     return found.name if found else tenant
 
 
+def _topic_names(request: Request, tenant: str) -> TopicNames:
+    """The names the tenant's pages show for topics: its own taxonomy's, else the default's."""
+    return context(request).names.get(get_registry(request).get(tenant))
+
+
 # -- transparency --------------------------------------------------------------------------------
 
 
 async def _transparency(
     request: Request, tenant: str
-) -> tuple[list[service.TransparencyRow], date, date, str]:
+) -> tuple[list[service.TransparencyRow], date, date, Tenant]:
     found = get_registry(request).get(tenant)
     if found is None:
         raise Problem(404, "no such municipality", slug="unknown-tenant")
@@ -759,7 +788,7 @@ async def _transparency(
         rows = await service.transparency(
             session, tenant, start, end, min_cell=ctx.settings.min_cell, zone=ctx.zone
         )
-    return rows, start, end, found.name
+    return rows, start, end, found
 
 
 PUBLIC_WORDS: dict[str, dict[str, str]] = {
@@ -815,12 +844,16 @@ Dutch municipality read it (the staff pages have their own words, :data:`STAFF_W
 
 @router.get("/transparency/{tenant}", response_class=HTMLResponse)
 async def transparency(request: Request, tenant: str, lang: str | None = None) -> HTMLResponse:
-    rows, start, end, name = await _transparency(request, tenant)
+    rows, start, end, found = await _transparency(request, tenant)
     language = language_of(lang)
     words = PUBLIC_WORDS[language]
+    names = context(request).names.get(found)
 
     def topic_name(topic: str) -> str:
-        return words["other_topics"] if topic == "other topics" else humanise(topic)
+        """The taxonomy's name of a topic; the pooled small topics and old codes as before."""
+        if topic == "other topics":
+            return words["other_topics"]
+        return names.topic(topic, language) or humanise(topic)
 
     def days(value: float) -> str:
         figure = f"{value:.1f}"
@@ -837,7 +870,7 @@ async def transparency(request: Request, tenant: str, lang: str | None = None) -
         request,
         "transparency.html",
         tenant=tenant,
-        tenant_name=name,
+        tenant_name=found.name,
         rows=rows,
         start=format_date(start, language),
         end=format_date(end, language),
