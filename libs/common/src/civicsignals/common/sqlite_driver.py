@@ -145,6 +145,8 @@ class OneCallDbapi(AsyncAdapt_aiosqlite_dbapi):
     handing out :class:`OneCallConnection` instead of SQLAlchemy's connection."""
 
     def connect(self, *arg: Any, **kw: Any) -> OneCallConnection:
+        # SQLAlchemy's connect opens the driver's connection (and marks its thread a daemon); only
+        # the small adapter object around it is swapped for ours.
         adapted = super().connect(*arg, **kw)
         return OneCallConnection(self, adapted._connection)
 

@@ -847,17 +847,16 @@ async def transparency(request: Request, tenant: str, lang: str | None = None) -
     rows, start, end, found = await _transparency(request, tenant)
     language = language_of(lang)
     words = PUBLIC_WORDS[language]
-    names = context(request).names.get(found)
+    t = Wording(
+        language, context(request).names.get(found)
+    )  # names and numbers as the staff pages write them
 
     def topic_name(topic: str) -> str:
         """The taxonomy's name of a topic; the pooled small topics and old codes as before."""
-        if topic == "other topics":
-            return words["other_topics"]
-        return names.topic(topic, language) or humanise(topic)
+        return words["other_topics"] if topic == "other topics" else t.topic(topic)
 
     def days(value: float) -> str:
-        figure = f"{value:.1f}"
-        return words["days"].format(days=figure.replace(".", ",") if language == "nl" else figure)
+        return words["days"].format(days=t.number(value, ".1f"))
 
     shown = [row for row in rows if row.reported is not None]
     chart = charts.bar_chart(
@@ -909,8 +908,5 @@ async def transparency_export(request: Request, tenant: str, filename: str) -> R
 
 def login_redirect(next_url: str) -> RedirectResponse:
     """To the login form, which then speaks the language of the page asked for."""
-    query = {"next": next_url}
-    language = language_of(_language_in(next_url))
-    if language != DEFAULT_LANGUAGE:
-        query["lang"] = language
-    return RedirectResponse(f"/dashboard/login?{urlencode(query)}", status_code=303)
+    target = f"/dashboard/login?{urlencode({'next': next_url})}"
+    return RedirectResponse(with_language(target, language_of(_language_in(next_url))), status_code=303)
