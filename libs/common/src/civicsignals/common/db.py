@@ -37,8 +37,10 @@ after it). Not fewer with no overflow: a request holding a connection may wait f
 that needs one of its own."""
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
-    """Open an engine; SQLite gets WAL and a busy timeout so that a relay and requests can share it."""
+def create_engine(url: str, *, echo: bool = False, statements_on_loop: bool = False) -> AsyncEngine:
+    """Open an engine; SQLite gets WAL and a busy timeout so that a relay and requests can share it,
+    and, with ``statements_on_loop``, runs the statements that cannot wait for a lock on the event
+    loop's thread (:mod:`civicsignals.common.sqlite_driver`). PostgreSQL ignores the flag."""
     if is_sqlite(url):
         database = make_url(url).database
         if database and database != ":memory:":
@@ -50,7 +52,7 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             echo=echo,
             connect_args={"timeout": 30},
             # One hand-off to the driver's thread per statement instead of three or four.
-            module=sqlite_driver.dbapi(),
+            module=sqlite_driver.dbapi(statements_on_loop=statements_on_loop),
             # Keep 32 connections open: an aiosqlite connection is a thread of its own plus four
             # PRAGMAs to open, and the default pool (5, overflow 10) closed each one past the fifth
             # on its return, so under load a new one was opened for most sessions (py-spy under

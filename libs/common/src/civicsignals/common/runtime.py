@@ -37,7 +37,9 @@ class ServiceRuntime:
         self.settings = settings
         self.service = settings.service_name
         self.metadata = metadata
-        self.engine = create_engine(settings.database_url)
+        self.engine = create_engine(
+            settings.database_url, statements_on_loop=settings.sqlite_statements_on_loop
+        )
         self.sessions = session_factory(self.engine)
         self.tenants = TenantRegistry(settings.tenants_dir)
         self.bus = Bus(

@@ -63,6 +63,12 @@ class ServiceSettings(BaseSettings):
         ge=0,
         description="allocations between two collections of the youngest generation; 0 keeps Python's 700",
     )
+    sqlite_statements_on_loop: bool = Field(
+        default=True,
+        description="SQLite only: run reads and the statements of a transaction that has written already "
+        "on the event loop's thread instead of handing each to the driver's thread (see "
+        "common.sqlite_driver); the first write of a transaction and the commit still go to that thread",
+    )
     log_level: str = "INFO"
     otel_exporter: Literal["none", "console", "otlp", "jsonl"] = "none"
     otel_jsonl_path: Path | None = None

@@ -15,6 +15,11 @@ class InsightsSettings(ServiceSettings):
     service_name: ClassVar[str] = "insights"
 
     port: int = 8005
+    sqlite_statements_on_loop: bool = Field(
+        default=False,
+        description="off here: the dashboard's aggregates can read for long, and on the driver's thread "
+        "they leave the event loop free for other pages",
+    )
     timezone: str = Field(
         default="Europe/Amsterdam",
         description="the zone whose calendar days the aggregates count in; changing it needs a rebuild",

@@ -71,7 +71,9 @@ class Offline:
         from civicsignals.intake import models  # noqa: F401  (registers the tables)
 
         self.settings = settings
-        self.engine = create_engine(settings.database_url)
+        self.engine = create_engine(
+            settings.database_url, statements_on_loop=settings.sqlite_statements_on_loop
+        )
         self.sessions = session_factory(self.engine)
         self.tenants = TenantRegistry(settings.tenants_dir)
 
