@@ -25,7 +25,10 @@ the statements of a transaction that has written already and so holds the write 
 write of a transaction, which may wait up to the busy timeout for the write lock (perhaps for a
 transaction of this very process, suspended at an ``await`` on this loop), the commit (which may
 checkpoint the WAL and fsync) and the rollback still go to the driver's thread, so a lock wait
-never stops the loop. The driver's connection is then opened with ``check_same_thread=False``;
+never stops the loop. A statement that runs long after a transaction's first write (the retention
+job's UPDATE over a tenant's closed signals, say) holds the loop for as long as it runs; insights,
+whose dashboard reads are long, keeps the setting off. The driver's connection is then opened
+with ``check_same_thread=False``;
 the two threads never use it at once, because every statement holds the adapter's mutex and
 SQLAlchemy commits or rolls back only between statements.
 
