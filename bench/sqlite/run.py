@@ -32,13 +32,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from civicsignals.common.db import create_engine
 
 metadata = MetaData()
-items = Table(
-    "items",
+events = Table(  # the shape of an outbox: a text key, a subject, a JSON payload, a mark
+    "events",
     metadata,
-    Column("id", Integer, primary_key=True),
-    Column("name", String, nullable=False, unique=True),
-    Column("size", Integer),
+    Column("id", String, primary_key=True),
+    Column("subject", String, nullable=False, index=True),
+    Column("payload", String, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
 )
+PAYLOAD = '{"signal_id": "01JD0000000000000000000000", "topic": "afval", "confidence": 0.93}'
 
 
 def stock_engine(url: str) -> AsyncEngine:
@@ -73,15 +75,15 @@ async def measure(
     start = time.process_time()
     for number in range(transactions):
         async with sessions() as session, session.begin():
-            await session.execute(select(items.c.id).where(items.c.name == f"a{number}"))
-            await session.execute(insert(items).values(name=f"a{number}", size=number))
-            await session.execute(insert(items).values(name=f"b{number}", size=number))
-            await session.execute(update(items).where(items.c.name == f"a{number}").values(size=0))
+            await session.execute(select(events.c.id).where(events.c.id == f"a{number}"))
+            await session.execute(insert(events).values(id=f"a{number}", subject="civic.a", payload=PAYLOAD))
+            await session.execute(insert(events).values(id=f"b{number}", subject="civic.b", payload=PAYLOAD))
+            await session.execute(update(events).where(events.c.id == f"a{number}").values(attempts=1))
     written = time.process_time() - start
     start = time.process_time()
     for number in range(transactions):
         async with sessions() as session:
-            (await session.execute(select(items).where(items.c.name == f"b{number}"))).one()
+            (await session.execute(select(events).where(events.c.id == f"b{number}"))).one()
     read = time.process_time() - start
     await engine.dispose()
     return 1e6 * written / transactions, 1e6 * read / transactions

@@ -18,8 +18,8 @@ SQLAlchemy's and aiosqlite's own.
 With ``statements_on_loop`` (what a serving process uses; ``ServiceSettings.
 sqlite_statements_on_loop``) most statements skip the hand-off altogether and run on the event
 loop's own thread (``bench/sqlite/run.py``: a transaction of a SELECT, two INSERTs and an UPDATE
-about 1,100 µs of CPU against 1,500 with a hand-off a statement and 2,400 with SQLAlchemy's
-adapter; a read about 210 µs against 430 and 920). Only statements that can never wait
+about 1,100–1,200 µs of CPU against 1,500 with a hand-off a statement and 2,400 with SQLAlchemy's
+adapter; a read about 210 µs against 420–480 and 950). Only statements that can never wait
 there for a lock do (:func:`runs_on_loop`): reads, which in WAL mode never wait for a writer, and
 the statements of a transaction that has written already and so holds the write lock. The first
 write of a transaction, which may wait up to the busy timeout for the write lock (perhaps for a
