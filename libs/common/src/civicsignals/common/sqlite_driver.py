@@ -18,8 +18,8 @@ SQLAlchemy's and aiosqlite's own.
 With ``statements_on_loop`` (what a serving process uses; ``ServiceSettings.
 sqlite_statements_on_loop``) most statements skip the hand-off altogether and run on the event
 loop's own thread (``bench/sqlite/run.py``: a transaction of a SELECT, two INSERTs and an UPDATE
-about 1,100–1,200 µs of CPU against 1,500 with a hand-off a statement and 2,400 with SQLAlchemy's
-adapter; a read about 210 µs against 420–480 and 950). Only statements that can never wait
+about 1,100 to 1,200 µs of CPU against 1,500 with a hand-off a statement and 2,400 with SQLAlchemy's
+adapter; a read about 210 µs against 420 to 480 and 950). Only statements that can never wait
 there for a lock do (:func:`runs_on_loop`): reads, which in WAL mode never wait for a writer, and
 the statements of a transaction that has written already and so holds the write lock. The first
 write of a transaction, which may wait up to the busy timeout for the write lock (perhaps for a
@@ -28,9 +28,8 @@ checkpoint the WAL and fsync) and the rollback still go to the driver's thread, 
 never stops the loop. A statement that runs long after a transaction's first write (the retention
 job's UPDATE over a tenant's closed signals, say) holds the loop for as long as it runs; insights,
 whose dashboard reads are long, keeps the setting off. The driver's connection is then opened
-with ``check_same_thread=False``;
-the two threads never use it at once, because every statement holds the adapter's mutex and
-SQLAlchemy commits or rolls back only between statements.
+with ``check_same_thread=False``; the two threads never use it at once, because every statement
+holds the adapter's mutex and SQLAlchemy commits or rolls back only between statements.
 
 It uses private names of aiosqlite's ``Connection``, as SQLAlchemy's own adapter does for its
 isolation level: ``_execute`` (queues a call on the thread), ``_conn`` (the ``sqlite3``
@@ -96,7 +95,8 @@ def runs_on_loop(database: sqlite3.Connection, operation: str) -> bool:
 
 
 class OneCallCursor(AsyncAdapt_aiosqlite_cursor):
-    """A client-side cursor whose statement runs in a single call on the connection's thread."""
+    """A client-side cursor whose statement runs in a single call on the connection's thread, or
+    on the loop's own thread where it cannot wait there for a lock (``statements_on_loop``)."""
 
     __slots__ = (
         "_arraysize",
