@@ -552,8 +552,8 @@ def write_report(
         "",
         "| process | CPU ms per signal |",
         "|---|---|",
-        *(f"| {name} | {value:.1f} |" for name, value in cpu.items()),
-        f"| **the services and NATS** | **{on_stack:.1f}** |",
+        *(f"| {name} | {value:.2f} |" for name, value in cpu.items()),
+        f"| **the services and NATS** | **{on_stack:.2f}** |",
         "",
         f"So {os.cpu_count()} cores, with nothing else running, could carry at most about "
         f"{1000 * (os.cpu_count() or 1) / on_stack:.0f} signals per second through the services and NATS.",
