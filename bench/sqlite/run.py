@@ -24,12 +24,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from civicsignals.common.db import create_engine
+from civicsignals.common.db import create_engine, set_sqlite_pragmas
 
 metadata = MetaData()
 events = Table(  # the shape of an outbox: a text key, a subject, a JSON payload, a mark
@@ -46,14 +45,7 @@ PAYLOAD = '{"signal_id": "01JD0000000000000000000000", "topic": "afval", "confid
 def stock_engine(url: str) -> AsyncEngine:
     """SQLAlchemy's own adapter, with the pragmas ``create_engine`` sets on each connection."""
     engine = create_async_engine(url, connect_args={"timeout": 30})
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000", "foreign_keys=ON"):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
-
+    set_sqlite_pragmas(engine)
     return engine
 
 

@@ -61,17 +61,23 @@ def create_engine(url: str, *, echo: bool = False, statements_on_loop: bool = Fa
             max_overflow=SQLITE_POOL_SIZE,
         )
 
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
+        set_sqlite_pragmas(engine)
         return engine
     return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def set_sqlite_pragmas(engine: AsyncEngine) -> None:
+    """WAL, no fsync at each commit, a 30-second busy timeout and foreign keys, on every connection
+    ``engine`` opens (``create_engine`` does this; bench/sqlite does it for SQLAlchemy's own adapter)."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
 
 
 def session_factory(engine: AsyncEngine) -> SessionFactory:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiosqlite
@@ -146,22 +146,23 @@ class OneCallCursor(AsyncAdapt_aiosqlite_cursor):
         self._rows = deque(rows)
 
     async def _execute_async(self, operation: Any, parameters: Any) -> None:
+        await self._call(_run, operation, parameters)
+
+    async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> None:
+        await self._call(_run_many, operation, seq_of_parameters)
+
+    async def _call(
+        self, function: Callable[[sqlite3.Connection, str, Any], Outcome], operation: str, parameters: Any
+    ) -> None:
+        """``function`` on the loop's thread where :func:`runs_on_loop` allows, else in one call
+        on the connection's thread."""
         async with self._adapt_connection._execute_mutex:
             driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]
             database = driver._conn
             if self._statements_on_loop and runs_on_loop(database, operation):
-                self._keep(_run(database, operation, parameters))
+                self._keep(function(database, operation, parameters))
             else:
-                self._keep(await driver._execute(_run, database, operation, parameters))
-
-    async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> None:
-        async with self._adapt_connection._execute_mutex:
-            driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]
-            database = driver._conn
-            if self._statements_on_loop and database.in_transaction:
-                self._keep(_run_many(database, operation, seq_of_parameters))
-            else:
-                self._keep(await driver._execute(_run_many, database, operation, seq_of_parameters))
+                self._keep(await driver._execute(function, database, operation, parameters))
 
     async def _async_soft_close(self) -> None:
         """Nothing to close: the driver's cursor was closed on its thread after the statement."""
