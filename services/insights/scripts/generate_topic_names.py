@@ -12,12 +12,10 @@ taxonomy changes:
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
+from typing import Any
 
-import yaml
-
+from civicsignals.common import generated
 from civicsignals.insights.names import NAMES_FILE, names_from_taxonomy
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -35,33 +33,21 @@ HEADER = """\
 """
 
 
-def render(taxonomy_path: Path) -> str:
-    taxonomy = yaml.safe_load(taxonomy_path.read_text(encoding="utf-8"))
+def build(taxonomy: dict[str, Any]) -> dict[str, Any]:
     topics, subtopics = names_from_taxonomy(taxonomy)
-    document = {
-        "taxonomy_version": str(taxonomy.get("version", "")),
-        "topics": topics,
-        "subtopics": subtopics,
-    }
-    return HEADER + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=110)
+    return {"topics": topics, "subtopics": subtopics}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--taxonomy", type=Path, default=DEFAULT_TAXONOMY)
-    parser.add_argument("--output", type=Path, default=NAMES_FILE)
-    parser.add_argument("--check", action="store_true", help="only check that the output is up to date")
-    args = parser.parse_args(argv)
-    text = render(args.taxonomy)
-    if args.check:
-        current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
-        if current != text:
-            print(f"{args.output} is out of date; rerun {Path(__file__).name}", file=sys.stderr)
-            return 1
-        return 0
-    args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {args.output}")
-    return 0
+    return generated.main(
+        description=__doc__.splitlines()[0],
+        script=Path(__file__).name,
+        header=HEADER,
+        build=build,
+        taxonomy=DEFAULT_TAXONOMY,
+        output=NAMES_FILE,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":
