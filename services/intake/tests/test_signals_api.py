@@ -118,6 +118,21 @@ BAD_REQUESTS = [
         {**VALID, "occurred_at": "2026-11-28T09:00:00"}, 422, "/occurred_at", id="time-without-zone"
     ),
     pytest.param([1, 2], 422, "", id="not-an-object"),
+    # Values SQLite stores and PostgreSQL refuses mid-transaction: refused before the route runs.
+    pytest.param({**VALID, "text": "a\u0000b"}, 422, "/text", id="nul-in-text"),
+    pytest.param({**VALID, "metadata": {"ref\u0000": "F-1"}}, 422, "/metadata/ref\u0000", id="nul-in-a-name"),
+    pytest.param(
+        json.dumps({**VALID, "metadata": {"depth": float("nan")}}), 422, "/metadata/depth", id="nan"
+    ),
+    pytest.param(
+        json.dumps(VALID).replace('"lat": 52.01163', '"lat": -Infinity'), 422, "/location/lat", id="infinity"
+    ),
+    pytest.param(
+        json.dumps({**VALID, "metadata": {"depth": 1}}).replace('"depth": 1', '"depth": 1e999'),
+        422,
+        "/metadata/depth",
+        id="overflowing-number",
+    ),
 ]
 
 
@@ -132,6 +147,15 @@ async def test_bad_input_is_a_problem_and_stores_nothing(
     assert problem["status"] == status and problem["title"] and problem["detail"]
     assert pointer in [error["pointer"] for error in problem["errors"]]
     assert await api.count(Signal) == 0 and await api.count(OutboxMessage) == 0
+
+
+async def test_words_and_escapes_that_only_look_unstorable_pass(api: Api) -> None:
+    """The input guard parses a body only when it may hold NUL, NaN or Infinity; these hold the
+    words and a literal backslash, which are fine."""
+    text = "NaN-bord op Infinity-plein, code \\u0000 en 1e999 liter water"
+    response = await api.post({**VALID, "text": text, "metadata": {"note": "NaN", "max": 1e308}})
+    assert response.status_code == 201, response.text
+    assert await api.count(Signal) == 1
 
 
 async def test_oversized_body_is_413(api: Api) -> None:

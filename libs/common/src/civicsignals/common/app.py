@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from civicsignals.common.health import ReadyCheck, health_router
+from civicsignals.common.inputguard import InputGuardMiddleware
 from civicsignals.common.problems import API_VERSION, install_problem_handlers, problem_response
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.common.settings import ServiceSettings
@@ -180,6 +181,8 @@ def create_service_app(
     app.include_router(health_router(checks))
     for router in routers:
         app.include_router(router)
+    # Inside the body limit, which then applies while the guard reads a body.
+    app.add_middleware(InputGuardMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, path_limits=body_limits)
     # One pure ASGI layer for the Prometheus request metrics, the SERVER span and API-Version
     # (see ``RequestObserver``): the libraries' middlewares cost more than the bare endpoint.

@@ -154,6 +154,25 @@ def database_unavailable(exc: BaseException) -> bool:
     return False
 
 
+# SQLSTATEs of a value the database's encoding cannot hold: U+0000 in text (22021) or in jsonb (22P05).
+_UNSTORABLE_SQLSTATES = ("22021", "22P05")
+
+
+def unstorable_character(exc: BaseException) -> bool:
+    """True when PostgreSQL refused a value for a character it cannot store (U+0000). The input
+    guard (``inputguard.py``) refuses those in JSON, forms, query strings and paths before a
+    route runs; this catches what it cannot see (a multipart form's text field), as the client's
+    error it is, after the transaction rolled back."""
+    seen: BaseException | None = exc
+    for _ in range(6):  # the driver's error hides behind SQLAlchemy's and the adapter's
+        if seen is None:
+            break
+        if str(getattr(seen, "sqlstate", "") or "") in _UNSTORABLE_SQLSTATES:
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -190,6 +209,14 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(DBAPIError)
     @app.exception_handler(OSError)
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if unstorable_character(exc):
+            return problem_response(
+                422,
+                "the request holds a character that cannot be stored (U+0000); nothing was stored",
+                slug="invalid-request",
+                instance=request.url.path,
+                headers={"API-Version": API_VERSION},
+            )
         if not database_unavailable(exc):
             return await _unexpected(request, exc)
         # The database is restarting or unreachable: nothing was acknowledged, the client may retry.
