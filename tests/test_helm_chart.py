@@ -131,6 +131,8 @@ def test_each_service_has_its_deployment_service_and_probes(rendered: list[Manif
         prefix = f"CIVIC_{name.upper()}_"
         assert env[f"{prefix}HOST"]["value"] == "0.0.0.0"
         assert env[f"{prefix}PORT"]["value"] == "8080"
+        # Behind the ingress, the rate limits must count the resident, not the ingress's pod.
+        assert env[f"{prefix}FORWARDED_ALLOW_IPS"]["value"] == "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
         # The Service's selector picks exactly this service's pods.
         selector = services[name]["spec"]["selector"]
         pod_labels = deployments[name]["spec"]["template"]["metadata"]["labels"]

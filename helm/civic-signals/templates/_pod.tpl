@@ -13,6 +13,8 @@ Secrets only ever arrive through valueFrom.secretKeyRef.
   value: "0.0.0.0"
 - name: {{ $p }}PORT
   value: {{ $root.Values.containerPort | quote }}
+- name: {{ $p }}FORWARDED_ALLOW_IPS
+  value: {{ $root.Values.trustedProxies | quote }}
 - name: {{ $p }}DATA_DIR
   value: /data
 - name: {{ $p }}TENANTS_DIR

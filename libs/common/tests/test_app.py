@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from sqlalchemy import MetaData
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
 
-from civicsignals.common.app import API_VERSION, create_service_app
+from civicsignals.common.app import API_VERSION, create_service_app, server_options
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.devstack.nats import NatsServer
+from civicsignals.devstack.ports import free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -91,3 +96,35 @@ async def test_readyz_follows_the_database_and_nats(
 
         nats_server.start()
         await wait_until(ready, timeout=10, message="/readyz to recover")
+
+
+@pytest.mark.parametrize(
+    ("trusted", "seen_as"),
+    [("127.0.0.1", "203.0.113.7"), ("10.0.0.0/8", "127.0.0.1")],
+    ids=["behind-a-trusted-proxy", "from-an-untrusted-peer"],
+)
+async def test_the_client_address_comes_from_a_trusted_proxy_only(trusted: str, seen_as: str) -> None:
+    """The per-address rate limits count ``request.client.host``: a real uvicorn server with the
+    options ``serve`` uses takes it from ``X-Forwarded-For`` only when the connection comes from
+    ``forwarded_allow_ips``; otherwise any client could name its own bucket."""
+
+    async def client_address(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        response = PlainTextResponse(Request(scope).client.host)  # type: ignore[union-attr]
+        await response(scope, receive, send)
+
+    port = free_port()
+    options = server_options("127.0.0.1", port, "warning", trusted)
+    server = uvicorn.Server(uvicorn.Config(client_address, lifespan="off", **options))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.02)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            # A proxy appends the address it saw; the first one is whatever the client claimed.
+            response = await client.get("/", headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.7"})
+        assert response.text == seen_as
+    finally:
+        server.should_exit = True
+        await task

@@ -196,13 +196,29 @@ def create_service_app(
 
 
 def serve(app_factory: Callable[[], FastAPI], host: str, port: int, log_level: str) -> None:
-    """Run one service process with uvicorn (no access log: it would hold client addresses); its
-    collector is tuned once the service has started (:func:`tune_collector`)."""
+    """Run one service process with uvicorn; its collector is tuned once the service has started
+    (:func:`tune_collector`)."""
     import uvicorn
 
     app = app_factory()
     app.state.serving = True
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)
+    settings: ServiceSettings = app.state.runtime.settings
+    uvicorn.run(app, **server_options(host, port, log_level, settings.forwarded_allow_ips))
+
+
+def server_options(host: str, port: int, log_level: str, forwarded_allow_ips: str) -> dict[str, Any]:
+    """uvicorn's options for a service: no access log (it would hold client addresses), and
+    ``X-Forwarded-For`` believed only from ``forwarded_allow_ips``, so that the per-address rate
+    limits count the client a trusted proxy names (uvicorn takes the nearest address not in it)
+    and a client cannot choose its own bucket."""
+    return {
+        "host": host,
+        "port": port,
+        "log_level": log_level.lower(),
+        "access_log": False,
+        "proxy_headers": True,
+        "forwarded_allow_ips": forwarded_allow_ips,
+    }
 
 
 def build_cli(prog: str, description: str | None) -> tuple[argparse.ArgumentParser, Any]:

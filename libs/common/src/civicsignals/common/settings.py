@@ -24,6 +24,12 @@ class ServiceSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="comma-separated addresses or networks (CIDR) of the proxies whose X-Forwarded-For "
+        "and X-Forwarded-Proto are believed; the per-address rate limits count the client they name. "
+        "Behind a Kubernetes ingress: the ingress controller's pod network, or every resident shares one limit",
+    )
     data_dir: Path = Path(".data")
     database_url: str = Field(
         default="",
