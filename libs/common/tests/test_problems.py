@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from civicsignals.common.problems import PROBLEM_JSON, install_problem_handlers, pointer
+from civicsignals.common.problems import PROBLEM_JSON, document_problems, install_problem_handlers, pointer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -165,3 +165,36 @@ async def test_problem_handlers_on_a_bare_app() -> None:
 )
 def test_json_pointers(location: tuple[Any, ...], expected: str) -> None:
     assert pointer(location) == expected
+
+
+async def test_the_openapi_document_describes_problems_not_fastapis_422(service: Any) -> None:
+    """Clients are generated from the document: its 422 must be the problem+json the handlers send."""
+    document = (await service.client.get("/openapi.json")).json()
+    unprocessable = document["paths"]["/v1/signals"]["post"]["responses"]["422"]
+    assert set(unprocessable["content"]) == {PROBLEM_JSON}
+    assert unprocessable["content"][PROBLEM_JSON]["schema"]["required"] == [
+        "type",
+        "title",
+        "status",
+        "detail",
+    ]
+    assert "HTTPValidationError" not in str(document)
+
+
+def test_a_route_with_its_own_error_format_is_told_what_still_comes_as_a_problem() -> None:
+    """Open311's routes answer bad input with their own 400 error arrays; only the input guard's
+    422 (a value no database stores) reaches their clients as problem+json."""
+    app = FastAPI()
+
+    @app.get(
+        "/own",
+        responses={400: {"description": "an error array", "content": {"application/json": {"schema": {}}}}},
+    )
+    async def own(q: str) -> dict[str, str]:
+        return {"q": q}
+
+    document = document_problems(app.openapi())
+    unprocessable = document["paths"]["/own"]["get"]["responses"]["422"]
+    assert set(unprocessable["content"]) == {PROBLEM_JSON}
+    assert "before the route" in unprocessable["description"]
+    assert "HTTPValidationError" not in document.get("components", {}).get("schemas", {})

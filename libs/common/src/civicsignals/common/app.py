@@ -16,7 +16,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from civicsignals.common.health import ReadyCheck, health_router
 from civicsignals.common.inputguard import InputGuardMiddleware
-from civicsignals.common.problems import API_VERSION, install_problem_handlers, problem_response
+from civicsignals.common.problems import (
+    API_VERSION,
+    document_problems,
+    install_problem_handlers,
+    problem_response,
+)
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.common.settings import ServiceSettings
 from civicsignals.common.telemetry import RequestObserver, setup_telemetry
@@ -176,6 +181,14 @@ def create_service_app(
     app.state.runtime = runtime
     app.state.tenants = runtime.tenants
     install_problem_handlers(app)
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_problems(generate_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     checks: dict[str, ReadyCheck] = {"database": runtime.database_ready, "nats": runtime.bus_is_ready}
     checks.update(ready_checks or {})
     app.include_router(health_router(checks))

@@ -84,6 +84,29 @@ class AuditRecordPublic(BaseModel):
 
 
 class AuditPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "id": 1042,
+                            "at": "2026-11-28T09:14:03Z",
+                            "tenant": "gouda",
+                            "service": "intake",
+                            "actor": "service:notifier",
+                            "action": "contact.read",
+                            "object": "signal:01JD8X3Q4T6V9B2N5M7K0P1R3S",
+                            "result": "ok",
+                            "detail": None,
+                        }
+                    ],
+                    "next_cursor": "1041",
+                }
+            ]
+        }
+    )
+
     items: list[AuditRecordPublic]
     next_cursor: str | None = None
 

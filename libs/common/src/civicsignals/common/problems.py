@@ -52,6 +52,42 @@ def problem_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str,
     }
 
 
+_GENERATED_422 = "#/components/schemas/HTTPValidationError"
+
+
+def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI document say what the services really answer to bad input (in place).
+
+    FastAPI describes a 422 of ``application/json`` ``HTTPValidationError`` for every route with
+    parameters or a body; the problem handlers answer ``application/problem+json`` instead
+    (:func:`install_problem_handlers`), so generated clients and schemathesis were told the wrong
+    shape. Routes that answer invalid input in a format of their own (Open311's error arrays, a
+    declared 400 that is not problem+json) still get a 422 problem+json from the input guard, which
+    runs before them, for a value no database stores; their 422 says just that.
+    """
+    for path_item in openapi.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.get("responses", {}) if isinstance(operation, dict) else {}
+            generated = responses.get("422", {}).get("content", {}).get("application/json", {})
+            if generated.get("schema", {}).get("$ref") != _GENERATED_422:
+                continue
+            own_400 = responses.get("400", {}).get("content", {})
+            description = (
+                "A value no database stores (U+0000, NaN, Infinity), refused before the route"
+                if own_400 and PROBLEM_JSON not in own_400
+                else "Invalid fields, with a JSON pointer to each"
+            )
+            responses["422"] = {
+                "description": description,
+                "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}},
+            }
+    schemas = openapi.get("components", {}).get("schemas", {})
+    if _GENERATED_422.rsplit("/", 1)[1] in schemas and _GENERATED_422 not in repr(openapi.get("paths")):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+    return openapi
+
+
 class Problem(Exception):
     """Raise anywhere in a request to answer with a problem document."""
 
