@@ -300,6 +300,7 @@ def example_data() -> dict[type[EventData], EventData]:
             rule_id="afval",
             due_at=DUE_AT,
             service_promise="We halen het binnen 5 werkdagen weg.",
+            language="nl",
         ),
         CaseStatusChanged: CaseStatusChanged(
             case_id=CASE_ID,

@@ -246,6 +246,12 @@ class SignalRouted(EventData):
     rule_id: str
     due_at: datetime | None = None
     service_promise: str | None = None
+    # Copied from ``signal.classified``: the language the classifier detected, which notifier
+    # writes to the resident in when the portal and intake gave none (intake's guess needs a
+    # longer text). Absent in events from before this field.
+    language: str | None = Field(
+        default=None, description="the language the classifier detected; null when it could not tell"
+    )
 
 
 class CaseStatusChanged(EventData):

@@ -523,7 +523,10 @@ class Dispatcher:
             if not contact.consent:
                 return Result(outcome=SKIPPED, reason="no_consent")
             recipient, name = contact.email, contact.name
-            language = wording.language_of(payload.get("language") or contact.language)
+            # Intake's language (the portal's, or intake's own guess) as intake has it now wins
+            # over the payload's, which is the classifier's when signal.routed came first or
+            # intake had none; then Dutch.
+            language = wording.language_of(contact.language or payload.get("language"))
             values = self._resident_values(payload, template, language, municipality, timezone, name)
             values["reopen_within_days"] = wording.reopen_within_days(tenant)
         try:

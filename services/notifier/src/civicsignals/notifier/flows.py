@@ -7,8 +7,9 @@ restart, a redelivered event adds nothing, and several replicas share the sendin
 
 - ``signal.received``: remember the signal's language and whether it has a contact; schedule the
   acknowledgement to go ``acknowledgement_wait_s`` later at the latest.
-- ``signal.routed``: remember the case and its partners; the acknowledgement, now with the service
-  promise and expected date, is due at once; one webhook per subscribed endpoint of each partner.
+- ``signal.routed``: remember the case and its partners, and the classifier's language for a
+  signal whose portal and intake gave none; the acknowledgement, now with the service promise and
+  expected date, is due at once; one webhook per subscribed endpoint of each partner.
 - ``case.status_changed``: a status mail for the resident, coalesced per case over
   ``coalesce_window_s``; one webhook per subscribed endpoint of the case's partners.
 - ``signal.attachment_added``: one webhook per subscribed endpoint of the case's partners, so a
@@ -214,9 +215,16 @@ async def prepare(ctx: NotifierContext, session: AsyncSession, events: list[Clou
         view.endpoints[tenant] = await service.enabled_endpoints(session, tenant, sorted(tenant_codes))
 
 
-def _merge_payload(delivery: Delivery, values: dict[str, Any]) -> None:
+def _merge_payload(
+    delivery: Delivery, values: dict[str, Any], unless_set: dict[str, Any] | None = None
+) -> None:
+    """Write the values that are not None into a delivery's payload; those of ``unless_set`` only
+    where the payload has none (the classifier's language never replaces the portal's)."""
     payload = json.loads(delivery.payload)
     payload.update({key: value for key, value in values.items() if value is not None})
+    for key, value in (unless_set or {}).items():
+        if value is not None and payload.get(key) is None:
+            payload[key] = value
     delivery.payload = messages.dumps(payload)
 
 
@@ -282,6 +290,11 @@ async def apply_signal_routed(ctx: NotifierContext, session: AsyncSession, event
     _add_partners(link, routed.partners)
     link.service_promise = routed.service_promise
     link.due_at = routed.due_at
+    # The language the portal gave or intake detected (signal.received) wins, in either order of
+    # the two events (apply_signal_received overwrites with it); the classifier's fills the gap,
+    # for the acknowledgement and for the status mails that read the link later.
+    if link.language is None and routed.language is not None:
+        link.language = routed.language
     if link.has_contact is not False:
         values = {
             "tracking_code": routed.tracking_code,
@@ -295,7 +308,7 @@ async def apply_signal_routed(ctx: NotifierContext, session: AsyncSession, event
                 session, _acknowledgement(event, routed.signal_id, {"language": link.language}, now)
             )
         if ack.status == "scheduled":
-            _merge_payload(ack, values)
+            _merge_payload(ack, values, unless_set={"language": routed.language})
             ack.case_id = routed.case_id
             ack.event_id, ack.event_type, ack.event_time = event.id, event.type, event.time
             ack.updated_at = now

@@ -212,6 +212,7 @@ def open_case(
         rule_id=case.rule_id,
         due_at=case.due_at,
         service_promise=case.service_promise,
+        language=case.language,  # the classifier's: notifier's language when intake had none
     )
     events: Events = [(SignalRouted.bus_subject(tenant), routed)]
     events += status_events(tenant, case, "received", status, SYSTEM_ACTOR, None, notify_departments=False)
