@@ -9,13 +9,14 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from civicsignals.classifier.cli import main
-from civicsignals.classifier.data import CsvError, read_labelled
+from civicsignals.classifier.data import CsvError, parse_date, read_labelled
 from civicsignals.classifier.model import BundleError, TopicModel, export_bundle, train
 from civicsignals.classifier.model.encoder import SentenceEncoder, default_encoder
 from civicsignals.classifier.pipeline import (
@@ -43,7 +44,7 @@ def test_train_writes_a_bundle_with_its_card(
     out = tmp_path / "model"
     code, _, err = run(["train", "--data", str(reports_csv), "--out", str(out), *FAST], capsys)
     assert code == 0, err
-    assert {p.name for p in out.iterdir()} >= {"model.onnx", "labels.json", "card.json"}
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "vocabulary.npy", "labels.json", "card.json"}
     card = json.loads((out / "card.json").read_text())
     data = card["data"]
     assert data["sha256"] == hashlib.sha256(reports_csv.read_bytes()).hexdigest()
@@ -307,3 +308,139 @@ def test_train_bundle_with_encoder_and_learning_curve(
     copy = tmp_path / "copy"
     shutil.copytree(tmp_path / "m", copy)
     assert TopicModel(copy).predict(["lantaarnpaal kapot"])[0].topic == "verlichting"
+
+
+# ------------------------------------------------------------------ options that must not be ignored
+
+
+def test_a_named_subtopic_or_split_column_must_be_there(
+    tmp_path: Path, reports_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in a column option is an error naming the column, never a silently different model."""
+    model = tmp_path / "model"
+    code, out, err = run(
+        ["train", "--data", str(reports_csv), "--out", str(model), "--subtopic-column", "sub", *FAST], capsys
+    )
+    assert code == 1 and out == "" and not model.exists()
+    assert "the subtopic column 'sub' is missing" in err and "text, topic, subtopic" in err
+    assert run(["train", "--data", str(reports_csv), "--out", str(model), *FAST], capsys)[0] == 0
+    code, out, err = run(
+        ["evaluate", "--model", str(model), "--data", str(reports_csv), "--subtopic-column", "sub"], capsys
+    )
+    assert code == 1 and out == "" and "'sub' is missing" in err
+    assert not (model / "report").exists()
+    # --split alone (or --split-column alone) would filter nothing.
+    only = ["--split-column", "split"]
+    code, _, err = run(
+        ["evaluate", "--model", str(model), "--data", str(reports_csv), "--split", "test"], capsys
+    )
+    assert code == 1 and "--split needs --split-column" in err
+    code, _, err = run(
+        [
+            "predict",
+            "--model",
+            str(model),
+            "--data",
+            str(reports_csv),
+            "--out",
+            str(tmp_path / "p.csv"),
+            *only,
+        ],
+        capsys,
+    )
+    assert code == 1 and "--split-column needs --split" in err and not (tmp_path / "p.csv").exists()
+
+
+def test_no_usable_row_is_an_error_not_a_score_of_zero(
+    tmp_path: Path, reports_csv: Path, write_csv: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "model"
+    assert run(["train", "--data", str(reports_csv), "--out", str(model), *FAST], capsys)[0] == 0
+    typo = ["--split-column", "split", "--split", "tst"]
+    code, out, err = run(["evaluate", "--model", str(model), "--data", str(reports_csv), *typo], capsys)
+    assert code == 1 and out == ""  # no accuracy 0.0 for an outside tool to record
+    assert "no usable row to evaluate" in err and "kept 0 of its 194 rows" in err
+    assert "'train', 'test'" in err  # the values there are, so the typo shows
+    assert not (model / "report").exists()
+    predictions = tmp_path / "out.csv"
+    code, _, err = run(
+        ["predict", "--model", str(model), "--data", str(reports_csv), "--out", str(predictions), *typo],
+        capsys,
+    )
+    assert code == 1 and "no usable row to predict" in err and not predictions.exists()
+    code, _, err = run(
+        ["train", "--data", str(reports_csv), "--out", str(tmp_path / "m2"), *typo, *FAST], capsys
+    )
+    assert code == 1 and "no usable row to train on" in err and not (tmp_path / "m2").exists()
+
+    blank = write_csv(
+        tmp_path / "blank.csv",
+        [{"text": " ", "topic": "afval"}, {"text": "de container is vol", "topic": ""}],
+    )
+    code, out, err = run(["evaluate", "--model", str(model), "--data", str(blank)], capsys)
+    assert code == 1 and out == ""
+    assert "it has 2 rows, 1 with an empty text and 1 with a text but no topic" in err
+    # predict keeps rows with an empty text, blank (documented): a file of only such rows is written.
+    empty = write_csv(tmp_path / "empty.csv", [{"id": "1", "text": ""}, {"id": "2", "text": "  "}])
+    code, _, err = run(
+        ["predict", "--model", str(model), "--data", str(empty), "--out", str(predictions)], capsys
+    )
+    assert code == 0, err
+    with predictions.open(encoding="utf-8", newline="") as handle:
+        assert [(row["id"], row["topic"]) for row in csv.DictReader(handle)] == [("1", ""), ("2", "")]
+
+
+# ----------------------------------------------------------------------------- dates
+
+
+def test_parse_date_accepts_iso_and_dutch_forms() -> None:
+    utc = datetime(2025, 1, 31, 13, 30, tzinfo=UTC)
+    assert parse_date("2025-01-31T13:30:00Z") == utc
+    assert parse_date("2025-01-31T14:30:00+01:00") == utc  # converted to UTC
+    assert parse_date("2025-01-31 13:30") == utc  # naive: taken as UTC
+    assert parse_date("31-01-2025 13:30") == utc == parse_date("31/01/2025 13:30:00")
+    assert parse_date(" 31-01-2025 ") == datetime(2025, 1, 31, tzinfo=UTC) == parse_date("2025-01-31")
+    assert parse_date("01/03/2025").month == 3  # day first, as in Dutch exports
+    for bad in ("", "volgende week", "31-13-2025", "2025/01/31"):
+        with pytest.raises(ValueError):
+            parse_date(bad)
+
+
+def test_date_column_holds_out_the_newest_rows_by_time_not_by_text(
+    tmp_path: Path,
+    reports_rows: list[dict[str, str]],
+    write_csv: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With dd-mm-yyyy dates, "28-03-2025" sorts after "20-12-2025" as text: the held-out part
+    must be the December rows, which are newer, not the rows of the 28th of any month."""
+    rows = []
+    december = 0
+    for index, row in enumerate(reports_rows):
+        if (row["topic"], row["subtopic"]) == ("groen", "gras") and december < 20:
+            december += 1
+            datum = f"{december:02d}-12-2025 09:15"  # the 20 newest rows
+        elif index % 5 == 0:
+            datum = f"2025-{1 + index % 11:02d}-{21 + index % 8:02d}T10:00:00+01:00"  # ISO, with a zone
+        else:
+            datum = f"{21 + index % 8:02d}/{1 + index % 11:02d}/2025"
+        rows.append({**row, "datum": datum})
+    export = write_csv(tmp_path / "export.csv", rows, ["datum", "text", "topic", "subtopic"])
+    model = tmp_path / "model"
+    code, _, err = run(
+        ["train", "--data", str(export), "--out", str(model), "--date-column", "datum", *FAST], capsys
+    )
+    assert code == 0, err
+    held = json.loads((model / "card.json").read_text())["heldout"]
+    assert held["how"].startswith("newest") and held["n"] == 20
+    support = {label: figures["support"] for label, figures in held["subtopic"]["per_class"].items()}
+    assert support["groen/gras"] == 20 and sum(support.values()) == 20
+
+    rows[7]["datum"] = "zo snel mogelijk"
+    bad = write_csv(tmp_path / "bad.csv", rows, ["datum", "text", "topic", "subtopic"])
+    code, out, err = run(
+        ["train", "--data", str(bad), "--out", str(tmp_path / "m2"), "--date-column", "datum", *FAST], capsys
+    )
+    assert code == 1 and out == "" and not (tmp_path / "m2").exists()
+    assert "row 9 (the header is row 1)" in err and "date column 'datum'" in err and "zo snel mogelijk" in err
+    assert len(err.strip().splitlines()) == 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +23,7 @@ from civicsignals.classifier.app import create_app
 from civicsignals.classifier.model.inference import read_card
 from civicsignals.classifier.models import Correction, ModelActivation
 from civicsignals.classifier.pipeline import TrainOptions, train_bundle
+from civicsignals.classifier.registry import TaxonomyRefused
 from civicsignals.classifier.settings import ClassifierSettings
 from civicsignals.common.bus import STREAM, Bus, stream_messages
 from civicsignals.common.events import (
@@ -99,7 +102,8 @@ async def test_classify_with_the_coldstart_model(svc: Service) -> None:
     [result] = response.json()["results"]
     assert result["topic"] == "afval" and result["model_version"].startswith("coldstart-")
     assert result["language"] == "nl" and len(result["alternatives"]) == 3
-    assert result["needs_review"] == (result["confidence"] < 0.05)  # the tenant's threshold
+    # gouda's review_threshold (0.05) is for trained models: the cold start keeps its card's 0.1.
+    assert result["needs_review"] == (result["confidence"] < 0.1)
 
     batch = await svc.client.post(
         "/v1/classify",
@@ -145,16 +149,84 @@ async def test_register_activate_and_roll_back_without_restart(
     assert (await svc.classify("de lantaarnpaal is kapot")).json()["results"][0][
         "model_version"
     ] == coldstart_version
+    # A second rollback goes further back, not forward again: before v1-test there was nothing.
     again = await svc.client.post("/v1/models:rollback", headers=svc.headers())
-    assert again.json()["active_version"] == "v1-test"  # rollback undoes the last change
+    assert again.status_code == 409, again.text
+    assert again.headers["content-type"] == "application/problem+json"
+    assert "nothing left to roll back to" in again.json()["detail"]
+    assert (await svc.client.get("/v1/models", headers=svc.headers())).json()["active_version"] is None
 
     async with svc.runtime.sessions() as session:
         history = (await session.exec(select(ModelActivation).order_by(ModelActivation.id))).all()
-    assert [(h.action, h.version) for h in history] == [
-        ("activate", "v1-test"),
+    assert [(h.action, h.version) for h in history] == [("activate", "v1-test"), ("rollback", None)]
+
+
+def _as_version(bundle: Path, target: Path, version: str) -> Path:
+    """A copy of a bundle under another version (the same model: what matters here is its name)."""
+    shutil.copytree(bundle, target)
+    card = json.loads((target / "card.json").read_text(encoding="utf-8"))
+    card["version"] = version
+    (target / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    return target
+
+
+async def test_each_rollback_walks_one_step_further_back(
+    svc: Service, trained_bundle: Path, tmp_path: Path
+) -> None:
+    """A, B, C activated: rollback serves B, the next rollback A (not C again: a double click on
+    rollback must not bring back the model just rolled back from), then the cold start, then 409."""
+    for name in ("a", "b", "c"):
+        await svc.register("gouda", _as_version(trained_bundle, tmp_path / name, f"v-{name}"))
+        response = await svc.client.post(f"/v1/models/v-{name}:activate", headers=svc.headers())
+        assert response.status_code == 200, response.text
+    registry = svc.app.state.classifier.registry
+
+    served = []
+    for _ in range(3):
+        rolled = await svc.client.post("/v1/models:rollback", headers=svc.headers())
+        assert rolled.status_code == 200, rolled.text
+        served.append((rolled.json()["active_version"], registry.serving_version("gouda")))
+    assert [active for active, _ in served] == ["v-b", "v-a", None]
+    assert served[0][1] == "v-b" and served[1][1] == "v-a" and served[2][1].startswith("coldstart-")
+    nowhere = await svc.client.post("/v1/models:rollback", headers=svc.headers())
+    assert nowhere.status_code == 409 and nowhere.headers["content-type"] == "application/problem+json"
+    assert "nothing left to roll back to" in nowhere.json()["detail"]
+
+    # Activating again starts a new step; rolling back from it skips the versions rolled back from.
+    await svc.client.post("/v1/models/v-c:activate", headers=svc.headers())
+    await svc.client.post("/v1/models/v-a:activate", headers=svc.headers())
+    rolled = await svc.client.post("/v1/models:rollback", headers=svc.headers())
+    assert rolled.json()["active_version"] == "v-c"
+    rolled = await svc.client.post("/v1/models:rollback", headers=svc.headers())
+    assert rolled.json()["active_version"] is None  # what served before v-c was rolled back from
+    async with svc.runtime.sessions() as session:
+        history = (await session.exec(select(ModelActivation).order_by(ModelActivation.id))).all()
+    assert [(h.action, h.version) for h in history][-5:] == [
         ("rollback", None),
-        ("rollback", "v1-test"),
+        ("activate", "v-c"),
+        ("activate", "v-a"),
+        ("rollback", "v-c"),
+        ("rollback", None),
     ]
+
+
+def test_rollback_history_of_older_rows_and_simultaneous_rollbacks() -> None:
+    """Rows written by the former rule (a second rollback undid the first) and two rollbacks that
+    raced each other: the version a row says is what served, and the next rollback goes on from it."""
+
+    def rows(*pairs: tuple[str, str | None]) -> list[ModelActivation]:
+        return [ModelActivation(tenant="t", action=a, version=v, actor="test") for a, v in pairs]
+
+    former = rows(
+        ("activate", "a"), ("activate", "b"), ("activate", "c"), ("rollback", "b"), ("rollback", "c")
+    )
+    assert service.rollback_stack(former) == ["a", "c"]
+    raced = rows(
+        ("activate", "a"), ("activate", "b"), ("activate", "c"), ("rollback", "b"), ("rollback", "b")
+    )
+    assert service.rollback_stack(raced) == ["a", "b"]
+    again = rows(("activate", "a"), ("activate", "a"), ("activate", "b"), ("rollback", "a"))
+    assert service.rollback_stack(again) == ["a"]  # activating the version in force is no step
 
 
 async def test_a_refresh_that_read_before_an_activation_does_not_undo_it(
@@ -393,3 +465,146 @@ async def test_a_tenant_with_its_own_taxonomy_gets_its_own_coldstart(
     assert result["model_version"].startswith("coldstart-3-")
     gouda = (await svc.classify("Er drijft veel plastic en afval in de gracht")).json()["results"][0]
     assert gouda["topic"] != "grachten"  # gouda keeps the default taxonomy
+
+
+def _write(path: Path, text: str) -> None:
+    """Write a tenant file with a modification time of its own (registries compare them)."""
+    previous = path.stat().st_mtime_ns if path.exists() else 0
+    path.write_text(text, encoding="utf-8")
+    stamp = max(previous + 1_000_000_000, path.stat().st_mtime_ns)
+    os.utime(path, ns=(stamp, stamp))
+
+
+def _refused(tenants: Any, code: str) -> bool:
+    """Whether the tenant registry refused ``code``'s folder (after reading changed folders)."""
+    tenants.codes()
+    return code in tenants.errors
+
+
+async def test_the_tenant_threshold_is_for_trained_models_the_cold_start_keeps_its_own(
+    svc: Service, trained_bundle: Path, make_tenant, wait_until
+) -> None:
+    """A review_threshold tuned for a trained model (0.5) would send nearly every cold-start
+    prediction (confidences 0.02-0.5) to triage, e.g. after a rollback to the cold start."""
+    leiden = make_tenant("leiden", settings={"classifier": {"review_threshold": 0.5}})
+    texts = [
+        "Hondenpoep op de stoep",
+        "Mijn buren maken veel lawaai",
+        "Er ligt afval naast de container op de Kerkstraat.",
+    ]
+
+    async def classify() -> list[dict[str, Any]]:
+        response = await svc.client.post(
+            "/v1/classify", json={"texts": texts}, headers=svc.headers(leiden.key)
+        )
+        assert response.status_code == 200, response.text
+        results: list[dict[str, Any]] = response.json()["results"]
+        return results
+
+    results = await classify()
+    assert all(r["model_version"].startswith("coldstart-") for r in results)
+    assert all(0.1 <= r["confidence"] < 0.5 for r in results), results  # above the card's 0.1
+    assert not any(r["needs_review"] for r in results)
+    listing = (await svc.client.get("/v1/models", headers=svc.headers(leiden.key))).json()
+    assert listing["threshold"] == 0.1
+
+    # The cold start's own threshold is a setting of its own.
+    settings = {"name": "Leiden", "classifier": {"review_threshold": 0.5, "cold_start_review_threshold": 0.6}}
+    _write(leiden.folder / "tenant.yaml", yaml.safe_dump(settings))
+
+    async def all_in_review() -> bool:
+        return all(r["needs_review"] for r in await classify())
+
+    await wait_until(all_in_review, timeout=10, message="cold_start_review_threshold in force")
+
+    # A trained model: the tenant's review_threshold applies.
+    version = await svc.register("leiden", trained_bundle)
+    activated = await svc.client.post(f"/v1/models/{version}:activate", headers=svc.headers(leiden.key))
+    assert activated.json()["threshold"] == 0.5
+    for result in await classify():
+        assert result["model_version"] == version
+        assert result["needs_review"] == (result["confidence"] < 0.5)
+    # Rolled back to the cold start: its threshold again, not the trained model's.
+    rolled = await svc.client.post("/v1/models:rollback", headers=svc.headers(leiden.key))
+    assert rolled.json()["active_version"] is None and rolled.json()["threshold"] == 0.6
+
+
+#: A tenant's own taxonomy as a municipality may well write it: Dutch names only, not every
+#: description (the tenant schema requires codes only).
+DUTCH_ONLY = """\
+version: 4
+topics:
+  - code: grachten
+    name_nl: Grachten
+    description_nl: Alles over de grachten, kademuren en bruggen over het water.
+    subtopics:
+      - code: kademuur
+        name_nl: Kademuur
+        description_nl: Een kademuur verzakt, scheurt of brokkelt af.
+      - code: drijfvuil
+        name_nl: Drijfvuil
+        description_nl: Afval, flessen en plastic drijven in de gracht.
+  - code: fietsen
+    name_nl: Fietsen
+    subtopics:
+      - code: weesfiets
+        name_nl: Weesfiets
+        description_nl: Een achtergelaten fiets staat al weken op dezelfde plek.
+      - code: stalling
+        name_nl: Fietsenstalling
+"""
+#: A broken change of it: a topic code used twice, which the classifier cannot use.
+TWICE = DUTCH_ONLY.replace("code: fietsen", "code: grachten")
+CANAL = "Er drijft veel plastic en afval in de gracht"
+
+
+async def test_a_tenants_own_taxonomy_is_used_and_a_broken_change_keeps_it(
+    svc: Service, make_tenant, wait_until
+) -> None:
+    delft = make_tenant("delft")
+    path = delft.folder / "taxonomy.yaml"
+    _write(path, DUTCH_ONLY)
+
+    async def classified() -> dict[str, Any] | None:
+        response = await svc.classify(CANAL, key=delft.key)
+        return response.json()["results"][0] if response.status_code == 200 else None
+
+    result = await wait_until(classified, timeout=30, message="delft's own cold-start model")
+    assert (result["topic"], result["subtopic"]) == ("grachten", "drijfvuil")
+    assert result["model_version"].startswith("coldstart-4-")
+
+    _write(path, TWICE)
+    tenants = svc.runtime.tenants
+    await wait_until(lambda: _refused(tenants, "delft"), timeout=10, message="delft refused")
+    assert f"{path} line 13: topic code 'grachten' is listed twice" in tenants.errors["delft"]
+    again = await classified()
+    assert again is not None and again["model_version"] == result["model_version"]
+    assert (again["topic"], again["subtopic"]) == ("grachten", "drijfvuil")
+
+
+async def test_a_tenant_never_loaded_with_a_taxonomy_of_its_own_waits_for_it(
+    svc: Service, bus: Bus, wait_until, tmp_path: Path
+) -> None:
+    """A folder refused since the service started (no last good version) that has its own taxonomy:
+    its signals are not classified with the default taxonomy; they wait until the file is fixed."""
+    tenants = svc.runtime.tenants
+    folder = tenants.root / "delft"
+    folder.mkdir()
+    _write(folder / "tenant.yaml", yaml.safe_dump({"name": "Delft"}))
+    _write(folder / "taxonomy.yaml", TWICE)
+    await wait_until(lambda: _refused(tenants, "delft"), timeout=10, message="delft refused")
+    with pytest.raises(TaxonomyRefused):
+        svc.app.state.classifier.serving_model("delft")
+
+    event = make_event(tenant="delft", service="intake", data=_received(CANAL))
+    await bus.publish(SignalReceived.bus_subject("delft"), event)
+
+    async def out() -> list[dict[str, Any]]:
+        return [e for e in await _classified(svc.settings.nats_url) if e["subject"] == event.subject]
+
+    await asyncio.sleep(2)
+    assert await out() == []  # not classified with the default taxonomy
+
+    _write(folder / "taxonomy.yaml", DUTCH_ONLY)
+    [classified] = await wait_until(out, timeout=40, message="delft's signal, once its taxonomy is fixed")
+    assert (classified["data"]["topic"], classified["data"]["subtopic"]) == ("grachten", "drijfvuil")

@@ -192,7 +192,63 @@ def check_file(path: Path, kind: str | None = None) -> tuple[Document | None, li
         return None, issues
     if document.data is None and kind != "tenant":
         return document, []  # an empty file means "none yet"
-    return document, check_document(document, kind)
+    issues = check_document(document, kind)
+    if kind == "taxonomy" and not issues:
+        issues = taxonomy_issues(document)
+    return document, issues
+
+
+def taxonomy_issues(document: Document) -> list[ConfigIssue]:
+    """What the taxonomy schema cannot say but the classifier needs: every ``topic/subtopic``
+    label names one class, so topic codes are unique in the file and subtopic codes within their
+    topic; and a key is not given twice in one mapping (YAML would keep the last one silently)."""
+    issues = _duplicate_keys(document)
+    topics = document.data.get("topics") or []
+    seen_topics: dict[str, int] = {}
+    for index, topic in enumerate(topics):
+        code = topic["code"]
+        if code in seen_topics:
+            issues.append(
+                document.issue(
+                    f"topic code {code!r} is listed twice (also topic {seen_topics[code]})",
+                    ["topics", index, "code"],
+                )
+            )
+        seen_topics.setdefault(code, index)
+        seen_subtopics: dict[str, int] = {}
+        for position, subtopic in enumerate(topic.get("subtopics") or []):
+            sub = subtopic["code"]
+            if sub in seen_subtopics:
+                issues.append(
+                    document.issue(
+                        f"subtopic code {sub!r} is listed twice in topic {code!r}",
+                        ["topics", index, "subtopics", position, "code"],
+                    )
+                )
+            seen_subtopics.setdefault(sub, position)
+    return sorted(issues, key=lambda issue: issue.line or 0)
+
+
+def _duplicate_keys(document: Document) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    pending: list[yaml.Node] = [document.root] if document.root is not None else []
+    while pending:
+        node = pending.pop()
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in keys:
+                        issues.append(
+                            ConfigIssue(
+                                document.path, f"key {key.value!r} is given twice", key.start_mark.line + 1
+                            )
+                        )
+                    keys.add(key.value)
+                pending.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            pending.extend(node.value)
+    return issues
 
 
 def check_folder(folder: Path, *, strict: bool = False) -> FolderReport:

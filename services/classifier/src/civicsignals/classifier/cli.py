@@ -6,14 +6,16 @@ Commands (tools outside the project call the first three; their form is fixed)::
                                      [--topic-column topic] [--subtopic-column subtopic]
     civicsignals-classifier evaluate --model DIR --data FILE.csv [--report DIR]
     civicsignals-classifier predict  --model DIR --data FILE.csv --out FILE.csv
-    civicsignals-classifier retrain  --tenant CODE [--base FILE.csv] [--activate]
+    civicsignals-classifier retrain  --tenant CODE [--base FILE.csv] [--activate] [--taxonomy FILE.yaml]
     civicsignals-classifier register --tenant CODE --model DIR [--activate]
     civicsignals-classifier coldstart --out DIR [--taxonomy FILE.yaml]
     civicsignals-classifier serve
 
 Every command that reads a CSV also takes ``--split-column COLUMN --split VALUE`` to use only the
-rows of one split of a file. Errors (a missing column, an unreadable file, a broken bundle) are
-one line on stderr and exit status 1; ``evaluate`` prints its JSON on stdout and nothing else.
+rows of one split of a file. Errors (a missing column, an unreadable file, a broken bundle, a file
+without a usable row) are one line on stderr and exit status 1; ``evaluate`` prints its JSON on
+stdout and nothing else. A column option that is given names a column that must be there: a typo
+is an error, never silently ignored.
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ def _add_columns(parser: argparse.ArgumentParser, *, labels: bool = True) -> Non
     parser.add_argument("--text-column", default="text", help="column with the text (default: text)")
     if labels:
         parser.add_argument("--topic-column", default="topic", help="column with the label (default: topic)")
+        # None means "not given": the default column is then optional (an export with one category
+        # column has none), while a column the user names must be there.
         parser.add_argument(
             "--subtopic-column",
-            default="subtopic",
-            help="column with the subtopic, used when the file has it (default: subtopic)",
+            default=None,
+            help="column with the subtopic (default: subtopic, used when the file has it; "
+            "a column given here must be there)",
         )
     parser.add_argument(
         "--split-column", default=None, help="use only rows whose COLUMN has the --split value"
@@ -50,7 +55,11 @@ def _add_columns(parser: argparse.ArgumentParser, *, labels: bool = True) -> Non
 
 
 def _add_training(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--date-column", default=None, help="hold out the newest rows by this column")
+    parser.add_argument(
+        "--date-column",
+        default=None,
+        help="hold out the newest rows by this column (ISO 8601, or dd-mm-yyyy [HH:MM] with - or /)",
+    )
     parser.add_argument(
         "--no-encoder", action="store_true", help="n-gram features only, without the sentence encoder"
     )
@@ -107,7 +116,20 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("--tenant", required=True)
     retrain.add_argument("--base", type=Path, default=None, metavar="FILE.csv", help="labelled data to add")
     retrain.add_argument("--activate", action="store_true", help="make the new version the active one")
-    retrain.add_argument("--min-examples", type=int, default=20, help="refuse to train on fewer (default 20)")
+    retrain.add_argument(
+        "--min-examples",
+        type=int,
+        default=20,
+        help="refuse to train on fewer corrections and base examples (default 20)",
+    )
+    retrain.add_argument(
+        "--taxonomy",
+        type=Path,
+        default=None,
+        metavar="FILE.yaml",
+        help="without --base: the taxonomy whose cold-start examples are added (default: the tenant "
+        "folder's taxonomy.yaml, else the default taxonomy)",
+    )
     _add_columns(retrain)
     _add_training(retrain)
 
@@ -142,18 +164,77 @@ def _options(args: argparse.Namespace) -> Any:
     )
 
 
-def _read_labelled(args: argparse.Namespace, path: Path, *, date_column: str | None = None) -> Any:
-    from civicsignals.classifier.data import read_labelled
+def _check_split(args: argparse.Namespace) -> None:
+    """One of ``--split-column`` and ``--split`` alone would filter nothing: refuse it."""
+    if args.split is not None and args.split_column is None:
+        raise ValueError(
+            "--split needs --split-column, the column to filter on (e.g. --split-column split --split test)"
+        )
+    if args.split_column is not None and args.split is None:
+        raise ValueError(
+            "--split-column needs --split, the value to keep (e.g. --split-column split --split test)"
+        )
 
+
+def _refuse_no_usable_row(
+    args: argparse.Namespace,
+    path: Path,
+    what: str,
+    *,
+    rows: int,
+    dropped_by_split: int,
+    split_values: list[str],
+    skipped_empty: int = 0,
+    skipped_unlabelled: int = 0,
+) -> None:
+    """One line saying why no row of ``path`` could be used: an outside tool would otherwise record
+    a figure of nothing (accuracy 0.0 of 0 rows) as a real result."""
+    total = rows + dropped_by_split
+    if args.split_column is not None:
+        why = f"the split filter {args.split_column} = {args.split!r} kept {rows} of its {total} rows"
+        if not rows:
+            why += f" (that column has {', '.join(repr(v) for v in split_values) or 'no values'})"
+    else:
+        why = f"it has {total} rows" if total else "it has no rows below its header"
+    skips = [
+        f"{count} {reason}"
+        for count, reason in (
+            (skipped_empty, "with an empty text"),
+            (skipped_unlabelled, "with a text but no topic"),
+        )
+        if count
+    ]
+    if skips:
+        why += ", " + " and ".join(skips)
+    raise ValueError(f"{path}: no usable row to {what}: {why}")
+
+
+def _read_labelled(args: argparse.Namespace, path: Path, what: str, *, date_column: str | None = None) -> Any:
+    """Read a labelled CSV as the column options say; refuse one without a usable row."""
+    from civicsignals.classifier.data import DEFAULT_SUBTOPIC_COLUMN, read_labelled
+
+    _check_split(args)
     data = read_labelled(
         path,
         text_column=args.text_column,
         topic_column=args.topic_column,
-        subtopic_column=args.subtopic_column,
+        subtopic_column=args.subtopic_column or DEFAULT_SUBTOPIC_COLUMN,
+        subtopic_required=args.subtopic_column is not None,
         split_column=args.split_column,
         split=args.split,
         date_column=date_column,
     )
+    if not len(data):
+        _refuse_no_usable_row(
+            args,
+            path,
+            what,
+            rows=data.rows,
+            dropped_by_split=data.dropped_by_split,
+            split_values=data.split_values,
+            skipped_empty=data.skipped_empty,
+            skipped_unlabelled=data.skipped_unlabelled,
+        )
     if data.skipped_empty or data.skipped_unlabelled:
         print(
             f"{path}: skipped {data.skipped_empty} rows with an empty text and "
@@ -167,7 +248,7 @@ def _train(args: argparse.Namespace) -> int:
     from civicsignals.classifier.pipeline import train_bundle
 
     options = _options(args)
-    data = _read_labelled(args, args.data, date_column=args.date_column)
+    data = _read_labelled(args, args.data, "train on", date_column=args.date_column)
     card = train_bundle(data, args.out, options=options, version=args.version)
     held = card.get("heldout", {})
     print(
@@ -186,7 +267,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from civicsignals.classifier.pipeline import evaluate, write_report
 
     model = TopicModel(args.model)
-    data = _read_labelled(args, args.data)
+    data = _read_labelled(args, args.data, "evaluate")
     metrics, notes = evaluate(model, data)
     report_dir = args.report or (Path(args.model) / "report")
     report = write_report(report_dir, metrics, notes, model.card, data)
@@ -214,9 +295,20 @@ def _predict(args: argparse.Namespace) -> int:
     from civicsignals.classifier.pipeline import predict_rows, write_predictions
 
     model = TopicModel(args.model)
+    _check_split(args)
     rows = read_texts(
         args.data, text_column=args.text_column, split_column=args.split_column, split=args.split
     )
+    if not rows.rows:
+        # Rows with an empty text are written back blank (documented); no row at all is refused.
+        _refuse_no_usable_row(
+            args,
+            args.data,
+            "predict",
+            rows=0,
+            dropped_by_split=rows.dropped_by_split,
+            split_values=rows.split_values,
+        )
     labels, confidences, review = predict_rows(model, rows.texts, threshold=args.threshold)
     write_predictions(rows, labels, confidences, review, args.out)
     print(
@@ -292,36 +384,48 @@ async def _corrections(tenant: str) -> Any:
         await engine.dispose()
 
 
+def _retrain_taxonomy(args: argparse.Namespace) -> Any:
+    """The taxonomy whose cold-start examples ``retrain`` adds: ``--taxonomy``, else the one the
+    tenant is served with (its folder's ``taxonomy.yaml``), else the default one."""
+    from civicsignals.classifier.settings import ClassifierSettings
+    from civicsignals.classifier.taxonomy import load_taxonomy
+
+    if args.taxonomy is not None:
+        return load_taxonomy(args.taxonomy)
+    path = ClassifierSettings().tenants_dir / args.tenant / "taxonomy.yaml"
+    return load_taxonomy(path if path.is_file() else None)
+
+
 def _retrain(args: argparse.Namespace) -> int:
     from civicsignals.classifier.data import LabelledData
-    from civicsignals.classifier.pipeline import train_bundle
+    from civicsignals.classifier.pipeline import retraining_data, train_bundle
 
     options = _options(args)
-    corrections: LabelledData = asyncio.run(_corrections(args.tenant))
-    data = corrections
-    parts = {"corrections": len(corrections)}
-    if args.base is not None:
-        base = _read_labelled(args, args.base, date_column=args.date_column)
-        parts["base"] = len(base)
-        data = LabelledData(
-            texts=base.texts + corrections.texts,
-            labels=base.labels + corrections.labels,
-            # A split by date needs dates on both; otherwise the split is stratified.
-            dates=(base.dates + (corrections.dates or [])) if base.dates is not None else None,
-            skipped_empty=base.skipped_empty + corrections.skipped_empty,
-            skipped_unlabelled=base.skipped_unlabelled,
-            rows=base.rows + corrections.rows,
-            sha256=base.sha256,
-            size=base.size,
-            source=base.source,
-            extra={"parts": parts},
-        )
-        data.has_subtopics = base.has_subtopics or corrections.has_subtopics
-    else:
-        data.extra = {"parts": parts}
-    if len(data) < args.min_examples:
+    if args.base is None:
+        for flag, value in (
+            ("--subtopic-column", args.subtopic_column),
+            ("--date-column", args.date_column),
+            ("--split-column", args.split_column),
+            ("--split", args.split),
+        ):
+            if value is not None:
+                raise ValueError(f"{flag} applies to the --base file, and no --base was given")
+    elif args.taxonomy is not None:
         raise ValueError(
-            f"only {len(data)} examples ({parts}); retrain needs at least {args.min_examples} (--min-examples)"
+            "--taxonomy applies without --base only (cold-start examples are not mixed with a base)"
+        )
+    corrections: LabelledData = asyncio.run(_corrections(args.tenant))
+    if args.base is not None:
+        base = _read_labelled(args, args.base, "retrain on", date_column=args.date_column)
+        data = retraining_data(corrections, base=base)
+    else:
+        data = retraining_data(corrections, taxonomy=_retrain_taxonomy(args))
+    parts = data.extra["parts"]
+    reports = len(data) - sum(data.train_only or [])
+    if reports < args.min_examples:
+        raise ValueError(
+            f"only {reports} examples ({parts}; cold-start examples do not count); retrain needs at least "
+            f"{args.min_examples} (--min-examples)"
         )
     with tempfile.TemporaryDirectory(prefix="retrain-") as tmp:
         bundle = Path(tmp) / "bundle"

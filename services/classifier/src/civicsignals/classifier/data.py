@@ -14,7 +14,13 @@ Rules, the same for every command:
 * the subtopic column is optional: without it (or when it is empty in a row) a label is the topic
   alone, and a model trained on such data predicts topics only;
 * ``split_column``/``split`` keep only the rows whose split column has that value, so one file
-  with a ``split`` column (``train``/``test``) serves both commands.
+  with a ``split`` column (``train``/``test``) serves both commands; how many rows the filter
+  dropped, and which values the column has, are kept so that a typo (``--split tst``) can be
+  told apart from a file without usable rows;
+* a date column (for a held-out part of the newest rows) must hold a date in every row used:
+  ISO 8601 or the Dutch ``dd-mm-yyyy [HH:MM[:SS]]`` of Signalen/Fixi exports (see
+  :func:`parse_date`); anything else is an error naming the row and the column, because sorting
+  such values as text would silently hold out the wrong rows.
 """
 
 from __future__ import annotations
@@ -24,16 +30,76 @@ import hashlib
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
-__all__ = ["CsvError", "Label", "LabelledData", "TextRows", "label_name", "read_labelled", "read_texts"]
+__all__ = [
+    "DATE_FORMATS_HELP",
+    "DEFAULT_SUBTOPIC_COLUMN",
+    "CsvError",
+    "Label",
+    "LabelledData",
+    "TextRows",
+    "label_name",
+    "parse_date",
+    "read_labelled",
+    "read_texts",
+]
+
+#: The subtopic column used when the file has it and no other was named (it is optional).
+DEFAULT_SUBTOPIC_COLUMN = "subtopic"
+
+#: Day-first forms of Dutch exports (Signalen, Fixi), tried after ISO 8601. Never month-first:
+#: ``01/03/2025`` is the first of March here.
+_DUTCH_DATE_FORMATS = (
+    "%d-%m-%Y",
+    "%d-%m-%Y %H:%M",
+    "%d-%m-%Y %H:%M:%S",
+    "%d/%m/%Y",
+    "%d/%m/%Y %H:%M",
+    "%d/%m/%Y %H:%M:%S",
+)
+
+#: What :func:`parse_date` accepts, for error messages.
+DATE_FORMATS_HELP = "ISO 8601 (2025-03-01, 2025-03-01T14:30:00+01:00) or dd-mm-yyyy [HH:MM] (also with '/')"
+
+#: At most this many distinct values of a split column are remembered (to name them in an error).
+_SPLIT_VALUES_KEPT = 20
 
 #: A class: ``(topic, subtopic)``; subtopic None when the data has topics only.
 Label = tuple[str, str | None]
 
 
 class CsvError(ValueError):
-    """A CSV cannot be used: unreadable, no header, or a missing column (named in the message)."""
+    """A CSV cannot be used: unreadable, no header, a missing column or a bad date (named in the message)."""
+
+
+def parse_date(value: str) -> datetime:
+    """A date or date-time as an aware UTC :class:`~datetime.datetime`; ``ValueError`` if it is none.
+
+    ISO 8601 first (``2025-03-01``, ``2025-03-01 14:30``, ``2025-03-01T14:30:00Z``,
+    ``...+01:00``), then the day-first Dutch forms ``dd-mm-yyyy`` and ``dd/mm/yyyy``, optionally
+    with ``HH:MM`` or ``HH:MM:SS``. A value without a time zone is taken as UTC (an export is in
+    one zone throughout, so the order of its rows is kept); one with a zone is converted to UTC,
+    so that rows from different sources compare by the moment they describe.
+    """
+    text = value.strip()
+    if not text:
+        raise ValueError("empty")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        for form in _DUTCH_DATE_FORMATS:
+            try:
+                moment = datetime.strptime(text, form)
+                break
+            except ValueError:
+                continue
+        else:
+            raise ValueError(f"{value!r} is not a date") from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def label_name(label: Label) -> str:
@@ -55,6 +121,9 @@ class TextRows:
     skipped_empty: int
     sha256: str
     size: int
+    #: Rows left out by the split filter, and the distinct values its column has (a few).
+    dropped_by_split: int = 0
+    split_values: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -63,7 +132,8 @@ class LabelledData:
 
     texts: list[str]
     labels: list[Label]
-    #: The value of the date column per text, when one was named (for a split by date).
+    #: The date per text (ISO 8601, UTC, from :func:`parse_date`), when a date column was named:
+    #: the held-out part is then the newest texts.
     dates: list[str] | None = None
     skipped_empty: int = 0
     skipped_unlabelled: int = 0
@@ -73,6 +143,13 @@ class LabelledData:
     source: str = ""
     has_subtopics: bool = False
     extra: dict[str, object] = field(default_factory=dict)
+    #: Per text, True for an example that is not a report (a taxonomy's cold-start examples, added
+    #: by ``retrain``): always trained on and never held out, since how well a model recognises a
+    #: definition says nothing about how well it classifies reports. None: every text is a report.
+    train_only: list[bool] | None = None
+    #: Rows left out by the split filter, and the distinct values its column has (a few).
+    dropped_by_split: int = 0
+    split_values: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -144,6 +221,15 @@ def _split_ok(row: dict[str, str], split_column: str | None, split: str | None) 
     return split_column is None or split is None or row.get(split_column, "").strip() == split
 
 
+def _note_split_value(seen: list[str], row: dict[str, str], split_column: str | None) -> None:
+    """Remember a few distinct values of the split column, to name them when none matched."""
+    if split_column is None or len(seen) >= _SPLIT_VALUES_KEPT:
+        return
+    value = row.get(split_column, "").strip()
+    if value not in seen:
+        seen.append(value)
+
+
 def read_labelled(
     path: Path,
     *,
@@ -156,7 +242,9 @@ def read_labelled(
     subtopic_required: bool = False,
 ) -> LabelledData:
     """Read texts and labels. ``subtopic_column`` is used when the file has it (or when
-    ``subtopic_required``, in which case its absence is an error)."""
+    ``subtopic_required``, in which case its absence is an error: a column the user named is
+    never ignored because of a typo). ``date_column`` values are checked and stored as UTC
+    ISO 8601 (:func:`parse_date`); a row without a valid date is an error naming it."""
     path = Path(path)
     sha256, size = _file_digest(path)
     fieldnames, reader, handle = _open_rows(path)
@@ -172,8 +260,11 @@ def read_labelled(
         use_subtopic = subtopic_column is not None and subtopic_column in fieldnames
         data = LabelledData(texts=[], labels=[], dates=[] if date_column else None, sha256=sha256, size=size)
         data.source = str(path)
-        for row in _rows(path, reader):
+        # Row numbers as a spreadsheet shows them: the header is row 1.
+        for row_number, row in enumerate(_rows(path, reader), start=2):
+            _note_split_value(data.split_values, row, split_column)
             if not _split_ok(row, split_column, split):
+                data.dropped_by_split += 1
                 continue
             data.rows += 1
             text = row[text_column].strip()
@@ -188,11 +279,22 @@ def read_labelled(
             data.texts.append(text)
             data.labels.append((topic, subtopic or None))
             if data.dates is not None and date_column is not None:
-                data.dates.append(row[date_column].strip())
+                data.dates.append(_row_date(path, row_number, date_column, row[date_column]))
         data.has_subtopics = any(sub is not None for _, sub in data.labels)
         return data
     finally:
         handle.close()  # type: ignore[attr-defined]
+
+
+def _row_date(path: Path, row_number: int, column: str, value: str) -> str:
+    try:
+        return parse_date(value).isoformat()
+    except ValueError:
+        shown = f"{value.strip()!r}, not a date" if value.strip() else "no date"
+        raise CsvError(
+            f"{path}: row {row_number} (the header is row 1): the date column {column!r} has {shown}; "
+            f"use {DATE_FORMATS_HELP}"
+        ) from None
 
 
 def read_texts(
@@ -213,7 +315,9 @@ def read_texts(
         _require(path, fieldnames, required)
         out = TextRows(path, fieldnames, [], [], [], 0, sha256, size)
         for row in _rows(path, reader):
+            _note_split_value(out.split_values, row, split_column)
             if not _split_ok(row, split_column, split):
+                out.dropped_by_split += 1
                 continue
             out.rows.append(row)
             text = row[text_column].strip()

@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -72,20 +73,37 @@ class ClassifierContext:
     registry: ModelRegistry
     #: Predictions made for a fetched batch, by event id, waiting for their message's handler.
     prefetched: dict[str, Prediction] = field(default_factory=dict)
-    #: The taxonomy object last handed to the registry per tenant (the tenant registry replaces
-    #: it on a reload, so identity tells whether it changed).
-    _taxonomies: dict[str, int] = field(default_factory=dict)
+    #: Per tenant, what was last handed to the registry: the taxonomy object of the tenant as
+    #: loaded (the tenant registry replaces it on a reload, so identity tells whether it changed;
+    #: the object itself is kept, as an id could be reused), or the refusal of a folder never loaded.
+    _taxonomies: dict[str, object] = field(default_factory=dict)
 
-    def threshold(self, tenant: str) -> float | None:
-        """The tenant's review threshold (``classifier.review_threshold`` in tenant.yaml), if set."""
+    def threshold(self, tenant: str, model: TopicModel | None = None) -> float | None:
+        """The tenant's review threshold for ``model`` (None: the model's card threshold applies).
+
+        ``classifier.review_threshold`` in tenant.yaml applies to trained models only: it is tuned
+        for their confidences. A cold-start model (trained on the taxonomy alone, confidences
+        typically 0.02-0.5) keeps its card threshold unless the tenant sets
+        ``classifier.cold_start_review_threshold``; otherwise a threshold tuned for a trained model
+        would send nearly everything to triage after a rollback to the cold start.
+        """
         config = self.runtime.tenants.get(tenant)
         if config is None:
             return None
-        value = (config.settings.get("classifier") or {}).get("review_threshold")
+        settings = config.settings.get("classifier") or {}
+        name = "cold_start_review_threshold" if is_coldstart(model) else "review_threshold"
+        value = settings.get(name)
         return float(value) if value is not None else None
 
+    def threshold_in_force(self, tenant: str, model: TopicModel) -> float:
+        """The review threshold ``model`` uses for ``tenant``: the tenant's (see :meth:`threshold`)
+        or the model's card threshold."""
+        threshold = self.threshold(tenant, model)
+        return model.threshold if threshold is None else threshold
+
     def serving_model(self, tenant: str) -> TopicModel:
-        """The tenant's model now (its own taxonomy checked first); :class:`ModelNotReady` while it loads."""
+        """The tenant's model now (its own taxonomy checked first); :class:`ModelNotReady` while it
+        loads, :class:`~.registry.TaxonomyRefused` while its own taxonomy cannot be used."""
         self._check_taxonomy(tenant)
         return self.registry.model_for(tenant)
 
@@ -97,11 +115,33 @@ class ClassifierContext:
             raise TransientError(str(exc)) from exc
 
     def _check_taxonomy(self, code: str) -> None:
-        tenant = self.runtime.tenants.get(code)
-        taxonomy = getattr(tenant, "taxonomy", None) if tenant is not None else None
-        if self._taxonomies.get(code) != id(taxonomy):
-            self.registry.set_tenant_taxonomy(code, taxonomy)
-            self._taxonomies[code] = id(taxonomy)
+        tenants = self.runtime.tenants
+        tenant = tenants.get(code)
+        if tenant is not None:
+            taxonomy = tenant.taxonomy
+            if self._taxonomies.get(code, _UNSEEN) is not taxonomy:
+                self.registry.set_tenant_taxonomy(code, taxonomy, source=str(tenant.folder / "taxonomy.yaml"))
+                self._taxonomies[code] = taxonomy
+            return
+        # Not loaded: no such tenant (the default taxonomy, as ever), or a folder refused since
+        # this process started, with no last good version. If that folder has a taxonomy of its
+        # own, the default one must not stand in for it.
+        error = tenants.errors.get(code)
+        if error is None:
+            if self._taxonomies.get(code, _UNSEEN) is not None:
+                self.registry.set_tenant_taxonomy(code, None)
+                self._taxonomies[code] = None
+            return
+        if self._taxonomies.get(code, _UNSEEN) is error:
+            return
+        self._taxonomies[code] = error
+        path = tenants.root / code / "taxonomy.yaml"
+        if _has_content(path):
+            self.registry.refuse_taxonomy(
+                code, f"the tenant folder was refused and has a taxonomy of its own ({path}): {error}"
+            )
+        else:
+            self.registry.set_tenant_taxonomy(code, None)
 
     def refresh_taxonomies(self) -> None:
         """Tell the registry each tenant's own taxonomy (or none), so its cold start matches it."""
@@ -109,11 +149,26 @@ class ClassifierContext:
             self._check_taxonomy(code)
 
 
+_UNSEEN = object()
+
+
+def is_coldstart(model: TopicModel | None) -> bool:
+    """A cold-start model (its card says ``"kind": "coldstart"``): trained on a taxonomy alone."""
+    return model is not None and model.card.get("kind") == "coldstart"
+
+
+def _has_content(path: Path) -> bool:
+    try:
+        return bool(path.read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError):
+        return path.exists()
+
+
 async def classify_texts(ctx: ClassifierContext, tenant: str, texts: Sequence[str]) -> list[Prediction]:
     """Classify texts with the tenant's model and threshold, in a worker thread."""
     model = ctx.model_for(tenant)
     started = time.perf_counter()
-    predictions = await asyncio.to_thread(model.predict, list(texts), threshold=ctx.threshold(tenant))
+    predictions = await asyncio.to_thread(model.predict, list(texts), threshold=ctx.threshold(tenant, model))
     INFERENCE_SECONDS.observe(time.perf_counter() - started)
     BATCH_SIZE.observe(len(texts))
     return predictions
@@ -241,10 +296,9 @@ async def classify_conversation(ctx: ClassifierContext, event: CloudEvent) -> bo
     whole = "\n".join(turns)
     singles = [t for t in turns if len(t) >= MIN_TURN_CHARS] if len(turns) > 1 else []
     model = ctx.model_for(event.tenant)
-    tenant_threshold = ctx.threshold(event.tenant)
+    limit = ctx.threshold_in_force(event.tenant, model)
     probabilities = await asyncio.to_thread(model.predict_proba, [whole, *singles])
-    [main] = model.decide(probabilities[:1], threshold=tenant_threshold)
-    limit = model.threshold if tenant_threshold is None else tenant_threshold
+    [main] = model.decide(probabilities[:1], threshold=limit)
     topics: dict[str, Alternative] = {main.topic: _main_topic(main)}
     found = [_top_topic(model, row) for row in probabilities[1:]]
     for topic in sorted(found, key=lambda t: -t.probability):

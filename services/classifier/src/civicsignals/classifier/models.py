@@ -41,8 +41,11 @@ class ModelVersion(SQLModel, table=True):
 class ModelActivation(SQLModel, table=True):
     """Append-only history of which version serves a tenant; the newest row is in force.
 
-    ``version`` None means the cold-start model. Rolling back appends the version that was in
-    force before the newest row, so the history shows every change and who made it.
+    ``version`` None means the cold-start model. Rolling back appends the version it goes back
+    to: one step further back along the activations at each rollback, skipping the versions
+    already rolled back from (A, B, C activated: B, then A, then the cold start; see
+    :func:`~civicsignals.classifier.service.rollback_stack`), so the history shows every change
+    and who made it.
     """
 
     __tablename__ = "model_activation"
@@ -140,7 +143,9 @@ class ModelList(BaseModel):
     )
     serving_version: str | None = Field(description="the version this replica serves now")
     threshold: float | None = Field(
-        description="the review threshold in force (tenant setting or the card's)"
+        description="the review threshold in force for the serving model: the tenant's "
+        "review_threshold for a trained model, its cold_start_review_threshold for the cold-start "
+        "model, else the model card's"
     )
 
 

@@ -4,8 +4,10 @@
 
 1. the texts' sentence embeddings are computed once (when the encoder is on, the default);
 2. a held-out part is set aside: the newest ``holdout`` share when a date column is named
-   (as the model will be used: on reports newer than its training data), otherwise a stratified
-   random share (seed 0, so the same data gives the same split);
+   (as the model will be used: on reports newer than its training data; the dates are parsed, so
+   ``dd-mm-yyyy`` sorts by time, not as text), otherwise a stratified random share (seed 0, so
+   the same data gives the same split). Examples marked ``train_only`` (the taxonomy's cold-start
+   examples that ``retrain`` adds) are never held out;
 3. models are fitted on the rest with each ``C`` of a small grid (3, 10, 30: how strongly to
    regularise suits the data's size and noise) and measured on the held-out part; the best ``C``
    is kept, with its accuracy, macro-F1 and per-class figures; the review **threshold** is chosen
@@ -36,6 +38,7 @@ import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,10 +47,25 @@ import numpy.typing as npt
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tqdm import tqdm
 
-from civicsignals.classifier.data import Label, LabelledData, TextRows, label_name
+from civicsignals.classifier.data import (
+    DATE_FORMATS_HELP,
+    Label,
+    LabelledData,
+    TextRows,
+    label_name,
+    parse_date,
+)
+from civicsignals.classifier.model.coldstart import coldstart_examples
 from civicsignals.classifier.model.encoder import SentenceEncoder, default_encoder
 from civicsignals.classifier.model.inference import TopicModel
-from civicsignals.classifier.model.training import TrainedModel, export_bundle, train, with_cascade
+from civicsignals.classifier.model.training import (
+    TrainedModel,
+    export_bundle,
+    train,
+    training_data_digest,
+    with_cascade,
+)
+from civicsignals.classifier.taxonomy import Taxonomy, split_label
 
 __all__ = [
     "LEARNING_CURVE_SIZES",
@@ -59,6 +77,7 @@ __all__ = [
     "evaluate",
     "measure",
     "predict_rows",
+    "retraining_data",
     "train_bundle",
     "write_predictions",
     "write_report",
@@ -251,20 +270,54 @@ def _class_names(labels: Sequence[Label]) -> list[str]:
     return [json.dumps([t, s], ensure_ascii=False) for t, s in labels]
 
 
+def _moments(data: LabelledData, indices: Sequence[int]) -> dict[int, datetime]:
+    """The dates of ``indices`` as moments in UTC, so that the newest are found by time, not by
+    the text of the dates (``31-01-2025`` sorts after ``01-12-2025`` as text)."""
+    assert data.dates is not None
+    moments: dict[int, datetime] = {}
+    for index in indices:
+        try:
+            moments[index] = parse_date(data.dates[index])
+        except ValueError:
+            raise ValueError(
+                f"example {index + 1} of {data.source or 'the data'}: its date {data.dates[index]!r} is not a "
+                f"date; use {DATE_FORMATS_HELP}"
+            ) from None
+    return moments
+
+
 def _holdout_split(data: LabelledData, fraction: float, seed: int) -> tuple[list[int], list[int], str]:
-    """Indices ``(train, held_out)`` and how they were chosen."""
+    """Indices ``(train, held_out)`` and how they were chosen.
+
+    Only reports can be held out: examples marked ``train_only`` (a taxonomy's cold-start
+    examples) are always trained on, and the share and the minimum count are of the reports.
+    """
     n = len(data)
-    if fraction <= 0 or n < 4 * MIN_HOLDOUT:
+    train_only = data.train_only or [False] * n
+    candidates = [i for i in range(n) if not train_only[i]]
+    fixed = n - len(candidates)
+    if fraction <= 0 or len(candidates) < 4 * MIN_HOLDOUT:
         return list(range(n)), [], "none"
     # Small data: hold out at least MIN_HOLDOUT examples (at most a quarter, by the test above).
-    fraction = max(fraction, MIN_HOLDOUT / n)
+    fraction = max(fraction, MIN_HOLDOUT / len(candidates))
+    of_reports = (
+        f" of the {len(candidates)} reports (the {fixed} cold-start examples are always trained on)"
+        if fixed
+        else ""
+    )
     if data.dates is not None:
-        order = sorted(range(n), key=lambda i: (data.dates[i] if data.dates else "", i))
-        cut = n - round(n * fraction)
-        return sorted(order[:cut]), sorted(order[cut:]), f"newest {fraction:.0%} by date"
+        moments = _moments(data, candidates)
+        order = sorted(candidates, key=lambda i: (moments[i], i))
+        cut = len(order) - round(len(order) * fraction)
+        held_set = set(order[cut:])
+        return (
+            [i for i in range(n) if i not in held_set],
+            sorted(held_set),
+            f"newest {fraction:.0%} by date{of_reports}",
+        )
     by_class: dict[Label, list[int]] = defaultdict(list)
-    for index, label in enumerate(data.labels):
-        by_class[label].append(index)
+    for index in candidates:
+        by_class[data.labels[index]].append(index)
     rng = random.Random(seed)
     held: list[int] = []
     for label in sorted(by_class, key=lambda x: (x[0], x[1] or "")):
@@ -277,8 +330,115 @@ def _holdout_split(data: LabelledData, fraction: float, seed: int) -> tuple[list
     return (
         [i for i in range(n) if i not in held_set],
         sorted(held),
-        f"stratified random {fraction:.0%}, seed {seed}",
+        f"stratified random {fraction:.0%}, seed {seed}{of_reports}",
     )
+
+
+def _has_subtopic(labels: Sequence[Label]) -> bool:
+    return any(subtopic is not None for _, subtopic in labels)
+
+
+def _reconcile_levels(
+    corrections: Sequence[Label], base_labels: Sequence[Label], base_name: str, warn: Progress
+) -> list[Label]:
+    """The corrections' labels at the level of the base data, with one line on stderr when the
+    levels differ.
+
+    A base with topics only (an export with one category column) makes a topics-only model; a
+    correction's ``topic/subtopic`` next to it would be a class of its own beside its topic, and
+    the two would split the topic's probability. So the corrections are reduced to their topics.
+    The other way round (the base has subtopics, a correction names a topic alone) nothing can be
+    added to the correction: it is kept as a topic-only label, as ``train`` keeps a row with an
+    empty subtopic, and the warning says so.
+    """
+    with_subtopic = sum(subtopic is not None for _, subtopic in corrections)
+    if not _has_subtopic(base_labels):
+        if with_subtopic:
+            warn(
+                f"retrain: the {base_name} has topics only and {with_subtopic} of the {len(corrections)} "
+                "corrections have a subtopic: the corrections were reduced to their topics, so the model "
+                "predicts topics only"
+            )
+        return [(topic, None) for topic, _ in corrections]
+    without_subtopic = len(corrections) - with_subtopic
+    if without_subtopic:
+        warn(
+            f"retrain: {without_subtopic} of the {len(corrections)} corrections name a topic without a "
+            f"subtopic while the {base_name} has subtopics: they are kept as topic-only labels, so the "
+            "model may answer those topics without a subtopic"
+        )
+    return list(corrections)
+
+
+def retraining_data(
+    corrections: LabelledData,
+    *,
+    base: LabelledData | None = None,
+    taxonomy: Taxonomy | None = None,
+    warn: Progress = _stderr,
+) -> LabelledData:
+    """What ``retrain`` trains on: staff's corrections plus a base export, or, without one, the
+    cold-start examples of ``taxonomy`` (required then).
+
+    Corrections alone cover only the topics staff happened to correct (a few dozen reports of
+    three topics, say); a model trained on them alone knows nothing else, and activating it would
+    send every other report to one of those topics. The cold-start examples (the same texts the
+    cold-start model is trained on: the taxonomy's names, descriptions and examples) keep every
+    label of the taxonomy learnable, while the corrections, being real reports, weigh in where
+    they exist. They are marked ``train_only``: the held-out figures are measured on corrections.
+    A base export is not mixed with them: its categories are the municipality's own names, not
+    the taxonomy's codes, and it covers its labels with real reports already.
+
+    The result's ``extra`` (the card's ``data``) records the parts; without a base, ``sha256`` and
+    ``size`` are those of the training rows as trained (one JSON ``[text, label]`` line each, the
+    card's ``training_data`` digest), as there is no file to hash.
+    """
+    if base is not None:
+        labels = base.labels + _reconcile_levels(corrections.labels, base.labels, "base data", warn)
+        parts = {"corrections": len(corrections), "base": len(base)}
+        data = LabelledData(
+            texts=base.texts + corrections.texts,
+            labels=labels,
+            # A split by date needs dates on both; otherwise the split is stratified.
+            dates=(base.dates + (corrections.dates or [])) if base.dates is not None else None,
+            skipped_empty=base.skipped_empty + corrections.skipped_empty,
+            skipped_unlabelled=base.skipped_unlabelled,
+            rows=base.rows + corrections.rows,
+            sha256=base.sha256,
+            size=base.size,
+            source=base.source,
+            extra={"parts": parts},
+        )
+        data.has_subtopics = _has_subtopic(labels)
+        return data
+    if taxonomy is None:
+        raise ValueError("retraining without a base export needs the taxonomy (for its cold-start examples)")
+    texts, keys = coldstart_examples(taxonomy)
+    coldstart_labels: list[Label] = [split_label(key) for key in keys]
+    labels = _reconcile_levels(corrections.labels, coldstart_labels, "taxonomy", warn) + coldstart_labels
+    all_texts = corrections.texts + texts
+    sha256, size = training_data_digest(all_texts, _class_names(labels))
+    parts = {"corrections": len(corrections), "coldstart": len(texts)}
+    data = LabelledData(
+        texts=all_texts,
+        labels=labels,
+        # Corrections are held out by the date they were made; cold-start examples never are.
+        dates=(corrections.dates + [""] * len(texts)) if corrections.dates is not None else None,
+        skipped_empty=corrections.skipped_empty,
+        skipped_unlabelled=corrections.skipped_unlabelled,
+        rows=corrections.rows + len(texts),
+        sha256=sha256,
+        size=size,
+        source="",
+        extra={
+            "parts": parts,
+            "sha256_of": "the training rows as trained (as training_data.sha256)",
+            "taxonomy": {"version": taxonomy.version, "fingerprint": taxonomy.fingerprint()},
+        },
+        train_only=[False] * len(corrections) + [True] * len(texts),
+    )
+    data.has_subtopics = _has_subtopic(labels)
+    return data
 
 
 def _embed(encoder: SentenceEncoder, texts: Sequence[str], what: str) -> npt.NDArray[np.float32]:

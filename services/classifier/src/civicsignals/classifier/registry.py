@@ -13,6 +13,13 @@ and loads a newly activated version in a thread before it swaps it in, so activa
 need no restart; the replica that handled the API call swaps at once.
 
 A cold-start bundle is built on first need (a few seconds) and reused by every later start.
+
+A tenant with a ``taxonomy.yaml`` of its own is never served the default taxonomy's model: its
+signals would get topics its routing rules do not know. When its taxonomy cannot be used (a change
+the tenant registry should have refused already, since the schema accepts what the classifier
+accepts), the last good taxonomy of that tenant stays in force; when there never was a good one,
+the tenant is not served at all (:class:`TaxonomyRefused`: its signals wait, ``/v1/classify``
+answers 503) until the file is fixed. Other tenants are not affected.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from pathlib import Path
 
 from civicsignals.classifier.model.inference import BundleError, TopicModel
 from civicsignals.classifier.service import version_dir
-from civicsignals.classifier.taxonomy import Taxonomy
+from civicsignals.classifier.taxonomy import Taxonomy, TaxonomyError, taxonomy_from_data
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,11 @@ class ModelNotReady(RuntimeError):
     """The tenant's model is still being loaded or built; try again shortly."""
 
 
+class TaxonomyRefused(ModelNotReady):
+    """The tenant has a taxonomy of its own, but none that can be used yet: it is not served (rather
+    than served the default taxonomy) until its ``taxonomy.yaml`` is fixed."""
+
+
 class ModelRegistry:
     """Loaded models: one per cold-start taxonomy, one per tenant with an active version."""
 
@@ -46,7 +58,10 @@ class ModelRegistry:
         self._tenant_models: dict[str, TopicModel] = {}
         #: What the database says is in force, as last read (None: the cold start).
         self._wanted: dict[str, str | None] = {}
+        #: The cold-start key of each tenant's own (last good) taxonomy; absent: the default one.
         self._tenant_taxonomy: dict[str, str] = {}
+        #: Tenants with a taxonomy of their own and no good one yet: why they are not served.
+        self.refused: dict[str, str] = {}
         self._building: dict[str, asyncio.Task[TopicModel]] = {}
         self._lock = asyncio.Lock()
         #: Counts every :meth:`apply`; per tenant, the count at its last one. A refresh that read
@@ -95,27 +110,51 @@ class ModelRegistry:
         """Load (or build) the default cold-start model; the service is ready after this."""
         return await self._coldstart_model(DEFAULT_COLDSTART, None)
 
-    def set_tenant_taxonomy(self, tenant: str, taxonomy: dict[str, object] | None) -> str:
-        """Tell the registry the taxonomy of a tenant (from its folder); returns its cold-start key."""
+    def set_tenant_taxonomy(
+        self, tenant: str, taxonomy: dict[str, object] | None, *, source: str = "taxonomy.yaml"
+    ) -> str | None:
+        """Tell the registry the taxonomy of a tenant (from its folder); returns its cold-start key.
+
+        ``None`` (or an empty file): the tenant has none and gets the default taxonomy. A taxonomy
+        that cannot be used is refused: the tenant keeps its last good one, or, without one, is not
+        served (:meth:`refuse_taxonomy`); then the key in force (or None) is returned.
+        """
         if not taxonomy:
             self._tenant_taxonomy.pop(tenant, None)
+            self.refused.pop(tenant, None)
             return DEFAULT_COLDSTART
-        data = dict(taxonomy)
-        # tenant.yaml's schema allows a numeric version and none at all; the model card wants text.
-        data["version"] = str(data.get("version", "tenant"))
         try:
-            parsed = Taxonomy.model_validate(data)
-        except ValueError as exc:
-            log.error("tenant %s: taxonomy.yaml is not usable, using the default taxonomy: %s", tenant, exc)
-            self._tenant_taxonomy.pop(tenant, None)
-            return DEFAULT_COLDSTART
+            parsed = taxonomy_from_data(taxonomy, source=source)
+        except TaxonomyError as exc:
+            self.refuse_taxonomy(tenant, str(exc))
+            return self._tenant_taxonomy.get(tenant)
         key = parsed.fingerprint()[:16]
         self._tenant_taxonomy[tenant] = key
+        self.refused.pop(tenant, None)
         if key not in self._coldstart and key not in self._building:
             task = asyncio.create_task(asyncio.to_thread(self._build_coldstart, key, parsed))
             self._building[key] = task
             task.add_done_callback(functools.partial(self._built, key))
         return key
+
+    def refuse_taxonomy(self, tenant: str, reason: str) -> None:
+        """The tenant has a taxonomy of its own that cannot be used: keep its last good one, and
+        without one, serve the tenant nothing (never the default taxonomy) until it is fixed."""
+        if tenant in self._tenant_taxonomy:
+            log.error(
+                "tenant %s: taxonomy refused, keeping its last good taxonomy (%s): %s",
+                tenant,
+                self._tenant_taxonomy[tenant],
+                reason,
+            )
+            return
+        self.refused[tenant] = reason
+        log.error(
+            "tenant %s: taxonomy refused and no good one loaded before; its signals are not classified "
+            "until it is fixed: %s",
+            tenant,
+            reason,
+        )
 
     def _built(self, key: str, task: asyncio.Task[TopicModel]) -> None:
         self._building.pop(key, None)
@@ -136,6 +175,8 @@ class ModelRegistry:
             if model is None or model.version != wanted:
                 raise ModelNotReady(f"model {wanted} of tenant {tenant} is loading")
             return model
+        if tenant in self.refused:
+            raise TaxonomyRefused(f"tenant {tenant}: {self.refused[tenant]}")
         key = self._tenant_taxonomy.get(tenant, DEFAULT_COLDSTART)
         model = self._coldstart.get(key)
         if model is None:

@@ -25,6 +25,10 @@ from civicsignals.common.events import SignalReclassified
 _VERSION = re.compile(VERSION_PATTERN)
 
 
+#: ``rollback(expected=...)``'s default: roll back to whatever the history says.
+ANY_TARGET: object = object()
+
+
 class RegistryError(ValueError):
     """A registry operation that cannot be done (unknown version, nothing to roll back to ...)."""
 
@@ -119,15 +123,60 @@ async def list_versions(session: AsyncSession, tenant: str) -> Sequence[ModelVer
     return result.all()
 
 
-async def activation_history(session: AsyncSession, tenant: str, limit: int = 2) -> Sequence[ModelActivation]:
-    """The newest activations of ``tenant``, newest first."""
-    result = await session.exec(
+async def activation_history(
+    session: AsyncSession, tenant: str, limit: int | None = 2
+) -> Sequence[ModelActivation]:
+    """The newest activations of ``tenant`` (all of them when ``limit`` is None), newest first."""
+    query = (
         select(ModelActivation)
         .where(ModelActivation.tenant == tenant)
         .order_by(col(ModelActivation.id).desc())
-        .limit(limit)
     )
+    result = await session.exec(query if limit is None else query.limit(limit))
     return result.all()
+
+
+def rollback_stack(history: Sequence[ModelActivation]) -> list[str | None]:
+    """The versions a rollback may go back to, oldest first; the last one is in force.
+
+    ``history`` is oldest first. An activation puts its version on top (a version activated while
+    it is in force changes nothing). A rollback takes the top off, and every other place of that
+    version too: it was rolled back from, so no later rollback brings it back (only activating it
+    again does). The cold start lies under the stack. A rollback row that names another version
+    than the stack gives (rows written before rollbacks walked back, or two rollbacks at the same
+    moment) is trusted as written: that version is then on top.
+    """
+    stack: list[str | None] = []
+    for row in history:
+        if row.action == "rollback":
+            if stack:
+                left = stack.pop()
+                stack = [version for version in stack if version != left]
+            if (stack[-1] if stack else None) != row.version:
+                stack = [version for version in stack if version != row.version]
+                stack.append(row.version)
+        elif not stack or stack[-1] != row.version:
+            stack.append(row.version)
+    return stack
+
+
+async def rollback_target(session: AsyncSession, tenant: str) -> str | None:
+    """The version a rollback would make active now (None: the cold start).
+
+    Raises :class:`RegistryError` when there is nothing to roll back to: no version was ever
+    activated, or every earlier one was rolled back from already and the cold start serves.
+    """
+    history = list(reversed(await activation_history(session, tenant, None)))
+    if not history:
+        raise RegistryError("nothing to roll back: no version was ever activated for this municipality")
+    stack = rollback_stack(history)
+    if not stack or (stack == [None]):
+        raise RegistryError(
+            "nothing left to roll back to: the cold-start model serves, and every version activated "
+            "before was rolled back from already (activate a version to serve it again)"
+        )
+    stack.pop()
+    return stack[-1] if stack else None
 
 
 async def active_version(session: AsyncSession, tenant: str) -> str | None:
@@ -158,12 +207,20 @@ async def activate(session: AsyncSession, tenant: str, version: str | None, *, a
     return row
 
 
-async def rollback(session: AsyncSession, tenant: str, *, actor: str) -> ModelActivation:
-    """Go back to the version that was in force before the current one (the cold start at the start)."""
-    history = await activation_history(session, tenant, 2)
-    if not history:
-        raise RegistryError("nothing to roll back: no version was ever activated for this municipality")
-    target = history[1].version if len(history) > 1 else None
+async def rollback(
+    session: AsyncSession, tenant: str, *, actor: str, expected: object = ANY_TARGET
+) -> ModelActivation:
+    """Go back one step along the activation history (:func:`rollback_target`): A, B, C activated,
+    a rollback serves B, the next one A, the next the cold start, and then there is nothing left.
+
+    ``expected``: the target the caller prepared for (loaded); a :class:`RegistryError` when the
+    history changed meanwhile and the target is another one.
+    """
+    target = await rollback_target(session, tenant)
+    if expected is not ANY_TARGET and expected != target:
+        raise RegistryError(
+            "the model history changed while rolling back (another activation or rollback); try again"
+        )
     row = ModelActivation(tenant=tenant, version=target, action="rollback", actor=actor)
     session.add(row)
     await session.flush()

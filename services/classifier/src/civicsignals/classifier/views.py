@@ -21,7 +21,7 @@ from civicsignals.classifier.models import (
     ModelList,
     ModelVersion,
 )
-from civicsignals.classifier.registry import ModelNotReady
+from civicsignals.classifier.registry import ModelNotReady, TaxonomyRefused
 from civicsignals.common import audit
 from civicsignals.common.auth import Principal, any_scope_dependency, scope_dependency
 from civicsignals.common.events import Alternative
@@ -49,8 +49,21 @@ def _serving(ctx: ClassifierContext, tenant: str) -> tuple[str | None, float | N
         model = ctx.serving_model(tenant)
     except ModelNotReady:
         return None, None
-    threshold = ctx.threshold(tenant)
-    return model.version, model.threshold if threshold is None else threshold
+    return model.version, ctx.threshold_in_force(tenant, model)
+
+
+def _not_ready(exc: ModelNotReady) -> Problem:
+    if isinstance(exc, TaxonomyRefused):
+        # The problems themselves (with the server's paths) are in the log; the admin command
+        # names them too.
+        return Problem(
+            503,
+            "this municipality's own taxonomy.yaml cannot be used, and no earlier version of it "
+            "could: its signals wait until it is fixed (civicsignals-admin validate names the problem)",
+            slug="taxonomy-refused",
+            headers={"Retry-After": "60"},
+        )
+    return Problem(503, "the model is still loading", slug="model-loading", headers={"Retry-After": "5"})
 
 
 @router.post("/v1/classify", response_model=ClassifyResponse, summary="Classify one text or a batch")
@@ -60,10 +73,8 @@ async def classify(body: ClassifyRequest, request: Request, principal: Classifyi
     ctx = _context(request)
     try:
         model = ctx.serving_model(principal.tenant)
-    except ModelNotReady:
-        raise Problem(
-            503, "the model is still loading", slug="model-loading", headers={"Retry-After": "5"}
-        ) from None
+    except ModelNotReady as exc:
+        raise _not_ready(exc) from None
     texts = [body.text] if body.text is not None else list(body.texts or [])
     for index, text in enumerate(texts):
         if not text.strip():
@@ -81,7 +92,9 @@ async def classify(body: ClassifyRequest, request: Request, principal: Classifyi
                 slug="validation",
                 errors=[{"pointer": f"/texts/{index}", "detail": "longer than 10,000 characters"}],
             )
-    predictions = await asyncio.to_thread(model.predict, texts, threshold=ctx.threshold(principal.tenant))
+    predictions = await asyncio.to_thread(
+        model.predict, texts, threshold=ctx.threshold(principal.tenant, model)
+    )
     return ClassifyResponse(
         results=[
             Classification(
@@ -190,13 +203,15 @@ async def activate_model(version: Version, request: Request, principal: Administ
     "/v1/models:rollback", response_model=ModelList, summary="Go back to the previous version"
 )
 async def rollback_model(request: Request, principal: Administering) -> ModelList:
-    """Serve the version that was in force before the current one (the cold start if none was)."""
+    """Serve the version activated before the current one, walking back along the activation
+    history: each rollback goes one step further back, skipping the versions already rolled back
+    from, down to the cold start; 409 when there is nowhere left to go."""
     ctx = _context(request)
     async with ctx.runtime.sessions() as session:
-        history = await service.activation_history(session, principal.tenant, 2)
-    if not history:
-        raise Problem(409, "nothing to roll back: no version was ever activated", slug="nothing-to-roll-back")
-    target = history[1].version if len(history) > 1 else None
+        try:
+            target = await service.rollback_target(session, principal.tenant)
+        except service.RegistryError as exc:
+            raise Problem(409, str(exc), slug="nothing-to-roll-back") from None
     model = None
     if target is not None:
         try:
@@ -206,7 +221,10 @@ async def rollback_model(request: Request, principal: Administering) -> ModelLis
                 409, f"model version {target} cannot be loaded: {exc}", slug="bundle-broken"
             ) from exc
     async with ctx.runtime.sessions() as session, session.begin():
-        row = await service.rollback(session, principal.tenant, actor=principal.actor)
+        try:
+            row = await service.rollback(session, principal.tenant, actor=principal.actor, expected=target)
+        except service.RegistryError as exc:
+            raise Problem(409, str(exc), slug="rollback-conflict") from None
         audit.record(
             session,
             tenant=principal.tenant,

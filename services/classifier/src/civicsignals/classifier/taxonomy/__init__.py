@@ -6,6 +6,7 @@ See ``default.yaml`` for the format and ``NOTICE`` for the origin of its public-
 from civicsignals.classifier.taxonomy.loader import (
     CODE_PATTERN,
     DEFAULT_TAXONOMY_PATH,
+    DEFAULT_VERSION,
     LABEL_SEPARATOR,
     Subtopic,
     Taxonomy,
@@ -15,11 +16,13 @@ from civicsignals.classifier.taxonomy.loader import (
     load_taxonomy,
     parse_taxonomy,
     split_label,
+    taxonomy_from_data,
 )
 
 __all__ = [
     "CODE_PATTERN",
     "DEFAULT_TAXONOMY_PATH",
+    "DEFAULT_VERSION",
     "LABEL_SEPARATOR",
     "Subtopic",
     "Taxonomy",
@@ -29,4 +32,5 @@ __all__ = [
     "load_taxonomy",
     "parse_taxonomy",
     "split_label",
+    "taxonomy_from_data",
 ]

@@ -5,6 +5,14 @@ with a message that names the file, the line and the problem, never with a bare 
 PyYAML traceback. Codes are what models, routing rules and events refer to; they are validated
 strictly (lowercase ``[a-z0-9-]``) and must be unique, so that a ``topic/subtopic`` label is
 unambiguous.
+
+The models accept exactly what the tenant schema (``civicsignals/common/schemas/taxonomy.schema.json``)
+accepts, so that ``civicsignals-admin validate`` refuses every file the classifier cannot use and
+no other: only codes are required. Everything else has a default the cold-start model can train
+on: a missing (or blank) ``name_nl`` is the code in words, a missing ``name_en`` is ``name_nl``,
+a missing description is none, a topic without subtopics is one class whose subtopic code is the
+topic's own code, and a missing ``version`` is ``"tenant"``. Fields the classifier does not know
+are ignored, because the same file carries other services' settings (intake's ``open311``).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, 
 __all__ = [
     "CODE_PATTERN",
     "DEFAULT_TAXONOMY_PATH",
+    "DEFAULT_VERSION",
     "LABEL_SEPARATOR",
     "Subtopic",
     "Taxonomy",
@@ -30,6 +39,7 @@ __all__ = [
     "load_taxonomy",
     "parse_taxonomy",
     "split_label",
+    "taxonomy_from_data",
 ]
 
 #: The taxonomy shipped with the classifier (public space after Amsterdam + the rest of a municipality).
@@ -44,6 +54,35 @@ LABEL_SEPARATOR = "/"
 
 Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN, min_length=1, max_length=64)]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+#: Text that may be empty (a description that was left out).
+OptionalText = Annotated[str, StringConstraints(strip_whitespace=True)]
+
+#: The version of a taxonomy file that has none (the tenant schema does not require one).
+DEFAULT_VERSION = "tenant"
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _with_defaults(data: Any) -> Any:
+    """Fill in the names and description a topic or subtopic left out (see the module's docstring).
+
+    Only absent, null or blank values are filled; a value of the wrong type is left for the
+    field's own validation to refuse. Nothing is filled without a usable code, so a missing code
+    is reported once, not together with the names that would have been derived from it.
+    """
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    code = data.get("code")
+    if _blank(data.get("name_nl")) and isinstance(code, str) and code.strip():
+        data["name_nl"] = code.strip().replace("-", " ")
+    if _blank(data.get("name_en")) and isinstance(data.get("name_nl"), str):
+        data["name_en"] = data["name_nl"]
+    if data.get("description_nl") is None:
+        data["description_nl"] = ""
+    return data
 
 
 def label_key(topic: str, subtopic: str) -> str:
@@ -62,35 +101,66 @@ def split_label(label: str) -> tuple[str, str]:
 class Subtopic(BaseModel):
     """A leaf of the taxonomy: the unit a model predicts and a routing rule matches."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     code: Code
-    name_nl: Text
-    name_en: Text
-    description_nl: Text
+    #: Defaults to the code in words (``"put-riool"`` -> ``"put riool"``); never empty once valid.
+    name_nl: Text = ""
+    #: Defaults to ``name_nl``.
+    name_en: Text = ""
+    #: Optional: empty when the file gives none.
+    description_nl: OptionalText = ""
     #: Example reports; training data for the cold-start model besides names and description.
     examples_nl: tuple[Text, ...] = ()
     #: The name of this category in the scheme it was taken from (e.g. Amsterdam's), for traceability.
     source_name: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        data = _with_defaults(data)
+        if isinstance(data, dict) and "examples_nl" in data:
+            examples = data["examples_nl"]
+            if examples is None:
+                data["examples_nl"] = ()
+            elif isinstance(examples, list | tuple):  # blank examples teach nothing: left out
+                data["examples_nl"] = tuple(e for e in examples if not (isinstance(e, str) and not e.strip()))
+        return data
+
 
 class Topic(BaseModel):
     """A main topic grouping subtopics; dashboards and coarse routing work at this level."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     code: Code
-    name_nl: Text
-    name_en: Text
-    description_nl: Text
-    subtopics: tuple[Subtopic, ...]
+    name_nl: Text = ""
+    name_en: Text = ""
+    description_nl: OptionalText = ""
+    #: Never empty once valid: a topic the file gives no subtopics is one class, see :meth:`_defaults`.
+    subtopics: tuple[Subtopic, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        data = _with_defaults(data)
+        if isinstance(data, dict) and data.get("subtopics") in (None, []):
+            # A topic without subtopics (routing rules need only topic codes) is still something a
+            # model can predict: one class, ``<topic>/<topic>``, named and described like the topic.
+            code = data.get("code")
+            if isinstance(code, str):
+                data["subtopics"] = [
+                    {
+                        "code": code,
+                        "name_nl": data.get("name_nl"),
+                        "name_en": data.get("name_en"),
+                        "description_nl": data.get("description_nl"),
+                    }
+                ]
+        return data
 
     @model_validator(mode="after")
     def _unique_subtopics(self) -> Topic:
-        # Checked here rather than with Field(min_length=1): pydantic would also report "too short"
-        # for a list whose items merely failed validation, a confusing extra problem.
-        if not self.subtopics:
-            raise ValueError(f"topic {self.code!r} has no subtopics; it needs at least one")
         _check_unique([s.code for s in self.subtopics], "subtopic code", f" in topic {self.code!r}")
         return self
 
@@ -105,11 +175,27 @@ class Topic(BaseModel):
 class Taxonomy(BaseModel):
     """A validated two-level taxonomy. Build it with :func:`load_taxonomy` or :func:`parse_taxonomy`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
-    #: Free-form version of the taxonomy file; it is copied into model cards.
-    version: Text
+    #: Free-form version of the taxonomy file (a number is read as text); it is copied into model
+    #: cards. :data:`DEFAULT_VERSION` when the file has none.
+    version: Text = DEFAULT_VERSION
     topics: tuple[Topic, ...]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        version = data.get("version")
+        if _blank(version):
+            data["version"] = DEFAULT_VERSION
+        elif isinstance(version, float) and version.is_integer():  # JSON Schema's "integer" takes 2.0
+            data["version"] = str(int(version))
+        elif isinstance(version, int) and not isinstance(version, bool):
+            data["version"] = str(version)
+        return data
 
     @model_validator(mode="after")
     def _unique_topics(self) -> Taxonomy:
@@ -205,12 +291,21 @@ def parse_taxonomy(text: str, *, source: str = "<string>") -> Taxonomy:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
     except yaml.YAMLError as exc:
         raise TaxonomyError(source, [_describe_yaml_error(exc)]) from exc
+    return taxonomy_from_data(data, source=source, text=text)
+
+
+def taxonomy_from_data(data: Any, *, source: str = "<data>", text: str | None = None) -> Taxonomy:
+    """Validate a taxonomy already parsed from YAML (a tenant folder's ``taxonomy.yaml`` as the
+    tenant registry holds it); ``text``, when given, adds the line of each problem.
+
+    Raises :class:`TaxonomyError` naming ``source`` and each field that is wrong.
+    """
     if not isinstance(data, dict):
         raise TaxonomyError(source, ["the top level must be a mapping with 'version' and 'topics'"])
     try:
         return Taxonomy.model_validate(data)
     except ValidationError as exc:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=yaml.SafeLoader) if text is not None else None
         problems = []
         for error in exc.errors(include_url=False):
             loc = tuple(error["loc"])
