@@ -15,8 +15,16 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from civicsignals.common.events import CaseStatusChanged, SignalRouted, make_event, utcnow
+from civicsignals.common.events import (
+    Alternative,
+    CaseStatusChanged,
+    SignalClassified,
+    SignalRouted,
+    make_event,
+    utcnow,
+)
 from civicsignals.common.outbox import OutboxMessage
+from civicsignals.intake import privacy
 from civicsignals.intake.models import Attachment, Signal
 
 from .conftest import JPEG, PNG, SCRIPT, Intake, Receiver
@@ -104,7 +112,11 @@ SPEC_ERRORS = """<?xml version="1.0" encoding="utf-8"?>
     </error>
 </errors>"""
 
-# mySociety's extension (https://github.com/mysociety/fixmystreet/wiki/Open311-FMS---Proposed-differences-to-Open311)
+# mySociety's extension (https://github.com/mysociety/fixmystreet/wiki/Open311-FMS---Proposed-differences-to-Open311):
+# the root is <service_request_updates> with <request_update> items, for GET and for the answer
+# to POST alike, as that page's response table, SocietyWorks' Open311 OpenAPI and mySociety's own
+# open311-adapter write it. (FixMyStreet's tests also feed it <service_requests_updates>, which
+# its XML::Simple parsing ignores; that spelling is not the format.)
 SPEC_UPDATES = """<?xml version="1.0" encoding="utf-8"?>
 <service_request_updates>
     <request_update>
@@ -469,11 +481,20 @@ async def test_default_jurisdiction(intake: Intake) -> None:
 # -- servicerequestupdates -------------------------------------------------------------------------
 
 
-async def _route(intake: Intake, bus: Any, request_id: str, partners: list[str], wait_until: Any) -> None:
+async def _route(
+    intake: Intake,
+    bus: Any,
+    request_id: str,
+    partners: list[str],
+    wait_until: Any,
+    *,
+    to: str = "resolved",
+    case_id: str = "case-9",
+) -> None:
     signal = await intake.get(Signal, request_id)
     routed = SignalRouted(
         signal_id=request_id,
-        case_id="case-9",
+        case_id=case_id,
         tracking_code=signal.tracking_code,
         responsible="stadsbeheer",
         partners=partners,
@@ -481,10 +502,10 @@ async def _route(intake: Intake, bus: Any, request_id: str, partners: list[str],
         rule_id="afval",
     )
     changed = CaseStatusChanged(
-        case_id="case-9",
+        case_id=case_id,
         signal_id=request_id,
         tracking_code=signal.tracking_code,
-        to="resolved",
+        to=to,
         public_note="Geleegd. Vragen? Mail beheer@gouda.example",
         actor="department",
         sequence=3,
@@ -494,7 +515,7 @@ async def _route(intake: Intake, bus: Any, request_id: str, partners: list[str],
 
     async def followed() -> bool:
         current = await intake.get(Signal, request_id)
-        return current.case_id == "case-9" and current.status == "resolved" and current.partners == partners
+        return current.case_id == case_id and current.status == to and current.partners == partners
 
     await wait_until(followed, timeout=10, message="intake to follow the case")
 
@@ -598,3 +619,166 @@ async def test_posted_updates_go_to_routing_with_intakes_service_key(
         and "refused by the test" in refused_by_routing.json()[0]["description"]
     )
     assert len(receiver.received) == 2
+
+
+# -- what GET requests publishes, and whose requests it lists ---------------------------------------
+
+
+async def _classify(intake: Intake, bus: Any, signal_id: str, subtopic: str, wait_until: Any) -> None:
+    """The classifier's verdict, over the bus as in production."""
+    data = SignalClassified(
+        signal_id=signal_id,
+        topic="afval" if subtopic == "container" else "belastingen",
+        subtopic=subtopic,
+        confidence=0.9,
+        alternatives=[Alternative(topic="afval", subtopic=subtopic, probability=0.9)],
+        kind="report",
+        needs_review=False,
+        model_version="test",
+    )
+    await bus.publish(data.bus_subject("gouda"), make_event(tenant="gouda", service="classifier", data=data))
+
+    async def followed() -> bool:
+        return bool((await intake.get(Signal, signal_id)).subtopic == subtopic)
+
+    await wait_until(followed, timeout=10, message="intake to follow the classification")
+
+
+async def _public(intake: Intake, path: str, **params: str) -> tuple[Any, bytes]:
+    """The same GET as JSON (parsed) and as XML (raw bytes)."""
+    js = await intake.client.get(f"{path}.json", params={"jurisdiction_id": "gouda", **params})
+    xml = await intake.client.get(f"{path}.xml", params={"jurisdiction_id": "gouda", **params})
+    assert js.status_code == 200 and xml.status_code == 200, (js.text, xml.text)
+    return js.json(), xml.content
+
+
+async def test_only_requests_posted_via_open311_publish_their_description(
+    intake: Intake, bus: Any, wait_until: Any
+) -> None:
+    """A resident who wrote through the portal (or the phone line …) never agreed to have their
+    words published: their report is listed, but without a description, in JSON and in XML, in
+    the list and in the detail. A request an Open311 client posted shows its text, redacted, until
+    the person's data is erased."""
+    via_open311 = await _create(intake)
+    web = (await intake.post_signal()).json()["id"]
+    await _classify(intake, bus, web, "container", wait_until)
+    web_words = (b"Er ligt afval", b"Bel mij op")  # from the portal's text (conftest.SIGNAL)
+
+    listed, listed_xml = await _public(intake, "/open311/v2/requests")
+    assert {r["service_request_id"] for r in listed} == {via_open311, web}
+    by_id = {r["service_request_id"]: r for r in listed}
+    assert by_id[web]["description"] is None and by_id[web]["service_code"] == "container"
+    assert by_id[via_open311]["description"] == "De glasbak op de Markt zit vol. Bel [PHONE]."
+    root = assert_like_spec(listed_xml, SPEC_REQUESTS)
+    xml_by_id = {r.findtext("service_request_id"): r for r in root}
+    web_description = xml_by_id[web].find("description")
+    assert web_description is not None and not web_description.text and not list(web_description)
+    assert xml_by_id[via_open311].findtext("description") == "De glasbak op de Markt zit vol. Bel [PHONE]."
+
+    detail, detail_xml = await _public(intake, f"/open311/v2/requests/{web}")
+    assert [r["service_request_id"] for r in detail] == [web] and detail[0]["description"] is None
+    assert_like_spec(detail_xml, SPEC_REQUESTS)
+    for body in (json.dumps(listed, ensure_ascii=False).encode(), listed_xml):
+        assert not any(words in body for words in web_words)
+    for body in (json.dumps(detail, ensure_ascii=False).encode(), detail_xml):
+        assert not any(words in body for words in (*web_words, b"[PHONE]"))
+
+    async with intake.runtime.sessions() as session, session.begin():
+        await privacy.erase_signals(session, "gouda", [via_open311], "test", intake.settings.attachments_dir)
+    erased, erased_xml = await _public(intake, f"/open311/v2/requests/{via_open311}")
+    assert erased[0]["description"] is None and b"glasbak" not in erased_xml
+
+
+async def test_an_open311_request_stays_listed_under_its_service_when_classified_privately(
+    intake: Intake, bus: Any, wait_until: Any
+) -> None:
+    """The classifier may file an Open311 client's request under a topic that is no Open311
+    service (here the municipal tax ``woz``); the client still finds it (request, token, updates),
+    under the service_code it posted. A portal's report filed there stays unlisted."""
+    request_id = await _create(intake)
+    portal = (await intake.post_signal()).json()["id"]
+    for signal_id in (request_id, portal):
+        await _classify(intake, bus, signal_id, "woz", wait_until)
+
+    listed, _ = await _public(intake, "/open311/v2/requests")
+    assert [r["service_request_id"] for r in listed] == [request_id]
+    assert (listed[0]["service_code"], listed[0]["service_name"]) == ("container", "Container")
+    filtered, _ = await _public(intake, "/open311/v2/requests", service_code="container")
+    assert [r["service_request_id"] for r in filtered] == [request_id]
+    assert (await _public(intake, "/open311/v2/requests", service_code="woz"))[0] == []
+
+    one, _ = await _public(intake, f"/open311/v2/requests/{request_id}")
+    assert one[0]["service_code"] == "container"
+    token, _ = await _public(intake, f"/open311/v2/tokens/{request_id}")
+    assert token == [{"service_request_id": request_id, "token": request_id}]
+    hidden = await intake.client.get(
+        f"/open311/v2/requests/{portal}.json", params={"jurisdiction_id": "gouda"}
+    )
+    assert hidden.status_code == 404
+
+    await _route(intake, bus, request_id, [], wait_until)
+    updates, _ = await _public(intake, "/open311/v2/servicerequestupdates")
+    assert [(u["service_request_id"], u["status"]) for u in updates] == [(request_id, "fixed")]
+
+
+async def test_status_filter_takes_the_specs_values_in_any_case(intake: Intake) -> None:
+    request_id = await _create(intake)
+    for status in ("OPEN", "Open", "open,CLOSED"):
+        found, _ = await _public(intake, "/open311/v2/requests", status=status)
+        assert [r["service_request_id"] for r in found] == [request_id], status
+    assert (await _public(intake, "/open311/v2/requests", status="CLOSED"))[0] == []
+    assert (await _public(intake, "/open311/v2/requests", status="closed,Closed"))[0] == []
+
+
+async def test_open_on_an_ended_case_asks_routing_to_reopen_it(
+    intake: Intake, bus: Any, receiver: Receiver, wait_until: Any
+) -> None:
+    """OPEN means "in progress" while the case runs, and a reopening once it has ended (routing
+    has no way from resolved to in_progress); REOPEN says so outright. Routing's refusal is the
+    spec's error array, never a 500."""
+    intake.context.settings.routing_url = receiver.url
+    key_file = intake.settings.service_keys_dir / "gouda"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text("cs_servicekey.secret\n")
+    running = await _create(intake)
+    ended = await _create(intake, description="Nog een")
+    await _route(intake, bus, running, [], wait_until, to="in_progress", case_id="case-1")
+    await _route(intake, bus, ended, [], wait_until, to="resolved", case_id="case-2")
+
+    async def post(request_id: str, status: str, update_id: str, fmt: str = "json") -> Any:
+        return await intake.client.post(
+            f"/open311/v2/servicerequestupdates.{fmt}",
+            data={
+                "api_key": intake.gouda.key,
+                "jurisdiction_id": "gouda",
+                "service_request_id": request_id,
+                "update_id": update_id,
+                "status": status,
+                "description": "Toch niet opgelost.",
+            },
+        )
+
+    for request_id, status, update_id in (
+        (running, "OPEN", "u1"),
+        (ended, "OPEN", "u2"),
+        (ended, "open", "u3"),
+    ):
+        answer = await post(request_id, status, update_id)
+        assert answer.status_code == 200 and answer.json() == [{"update_id": update_id}], answer.text
+    assert [(case_id, body["status"]) for case_id, _, body in receiver.received] == [
+        ("case-1", "in_progress"),
+        ("case-2", "reopened"),
+        ("case-2", "reopened"),
+    ]
+    explicit = await post(ended, "REOPEN", "u4")
+    assert explicit.status_code == 200, explicit.text
+    assert receiver.received[-1][2]["status"] == "reopened"
+
+    receiver.status = 409  # routing's lifecycle refuses the move (say, the case was cancelled)
+    refused = await post(ended, "OPEN", "u5", fmt="xml")
+    assert refused.status_code == 400, refused.text
+    root = assert_like_spec(refused.content, SPEC_ERRORS)
+    assert "refused by the test" in (root[0].findtext("description") or "")
+    receiver.status = 500
+    broken = await post(ended, "OPEN", "u6")
+    assert broken.status_code == 400 and broken.json()[0]["code"] == 400

@@ -72,3 +72,21 @@ async def test_a_nul_in_a_multipart_field_that_postgresql_refuses_is_a_422(
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert await _signals(intake) == 0
+
+
+@pytest.mark.parametrize("depth", ["nan", "inf", "-Infinity", "1e999"])
+async def test_an_open311_number_attribute_must_be_finite(intake: Intake, depth: str) -> None:
+    """``float()`` reads these; PostgreSQL's JSON refuses NaN, so they are the spec's 400 error array."""
+    form = {
+        **_form(intake),
+        "service_code": "onderhoud-stoep-rijweg-parkeerplaats",
+        "description": "Diep gat in de stoep",
+        "attribute[depth_cm]": depth,
+    }
+    form.pop("attribute[container_type]")
+    response = await intake.client.post("/open311/v2/requests.json", data=form)
+    assert response.status_code == 400, response.text
+    assert response.json() == [{"code": 400, "description": "attribute[depth_cm] must be a finite number"}]
+    assert await _signals(intake) == 0
+    form["attribute[depth_cm]"] = "12.5"  # the same request with a number is taken
+    assert (await intake.client.post("/open311/v2/requests.json", data=form)).status_code == 200

@@ -20,6 +20,7 @@ subtopic in a tenant's taxonomy, else from :data:`DEFAULT_ATTRIBUTES`.
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -306,9 +307,12 @@ def validate_attributes(service: Service, given: dict[str, list[str]]) -> dict[s
             raise AttributeError311(f"attribute[{attribute.code}] must be one of: {', '.join(sorted(keys))}")
         if attribute.datatype == "number":
             try:
-                clean[attribute.code] = float(value)
+                number = float(value)
             except ValueError:
                 raise AttributeError311(f"attribute[{attribute.code}] must be a number") from None
+            if not math.isfinite(number):  # float() reads nan, inf and 1e999, which no JSON column holds
+                raise AttributeError311(f"attribute[{attribute.code}] must be a finite number")
+            clean[attribute.code] = number
             continue
         if attribute.datatype == "datetime":
             try:

@@ -1,10 +1,18 @@
 """Open311 reads and the form of ``POST requests``, framework-free.
 
 What Open311 shows publicly about a request (GET requests is public by the spec) is what the
-tracking page would show, and no more: the redacted description, coordinates rounded to about
-100 m, the area and district as the address, no postcode, no photos. Only reports (kind
-``report``) in one of the tenant's Open311 services are listed; complaints, questions and
-conversations are never Open311 requests.
+tracking page would show, and no more: coordinates rounded to about 100 m, the area and district
+as the address, no postcode, no photos, and no words of the resident's. The one exception is a
+request an Open311 client posted here itself (:func:`posted_via_open311`): such clients (like
+FixMyStreet) publish their reports anyway, so its description is shown, redacted. A resident who
+wrote through a portal, the phone line or any other channel never agreed to publication, and
+redaction does not remove other people's names, so those requests have no description.
+
+Only reports (kind ``report``) are listed: a request posted via Open311 always, under the
+``service_code`` it was posted with (even when the classifier later chose a topic that is not an
+Open311 service, so its client keeps following it); any other report only when its service (the
+classifier's subtopic, else the hint) is one of the tenant's Open311 services. Complaints,
+questions and conversations are never Open311 requests.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import and_, case, func, or_
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -131,8 +139,43 @@ def definition_json(service: Service) -> dict[str, Any]:
     }
 
 
+OPEN311_CHANNEL = "open311"
+
+# A request an Open311 client posted to ``POST requests``: channel open311, with the service_code
+# it was posted under. Only that route and the importer set ``service_code``, and the importer's
+# history (``imported``) came through another system, so it follows the general rule.
+_POSTED_VIA_OPEN311 = and_(
+    col(Signal.channel) == OPEN311_CHANNEL,
+    col(Signal.service_code).is_not(None),
+    ~col(Signal.imported),
+)
+# The service_code a request is listed under (the SQL twin of :func:`_code_of`).
+_PUBLIC_CODE = case(
+    (_POSTED_VIA_OPEN311, col(Signal.service_code)),
+    else_=func.coalesce(Signal.subtopic, Signal.service_code),
+)
+
+
+def posted_via_open311(signal: Signal) -> bool:
+    """Whether an Open311 client posted this request here (the Python twin of the SQL above)."""
+    return signal.channel == OPEN311_CHANNEL and signal.service_code is not None and not signal.imported
+
+
 def _code_of(signal: Signal) -> str | None:
+    if posted_via_open311(signal):
+        return signal.service_code
     return signal.subtopic or signal.service_code
+
+
+def _description(signal: Signal) -> str | None:
+    """The redacted text, only for a request an Open311 client posted (and not erased since).
+
+    Anything else has none: ``None`` is the spec's empty ``<description></description>`` in XML
+    and ``"description": null`` in JSON, as in the spec's own example of GET requests.
+    """
+    if posted_via_open311(signal) and signal.erased_at is None:
+        return signal.text_redacted
+    return None
 
 
 def _address(signal: Signal, tenant: Tenant) -> str | None:
@@ -161,7 +204,7 @@ def request_json(
         "status_notes": redact(last.note) if last is not None and last.note else None,
         "service_name": service.service_name if service else None,
         "service_code": code,
-        "description": signal.text_redacted,
+        "description": _description(signal),
         "agency_responsible": _agency(signal, tenant),
         "service_notice": signal.service_promise,
         "requested_datetime": w3_time(signal.received_at),
@@ -177,11 +220,10 @@ def request_json(
 
 
 def _listed(query: Any, tenant: Tenant, catalogue: Catalogue) -> Any:
-    code = func.coalesce(Signal.subtopic, Signal.service_code)
     return query.where(
         col(Signal.tenant) == tenant.code,
         col(Signal.kind).in_(LISTED_KINDS),
-        code.in_(list(catalogue.by_code)),
+        or_(_POSTED_VIA_OPEN311, _PUBLIC_CODE.in_(list(catalogue.by_code))),
     )
 
 
@@ -219,14 +261,15 @@ async def find_requests(
         query = query.where(col(Signal.id).in_(ids[:MAX_RESULTS]))
     else:
         if service_codes:
-            query = query.where(func.coalesce(Signal.subtopic, Signal.service_code).in_(service_codes))
+            query = query.where(_PUBLIC_CODE.in_(service_codes))
         if start is not None:
             query = query.where(col(Signal.received_at) >= start)
         if end is not None:
             query = query.where(col(Signal.received_at) <= end)
-        if statuses and set(statuses) != {"open", "closed"}:
+        wanted = set(statuses or ())
+        if wanted and wanted != {"open", "closed"}:
             in_closed = col(Signal.status).in_(sorted(closed))
-            query = query.where(in_closed if statuses == ["closed"] else ~in_closed)
+            query = query.where(in_closed if wanted == {"closed"} else ~in_closed)
     query = query.order_by(col(Signal.received_at).desc()).limit(MAX_RESULTS)
     signals = list((await session.exec(query)).all())
     last = await _last_entries(session, signals)
@@ -259,9 +302,12 @@ UPDATE_STATUS = {
     "cancelled": "closed",
 }
 
-# An update's status (any case) -> the case status routing is asked to set.
+# An update's status (any case) -> the case status routing is asked to set. OPEN on a case that
+# has ended is a reopening instead (see :func:`case_status_for`); REOPEN is SocietyWorks' explicit
+# form of it (their Open311 OpenAPI lists it among the update states).
 CASE_STATUS = {
     "open": "in_progress",
+    "reopen": "reopened",
     "in_progress": "in_progress",
     "action_scheduled": "in_progress",
     "investigating": "in_progress",
@@ -272,6 +318,20 @@ CASE_STATUS = {
     "no_further_action": "closed",
     "internal_referral": "forwarded",
 }
+
+
+def case_status_for(status: str, current: str, ended: frozenset[str]) -> str | None:
+    """The case status an update's ``status`` asks routing for, given the case's current one.
+
+    ``OPEN`` means "work on it": ``in_progress`` while the case runs, but the reopen move once it
+    has ended (resolved, closed, rejected …), since routing has no way from there to
+    ``in_progress``. Routing's lifecycle still has the final say (it refuses, say, to reopen a
+    cancelled case), and its refusal is an error array. ``None``: not a status we know.
+    """
+    key = status.strip().lower()
+    if key == "open" and current in ended:
+        return "reopened"
+    return CASE_STATUS.get(key)
 
 
 async def find_updates(

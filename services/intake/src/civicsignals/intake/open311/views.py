@@ -31,6 +31,7 @@ from civicsignals.intake.open311.catalogue import AttributeError311, Catalogue, 
 from civicsignals.intake.open311.service import (
     CASE_STATUS,
     Open311Error,
+    case_status_for,
     date_range,
     definition_json,
     find_request,
@@ -42,6 +43,7 @@ from civicsignals.intake.open311.service import (
     split_list,
 )
 from civicsignals.intake.redaction import redact
+from civicsignals.intake.tenantconfig import closed_statuses
 
 log = logging.getLogger(__name__)
 
@@ -524,9 +526,14 @@ async def get_requests(
     ] = None,
     status: Annotated[str | None, Query(description="open, closed or both, comma-separated")] = None,
 ) -> Response:
-    """Public, as in the spec: the most recent 90 days (never a wider span), at most 1000 requests."""
+    """Public, as in the spec: the most recent 90 days (never a wider span), at most 1000 requests.
+
+    `description` (redacted) only for requests an Open311 client posted here; reports that came
+    through any other channel are listed without it. A request posted here is always listed,
+    under the `service_code` it was posted with. `status` is `open` and/or `closed`, in any case.
+    """
     tenant = resolve_tenant(request, jurisdiction_id)
-    statuses = split_list(status)
+    statuses = [s.lower() for s in split_list(status)]  # the spec's open/closed, in any case
     if any(s not in ("open", "closed") for s in statuses):
         raise Open311Error(400, "status must be open, closed or both")
     start, end = date_range(parse_time(start_date, "start_date"), parse_time(end_date, "end_date"), utcnow())
@@ -693,7 +700,8 @@ async def post_update(fmt: FmtPath, request: Request) -> Response:
 
     Needs an `api_key` with `cases:write`, or `partner:<code>` of a partner the case was
     forwarded to. The poster's name and e-mail are not kept; the description becomes the public
-    note (redacted).
+    note (redacted). `OPEN` on a case that has ended (and `REOPEN`) asks routing to reopen it;
+    a move routing's lifecycle refuses is an error array (400).
     """
     form = parse_form((await request.form()).multi_items())
     principal = authorise_key(request, form.get("api_key"), ("cases:write", "partner:*"))
@@ -705,8 +713,7 @@ async def post_update(fmt: FmtPath, request: Request) -> Response:
         if value is None:
             raise Open311Error(400, f"{name} was not provided")
     assert request_id is not None and update_id is not None and status is not None
-    case_status = CASE_STATUS.get(status.strip().lower())
-    if case_status is None:
+    if status.strip().lower() not in CASE_STATUS:
         raise Open311Error(400, f"status must be one of {', '.join(s.upper() for s in CASE_STATUS)}")
     parse_time(form.get("updated_datetime"), "updated_datetime")
     if len(update_id) > 100:
@@ -725,6 +732,8 @@ async def post_update(fmt: FmtPath, request: Request) -> Response:
             raise Open311Error(403, "this api_key's partner does not work on this request")
     if signal.case_id is None:
         raise Open311Error(400, "this request has no case yet; retry shortly")
+    case_status = case_status_for(status, signal.status, closed_statuses(tenant))
+    assert case_status is not None  # checked above
     key = forward.service_key(ctx.settings.service_keys_dir, tenant.code)
     await forward.forward(
         ctx.http,
