@@ -356,6 +356,25 @@ async def test_tracking_follows_the_case_and_feedback_is_published_once(
     assert "jan" not in json.dumps(page).lower()
 
     feedback = {"satisfied": True, "score": 4, "comment": "Prima! Bel me op 06-12345678 als er iets is."}
+    early = await intake.client.post(f"/v1/tracking/{code}/feedback", json=feedback)
+    assert early.status_code == 409 and early.json()["type"].endswith("/case-not-ended"), early.text
+    await _publish(
+        bus,
+        "gouda",
+        CaseStatusChanged(
+            case_id="case-1",
+            signal_id=signal_id,
+            tracking_code=code,
+            to="resolved",
+            actor="department",
+            sequence=3,
+        ),
+    )
+
+    async def resolved() -> bool:
+        return bool((await intake.client.get(f"/v1/tracking/{code}")).json()["status"] == "resolved")
+
+    await wait_until(resolved, timeout=10, message="the tracking page to see the case resolved")
     first = await intake.client.post(f"/v1/tracking/{code.lower()}/feedback", json=feedback)
     assert first.status_code == 201, first.text
     second = await intake.client.post(f"/v1/tracking/{code}/feedback", json=feedback)

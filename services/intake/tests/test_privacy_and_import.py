@@ -15,10 +15,12 @@ from civicsignals.common.outbox import OutboxMessage
 from civicsignals.intake import cli, privacy, service
 from civicsignals.intake.app import build_cipher
 from civicsignals.intake.crypto import FieldCipher, new_key_spec, parse_keys
+from civicsignals.intake.importer import describe_delimiter, detect_delimiter, parse_delimiter
 from civicsignals.intake.models import Attachment, AuditRecord, Contact, Feedback, Signal
 from civicsignals.intake.settings import IntakeSettings
 
 from .conftest import PNG, SIGNAL, Intake
+from .test_resident_pages import move_case
 
 
 async def _signal_with_photo(intake: Intake, email: str = "jan@example.org") -> str:
@@ -42,6 +44,7 @@ async def test_erasure_of_one_person_keeps_the_statistics(intake: Intake) -> Non
     also_mine = await _signal_with_photo(intake, email="JAN@example.org")
     someone_else = await _signal_with_photo(intake, email="piet@example.org")
     code = (await intake.get(Signal, mine)).tracking_code
+    await move_case(intake, {"id": mine, "tracking_code": code}, "resolved", 1)  # feedback comes after
     assert (
         await intake.client.post(
             f"/v1/tracking/{code}/feedback",
@@ -216,6 +219,124 @@ async def test_import_csv_is_idempotent_and_explains_what_it_skipped(
     assert all(e["data"]["imported"] is True for e in events)
     assert all("06-12345678" not in json.dumps(e) for e in events)
     assert await intake.count(OutboxMessage) == 3
+
+
+# Dutch Excel ("CSV (gescheiden door lijstscheidingsteken)" or "CSV UTF-8"): a byte order mark,
+# semicolons, CRLF line ends, decimal commas, and quoted fields holding semicolons, quotes and line
+# breaks (Alt+Enter in a cell is a bare LF inside the quotes).
+EXCEL_CSV = (
+    "\ufeffexternal_id;created;channel;text;category;lat;lon\r\n"
+    'X-1;2025-04-01T10:00:00;web;"Stoeptegel los; ligt er al weken.\nBel 06-12345678";stoep;52,0116;4,7105\r\n'
+    'X-2;2025-04-02T08:30:00;email;"Container vol; ""echt"" vol";afval;;\r\n'
+    "X-3;2025-04-03T08:30:00;duif;Onbekend kanaal;;;\r\n"
+    'X-4;2025-04-04T08:30:00;phone;"Twee regels;\nen een derde;\ndaarna";;;\r\n'
+)
+
+
+def _write_bytes(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("utf-8"))  # exactly these bytes: no newline translation
+    return path
+
+
+async def test_import_of_a_dutch_excel_export_detects_the_semicolon(
+    intake: Intake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write_bytes(tmp_path / "export.csv", EXCEL_CSV)
+    _env(monkeypatch, intake)
+    args = ["import", str(path), "--tenant", "gouda", "--no-progress"]
+    assert await cli.run_import(IntakeSettings(), cli_args(args)) == 0
+    out = capsys.readouterr().out
+    assert "delimiter: semicolon (;), detected from the header" in out, out
+    assert "rows read: 4" in out and "imported:  3" in out, out
+    assert "unknown channel (e.g. line 5)" in out, out  # line numbers count the lines in quotes
+    assert "has no column" not in out
+
+    async with intake.runtime.sessions() as session:
+        by_id = {
+            s.external_id: s for s in (await session.exec(select(Signal).where(col(Signal.imported)))).all()
+        }
+    assert sorted(by_id) == ["X-1", "X-2", "X-4"]
+    first = by_id["X-1"]
+    assert first.text == "Stoeptegel los; ligt er al weken.\nBel 06-12345678"
+    assert "[PHONE]" in first.text_redacted and "06-12345678" not in first.text_redacted
+    assert (first.lat, first.lon, first.area) == (52.0116, 4.7105, "binnenstad")  # decimal commas
+    assert first.service_code == "stoep" and first.channel == "web"
+    assert by_id["X-2"].text == 'Container vol; "echt" vol' and by_id["X-2"].lat is None
+    assert by_id["X-4"].text == "Twee regels;\nen een derde;\ndaarna"
+
+    # The same file again imports nothing: the columns were read the same way.
+    assert await cli.run_import(IntakeSettings(), cli_args(args)) == 0
+    assert "imported:  0" in capsys.readouterr().out
+
+
+async def test_import_delimiter_option_overrides_the_detection(
+    intake: Intake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _env(monkeypatch, intake)
+    excel = _write_bytes(tmp_path / "export.csv", EXCEL_CSV)
+    base = ["import", str(excel), "--tenant", "gouda", "--no-progress"]
+
+    # Forced to the wrong one: the summary says so and why every row was skipped.
+    assert await cli.run_import(IntakeSettings(), cli_args([*base, "--delimiter", ","])) == 0
+    wrong = capsys.readouterr().out
+    assert "delimiter: comma (,), given with --delimiter" in wrong, wrong
+    assert "the header has no column text, created, channel" in wrong and "imported:  0" in wrong
+
+    assert await cli.run_import(IntakeSettings(), cli_args([*base, "--delimiter", "semicolon"])) == 0
+    right = capsys.readouterr().out
+    assert "delimiter: semicolon (;), given with --delimiter" in right and "imported:  3" in right
+
+    # A tab-separated file whose text is full of commas and semicolons, named by --delimiter tab.
+    tsv = _write_bytes(
+        tmp_path / "export.tsv",
+        "text\tcreated\tchannel\texternal_id\n"
+        "Afval, veel afval; en nog meer\t2025-04-05T09:00:00Z\tweb\tT-1\n",
+    )
+    tab_args = ["import", str(tsv), "--tenant", "gouda", "--no-progress", "--format", "csv"]
+    assert await cli.run_import(IntakeSettings(), cli_args([*tab_args, "--delimiter", "tab"])) == 0
+    tabbed = capsys.readouterr().out
+    assert "delimiter: tab (\\t), given with --delimiter" in tabbed and "imported:  1" in tabbed
+    assert (await intake.get(Signal, await _id_of(intake, "T-1"))).text == "Afval, veel afval; en nog meer"
+
+    assert await cli.run_import(IntakeSettings(), cli_args([*base, "--delimiter", "x"])) == 2
+    assert "unknown delimiter 'x'" in capsys.readouterr().err
+
+
+async def _id_of(intake: Intake, external_id: str) -> str:
+    async with intake.runtime.sessions() as session:
+        return (await session.exec(select(Signal.id).where(col(Signal.external_id) == external_id))).one()
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("external_id,created,channel,text", ","),
+        ("external_id;created;channel;text;category;lat;lon", ";"),
+        ("\ufeffexternal_id;created;channel;text\r\n", ";"),
+        ('"text";"created";"channel"', ";"),
+        ("text\tcreated\tchannel", "\t"),
+        ("text|created|channel", "|"),
+        ("text", ","),  # one column: nothing to split, the default
+        ("", ","),
+    ],
+)
+def test_detect_delimiter_reads_the_header_line(header: str, expected: str) -> None:
+    assert detect_delimiter(header) == expected
+
+
+def test_parse_delimiter_takes_names_and_characters() -> None:
+    assert [parse_delimiter(v) for v in ("semicolon", ";", "Tab", "\t", "\\t", "comma", "|")] == [
+        ";",
+        ";",
+        "\t",
+        "\t",
+        "\t",
+        ",",
+        "|",
+    ]
+    assert describe_delimiter("\t") == "tab (\\t)" and describe_delimiter(";") == "semicolon (;)"
+    with pytest.raises(ValueError, match="unknown delimiter"):
+        parse_delimiter(":")
 
 
 async def test_import_jsonl(

@@ -168,11 +168,37 @@ def test_email(text: str, expected: str) -> None:
         "+1 (555) 123-4567",
         "+49 30 1234567",
         "0044 20 7946 0958",
+        # Unicode dashes and spaces, as word processors and phones type them.
+        "06\u201112345678",  # non-breaking hyphen
+        "06\u201012345678",  # hyphen
+        "06\u2012 1234 5678",  # figure dash
+        "010\u20131234567",  # en dash
+        "06 \u2013 12345678",  # " - " as Word autocorrects it
+        "06\u201412345678",  # em dash
+        "06\u201512345678",  # horizontal bar
+        "06\u00a012345678",
+        "06\u202f1234\u202f5678",
+        "+31\u20116\u201112345678",
+        "0031\u00a06\u00a012345678",
+        # A Dutch mobile number in international form without the plus.
+        "31612345678",
+        "31 6 12345678",
+        "316-12345678",
+        "31\u20116\u201112345678",
+        "31 6 12 34 56 78",
     ],
 )
 def test_phone_in_every_common_writing(number: str) -> None:
     text = f"Bel me op {number}, na vijf uur."
     assert redact(text) == "Bel me op [PHONE], na vijf uur."
+
+
+def test_a_plusless_mobile_number_in_a_whatsapp_link_or_as_a_bare_number() -> None:
+    assert redact("App me: https://wa.me/31612345678 of 0031612345678") == (
+        "App me: https://wa.me/[PHONE] of [PHONE]"
+    )
+    # A bare 11-digit number starting with 316 is a mobile number, however it is labelled.
+    assert redact("Kenmerk 31612345678.") == "Kenmerk [PHONE]."
 
 
 @pytest.mark.parametrize("bsn", ["123456782", "123.456.782", "123 456 782", "1234.56.782", "111-222-333"])
@@ -266,6 +292,14 @@ def test_address_and_postcode(text: str, expected: str) -> None:
         "Bel 14 0182 voor de gemeente, of 112 bij nood.",
         "Incompleet nummer: 06-1234567.",
         "Score 0.123456789",
+        # Unicode dashes in dates, times and ranges are still dates, times and ranges.
+        "Ophalen op 28\u201111\u20112026 om 09:30, of 01\u201302\u20132026 1230 uur.",
+        "Open van 09.00\u201317.00 uur, in 2025\u20132026, pagina 10\u201412.",
+        # Numbers that start like a plus-less mobile number but are not one.
+        "Het gaat om 316123457 euro",  # 9 digits failing the 11-check
+        "Zaaknummer 3161234567 en 316123456789",  # 10 and 12 digits
+        "Nummer 031612345678 en 4316123456789",  # not "31" at the start of the number
+        "Op 31 juni om 6 uur, 12345678 keer",
         "",
     ],
 )
@@ -300,6 +334,12 @@ def test_phone_goes_before_bsn() -> None:
     # 123456782 passes the 11-check, but after +31 it is a phone number, not "+31 [BSN]".
     assert is_valid_bsn("123456782")
     assert redact("bel +31 123456782") == "bel [PHONE]"
+
+
+def test_a_nine_digit_number_starting_like_a_mobile_is_a_bsn_or_nothing() -> None:
+    # "316" and 6 digits is too short for "31" + "6" + 8 digits: the 11-check decides.
+    assert is_valid_bsn("316123456") and not is_valid_bsn("316123457")
+    assert redact("nummer 316123456 en 316123457") == "nummer [BSN] en 316123457"
 
 
 def test_a_nine_digit_number_is_never_a_phone_number() -> None:
@@ -533,6 +573,60 @@ def dutch_phones(draw: st.DrawFn) -> str:
     return draw(st.sampled_from(writings))
 
 
+# Dashes and spaces as word processors and phones type them: hyphen, non-breaking hyphen, figure
+# dash, en dash, em dash, horizontal bar; no-break and narrow no-break space.
+UNICODE_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015"
+UNICODE_SPACES = "\u00a0\u202f"
+
+
+@st.composite
+def unicode_separated_phones(draw: st.DrawFn) -> str:
+    """A Dutch number whose separators are Unicode dashes or spaces ("06\u201112345678")."""
+    dash = draw(st.sampled_from(UNICODE_DASHES))
+    space = draw(st.sampled_from(UNICODE_SPACES))
+    kind = draw(st.sampled_from(["mobile", "area2", "area3"]))
+    if kind == "mobile":
+        area, rest = "6", draw(digit_string(8))
+    elif kind == "area2":
+        area, rest = draw(st.sampled_from("1234578")) + draw(digit), draw(digit_string(7))
+    else:
+        area, rest = draw(st.sampled_from("1234578")) + draw(digit_string(2)), draw(digit_string(6))
+    half = len(rest) // 2
+    return draw(
+        st.sampled_from(
+            [
+                f"0{area}{dash}{rest}",
+                f"0{area} {dash} {rest}",
+                f"0{area}{space}{rest}",
+                f"0{area}{dash}{rest[:half]}{space}{rest[half:]}",
+                f"0{area}{space}{rest[:half]}{space}{rest[half:]}",
+                f"+31{space}{area}{dash}{rest}",
+                f"+31{dash}{area}{dash}{rest}",
+                f"+31{space}(0){area}{dash}{rest}",
+                f"0031{dash}{area}{dash}{rest}",
+            ]
+        )
+    )
+
+
+@st.composite
+def plusless_mobiles(draw: st.DrawFn) -> str:
+    """A Dutch mobile number in international form without the plus: 31, 6 and 8 digits."""
+    rest = draw(digit_string(8))
+    separator = draw(st.sampled_from([" ", "-", "\u00a0", *UNICODE_DASHES]))
+    return draw(
+        st.sampled_from(
+            [
+                f"316{rest}",
+                f"31{separator}6{separator}{rest}",
+                f"316{separator}{rest}",
+                f"31 6 {rest[:2]} {rest[2:4]} {rest[4:6]} {rest[6:]}",
+                f"00316{rest}",
+            ]
+        )
+    )
+
+
 @st.composite
 def international_phones(draw: st.DrawFn) -> str:
     """An E.164 number of another country: +CC and groups, 8 to 15 digits in all."""
@@ -679,6 +773,35 @@ def test_property_dutch_phone_is_redacted(case: tuple[str, str]) -> None:
 
 
 @PROPERTY_SETTINGS
+@given(embedded(unicode_separated_phones()))
+def test_property_phone_with_unicode_dashes_and_spaces_is_redacted(case: tuple[str, str]) -> None:
+    value, text = case
+    assert_gone(value, text, Kind.PHONE)
+
+
+@PROPERTY_SETTINGS
+@given(embedded(plusless_mobiles()))
+def test_property_plusless_mobile_number_is_redacted(case: tuple[str, str]) -> None:
+    value, text = case
+    assert_gone(value, text, Kind.PHONE)
+
+
+@st.composite
+def invalid_bsns_starting_like_a_mobile(draw: st.DrawFn) -> str:
+    """Nine digits that start as "316" (a plus-less mobile number's prefix) and fail the 11-check."""
+    digits = "316" + draw(digit_string(6))
+    assume(not is_valid_bsn(digits))
+    return draw(bsn_writings(digits))
+
+
+@PROPERTY_SETTINGS
+@given(embedded(invalid_bsns_starting_like_a_mobile()))
+def test_property_nine_digits_starting_316_failing_the_11_check_stay(case: tuple[str, str]) -> None:
+    _, text = case
+    assert redact(text) == text
+
+
+@PROPERTY_SETTINGS
 @given(embedded(international_phones()))
 def test_property_international_phone_is_redacted(case: tuple[str, str]) -> None:
     value, text = case
@@ -707,6 +830,8 @@ def test_property_address_is_redacted(case: tuple[str, str]) -> None:
             valid_ibans(),
             emails(),
             dutch_phones(),
+            unicode_separated_phones(),
+            plusless_mobiles(),
             international_phones(),
             plates(),
             addresses(),
@@ -734,7 +859,7 @@ def dates_times_amounts(draw: st.DrawFn) -> str:
     year = draw(st.integers(1900, 2099))
     hour, minute = draw(st.integers(0, 23)), draw(st.integers(0, 59))
     euros, cents = draw(st.integers(0, 99_999_999)), draw(st.integers(0, 99))
-    separator = draw(st.sampled_from("-/."))
+    separator = draw(st.sampled_from(["-", "/", ".", *UNICODE_DASHES]))
     date = draw(
         st.sampled_from(
             [
@@ -803,7 +928,9 @@ def redact_without_tests(text: str) -> str:
 
 # Characters every pattern cares about, so that near-misses (a dash without a plate, three digits
 # without a BSN, letters and digits that are almost an IBAN or a postcode) are common.
-pass_alphabet = st.sampled_from(list("0123456789 -./@()+,abNLBEGRsSxXAZ\u00a0\u202f"))
+pass_alphabet = st.sampled_from(
+    list("0123456789 -./@()+,abNLBEGRsSxXAZ\u00a0\u202f\u2010\u2011\u2012\u2013\u2014\u2015")
+)
 near_misses = st.lists(
     st.one_of(
         pass_alphabet,
@@ -821,6 +948,13 @@ near_misses = st.lists(
                 "01/01/1900 00.00",
                 "06/12/2026 06.12",
                 "123.456.782",
+                "31",
+                "316",
+                "31612345678",
+                "0031",
+                "06\u2011",
+                "28\u201111\u20112026",
+                "\u2013",
             ]
         ),
     ),
@@ -841,3 +975,7 @@ def test_the_tests_before_each_pass_are_used() -> None:
     text = "Bel 06-12345678, er ligt afval."
     skipped = [test for _pattern, _decide, test in redaction._PASSES if not test.search(text)]
     assert len(skipped) >= 3  # e-mail, IBAN and postcode at least
+    # The phone pass is skipped where no "+", "0" or "31" could start a number.
+    phone_test = next(test for pattern, _decide, test in redaction._PASSES if pattern is redaction._PHONE)
+    assert not phone_test.search("Er ligt afval bij nummer 12, al 3 keer.")
+    assert phone_test.search("bel 31612345678") and phone_test.search("bel 06\u201112345678")

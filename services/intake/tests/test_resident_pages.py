@@ -159,6 +159,7 @@ async def test_the_form_posted_records_once_and_returns_to_the_page(intake: Inta
 
 async def test_the_json_api_on_the_same_route_is_unchanged(intake: Intake) -> None:
     signal = await reported(intake)
+    await move_case(intake, signal, "resolved", 1)  # feedback is asked once the case has ended
     link = f"/v1/tracking/{signal['tracking_code']}/feedback"
     malformed = await intake.client.post(
         link, content=b"{not json", headers={"Content-Type": "application/json"}
@@ -176,6 +177,7 @@ async def test_every_link_of_notifiers_resolution_mail_opens_the_form_with_its_s
     """The contract between the two services: the URLs notifier writes into the mail (from the
     same public base URL) are pages intake serves, each with its own score chosen."""
     signal = await reported(intake)
+    await move_case(intake, signal, "resolved", 1)  # the resolution mail: the case has ended
     links = feedback_urls(intake.settings.public_base_url, signal["tracking_code"])
     assert [link["score"] for link in links] == [1, 2, 3, 4, 5]
     for link in links:

@@ -2,7 +2,7 @@
 
     civicsignals-intake serve
     civicsignals-intake migrate [--revision R]
-    civicsignals-intake import FILE --tenant demo [--format csv|jsonl] [--no-progress]
+    civicsignals-intake import FILE --tenant demo [--format csv|jsonl] [--delimiter ;] [--no-progress]
     civicsignals-intake erase --tenant demo (--email X | --phone X | --tracking-code C) [--yes]
     civicsignals-intake rotate-keys
     civicsignals-intake retention
@@ -52,6 +52,10 @@ def _add_commands(commands: Any) -> None:
     imports.add_argument("file", type=Path)
     imports.add_argument("--tenant", required=True)
     imports.add_argument("--format", choices=["csv", "jsonl"], help="default: from the file's extension")
+    imports.add_argument(
+        "--delimiter",
+        help="CSV only: comma, semicolon, tab or pipe (or the character); default: read from the header line",
+    )
     imports.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
     erase = commands.add_parser("erase", help="erase one person's data (AVG article 17)")
     erase.add_argument("--tenant", required=True)
@@ -96,12 +100,17 @@ class Offline:
 async def run_import(settings: IntakeSettings, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from civicsignals.intake.importer import count_lines, import_rows, read_rows
+    from civicsignals.intake.importer import count_lines, import_rows, parse_delimiter, read_rows
     from civicsignals.intake.tenantconfig import AreaCache
 
     path: Path = args.file
     if not path.is_file():  # noqa: ASYNC240  (a command line, not a server)
         print(f"no such file: {path}", file=sys.stderr)
+        return 2
+    try:
+        delimiter = None if args.delimiter is None else parse_delimiter(args.delimiter)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
     fmt = args.format or ("jsonl" if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else "csv")
     async with Offline(settings) as offline:
@@ -113,7 +122,11 @@ async def run_import(settings: IntakeSettings, args: argparse.Namespace) -> int:
             tqdm(total=max(total, 0), unit="row", disable=args.no_progress or None, file=sys.stderr) as bar,
         ):
             summary = await import_rows(
-                offline.sessions, tenant, AreaCache().get(tenant), read_rows(handle, fmt), progress=bar
+                offline.sessions,
+                tenant,
+                AreaCache().get(tenant),
+                read_rows(handle, fmt, delimiter),
+                progress=bar,
             )
         elapsed = time.perf_counter() - started
     print(summary.render())

@@ -773,14 +773,46 @@ async def _tracking_view(ctx: IntakeContext, session: AsyncSession, signal: Sign
     return await service.tracking_view(session, signal, reopen_within_days=within_days, now=utcnow())
 
 
+#: The statuses in which a case has ended with an outcome the resident can rate: the satisfaction
+#: form is accepted in these only, and the tracking page asks for it in exactly these (a portal
+#: asks when ``status`` is one of them and ``feedback_given`` is false). Not while the case runs
+#: (an early answer would take the one answer a signal has), and not for a duplicate or a
+#: withdrawn signal, which ended without an outcome of their own.
+FEEDBACK_STATUSES: frozenset[str] = frozenset({"resolved", "closed", "rejected"})
+
+
+def _no_feedback_now(ctx: IntakeContext, signal: Signal) -> Problem:
+    """409 for feedback on a case that has not ended (or ended without an outcome to rate)."""
+    tenant = ctx.tenant(signal.tenant)
+    if tenant is not None and signal.status in closed_statuses(tenant):
+        return Problem(
+            409,
+            f"a signal that is {signal.status} is not rated; feedback can be given on a case that "
+            "was resolved, closed or rejected",
+            slug="feedback-not-asked",
+        )
+    return Problem(
+        409,
+        f"the case has not ended yet (it is {signal.status}); feedback can be given once it is "
+        "resolved, closed or rejected",
+        slug="case-not-ended",
+    )
+
+
 async def submit_feedback(
     ctx: IntakeContext, tracking_code: str, payload: FeedbackCreate
 ) -> FeedbackAccepted:
-    """The satisfaction form: once per signal, the comment redacted, ``feedback.received`` out."""
+    """The satisfaction form: once per signal and only once its case has ended
+    (:data:`FEEDBACK_STATUSES`), the comment redacted, ``feedback.received`` out."""
     async with ctx.runtime.sessions() as session:
         signal = await service.find_by_tracking_code(session, tracking_code)
+        given = signal is not None and await session.get(Feedback, signal.id) is not None
     if signal is None:
         raise Problem(404, "no signal has this tracking code", slug="unknown-tracking-code")
+    if given:
+        raise _feedback_already_given()
+    if signal.status not in FEEDBACK_STATUSES:
+        raise _no_feedback_now(ctx, signal)
     comment = redact(payload.comment.strip()) if payload.comment and payload.comment.strip() else None
     try:
         async with ctx.runtime.sessions() as session, session.begin():
@@ -803,14 +835,16 @@ async def submit_feedback(
             )
             event = make_event(tenant=signal.tenant, service="intake", data=data)
             enqueue(session, FeedbackReceived.bus_subject(signal.tenant), event)
-    except IntegrityError:
-        raise Problem(
-            409, "feedback was already given for this signal", slug="feedback-already-given"
-        ) from None
+    except IntegrityError:  # another answer was stored meanwhile
+        raise _feedback_already_given() from None
     ctx.runtime.events_committed()
     return FeedbackAccepted(
         tracking_code=signal.tracking_code, satisfied=payload.satisfied, score=payload.score
     )
+
+
+def _feedback_already_given() -> Problem:
+    return Problem(409, "feedback was already given for this signal", slug="feedback-already-given")
 
 
 # -- the resident's own actions --------------------------------------------------------------------

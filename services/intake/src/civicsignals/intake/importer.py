@@ -20,16 +20,22 @@ written in batches of :data:`BATCH_SIZE`, one transaction and one multi-row inse
 each; a row that cannot be imported is skipped, and the summary says how many were skipped for
 which reason, with the first line numbers of each.
 Imports carry no contact data, so nothing here is sealed.
+
+A CSV file's delimiter is read from its header line (:func:`detect_delimiter`): a comma, or the
+semicolon that Excel writes where the decimal separator is a comma (Dutch settings), a tab or a
+pipe; ``--delimiter`` overrides it, and the summary says which one was used. A UTF-8 byte order
+mark (Excel's "CSV UTF-8") is skipped.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import secrets
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +65,49 @@ from civicsignals.intake.tenantconfig import AreaIndex, bounding_box
 
 BATCH_SIZE = 1000
 EXAMPLES_PER_REASON = 5
+REQUIRED_COLUMNS = ("text", "created", "channel")
+
+#: The delimiters a CSV export may use, by name (``--delimiter`` takes the name or the character).
+DELIMITERS: dict[str, str] = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}
+_DELIMITER_NAMES = {char: name for name, char in DELIMITERS.items()}
+_BOM = "\ufeff"
+
+
+def parse_delimiter(value: str) -> str:
+    """``--delimiter``: a name (``semicolon``), the character itself (``;``), or ``\\t`` for tab."""
+    candidate = value.strip().lower() or value  # a tab typed as itself is all whitespace
+    if candidate in DELIMITERS:
+        return DELIMITERS[candidate]
+    if candidate in ("\\t", "\t"):
+        return "\t"
+    if candidate in _DELIMITER_NAMES:
+        return candidate
+    names = ", ".join(f"{name} ({char!r})" for name, char in DELIMITERS.items())
+    raise ValueError(f"unknown delimiter {value!r}: use one of {names}")
+
+
+def detect_delimiter(header: str) -> str:
+    """The delimiter of a CSV file, read from its header line.
+
+    :class:`csv.Sniffer`, limited to :data:`DELIMITERS`, decides; where it cannot (a header of
+    one column, or one it finds ambiguous), the delimiter that occurs most often in the header
+    does, and a comma when none occurs. Only the header is read: the rows' free text is full of
+    commas and semicolons, the column names never hold one.
+    """
+    header = header.removeprefix(_BOM).rstrip("\r\n")
+    try:
+        return csv.Sniffer().sniff(header, delimiters="".join(DELIMITERS.values())).delimiter
+    except csv.Error:
+        counts = {char: header.count(char) for char in DELIMITERS.values()}
+        best = max(counts, key=lambda char: counts[char])  # a tie goes to the first: the comma
+        return best if counts[best] else ","
+
+
+def describe_delimiter(delimiter: str) -> str:
+    """``semicolon (;)``, ``tab (\\t)``: how the summary names a delimiter."""
+    name = _DELIMITER_NAMES.get(delimiter)
+    shown = "\\t" if delimiter == "\t" else delimiter
+    return f"{name} ({shown})" if name else repr(delimiter)
 
 
 @dataclass
@@ -67,6 +116,12 @@ class ImportSummary:
     imported: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[int]] = field(default_factory=dict)
+    delimiter: str | None = None
+    """The CSV delimiter used (None for JSONL)."""
+    delimiter_given: bool = False
+    """Whether ``--delimiter`` chose it (else it was detected from the header)."""
+    missing_columns: tuple[str, ...] = ()
+    """Required columns the CSV header lacks (usually a sign of the wrong delimiter)."""
 
     def skip(self, line: int, reason: str) -> None:
         self.skipped[reason] += 1
@@ -75,7 +130,16 @@ class ImportSummary:
             lines.append(line)
 
     def render(self) -> str:
-        out = [
+        out = []
+        if self.delimiter is not None:
+            how = "given with --delimiter" if self.delimiter_given else "detected from the header"
+            out.append(f"delimiter: {describe_delimiter(self.delimiter)}, {how}")
+        if self.missing_columns:
+            out.append(
+                f"the header has no column {', '.join(self.missing_columns)}: "
+                "is the delimiter right? (--delimiter overrides it)"
+            )
+        out += [
             f"rows read: {self.rows}",
             f"imported:  {self.imported}",
             f"skipped:   {sum(self.skipped.values())}",
@@ -90,13 +154,49 @@ class RowError(ValueError):
     """Why one row cannot be imported (the summary's reason)."""
 
 
-def read_rows(handle: TextIO, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) for each data row; a broken JSON line is yielded as an error marker."""
+class Rows(Iterator[tuple[int, dict[str, Any]]]):
+    """The rows of an export as (line number, row), with how a CSV file was read: its
+    ``delimiter`` (None for JSONL), whether it was ``delimiter_given``, and its ``columns``."""
+
+    def __init__(
+        self,
+        rows: Iterator[tuple[int, dict[str, Any]]],
+        *,
+        delimiter: str | None = None,
+        delimiter_given: bool = False,
+        columns: tuple[str, ...] = (),
+    ) -> None:
+        self._rows = rows
+        self.delimiter = delimiter
+        self.delimiter_given = delimiter_given
+        self.columns = columns
+
+    def __next__(self) -> tuple[int, dict[str, Any]]:
+        return next(self._rows)
+
+
+def read_rows(handle: TextIO, fmt: str, delimiter: str | None = None) -> Rows:
+    """(line number, row) for each data row; a broken JSON line is yielded as an error marker.
+
+    For CSV, the header line is read at once: the delimiter is ``delimiter`` when given, else
+    detected from it (:func:`detect_delimiter`). Open the file with ``newline=""`` (quoted fields
+    may hold line breaks) and ``encoding="utf-8-sig"``; a byte order mark is skipped either way.
+    """
     if fmt == "csv":
-        reader = csv.DictReader(handle)
-        for row in reader:
-            yield reader.line_num, dict(row)
-        return
+        header = handle.readline().removeprefix(_BOM)
+        chosen = delimiter if delimiter is not None else detect_delimiter(header)
+        reader = csv.DictReader(itertools.chain([header], handle), delimiter=chosen)
+        columns = tuple(reader.fieldnames or ())
+        return Rows(
+            ((reader.line_num, dict(row)) for row in reader),
+            delimiter=chosen,
+            delimiter_given=delimiter is not None,
+            columns=columns,
+        )
+    return Rows(_jsonl_rows(handle))
+
+
+def _jsonl_rows(handle: TextIO) -> Iterator[tuple[int, dict[str, Any]]]:
     for number, line in enumerate(handle, start=1):
         if not line.strip():
             continue
@@ -117,6 +217,8 @@ def _text(row: dict[str, Any], name: str) -> str | None:
 
 
 def _float(value: Any, name: str) -> float:
+    if isinstance(value, str) and value.count(",") == 1 and "." not in value:
+        value = value.replace(",", ".")  # a decimal comma, as Excel writes "52,0116" in Dutch
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -228,14 +330,18 @@ async def import_rows(
     sessions: SessionFactory,
     tenant: Tenant,
     areas: AreaIndex | None,
-    rows: Iterator[tuple[int, dict[str, Any]]],
+    rows: Iterable[tuple[int, dict[str, Any]]],
     *,
     batch_size: int = BATCH_SIZE,
     progress: Any = None,
 ) -> ImportSummary:
-    """Import rows in batches; ``progress`` (a tqdm bar, or None) is advanced per row."""
+    """Import rows in batches; ``progress`` (a tqdm bar, or None) is advanced per row. Rows from
+    :func:`read_rows` also put the CSV delimiter (and any missing column) in the summary."""
     reader = RowReader(tenant, areas)
     summary = ImportSummary()
+    if isinstance(rows, Rows) and rows.delimiter is not None:
+        summary.delimiter, summary.delimiter_given = rows.delimiter, rows.delimiter_given
+        summary.missing_columns = tuple(name for name in REQUIRED_COLUMNS if name not in rows.columns)
     seen: set[str] = set()
     batch: list[tuple[int, dict[str, Any]]] = []
     for number, row in rows:

@@ -50,8 +50,9 @@ PAGE_HEADERS = {
     "Vary": "Accept",
 }
 
-# The case has ended for the resident: the page asks how it went.
-FEEDBACK_STATUSES = frozenset({"resolved", "closed", "rejected"})
+# The case has ended for the resident: the page asks how it went (and only then does the API
+# accept the answer: one definition for both, in flows).
+FEEDBACK_STATUSES = flows.FEEDBACK_STATUSES
 
 _ENV = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -80,6 +81,7 @@ WORDS: dict[str, dict[str, str]] = {
         "send": "Verstuur",
         "thanks": "Dank u wel voor uw beoordeling.",
         "already": "Voor deze melding is al een beoordeling gegeven. Dank u wel.",
+        "not_yet": "U kunt uw melding beoordelen zodra deze is afgehandeld.",
         "errors": "Controleer het formulier:",
         "back": "Terug naar uw melding",
         "keep": "Bewaar de link naar deze pagina: hier ziet u hoe het met uw melding gaat.",
@@ -122,6 +124,7 @@ WORDS: dict[str, dict[str, str]] = {
         "send": "Send",
         "thanks": "Thank you for your feedback.",
         "already": "Feedback was already given for this report. Thank you.",
+        "not_yet": "You can rate your report once it has been dealt with.",
         "errors": "Please check the form:",
         "back": "Back to your report",
         "keep": "Keep the link to this page: it shows how your report is progressing.",
@@ -286,6 +289,7 @@ def feedback_page(
         code=tracked.view.tracking_code,
         status=STATUS_LABELS[lang].get(tracked.view.status, tracked.view.status),
         feedback_given=tracked.view.feedback_given,
+        feedback_open=tracked.view.status in FEEDBACK_STATUSES,
         form=_form_values(values or {}),
         errors=dict(errors or {}),
         feedback_url=tracked.feedback_path,
@@ -342,8 +346,9 @@ async def post_feedback_form(ctx: IntakeContext, tracked: Tracked, form: Mapping
     except Problem as problem:
         if problem.status != 409:
             raise
-        given = replace(tracked, view=tracked.view.model_copy(update={"feedback_given": True}))
-        return feedback_page(given, status_code=409)
+        if problem.slug == "feedback-already-given":
+            tracked = replace(tracked, view=tracked.view.model_copy(update={"feedback_given": True}))
+        return feedback_page(tracked, status_code=409)  # already given, or the case has not ended
     return see_tracking_page(tracked)
 
 

@@ -28,8 +28,10 @@ Design choices, and why:
   3. Dates are protected (not redacted): "01/01/1900 00.00" must not become ``01/[PHONE]``.
   4. ``PHONE`` before ``BSN``: the 9 digits after ``+31`` may pass the 11-check by chance and must
      end up as one ``[PHONE]``, not ``+31 [BSN]``. Phone patterns only accept *complete*
-     numbers (10 digits nationally, 9 after ``+31``/``0031``, 8 to 15 digits in E.164), so a
-     9-digit number is never a phone number: it becomes ``[BSN]`` if it passes the 11-check and
+     numbers (10 digits nationally, 9 after ``+31``/``0031``, 8 to 15 digits in E.164, and a
+     Dutch mobile number in international form without the plus, ``31`` ``6`` and 8 digits, as
+     WhatsApp links and exports write it: ``31612345678``), so a 9-digit number is never a
+     phone number: it becomes ``[BSN]`` if it passes the 11-check and
      is written as a BSN (``123456782``, ``123.456.782``, ``123 456 782``, ``1234.56.782``), and
      otherwise stays, even when it starts with ``0`` (an incomplete phone number such as
      ``06-1234567`` is left alone).
@@ -45,11 +47,18 @@ Design choices, and why:
   eating ordinary Dutch ("in 2025 en 2026"), a postcode written in lower case *with* a space
   (``2801 ab``) only counts when a house number is next to it and its letters are not a common
   word; in lower case without a space, unit abbreviations (``1000km``) are not postcodes.
+* **Dashes as word processors type them.** Inside a phone number and a date, the Unicode
+  hyphens and dashes (U+2010 hyphen, U+2011 non-breaking hyphen, U+2012 figure dash, U+2013 en
+  dash, U+2014 em dash, U+2015 horizontal bar) count as a ``-``: ``06\u201112345678`` is a
+  phone number, and ``28\u201111\u20112026`` a date that stays. Spaces may be normal, no-break
+  (U+00A0) or narrow no-break (U+202F) everywhere.
 * **Not covered** (kept out on purpose, so the rules stay predictable): a street name with a
   house number but no postcode ("Kerkstraat 12"), names of people, obfuscated e-mail addresses
   ("jan at example dot nl"), plates written without dashes, 8-digit BSNs without the leading
-  zero, digits other than ASCII 0-9 (full-width, Arabic-Indic), and short service numbers
-  (0800/0900/14 0xx), which are not personal.
+  zero, digits other than ASCII 0-9 (full-width, Arabic-Indic), short service numbers
+  (0800/0900/14 0xx), which are not personal, and Dutch landline numbers in international form
+  without ``+`` or ``00`` (``31101234567``: any 11-digit number would look like one; only the
+  mobile form ``316`` is common enough, and specific enough, to take).
 
 Speed: every pattern is compiled once at import, and a text without a digit or an ``@`` returns at
 once, because intake redacts every signal and every conversation turn on its hot path.
@@ -113,6 +122,9 @@ _Segments = list[tuple[str, bool]]
 
 # Spaces as residents (and word processors) type them: normal, no-break and narrow no-break.
 _SP: Final = "[ \u00a0\u202f]"
+# Dashes as word processors type them, for use inside a character class beside "-": hyphen,
+# non-breaking hyphen, figure dash, en dash, em dash, horizontal bar (U+2010 to U+2015).
+_DASHES: Final = "\u2010-\u2015"
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,26 +234,29 @@ _IBAN_WRITTEN: Final = re.compile(
 
 # Dates are not personal data, but "01/01/1900 00.00" holds the digits of a phone number. They
 # are found and protected before the phone pass: day-month-year with a 4-digit year and one kind
-# of separator, and ISO 8601 year-month-day. A "date" that continues a number through phone
-# separators ("+1 (10) 01-01-2020", "+31 6 12-03-2026") is the tail of a phone number instead.
+# of separator (a Unicode dash counts as "-", as in phone numbers), and ISO 8601
+# year-month-day. A "date" that continues a number through phone separators ("+1 (10)
+# 01-01-2020", "+31 6 12-03-2026") is the tail of a phone number instead.
 _DATE: Final = re.compile(
-    r"""
-    (?<![0-9]) (?<![0-9][ .\-/()]) (?<![0-9][ .\-/()]{2}) (?<![0-9][ .\-/()]{3})
-    (?: (?P<day>[0-9]{1,2}) (?P<sep>[\-./]) (?P<month>[0-9]{1,2}) (?P=sep) [0-9]{4}
-      | [0-9]{4} - (?P<iso_month>[0-9]{2}) - (?P<iso_day>[0-9]{2})
+    rf"""
+    (?<![0-9]) (?<![0-9][ .\-/(){_DASHES}]) (?<![0-9][ .\-/(){_DASHES}]{{2}})
+    (?<![0-9][ .\-/(){_DASHES}]{{3}})
+    (?: (?P<day>[0-9]{{1,2}}) (?P<sep>[\-./{_DASHES}]) (?P<month>[0-9]{{1,2}}) (?P=sep) [0-9]{{4}}
+      | [0-9]{{4}} - (?P<iso_month>[0-9]{{2}}) - (?P<iso_day>[0-9]{{2}})
     )
-    (?![0-9]) (?![\-./][0-9])
+    (?![0-9]) (?![\-./{_DASHES}][0-9])
     """,
     re.VERBOSE,
 )
 
-# Separators inside a phone number: 1 to 3 of space, dot, dash, slash and brackets, which covers
-# "06-12345678", "06 - 1234 5678", "(010) 123 4567", "+31 (0)6" and "+1 (555) 123-4567".
-_PSEP: Final = r"(?:[ \u00a0\u202f.\-/()]{1,3})"
+# Separators inside a phone number: 1 to 3 of space (also no-break), dot, dash (also the Unicode
+# dashes), slash and brackets, which covers "06-12345678", "06\u201112345678", "06 - 1234 5678",
+# "(010) 123 4567", "+31 (0)6" and "+1 (555) 123-4567".
+_PSEP: Final = rf"(?:[ \u00a0\u202f.\-/(){_DASHES}]{{1,3}})"
 _PHONE: Final = re.compile(
     rf"""
     (?<![\w+])               # not inside a word or a longer number, not a second "+"
-    (?<![0-9][\-.])          # not the tail of "2026-0612..." or "1.06..." (dates, amounts)
+    (?<![0-9][\-.{_DASHES}]) # not the tail of "2026-0612..." or "1.06..." (dates, amounts)
     (?:
         # Dutch number in international form: +31 / 0031, an optional trunk 0 or (0), 9 digits.
         (?:\+|00)31 (?:{_PSEP}?0)? (?:{_PSEP}?[0-9]){{9}}
@@ -249,8 +264,13 @@ _PHONE: Final = re.compile(
         # Any other international number, E.164: a country code and 8 to 15 digits in all.
         (?:\+|00)[1-9] (?:{_PSEP}?[0-9]){{7,14}}
       |
+        # Dutch mobile number in international form without the plus ("31612345678", as in
+        # wa.me links): 31, 6 and 8 digits. Only mobiles: "31" and 9 other digits could be any
+        # number, "316" and 8 digits is specific enough. One space or dash may follow the 31.
+        31 [ \u00a0\u202f\-{_DASHES}]? 6 (?:{_PSEP}?[0-9]){{8}}
+      |
         # Dutch national number: 0 and 9 digits (06 + 8 for mobiles, area code + subscriber).
-        (?![0-9]{{1,2}}[\-./][0-9]{{1,2}}[\-./][0-9]{{4}}(?![0-9]))   # not a date 01-02-2026
+        (?![0-9]{{1,2}}[\-./{_DASHES}][0-9]{{1,2}}[\-./{_DASHES}][0-9]{{4}}(?![0-9]))  # not a date
         (?:\(0(?=[1-9][0-9]{{0,3}}\))  # "(" only around an area code, as in "(010) 123 4567"
           | 0(?![0.,])       # "00" is international, "0.5" and "0,50" are numbers
         )
@@ -418,13 +438,16 @@ def _decide_adres(match: re.Match[str]) -> Kind | _Keep:
 # on a piece cannot match in it, so its (far slower) pattern is not run there. Each test is a
 # necessary condition read off the pattern, never a guess: an e-mail address holds an "@"; an
 # IBAN starts with a two-letter country code and two check digits (ASCII, any case); a date has
-# a digit, a separator and a digit in a row; a BSN at least three digits in a row; a plate a
-# dash; a postcode four digits, an optional space and two letters. Most texts hold none of
+# a digit, a separator and a digit in a row; a phone number a "+" or a "0" (every writing but
+# the plus-less mobile one starts with "+", "00", "0" or "(0") or "31" (that one); a BSN at
+# least three digits in a row; a plate a dash; a postcode four digits, an optional space and
+# two letters. Most texts hold none of
 # these kinds, so most passes end at their test (about two thirds of the redaction time of a
 # typical signal, which intake redacts on every request).
 _ANY: Final = re.compile("")
 _MAY_BE_IBAN: Final = re.compile(r"[A-Za-z]{2}[0-9]{2}")
-_MAY_BE_DATE: Final = re.compile(r"[0-9][\-./][0-9]")
+_MAY_BE_DATE: Final = re.compile(rf"[0-9][\-./{_DASHES}][0-9]")
+_MAY_BE_PHONE: Final = re.compile(r"[+0]|31")
 _MAY_BE_BSN: Final = re.compile(r"[0-9]{3}")
 _MAY_BE_POSTCODE: Final = re.compile(rf"[1-9][0-9]{{3}}{_SP}?[A-Za-z]{{2}}")
 
@@ -448,7 +471,7 @@ _PASSES: Final[tuple[tuple[re.Pattern[str], _Decide, _Test], ...]] = (
     (_EMAIL, _decide_email, _Contains("@")),
     (_IBAN, _decide_iban, _MAY_BE_IBAN),
     (_DATE, _decide_date, _MAY_BE_DATE),
-    (_PHONE, _decide_phone, _ANY),
+    (_PHONE, _decide_phone, _MAY_BE_PHONE),
     (_BSN, _decide_bsn, _MAY_BE_BSN),
     (_KENTEKEN, _decide_kenteken, _Contains("-")),
     (_ADRES, _decide_adres, _MAY_BE_POSTCODE),

@@ -596,10 +596,14 @@ FEEDBACK_FORM_SCHEMA = {
         409: _or_page(
             problem(
                 409,
-                "Feedback was already given",
+                "Feedback is not asked now: the case has not ended yet (`…/case-not-ended`; asked once it"
+                " is resolved, closed or rejected), it ended without an outcome to rate"
+                " (`…/feedback-not-asked`: duplicate or withdrawn), or feedback was already given"
+                " (`…/feedback-already-given`)",
                 "Conflict",
-                "feedback was already given for this signal",
-                "feedback-already-given",
+                "the case has not ended yet (it is in_progress); feedback can be given once it is resolved,"
+                " closed or rejected",
+                "case-not-ended",
             )
         ),
         413: WRITE_PROBLEMS[413],
