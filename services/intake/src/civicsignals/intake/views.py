@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, File, Header, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Header, Path, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, ValidationError
@@ -237,11 +237,30 @@ ATTACHMENT_PROBLEMS: dict[int | str, dict[str, Any]] = {
     ),
 }
 UploadedFile = Annotated[UploadFile, File(description="the photo or PDF; its type is read from its content")]
+#: The multipart body of an upload, as an example (OpenAPI cannot show a file's bytes).
+UPLOAD_EXAMPLE = {
+    "requestBody": {"content": {"multipart/form-data": {"example": {"file": "(the JPEG's bytes)"}}}}
+}
+
+SignalId = Annotated[
+    str, Path(description="the signal's id (a ULID)", examples=["01JDX3W6Q5TB7V0N8K2M4R6P9S"])
+]
+AttachmentId = Annotated[
+    str, Path(description="the attachment's id", examples=["01JDX3YB2C8Q4W6E9R1T3Y5U7I"])
+]
+TrackingCode = Annotated[
+    str,
+    Path(
+        description="the resident's tracking code (upper or lower case, with or without dashes)",
+        examples=["7KQ2-M9XD-4HTC"],
+    ),
+]
 
 
 @router.post(
     "/v1/signals/{signal_id}/attachments",
     status_code=201,
+    openapi_extra=UPLOAD_EXAMPLE,
     response_model=AttachmentPublic,
     tags=["signals"],
     summary="Attach a photo or PDF to a signal",
@@ -274,7 +293,7 @@ UploadedFile = Annotated[UploadFile, File(description="the photo or PDF; its typ
     },
 )
 async def post_attachment(
-    signal_id: str,
+    signal_id: SignalId,
     principal: SignalWriter,
     request: Request,
     response: Response,
@@ -341,7 +360,7 @@ ATTACHMENT_READ_PROBLEMS = {
         **ATTACHMENT_READ_PROBLEMS,
     },
 )
-async def get_attachments(signal_id: str, principal: SignalReader, request: Request) -> AttachmentList:
+async def get_attachments(signal_id: SignalId, principal: SignalReader, request: Request) -> AttachmentList:
     """Scope `cases:read` or `signals:read`; a key bound to departments sees the signals whose
     case reached its departments (responsible, informed, reassigned or escalated to), and a partner
     organisation's key (`partner:<code>`) the signals whose case was forwarded to it."""
@@ -368,7 +387,7 @@ async def get_attachments(signal_id: str, principal: SignalReader, request: Requ
     },
 )
 async def get_attachment(
-    signal_id: str, attachment_id: str, principal: SignalReader, request: Request
+    signal_id: SignalId, attachment_id: AttachmentId, principal: SignalReader, request: Request
 ) -> FileResponse:
     """The bytes, for a department's screen. Each opening writes an audit record
     (`attachment.read`): photos may show people. Served so that a browser never runs it
@@ -464,13 +483,16 @@ def _json_or_form(
         pages.FORM_TYPE: {"schema": form_schema, "example": form_example},
     }
     if multipart_schema is not None:
-        content[pages.MULTIPART_TYPE] = {"schema": multipart_schema}
+        content[pages.MULTIPART_TYPE] = {
+            "schema": multipart_schema,
+            "example": {**form_example, "file": "(the photo's bytes, optional)"},
+        }
     return {"requestBody": {"required": True, "content": content}}
 
 
 async def _from_page_or_api(
     request: Request,
-    tracking_code: str,
+    tracking_code: TrackingCode,
     model: type[Body],
     from_page: Callable[[flows.IntakeContext, flows.Tracked, Any], Awaitable[Response]],
     from_api: Callable[[flows.IntakeContext, str, Body], Awaitable[BaseModel]],
@@ -504,7 +526,7 @@ async def _from_page_or_api(
     },
 )
 async def get_tracking(
-    tracking_code: str,
+    tracking_code: TrackingCode,
     request: Request,
     response: Response,
     sent: Annotated[
@@ -545,7 +567,7 @@ async def get_tracking(
     },
 )
 async def get_feedback_form(
-    tracking_code: str,
+    tracking_code: TrackingCode,
     request: Request,
     score: Annotated[
         str | None, Query(description="1 to 5: the score the link chose", examples=["4"])
@@ -621,7 +643,7 @@ FEEDBACK_FORM_SCHEMA = {
         429: AUTH_PROBLEMS[429],
     },
 )
-async def post_feedback(tracking_code: str, request: Request) -> Response:
+async def post_feedback(tracking_code: TrackingCode, request: Request) -> Response:
     """Public, like the tracking page: one answer per signal; the comment is redacted. JSON from a
     portal; ``application/x-www-form-urlencoded`` from the resident's page, answered with pages."""
     return await _from_page_or_api(
@@ -704,7 +726,7 @@ RESIDENT_MULTIPART_SCHEMA = {
         ),
     },
 )
-async def post_resident_update(tracking_code: str, request: Request) -> Response:
+async def post_resident_update(tracking_code: TrackingCode, request: Request) -> Response:
     """Public, by the tracking code as for feedback: the resident's own moves in the case's
     lifecycle, made at routing on their behalf (``role resident``). JSON from a portal;
     ``application/x-www-form-urlencoded`` from the resident's page, answered with pages, or
@@ -723,6 +745,7 @@ async def post_resident_update(tracking_code: str, request: Request) -> Response
     tags=["tracking"],
     summary="The resident adds a photo or PDF to their open signal",
     dependencies=[PublicLimit],
+    openapi_extra=UPLOAD_EXAMPLE,
     responses={
         201: {
             "description": "Stored with the signal; its count goes on the bus",
@@ -744,7 +767,7 @@ async def post_resident_update(tracking_code: str, request: Request) -> Response
     },
 )
 async def post_resident_attachment(
-    tracking_code: str,
+    tracking_code: TrackingCode,
     request: Request,
     response: Response,
     file: UploadedFile,
@@ -802,7 +825,7 @@ CONTACT_EXAMPLE = {
         ),
     },
 )
-async def get_contact(signal_id: str, principal: ContactReader, request: Request) -> ContactPublic:
+async def get_contact(signal_id: SignalId, principal: ContactReader, request: Request) -> ContactPublic:
     """Service-to-service only: every read is recorded in the audit log, found or not."""
     contact = await flows.read_contact(_context(request), principal.tenant, signal_id, principal.actor)
     if contact is None:

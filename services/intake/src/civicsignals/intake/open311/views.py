@@ -90,7 +90,22 @@ class Open311Route(APIRoute):
 
 router = APIRouter(prefix="/open311", route_class=Open311Route, tags=["open311"])
 
-FmtPath = Annotated[Fmt, Path(description="the response format: xml (the spec's default) or json")]
+FmtPath = Annotated[
+    Fmt, Path(description="the response format: xml (the spec's default) or json", examples=["json"])
+]
+ServiceCode = Annotated[str, Path(description="a service_code of the service list", examples=["container"])]
+RequestId = Annotated[
+    str,
+    Path(
+        description="the service_request_id POST requests answered", examples=["01JDX3W6Q5TB7V0N8K2M4R6P9S"]
+    ),
+]
+Token = Annotated[
+    str,
+    Path(
+        description="the token POST requests answered (the same id)", examples=["01JDX3W6Q5TB7V0N8K2M4R6P9S"]
+    ),
+]
 Jurisdiction = Annotated[
     str | None,
     Query(
@@ -283,7 +298,7 @@ async def services(fmt: FmtPath, request: Request, jurisdiction_id: Jurisdiction
     ),
 )
 async def service_definition(
-    service_code: str, fmt: FmtPath, request: Request, jurisdiction_id: Jurisdiction = None
+    service_code: ServiceCode, fmt: FmtPath, request: Request, jurisdiction_id: Jurisdiction = None
 ) -> Response:
     """The attributes a request for this service takes (`attribute[code]` in POST requests)."""
     tenant = resolve_tenant(request, jurisdiction_id)
@@ -352,6 +367,7 @@ POST_REQUEST_BODY: dict[str, Any] = {
                     },
                     "additionalProperties": {"type": "string"},
                 },
+                "example": {**_REQUEST_EXAMPLE, "media": "(the photo's bytes)"},
             },
         },
     }
@@ -515,16 +531,24 @@ async def get_requests(
     request: Request,
     jurisdiction_id: Jurisdiction = None,
     service_request_id: Annotated[
-        str | None, Query(description="comma-separated ids; overrides every other filter")
+        str | None,
+        Query(
+            description="comma-separated ids; overrides every other filter",
+            examples=["01JDX3W6Q5TB7V0N8K2M4R6P9S,01JDX3YB2C8Q4W6E9R1T3Y5U7I"],
+        ),
     ] = None,
-    service_code: Annotated[str | None, Query(description="comma-separated service codes")] = None,
+    service_code: Annotated[
+        str | None, Query(description="comma-separated service codes", examples=["container,oplaadpunt"])
+    ] = None,
     start_date: Annotated[
         str | None, Query(description="W3C date-time", examples=["2026-11-01T00:00:00Z"])
     ] = None,
     end_date: Annotated[
         str | None, Query(description="W3C date-time", examples=["2026-11-28T00:00:00Z"])
     ] = None,
-    status: Annotated[str | None, Query(description="open, closed or both, comma-separated")] = None,
+    status: Annotated[
+        str | None, Query(description="open, closed or both, comma-separated", examples=["open"])
+    ] = None,
 ) -> Response:
     """Public, as in the spec: the most recent 90 days (never a wider span), at most 1000 requests.
 
@@ -559,7 +583,7 @@ async def get_requests(
     responses=_responses(schemas.RequestList, [REQUEST_EXAMPLE], REQUEST_XML, 400, 404, 429),
 )
 async def get_request(
-    service_request_id: str, fmt: FmtPath, request: Request, jurisdiction_id: Jurisdiction = None
+    service_request_id: RequestId, fmt: FmtPath, request: Request, jurisdiction_id: Jurisdiction = None
 ) -> Response:
     """One request, as a list of one (the spec's shape)."""
     tenant = resolve_tenant(request, jurisdiction_id)
@@ -586,7 +610,7 @@ async def get_request(
     ),
 )
 async def get_token(
-    token: str, fmt: FmtPath, request: Request, jurisdiction_id: Jurisdiction = None
+    token: Token, fmt: FmtPath, request: Request, jurisdiction_id: Jurisdiction = None
 ) -> Response:
     """Every service is realtime, so POST never returns a token; a request's id is also its token."""
     tenant = resolve_tenant(request, jurisdiction_id)
@@ -630,8 +654,12 @@ async def get_updates(
     fmt: FmtPath,
     request: Request,
     jurisdiction_id: Jurisdiction = None,
-    start_date: Annotated[str | None, Query(description="W3C date-time")] = None,
-    end_date: Annotated[str | None, Query(description="W3C date-time")] = None,
+    start_date: Annotated[
+        str | None, Query(description="W3C date-time", examples=["2026-11-01T00:00:00Z"])
+    ] = None,
+    end_date: Annotated[
+        str | None, Query(description="W3C date-time", examples=["2026-11-28T00:00:00Z"])
+    ] = None,
 ) -> Response:
     """Status changes of the tenant's requests (from intake's own status history), oldest first."""
     tenant = resolve_tenant(request, jurisdiction_id)
