@@ -241,6 +241,8 @@ def test_iban(iban: str) -> None:
         "1-AB-234",  # 13
         "123-AB-4",  # 14
         "gx-123-z",  # lower case
+        "AB\u201112\u2011CD",  # non-breaking hyphens, as a word processor writes them
+        "1\u2013ABC\u201323",  # en dashes
     ],
 )
 def test_licence_plate_in_every_sidecode(plate: str) -> None:
@@ -675,11 +677,12 @@ MONTHS = {
 def plates(draw: st.DrawFn) -> str:
     sidecode = draw(st.sampled_from(SIDECODES))
     letters = draw(st.sampled_from([UPPER, UPPER.lower()]))
+    dash = draw(st.sampled_from(["-", "-", *UNICODE_DASHES]))
     plate = "".join(
-        draw(st.sampled_from(letters)) if char == "X" else draw(digit) if char == "9" else char
+        draw(st.sampled_from(letters)) if char == "X" else draw(digit) if char == "9" else dash
         for char in sidecode
     )
-    assume(not any(group.lower() in MONTHS for group in plate.split("-")))
+    assume(not any(group.lower() in MONTHS for group in plate.split(dash)))
     return plate
 
 

@@ -295,7 +295,8 @@ _BSN: Final = re.compile(
 )
 
 # Dutch licence plates, by sidecode (X a letter, 9 a digit). Every sidecode has both letters and
-# digits, and the dashes are required, so ordinary words and dates (all digits) never match.
+# digits, and the dashes are required, so ordinary words and dates (all digits) never match. A
+# dash may be one a word processor typed (U+2010 to U+2015), as in phone numbers and dates.
 _SIDECODES: Final = (
     "XX-99-99",  # 1
     "99-99-XX",  # 2
@@ -318,10 +319,10 @@ def _kenteken_pattern() -> re.Pattern[str]:
     """The sidecodes as one alternation, letters in either case, not inside a longer token."""
 
     def as_regex(sidecode: str) -> str:
-        return "".join({"X": "[A-Za-z]", "9": "[0-9]", "-": "-"}[char] for char in sidecode)
+        return "".join({"X": "[A-Za-z]", "9": "[0-9]", "-": f"[\\-{_DASHES}]"}[char] for char in sidecode)
 
     alternatives = "|".join(as_regex(sidecode) for sidecode in _SIDECODES)
-    return re.compile(rf"(?<![\w-])(?:{alternatives})(?![\w-])")
+    return re.compile(rf"(?<![\w\-{_DASHES}])(?:{alternatives})(?![\w\-{_DASHES}])")
 
 
 _KENTEKEN: Final = _kenteken_pattern()
@@ -440,13 +441,14 @@ def _decide_adres(match: re.Match[str]) -> Kind | _Keep:
 # IBAN starts with a two-letter country code and two check digits (ASCII, any case); a date has
 # a digit, a separator and a digit in a row; a phone number a "+" or a "0" (every writing but
 # the plus-less mobile one starts with "+", "00", "0" or "(0") or "31" (that one); a BSN at
-# least three digits in a row; a plate a dash; a postcode four digits, an optional space and
+# least three digits in a row; a plate a dash (or a Unicode one); a postcode four digits, an optional space and
 # two letters. Most texts hold none of
 # these kinds, so most passes end at their test (about two thirds of the redaction time of a
 # typical signal, which intake redacts on every request).
 _ANY: Final = re.compile("")
 _MAY_BE_IBAN: Final = re.compile(r"[A-Za-z]{2}[0-9]{2}")
 _MAY_BE_DATE: Final = re.compile(rf"[0-9][\-./{_DASHES}][0-9]")
+_MAY_BE_PLATE: Final = re.compile(rf"[\-{_DASHES}]")
 _MAY_BE_PHONE: Final = re.compile(r"[+0]|31")
 _MAY_BE_BSN: Final = re.compile(r"[0-9]{3}")
 _MAY_BE_POSTCODE: Final = re.compile(rf"[1-9][0-9]{{3}}{_SP}?[A-Za-z]{{2}}")
@@ -473,7 +475,7 @@ _PASSES: Final[tuple[tuple[re.Pattern[str], _Decide, _Test], ...]] = (
     (_DATE, _decide_date, _MAY_BE_DATE),
     (_PHONE, _decide_phone, _MAY_BE_PHONE),
     (_BSN, _decide_bsn, _MAY_BE_BSN),
-    (_KENTEKEN, _decide_kenteken, _Contains("-")),
+    (_KENTEKEN, _decide_kenteken, _MAY_BE_PLATE),
     (_ADRES, _decide_adres, _MAY_BE_POSTCODE),
 )
 
