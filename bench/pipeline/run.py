@@ -14,7 +14,8 @@ is the local receiver, so every signal ends in two webhooks (``signal.routed`` a
 2. **Sustained**: ``--signals`` posted as fast as intake takes them; throughput end to end is the
    number of signals over the time from the first POST to the last webhook and e-mail.
 3. **Fixed rate**: ``--rate`` signals per second for ``--seconds``; latency per stage from the
-   CloudEvent times on the bus, and end to end from the POST to the webhook and the e-mail.
+   CloudEvent times on the bus, and end to end from when each POST was due (not when a busy client
+   sent it) until both its webhooks and its e-mail arrived: the p99 target's measure.
 
 The report also counts notifier's requests to intake for residents' contacts per e-mail (from
 intake's request counter): look-ups carry the reads of the mails notifier started together.
@@ -78,6 +79,9 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
+
+
+END_TO_END = "end to end (POST→webhooks and e-mail)"
 
 
 # --- receivers -------------------------------------------------------------------------------
@@ -199,7 +203,10 @@ async def post_all(
                 delay = begin + n / rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            sent = time.time()
+            # At a fixed rate a signal's clock starts when it was due, not when a client got round
+            # to sending it: a stack that falls behind would otherwise hold back the very requests
+            # that measure it ("coordinated omission"), and the tail would look shorter than it is.
+            sent = load.first + n / rate if rate else time.time()
             async with client.post(url, json=body(n + offset), headers=headers) as response:
                 answer = await response.read()
             load.latencies.append(time.time() - sent)
@@ -451,7 +458,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 "routing",
                 "webhook",
                 "e-mail",
-                "end to end (POST→webhook)",
+                "POST→routed webhook",
+                END_TO_END,
             )
         }
         for code in fixed_codes:
@@ -465,13 +473,17 @@ async def main_async(args: argparse.Namespace) -> int:
             stages["routing"].append(routed[code] - classified)
             if code in arrivals.webhooks:
                 stages["webhook"].append(arrivals.webhooks[code] - routed[code])
-                stages["end to end (POST→webhook)"].append(arrivals.webhooks[code] - fixed.started[code])
+                stages["POST→routed webhook"].append(arrivals.webhooks[code] - fixed.started[code])
             if code in arrivals.mails:
                 stages["e-mail"].append(arrivals.mails[code] - routed[code])
+            if arrivals.complete(code):
+                stages[END_TO_END].append(arrivals.finished_at(code) - fixed.started[code])
         results["fixed_rate"] = {
             "rate": args.rate,
             "seconds": args.seconds,
             "accepted": len(fixed_codes),
+            "achieved_rate": len(fixed.latencies) / (fixed.last - fixed.first),
+            "statuses": fixed.statuses,
             "lost": sum(1 for c in fixed_codes if not arrivals.complete(c)),
             "stages": {name: describe(values) for name, values in stages.items()},
         }
@@ -518,6 +530,9 @@ def write_report(
     lookups, singles = (results["contact_requests"]["by_route"][path] for path in CONTACT_PATHS)
     mails = results["contact_requests"]["mails"]
     requests_per_mail = (lookups + singles) / mails if mails else float("nan")
+    refused = sum(
+        count for load in (sustained, fixed) for status, count in load["statuses"].items() if status != 201
+    )
     lines = [
         "# Pipeline benchmark",
         "",
@@ -528,12 +543,18 @@ def write_report(
         f"| bare FastAPI reference, POSTs accepted per second | {reference['rate']:.0f} | — |",
         f"| intake, signals accepted per second (durable write + outbox) | {sustained['accept_rate']:.0f} | — |",
         f"| end to end, signals per second (POST → webhook and e-mail) | {sustained['end_to_end_rate']:.0f} | ≥ 300 |",
+        f"| end to end p99 at {args.rate:g}/s, ms (POST → both webhooks and the e-mail) | "
+        f"{fixed['stages'][END_TO_END]['p99_ms']:.0f} | ≤ 1000 at 100/s |",
         f"| lost: a signal without its routed webhook, status webhook or e-mail (sustained + fixed rate) | {sustained['lost'] + fixed['lost']} | 0 |",
+        f"| POSTs not accepted (sustained + fixed rate; any answer but 201) | {refused} | 0 |",
         f"| duplicate webhook-ids | {results['duplicate_webhook_ids']} | 0 |",
         f"| notifier's requests to intake for contacts, per resident e-mail | {requests_per_mail:.2f} "
         f"({lookups:.0f} look-ups, {singles:.0f} single reads, {mails} e-mails) | — |",
         "",
-        f"Latency at {args.rate:g} signals/s:",
+        f"Latency at {args.rate:g} signals/s (offered; achieved {fixed['achieved_rate']:.1f}/s), each signal's",
+        "clock starting when it was due: intake, classifier and routing from the CloudEvent times on",
+        "the bus (so the outbox relay's wait counts to the next stage), webhook and e-mail from",
+        "`signal.routed`, and end to end from the POST until both webhooks and the e-mail arrived:",
         "",
         "| stage | p50 ms | p95 ms | p99 ms | n |",
         "|---|---|---|---|---|",
