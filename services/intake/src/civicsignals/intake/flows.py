@@ -46,6 +46,7 @@ from civicsignals.common.ids import new_id
 from civicsignals.common.outbox import enqueue, outbox_row
 from civicsignals.common.problems import Problem
 from civicsignals.common.ratelimit import TokenBucketLimiter
+from civicsignals.common.redaction import redact
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.common.tenants import Tenant
 from civicsignals.intake import attachments, caseupdates, service
@@ -76,7 +77,6 @@ from civicsignals.intake.models import (
     TrackingPublic,
 )
 from civicsignals.intake.open311.catalogue import CatalogueCache
-from civicsignals.intake.redaction import redact
 from civicsignals.intake.residentmoves import REOPENABLE
 from civicsignals.intake.settings import IntakeSettings
 from civicsignals.intake.tenantconfig import (

@@ -27,6 +27,7 @@ from civicsignals.common.events import (
     utcnow,
 )
 from civicsignals.common.ids import new_id, new_tracking_code
+from civicsignals.common.redaction import redact
 from civicsignals.intake import residentmoves
 from civicsignals.intake.attachments import StoredFile
 from civicsignals.intake.crypto import FieldCipher, Sealed
@@ -44,7 +45,6 @@ from civicsignals.intake.models import (
     StatusEntry,
     TrackingPublic,
 )
-from civicsignals.intake.redaction import redact
 from civicsignals.intake.tenantconfig import Area
 
 COARSE_DECIMALS = 3  # 0.001° of latitude is 111 m: "about 100 m" (DESIGN §2)

@@ -4,6 +4,11 @@ Every change of a case is one UPDATE guarded by the sequence the change was base
 (``… WHERE id = :id AND sequence = :expected``), one history row, and the events that describe it,
 all in the caller's transaction. Two concurrent changes of one case therefore give one success and
 one :class:`Conflict`, on SQLite and on PostgreSQL alike, and no event is published for the loser.
+
+A public note is free text from staff or a partner that the resident, the partners and the
+departments' systems read, so it is redacted (:func:`public_text`) in the two places every public
+note passes: the history row (:func:`write_change`) and the events (:func:`status_events`). An
+internal note is kept as written, for staff only, and never put in an event.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from civicsignals.common.events import (
     utcnow,
 )
 from civicsignals.common.ids import new_id, normalise_tracking_code
+from civicsignals.common.redaction import redact
 from civicsignals.routing import lifecycle
 from civicsignals.routing.models import Case, CaseHistory
 from civicsignals.routing.rules import Decision, RuleSet, SignalFacts
@@ -276,6 +282,16 @@ def involved(case: Case, *more: str | None) -> list[str]:
     return departments
 
 
+def public_text(text: str | None) -> str | None:
+    """A public note as it may be kept and published: personal data replaced by placeholders.
+
+    DESIGN §2 allows free text on the bus only redacted; a staff member's or partner's note to the
+    resident ("Bel mevrouw op 06-12345678") is free text like a resident's. Redacting twice changes
+    nothing, so a note intake redacted already (Open311 updates, a resident's reply) stays as it is.
+    """
+    return None if text is None else redact(text)
+
+
 def status_events(
     tenant: str,
     case: Case,
@@ -288,7 +304,11 @@ def status_events(
     also: Sequence[str] = (),
     **extra: Any,
 ) -> Events:
-    """``case.status_changed`` (for the resident's page and the notifier) and each involved department's feed."""
+    """``case.status_changed`` (for the resident's page and the notifier) and each involved department's feed.
+
+    ``public_note`` goes out redacted (:func:`public_text`), whoever wrote it.
+    """
+    public_note = public_text(public_note)
     changed = CaseStatusChanged(
         case_id=case.id,
         signal_id=case.signal_id,
@@ -335,7 +355,10 @@ async def load_case(session: AsyncSession, tenant: str, case_id: str) -> Case:
 
 @dataclass
 class Change:
-    """One change of a case: its fields, the history row, and whether residents hear of it."""
+    """One change of a case: its fields, the history row, and whether residents hear of it.
+
+    ``public_note`` is stored redacted by :func:`write_change`; ``internal_note`` as written.
+    """
 
     kind: str
     actor: str
@@ -384,8 +407,8 @@ async def write_change(
             to_status=case.status,
             at=now,
             actor=change.actor,
-            public_note=change.public_note,
-            internal_note=change.internal_note,
+            public_note=public_text(change.public_note),  # shown to the resident: redacted
+            internal_note=change.internal_note,  # staff only, never in an event: as written
             details=change.details,
         )
     )

@@ -22,6 +22,7 @@ from starlette.datastructures import UploadFile
 
 from civicsignals.common.events import utcnow
 from civicsignals.common.problems import Problem
+from civicsignals.common.redaction import redact
 from civicsignals.common.tenants import Tenant
 from civicsignals.intake import flows
 from civicsignals.intake.access import authorise_key, public_limit
@@ -42,7 +43,6 @@ from civicsignals.intake.open311.service import (
     service_json,
     split_list,
 )
-from civicsignals.intake.redaction import redact
 from civicsignals.intake.tenantconfig import closed_statuses
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from civicsignals.intake.redaction import (
+from civicsignals.common.redaction import (
     PLACEHOLDERS,
     Kind,
     is_valid_bsn,
@@ -920,7 +920,7 @@ def test_property_redaction_is_idempotent_on_number_soup(text: str) -> None:
 
 def redact_without_tests(text: str) -> str:
     """The redaction as it was before each pass got its test: every pattern on every piece."""
-    from civicsignals.intake import redaction
+    from civicsignals.common import redaction
 
     counts = dict.fromkeys((kind.value for kind in Kind), 0)
     segments: list[tuple[str, bool]] = [(text, False)]
@@ -973,7 +973,7 @@ def test_the_tests_before_each_pass_change_no_result(text: str) -> None:
 
 def test_the_tests_before_each_pass_are_used() -> None:
     """Without this, the property above would pass with tests that never skip anything."""
-    from civicsignals.intake import redaction
+    from civicsignals.common import redaction
 
     text = "Bel 06-12345678, er ligt afval."
     skipped = [test for _pattern, _decide, test in redaction._PASSES if not test.search(text)]

@@ -1,4 +1,5 @@
-"""Redaction of personal data in residents' free text, before it leaves ``intake``.
+"""Redaction of personal data in free text before it leaves the service that received it: a
+resident's words in intake, a staff member's or partner's public note in routing.
 
 DESIGN §2 ("No personal data on the bus") allows free text on the bus only after redaction of
 e-mail addresses, phone numbers, BSN numbers that pass the 11-check, IBANs, licence plates and
