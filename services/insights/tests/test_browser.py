@@ -48,7 +48,10 @@ async def _data(insights: Insights) -> None:
         synthetic.generate("gouda", today - timedelta(days=60), 60, 14, seed=21, now=datetime.now(UTC))
     )
     rng = random.Random(2)
-    spike_day = today - timedelta(days=1)
+    # Older than the days the service's own background check looks at (emerging_lookback_days, 3):
+    # that check starts with the app and, on yesterday, could mark the day checked before this
+    # data was in, and the detect_day below would then return its empty result (1 run in 8).
+    spike_day = today - timedelta(days=5)
     for week in range(8, 0, -1):
         for _ in range(6):
             at = datetime.combine(spike_day - timedelta(days=7 * week), datetime.min.time(), UTC) + timedelta(
@@ -92,7 +95,7 @@ async def test_dashboard_and_transparency_page_in_chromium(insights: Insights, t
         assert "Opkomende kwesties" in dashboard["text"] and "Burgerzaken" in dashboard["text"]
         assert "Emerging issues" not in dashboard["text"]
         assert re.search(
-            r"\d{1,2} [a-z]+ \d{4} ·\s+Burgerzaken:\s+\d+ meldingen tegen \d+,\d verwacht",
+            r"\d{1,2} [a-z]+ \d{4} ·\s+Burgerzaken:\s+\d+ meldingen tegen \d+,\d+ verwacht",
             dashboard["text"],
         ), dashboard["text"]
         assert re.search(r"\d,\d+ / 5", dashboard["text"]), dashboard["text"]
