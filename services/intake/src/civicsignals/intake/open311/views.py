@@ -93,6 +93,8 @@ router = APIRouter(prefix="/open311", route_class=Open311Route, tags=["open311"]
 FmtPath = Annotated[
     Fmt, Path(description="the response format: xml (the spec's default) or json", examples=["json"])
 ]
+StartDate = Annotated[str | None, Query(description="W3C date-time", examples=["2026-11-01T00:00:00Z"])]
+EndDate = Annotated[str | None, Query(description="W3C date-time", examples=["2026-11-28T00:00:00Z"])]
 ServiceCode = Annotated[str, Path(description="a service_code of the service list", examples=["container"])]
 RequestId = Annotated[
     str,
@@ -540,12 +542,8 @@ async def get_requests(
     service_code: Annotated[
         str | None, Query(description="comma-separated service codes", examples=["container,oplaadpunt"])
     ] = None,
-    start_date: Annotated[
-        str | None, Query(description="W3C date-time", examples=["2026-11-01T00:00:00Z"])
-    ] = None,
-    end_date: Annotated[
-        str | None, Query(description="W3C date-time", examples=["2026-11-28T00:00:00Z"])
-    ] = None,
+    start_date: StartDate = None,
+    end_date: EndDate = None,
     status: Annotated[
         str | None, Query(description="open, closed or both, comma-separated", examples=["open"])
     ] = None,
@@ -654,12 +652,8 @@ async def get_updates(
     fmt: FmtPath,
     request: Request,
     jurisdiction_id: Jurisdiction = None,
-    start_date: Annotated[
-        str | None, Query(description="W3C date-time", examples=["2026-11-01T00:00:00Z"])
-    ] = None,
-    end_date: Annotated[
-        str | None, Query(description="W3C date-time", examples=["2026-11-28T00:00:00Z"])
-    ] = None,
+    start_date: StartDate = None,
+    end_date: EndDate = None,
 ) -> Response:
     """Status changes of the tenant's requests (from intake's own status history), oldest first."""
     tenant = resolve_tenant(request, jurisdiction_id)
