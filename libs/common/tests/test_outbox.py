@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlmodel import SQLModel, select
 
 from civicsignals.common.bus import STREAM, Bus, stream_messages
@@ -353,3 +354,31 @@ async def test_two_relays_never_publish_the_same_row_at_once_on_postgres(
     assert slow.ids == ids[:2]
     assert fast.ids == ids[2:]
     assert sorted(await _msg_ids(bus)) == ids
+
+
+async def test_the_pending_gauge_shows_the_backlog_growing_while_nats_is_down(
+    sessions: SessionFactory, bus: Bus, nats_server: NatsServer, database_url: str, wait_until: Any
+) -> None:
+    """``civic_outbox_pending`` is what an operator watches during an outage; it used to be set
+    only after a pass that published, so it stood still for as long as NATS was away."""
+    bus._js = bus.nc.jetstream(timeout=0.5)
+    relay = _relay(sessions, bus, database_url, poll_interval_s=0.2)
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("civic_outbox_pending", {"service": "tests"})
+
+    task = asyncio.create_task(relay.run())
+    try:
+        await wait_until(lambda: gauge() == 0, timeout=10, message="the gauge to show an empty outbox")
+        nats_server.stop()
+        await wait_until(lambda: not bus.connected, message="the client to notice the server is gone")
+        await _enqueue(sessions, 3)
+        relay.wake()
+        await wait_until(lambda: gauge() == 3, timeout=15, message="the gauge to show the backlog")
+        nats_server.start()
+        await wait_until(lambda: gauge() == 0, timeout=20, message="the gauge to show the backlog gone")
+        assert await relay.pending() == 0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

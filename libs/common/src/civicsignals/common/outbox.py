@@ -180,6 +180,12 @@ class OutboxRelay:
             )
             return int(result.one())
 
+    async def _count_pending(self) -> None:
+        """Set ``civic_outbox_pending``, at most once a second (a count, not a per-pass cost)."""
+        if time.monotonic() - self._last_gauge >= 1.0:
+            self._last_gauge = time.monotonic()
+            OUTBOX_PENDING.labels(self._service).set(await self.pending())
+
     async def prune(self) -> int:
         """Forget rows published long ago; the stream keeps the events, the outbox need not."""
         cutoff = utcnow() - self._keep_published
@@ -197,14 +203,12 @@ class OutboxRelay:
             try:
                 count = await self.relay_once()
                 backoff = self._poll_interval_s
+                await self._count_pending()
                 if count == self._batch_size:
                     continue
                 if utcnow() - self._last_prune > timedelta(hours=1):
                     self._last_prune = utcnow()
                     await self.prune()
-                if time.monotonic() - self._last_gauge >= 1.0:  # a count per second, not per pass
-                    self._last_gauge = time.monotonic()
-                    OUTBOX_PENDING.labels(self._service).set(await self.pending())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -213,6 +217,9 @@ class OutboxRelay:
                 log.warning(
                     "outbox relay: publish failed, retrying in %.1fs: %s", backoff, type(exc).__name__
                 )
+                # While NATS is away the backlog is what operators need to see grow.
+                with contextlib.suppress(Exception):
+                    await self._count_pending()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
