@@ -94,33 +94,27 @@ async def stream_leader(nats_url: str, stream: str = "CIVIC") -> str | None:
         await client.close()
 
 
-async def consumers_in_flight(nats_url: str, prefix: str, stream: str = "CIVIC") -> dict[str, int]:
-    """Per durable consumer whose name starts with ``prefix`` (a service's, e.g. ``routing-``): how
-    many messages it was given and has not acknowledged yet, i.e. the batch that service holds."""
+async def _consumer_infos(nats_url: str, prefix: str, stream: str) -> list[Any]:
+    """The JetStream infos of the durable consumers whose names start with ``prefix``."""
     client = await nats.connect(servers(nats_url))
     try:
         infos = await client.jetstream().consumers_info(stream)
-        return {
-            str(info.name): int(info.num_ack_pending or 0)
-            for info in infos
-            if str(info.name).startswith(prefix)
-        }
+        return [info for info in infos if str(info.name).startswith(prefix)]
     finally:
         await client.close()
+
+
+async def consumers_in_flight(nats_url: str, prefix: str, stream: str = "CIVIC") -> dict[str, int]:
+    """Per durable consumer whose name starts with ``prefix`` (a service's, e.g. ``routing-``): how
+    many messages it was given and has not acknowledged yet, i.e. the batch that service holds."""
+    infos = await _consumer_infos(nats_url, prefix, stream)
+    return {str(info.name): int(info.num_ack_pending or 0) for info in infos}
 
 
 async def consumers_backlog(nats_url: str, prefix: str, stream: str = "CIVIC") -> int:
     """What the durable consumers whose names start with ``prefix`` have yet to get or to ack."""
-    client = await nats.connect(servers(nats_url))
-    try:
-        infos = await client.jetstream().consumers_info(stream)
-        return sum(
-            int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-            for info in infos
-            if str(info.name).startswith(prefix)
-        )
-    finally:
-        await client.close()
+    infos = await _consumer_infos(nats_url, prefix, stream)
+    return sum(int(info.num_pending or 0) + int(info.num_ack_pending or 0) for info in infos)
 
 
 def data_field_counts(messages: list[Any], field: str) -> Counter[str]:

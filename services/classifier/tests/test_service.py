@@ -36,6 +36,8 @@ from civicsignals.common.events import (
 from civicsignals.common.ids import new_id
 from civicsignals.devstack.nats import NatsServer
 
+from .test_tenant_taxonomy import GOOD
+
 FAST = TrainOptions(encoder=False, learning_curve=False, C_grid=(10.0,))
 
 
@@ -531,28 +533,9 @@ async def test_the_tenant_threshold_is_for_trained_models_the_cold_start_keeps_i
 
 #: A tenant's own taxonomy as a municipality may well write it: Dutch names only, not every
 #: description (the tenant schema requires codes only).
-DUTCH_ONLY = """\
-version: 4
-topics:
-  - code: grachten
-    name_nl: Grachten
-    description_nl: Alles over de grachten, kademuren en bruggen over het water.
-    subtopics:
-      - code: kademuur
-        name_nl: Kademuur
-        description_nl: Een kademuur verzakt, scheurt of brokkelt af.
-      - code: drijfvuil
-        name_nl: Drijfvuil
-        description_nl: Afval, flessen en plastic drijven in de gracht.
-  - code: fietsen
-    name_nl: Fietsen
-    subtopics:
-      - code: weesfiets
-        name_nl: Weesfiets
-        description_nl: Een achtergelaten fiets staat al weken op dezelfde plek.
-      - code: stalling
-        name_nl: Fietsenstalling
-"""
+DUTCH_ONLY = (
+    GOOD.replace("version: 2", "version: 4") + "      - code: stalling\n        name_nl: Fietsenstalling\n"
+)
 #: A broken change of it: a topic code used twice, which the classifier cannot use.
 TWICE = DUTCH_ONLY.replace("code: fietsen", "code: grachten")
 CANAL = "Er drijft veel plastic en afval in de gracht"

@@ -115,6 +115,42 @@ def mail(tmp_path: Path) -> Any:
     catcher.stop()
 
 
+@contextlib.asynccontextmanager
+async def served_intake(tenant: Any, nats_url: str, tmp_path: Path) -> AsyncIterator[tuple[str, Path, str]]:
+    """A real intake for ``tenant`` on a free port, with notifier's service key for it: yields
+    ``(intake's URL, the keys folder notifier reads, the contact:read key)``."""
+    import uvicorn
+
+    from civicsignals.intake.app import create_app as create_intake
+    from civicsignals.intake.settings import IntakeSettings
+
+    _, contact_key = tenant.add_key(["contact:read"], description="notifier reads contacts")
+    keys_dir = tmp_path / "service-keys"
+    keys_dir.mkdir()
+    (keys_dir / tenant.tenant).write_text(contact_key)
+    settings = IntakeSettings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'intake.db'}",
+        nats_url=nats_url,
+        tenants_dir=tenant.tenants_dir,
+        data_dir=tmp_path / "intake-data",
+        outbox_poll_interval_s=0.1,
+    )
+    app = create_intake(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not serving.done(), "intake did not start"
+            await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{server.config.port}", keys_dir, contact_key
+    finally:
+        runtime = getattr(app.state, "runtime", None)
+        if runtime is not None:
+            await close_bus_first(runtime)
+        server.should_exit = True
+        await serving
+
+
 async def close_bus_first(runtime: Any) -> None:
     """Close a runtime's NATS connection before its shutdown drains it.
 

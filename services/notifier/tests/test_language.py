@@ -11,7 +11,6 @@ order each test needs; the ``signal.received`` carries the language intake store
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from civicsignals.common.events import (
     CaseStatusChanged,
@@ -33,12 +31,9 @@ from civicsignals.common.events import (
     utcnow,
 )
 from civicsignals.devstack.nats import NatsServer
-from civicsignals.devstack.ports import free_port
-from civicsignals.intake.app import create_app as create_intake
-from civicsignals.intake.settings import IntakeSettings
 from civicsignals.notifier.models import SignalLink
 
-from .conftest import close_bus_first, signal_received
+from .conftest import served_intake, signal_received
 from .test_batches import apply_batch, deliveries
 
 TENANT = "gouda"
@@ -122,44 +117,23 @@ class Setup:
 @pytest.fixture
 async def setup(make_tenant: Any, tmp_path: Path, notifier_factory: Any, mail: Any) -> AsyncIterator[Setup]:
     tenant = make_tenant(TENANT, name="Gouda")
-    _, contact_key = tenant.add_key(["contact:read"], description="notifier reads contacts")
-    keys_dir = tmp_path / "service-keys"
-    keys_dir.mkdir()
-    (keys_dir / TENANT).write_text(contact_key)
+    # intake on a NATS server of its own, so that the test decides the order of notifier's events
     intake_bus = NatsServer(
         tmp_path / "intake-nats" / "store", log_file=tmp_path / "intake-nats" / "nats.log"
     )
     intake_bus.start()
-    settings = IntakeSettings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'intake.db'}",
-        nats_url=intake_bus.url,
-        tenants_dir=tenant.tenants_dir,
-        data_dir=tmp_path / "intake-data",
-        outbox_poll_interval_s=0.1,
-    )
-    app = create_intake(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    serving = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            assert not serving.done(), "intake did not start"
-            await asyncio.sleep(0.05)
-        intake_url = f"http://127.0.0.1:{server.config.port}"
-        notifier = await notifier_factory(
-            tenant,
-            intake_url=intake_url,
-            intake_keys_dir=keys_dir,
-            smtp_port=mail.port,
-            coalesce_window_s=0.5,
-        )
-        async with httpx.AsyncClient(base_url=intake_url) as client:
-            yield Setup(client, tenant.key, contact_key, notifier, mail)
+        async with served_intake(tenant, intake_bus.url, tmp_path) as (intake_url, keys_dir, contact_key):
+            notifier = await notifier_factory(
+                tenant,
+                intake_url=intake_url,
+                intake_keys_dir=keys_dir,
+                smtp_port=mail.port,
+                coalesce_window_s=0.5,
+            )
+            async with httpx.AsyncClient(base_url=intake_url) as client:
+                yield Setup(client, tenant.key, contact_key, notifier, mail)
     finally:
-        runtime = getattr(app.state, "runtime", None)
-        if runtime is not None:
-            await close_bus_first(runtime)
-        server.should_exit = True
-        await serving
         intake_bus.stop()
 
 

@@ -5,7 +5,6 @@ contacts from intake over HTTP as in production. Routing's events are published 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -13,15 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from civicsignals.common.events import CaseStatusChanged, SignalRouted
 from civicsignals.devstack.nats import NatsServer
-from civicsignals.devstack.ports import free_port
-from civicsignals.intake.app import create_app as create_intake
-from civicsignals.intake.settings import IntakeSettings
 
-from .conftest import close_bus_first
+from .conftest import served_intake
 
 TENANT = "gouda"
 BASE = "https://gemeente.example"
@@ -57,41 +52,21 @@ async def setup(
     make_tenant, nats_server: NatsServer, tmp_path: Path, notifier_factory, mail
 ) -> AsyncIterator[tuple[Intake, Any, Any]]:
     tenant = make_tenant(TENANT, name="Gouda")
-    _, contact_key = tenant.add_key(["contact:read"], description="notifier reads contacts")
-    keys_dir = tmp_path / "service-keys"
-    keys_dir.mkdir()
-    (keys_dir / TENANT).write_text(contact_key)
-    settings = IntakeSettings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'intake.db'}",
-        nats_url=nats_server.url,
-        tenants_dir=tenant.tenants_dir,
-        data_dir=tmp_path / "intake-data",
-        outbox_poll_interval_s=0.1,
-    )
-    app = create_intake(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not serving.done(), "intake did not start"
-        await asyncio.sleep(0.05)
-    intake_url = f"http://127.0.0.1:{server.config.port}"
-    try:
-        async with httpx.AsyncClient(base_url=intake_url) as client:
+    async with (
+        served_intake(tenant, nats_server.url, tmp_path) as (intake_url, keys_dir, _),
+        httpx.AsyncClient(base_url=intake_url) as client,
+    ):
 
-            async def start_notifier(**overrides: Any) -> Any:
-                return await notifier_factory(
-                    tenant,
-                    intake_url=intake_url,
-                    intake_keys_dir=keys_dir,
-                    smtp_port=mail.port,
-                    **overrides,
-                )
+        async def start_notifier(**overrides: Any) -> Any:
+            return await notifier_factory(
+                tenant,
+                intake_url=intake_url,
+                intake_keys_dir=keys_dir,
+                smtp_port=mail.port,
+                **overrides,
+            )
 
-            yield Intake(client, tenant.key), start_notifier, mail
-    finally:
-        await close_bus_first(app.state.runtime)
-        server.should_exit = True
-        await serving
+        yield Intake(client, tenant.key), start_notifier, mail
 
 
 def routed(created: dict[str, Any], case_id: str) -> SignalRouted:

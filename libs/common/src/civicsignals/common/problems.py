@@ -8,6 +8,7 @@ ever leaves a service, and bad input is never a 500.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -174,20 +175,30 @@ def database_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    seen: BaseException | None = exc
-    for _ in range(6):  # the driver's error hides behind SQLAlchemy's and the adapter's
-        if seen is None:
-            break
+    for seen in _error_chain(exc):
         if isinstance(seen, (ConnectionError, TimeoutError)):
             return True
-        sqlstate = str(getattr(seen, "sqlstate", "") or "")
         if (
-            sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+            _sqlstate(seen).startswith(_UNAVAILABLE_SQLSTATES)
             or type(seen).__name__ == "ConnectionDoesNotExistError"
         ):
             return True
-        seen = getattr(seen, "orig", None) or seen.__cause__
     return False
+
+
+def _error_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the errors behind it: the driver's error hides behind SQLAlchemy's and the
+    adapter's (a few levels at most)."""
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return
+        yield seen
+        seen = getattr(seen, "orig", None) or seen.__cause__
+
+
+def _sqlstate(error: BaseException) -> str:
+    return str(getattr(error, "sqlstate", "") or "")
 
 
 # SQLSTATEs of a value the database's encoding cannot hold: U+0000 in text (22021) or in jsonb (22P05).
@@ -199,14 +210,7 @@ def unstorable_character(exc: BaseException) -> bool:
     guard (``inputguard.py``) refuses those in JSON, forms, query strings and paths before a
     route runs; this catches what it cannot see (a multipart form's text field), as the client's
     error it is, after the transaction rolled back."""
-    seen: BaseException | None = exc
-    for _ in range(6):  # the driver's error hides behind SQLAlchemy's and the adapter's
-        if seen is None:
-            break
-        if str(getattr(seen, "sqlstate", "") or "") in _UNSTORABLE_SQLSTATES:
-            return True
-        seen = getattr(seen, "orig", None) or seen.__cause__
-    return False
+    return any(_sqlstate(seen) in _UNSTORABLE_SQLSTATES for seen in _error_chain(exc))
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -50,10 +50,6 @@ PAGE_HEADERS = {
     "Vary": "Accept",
 }
 
-# The case has ended for the resident: the page asks how it went (and only then does the API
-# accept the answer: one definition for both, in flows).
-FEEDBACK_STATUSES = flows.FEEDBACK_STATUSES
-
 _ENV = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(default=True),
@@ -232,7 +228,7 @@ def tracking_page(
     comes back, with the ``values`` that were typed."""
     view, lang = tracked.view, language_of(tracked.language)
     labels = STATUS_LABELS[lang]
-    ended = view.status in FEEDBACK_STATUSES
+    ended = view.status in flows.FEEDBACK_STATUSES  # the page asks exactly when the API accepts
     words = WORDS[lang]
     return _render(
         "tracking.html",
@@ -289,7 +285,7 @@ def feedback_page(
         code=tracked.view.tracking_code,
         status=STATUS_LABELS[lang].get(tracked.view.status, tracked.view.status),
         feedback_given=tracked.view.feedback_given,
-        feedback_open=tracked.view.status in FEEDBACK_STATUSES,
+        feedback_open=tracked.view.status in flows.FEEDBACK_STATUSES,
         form=_form_values(values or {}),
         errors=dict(errors or {}),
         feedback_url=tracked.feedback_path,
