@@ -6,6 +6,7 @@ Here, not in ``libs/common/tests``, because it reads every service: common must 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, cast
 
@@ -69,7 +70,8 @@ def _publishing_services(model: type[EventData]) -> set[str]:
         service = src.parent.name
         for path in src.rglob("*.py"):
             text = path.read_text(encoding="utf-8")
-            builds_subject = f"{name}.bus_subject(" in text or f"{name}.department_subject(" in text
+            # \b: ``SignalErased.`` must not match inside ``DepartmentSignalErased.``
+            builds_subject = re.search(rf"\b{name}\.(bus|department)_subject\(", text) is not None
             if builds_subject or ("make_event(" in text and f"type[{name}]" in text):
                 found.add(service)
     return found

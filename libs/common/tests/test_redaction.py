@@ -201,7 +201,9 @@ def test_a_plusless_mobile_number_in_a_whatsapp_link_or_as_a_bare_number() -> No
     assert redact("Kenmerk 31612345678.") == "Kenmerk [PHONE]."
 
 
-@pytest.mark.parametrize("bsn", ["123456782", "123.456.782", "123 456 782", "1234.56.782", "111-222-333"])
+@pytest.mark.parametrize(
+    "bsn", ["123456782", "123.456.782", "123 456 782", "1234.56.782", "111-222-333", "123\u2013456\u2013782"]
+)
 def test_bsn_that_passes_the_11_check(bsn: str) -> None:
     assert redact(f"Mijn BSN is {bsn}.") == "Mijn BSN is [BSN]."
 
@@ -466,6 +468,7 @@ def bsn_writings(digits: str) -> st.SearchStrategy[str]:
             f"{digits[:3]} {digits[3:6]} {digits[6:]}",
             f"{digits[:3]}-{digits[3:6]}-{digits[6:]}",
             f"{digits[:4]}.{digits[4:6]}.{digits[6:]}",
+            *(f"{digits[:3]}{dash}{digits[3:6]}{dash}{digits[6:]}" for dash in UNICODE_DASHES),
         ]
     )
 

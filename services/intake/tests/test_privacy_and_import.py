@@ -16,10 +16,11 @@ from civicsignals.intake import cli, privacy, service
 from civicsignals.intake.app import build_cipher
 from civicsignals.intake.crypto import FieldCipher, new_key_spec, parse_keys
 from civicsignals.intake.importer import describe_delimiter, detect_delimiter, parse_delimiter
-from civicsignals.intake.models import Attachment, AuditRecord, Contact, Feedback, Signal
+from civicsignals.intake.models import Attachment, AuditRecord, Contact, Feedback, Signal, StatusEntry
 from civicsignals.intake.settings import IntakeSettings
 
 from .conftest import PNG, SIGNAL, Intake
+from .test_following import change
 from .test_resident_pages import move_case
 
 
@@ -44,7 +45,14 @@ async def test_erasure_of_one_person_keeps_the_statistics(intake: Intake) -> Non
     also_mine = await _signal_with_photo(intake, email="JAN@example.org")
     someone_else = await _signal_with_photo(intake, email="piet@example.org")
     code = (await intake.get(Signal, mine)).tracking_code
-    await move_case(intake, {"id": mine, "tracking_code": code}, "resolved", 1)  # feedback comes after
+    case = {"id": mine, "tracking_code": code}
+    await move_case(intake, case, "waiting_on_resident", 1, note="Welke stoeptegel bedoelt u?")
+    async with intake.runtime.sessions() as session, session.begin():  # the resident's own answer
+        answer = change(
+            case, "in_progress", 2, public_note="De tegel bij mijn voordeur, Jan.", actor="resident"
+        )
+        assert await service.apply_status_change(session, answer, utcnow())
+    await move_case(intake, case, "resolved", 3)  # feedback comes after
     assert (
         await intake.client.post(
             f"/v1/tracking/{code}/feedback",
@@ -89,11 +97,36 @@ async def test_erasure_of_one_person_keeps_the_statistics(intake: Intake) -> Non
     assert (intake.settings.attachments_dir / "gouda" / someone_else).exists()
     assert (await intake.get(Feedback, mine)).comment is None
     async with intake.runtime.sessions() as session:
+        entries = (
+            await session.exec(
+                select(StatusEntry)
+                .where(col(StatusEntry.signal_id) == mine)
+                .order_by(col(StatusEntry.sequence))
+            )
+        ).all()
+    # the resident's words go, staff's public note stays (the page still shows the history)
+    assert [(e.actor, e.note) for e in entries] == [
+        (None, None),  # received: intake's own entry
+        ("department", "Welke stoeptegel bedoelt u?"),
+        ("resident", None),
+        ("department", None),
+    ]
+    async with intake.runtime.sessions() as session:
         left = (await session.exec(select(Attachment).where(col(Attachment.signal_id) == someone_else))).all()
         audit = (
             await session.exec(select(AuditRecord).where(col(AuditRecord.action) == "person.erase"))
         ).all()
     assert len(left) == 1 and sorted(a.object for a in audit) == sorted(f"signal:{s}" for s in found)
+    async with intake.runtime.sessions() as session:
+        outbox = (
+            await session.exec(
+                select(OutboxMessage).where(col(OutboxMessage.subject) == "civic.gouda.signal.erased")
+            )
+        ).all()
+    erased_events = [json.loads(row.payload) for row in outbox]
+    assert sorted(e["data"]["signal_id"] for e in erased_events) == sorted(found)
+    assert {e["type"] for e in erased_events} == {"nl.civicsignals.signal.erased.v1"}
+    assert all(set(e["data"]) == {"signal_id", "case_id", "erased_at"} for e in erased_events)  # ids only
     page = await intake.client.get(f"/v1/tracking/{code}")
     assert page.status_code == 200  # the signal and its history are still there
 

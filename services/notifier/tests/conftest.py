@@ -115,6 +115,20 @@ def mail(tmp_path: Path) -> Any:
     catcher.stop()
 
 
+def intake_settings(tenant: Any, nats_url: str, tmp_path: Path) -> Any:
+    """The settings of the intake :func:`served_intake` runs: its maintenance commands (``erase``)
+    work on the same database, and the running intake publishes what they leave in its outbox."""
+    from civicsignals.intake.settings import IntakeSettings
+
+    return IntakeSettings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'intake.db'}",
+        nats_url=nats_url,
+        tenants_dir=tenant.tenants_dir,
+        data_dir=tmp_path / "intake-data",
+        outbox_poll_interval_s=0.1,
+    )
+
+
 @contextlib.asynccontextmanager
 async def served_intake(tenant: Any, nats_url: str, tmp_path: Path) -> AsyncIterator[tuple[str, Path, str]]:
     """A real intake for ``tenant`` on a free port, with notifier's service key for it: yields
@@ -122,20 +136,12 @@ async def served_intake(tenant: Any, nats_url: str, tmp_path: Path) -> AsyncIter
     import uvicorn
 
     from civicsignals.intake.app import create_app as create_intake
-    from civicsignals.intake.settings import IntakeSettings
 
     _, contact_key = tenant.add_key(["contact:read"], description="notifier reads contacts")
     keys_dir = tmp_path / "service-keys"
     keys_dir.mkdir()
     (keys_dir / tenant.tenant).write_text(contact_key)
-    settings = IntakeSettings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'intake.db'}",
-        nats_url=nats_url,
-        tenants_dir=tenant.tenants_dir,
-        data_dir=tmp_path / "intake-data",
-        outbox_poll_interval_s=0.1,
-    )
-    app = create_intake(settings)
+    app = create_intake(intake_settings(tenant, nats_url, tmp_path))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     serving = asyncio.create_task(server.serve())
     try:

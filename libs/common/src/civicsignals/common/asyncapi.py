@@ -54,6 +54,7 @@ from civicsignals.common.events import (
     ConversationTurn,
     DepartmentAssigned,
     DepartmentAttachmentAdded,
+    DepartmentSignalErased,
     DepartmentStatusChanged,
     EventData,
     FeedbackReceived,
@@ -62,6 +63,7 @@ from civicsignals.common.events import (
     NotificationFailed,
     SignalAttachmentAdded,
     SignalClassified,
+    SignalErased,
     SignalReceived,
     SignalReclassified,
     SignalRouted,
@@ -115,6 +117,17 @@ ROUTES: dict[type[EventData], Route] = {
         ("notifier-signal-attachment-added", "routing-signal-attachment-added"),
         "A photo or PDF was attached to a signal after it was received; only the count travels.",
     ),
+    SignalErased: Route(
+        "intake",
+        (
+            "routing-signal-erased",
+            "notifier-signal-erased",
+            "classifier-signal-erased",
+            "insights-signal-erased",
+        ),
+        "A person's data of a signal was erased on request (AVG article 17); every service drops "
+        "its copies and tells the departments and partners it passed the signal to (article 19).",
+    ),
     ConversationReceived: Route(
         "intake",
         ("classifier-conversation-received", "insights-conversation-received"),
@@ -162,6 +175,13 @@ ROUTES: dict[type[EventData], Route] = {
         (),
         "Department feed: the signal of a case the department is involved in has a new photo or PDF "
         "(the count; the files are read at intake).",
+        external=DEPARTMENT_SYSTEMS,
+    ),
+    DepartmentSignalErased: Route(
+        "routing",
+        (),
+        "Department feed: the person's data of a case's signal was erased on request; the "
+        "department's system drops what it copied (text, notes, photos).",
         external=DEPARTMENT_SYSTEMS,
     ),
     CaseOverdue: Route(
@@ -227,6 +247,7 @@ TEXT = "Er ligt afval naast de container. Bel me op [PHONE]."
 LOCATION = CoarseLocation(lat=52.012, lon=4.71)
 RECEIVED_AT = datetime(2026, 11, 28, 9, 14, 3, 498000, tzinfo=UTC)
 DUE_AT = datetime(2026, 12, 7, 9, 14, 3, 870000, tzinfo=UTC)
+ERASED_AT = datetime(2027, 1, 11, 14, 2, 9, 310000, tzinfo=UTC)
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
@@ -251,6 +272,7 @@ def example_data() -> dict[type[EventData], EventData]:
             source="key:3f9a0c1d2e4b5a69",
         ),
         SignalAttachmentAdded: SignalAttachmentAdded(signal_id=SIGNAL_ID, attachments=2),
+        SignalErased: SignalErased(signal_id=SIGNAL_ID, case_id=CASE_ID, erased_at=ERASED_AT),
         ConversationReceived: ConversationReceived(
             signal_id="01KBJ0M4P6R8T0V2X4Z6B8D0F2",
             channel="phone",
@@ -349,6 +371,9 @@ def example_data() -> dict[type[EventData], EventData]:
             department="afval-en-reiniging",
             role="responsible",
             attachments=2,
+        ),
+        DepartmentSignalErased: DepartmentSignalErased(
+            case_id=CASE_ID, signal_id=SIGNAL_ID, department="afval-en-reiniging", erased_at=ERASED_AT
         ),
         CaseOverdue: CaseOverdue(
             case_id=CASE_ID,

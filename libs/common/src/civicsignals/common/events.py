@@ -165,6 +165,23 @@ class SignalAttachmentAdded(EventData):
     attachments: int = Field(ge=1, description="how many attachments the signal has now")
 
 
+class SignalErased(EventData):
+    """A person's data of this signal was erased at their request (AVG article 17).
+
+    Every service that keeps something of the signal beyond what statistics need drops it, and
+    tells whom it passed the signal on to (article 19): routing the departments the case reached,
+    notifier the case's partners. Only ids travel; the signal itself, its kind, channel, times,
+    area and status stay, so the statistics still add up.
+    """
+
+    aggregate: ClassVar[str] = "signal"
+    event: ClassVar[str] = "erased"
+
+    signal_id: str
+    case_id: str | None = Field(default=None, description="the signal's case, when intake knew it")
+    erased_at: datetime
+
+
 class ConversationTurn(BaseModel):
     speaker: Literal["citizen", "agent"]
     text: str
@@ -373,6 +390,24 @@ class DepartmentAttachmentAdded(EventData):
         return f"civic.{check_code(tenant, 'tenant')}.dept.{check_code(department, 'department')}.attachment_added"
 
 
+class DepartmentSignalErased(EventData):
+    """The department feed: the person's data of a case's signal was erased on request. The
+    department's own system drops what it copied of the case (its text, notes and photos) and
+    keeps only what its statistics need (AVG articles 17 and 19)."""
+
+    aggregate: ClassVar[str] = "dept"
+    event: ClassVar[str] = "erased"
+
+    case_id: str
+    signal_id: str
+    department: str
+    erased_at: datetime
+
+    @classmethod
+    def department_subject(cls, tenant: str, department: str) -> str:
+        return f"civic.{check_code(tenant, 'tenant')}.dept.{check_code(department, 'department')}.erased"
+
+
 class CaseOverdue(EventData):
     """A case passed its due date without being resolved; published once per case and escalation."""
 
@@ -467,6 +502,7 @@ def read_data(event: CloudEvent, model: type[DataT]) -> DataT:
 ALL_EVENT_MODELS: tuple[type[EventData], ...] = (
     SignalReceived,
     SignalAttachmentAdded,
+    SignalErased,
     ConversationReceived,
     SignalClassified,
     SignalReclassified,
@@ -476,6 +512,7 @@ ALL_EVENT_MODELS: tuple[type[EventData], ...] = (
     DepartmentAssigned,
     DepartmentStatusChanged,
     DepartmentAttachmentAdded,
+    DepartmentSignalErased,
     CaseOverdue,
     NotificationDelivered,
     NotificationFailed,

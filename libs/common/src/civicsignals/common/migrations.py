@@ -17,7 +17,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import MetaData, pool
+from sqlalchemy import MetaData, Table, pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -107,6 +107,31 @@ def pending_changes(engine_url: str, package: str, metadata: MetaData) -> list[A
             await engine.dispose()
 
     return asyncio.run(_compare())
+
+
+#: The shared tables every service's database holds beside its own.
+SHARED_TABLE_MODULES = (
+    "civicsignals.common.outbox",
+    "civicsignals.common.inbox",
+    "civicsignals.common.audit",
+)
+
+
+def service_tables(service: str) -> MetaData:
+    """The tables of one service (``civicsignals.<service>``) and the shared outbox, inbox and
+    audit log, as its migrations must build them. Other services' models may be registered in the
+    same process (a test session imports them all), so the registry is filtered by module; the
+    caller imports the service's app first, which registers every table it uses."""
+    from sqlmodel import SQLModel
+
+    mine = MetaData()
+    for mapper in SQLModel._sa_registry.mappers:
+        module = mapper.class_.__module__
+        if module.startswith(f"civicsignals.{service}.") or module in SHARED_TABLE_MODULES:
+            table = mapper.local_table
+            assert isinstance(table, Table), table  # SQLModel maps every model to one table
+            table.to_metadata(mine)
+    return mine
 
 
 def make_revision(package: str, database_url: str, message: str) -> Path:

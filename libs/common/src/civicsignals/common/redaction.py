@@ -48,7 +48,7 @@ Design choices, and why:
   eating ordinary Dutch ("in 2025 en 2026"), a postcode written in lower case *with* a space
   (``2801 ab``) only counts when a house number is next to it and its letters are not a common
   word; in lower case without a space, unit abbreviations (``1000km``) are not postcodes.
-* **Dashes as word processors type them.** Inside a phone number and a date, the Unicode
+* **Dashes as word processors type them.** Inside a phone number, a BSN and a date, the Unicode
   hyphens and dashes (U+2010 hyphen, U+2011 non-breaking hyphen, U+2012 figure dash, U+2013 en
   dash, U+2014 em dash, U+2015 horizontal bar) count as a ``-``: ``06\u201112345678`` is a
   phone number, and ``28\u201111\u20112026`` a date that stays. Spaces may be normal, no-break
@@ -133,7 +133,7 @@ _DASHES: Final = "\u2010-\u2015"
 # --------------------------------------------------------------------------------------------
 
 _BSN_WEIGHTS: Final = (9, 8, 7, 6, 5, 4, 3, 2, -1)
-_BSN_SEPARATORS: Final = re.compile(r"[ .\-\u00a0\u202f]")
+_BSN_SEPARATORS: Final = re.compile(rf"[ .\-\u00a0\u202f{_DASHES}]")
 
 
 def is_valid_bsn(digits: str) -> bool:
@@ -282,15 +282,16 @@ _PHONE: Final = re.compile(
     re.VERBOSE,
 )
 
-# BSN as written: 9 digits, 3-3-3 with one kind of separator, or the official 4-2-3 with dots.
+# BSN as written: 9 digits, 3-3-3 with one kind of separator (a Unicode dash too, as a word
+# processor types it), or the official 4-2-3 with dots.
 _BSN: Final = re.compile(
-    r"""
-    (?<![\w+]) (?<![0-9][.,\-])
-    (?: [0-9]{9}
-      | [0-9]{3} (?P<sep>[ .\-\u00a0\u202f]) [0-9]{3} (?P=sep) [0-9]{3}
-      | [0-9]{4} \. [0-9]{2} \. [0-9]{3}
+    rf"""
+    (?<![\w+]) (?<![0-9][.,\-{_DASHES}])
+    (?: [0-9]{{9}}
+      | [0-9]{{3}} (?P<sep>[ .\-\u00a0\u202f{_DASHES}]) [0-9]{{3}} (?P=sep) [0-9]{{3}}
+      | [0-9]{{4}} \. [0-9]{{2}} \. [0-9]{{3}}
     )
-    (?!\w) (?![.,\-][0-9])   # not part of an amount (123.456.789,00) or a longer number
+    (?!\w) (?![.,\-{_DASHES}][0-9])   # not part of an amount (123.456.789,00) or a longer number
     """,
     re.VERBOSE,
 )

@@ -11,7 +11,10 @@ Consumers (one durable each, DESIGN §2):
   neither the acks nor the idempotency;
 * ``classifier-conversation-received``: classifies the citizen's turns of a phone or chat
   conversation; one conversation may carry several topics (``topics`` in the event);
-* ``classifier-signal-reclassified``: stores staff's correction as training data for ``retrain``.
+* ``classifier-signal-reclassified``: stores staff's correction as training data for ``retrain``;
+* ``classifier-signal-erased``: the person's data of a signal was erased on request (AVG article
+  17): its corrections, whose text is training data, are deleted, and the signal is remembered as
+  erased so that a correction arriving later is not stored (see :func:`erase_signal`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from civicsignals.common.events import (
     CloudEvent,
     ConversationReceived,
     SignalClassified,
+    SignalErased,
     SignalReceived,
     SignalReclassified,
     make_event,
@@ -56,6 +60,7 @@ log = logging.getLogger(__name__)
 CONSUMER = "classifier-signal-received"
 CONVERSATION_CONSUMER = "classifier-conversation-received"
 CORRECTION_CONSUMER = "classifier-signal-reclassified"
+ERASURE_CONSUMER = "classifier-signal-erased"
 #: Citizen turns shorter than this many characters ("ja", "dank u") carry no topic of their own.
 MIN_TURN_CHARS = 12
 
@@ -335,12 +340,36 @@ def _top_topic(model: TopicModel, row: npt.NDArray[np.float32]) -> Alternative:
 
 
 async def store_correction(ctx: ClassifierContext, event: CloudEvent) -> bool:
-    """Keep a correction from triage as training data; idempotent per event and per signal."""
+    """Keep a correction from triage as training data; idempotent per event and per signal.
+
+    A correction of a signal whose person's data was erased is acknowledged and not kept.
+    """
     data = read_data(event, SignalReclassified)
     async with ctx.runtime.sessions() as session, session.begin():
         if not await claim(session, CORRECTION_CONSUMER, event.id):
             return False
-        await service.store_correction(session, event.tenant, event.id, event.time, data)
+        stored = await service.store_correction(session, event.tenant, event.id, event.time, data)
+    if stored is None:
+        log.info("correction %s of erased signal %s not kept", event.id, data.signal_id)
+    return True
+
+
+async def erase_signal(ctx: ClassifierContext, event: CloudEvent) -> bool:
+    """Drop what the classifier keeps of an erased signal; False for an event handled before.
+
+    The classifier keeps a signal's text only in staff's corrections (``retrain`` trains on
+    them), so those are deleted; bundles already trained hold no text (hashed n-gram features
+    and weights), and the next ``retrain`` no longer sees it. The erasure may come before the
+    correction: staff can still change the topic of the case afterwards, and the two events have
+    consumers of their own, so either may be applied first. The signal's id is therefore kept as
+    erased and :func:`~civicsignals.classifier.service.store_correction` stores nothing for it.
+    """
+    data = read_data(event, SignalErased)
+    async with ctx.runtime.sessions() as session, session.begin():
+        if not await claim(session, ERASURE_CONSUMER, event.id):
+            return False
+        deleted = await service.erase_signal(session, event.tenant, event.id, data)
+    log.info("signal %s of tenant %s erased: %d correction(s) deleted", data.signal_id, event.tenant, deleted)
     return True
 
 
@@ -353,9 +382,13 @@ def consumers(ctx: ClassifierContext) -> list[ConsumerSpec]:
     async def on_reclassified(event: CloudEvent, _msg: Msg) -> None:
         await store_correction(ctx, event)
 
+    async def on_erased(event: CloudEvent, _msg: Msg) -> None:
+        await erase_signal(ctx, event)
+
     return [
         ConsumerSpec(CONVERSATION_CONSUMER, ConversationReceived.subscription(), on_conversation),
         ConsumerSpec(CORRECTION_CONSUMER, SignalReclassified.subscription(), on_reclassified),
+        ConsumerSpec(ERASURE_CONSUMER, SignalErased.subscription(), on_erased),
     ]
 
 

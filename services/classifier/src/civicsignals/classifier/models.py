@@ -1,4 +1,4 @@
-"""Classifier's tables (model registry, activations, corrections) and API schemas."""
+"""Classifier's tables (model registry, activations, corrections, erased signals) and API schemas."""
 
 from __future__ import annotations
 
@@ -78,6 +78,24 @@ class Correction(SQLModel, table=True):
     previous_subtopic: str | None = SQLField(default=None, max_length=200)
     event_id: str = SQLField(max_length=64)
     corrected_at: datetime = SQLField(sa_type=UtcDateTime)
+    stored_at: datetime = SQLField(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class ErasedSignal(SQLModel, table=True):
+    """A signal whose person's data was erased on request (``signal.erased``, AVG article 17).
+
+    Its corrections were deleted; the row stays so that a ``signal.reclassified`` that comes later
+    (staff may still change the topic of the case, or the correction was on its way when the
+    erasure overtook it: each event kind has its own consumer) stores nothing again. Ids and a
+    time only, no text.
+    """
+
+    __tablename__ = "erased_signal"
+
+    tenant: str = SQLField(primary_key=True, max_length=64)
+    signal_id: str = SQLField(primary_key=True, max_length=64)
+    erased_at: datetime = SQLField(sa_type=UtcDateTime, description="when intake erased it")
+    event_id: str = SQLField(max_length=64, description="the first signal.erased of the signal")
     stored_at: datetime = SQLField(default_factory=utcnow, sa_type=UtcDateTime)
 
 

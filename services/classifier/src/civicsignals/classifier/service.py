@@ -1,4 +1,4 @@
-"""Plain functions on a database session: the model registry's rows and the corrections.
+"""Plain functions on a database session: the model registry's rows, the corrections and erasures.
 
 No HTTP, no bus: :mod:`.flows`, :mod:`.views` and :mod:`.cli` call these inside their own
 transactions.
@@ -13,14 +13,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import delete, exists, func, text
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.classifier.data import LabelledData
 from civicsignals.classifier.model.inference import read_card
-from civicsignals.classifier.models import VERSION_PATTERN, Correction, ModelActivation, ModelVersion
-from civicsignals.common.events import SignalReclassified
+from civicsignals.classifier.models import (
+    VERSION_PATTERN,
+    Correction,
+    ErasedSignal,
+    ModelActivation,
+    ModelVersion,
+)
+from civicsignals.common.events import SignalErased, SignalReclassified
 
 _VERSION = re.compile(VERSION_PATTERN)
 
@@ -227,10 +233,42 @@ async def rollback(
     return row
 
 
+async def hold_signal(session: AsyncSession, tenant: str, signal_id: str) -> None:
+    """Serialise the transactions that store a correction of one signal or erase it.
+
+    Without this, on PostgreSQL a first correction and the erasure of the same signal, committed
+    at the same moment by two consumers (or replicas), would each miss the other's uncommitted row:
+    the correction would be stored with its text after the erasure deleted nothing. A transaction
+    level advisory lock on the signal makes the second wait for the first and then see its rows.
+    SQLite has one writer: there :func:`store_correction` checks for an erasure after its write,
+    which holds the write lock until the commit, so nothing is needed here.
+    """
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        await connection.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"classifier:signal:{tenant}:{signal_id}"},
+        )
+
+
+async def is_erased(session: AsyncSession, tenant: str, signal_id: str) -> bool:
+    result = await session.exec(
+        select(ErasedSignal.signal_id).where(
+            ErasedSignal.tenant == tenant, ErasedSignal.signal_id == signal_id
+        )
+    )
+    return result.first() is not None
+
+
 async def store_correction(
     session: AsyncSession, tenant: str, event_id: str, at: datetime, data: SignalReclassified
-) -> Correction:
-    """Store or update the correction of one signal (the newer correction wins)."""
+) -> Correction | None:
+    """Store or update the correction of one signal (the newer correction wins).
+
+    None, and nothing kept, when the person's data of the signal was erased: a correction made or
+    delivered after the erasure must not bring its text back into the training data.
+    """
+    await hold_signal(session, tenant, data.signal_id)
     result = await session.exec(
         select(Correction).where(Correction.tenant == tenant, Correction.signal_id == data.signal_id)
     )
@@ -249,13 +287,51 @@ async def store_correction(
     row.event_id = event_id
     row.corrected_at = at
     session.add(row)
+    # Written first, checked after: on SQLite the write holds the one write lock until the commit,
+    # so an erasure either committed before this check (and is seen) or runs after the commit (and
+    # deletes the row).
+    await session.flush()
+    if await is_erased(session, tenant, data.signal_id):
+        await session.delete(row)
+        await session.flush()
+        return None
     return row
 
 
+async def erase_signal(session: AsyncSession, tenant: str, event_id: str, data: SignalErased) -> int:
+    """Forget what the classifier keeps of an erased signal: its corrections (their text is
+    training data); remember the signal as erased, so that a later correction is not stored.
+
+    Idempotent: a second erasure of the same signal finds nothing to delete and keeps the first
+    record. Returns how many corrections were deleted.
+    """
+    await hold_signal(session, tenant, data.signal_id)
+    if not await is_erased(session, tenant, data.signal_id):
+        session.add(
+            ErasedSignal(tenant=tenant, signal_id=data.signal_id, erased_at=data.erased_at, event_id=event_id)
+        )
+        await session.flush()
+    connection = await session.connection()
+    table = Correction.__table__  # type: ignore[attr-defined]
+    result = await connection.execute(
+        delete(table).where(table.c.tenant == tenant, table.c.signal_id == data.signal_id)
+    )
+    return int(result.rowcount or 0)
+
+
 async def corrections(session: AsyncSession, tenant: str) -> Sequence[Correction]:
+    """The tenant's corrections, oldest first: what ``retrain`` trains on.
+
+    Those of erased signals are left out even if a row survived (written by a replica of a version
+    from before erasure was propagated, during a rolling update): their text must not be trained on.
+    """
+    erased = exists().where(
+        col(ErasedSignal.tenant) == col(Correction.tenant),
+        col(ErasedSignal.signal_id) == col(Correction.signal_id),
+    )
     result = await session.exec(
         select(Correction)
-        .where(Correction.tenant == tenant)
+        .where(Correction.tenant == tenant, ~erased)
         .order_by(col(Correction.corrected_at), col(Correction.id))
     )
     return result.all()

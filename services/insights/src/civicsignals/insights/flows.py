@@ -6,6 +6,14 @@ They fetch a batch, dead-letter what is not a valid event of their kind, apply t
 transaction (:mod:`civicsignals.insights.apply`) and ack after the commit. When a batch fails, its
 events are applied one at a time with the usual consumer rules (nak with a growing delay, or the
 dead-letter stream), so one bad event cannot hold back the others.
+
+``insights-signal-erased`` (``signal.erased``: the person's data of a signal was erased on
+request, AVG article 17) is one of them: it drops the signal's redacted text, the only free text
+insights keeps of a resident, from the drill-down list and its exports, and marks the signal as
+erased, so that a reception event applied later (each kind has its own consumer) does not bring the
+text back. Every count, topic, area, time, case and score stays: statistics need no text. An
+erasure of a signal insights has not seen yet leaves an uncounted row with the mark alone, like a
+classification that comes before its reception (see :mod:`civicsignals.insights.projection`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Insights' read model: tables built only from events, and the API schemas.
 
 No personal data lives here (DESIGN §2, §4): signal text arrives redacted and is kept only for the
-drill-down list; locations are reduced to an area code; there are no reporters, no tracking codes
-and no contact data. Every table can be emptied and rebuilt by replaying the ``CIVIC`` stream
-(``civicsignals-insights rebuild``), which yields the same aggregates.
+drill-down list, and is dropped when the person's data is erased on request; locations are reduced
+to an area code; there are no reporters, no tracking codes and no contact data. Every table can
+be emptied and rebuilt by replaying the ``CIVIC`` stream (``civicsignals-insights rebuild``), which
+yields the same aggregates.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class SignalFact(SQLModel, table=True):
     area: str = UNKNOWN
     text: str | None = SQLField(default=None, description="redacted at intake, at most 500 characters")
     is_conversation: bool = False
+    # from signal.erased (the earliest erasure): the person's data was erased on request, so the
+    # text is dropped and no reception event applied later brings it back; every count stays
+    erased_at: datetime | None = SQLField(default=None, sa_type=UtcDateTime)
     # from signal.classified (rank 1) and signal.reclassified (rank 2): highest rank, then latest id
     topic_rank: int = 0
     topic_event: str | None = None
@@ -273,7 +277,7 @@ class SignalRow(BaseModel):
     language: str
     area: str
     mode: str
-    text: str | None = Field(description="redacted at intake")
+    text: str | None = Field(description="redacted at intake; null once the person's data was erased")
 
 
 class SignalPage(BaseModel):

@@ -181,6 +181,7 @@ STAFF_WORDS: dict[str, dict[str, str]] = {
         "received": "Ontvangen",
         "text": "Tekst",
         "conversation": "(gesprek)",
+        "erased": "(tekst gewist op verzoek van de melder)",
         "older": "Oudere meldingen →",
     },
     "en": {
@@ -291,6 +292,7 @@ STAFF_WORDS: dict[str, dict[str, str]] = {
         "received": "Received",
         "text": "Text",
         "conversation": "(conversation)",
+        "erased": "(text erased at the reporter's request)",
         "older": "Older signals →",
     },
 }

@@ -10,7 +10,9 @@ with the id of the event that set them, under rules that do not depend on arriva
 - a case's status is the one with the highest ``sequence``, its department the one named by the
   status change with the highest ``sequence`` that names one (else by ``signal.routed``); it opened
   at its earliest event and was resolved at its earliest transition to ``resolved`` or ``closed``;
-- feedback: the latest answer counts.
+- feedback: the latest answer counts;
+- an erasure (``signal.erased``) drops the signal's text, and a reception applied after it keeps
+  the text out (the signal is still counted as received): whichever comes first, no text.
 
 So the durable consumers (one per event kind, each in its own order) and a replay of the stream in
 stream order arrive at the same rows, and therefore at the same aggregates. The effective
@@ -35,6 +37,7 @@ from civicsignals.common.events import (
     NotificationDelivered,
     NotificationFailed,
     SignalClassified,
+    SignalErased,
     SignalReceived,
     SignalReclassified,
     SignalRouted,
@@ -64,6 +67,7 @@ EVENT_KINDS: tuple[EventKind, ...] = (
     EventKind("insights-conversation-received", ConversationReceived, "signal"),
     EventKind("insights-signal-classified", SignalClassified, "signal"),
     EventKind("insights-signal-reclassified", SignalReclassified, "signal"),
+    EventKind("insights-signal-erased", SignalErased, "signal"),
     EventKind("insights-signal-routed", SignalRouted, "case"),
     EventKind("insights-case-status-changed", CaseStatusChanged, "case"),
     EventKind("insights-case-overdue", CaseOverdue, "case"),
@@ -115,6 +119,7 @@ def new_signal(tenant: str, signal_id: str) -> Row:
         "area": UNKNOWN,
         "text": None,
         "is_conversation": False,
+        "erased_at": None,
         "topic_rank": 0,
         "topic_event": None,
         "topic_value": None,
@@ -147,7 +152,7 @@ def apply_signal(row: Row, event: CloudEvent, data: EventData) -> None:
                 kind_received=data.kind,
                 language_received=_language(data.language),
                 area=_area(data.location),
-                text=data.text[:TEXT_LIMIT],
+                text=_kept_text(row, data.text),
             )
     elif isinstance(data, ConversationReceived):
         row["is_conversation"] = True
@@ -160,7 +165,7 @@ def apply_signal(row: Row, event: CloudEvent, data: EventData) -> None:
                 kind_received=None,
                 language_received=_language(data.language),
                 area=UNKNOWN,
-                text=said[:TEXT_LIMIT],
+                text=_kept_text(row, said),
             )
     elif isinstance(data, SignalClassified):
         if _later(row["classified_event"], event.id):
@@ -172,6 +177,17 @@ def apply_signal(row: Row, event: CloudEvent, data: EventData) -> None:
         _take_topic(row, 1, event.id, data.topic, data.subtopic)
     elif isinstance(data, SignalReclassified):
         _take_topic(row, 2, event.id, data.topic, data.subtopic)
+    elif isinstance(data, SignalErased):
+        erased_at = _utc(data.erased_at)
+        if row["erased_at"] is None or erased_at < row["erased_at"]:
+            row["erased_at"] = erased_at
+        row["text"] = None
+
+
+def _kept_text(row: Row, text: str) -> str | None:
+    """The text a reception event leaves on the row: none once the signal was erased (the erasure
+    may be applied before the reception: each event kind has its own consumer)."""
+    return None if row["erased_at"] is not None else text[:TEXT_LIMIT]
 
 
 def _take_topic(row: Row, rank: int, event_id: str, topic: str, subtopic: str | None) -> None:

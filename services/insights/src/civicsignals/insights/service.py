@@ -356,7 +356,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 async def signals(
     session: AsyncSession, tenant: str, filters: Filters, *, cursor: str | None = None, limit: int = 50
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """The (redacted) signals behind a number, newest first, cursor-paginated."""
+    """The (redacted) signals behind a number, newest first, cursor-paginated (without text once
+    the person's data of a signal was erased; ``erased_at`` says so)."""
     conditions = [*filters.conditions(SIGNALS, tenant), SIGNALS.c.counted.is_(True)]
     if cursor:
         at, signal_id = decode_cursor(cursor)
@@ -365,7 +366,8 @@ async def signals(
                 SIGNALS.c.received_at < at, and_(SIGNALS.c.received_at == at, SIGNALS.c.signal_id < signal_id)
             )
         )
-    columns = [SIGNALS.c[name] for name in ("signal_id", "received_at", "day", *DIMENSIONS, "text")]
+    names = ("signal_id", "received_at", "day", *DIMENSIONS, "text", "erased_at")
+    columns = [SIGNALS.c[name] for name in names]
     query = (
         select(*columns)
         .where(*conditions)

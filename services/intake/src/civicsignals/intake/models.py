@@ -412,6 +412,11 @@ class StatusEntry(SQLModel, table=True):
     status: str
     at: datetime = SQLField(sa_type=UtcDateTime, default_factory=utcnow)
     note: str | None = None
+    actor: str | None = SQLField(
+        default=None,
+        description="who made the change, as a role (`resident`, `department:<code>` ...; null before "
+        "migration 0005): the resident's own words are erased with their data",
+    )
 
 
 class Attachment(SQLModel, table=True):

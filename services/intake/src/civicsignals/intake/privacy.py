@@ -6,10 +6,13 @@
 * **Erasure** (AVG article 17) of one person: their contact rows are deleted, the free text of
   their signals is replaced by its redacted form (which also lost the reporter's own name), the
   address, portal metadata and attachments go, coordinates are kept only coarse (about 100 m),
-  and a feedback comment is dropped. The signal itself stays with its kind, channel, times, area
-  and status, so statistics and the case history still add up. Contacts are sealed and have no
-  searchable index, so finding a person by e-mail or phone decrypts the tenant's contacts one by
-  one: slow for millions, but erasure is rare, and no lookup key of anyone's e-mail is kept.
+  and a feedback comment and the notes of the resident's own moves on the tracking page are
+  dropped. The signal itself stays with its kind, channel, times, area and status, so statistics
+  and the case history still add up. ``signal.erased`` goes out with the change (outbox), so
+  routing, notifier, the classifier and insights drop their copies and tell the departments and
+  partners the case reached (AVG article 19). Contacts are sealed and have no searchable index,
+  so finding a person by e-mail or phone decrypts the tenant's contacts one by one: slow for
+  millions, but erasure is rare, and no lookup key of anyone's e-mail is kept.
 * **Retention**: contact data is deleted ``retention.contact_days_after_close`` days after the
   signal's case reached a closing status (resolved, closed, rejected, duplicate, cancelled).
 
@@ -29,14 +32,18 @@ from sqlmodel import col, delete, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.db import SessionFactory
-from civicsignals.common.events import utcnow
+from civicsignals.common.events import SignalErased, make_event, utcnow
+from civicsignals.common.outbox import enqueue
 from civicsignals.common.tenants import TenantRegistry
 from civicsignals.intake import attachments, service
 from civicsignals.intake.crypto import FieldCipher, Sealed
-from civicsignals.intake.models import Attachment, AuditRecord, Contact, Feedback, Signal
+from civicsignals.intake.models import Attachment, AuditRecord, Contact, Feedback, Signal, StatusEntry
 from civicsignals.intake.tenantconfig import closed_statuses, retention_days
 
 log = logging.getLogger(__name__)
+
+#: The ``actor`` of a case change the resident made on their tracking page (routing's role).
+RESIDENT_ACTOR = "resident"
 
 
 # -- rotation --------------------------------------------------------------------------------------
@@ -155,10 +162,22 @@ async def erase_signals(
         await session.exec(delete(Attachment).where(col(Attachment.signal_id) == signal_id))
         result.attachments += attachments.remove_signal_files(attachments_dir, tenant, signal_id)
         await session.exec(update(Feedback).where(col(Feedback.signal_id) == signal_id).values(comment=None))
+        # the resident's own answers on their tracking page are their words, like the comment
+        await session.exec(
+            update(StatusEntry)
+            .where(col(StatusEntry.signal_id) == signal_id, col(StatusEntry.actor) == RESIDENT_ACTOR)
+            .values(note=None)
+        )
         session.add(
             AuditRecord(
                 tenant=tenant, actor=actor, action="person.erase", object=f"signal:{signal_id}", result="ok"
             )
+        )
+        erased = SignalErased(signal_id=signal_id, case_id=signal.case_id, erased_at=now)
+        enqueue(
+            session,
+            SignalErased.bus_subject(tenant),
+            make_event(tenant=tenant, service="intake", data=erased),
         )
         result.signals += 1
     return result

@@ -141,6 +141,7 @@ def status_row(signal: dict[str, Any]) -> dict[str, Any]:
         "status": signal["status"],
         "at": signal["received_at"],
         "note": None,
+        "actor": None,  # intake's own first entry, before any case change
     }
 
 
@@ -340,6 +341,7 @@ async def apply_status_change(session: AsyncSession, change: CaseStatusChanged, 
                 status=change.to,
                 at=at,
                 note=change.public_note,
+                actor=change.actor,
             )
         )
         ahead = session.info.get(READ_AHEAD)

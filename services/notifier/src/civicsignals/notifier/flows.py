@@ -14,18 +14,24 @@ restart, a redelivered event adds nothing, and several replicas share the sendin
   ``coalesce_window_s``; one webhook per subscribed endpoint of the case's partners.
 - ``signal.attachment_added``: one webhook per subscribed endpoint of the case's partners, so a
   partner learns that the resident (or the portal) sent a photo or PDF, and reads it from intake.
+- ``signal.erased``: the person's data of the signal was erased at intake (AVG article 17). Its
+  resident mails that wait are skipped (``erased``) and none is scheduled from then on; every
+  endpoint of the case's partners that receives the case's data gets one ``signal.erased``
+  webhook (article 19: tell every recipient).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
 from nats.aio.msg import Msg
 from sqlalchemy import event as sa_event
+from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -35,6 +41,7 @@ from civicsignals.common.events import (
     CaseStatusChanged,
     CloudEvent,
     SignalAttachmentAdded,
+    SignalErased,
     SignalReceived,
     SignalRouted,
     read_data,
@@ -49,6 +56,7 @@ from civicsignals.notifier.models import (
     ATTEMPTS,
     CLAIMED_COLUMNS,
     DELIVERIES,
+    WEBHOOK_EVENT_TYPES,
     Claimed,
     Delivery,
     Endpoint,
@@ -67,6 +75,9 @@ RECEIVED_CONSUMER = "notifier-signal-received"
 ROUTED_CONSUMER = "notifier-signal-routed"
 STATUS_CONSUMER = "notifier-case-status"
 ATTACHMENT_CONSUMER = "notifier-signal-attachment-added"
+ERASED_CONSUMER = "notifier-signal-erased"
+ERASED = "erased"
+"""The ``status_reason`` of a resident mail that was not sent because the person's data was erased."""
 ROUTED_WAIT = timedelta(minutes=2)
 """How long a status change that does not name its partners (an event from before routing added
 them) waits for its case's ``signal.routed`` (which travels on another consumer and is normally
@@ -134,6 +145,10 @@ class BatchView:
     new webhooks, and the acknowledgement that ``signal.routed`` releases."""
     claimed: list[Claimed] = field(default_factory=list)
     """Those claimed so far: handed to the dispatcher once the transaction has committed."""
+    erasure_told: dict[str, set[str]] = field(default_factory=dict)
+    """Per signal that a ``signal.erased`` of the batch names, the endpoints that have its
+    ``signal.erased`` webhook already (from an earlier erasure of it, or an earlier event of the
+    batch): an erasure repeated at intake, a new event, tells no endpoint twice."""
     KEY: ClassVar[str] = "notifier.batch"
 
     @staticmethod
@@ -193,16 +208,26 @@ async def prepare(ctx: NotifierContext, session: AsyncSession, events: list[Clou
         for e in events
         if e.type == CaseStatusChanged.event_type()
     }
+    erased_ids = {sid for e in events if e.type == SignalErased.event_type() and (sid := _signal_id(e))}
     if message_ids or coalesce_keys:
-        deliveries = await session.exec(
-            select(Delivery).where(
-                col(Delivery.message_id).in_(message_ids) | col(Delivery.coalesce_key).in_(coalesce_keys)
+        wanted = col(Delivery.message_id).in_(message_ids) | col(Delivery.coalesce_key).in_(coalesce_keys)
+        if erased_ids:  # and the erasure webhooks those signals have had
+            wanted |= (
+                col(Delivery.signal_id).in_(erased_ids)
+                & (col(Delivery.channel) == "webhook")
+                & (col(Delivery.event_type) == SignalErased.event_type())
             )
-        )
+        deliveries = await session.exec(select(Delivery).where(wanted))
         for delivery in deliveries.all():
             view.by_message_id[delivery.message_id] = delivery
             if delivery.coalesce_key:
                 view.by_coalesce_key[delivery.coalesce_key] = delivery
+            if (
+                delivery.event_type == SignalErased.event_type()
+                and delivery.signal_id
+                and delivery.endpoint_id
+            ):
+                view.erasure_told.setdefault(delivery.signal_id, set()).add(delivery.endpoint_id)
     codes: dict[str, set[str]] = {}
     for event in events:
         named = event.data.get("partners")  # routed, and status changes since routing names them
@@ -262,13 +287,15 @@ async def apply_signal_received(ctx: NotifierContext, session: AsyncSession, eve
     link = view.link(session, event.tenant, received.signal_id)
     link.tracking_code = received.tracking_code
     link.language = received.language or link.language
-    link.has_contact = received.has_contact
+    # An erasure applied before this event (a redelivery, or one that came late) stays in force.
+    link.has_contact = received.has_contact and link.erased_at is None
     mid = acknowledgement_id(event.tenant, received.signal_id)
     ack = view.by_message_id.get(mid)
-    if not received.has_contact:
+    if not link.has_contact:
         if ack is not None and ack.status == "scheduled":
             # signal.routed came first and scheduled it; there is nobody to write to.
-            ack.status, ack.status_reason, ack.next_attempt_at = "skipped", "no_contact", None
+            reason = ERASED if link.erased_at is not None else "no_contact"
+            ack.status, ack.status_reason, ack.next_attempt_at = "skipped", reason, None
         return
     if ack is None:
         payload = {"tracking_code": received.tracking_code, "language": received.language}
@@ -295,7 +322,7 @@ async def apply_signal_routed(ctx: NotifierContext, session: AsyncSession, event
     # for the acknowledgement and for the status mails that read the link later.
     if link.language is None and routed.language is not None:
         link.language = routed.language
-    if link.has_contact is not False:
+    if _may_mail(link):
         values = {
             "tracking_code": routed.tracking_code,
             "service_promise": routed.service_promise,
@@ -329,7 +356,7 @@ async def apply_case_status_changed(ctx: NotifierContext, session: AsyncSession,
         # Before any change: the event comes again, by when signal.routed has been handled.
         raise NotReady("signal.routed of this case has not been handled yet")
     if messages.status_mail_wanted(changed.to, changed.sequence, changed.actor) and (
-        link is None or link.has_contact is not False
+        link is None or _may_mail(link)
     ):
         _coalesce_status_mail(ctx, session, event, changed, link, now)
     if link is not None and "partners" in event.data:
@@ -353,6 +380,103 @@ async def apply_attachment_added(ctx: NotifierContext, session: AsyncSession, ev
         log.info("event %s: the signal's routing is not known; no partner is told", event.id)
         return
     fan_out(ctx, session, event, list(link.partners), signal_id=added.signal_id, case_id=link.case_id)
+
+
+async def apply_signal_erased(ctx: NotifierContext, session: AsyncSession, event: CloudEvent) -> None:
+    """The person's data of the signal was erased at intake (AVG article 17): no resident mail of
+    it goes out any more, and the case's partners are told (article 19).
+
+    Resident mails that wait (the acknowledgement before its time, a status mail in its
+    coalescing window, one waiting for a retry) are skipped with reason ``erased`` without an
+    attempt: intake would answer "no contact" by now, but the mail must not even ask. One that
+    is being sent at this moment is left to its attempt, which records what really happened.
+    The link remembers the erasure, so a status change (or a late ``signal.received`` or
+    ``signal.routed``) schedules no mail after it.
+
+    The webhook goes to every enabled endpoint of the case's partners that receives the case's
+    data (:func:`tells_of_erasure`), once per endpoint and signal. Like ``attachment_added`` it
+    waits for the case's ``signal.routed`` (redelivered, before any change) and after
+    ``ROUTED_WAIT`` goes to nobody; the mails are skipped then all the same.
+    """
+    erased = read_data(event, SignalErased)
+    view = BatchView.of(session)
+    known = view.links.get(erased.signal_id)
+    case_id = (known.case_id if known is not None else None) or erased.case_id
+    routed = known is not None and known.partners is not None and case_id is not None
+    if not routed and utcnow() - event.time < ROUTED_WAIT:
+        raise NotReady("signal.routed of this signal has not been handled yet")
+    link = view.link(session, event.tenant, erased.signal_id)
+    link.has_contact = False
+    if link.erased_at is None:  # a repeated erasure keeps the first time
+        link.erased_at = erased.erased_at
+    skipped = await _skip_resident_mails(session, event.tenant, erased.signal_id)
+    if not routed or case_id is None or link.partners is None:
+        log.info(
+            "event %s: signal %s erased (%d mails skipped); its routing is not known, no partner is told",
+            event.id,
+            erased.signal_id,
+            skipped,
+        )
+        return
+    told = view.erasure_told.setdefault(erased.signal_id, set())
+    targets = fan_out(
+        ctx,
+        session,
+        event,
+        list(link.partners),
+        signal_id=erased.signal_id,
+        case_id=case_id,
+        receives=lambda endpoint: endpoint.id not in told and tells_of_erasure(endpoint),
+    )
+    told.update(targets)
+    log.info(
+        "event %s: signal %s erased; %d mails skipped, %d endpoints told",
+        event.id,
+        erased.signal_id,
+        skipped,
+        len(targets),
+    )
+
+
+def tells_of_erasure(endpoint: Endpoint) -> bool:
+    """Whether an endpoint gets ``signal.erased``: when it receives any of a case's data (it is
+    subscribed to one of ``WEBHOOK_EVENT_TYPES``), whatever else its list says. Article 19 asks to
+    tell every recipient; a subscription is not a way to opt out of that."""
+    return any(kind in endpoint.event_types for kind in WEBHOOK_EVENT_TYPES)
+
+
+async def _skip_resident_mails(session: AsyncSession, tenant: str, signal_id: str) -> int:
+    """Mark the signal's resident mails that still wait as ``skipped`` (``erased``); how many.
+
+    One guarded UPDATE, not the rows read ahead: only a mail still ``scheduled`` when the
+    statement runs changes, so one the dispatcher claimed meanwhile keeps its attempt (and its
+    fence) intact. The coalescing key goes, so a later change of the case may start a mail of its
+    own for another signal of it. Partners' contacts' mails have no signal, and webhooks are not
+    e-mail: neither is touched."""
+    d = DELIVERIES.c
+    result = await session.exec(
+        update(DELIVERIES)
+        .where(
+            d.tenant == tenant,
+            d.signal_id == signal_id,
+            d.channel == "email",
+            d.status == "scheduled",
+        )
+        .values(
+            status="skipped",
+            status_reason=ERASED,
+            next_attempt_at=None,
+            coalesce_key=None,
+            updated_at=utcnow(),
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _may_mail(link: SignalLink) -> bool:
+    """Whether the resident of a known signal may get mail: a contact, not known to be absent,
+    and no erasure."""
+    return link.has_contact is not False and link.erased_at is None
 
 
 def _add_partners(link: SignalLink, partners: list[str]) -> None:
@@ -463,8 +587,10 @@ def fan_out(
     *,
     signal_id: str,
     case_id: str,
-) -> int:
-    """One webhook delivery per enabled endpoint of each partner that subscribed to this event.
+    receives: Callable[[Endpoint], bool] | None = None,
+) -> list[str]:
+    """One webhook delivery per enabled endpoint of each partner that subscribed to this event
+    (or, with ``receives``, for which that says so); the ids of those endpoints.
 
     The body is the CloudEvent as it came from the bus (it holds no personal data, DESIGN §2); the
     ``webhook-id`` derives from the event and the endpoint, so a redelivery adds nothing.
@@ -486,9 +612,9 @@ def fan_out(
     now = utcnow()
     claim = view.claim_due_now
     lease = now + timedelta(seconds=ctx.settings.lease_s("webhook"))
-    count = 0
+    reached: list[str] = []
     for partner, endpoint in targets:
-        if wanted not in endpoint.event_types:
+        if not (receives(endpoint) if receives is not None else wanted in endpoint.event_types):
             continue
         delivery_id = new_id()
         # No look-up first: the inbox claim makes a redelivered event add nothing, and the unique
@@ -525,12 +651,12 @@ def fan_out(
         if claim:
             stage_insert(session, ATTEMPTS, in_flight_attempt(delivery_id, 1, now))
             view.claimed.append(Claimed.of(row, number=1, endpoint=endpoint))
-        count += 1
-    return count
+        reached.append(endpoint.id)
+    return reached
 
 
 def consumers(ctx: NotifierContext) -> list[ConsumerSpec]:
-    """The four consumers; each reads ahead for a fetched batch, commits it in one transaction,
+    """The five consumers; each reads ahead for a fetched batch, commits it in one transaction,
     then wakes the dispatcher."""
 
     async def on_received(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
@@ -544,6 +670,9 @@ def consumers(ctx: NotifierContext) -> list[ConsumerSpec]:
 
     async def on_attachment(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
         await apply_attachment_added(ctx, session, event)
+
+    async def on_erased(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
+        await apply_signal_erased(ctx, session, event)
 
     async def read_ahead(session: AsyncSession, events: list[CloudEvent]) -> None:
         await prepare(ctx, session, events)
@@ -561,5 +690,6 @@ def consumers(ctx: NotifierContext) -> list[ConsumerSpec]:
             (ROUTED_CONSUMER, SignalRouted.subscription(), on_routed),
             (STATUS_CONSUMER, CaseStatusChanged.subscription(), on_status),
             (ATTACHMENT_CONSUMER, SignalAttachmentAdded.subscription(), on_attachment),
+            (ERASED_CONSUMER, SignalErased.subscription(), on_erased),
         )
     ]

@@ -27,7 +27,14 @@ from civicsignals.common.events import check_code, utcnow
 from civicsignals.common.ids import new_id
 
 WEBHOOK_EVENT_TYPES = ("signal.routed", "case.status_changed", "signal.attachment_added")
-"""What a partner endpoint can subscribe to (the short form of the CloudEvent type)."""
+"""What a partner endpoint can subscribe to (the short form of the CloudEvent type). Each of them
+passes the partner a case's data (or the ids with which it reads that data at intake)."""
+
+ERASURE_EVENT_TYPE = "signal.erased"
+"""Not a subscription, and so not in ``WEBHOOK_EVENT_TYPES``: AVG article 19 asks to tell every
+recipient of a person's data that it was erased, so every endpoint subscribed to any of
+``WEBHOOK_EVENT_TYPES`` gets it, whatever its list says. Listing it would suggest that leaving it
+out stops it; an endpoint that names it is refused like any unknown type."""
 
 DeliveryStatus = Literal["scheduled", "sending", "delivered", "failed", "skipped"]
 Channel = Literal["email", "webhook"]
@@ -96,6 +103,12 @@ class SignalLink(SQLModel, table=True):
     )
     service_promise: str | None = None
     due_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    erased_at: datetime | None = Field(
+        default=None,
+        sa_type=UtcDateTime,
+        description="when intake erased the person's data of the signal (signal.erased): no resident "
+        "mail is scheduled from then on, whatever event comes later",
+    )
 
 
 class Delivery(SQLModel, table=True):

@@ -26,6 +26,7 @@ from civicsignals.common.events import (
     CloudEvent,
     SignalAttachmentAdded,
     SignalClassified,
+    SignalErased,
     SignalReclassified,
     make_event,
     read_data,
@@ -63,10 +64,12 @@ log = logging.getLogger(__name__)
 
 CONSUMER = "routing-signal-classified"
 ATTACHMENT_CONSUMER = "routing-signal-attachment-added"
+ERASURE_CONSUMER = "routing-signal-erased"
 SERVICE = "routing"
 CASE_WAIT = timedelta(minutes=2)
-"""How long ``signal.attachment_added`` waits (redelivered) for the signal's case: a portal sends
-its photos right after the signal, before classification and routing have opened the case."""
+"""How long ``signal.attachment_added`` and ``signal.erased`` wait (redelivered) for the signal's
+case: a portal sends its photos right after the signal, and a signal may be erased before
+classification and routing have opened its case."""
 
 
 @dataclass
@@ -217,15 +220,86 @@ async def read_cases(session: AsyncSession, events: list[CloudEvent]) -> None:
     session.info[CASES_OF_SIGNALS] = {case.signal_id: case for case in rows.all()}
 
 
+async def erase_signal(session: AsyncSession, event: CloudEvent) -> bool:
+    """Drop the resident's data from the signal's case and tell every department the case reached
+    (AVG articles 17 and 19); False when the signal has no case.
+
+    The case is the signal's (by signal id, in the event's tenant): the signal id is what intake
+    erased, so it decides, and a ``case_id`` in the event that names another case is only logged.
+    A signal without a case yet waits for it (``CASE_WAIT``), as ``signal.attachment_added`` does:
+    it may be erased before classification and routing opened its case. After that wait it has
+    none (imported history, a conversation, a signal never routed) and the event is acknowledged.
+
+    What goes and what stays is :func:`service.erase_case`. Each department gets one
+    ``dept.<code>.erased`` through the outbox, in this transaction; the inbox makes one delivery
+    of the event do this once, and a repeated erasure (a new event) tells them again, harmlessly.
+    """
+    erased = read_data(event, SignalErased)
+    cases = session.info.get(CASES_OF_SIGNALS)
+    if isinstance(cases, dict):
+        case = cases.get(erased.signal_id)
+    else:
+        case = await service.case_for_signal(session, erased.signal_id)
+    if case is None:
+        if utcnow() - event.time < CASE_WAIT:
+            raise NotReady("the signal has no case yet")
+        log.info(
+            "event %s: signal %s has no case; routing keeps nothing of it to erase",
+            event.id,
+            erased.signal_id,
+        )
+        return False
+    if case.tenant != event.tenant:
+        raise PermanentError("the signal's case belongs to another tenant")
+    if erased.case_id is not None and erased.case_id != case.id:
+        log.warning(
+            "event %s: names case %s, but signal %s has case %s; erasing the signal's case",
+            event.id,
+            erased.case_id,
+            erased.signal_id,
+            case.id,
+        )
+    erasure = await service.erase_case(session, case, erased.erased_at)
+    _enqueue(
+        session,
+        event.tenant,
+        service.erased_events(event.tenant, case, erasure.departments, erased.erased_at),
+    )
+    service.audit(
+        session,
+        event.tenant,
+        service.SYSTEM_ACTOR,
+        "person.erase",
+        f"case:{case.id}",
+        "ok",
+        signal=case.signal_id,
+        event=event.id,
+        internal_notes=erasure.internal_notes,
+        departments=erasure.departments,
+    )
+    log.info(
+        "event %s: erased case %s of signal %s (%d internal notes), told %d departments",
+        event.id,
+        case.id,
+        case.signal_id,
+        erasure.internal_notes,
+        len(erasure.departments),
+    )
+    return True
+
+
 def consumers(ctx: RoutingContext) -> list[ConsumerSpec]:
     """Classified signals become cases, a fetched batch of them in one transaction; the count of a
-    signal's attachments follows on its case."""
+    signal's attachments follows on its case; an erased signal's case loses the resident's data."""
 
     async def on_classified(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
         await open_case_for(ctx, session, event)
 
     async def on_attachment(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
         await count_attachments(session, event)
+
+    async def on_erased(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
+        await erase_signal(session, event)
 
     return [
         ConsumerSpec(CONSUMER, SignalClassified.subscription(), apply=on_classified, prepare=read_ahead),
@@ -235,6 +309,7 @@ def consumers(ctx: RoutingContext) -> list[ConsumerSpec]:
             apply=on_attachment,
             prepare=read_cases,
         ),
+        ConsumerSpec(ERASURE_CONSUMER, SignalErased.subscription(), apply=on_erased, prepare=read_cases),
     ]
 
 
@@ -423,6 +498,9 @@ async def reassign(ctx: RoutingContext, caller: Caller, case_id: str, request: A
         previous_informed = list(case.informed)
         informed = request.informed if request.informed is not None else case.informed
         informed = [code for code in dict.fromkeys(informed) if code != request.responsible]
+        details: dict[str, Any] = {"from_department": previous, "to_department": request.responsible}
+        if dropped := service.no_longer_informed(previous_informed, informed, request.responsible):
+            details["no_longer_informed"] = dropped  # they had the case: an erasure tells them too
         change = Change(
             kind="assignment",
             actor=actor.name,
@@ -430,7 +508,7 @@ async def reassign(ctx: RoutingContext, caller: Caller, case_id: str, request: A
             public_note=request.public_note,
             internal_note=request.internal_note,
             values={"responsible": request.responsible, "informed": informed},
-            details={"from_department": previous, "to_department": request.responsible},
+            details=details,
         )
         case, before = await service.write_change(session, case, change, expected=request.expected_sequence)
         events: Events = []
@@ -502,6 +580,11 @@ async def reclassify(ctx: RoutingContext, caller: Caller, case_id: str, request:
         previous = (case.topic, case.subtopic)
         previous_responsible = case.responsible
         values: dict[str, object] = {"topic": request.topic, "subtopic": request.subtopic}
+        details: dict[str, Any] = {
+            "previous_topic": previous[0],
+            "previous_subtopic": previous[1],
+            "topic": request.topic,
+        }
         to_status: str | None = None
         decision = None
         if request.reroute:
@@ -509,14 +592,19 @@ async def reclassify(ctx: RoutingContext, caller: Caller, case_id: str, request:
             if decision.responsible != case.responsible:
                 lifecycle.check_reassign(case.status, actor.roles)
                 to_status = "assigned"
+                informed = [d for d in decision.informed if d != decision.responsible]
                 values.update(
                     responsible=decision.responsible,
-                    informed=[d for d in decision.informed if d != decision.responsible],
+                    informed=informed,
                     priority=decision.priority,
                     rule_id=decision.rule_id,
                     rule_version=decision.version,
                     matched_rules=list(decision.matched),
                 )
+                # Who had the case before, as a reassignment records it: an erasure tells them too.
+                details.update(from_department=case.responsible, to_department=decision.responsible)
+                if dropped := service.no_longer_informed(case.informed, informed, decision.responsible):
+                    details["no_longer_informed"] = dropped
         change = Change(
             kind="reclassification",
             actor=actor.name,
@@ -524,7 +612,7 @@ async def reclassify(ctx: RoutingContext, caller: Caller, case_id: str, request:
             public_note=request.public_note,
             internal_note=request.internal_note,
             values=values,
-            details={"previous_topic": previous[0], "previous_subtopic": previous[1], "topic": request.topic},
+            details=details,
         )
         case, before = await service.write_change(session, case, change, expected=request.expected_sequence)
         events: Events = [
@@ -595,7 +683,7 @@ async def post_update(
         elif not staff or not service.may_see(caller, case):
             raise _not_found()
         elif request.on_behalf_of_resident:
-            actor = Actor("resident", frozenset({"resident"}))
+            actor = Actor(service.RESIDENT_ROLE, frozenset({"resident"}))
         else:
             actor = actor_for(caller, case, rules.triage_department)
         if update_id is not None:

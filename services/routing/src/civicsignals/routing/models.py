@@ -54,6 +54,12 @@ class CaseBase(SQLModel):
     created_at: datetime = SQLField(default_factory=utcnow, sa_type=UtcDateTime, index=True)
     updated_at: datetime = SQLField(default_factory=utcnow, sa_type=UtcDateTime)
     sequence: int = SQLField(default=0, description="raised by every change; the optimistic lock")
+    erased_at: datetime | None = SQLField(
+        default=None,
+        sa_type=UtcDateTime,
+        description="when the resident's data of the signal was erased on request (AVG article 17, "
+        "`signal.erased`): the internal notes written before then are gone; null when never",
+    )
 
 
 class Case(CaseBase, table=True):

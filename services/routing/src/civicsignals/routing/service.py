@@ -8,14 +8,15 @@ one :class:`Conflict`, on SQLite and on PostgreSQL alike, and no event is publis
 A public note is free text from staff or a partner that the resident, the partners and the
 departments' systems read, so it is redacted (:func:`public_text`) in the two places every public
 note passes: the history row (:func:`write_change`) and the events (:func:`status_events`). An
-internal note is kept as written, for staff only, and never put in an event.
+internal note is kept as written, for staff only, and never put in an event; the resident's
+erasure on request empties every internal note of their case (:func:`erase_case`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import String, cast, or_, update
@@ -27,6 +28,7 @@ from civicsignals.common.events import (
     CaseStatusChanged,
     DepartmentAssigned,
     DepartmentAttachmentAdded,
+    DepartmentSignalErased,
     DepartmentStatusChanged,
     EventData,
     SignalClassified,
@@ -66,6 +68,10 @@ class Caller:
     actor: str
     scopes: frozenset[str]
     departments: frozenset[str] = frozenset()
+
+
+#: The actor of the changes a resident makes from their tracking page (through intake).
+RESIDENT_ROLE = "resident"
 
 
 @dataclass(frozen=True)
@@ -282,6 +288,39 @@ def involved(case: Case, *more: str | None) -> list[str]:
     return departments
 
 
+def no_longer_informed(before: Sequence[str], informed: Sequence[str], responsible: str) -> list[str]:
+    """The departments a change stops informing (neither informed nor responsible after it).
+
+    Kept in the change's history details: they received the case on their feeds, so an erasure
+    must tell them too (:func:`reached`), and the case itself no longer names them.
+    """
+    return [code for code in before if code not in informed and code != responsible]
+
+
+def reached(case: Case, history: Iterable[CaseHistory]) -> list[str]:
+    """Every department the case ever went to on its feed: responsible or informed now, and those
+    it was reassigned away from (``from_department``, ``to_department``), escalated to
+    (``escalated_to``) or that stopped being informed (``no_longer_informed``), from its history.
+
+    ``involved(case)`` (what the attachment fan-out uses) knows only who is involved now; a
+    department the case left still holds what its feed brought it, and AVG article 19 asks that it
+    hears of an erasure too. Reassignments and reroutes recorded before ``no_longer_informed``
+    (and a reroute's ``from_department``) existed leave out a department only informed then.
+    """
+    more: list[str] = []
+    for row in history:
+        details = row.details or {}
+        for key in ("from_department", "to_department"):
+            value = details.get(key)
+            if isinstance(value, str):
+                more.append(value)
+        for key in ("escalated_to", "no_longer_informed"):
+            values = details.get(key)
+            if isinstance(values, list):
+                more += [value for value in values if isinstance(value, str)]
+    return involved(case, *more)
+
+
 def public_text(text: str | None) -> str | None:
     """A public note as it may be kept and published: personal data replaced by placeholders.
 
@@ -467,6 +506,69 @@ async def root_case(session: AsyncSession, tenant: str, case_id: str) -> Case:
 async def case_history(session: AsyncSession, case_id: str) -> list[CaseHistory]:
     query = select(CaseHistory).where(CaseHistory.case_id == case_id).order_by(col(CaseHistory.sequence))
     return list((await session.exec(query)).all())
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """What one erasure did to a case: how many internal notes it dropped, and the departments to
+    tell (every one the case reached, :func:`reached`)."""
+
+    internal_notes: int
+    departments: list[str]
+
+
+async def erase_case(session: AsyncSession, case: Case, erased_at: datetime) -> Erasure:
+    """Drop the resident's data from a case that routing keeps beyond what statistics need, in the
+    caller's transaction (AVG article 17, ``signal.erased``).
+
+    Gone: every internal note of the history. Staff and partners write them as they like, they
+    are never redacted ("mevrouw belde terug op 06-…"), and a partner's update keeps its notes
+    there too (``routing_partner_update`` holds only the update's id). Gone too: the public notes
+    of the resident's own moves (their answers from the tracking page: their words, like the
+    feedback comment intake drops). Kept: the case's text (the redacted text the bus carried and
+    intake keeps), staff's and partners' public notes (redacted when written and already public:
+    the tracking page, the feeds, the partners), and every status, time,
+    department, topic and count, so the statistics and the case history still add up.
+
+    No history row and no new sequence: the erasure is not a change of the case's state, and
+    doing it again changes nothing more (``erased_at`` only moves forward, to the latest
+    erasure). The caller publishes the department events and writes the audit record.
+    """
+    departments = reached(case, await case_history(session, case.id))
+    result = await session.exec(
+        update(CaseHistory)
+        .where(col(CaseHistory.case_id) == case.id, col(CaseHistory.internal_note).is_not(None))
+        .values(internal_note=None)
+    )
+    await session.exec(
+        update(CaseHistory)
+        .where(
+            col(CaseHistory.case_id) == case.id,
+            col(CaseHistory.actor) == RESIDENT_ROLE,
+            col(CaseHistory.public_note).is_not(None),
+        )
+        .values(public_note=None)
+    )
+    if erased_at.tzinfo is None:
+        erased_at = erased_at.replace(tzinfo=UTC)
+    if case.erased_at is None or case.erased_at < erased_at:
+        await session.exec(update(Case).where(col(Case.id) == case.id).values(erased_at=erased_at))
+        case.erased_at = erased_at
+    return Erasure(internal_notes=int(result.rowcount or 0), departments=departments)
+
+
+def erased_events(tenant: str, case: Case, departments: Sequence[str], erased_at: datetime) -> Events:
+    """``dept.<code>.erased`` for each department: drop what your system copied of this case's
+    signal (AVG article 19, tell every recipient); ids only."""
+    return [
+        (
+            DepartmentSignalErased.department_subject(tenant, department),
+            DepartmentSignalErased(
+                case_id=case.id, signal_id=case.signal_id, department=department, erased_at=erased_at
+            ),
+        )
+        for department in departments
+    ]
 
 
 def is_overdue(case: Case, now: datetime | None = None) -> bool:
