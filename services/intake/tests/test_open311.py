@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import yaml
 from sqlmodel import select
 
 from civicsignals.common.events import (
@@ -687,6 +688,18 @@ async def test_only_requests_posted_via_open311_publish_their_description(
         await privacy.erase_signals(session, "gouda", [via_open311], "test", intake.settings.attachments_dir)
     erased, erased_xml = await _public(intake, f"/open311/v2/requests/{via_open311}")
     assert erased[0]["description"] is None and b"glasbak" not in erased_xml
+
+    # A municipality that wants no resident's words public, redacted or not, switches them off.
+    kept = await _create(intake)
+    tenant_file = intake.gouda.folder / "tenant.yaml"
+    settings = yaml.safe_load(tenant_file.read_text(encoding="utf-8"))
+    tenant_file.write_text(
+        yaml.safe_dump({**settings, "open311": {"public_descriptions": False}}), encoding="utf-8"
+    )
+    intake.runtime.tenants.refresh(force=True)
+    hidden, hidden_xml = await _public(intake, f"/open311/v2/requests/{kept}")
+    assert hidden[0]["description"] is None and b"glasbak" not in hidden_xml
+    assert hidden[0]["service_code"] == "container"  # the request itself is still listed
 
 
 async def test_an_open311_request_stays_listed_under_its_service_when_classified_privately(

@@ -70,6 +70,15 @@ def cors_origins(tenant: Tenant) -> frozenset[str]:
     return frozenset(str(origin).rstrip("/") for origin in raw) if isinstance(raw, list) else frozenset()
 
 
+def open311_public_descriptions(tenant: Tenant) -> bool:
+    """Whether Open311's public request lists show the redacted description of a request an Open311
+    client posted (``open311.public_descriptions``, default true, as GeoReport clients expect).
+    A municipality that does not want even redacted words of residents public sets it false; the
+    text still reaches the departments."""
+    raw = tenant.settings.get("open311") or {}
+    return not (isinstance(raw, dict) and raw.get("public_descriptions") is False)
+
+
 def retention_days(tenant: Tenant) -> int | None:
     raw = tenant.settings.get("retention") or {}
     days = raw.get("contact_days_after_close") if isinstance(raw, dict) else None

@@ -33,7 +33,7 @@ from civicsignals.intake.models import Signal, StatusEntry
 from civicsignals.intake.open311.catalogue import Catalogue, Service
 from civicsignals.intake.open311.render import w3_time
 from civicsignals.intake.service import coarse
-from civicsignals.intake.tenantconfig import closed_statuses
+from civicsignals.intake.tenantconfig import closed_statuses, open311_public_descriptions
 
 MAX_RANGE = timedelta(days=90)
 MAX_RESULTS = 1000
@@ -167,13 +167,14 @@ def _code_of(signal: Signal) -> str | None:
     return signal.subtopic or signal.service_code
 
 
-def _description(signal: Signal) -> str | None:
-    """The redacted text, only for a request an Open311 client posted (and not erased since).
+def _description(signal: Signal, tenant: Tenant) -> str | None:
+    """The redacted text, only for a request an Open311 client posted (and not erased since), and
+    only when the tenant shows descriptions (``open311.public_descriptions``, default true).
 
     Anything else has none: ``None`` is the spec's empty ``<description></description>`` in XML
     and ``"description": null`` in JSON, as in the spec's own example of GET requests.
     """
-    if posted_via_open311(signal) and signal.erased_at is None:
+    if posted_via_open311(signal) and signal.erased_at is None and open311_public_descriptions(tenant):
         return signal.text_redacted
     return None
 
@@ -204,7 +205,7 @@ def request_json(
         "status_notes": redact(last.note) if last is not None and last.note else None,
         "service_name": service.service_name if service else None,
         "service_code": code,
-        "description": _description(signal),
+        "description": _description(signal, tenant),
         "agency_responsible": _agency(signal, tenant),
         "service_notice": signal.service_promise,
         "requested_datetime": w3_time(signal.received_at),
