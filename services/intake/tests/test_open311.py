@@ -795,3 +795,39 @@ async def test_open_on_an_ended_case_asks_routing_to_reopen_it(
     receiver.status = 500
     broken = await post(ended, "OPEN", "u6")
     assert broken.status_code == 400 and broken.json()[0]["code"] == 400
+
+
+async def test_a_residents_own_answer_is_not_published(intake: Intake, bus: Any, wait_until: Any) -> None:
+    """The resident answers staff's question on their tracking page; their words are on that page,
+    which only they open, but neither in ``status_notes`` nor in ``servicerequestupdates``."""
+    request_id = await _create(intake)
+    signal = await intake.get(Signal, request_id)
+    changes = [
+        ("waiting_on_resident", "Welke glasbak bedoelt u?", "responsible", 1),
+        ("in_progress", "Die bij mijn huis, ik ben Anna Jansen.", "resident", 2),
+    ]
+    for to, note, actor, sequence in changes:
+        changed = CaseStatusChanged(
+            case_id="case-7",
+            signal_id=request_id,
+            tracking_code=signal.tracking_code,
+            to=to,
+            public_note=note,
+            actor=actor,
+            sequence=sequence,
+        )
+        await bus.publish(
+            changed.bus_subject("gouda"), make_event(tenant="gouda", service="routing", data=changed)
+        )
+
+    async def answered() -> bool:
+        return (await intake.get(Signal, request_id)).status_sequence == 2
+
+    await wait_until(answered, timeout=10, message="intake to follow the answer")
+    [request], _ = await _public(intake, f"/open311/v2/requests/{request_id}")
+    assert request["status_notes"] is None
+    updates, updates_xml = await _public(intake, "/open311/v2/servicerequestupdates")
+    assert [u["description"] for u in updates] == ["Welke glasbak bedoelt u?", None]
+    assert b"Anna" not in updates_xml
+    page = (await intake.client.get(f"/v1/tracking/{signal.tracking_code}")).json()
+    assert page["history"][-1]["note"] == "Die bij mijn huis, ik ben Anna Jansen."

@@ -32,6 +32,7 @@ from civicsignals.common.tenants import Tenant
 from civicsignals.intake.models import Signal, StatusEntry
 from civicsignals.intake.open311.catalogue import Catalogue, Service
 from civicsignals.intake.open311.render import w3_time
+from civicsignals.intake.privacy import RESIDENT_ACTOR
 from civicsignals.intake.service import coarse
 from civicsignals.intake.tenantconfig import closed_statuses, open311_public_descriptions
 
@@ -179,6 +180,15 @@ def _description(signal: Signal, tenant: Tenant) -> str | None:
     return None
 
 
+def public_note(entry: StatusEntry) -> str | None:
+    """A change's note as Open311's public lists show it: redacted, and only the municipality's or
+    a partner's. The resident's own answer from their tracking page is theirs, not for publication
+    (the tracking page, which only they open, shows it)."""
+    if not entry.note or entry.actor == RESIDENT_ACTOR:
+        return None
+    return redact(entry.note)
+
+
 def _address(signal: Signal, tenant: Tenant) -> str | None:
     """Most specific to most general, coarse on purpose: area, district, municipality."""
     parts = [p for p in (signal.area, signal.district) if p]
@@ -202,7 +212,7 @@ def request_json(
     return {
         "service_request_id": signal.id,
         "status": "closed" if signal.status in closed else "open",
-        "status_notes": redact(last.note) if last is not None and last.note else None,
+        "status_notes": public_note(last) if last is not None else None,
         "service_name": service.service_name if service else None,
         "service_code": code,
         "description": _description(signal, tenant),
@@ -356,7 +366,7 @@ async def find_updates(
             "service_request_id": signal.id,
             "status": UPDATE_STATUS.get(entry.status, "open"),
             "updated_datetime": w3_time(entry.at),
-            "description": redact(entry.note) if entry.note else None,
+            "description": public_note(entry),
             "media_url": None,
         }
         for entry, signal in rows
