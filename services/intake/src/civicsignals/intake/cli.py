@@ -4,6 +4,8 @@
     civicsignals-intake migrate [--revision R]
     civicsignals-intake import FILE --tenant demo [--format csv|jsonl] [--delimiter ;] [--no-progress]
     civicsignals-intake erase --tenant demo (--email X | --phone X | --tracking-code C) [--yes]
+    civicsignals-intake access --tenant demo (--email X | --phone X | --tracking-code C) --out FILE.json
+        [--with-files DIR] [--force]
     civicsignals-intake rotate-keys
     civicsignals-intake retention
 
@@ -19,12 +21,14 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from civicsignals.common.db import create_engine, session_factory
-from civicsignals.common.ids import normalise_tracking_code
 from civicsignals.common.tenants import Tenant, TenantRegistry
 from civicsignals.intake.settings import IntakeSettings
+
+if TYPE_CHECKING:
+    from civicsignals.intake.privacy import PersonSelector
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, Any]:
@@ -58,14 +62,43 @@ def _add_commands(commands: Any) -> None:
     )
     imports.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
     erase = commands.add_parser("erase", help="erase one person's data (AVG article 17)")
-    erase.add_argument("--tenant", required=True)
-    who = erase.add_mutually_exclusive_group(required=True)
-    who.add_argument("--email")
-    who.add_argument("--phone")
-    who.add_argument("--tracking-code")
+    _person_arguments(erase)
     erase.add_argument("--yes", action="store_true", help="do it; without it, only say what would be erased")
+    access = commands.add_parser(
+        "access",
+        help="write what intake keeps about one person to a JSON file (AVG articles 15 and 20)",
+    )
+    _person_arguments(access)
+    # Required: the document holds the person's words and contact, which must not end up in a
+    # terminal's scrollback or a job log; it goes to a file the privacy officer sends on.
+    access.add_argument("--out", type=Path, required=True, metavar="FILE", help="the JSON document to write")
+    access.add_argument(
+        "--with-files",
+        type=Path,
+        metavar="DIR",
+        help="also copy the person's photos and PDFs into DIR/<signal_id>/<id>.<type>",
+    )
+    access.add_argument("--force", action="store_true", help="overwrite FILE, and write into a non-empty DIR")
     commands.add_parser("rotate-keys", help="re-seal every contact with the active key")
     commands.add_parser("retention", help="run the retention job once for every tenant")
+
+
+def _person_arguments(parser: argparse.ArgumentParser) -> None:
+    """The tenant and one person, as ``erase`` and ``access`` both select them."""
+    parser.add_argument("--tenant", required=True)
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--email")
+    who.add_argument("--phone")
+    who.add_argument("--tracking-code", help="one signal only (also once its contact is gone)")
+
+
+def _person(args: argparse.Namespace) -> tuple[PersonSelector, str]:
+    """Which of ``--email``, ``--phone``, ``--tracking-code`` was given, and its value."""
+    if args.email is not None:
+        return "email", args.email
+    if args.phone is not None:
+        return "phone", args.phone
+    return "tracking_code", args.tracking_code
 
 
 class Offline:
@@ -135,22 +168,14 @@ async def run_import(settings: IntakeSettings, args: argparse.Namespace) -> int:
 
 
 async def run_erase(settings: IntakeSettings, args: argparse.Namespace) -> int:
-    from civicsignals.intake import privacy, service
+    from civicsignals.intake import privacy
     from civicsignals.intake.app import build_cipher
 
     cipher = build_cipher(settings)
     async with Offline(settings) as offline:
         tenant = offline.tenant(args.tenant)
         async with offline.sessions() as session:
-            if args.tracking_code:
-                signal = await service.find_by_tracking_code(
-                    session, normalise_tracking_code(args.tracking_code)
-                )
-                ids = [signal.id] if signal is not None and signal.tenant == tenant.code else []
-            else:
-                ids = await privacy.find_signals_of_person(
-                    session, cipher, tenant.code, email=args.email, phone=args.phone
-                )
+            ids = await privacy.signals_of_person(session, cipher, tenant.code, *_person(args))
         if not args.yes:
             print(f"{len(ids)} signal(s) of this person would be erased; add --yes to erase them")
             return 0
@@ -161,6 +186,66 @@ async def run_erase(settings: IntakeSettings, args: argparse.Namespace) -> int:
     print(
         f"erased: {result.signals} signal(s), {result.contacts} contact(s), {result.attachments} attachment file(s)"
     )
+    return 0
+
+
+def _refuse_access_target(out: Path, files: Path | None, *, force: bool) -> int:
+    """0 when the document (and the copies) may be written there; else the exit code, after
+    saying why on stderr: 2 for a place that cannot be written to, 1 for one that holds a file
+    already (``--force`` overwrites it)."""
+    if out.is_dir() or not out.parent.is_dir():
+        print(f"cannot write the document to {out}: not a file in an existing directory", file=sys.stderr)
+        return 2
+    if out.exists() and not force:
+        print(f"{out} exists; add --force to overwrite it", file=sys.stderr)
+        return 1
+    if files is not None:
+        if files.exists() and not files.is_dir():
+            print(f"--with-files {files} is not a directory", file=sys.stderr)
+            return 2
+        if files.is_dir() and any(files.iterdir()) and not force:
+            print(f"{files} is not empty; add --force to write into it", file=sys.stderr)
+            return 1
+    return 0
+
+
+async def run_access(settings: IntakeSettings, args: argparse.Namespace) -> int:
+    """Write one person's data to ``--out`` (see ``privacy`` and docs/intake.md); only counts on
+    stdout: the person's data never goes to the terminal, a log or the audit."""
+    from civicsignals.intake import accessrequest, privacy
+    from civicsignals.intake.app import build_cipher
+
+    out: Path = args.out
+    refused = _refuse_access_target(out, args.with_files, force=args.force)
+    if refused:
+        return refused
+    by, value = _person(args)
+    cipher = build_cipher(settings)
+    async with Offline(settings) as offline:
+        tenant = offline.tenant(args.tenant)
+        async with offline.sessions() as session:
+            ids = await privacy.signals_of_person(session, cipher, tenant.code, by, value)
+            document = await accessrequest.access_document(
+                session, cipher, tenant.code, ids, selected_by=by, selected_value=value
+            )
+        # the read is recorded before the document leaves the process
+        async with offline.sessions() as session, session.begin():
+            accessrequest.audit_access(session, tenant.code, document, "cli:access")
+    copied = None
+    if args.with_files is not None:
+        copied = accessrequest.copy_attachment_files(
+            document, settings.attachments_dir, args.with_files, tenant=tenant.code
+        )
+    try:
+        accessrequest.write_access_document(document, out, overwrite=args.force)
+    except FileExistsError:  # written meanwhile by someone else
+        print(f"{out} exists; add --force to overwrite it", file=sys.stderr)
+        return 1
+    print(f"wrote {document['signal_count']} signal(s) of this person to {out}")
+    if copied is not None:
+        print(f"copied {copied.copied} attachment file(s) to {args.with_files}")
+        if copied.missing:
+            print(f"{copied.missing} attachment file(s) were not on the volume", file=sys.stderr)
     return 0
 
 
@@ -204,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
         code = asyncio.run(run_import(settings, args))
     elif args.command == "erase":
         code = asyncio.run(run_erase(settings, args))
+    elif args.command == "access":
+        code = asyncio.run(run_access(settings, args))
     elif args.command == "rotate-keys":
         code = asyncio.run(run_rotate(settings))
     else:

@@ -1,5 +1,7 @@
 """Personal data over its lifetime (DESIGN §4): key rotation, erasure on request, retention.
 
+A person's access request (AVG article 15) is answered by :mod:`civicsignals.intake.accessrequest`.
+
 * **Rotation** re-seals every contact whose key id is not the active one, batch by batch, each
   batch in its own transaction, so it can be stopped and rerun; afterwards the old key can be
   removed from ``CIVIC_INTAKE_PII_KEYS``.
@@ -26,6 +28,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import func
 from sqlmodel import col, delete, select, update
@@ -33,6 +36,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.db import SessionFactory
 from civicsignals.common.events import SignalErased, make_event, utcnow
+from civicsignals.common.ids import normalise_tracking_code
 from civicsignals.common.outbox import enqueue
 from civicsignals.common.tenants import TenantRegistry
 from civicsignals.intake import attachments, service
@@ -128,6 +132,28 @@ async def find_signals_of_person(
         if len(rows) < batch_size:
             return found
         last = rows[-1].signal_id
+
+
+#: How a person is picked out: by the e-mail address or phone number in their sealed contacts,
+#: or by one signal's tracking code (that signal only, also once its contact is gone).
+PersonSelector = Literal["email", "phone", "tracking_code"]
+
+
+async def signals_of_person(
+    session: AsyncSession, cipher: FieldCipher, tenant: str, by: PersonSelector, value: str
+) -> list[str]:
+    """The tenant's signals of one person, as ``erase`` and ``access`` both select them.
+
+    A tracking code names one signal, found even after its contact was erased or deleted by
+    retention (the e-mail or phone number is then no longer there to find it by); a code of
+    another tenant's signal finds nothing, as if unknown.
+    """
+    if by == "tracking_code":
+        signal = await service.find_by_tracking_code(session, normalise_tracking_code(value))
+        return [signal.id] if signal is not None and signal.tenant == tenant else []
+    if by == "email":
+        return await find_signals_of_person(session, cipher, tenant, email=value)
+    return await find_signals_of_person(session, cipher, tenant, phone=value)
 
 
 @dataclass
