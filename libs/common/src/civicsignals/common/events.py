@@ -271,6 +271,12 @@ class SignalRouted(EventData):
     )
 
 
+RESIDENT_ACTOR = "resident"
+"""The ``actor`` of a case change the resident made themselves, from their tracking page through
+intake (answering a question, reopening, withdrawing). Its public note is the resident's own words:
+shown on their page, not in Open311's public lists, and erased with their data."""
+
+
 class CaseStatusChanged(EventData):
     aggregate: ClassVar[str] = "case"
     event: ClassVar[str] = "status_changed"

@@ -35,7 +35,7 @@ from sqlmodel import col, delete, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.db import SessionFactory
-from civicsignals.common.events import SignalErased, make_event, utcnow
+from civicsignals.common.events import RESIDENT_ACTOR, SignalErased, make_event, utcnow
 from civicsignals.common.ids import normalise_tracking_code
 from civicsignals.common.outbox import enqueue
 from civicsignals.common.tenants import TenantRegistry
@@ -45,9 +45,6 @@ from civicsignals.intake.models import Attachment, AuditRecord, Contact, Feedbac
 from civicsignals.intake.tenantconfig import closed_statuses, retention_days
 
 log = logging.getLogger(__name__)
-
-#: The ``actor`` of a case change the resident made on their tracking page (routing's role).
-RESIDENT_ACTOR = "resident"
 
 
 # -- rotation --------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from jinja2 import (
 )
 from jinja2.sandbox import SandboxedEnvironment
 
+from civicsignals.common.events import RESIDENT_ACTOR
 from civicsignals.common.wording import STATUS_LABELS, language_of
 
 ACKNOWLEDGEMENT = "acknowledgement"
@@ -81,7 +82,7 @@ def status_mail_wanted(status: str, sequence: int, actor: str = "") -> bool:
     the resident made themselves from their page (answering, reopening, withdrawing), which the
     page has just confirmed.
     """
-    return sequence > 1 and status not in ("received", "triage") and actor != "resident"
+    return sequence > 1 and status not in ("received", "triage") and actor != RESIDENT_ACTOR
 
 
 def feedback_urls(public_base_url: str, tracking_code: str) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.bus import ConsumerSpec, NotReady, PermanentError
 from civicsignals.common.events import (
+    RESIDENT_ACTOR,
     CaseOverdue,
     CloudEvent,
     SignalAttachmentAdded,
@@ -683,7 +684,7 @@ async def post_update(
         elif not staff or not service.may_see(caller, case):
             raise _not_found()
         elif request.on_behalf_of_resident:
-            actor = Actor(service.RESIDENT_ROLE, frozenset({"resident"}))
+            actor = Actor(RESIDENT_ACTOR, frozenset({"resident"}))
         else:
             actor = actor_for(caller, case, rules.triage_department)
         if update_id is not None:

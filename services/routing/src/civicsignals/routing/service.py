@@ -25,6 +25,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common import audit as audit_log
 from civicsignals.common.events import (
+    RESIDENT_ACTOR,
     CaseStatusChanged,
     DepartmentAssigned,
     DepartmentAttachmentAdded,
@@ -68,10 +69,6 @@ class Caller:
     actor: str
     scopes: frozenset[str]
     departments: frozenset[str] = frozenset()
-
-
-#: The actor of the changes a resident makes from their tracking page (through intake).
-RESIDENT_ROLE = "resident"
 
 
 @dataclass(frozen=True)
@@ -527,8 +524,8 @@ async def erase_case(session: AsyncSession, case: Case, erased_at: datetime) -> 
     of the resident's own moves (their answers from the tracking page: their words, like the
     feedback comment intake drops). Kept: the case's text (the redacted text the bus carried and
     intake keeps), staff's and partners' public notes (redacted when written and already public:
-    the tracking page, the feeds, the partners), and every status, time,
-    department, topic and count, so the statistics and the case history still add up.
+    the tracking page, the feeds, the partners), and every status, time, department, topic and
+    count, so the statistics and the case history still add up.
 
     No history row and no new sequence: the erasure is not a change of the case's state, and
     doing it again changes nothing more (``erased_at`` only moves forward, to the latest
@@ -544,7 +541,7 @@ async def erase_case(session: AsyncSession, case: Case, erased_at: datetime) -> 
         update(CaseHistory)
         .where(
             col(CaseHistory.case_id) == case.id,
-            col(CaseHistory.actor) == RESIDENT_ROLE,
+            col(CaseHistory.actor) == RESIDENT_ACTOR,
             col(CaseHistory.public_note).is_not(None),
         )
         .values(public_note=None)

@@ -27,12 +27,12 @@ from sqlalchemy import and_, case, func, or_
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from civicsignals.common.events import RESIDENT_ACTOR
 from civicsignals.common.redaction import redact
 from civicsignals.common.tenants import Tenant
 from civicsignals.intake.models import Signal, StatusEntry
 from civicsignals.intake.open311.catalogue import Catalogue, Service
 from civicsignals.intake.open311.render import w3_time
-from civicsignals.intake.privacy import RESIDENT_ACTOR
 from civicsignals.intake.service import coarse
 from civicsignals.intake.tenantconfig import closed_statuses, open311_public_descriptions
 
