@@ -69,6 +69,7 @@ ALL_SCOPES = (
     "insights:read",
     "contact:read",
     "audit:read",
+    "privacy:admin",
     "admin",
 )
 KEY_PREFIX = "cs_"

@@ -23,11 +23,12 @@ from typing import Any
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from civicsignals.common.db import SessionFactory
 from civicsignals.common.events import utcnow
 from civicsignals.intake import attachments, service
 from civicsignals.intake.crypto import FieldCipher
 from civicsignals.intake.models import Attachment, AuditRecord, Contact, Feedback, Signal, StatusEntry
-from civicsignals.intake.privacy import PersonSelector
+from civicsignals.intake.privacy import PersonSelector, signals_of_person
 
 #: The document's format, so a later change of its shape can be told apart.
 ACCESS_FORMAT = "civicsignals.intake.access.v1"
@@ -316,6 +317,19 @@ def _signal_part(
         "imported": signal.imported,
         "external_id": signal.external_id,
     }
+
+
+async def answer_access_request(
+    sessions: SessionFactory, cipher: FieldCipher, tenant: str, by: PersonSelector, value: str, *, actor: str
+) -> dict[str, Any]:
+    """One access request, from the command line or the privacy API: the person's document, with
+    its audit records committed before it is handed back (so before it leaves the process)."""
+    async with sessions() as session:
+        ids = await signals_of_person(session, cipher, tenant, by, value)
+        document = await access_document(session, cipher, tenant, ids, selected_by=by, selected_value=value)
+    async with sessions() as session, session.begin():
+        audit_access(session, tenant, document, actor)
+    return document
 
 
 def audit_access(session: AsyncSession, tenant: str, document: dict[str, Any], actor: str) -> int:

@@ -174,15 +174,19 @@ async def run_erase(settings: IntakeSettings, args: argparse.Namespace) -> int:
     cipher = build_cipher(settings)
     async with Offline(settings) as offline:
         tenant = offline.tenant(args.tenant)
-        async with offline.sessions() as session:
-            ids = await privacy.signals_of_person(session, cipher, tenant.code, *_person(args))
-        if not args.yes:
-            print(f"{len(ids)} signal(s) of this person would be erased; add --yes to erase them")
-            return 0
-        async with offline.sessions() as session, session.begin():
-            result = await privacy.erase_signals(
-                session, tenant.code, ids, "cli:erase", settings.attachments_dir
-            )
+        outcome = await privacy.erase_person(
+            offline.sessions,
+            cipher,
+            tenant.code,
+            *_person(args),
+            actor="cli:erase",
+            attachments_dir=settings.attachments_dir,
+            dry_run=not args.yes,
+        )
+    if outcome.erased is None:
+        print(f"{len(outcome.signals)} signal(s) of this person would be erased; add --yes to erase them")
+        return 0
+    result = outcome.erased
     print(
         f"erased: {result.signals} signal(s), {result.contacts} contact(s), {result.attachments} attachment file(s)"
     )
@@ -212,7 +216,7 @@ def _refuse_access_target(out: Path, files: Path | None, *, force: bool) -> int:
 async def run_access(settings: IntakeSettings, args: argparse.Namespace) -> int:
     """Write one person's data to ``--out`` (see ``privacy`` and docs/intake.md); only counts on
     stdout: the person's data never goes to the terminal, a log or the audit."""
-    from civicsignals.intake import accessrequest, privacy
+    from civicsignals.intake import accessrequest
     from civicsignals.intake.app import build_cipher
 
     out: Path = args.out
@@ -223,14 +227,9 @@ async def run_access(settings: IntakeSettings, args: argparse.Namespace) -> int:
     cipher = build_cipher(settings)
     async with Offline(settings) as offline:
         tenant = offline.tenant(args.tenant)
-        async with offline.sessions() as session:
-            ids = await privacy.signals_of_person(session, cipher, tenant.code, by, value)
-            document = await accessrequest.access_document(
-                session, cipher, tenant.code, ids, selected_by=by, selected_value=value
-            )
-        # the read is recorded before the document leaves the process
-        async with offline.sessions() as session, session.begin():
-            accessrequest.audit_access(session, tenant.code, document, "cli:access")
+        document = await accessrequest.answer_access_request(
+            offline.sessions, cipher, tenant.code, by, value, actor="cli:access"
+        )
     copied = None
     if args.with_files is not None:
         copied = accessrequest.copy_attachment_files(

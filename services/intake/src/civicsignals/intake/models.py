@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 from sqlalchemy import Column, LargeBinary, UniqueConstraint
 from sqlmodel import JSON, SQLModel
 from sqlmodel import Field as SQLField
@@ -16,6 +16,15 @@ from civicsignals.common.events import CaseStatus, Channel, Kind, utcnow
 
 MAX_TEXT = 10_000
 _PHONE = re.compile(r"^\+?[0-9 ()\-.]{6,20}$")
+
+
+def _check_phone(value: str) -> str:
+    if not _PHONE.fullmatch(value):
+        raise ValueError("not a phone number: digits, spaces, dashes, brackets and a leading + only")
+    return value
+
+
+PhoneNumber = Annotated[str, AfterValidator(_check_phone)]
 
 
 # --- API schemas -------------------------------------------------------------------------------
@@ -39,15 +48,8 @@ class Reporter(BaseModel):
 
     name: str | None = Field(default=None, max_length=200)
     email: EmailStr | None = None
-    phone: str | None = Field(default=None, max_length=20)
+    phone: PhoneNumber | None = Field(default=None, max_length=20)
     consent: bool = Field(default=False, description="the reporter agrees to be contacted about this signal")
-
-    @field_validator("phone")
-    @classmethod
-    def _phone(cls, value: str | None) -> str | None:
-        if value is not None and not _PHONE.fullmatch(value):
-            raise ValueError("not a phone number: digits, spaces, dashes, brackets and a leading + only")
-        return value
 
     def has_contact(self) -> bool:
         return bool(self.email or self.phone)
@@ -334,6 +336,71 @@ class ResidentAttachmentAccepted(BaseModel):
     media_type: str
     size: int
     attachments: int = Field(description="how many attachments the signal has now")
+
+
+class PersonSelection(BaseModel):
+    """One person, as a privacy officer knows them from their request: exactly one of the three.
+
+    An e-mail address or phone number finds every signal whose reporter gave it (the sealed
+    contacts are opened one by one: there is no index of anyone's e-mail); a tracking code finds
+    that one signal, also after its contact was erased or removed by retention.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"email": "bewoner@example.org"}]}
+    )
+
+    email: EmailStr | None = None
+    phone: PhoneNumber | None = Field(default=None, max_length=20)
+    tracking_code: str | None = Field(default=None, min_length=8, max_length=20)
+
+
+class ErasureRequest(PersonSelection):
+    """An erasure request (AVG article 17); ``dry_run`` only shows which signals it would erase."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"email": "bewoner@example.org", "dry_run": True}]},
+    )
+
+    dry_run: bool = Field(default=False, description="find the signals, erase nothing")
+
+
+class PersonSignal(BaseModel):
+    """One signal an erasure found: enough for the privacy officer to check it is the person's."""
+
+    signal_id: str
+    tracking_code: str
+    received_at: datetime
+    erased_before: datetime | None = Field(description="when an earlier erasure already erased it")
+
+
+class ErasureCounts(BaseModel):
+    signals: int
+    contacts: int
+    attachment_files: int
+
+
+class ErasureOutcome(BaseModel):
+    """What an erasure request found and erased; the other services follow through ``signal.erased``."""
+
+    dry_run: bool
+    signals: list[PersonSignal]
+    erased: ErasureCounts | None = Field(description="null in a dry run")
+
+
+class AccessDocumentPublic(BaseModel):
+    """A person's access document (format ``civicsignals.intake.access.v1``, as the command writes
+    it); ``explanation`` says in Dutch and English what each part of a signal holds."""
+
+    format: str
+    tenant: str
+    generated_at: str
+    selected_by: dict[str, str]
+    summary: dict[str, str]
+    explanation: dict[str, dict[str, str]]
+    signal_count: int
+    signals: list[dict[str, Any]]
 
 
 # --- tables ------------------------------------------------------------------------------------

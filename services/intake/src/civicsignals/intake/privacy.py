@@ -206,6 +206,49 @@ async def erase_signals(
     return result
 
 
+@dataclass
+class PersonErasure:
+    """What one erasure request found and, unless it was only a look, erased."""
+
+    signals: list[Signal]
+    erased: ErasureResult | None
+
+
+async def erase_person(
+    sessions: SessionFactory,
+    cipher: FieldCipher,
+    tenant: str,
+    by: PersonSelector,
+    value: str,
+    *,
+    actor: str,
+    attachments_dir: Path,
+    dry_run: bool,
+) -> PersonErasure:
+    """One erasure request, from the command line or the privacy API: find the person's signals,
+    then (not in a dry run) erase them in one transaction, ``signal.erased`` included."""
+    async with sessions() as session:
+        ids = await signals_of_person(session, cipher, tenant, by, value)
+        found = await _signals_in_order(session, tenant, ids)
+    if dry_run or not found:
+        return PersonErasure(found, None if dry_run else ErasureResult(0, 0, 0))
+    async with sessions() as session, session.begin():
+        result = await erase_signals(session, tenant, [signal.id for signal in found], actor, attachments_dir)
+    return PersonErasure(found, result)
+
+
+async def _signals_in_order(session: AsyncSession, tenant: str, ids: list[str]) -> list[Signal]:
+    """The tenant's signals of these ids, oldest first (detached: only their columns are read)."""
+    if not ids:
+        return []
+    rows = await session.exec(
+        select(Signal)
+        .where(col(Signal.id).in_(ids), col(Signal.tenant) == tenant)
+        .order_by(col(Signal.received_at))
+    )
+    return list(rows.all())
+
+
 # -- retention -------------------------------------------------------------------------------------
 
 

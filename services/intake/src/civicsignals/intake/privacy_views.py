@@ -1,0 +1,187 @@
+"""The privacy API: a person's access and erasure requests (AVG articles 15, 17 and 20) over HTTP.
+
+The same two operations as ``civicsignals-intake access`` and ``erase``, for the municipality's own
+request workflow (its case system or privacy desk) instead of a shell in the cluster. Both take the
+person in the body, never in the URL, so no e-mail address or phone number lands in an access log
+or a proxy's; both need the scope ``privacy:admin`` (or ``admin``), and every signal read or erased
+is audited under the caller's key id or person. The access document is personal data: its answer
+says ``Cache-Control: no-store``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from civicsignals.common.auth import Principal
+from civicsignals.common.problems import Problem
+from civicsignals.intake import accessrequest, flows, privacy
+from civicsignals.intake.access import authorised
+from civicsignals.intake.models import (
+    AccessDocumentPublic,
+    ErasureCounts,
+    ErasureOutcome,
+    ErasureRequest,
+    PersonSelection,
+    PersonSignal,
+)
+from civicsignals.intake.views import AUTH_PROBLEMS, WRITE_PROBLEMS, problem
+
+PRIVACY_SCOPE = "privacy:admin"
+PrivacyOfficer = Annotated[Principal, Depends(authorised(PRIVACY_SCOPE))]
+
+router = APIRouter(tags=["privacy"])
+
+SELECTION_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    **AUTH_PROBLEMS,
+    400: WRITE_PROBLEMS[400],
+    413: WRITE_PROBLEMS[413],
+    422: problem(
+        422,
+        "Not exactly one of email, phone and tracking_code, or one that is not valid",
+        "Unprocessable Entity",
+        "give exactly one of email, phone and tracking_code",
+        "invalid-request",
+        "/email",
+    ),
+}
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _context(request: Request) -> flows.IntakeContext:
+    context: flows.IntakeContext = request.app.state.intake
+    return context
+
+
+def _person(selection: PersonSelection) -> tuple[privacy.PersonSelector, str]:
+    """The one way the body selects the person; 422 naming the fields when it is not exactly one."""
+    offered: tuple[tuple[privacy.PersonSelector, str | None], ...] = (
+        ("email", selection.email),
+        ("phone", selection.phone),
+        ("tracking_code", selection.tracking_code),
+    )
+    given = [(field, value) for field, value in offered if value is not None]
+    if len(given) == 1:
+        return given[0]
+    named = [field for field, _ in given] or ["email", "phone", "tracking_code"]
+    raise Problem(
+        422,
+        "give exactly one of email, phone and tracking_code",
+        slug="invalid-request",
+        errors=[{"pointer": f"/{field}", "detail": "give exactly one of these fields"} for field in named],
+    )
+
+
+@router.post(
+    "/v1/privacy/access",
+    response_model=AccessDocumentPublic,
+    summary="A person's access request: everything intake keeps with their signals (AVG art. 15, 20)",
+    responses={
+        200: {
+            "description": "The person's document (no signals when intake keeps nothing of them)",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "format": accessrequest.ACCESS_FORMAT,
+                        "tenant": "demo",
+                        "generated_at": "2026-12-06T21:04:11Z",
+                        "selected_by": {
+                            "nl": "e-mailadres",
+                            "en": "e-mail address",
+                            "value": "bewoner@example.org",
+                        },
+                        "summary": {"nl": "…", "en": "…"},
+                        "explanation": {"nl": {"document": "…"}, "en": {"document": "…"}},
+                        "signal_count": 0,
+                        "signals": [],
+                    }
+                }
+            },
+        },
+        **SELECTION_PROBLEMS,
+    },
+)
+async def access_request(
+    selection: PersonSelection, principal: PrivacyOfficer, request: Request, response: Response
+) -> dict[str, Any]:
+    """The document ``civicsignals-intake access`` writes (without the attachment files: a key
+    with ``cases:read`` fetches them at ``GET /v1/signals/{signal_id}/attachments/{attachment_id}``). Each signal's read
+    is audited as ``person.access`` before the answer is sent."""
+    by, value = _person(selection)
+    ctx = _context(request)
+    document = await accessrequest.answer_access_request(
+        ctx.runtime.sessions, ctx.cipher, principal.tenant, by, value, actor=principal.actor
+    )
+    response.headers.update(NO_STORE)
+    return document
+
+
+@router.post(
+    "/v1/privacy/erasure",
+    response_model=ErasureOutcome,
+    summary="A person's erasure request (AVG art. 17); the other services follow by signal.erased",
+    responses={
+        200: {
+            "description": "The signals found and, unless ``dry_run``, erased",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "dry_run": False,
+                        "signals": [
+                            {
+                                "signal_id": "01JDX3W6Q5TB7V0N8K2M4R6P9S",
+                                "tracking_code": "7KQ2-M9XD-4HTC",
+                                "received_at": "2026-11-28T09:00:03Z",
+                                "erased_before": None,
+                            }
+                        ],
+                        "erased": {"signals": 1, "contacts": 1, "attachment_files": 2},
+                    }
+                }
+            },
+        },
+        **SELECTION_PROBLEMS,
+    },
+)
+async def erasure_request(
+    body: ErasureRequest, principal: PrivacyOfficer, request: Request, response: Response
+) -> ErasureOutcome:
+    """Erases as ``civicsignals-intake erase --yes`` does, in one transaction with the
+    ``signal.erased`` events; with ``dry_run`` it only lists the signals. Asking again is safe:
+    an erased signal is found again only by its tracking code, and erasing it again changes
+    nothing that was left."""
+    by, value = _person(body)
+    ctx = _context(request)
+    outcome = await privacy.erase_person(
+        ctx.runtime.sessions,
+        ctx.cipher,
+        principal.tenant,
+        by,
+        value,
+        actor=principal.actor,
+        attachments_dir=ctx.settings.attachments_dir,
+        dry_run=body.dry_run,
+    )
+    if outcome.erased is not None and outcome.erased.signals:
+        ctx.runtime.events_committed()
+    response.headers.update(NO_STORE)
+    return ErasureOutcome(
+        dry_run=body.dry_run,
+        signals=[
+            PersonSignal(
+                signal_id=signal.id,
+                tracking_code=signal.tracking_code,
+                received_at=signal.received_at,
+                erased_before=signal.erased_at,
+            )
+            for signal in outcome.signals
+        ],
+        erased=None
+        if outcome.erased is None
+        else ErasureCounts(
+            signals=outcome.erased.signals,
+            contacts=outcome.erased.contacts,
+            attachment_files=outcome.erased.attachments,
+        ),
+    )
