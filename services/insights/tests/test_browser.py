@@ -38,6 +38,33 @@ CHARTS_DRAWN = """(() => {
   };
 })()"""
 
+#: What a reader would see as broken in a chart, measured by the browser's own text layout: a text
+#: that runs out of its chart (a clipped bar label, say), two texts that run into each other (legend
+#: names, say), and a label that runs into its bar.
+CHART_LAYOUT_PROBLEMS = """(() => {
+  const problems = [];
+  const overlap = (a, b) => a.x < b.x + b.width && b.x < a.x + a.width && a.y < b.y + b.height && b.y < a.y + a.height;
+  for (const svg of document.querySelectorAll('svg.chart')) {
+    const view = svg.viewBox.baseVal, name = svg.getAttribute('aria-label');
+    const shown = t => t.lastChild ? t.lastChild.textContent : '';
+    for (const text of svg.querySelectorAll('text')) {
+      const box = text.getBBox();
+      if (box.x < -0.5 || box.x + box.width > view.width + 0.5 || box.y < -0.5 || box.y + box.height > view.height + 0.5)
+        problems.push(`${name}: "${shown(text)}" drawn at ${box.x.toFixed(1)} to ${(box.x + box.width).toFixed(1)} in a chart ${view.width} wide`);
+    }
+    const texts = [...svg.querySelectorAll('text')].map(text => [shown(text), text.getBBox()]);
+    texts.forEach(([one, a], i) => texts.slice(i + 1).forEach(([other, b]) => {
+      if (overlap(a, b)) problems.push(`${name}: "${one}" runs into "${other}"`);
+    }));
+    const bars = [...svg.querySelectorAll('rect.bar')].map(bar => bar.getBBox());
+    for (const text of svg.querySelectorAll('text.label')) {
+      const box = text.getBBox();
+      if (bars.some(bar => overlap(box, bar))) problems.push(`${name}: label "${shown(text)}" runs into its bar`);
+    }
+  }
+  return problems;
+})()"""
+
 NARROW_BY_TOPIC = """[...document.querySelectorAll('#topics svg a')]
   .map(a => a.getAttribute('href')).find(href => href.startsWith('/dashboard?'))"""
 
@@ -65,6 +92,9 @@ async def _data(insights: Insights) -> None:
         events += synthetic.signal_events(
             rng, "gouda", at, topic="burgerzaken", area="centrum", language="en", passive=True
         )
+    for i in range(160):  # a long name among the six largest topics (the dashboard shows twelve)
+        at = datetime.now(UTC) - timedelta(days=1 + i % 25, hours=i % 7)
+        events += synthetic.signal_events(rng, "gouda", at, topic="overlast-van-en-door-personen-of-groepen")
     for i in range(3):  # a topic too small to show in public
         events += synthetic.signal_events(
             rng,
@@ -100,6 +130,7 @@ async def test_dashboard_and_transparency_page_in_chromium(insights: Insights, t
         ), dashboard["text"]
         assert re.search(r"\d,\d+ / 5", dashboard["text"]), dashboard["text"]
         assert "Begraafplaatsen" in dashboard["text"]  # staff see every topic, however small
+        assert await page.evaluate(CHART_LAYOUT_PROBLEMS) == []
         await page.screenshot(ARTIFACTS / "dashboard.png")
 
         # English through the link in the header, kept when a chart label narrows the view.
@@ -114,6 +145,7 @@ async def test_dashboard_and_transparency_page_in_chromium(insights: Insights, t
         assert (
             narrowed["lang"] == "en" and "topic: " in narrowed["text"] and "Subtopic of" in narrowed["text"]
         )
+        assert await page.evaluate(CHART_LAYOUT_PROBLEMS) == []
         await page.screenshot(ARTIFACTS / "dashboard-en.png")
 
         await page.goto(f"{base}/dashboard/signals?topic=burgerzaken&language=en")
@@ -131,6 +163,7 @@ async def test_dashboard_and_transparency_page_in_chromium(insights: Insights, t
         assert "U meldde, wij deden" in transparency["text"] and "Afval" in transparency["text"]
         assert "Begraafplaatsen" not in transparency["text"]  # 3 signals: suppressed in public
         assert re.search(r"\d,\d dagen", transparency["text"]), transparency["text"]  # a Dutch decimal comma
+        assert await public.evaluate(CHART_LAYOUT_PROBLEMS) == []
         await public.screenshot(ARTIFACTS / "transparency.png")
 
     assert page.errors == [], page.errors

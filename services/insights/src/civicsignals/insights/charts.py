@@ -40,6 +40,39 @@ def _number(value: float, decimal: str = ".") -> str:
     return f"{value:.2f}".replace(".", decimal)
 
 
+#: Widths of characters in em, a little above a common sans-serif's (DejaVu Sans, Helvetica), so
+#: that a text measured with them fits where it is put. The server has no fonts to measure with,
+#: and the browser's own measure would need JavaScript; the browser test checks the result.
+_NARROW = frozenset(" .,:;'|!ijlI()[]ftr-/")
+_WIDE = frozenset("mwMW@%…")
+
+
+def text_width(text: str, size: float) -> float:
+    """About how wide ``text`` is drawn at font size ``size`` (px), erring on the wide side."""
+    em = 0.0
+    for char in text:
+        if char in _NARROW:
+            em += 0.36
+        elif char in _WIDE:
+            em += 0.95
+        elif char.isupper():
+            em += 0.74
+        else:
+            em += 0.62
+    return em * size
+
+
+def fit(text: str, size: float, room: float) -> str:
+    """``text`` as it fits in ``room`` px: whole, or cut with an ellipsis (the full text goes in
+    the element's ``<title>``)."""
+    if text_width(text, size) <= room:
+        return text
+    cut = text
+    while cut and text_width(cut.rstrip() + "…", size) > room:
+        cut = cut[:-1]
+    return cut.rstrip(" ,;:-") + "…"
+
+
 def _day_month(day: date) -> str:
     return day.strftime("%d %b")
 
@@ -77,8 +110,14 @@ def line_chart(
     height: int = 260,
     wording: ChartWords = ENGLISH,
 ) -> Markup:
-    """Lines over time, one per series, with a legend; each period links to its signals."""
-    left, right, top, bottom = 48, 12, 28, 26
+    """Lines over time, one per series, with a legend; each period links to its signals.
+
+    The legend flows in rows above the plot, each name as wide as it is drawn, and the chart grows
+    by the rows it needs beyond the first: long topic names never run into each other."""
+    left, right, bottom = 48, 12, 26
+    legend = _legend([one.name for one in series], left, width - right)
+    top = 16 + LEGEND_ROW * max(1, legend.rows)
+    height += LEGEND_ROW * max(0, legend.rows - 1)
     plot_w, plot_h = width - left - right, height - top - bottom
     days = sorted({d for s in series for d, _ in s.points})
     peak = max((v for s in series for _, v in s.points), default=0)
@@ -116,10 +155,11 @@ def line_chart(
             f'<polyline class="series" points="{coordinates}" fill="none" stroke="{colour}" '
             f'stroke-width="2.2" stroke-linejoin="round"/>'
         )
-        legend_x = left + number * 190
+        legend_x, legend_y = legend.places[number]
         parts.append(
-            f'<rect x="{legend_x}" y="6" width="14" height="4" fill="{colour}"/>'
-            f'<text x="{legend_x + 20}" y="12" font-size="12" fill="#222" {FONT}>{escape(one.name)}</text>'
+            f'<rect x="{legend_x:.1f}" y="{legend_y - 6}" width="14" height="4" fill="{colour}"/>'
+            f'<text class="legend" x="{legend_x + LEGEND_SWATCH:.1f}" y="{legend_y}" font-size="{LEGEND_SIZE}" '
+            f'fill="#222" {FONT}><title>{escape(one.name)}</title>{escape(legend.names[number])}</text>'
         )
     # One transparent column per period: hovering tells the numbers, clicking opens the signals.
     totals = {d: [(s.name, v) for s in series for pd, v in s.points if pd == d] for d in days}
@@ -134,6 +174,38 @@ def line_chart(
         parts.append(f'<a href="{escape(link(d))}">{column}</a>' if link else column)
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - every text and link in it went through escape()
+
+
+LEGEND_ROW = 18
+LEGEND_SIZE = 12
+LEGEND_SWATCH = 20
+"""From a legend entry's colour swatch to its name, px."""
+LEGEND_GAP = 22
+
+
+@dataclass(frozen=True)
+class Legend:
+    names: list[str]
+    """Each series' name as drawn (cut only when one name alone is wider than the chart)."""
+    places: list[tuple[float, int]]
+    """Where each entry starts: x of its swatch, y of its text's baseline."""
+    rows: int
+
+
+def _legend(names: Sequence[str], start: float, end: float) -> Legend:
+    """Entries left to right, a new row when the next one would pass ``end``."""
+    drawn: list[str] = []
+    places: list[tuple[float, int]] = []
+    x, row = start, 0
+    for name in names:
+        shown = fit(name, LEGEND_SIZE, end - start - LEGEND_SWATCH)
+        entry = LEGEND_SWATCH + text_width(shown, LEGEND_SIZE)
+        if x > start and x + entry > end:
+            x, row = start, row + 1
+        drawn.append(shown)
+        places.append((x, 12 + row * LEGEND_ROW))
+        x += entry + LEGEND_GAP
+    return Legend(drawn, places, row + 1 if names else 0)
 
 
 @dataclass(frozen=True)
@@ -156,19 +228,25 @@ def bar_chart(
     row_height: int = 22,
     wording: ChartWords = ENGLISH,
 ) -> Markup:
-    """Horizontal bars, largest first as given, with the value at the end of each bar."""
+    """Horizontal bars, largest first as given, with the value at the end of each bar.
+
+    The labels' column is as wide as its longest label, up to 45% of the chart; a label longer
+    than that is cut with an ellipsis (whole in its tooltip)."""
     if not bars:
         return _empty(label, width, 60, wording)
-    label_w, value_w = 130, 56
+    size, value_w = 12, 56
+    widest = max(text_width(bar.label, size) for bar in bars)
+    label_w = int(min(max(widest + 12, 60), width * 0.45))
     plot_w = width - label_w - value_w
     top_value = maximum or max((b.value for b in bars), default=0) or 1.0
     height = row_height * len(bars) + 8
     parts = [_open(label, width, height)]
     for i, bar in enumerate(bars):
         y = 4 + i * row_height
-        name = bar.label if len(bar.label) <= 19 else bar.label[:18] + "…"
+        name = fit(bar.label, size, label_w - 10)
         text = (
-            f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end" font-size="12" fill="#222" {FONT}>'
+            f'<text class="label" x="{label_w - 6}" y="{y + 15}" text-anchor="end" font-size="{size}" '
+            f'fill="#222" {FONT}>'
             f"<title>{escape(bar.label)}</title>{escape(name)}</text>"
         )
         parts.append(f'<a href="{escape(bar.label_href)}">{text}</a>' if bar.label_href else text)

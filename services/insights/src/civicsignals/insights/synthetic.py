@@ -41,6 +41,8 @@ TOPICS: dict[str, tuple[str, list[str], float]] = {
     "verlichting": ("openbare-ruimte", ["lantaarnpaal"], 0.03),
     # Never drawn at random: for tests that need a topic with a handful of signals.
     "begraafplaatsen": ("openbare-ruimte", ["onderhoud"], 0.0),
+    # ... and a topic of the default taxonomy with a long name, for the charts' layout.
+    "overlast-van-en-door-personen-of-groepen": ("handhaving", ["hangjongeren"], 0.0),
 }
 AREAS = ("centrum", "noord", "oost", "west", "zuid", "korte-akkeren", "bloemendaal", "goverwelle")
 CHANNELS = (
