@@ -19,10 +19,17 @@ from sqlmodel import col, select
 
 from civicsignals.common.audit import AuditRecord
 from civicsignals.common.bus import DLQ_CONSUMER_HEADER, DLQ_STREAM, STREAM, stream_messages
-from civicsignals.common.events import CloudEvent, SignalErased, make_event, utcnow
-from civicsignals.common.ids import new_id
+from civicsignals.common.events import (
+    CloudEvent,
+    SignalAttachmentAdded,
+    SignalClassified,
+    SignalErased,
+    make_event,
+    utcnow,
+)
+from civicsignals.common.ids import new_id, new_tracking_code
 from civicsignals.routing import flows
-from civicsignals.routing.models import Case, CaseHistory, PartnerUpdate
+from civicsignals.routing.models import Case, CaseHistory, PartnerUpdate, SignalBeforeCase
 
 from .conftest import Api
 
@@ -230,8 +237,9 @@ async def test_an_erasure_waits_for_the_case_and_one_whose_signal_never_gets_a_c
     api: Api, wait_until, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A signal may be erased before routing opened its case: the event is redelivered until the
-    case is there. A signal that never gets one (imported history, a conversation) is acknowledged
-    once ``CASE_WAIT`` has passed since the event, with its ids in the log and nothing else."""
+    case is there. A signal that still has none once ``CASE_WAIT`` has passed since the event
+    (imported history, a conversation, or a classification held up) is acknowledged, its erasure
+    kept for a case that may open later, with its ids in the log."""
     caplog.set_level(logging.INFO, logger=flows.__name__)
     never = new_id()
     old = erasure(never, None)
@@ -266,7 +274,81 @@ async def test_an_erasure_waits_for_the_case_and_one_whose_signal_never_gets_a_c
         audits = (await session.exec(select(AuditRecord).where(AuditRecord.action == "person.erase"))).all()
     assert [record.object for record in audits] == [f"case:{case.id}"]
     [dropped] = [record.getMessage() for record in caplog.records if never in record.getMessage()]
-    assert old.id in dropped and "has no case" in dropped
+    assert old.id in dropped and "has no case yet" in dropped
+    async with api.runtime.sessions() as session:
+        kept = await session.get(SignalBeforeCase, never)
+    assert kept is not None and (kept.tenant, kept.erased_at, kept.attachments) == ("gouda", ERASED_AT, 0)
+
+
+async def _heard_before_the_case(api: Api, wait_until: Any, signal_id: str) -> None:
+    """``signal.erased`` and ``signal.attachment_added`` (two photos) of a signal that had no case
+    during all of ``CASE_WAIT``: both acknowledged and kept."""
+    long_ago = utcnow() - flows.CASE_WAIT - timedelta(seconds=30)
+    erased = erasure(signal_id, None)
+    erased.time = long_ago
+    photos = make_event(
+        tenant="gouda", service="intake", data=SignalAttachmentAdded(signal_id=signal_id, attachments=2)
+    )
+    photos.time = long_ago
+    await api.runtime.bus.publish(SignalErased.bus_subject("gouda"), erased)
+    await api.runtime.bus.publish(SignalAttachmentAdded.bus_subject("gouda"), photos)
+
+    async def kept() -> SignalBeforeCase | None:
+        async with api.runtime.sessions() as session:
+            early = await session.get(SignalBeforeCase, signal_id)
+        return early if early is not None and early.erased_at and early.attachments == 2 else None
+
+    await wait_until(kept, timeout=15, message="the erasure and the photo count kept")
+
+
+@pytest.mark.parametrize("path", ["one event", "a consumer batch"])
+async def test_a_case_that_opens_after_the_wait_opens_erased_and_with_its_photos(
+    api: Api, wait_until: Any, path: str
+) -> None:
+    """The classifier was held up past ``CASE_WAIT``: the case opens erased (audited as such), the
+    departments' first events count the photos, and what was kept goes. Both ways a classified
+    signal is routed: one event (``route_signal``) and a batch of the consumer (``read_ahead``)."""
+    signal_id = new_id()
+    await _heard_before_the_case(api, wait_until, signal_id)
+
+    if path == "one event":
+        case = await api.route(signal_id=signal_id, topic="afval")
+    else:
+        classified = make_event(
+            tenant="gouda",
+            service="classifier",
+            data=SignalClassified(
+                signal_id=signal_id,
+                topic="afval",
+                subtopic=None,
+                confidence=0.9,
+                alternatives=[],
+                language="nl",
+                kind="report",
+                needs_review=False,
+                model_version="test",
+                tracking_code=new_tracking_code(),
+                channel="web",
+                text="Afval naast de container.",
+                received_at=datetime.now(UTC),
+            ),
+        )
+        await api.runtime.bus.publish(SignalClassified.bus_subject("gouda"), classified)
+
+        async def opened() -> Case | None:
+            async with api.runtime.sessions() as session:
+                return (await session.exec(select(Case).where(Case.signal_id == signal_id))).first()
+
+        case = await wait_until(opened, timeout=15, message="the case")
+
+    shown = (await api.get(f"/v1/cases/{case.id}")).json()
+    assert shown["erased_at"] == "2026-12-06T14:02:09.310000Z" and shown["attachments"] == 2
+    [(_, assigned)] = await api.outbox("dept.afval.assigned")
+    assert assigned["data"]["signal_id"] == signal_id and assigned["data"]["attachments"] == 2
+    [audit] = await erasure_audits(api, case.id)
+    assert "before_case" in (audit.detail or "")
+    async with api.runtime.sessions() as session:
+        assert await session.get(SignalBeforeCase, signal_id) is None
 
 
 async def test_an_erasure_from_another_tenant_is_dead_lettered_and_changes_nothing(

@@ -47,6 +47,7 @@ from civicsignals.routing.models import (
     NoteRequest,
     PartnerUpdate,
     ReclassifyRequest,
+    SignalBeforeCase,
     TransitionRequest,
 )
 from civicsignals.routing.rules import (
@@ -145,7 +146,12 @@ async def open_case_for(ctx: RoutingContext, session: AsyncSession, event: Cloud
         routed_before.add(classified.signal_id)  # a repeat later in the same batch opens nothing
     elif await service.case_for_signal(session, classified.signal_id) is not None:
         return False
-    case, history, events = service.open_case(event.tenant, classified, rules)
+    heard = session.info.get(BEFORE_CASE)
+    if isinstance(heard, dict):
+        before = heard.get(classified.signal_id)
+    else:
+        before = await session.get(SignalBeforeCase, classified.signal_id)
+    case, history, events = service.open_case(event.tenant, classified, rules, before=before)
     session.add_all((case, history))  # the history's ``case`` orders their INSERTs at the flush
     _enqueue(session, event.tenant, events)
     service.audit(
@@ -157,6 +163,19 @@ async def open_case_for(ctx: RoutingContext, session: AsyncSession, event: Cloud
         case.status,
         rule=case.rule_id,
     )
+    if before is not None:
+        await session.delete(before)
+        if before.erased_at is not None:  # the erasure came first: the case opens erased
+            service.audit(
+                session,
+                event.tenant,
+                service.SYSTEM_ACTOR,
+                "person.erase",
+                f"case:{case.id}",
+                "ok",
+                signal=case.signal_id,
+                before_case=True,
+            )
     return True
 
 
@@ -172,14 +191,19 @@ async def route_signal(ctx: RoutingContext, event: CloudEvent) -> bool:
 
 ROUTED_BEFORE = "routing.routed_before"
 """``session.info`` key: the signals of a consumer batch that have a case already."""
+BEFORE_CASE = "routing.before_case"
+"""``session.info`` key: what was heard of the batch's signals before they had a case."""
 
 
 async def read_ahead(session: AsyncSession, events: list[CloudEvent]) -> None:
-    """Which signals of the batch have a case already, in one query before anything is written
-    (so the batch's transaction takes SQLite's write lock only at its end)."""
+    """Which signals of the batch have a case already, and what was heard of the others before
+    (:class:`SignalBeforeCase`), in two queries before anything is written (so the batch's
+    transaction takes SQLite's write lock only at its end)."""
     ids = {sid for event in events if isinstance(sid := event.data.get("signal_id"), str)}
     rows = await session.exec(select(Case.signal_id).where(col(Case.signal_id).in_(ids)))
     session.info[ROUTED_BEFORE] = set(rows.all())
+    heard = await session.exec(select(SignalBeforeCase).where(col(SignalBeforeCase.signal_id).in_(ids)))
+    session.info[BEFORE_CASE] = {early.signal_id: early for early in heard.all()}
 
 
 async def count_attachments(session: AsyncSession, event: CloudEvent) -> bool:
@@ -187,7 +211,8 @@ async def count_attachments(session: AsyncSession, event: CloudEvent) -> bool:
     tell the departments involved on their feeds; False when nothing changed.
 
     The count only grows, so an older count arriving late changes nothing. A signal without a case
-    yet waits for it (``CASE_WAIT``); after that (imported history has none) the event is dropped.
+    yet waits for it (``CASE_WAIT``); after that the count is kept for a case that opens later
+    (:class:`SignalBeforeCase`; imported history never gets one).
     """
     added = read_data(event, SignalAttachmentAdded)
     cases = session.info.get(CASES_OF_SIGNALS)
@@ -198,7 +223,10 @@ async def count_attachments(session: AsyncSession, event: CloudEvent) -> bool:
     if case is None:
         if utcnow() - event.time < CASE_WAIT:
             raise NotReady("the signal has no case yet")
-        log.info("event %s: signal has no case; its attachment count is not kept", event.id)
+        await service.remember_before_case(
+            session, event.tenant, added.signal_id, attachments=added.attachments
+        )
+        log.info("event %s: signal has no case yet; its attachment count waits for it", event.id)
         return False
     if case.tenant != event.tenant:
         raise PermanentError("the signal's case belongs to another tenant")
@@ -228,8 +256,11 @@ async def erase_signal(session: AsyncSession, event: CloudEvent) -> bool:
     The case is the signal's (by signal id, in the event's tenant): the signal id is what intake
     erased, so it decides, and a ``case_id`` in the event that names another case is only logged.
     A signal without a case yet waits for it (``CASE_WAIT``), as ``signal.attachment_added`` does:
-    it may be erased before classification and routing opened its case. After that wait it has
-    none (imported history, a conversation, a signal never routed) and the event is acknowledged.
+    it may be erased before classification and routing opened its case. After that wait the
+    erasure is kept (:class:`SignalBeforeCase`), so a case that opens later (its classification
+    was held up) opens erased; a signal that never gets one (imported history, a conversation)
+    leaves only that row. The race of a case opening in the very moment the wait ends, on
+    PostgreSQL, is not guarded: neither transaction would see the other's row.
 
     What goes and what stays is :func:`service.erase_case`. Each department gets one
     ``dept.<code>.erased`` through the outbox, in this transaction; the inbox makes one delivery
@@ -244,8 +275,11 @@ async def erase_signal(session: AsyncSession, event: CloudEvent) -> bool:
     if case is None:
         if utcnow() - event.time < CASE_WAIT:
             raise NotReady("the signal has no case yet")
+        await service.remember_before_case(
+            session, event.tenant, erased.signal_id, erased_at=erased.erased_at
+        )
         log.info(
-            "event %s: signal %s has no case; routing keeps nothing of it to erase",
+            "event %s: signal %s has no case yet; it will open erased",
             event.id,
             erased.signal_id,
         )

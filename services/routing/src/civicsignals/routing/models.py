@@ -106,6 +106,24 @@ class PartnerUpdate(SQLModel, table=True):
     at: datetime = SQLField(default_factory=utcnow, sa_type=UtcDateTime)
 
 
+class SignalBeforeCase(SQLModel, table=True):
+    """What routing heard of a signal that still had no case when it stopped waiting for one
+    (``flows.CASE_WAIT``): its number of photos and its erasure, applied when the case opens.
+
+    A signal normally has its case within seconds; this is for one whose classification came
+    later (the classifier stopped for longer than the wait), so that its case still opens erased
+    and with its attachments counted. The row goes when the case opens.
+    """
+
+    __tablename__ = "routing_signal_before_case"
+
+    signal_id: str = SQLField(primary_key=True)
+    tenant: str
+    attachments: int = 0
+    erased_at: datetime | None = SQLField(default=None, sa_type=UtcDateTime)
+    recorded_at: datetime = SQLField(default_factory=utcnow, sa_type=UtcDateTime)
+
+
 # -- API schemas -----------------------------------------------------------------------------------
 
 

@@ -39,7 +39,7 @@ from civicsignals.common.events import (
 from civicsignals.common.ids import new_id, normalise_tracking_code
 from civicsignals.common.redaction import redact
 from civicsignals.routing import lifecycle
-from civicsignals.routing.models import Case, CaseHistory
+from civicsignals.routing.models import Case, CaseHistory, SignalBeforeCase
 from civicsignals.routing.rules import Decision, RuleSet, SignalFacts
 
 SYSTEM_ACTOR = "system:routing"
@@ -148,6 +148,28 @@ async def case_for_signal(session: AsyncSession, signal_id: str) -> Case | None:
     return (await session.exec(select(Case).where(Case.signal_id == signal_id))).first()
 
 
+async def remember_before_case(
+    session: AsyncSession,
+    tenant: str,
+    signal_id: str,
+    *,
+    attachments: int = 0,
+    erased_at: datetime | None = None,
+) -> SignalBeforeCase:
+    """Keep what was heard of a signal without a case until the case opens (``open_case``'s
+    ``before``): the highest photo count and the latest erasure."""
+    early = await session.get(SignalBeforeCase, signal_id)
+    if early is None:
+        early = SignalBeforeCase(signal_id=signal_id, tenant=tenant)
+    early.attachments = max(early.attachments, attachments)
+    if erased_at is not None and erased_at.tzinfo is None:
+        erased_at = erased_at.replace(tzinfo=UTC)
+    if erased_at is not None and (early.erased_at is None or early.erased_at < erased_at):
+        early.erased_at = erased_at
+    session.add(early)
+    return early
+
+
 def initial_status(decision: Decision) -> str:
     if decision.is_triage:
         return "triage"
@@ -155,9 +177,17 @@ def initial_status(decision: Decision) -> str:
 
 
 def open_case(
-    tenant: str, classified: SignalClassified, rules: RuleSet, now: datetime | None = None
+    tenant: str,
+    classified: SignalClassified,
+    rules: RuleSet,
+    now: datetime | None = None,
+    *,
+    before: SignalBeforeCase | None = None,
 ) -> tuple[Case, CaseHistory, Events]:
-    """Decide who acts, open the case, and list the events to publish (subject, data)."""
+    """Decide who acts, open the case, and list the events to publish (subject, data).
+
+    ``before`` is what was heard of the signal before it had a case (its photos, its erasure):
+    the case opens with it, and the departments' events carry its attachment count."""
     now = now or utcnow()
     facts = facts_of(classified)
     decision = rules.decide(facts, now)
@@ -193,6 +223,8 @@ def open_case(
         created_at=now,
         updated_at=now,
         sequence=1,
+        attachments=before.attachments if before is not None else 0,
+        erased_at=before.erased_at if before is not None else None,
     )
     history = CaseHistory(
         case_id=case.id,
