@@ -1,4 +1,5 @@
-"""The names of topics and subtopics that the pages show, in Dutch and English.
+"""The names that the pages show for codes: topics and subtopics, in Dutch and English, and the
+tenant's departments and areas (:class:`PlaceNames`).
 
 The read model, the exports, the API and the URLs keep the codes (``parkeren-en-vergunningen``);
 people read names ("Parkeren en vergunningen", "Parking and permits"). The names live in the
@@ -15,17 +16,25 @@ share only ``libs/common``). So insights uses, in this order:
 A code without a name (an old code, one a tenant's taxonomy gives no name) is left to the caller,
 which shows it as the pages always did (:func:`civicsignals.insights.pages.humanise`). An English
 page falls back to the Dutch name when a taxonomy has no ``name_en``.
+
+Departments and areas are named by the tenant's own files, which the tenant registry has read
+already: ``departments.yaml`` (each department's ``name``) and ``areas.geojson`` (each feature's
+``name``, and ``district_name`` for its ``district``, since a signal without an area counts under
+its district). These are the municipality's proper names, one per code, shown on Dutch and
+English pages alike.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
+from babel import Locale
 
 from civicsignals.common.tenants import Tenant
 
@@ -153,3 +162,71 @@ class NamesCache:
             names = self.default
         self._loaded[tenant.code] = (mtime, names)
         return names
+
+
+@dataclass(frozen=True)
+class PlaceNames:
+    """A tenant's names of its departments and areas (districts included), by code; ``None`` for
+    a code it does not name, which the pages then show as it is."""
+
+    departments: Mapping[str, str] = field(default_factory=dict)
+    areas: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_tenant(cls, tenant: Tenant | None) -> PlaceNames:
+        """The names in a tenant's ``departments.yaml`` and ``areas.geojson`` (as the registry read
+        them); entries without a name are left out. An area's own code wins over a district's."""
+        if tenant is None:
+            return cls()
+        departments = {
+            str(code): name
+            for code, entry in tenant.departments.items()
+            if isinstance(entry, Mapping) and (name := str(entry.get("name") or "").strip())
+        }
+        areas: dict[str, str] = {}
+        districts: dict[str, str] = {}
+        features = tenant.areas.get("features") if isinstance(tenant.areas, Mapping) else None
+        for feature in features if isinstance(features, list) else []:
+            properties = feature.get("properties") if isinstance(feature, Mapping) else None
+            if not isinstance(properties, Mapping):
+                continue
+            if properties.get("code") and (name := str(properties.get("name") or "").strip()):
+                areas[str(properties["code"])] = name
+            if properties.get("district") and (name := str(properties.get("district_name") or "").strip()):
+                districts.setdefault(str(properties["district"]), name)
+        return cls(departments, {**districts, **areas})
+
+    def department(self, code: str) -> str | None:
+        return self.departments.get(code)
+
+    def area(self, code: str) -> str | None:
+        return self.areas.get(code)
+
+
+_PLACES: dict[str, tuple[Tenant, PlaceNames]] = {}
+
+
+def place_names(tenant: Tenant | None) -> PlaceNames:
+    """The tenant's :class:`PlaceNames`, built once per loaded tenant: the registry replaces the
+    :class:`Tenant` when a file of its folder changes, and so renamed places show at once."""
+    if tenant is None:
+        return PlaceNames()
+    cached = _PLACES.get(tenant.code)
+    if cached is not None and cached[0] is tenant:
+        return cached[1]
+    names = PlaceNames.from_tenant(tenant)
+    _PLACES[tenant.code] = (tenant, names)
+    return names
+
+
+@cache
+def _languages_in(page_language: str) -> Mapping[str, str]:
+    return Locale.parse(page_language).languages
+
+
+def language_name(code: str, page_language: str) -> str | None:
+    """A language's name in the page's language from the Unicode CLDR (``tr``: "Turks" on a Dutch
+    page, "Turkish" on an English one), for the languages portals declare beyond the classifier's
+    ``nl``, ``en`` and ``other``; ``None`` for a code CLDR does not know."""
+    name = _languages_in(page_language).get(code.lower())
+    return name if isinstance(name, str) and name else None

@@ -28,7 +28,7 @@ from civicsignals.common.tenants import Tenant
 from civicsignals.common.wording import DEFAULT_LANGUAGE, format_date, language_of
 from civicsignals.insights import charts, reports, service
 from civicsignals.insights.models import DIMENSIONS, UNCLASSIFIED
-from civicsignals.insights.names import TopicNames, default_names
+from civicsignals.insights.names import PlaceNames, TopicNames, default_names, language_name, place_names
 from civicsignals.insights.service import Filters
 from civicsignals.insights.views import FilterParams, Interval, Split, context, export_response
 from civicsignals.insights.web_auth import COOKIE, SCOPE, dashboard_principal, safe_next, sign
@@ -124,6 +124,11 @@ STAFF_WORDS: dict[str, dict[str, str]] = {
         "mode.active": "actief",
         "mode.passive": "passief",
         "area.unknown": "onbekend",
+        "language.nl": "Nederlands",
+        "language.en": "Engels",
+        "language.other": "andere taal",
+        "language.unknown": "onbekend",
+        "department.unassigned": "niet toegewezen",
         # the dashboard
         "kpi_signals": "Meldingen",
         "kpi_passive": "Passief (telefoon, chat)",
@@ -238,6 +243,11 @@ STAFF_WORDS: dict[str, dict[str, str]] = {
         "mode.active": "active",
         "mode.passive": "passive",
         "area.unknown": "unknown",
+        "language.nl": "Dutch",
+        "language.en": "English",
+        "language.other": "other language",
+        "language.unknown": "unknown",
+        "department.unassigned": "unassigned",
         "kpi_signals": "Signals",
         "kpi_passive": "Passive (phone, chat)",
         "kpi_open": "Open cases",
@@ -297,10 +307,13 @@ STAFF_WORDS: dict[str, dict[str, str]] = {
     },
 }
 """The staff pages' words: Dutch, the language of the municipalities' staff, unless ``?lang=en``.
-The values of the closed lists (channels, kinds, modes) are translated here too, because a Dutch
-page that says "complaint" under "Soort" reads as half translated; topics and subtopics are shown by
-their names in the taxonomy (:mod:`civicsignals.insights.names`), and areas, languages and
-departments are shown as coded.
+The values of the closed lists (channels, kinds, modes, and the languages the classifier tells
+apart: ``nl``, ``en``, ``other``) are translated here too, because a Dutch page that says
+"complaint" under "Soort" reads as half translated; so are the read model's own ``unknown`` area
+and language and ``unassigned`` department. Topics and subtopics are shown by their names in the
+taxonomy, departments and areas by the names in the tenant's ``departments.yaml`` and
+``areas.geojson``, other languages a portal declared (``tr``) by their CLDR names
+(:mod:`civicsignals.insights.names`); a code nothing names is shown as it is.
 The exports and the API keep their English column names and codes: programs read them."""
 
 _KEY_PROBLEMS = {
@@ -343,6 +356,8 @@ class Wording:
     language: str
     names: TopicNames = dataclasses.field(default_factory=default_names, compare=False)
     """The tenant's names of topics and subtopics (its own taxonomy's, or the default's)."""
+    places: PlaceNames = dataclasses.field(default_factory=PlaceNames, compare=False)
+    """The tenant's names of its departments and areas (none on the login pages)."""
 
     @property
     def words(self) -> dict[str, str]:
@@ -389,16 +404,31 @@ class Wording:
     def dimension(self, name: str) -> str:
         return self.words.get(f"dimension.{name}", name)
 
+    def department(self, code: str | None) -> str:
+        """A department's name in the tenant's ``departments.yaml``; the page's words for a case
+        no department has (``unassigned``); the code for one the file does not name."""
+        if not code:
+            return self("none")
+        return self.words.get(f"department.{code}") or self.places.department(code) or code
+
     def value(self, dimension: str, value: str | None, topic: str | None = None) -> str:
         """A value as the page shows it: topics and subtopics by name (a subtopic under ``topic``),
-        closed lists in the page's language."""
+        areas by the tenant's names, closed lists (languages among them) in the page's language;
+        any other value as it is."""
         if dimension == "topic":
             return self.topic(value)
         if dimension == "subtopic":
             return self.subtopic(value, topic)
+        if dimension == "department":
+            return self.department(value)
         if not value:
             return self("none")
-        return self.words.get(f"{dimension}.{value}", value)
+        word = self.words.get(f"{dimension}.{value}")
+        if word is None and dimension == "area":
+            word = self.places.area(value)
+        if word is None and dimension == "language":
+            word = language_name(value, self.language)
+        return word or value
 
     def number(self, value: float, spec: str = "") -> str:
         """A figure as English pages always wrote it, with a decimal comma on a Dutch page."""
@@ -533,7 +563,7 @@ async def dashboard(
 ) -> HTMLResponse:
     ctx = context(request)
     tenant = viewer.tenant
-    t = Wording(language_of(lang), _topic_names(request, tenant))
+    t = _wording(request, tenant, lang)
     chart_words = t.chart()
 
     def to(path: str, view: Filters, **extra: str) -> str:
@@ -722,7 +752,7 @@ async def signal_list(
     lang: str | None = None,
 ) -> HTMLResponse:
     ctx = context(request)
-    t = Wording(language_of(lang), _topic_names(request, viewer.tenant))
+    t = _wording(request, viewer.tenant, lang)
     try:
         async with ctx.runtime.sessions() as session:
             items, next_cursor = await service.signals(
@@ -769,9 +799,11 @@ def _tenant_name(request: Request, tenant: str) -> str:
     return found.name if found else tenant
 
 
-def _topic_names(request: Request, tenant: str) -> TopicNames:
-    """The names the tenant's pages show for topics: its own taxonomy's, else the default's."""
-    return context(request).names.get(get_registry(request).get(tenant))
+def _wording(request: Request, tenant: str, lang: str | None) -> Wording:
+    """A staff page's words for the tenant: the names of its topics (its own taxonomy's, else the
+    default's) and of its departments and areas (its own files')."""
+    found = get_registry(request).get(tenant)
+    return Wording(language_of(lang), context(request).names.get(found), place_names(found))
 
 
 # -- transparency --------------------------------------------------------------------------------
