@@ -231,12 +231,12 @@ async def test_the_dashboard_shows_names_and_links_by_code(insights: Insights) -
     _name_places(insights)
     await _load(insights)
     dutch = await _page(insights, "/dashboard")
-    assert _row_headers(dutch) == [  # in the order of their codes, as the export has them
+    assert _row_headers(dutch) == [  # in the order of the names shown (the export: of the codes)
         "Afval en reiniging",
-        "groen-en-water",  # listed without a name: the code, as before
-        "Toezicht en handhaving",
         "Beheer openbare ruimte",
+        "groen-en-water",  # listed without a name: the code, as before
         "niet toegewezen",
+        "Toezicht en handhaving",
         "wonen",  # not in departments.yaml at all: the code
     ]
     assert _bar_labels(dutch, "areas") == {

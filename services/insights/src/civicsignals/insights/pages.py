@@ -580,7 +580,11 @@ async def dashboard(
             await service.breakdown(session, tenant, filters, "subtopic", limit=12) if filters.topic else []
         )
         by_language = await service.cross(session, tenant, filters, "topic", "language")
-        departments = await service.departments(session, tenant, filters)
+        # as people look for them: by the names shown (the query orders by code)
+        departments = sorted(
+            await service.departments(session, tenant, filters),
+            key=lambda row: t.department(row["department"]).casefold(),
+        )
         satisfaction = await service.satisfaction_by_topic(session, tenant, filters)
         issues = await reports.emerging_issues(session, tenant, filters.start, filters.end)
 
