@@ -289,11 +289,18 @@ def test_a_mailbox_outside_ascii_is_written_by_the_modern_api() -> None:
 _DATE = re.compile(rb"^Date: .*$", re.MULTILINE)
 
 
-def _generated(rendered: messages.RenderedMessage, sender: str, recipient: str, seed: int) -> bytes:
+def _generated(
+    rendered: messages.RenderedMessage, sender: str, recipient: str, seed: int, reply_to: str | None = None
+) -> bytes:
     """What aiosmtplib sent before: the compat32 Message flattened by the stdlib generator."""
     random.seed(seed)
     mail = messages.build_email(
-        rendered, sender=sender, recipient=recipient, message_id="msg_1", domain="gemeente.example"
+        rendered,
+        sender=sender,
+        recipient=recipient,
+        message_id="msg_1",
+        domain="gemeente.example",
+        reply_to=reply_to,
     )
     return _DATE.sub(b"Date: -", flatten_message(mail))
 
@@ -309,18 +316,26 @@ def test_a_mail_written_directly_is_byte_for_byte_what_the_generator_writes(seed
         '"Gemeente, Demo" <noreply@demo.example>',
         "x@y.nl",
         "Gé <g@demo.example>",
+        '"Súdwest-Fryslân" <sf@sf.example>',
     ]
     recipients = ["bewoner1@example.org", "Anna de Vries <anna@example.org>", "o'brien+tag@example.org"]
+    replies = [None, "klantcontact@demo.example", "Klantcontact Fryslân <kc@sf.example>"]
     sender, recipient = chooser.choice(senders), chooser.choice(recipients)
+    reply_to = chooser.choice(replies)
     rendered = messages.RenderedMessage(subject=subject, text=text + "\n", html=f"<p>{text}</p>")
     random.seed(seed)
     direct = messages.encode_email(
-        rendered, sender=sender, recipient=recipient, message_id="msg_1", domain="gemeente.example"
+        rendered,
+        sender=sender,
+        recipient=recipient,
+        message_id="msg_1",
+        domain="gemeente.example",
+        reply_to=reply_to,
     )
     assert isinstance(direct, messages.OutgoingMail)
     assert direct.recipients == [email.utils.parseaddr(recipient)[1]]
     assert direct.sender == email.utils.parseaddr(sender)[1]
-    assert _DATE.sub(b"Date: -", direct.data) == _generated(rendered, sender, recipient, seed)
+    assert _DATE.sub(b"Date: -", direct.data) == _generated(rendered, sender, recipient, seed, reply_to)
 
 
 def test_a_mail_whose_headers_need_encoding_or_folding_is_left_to_the_generator() -> None:

@@ -47,6 +47,7 @@ from civicsignals.common.events import (
 from civicsignals.common.groupcommit import GroupCommit
 from civicsignals.common.outbox import OUTBOX_TABLE, enqueue, outbox_row
 from civicsignals.common.tasks import cancel_and_wait, cancel_requested
+from civicsignals.common.tenants import Tenant
 from civicsignals.notifier import messages, metrics, service
 from civicsignals.notifier.addresses import UnsafeEndpoint, check_endpoint
 from civicsignals.notifier.flows import NotifierContext
@@ -140,6 +141,7 @@ class Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self._lanes = {channel: Lane() for channel in CHANNELS}
         self._giving_back: set[asyncio.Task[None]] = set()
+        self._senders: dict[str, tuple[Tenant | None, messages.Sender]] = {}
         # An attempt's record waits a little for others to join it: the message has gone and the
         # slot is free, and every record transaction queues for SQLite's one write lock.
         self._recorder: GroupCommit[tuple[Claimed, Result], bool] = GroupCommit(
@@ -533,18 +535,31 @@ class Dispatcher:
             rendered = self.ctx.templates.render(claimed.tenant, template, language, values)
         except messages.TemplateProblem as exc:
             return self._retry(claimed, f"template {template} ({exc.part}): {exc}", "template")
+        sender = self._sender(claimed.tenant, tenant)
         mail = messages.encode_email(
             rendered,
-            sender=self.settings.mail_from,
+            sender=sender.mail_from,
             recipient=recipient,
             message_id=claimed.message_id,
             domain=self.settings.mail_domain,
+            reply_to=sender.reply_to,
         )
         try:
             await self.ctx.mailer.send(mail)
         except TransientError as exc:
             return self._retry(claimed, str(exc), "smtp")
         return Result(outcome=Outcome.DELIVERED.value, reason="accepted by the SMTP server")
+
+    def _sender(self, code: str, tenant: Tenant | None) -> messages.Sender:
+        """The tenant's sender (:func:`messages.sender_of`), worked out once per version of its
+        folder: the registry puts a new ``Tenant`` in place when ``tenant.yaml`` changes, so the
+        same object means the same settings (and a bad value is warned about once, not per mail)."""
+        cached = self._senders.get(code)
+        if cached is not None and cached[0] is tenant:
+            return cached[1]
+        sender = messages.sender_of(tenant, self.settings.mail_from)
+        self._senders[code] = (tenant, sender)
+        return sender
 
     def _resident_values(
         self,

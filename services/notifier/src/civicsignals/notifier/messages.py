@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import random
 import re
 import sys
@@ -21,9 +22,9 @@ from email.header import Header
 from email.message import EmailMessage, Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
-from email.utils import formataddr, formatdate, parseaddr
+from email.utils import formataddr, formatdate, getaddresses, parseaddr, quote
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from jinja2 import (
     BaseLoader,
@@ -39,6 +40,11 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from civicsignals.common.events import RESIDENT_ACTOR
 from civicsignals.common.wording import STATUS_LABELS, language_of
+
+if TYPE_CHECKING:
+    from civicsignals.common.tenants import Tenant
+
+log = logging.getLogger(__name__)
 
 ACKNOWLEDGEMENT = "acknowledgement"
 STATUS_UPDATE = "status_update"
@@ -209,14 +215,78 @@ def example_values(template: str, language: str, public_base_url: str) -> dict[s
     }
 
 
+@dataclass(frozen=True)
+class Sender:
+    """Who a mail is from: ``From`` (whose address is also the SMTP envelope's sender, so the
+    sending domain's SPF record applies) and, when the tenant names one, ``Reply-To``."""
+
+    mail_from: str
+    reply_to: str | None = None
+
+
+_MAILBOX_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\]+")
+
+
+def sender_of(tenant: Tenant | None, mail_from: str) -> Sender:
+    """The sender of a tenant's mail, from ``mail`` in its ``tenant.yaml``.
+
+    ``mail.from`` when it is set; otherwise the tenant's name with the address of ``mail_from``
+    (``CIVIC_NOTIFIER_MAIL_FROM``); ``mail_from`` as it is only for a tenant notifier does not know.
+    ``mail.reply_to``, when set, becomes ``Reply-To``.
+
+    Why: one deployment serves many municipalities, and a resident should see their own
+    municipality as the sender, ideally from its own domain (whose SPF, DKIM and DMARC records
+    vouch for the mail), and reach its contact centre when they press reply, not a no-reply box.
+    The tenant schema checks the shape of both values; one that still does not parse as a single
+    address is ignored with a warning that names the tenant (never an address), and the default
+    applies. Values come back quoted but not encoded: the builders encode a name as the header needs.
+    """
+    if tenant is None:
+        return Sender(mail_from)
+    raw = tenant.settings.get("mail")
+    mail: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    sender = _mailbox(mail.get("from"), tenant.code, "mail.from")
+    if sender is None:
+        _, default_address = parseaddr(mail_from)
+        sender = _format_mailbox(tenant.name, default_address) if default_address else mail_from
+    return Sender(sender, _mailbox(mail.get("reply_to"), tenant.code, "mail.reply_to"))
+
+
+def _mailbox(value: object, tenant: str, key: str) -> str | None:
+    """One address, with or without a display name, as ``"name" <address>``; None when unset, and
+    (with a warning) when it is not one usable address."""
+    if value is None:
+        return None
+    if isinstance(value, str) and "\r" not in value and "\n" not in value:
+        found = getaddresses([value])
+        if len(found) == 1 and _MAILBOX_ADDRESS.fullmatch(found[0][1]):
+            return _format_mailbox(found[0][0], found[0][1])
+    log.warning("tenant %s: %s in tenant.yaml is not one usable address; using the default", tenant, key)
+    return None
+
+
+def _format_mailbox(name: str, address: str) -> str:
+    """``"name" <address>`` (``parseaddr`` reads it back as it was), or the bare address without
+    a name. Not ``formataddr``: it would encode a name outside ASCII here already."""
+    name = " ".join(name.split())
+    return f'"{quote(name)}" <{address}>' if name else address
+
+
 UTF8_QUOTED_PRINTABLE = Charset("utf-8")
 UTF8_QUOTED_PRINTABLE.body_encoding = QP  # readable in a mail's source, as the modern API chooses
 
 
 def build_email(
-    message: RenderedMessage, *, sender: str, recipient: str, message_id: str, domain: str
+    message: RenderedMessage,
+    *,
+    sender: str,
+    recipient: str,
+    message_id: str,
+    domain: str,
+    reply_to: str | None = None,
 ) -> Message:
-    """A multipart/alternative mail whose Message-ID comes from the delivery.
+    """A multipart/alternative mail whose Message-ID comes from the delivery (and a ``Reply-To``
+    when ``reply_to`` is given).
 
     The same delivery always has the same Message-ID, so if a crash between the SMTP server's
     acceptance and our record of it makes us send again, mail systems can see it is one message.
@@ -228,12 +298,20 @@ def build_email(
     """
     sender_name, sender_address = parseaddr(sender)
     recipient_name, recipient_address = parseaddr(recipient)
-    if not (sender_address.isascii() and recipient_address.isascii()):
+    reply_name, reply_address = parseaddr(reply_to) if reply_to else ("", "")
+    if not (sender_address.isascii() and recipient_address.isascii() and reply_address.isascii()):
         return _build_email_modern(
-            message, sender=sender, recipient=recipient, message_id=message_id, domain=domain
+            message,
+            sender=sender,
+            recipient=recipient,
+            message_id=message_id,
+            domain=domain,
+            reply_to=reply_to,
         )
     mail = MIMEMultipart("alternative")
     mail["From"] = formataddr((sender_name, sender_address), "utf-8")
+    if reply_to:
+        mail["Reply-To"] = formataddr((reply_name, reply_address), "utf-8")
     mail["To"] = formataddr((recipient_name, recipient_address), "utf-8")
     if message.subject.isascii():
         mail["Subject"] = message.subject
@@ -267,7 +345,13 @@ _MAX_HEADER_LINE = 78
 
 
 def encode_email(
-    message: RenderedMessage, *, sender: str, recipient: str, message_id: str, domain: str
+    message: RenderedMessage,
+    *,
+    sender: str,
+    recipient: str,
+    message_id: str,
+    domain: str,
+    reply_to: str | None = None,
 ) -> OutgoingMail | Message:
     """The mail :func:`build_email` builds, written straight to the bytes the ``compat32`` generator
     would make of it (the tests compare the two byte for byte), or, when a header needs encoding or
@@ -277,25 +361,41 @@ def encode_email(
     checked with a freshly compiled regex) and aiosmtplib's reading the addresses back out of the
     headers cost more CPU than everything else about a resident mail; this covers the common
     mail (ASCII headers, each on one line) with a few string operations.
+
+    The envelope's sender is the ``From`` address (as aiosmtplib takes it from a ``Message``), so
+    a tenant's own sending domain is the one SPF is checked against.
     """
     sender_name, sender_address = _split_address(sender)
     recipient_name, recipient_address = _split_address(recipient)
-    headers = [
-        ("From", formataddr((sender_name, sender_address), "utf-8")),
-        ("To", formataddr((recipient_name, recipient_address), "utf-8")),
-        ("Subject", message.subject),
-        ("Date", formatdate(localtime=False, usegmt=True)),
-        ("Message-ID", f"<{message_id}@{domain}>"),
-        ("Auto-Submitted", "auto-generated"),
-    ]
-    if not all(
+    reply_name, reply_address = _split_address(reply_to) if reply_to else ("", "")
+    headers: list[tuple[str, str]] = []
+    # A mailbox outside ASCII (SMTPUTF8) is one formataddr cannot write: left to build_email.
+    if sender_address.isascii() and recipient_address.isascii() and reply_address.isascii():
+        headers.append(("From", formataddr((sender_name, sender_address), "utf-8")))
+        if reply_to:
+            headers.append(("Reply-To", formataddr((reply_name, reply_address), "utf-8")))
+        headers += [
+            ("To", formataddr((recipient_name, recipient_address), "utf-8")),
+            ("Subject", message.subject),
+            ("Date", formatdate(localtime=False, usegmt=True)),
+            ("Message-ID", f"<{message_id}@{domain}>"),
+            ("Auto-Submitted", "auto-generated"),
+        ]
+    if not headers or not all(
         value.isascii()
         and "\n" not in value
         and "\r" not in value
         and len(name) + 2 + len(value) <= _MAX_HEADER_LINE
         for name, value in headers
     ):
-        return build_email(message, sender=sender, recipient=recipient, message_id=message_id, domain=domain)
+        return build_email(
+            message,
+            sender=sender,
+            recipient=recipient,
+            message_id=message_id,
+            domain=domain,
+            reply_to=reply_to,
+        )
     parts = [_text_part(message.text, "plain"), _text_part(message.html, "html")]
     boundary = _boundary(parts)
     lines = [
@@ -312,7 +412,7 @@ def encode_email(
 
 def _split_address(value: str) -> tuple[str, str]:
     """``parseaddr``, short-cut for a bare address (what intake gives for a resident) and
-    remembered for the few others (the sender, ``MAIL_FROM``, is the same on every mail)."""
+    remembered for the few others (a tenant's sender and Reply-To are the same on all its mail)."""
     if _PLAIN_ADDRESS.fullmatch(value):
         return "", value
     return _parsed_address(value)
@@ -345,10 +445,18 @@ def _boundary(parts: list[str]) -> str:
 
 
 def _build_email_modern(
-    message: RenderedMessage, *, sender: str, recipient: str, message_id: str, domain: str
+    message: RenderedMessage,
+    *,
+    sender: str,
+    recipient: str,
+    message_id: str,
+    domain: str,
+    reply_to: str | None = None,
 ) -> EmailMessage:
     mail = EmailMessage()
     mail["From"] = sender
+    if reply_to:
+        mail["Reply-To"] = reply_to
     mail["To"] = recipient
     mail["Subject"] = message.subject
     mail["Date"] = formatdate(localtime=False, usegmt=True)

@@ -41,7 +41,11 @@ class NotifierSettings(ServiceSettings):
     smtp_idle_s: float = Field(
         default=30.0, gt=0, description="an SMTP connection unused this long is closed, not reused"
     )
-    mail_from: str = "Gemeente <noreply@civicsignals.local>"
+    mail_from: str = Field(
+        default="Gemeente <noreply@civicsignals.local>",
+        description="the sender's address for a tenant without mail.from in tenant.yaml, whose name "
+        "is then the display name; used as it is only for mail of a tenant notifier does not know",
+    )
     mail_domain: str = Field(default="civicsignals.local", description="right-hand side of Message-IDs")
     public_base_url: str = Field(
         default="http://127.0.0.1:8000", description="base of tracking and feedback links in mail"
