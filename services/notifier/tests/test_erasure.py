@@ -299,6 +299,70 @@ async def state(notifier: Any, signal_id: str) -> tuple[SignalLink | None, list[
         return link, list(rows.all())
 
 
+async def test_an_endpoint_enabled_again_is_told_of_the_erasures_it_missed_once(
+    stack: Stack, wait_until
+) -> None:
+    """AVG article 19 asks that every recipient be told: an endpoint that was disabled when a case
+    it had received was erased gets that ``signal.erased`` when it is enabled again, once, signed;
+    not for a case it never received, and not again on a second enabling."""
+    notifier = stack.notifier
+    partner, housing = await notifier.register("woonpartners", stack.receiver.url)
+    endpoint_path = f"/v1/partners/{partner['id']}/endpoints/{housing['id']}"
+    anna = await stack.post("anna@example.org")
+    await notifier.publish(TENANT, routed(anna, "case-anna", ["woonpartners"]))
+    await wait_until(
+        lambda: len(stack.webhooks(SignalRouted.event_type())) == 1, timeout=20, message="routed"
+    )
+    await wait_until(lambda: stack.knows_case(anna), timeout=20, message="intake to apply signal.routed")
+
+    disabled = await notifier.client.patch(endpoint_path, json={"enabled": False})
+    assert disabled.status_code == 200 and disabled.json()["enabled"] is False, disabled.text
+    # a case routed while the endpoint was disabled: it never received that one's data
+    bea = await stack.post("bea@example.org")
+    await notifier.publish(TENANT, routed(bea, "case-bea", ["woonpartners"]))
+    await wait_until(lambda: stack.knows_case(bea), timeout=20, message="intake to apply bea's routing")
+    await stack.erase(anna)
+    await stack.erase(bea)
+
+    async def both_erasures_applied() -> bool:
+        async with notifier.runtime.sessions() as session:
+            links = (
+                await session.exec(select(SignalLink).where(col(SignalLink.erased_at).is_not(None)))
+            ).all()
+        return len(links) == 2
+
+    await wait_until(both_erasures_applied, timeout=30, message="both erasures at notifier")
+    assert stack.webhooks(ERASED_TYPE) == []  # disabled: nobody told yet
+
+    enabled = await notifier.client.patch(endpoint_path, json={"enabled": True})
+    assert enabled.status_code == 200 and enabled.json()["enabled"] is True, enabled.text
+
+    [hook] = await wait_until(
+        lambda: stack.webhooks(ERASED_TYPE) or None, timeout=20, message="the missed erasure's webhook"
+    )
+    assert signed_by(housing["secret"], hook)
+    body = json.loads(hook.body)
+    assert body["data"]["signal_id"] == anna["id"] and body["data"]["case_id"] == "case-anna"
+    assert set(body["data"]) == {"signal_id", "case_id", "erased_at"} and body["source"].endswith("notifier")
+
+    for enabled_flag in (False, True):  # enabled once more: nobody is told twice
+        again = await notifier.client.patch(endpoint_path, json={"enabled": enabled_flag})
+        assert again.status_code == 200, again.text
+
+    async def told() -> list[tuple[str | None, str | None, str]]:
+        async with notifier.runtime.sessions() as session:
+            rows = (await session.exec(select(Delivery).where(Delivery.event_type == ERASED_TYPE))).all()
+        return [(row.signal_id, row.endpoint_id, row.status) for row in rows]
+
+    expected = [(anna["id"], housing["id"], "delivered")]
+
+    async def told_is(wanted: list[tuple[str, str, str]]) -> bool:
+        return await told() == wanted
+
+    await wait_until(lambda: told_is(expected), timeout=20, message="the delivery recorded")
+    assert len(stack.webhooks(ERASED_TYPE)) == 1
+
+
 async def test_an_erasure_before_routing_waits_for_it_then_skips_the_mail_and_tells_nobody(
     make_tenant, notifier_factory, receiver, wait_until
 ) -> None:

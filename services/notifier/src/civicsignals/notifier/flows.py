@@ -44,6 +44,7 @@ from civicsignals.common.events import (
     SignalErased,
     SignalReceived,
     SignalRouted,
+    make_event,
     read_data,
     utcnow,
 )
@@ -443,6 +444,72 @@ def tells_of_erasure(endpoint: Endpoint) -> bool:
     subscribed to one of ``WEBHOOK_EVENT_TYPES``), whatever else its list says. Article 19 asks to
     tell every recipient; a subscription is not a way to opt out of that."""
     return any(kind in endpoint.event_types for kind in WEBHOOK_EVENT_TYPES)
+
+
+async def tell_missed_erasures(
+    ctx: NotifierContext, session: AsyncSession, partner: Partner, endpoint: Endpoint
+) -> int:
+    """An endpoint enabled again learns of the erasures it missed while it was disabled (AVG
+    article 19: every recipient is told); how many ``signal.erased`` webhooks that schedules.
+
+    It gets one for every erased signal of its partner's cases that it received data of (a
+    webhook of another type delivered to it) and has no ``signal.erased`` delivery for: a disabled
+    endpoint is left out when the erasure fans out. One that failed there is tried again at once.
+    The event is notifier's own (the bus's copy is long acknowledged), with the erasure's ids
+    and time; ``webhook-id`` and the check before make a second enabling tell no one twice.
+    """
+    if not tells_of_erasure(endpoint):
+        return 0
+    erased = await session.exec(
+        select(SignalLink).where(
+            SignalLink.tenant == endpoint.tenant,
+            col(SignalLink.erased_at).is_not(None),
+            col(SignalLink.case_id).is_not(None),
+        )
+    )
+    links = {link.signal_id: link for link in erased.all() if partner.code in (link.partners or [])}
+    if not links:
+        return 0
+    erased_type = SignalErased.event_type()
+    deliveries = await session.exec(
+        select(Delivery).where(Delivery.endpoint_id == endpoint.id, col(Delivery.signal_id).in_(list(links)))
+    )
+    received: set[str] = set()
+    told: set[str] = set()
+    now = utcnow()
+    retried = 0
+    for delivery in deliveries.all():
+        assert delivery.signal_id is not None
+        if delivery.event_type != erased_type:
+            if delivery.status == "delivered":
+                received.add(delivery.signal_id)
+            continue
+        told.add(delivery.signal_id)
+        if delivery.status == "failed":  # failed while the endpoint was failing: once more, now
+            delivery.status, delivery.status_reason = "scheduled", "endpoint enabled again"
+            delivery.next_attempt_at = delivery.updated_at = now
+            session.add(delivery)
+            retried += 1
+    view = BatchView(endpoints={endpoint.tenant: [(partner, endpoint)]})
+    session.info[BatchView.KEY] = view
+    scheduled = 0
+    for signal_id in sorted(received - told):
+        link = links[signal_id]
+        assert link.case_id is not None and link.erased_at is not None
+        data = SignalErased(signal_id=signal_id, case_id=link.case_id, erased_at=link.erased_at)
+        event = make_event(tenant=endpoint.tenant, service="notifier", data=data)
+        scheduled += len(
+            fan_out(
+                ctx,
+                session,
+                event,
+                [partner.code],
+                signal_id=signal_id,
+                case_id=link.case_id,
+                receives=lambda candidate: candidate.id == endpoint.id,
+            )
+        )
+    return scheduled + retried
 
 
 async def _skip_resident_mails(session: AsyncSession, tenant: str, signal_id: str) -> int:

@@ -19,7 +19,15 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.bus import PermanentError, TransientError
 from civicsignals.common.tasks import cancel_and_wait
-from civicsignals.notifier.models import Attempt, Delivery, Endpoint, EndpointPublic, Partner, SecretInfo
+from civicsignals.notifier.models import (
+    Attempt,
+    Delivery,
+    Endpoint,
+    EndpointPublic,
+    EndpointUpdate,
+    Partner,
+    SecretInfo,
+)
 from civicsignals.notifier.secretbox import SecretBox
 
 log = logging.getLogger(__name__)
@@ -287,6 +295,22 @@ def rotate_secret(
     endpoint.secrets = [secret_entry(box, endpoint.id, new_secret, now), *kept]
     endpoint.updated_at = now
     return valid_until
+
+
+def change_endpoint(endpoint: Endpoint, change: EndpointUpdate, now: datetime) -> None:
+    """Apply a partner admin's change: the URL, the event types, and enabling (which forgets why
+    it was disabled) or disabling (``by_request``)."""
+    if change.url is not None:
+        endpoint.url = change.url
+    if change.event_types is not None:
+        endpoint.event_types = change.event_types
+    if change.enabled is not None:
+        if change.enabled and not endpoint.enabled:
+            endpoint.disabled_reason, endpoint.disabled_at, endpoint.failing_since = None, None, None
+        endpoint.enabled = change.enabled
+        if not change.enabled:
+            endpoint.disabled_reason, endpoint.disabled_at = "by_request", now
+    endpoint.updated_at = now
 
 
 def endpoint_public(endpoint: Endpoint, now: datetime) -> EndpointPublic:

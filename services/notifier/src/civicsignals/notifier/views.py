@@ -17,7 +17,7 @@ from civicsignals.common import wording
 from civicsignals.common.auth import Principal, scope_dependency
 from civicsignals.common.events import utcnow
 from civicsignals.common.problems import Problem
-from civicsignals.notifier import messages, service
+from civicsignals.notifier import flows, messages, service
 from civicsignals.notifier.addresses import UnsafeEndpoint, check_endpoint
 from civicsignals.notifier.flows import NotifierContext
 from civicsignals.notifier.models import (
@@ -264,21 +264,19 @@ async def update_endpoint(
     if body.url is not None:
         await _check_url(ctx, body.url)
     now = utcnow()
+    told = 0
     async with ctx.runtime.sessions() as session, session.begin():
         row = await session.get(Endpoint, found.id)
         assert row is not None
-        if body.url is not None:
-            row.url = body.url
-        if body.event_types is not None:
-            row.event_types = body.event_types
-        if body.enabled is not None:
-            if body.enabled and not row.enabled:
-                row.disabled_reason, row.disabled_at, row.failing_since = None, None, None
-            row.enabled = body.enabled
-            if not body.enabled:
-                row.disabled_reason, row.disabled_at = "by_request", now
-        row.updated_at = now
+        enabled_again = bool(body.enabled) and not row.enabled
+        service.change_endpoint(row, body, now)
         session.add(row)
+        if enabled_again:
+            owner = await session.get(Partner, row.partner_id)
+            if owner is not None:
+                told = await flows.tell_missed_erasures(ctx, session, owner, row)
+    if told:
+        ctx.wake()
     return service.endpoint_public(row, now)
 
 
