@@ -215,21 +215,9 @@ async def count_attachments(session: AsyncSession, event: CloudEvent) -> bool:
     (:class:`SignalBeforeCase`; imported history never gets one).
     """
     added = read_data(event, SignalAttachmentAdded)
-    cases = session.info.get(CASES_OF_SIGNALS)
-    if isinstance(cases, dict):
-        case = cases.get(added.signal_id)
-    else:
-        case = await service.case_for_signal(session, added.signal_id)
+    case = await _case_of_signal(session, event, added.signal_id, attachments=added.attachments)
     if case is None:
-        if utcnow() - event.time < CASE_WAIT:
-            raise NotReady("the signal has no case yet")
-        await service.remember_before_case(
-            session, event.tenant, added.signal_id, attachments=added.attachments
-        )
-        log.info("event %s: signal has no case yet; its attachment count waits for it", event.id)
         return False
-    if case.tenant != event.tenant:
-        raise PermanentError("the signal's case belongs to another tenant")
     if added.attachments <= case.attachments:
         return False
     case.attachments = added.attachments
@@ -240,6 +228,38 @@ async def count_attachments(session: AsyncSession, event: CloudEvent) -> bool:
 
 CASES_OF_SIGNALS = "routing.cases_of_signals"
 """``session.info`` key: the cases of a consumer batch's signals, by signal id."""
+
+
+async def _case_of_signal(
+    session: AsyncSession,
+    event: CloudEvent,
+    signal_id: str,
+    *,
+    attachments: int = 0,
+    erased_at: datetime | None = None,
+) -> Case | None:
+    """The case of the signal an event about it names (from the batch's read-ahead, else a query).
+
+    A signal without a case yet waits for it (``NotReady``, redelivered) until ``CASE_WAIT`` has
+    passed since the event; then what the event told (its photo count, its erasure) is kept for a
+    case that opens later (:class:`SignalBeforeCase`) and None is returned. A case of another tenant
+    than the event's is a poison event (``PermanentError``)."""
+    cases = session.info.get(CASES_OF_SIGNALS)
+    if isinstance(cases, dict):
+        case = cases.get(signal_id)
+    else:
+        case = await service.case_for_signal(session, signal_id)
+    if case is None:
+        if utcnow() - event.time < CASE_WAIT:
+            raise NotReady("the signal has no case yet")
+        await service.remember_before_case(
+            session, event.tenant, signal_id, attachments=attachments, erased_at=erased_at
+        )
+        log.info("event %s: signal %s has no case yet; kept for a case that opens later", event.id, signal_id)
+        return None
+    if case.tenant != event.tenant:
+        raise PermanentError("the signal's case belongs to another tenant")
+    return case
 
 
 async def read_cases(session: AsyncSession, events: list[CloudEvent]) -> None:
@@ -267,25 +287,9 @@ async def erase_signal(session: AsyncSession, event: CloudEvent) -> bool:
     of the event do this once, and a repeated erasure (a new event) tells them again, harmlessly.
     """
     erased = read_data(event, SignalErased)
-    cases = session.info.get(CASES_OF_SIGNALS)
-    if isinstance(cases, dict):
-        case = cases.get(erased.signal_id)
-    else:
-        case = await service.case_for_signal(session, erased.signal_id)
+    case = await _case_of_signal(session, event, erased.signal_id, erased_at=erased.erased_at)
     if case is None:
-        if utcnow() - event.time < CASE_WAIT:
-            raise NotReady("the signal has no case yet")
-        await service.remember_before_case(
-            session, event.tenant, erased.signal_id, erased_at=erased.erased_at
-        )
-        log.info(
-            "event %s: signal %s has no case yet; it will open erased",
-            event.id,
-            erased.signal_id,
-        )
         return False
-    if case.tenant != event.tenant:
-        raise PermanentError("the signal's case belongs to another tenant")
     if erased.case_id is not None and erased.case_id != case.id:
         log.warning(
             "event %s: names case %s, but signal %s has case %s; erasing the signal's case",
