@@ -9,6 +9,7 @@ department the case ever reached on its own feed (``dept.<code>.erased``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,26 @@ STAFF_INTERNAL = "Mevrouw Jansen woont op nummer 14, is overdag thuis."
 REROUTE_INTERNAL = "Hoort bij afval: de zakken staan bij haar voordeur."
 REASSIGN_INTERNAL = "Toch wonen; zij belde terug vanaf 0182-123456."
 RESIDENT_REPLY = "De achterdeur, ik ben Anna Jansen van nummer 14."
+
+
+def classified(signal_id: str) -> CloudEvent:
+    """``signal.classified`` of a signal for afval, as the classifier publishes it."""
+    data = SignalClassified(
+        signal_id=signal_id,
+        topic="afval",
+        subtopic=None,
+        confidence=0.9,
+        alternatives=[],
+        language="nl",
+        kind="report",
+        needs_review=False,
+        model_version="test",
+        tracking_code=new_tracking_code(),
+        channel="web",
+        text="Afval naast de container.",
+        received_at=datetime.now(UTC),
+    )
+    return make_event(tenant="gouda", service="classifier", data=data)
 
 
 def erasure(signal_id: str, case_id: str | None, *, tenant: str = "gouda") -> CloudEvent:
@@ -314,26 +335,7 @@ async def test_a_case_that_opens_after_the_wait_opens_erased_and_with_its_photos
     if path == "one event":
         case = await api.route(signal_id=signal_id, topic="afval")
     else:
-        classified = make_event(
-            tenant="gouda",
-            service="classifier",
-            data=SignalClassified(
-                signal_id=signal_id,
-                topic="afval",
-                subtopic=None,
-                confidence=0.9,
-                alternatives=[],
-                language="nl",
-                kind="report",
-                needs_review=False,
-                model_version="test",
-                tracking_code=new_tracking_code(),
-                channel="web",
-                text="Afval naast de container.",
-                received_at=datetime.now(UTC),
-            ),
-        )
-        await api.runtime.bus.publish(SignalClassified.bus_subject("gouda"), classified)
+        await api.runtime.bus.publish(SignalClassified.bus_subject("gouda"), classified(signal_id))
 
         async def opened() -> Case | None:
             async with api.runtime.sessions() as session:
@@ -349,6 +351,74 @@ async def test_a_case_that_opens_after_the_wait_opens_erased_and_with_its_photos
     assert "before_case" in (audit.detail or "")
     async with api.runtime.sessions() as session:
         assert await session.get(SignalBeforeCase, signal_id) is None
+
+
+async def _open_case(api: Api, event: CloudEvent, *, commit: asyncio.Event) -> None:
+    """The routing consumer's batch for ``event`` (``prepare``, ``apply``, ``settle``), its
+    transaction held open until ``commit``."""
+    async with api.runtime.sessions() as session, session.begin():
+        await flows.read_ahead(session, [event])
+        assert await flows.open_case_for(api.ctx, session, event)
+        await flows.settle_opened_cases(session)
+        await session.flush()
+        await commit.wait()
+
+
+async def _hear_before_case(api: Api, event: CloudEvent, *, commit: asyncio.Event) -> None:
+    """The erasure or attachment consumer's batch for ``event``, its transaction held open until
+    ``commit``."""
+    async with api.runtime.sessions() as session, session.begin():
+        await flows.read_cases(session, [event])
+        if isinstance(event.data.get("erased_at"), str):
+            await flows.erase_signal(session, event)
+        else:
+            await flows.count_attachments(session, event)
+        await session.flush()
+        await commit.wait()
+
+
+@pytest.mark.parametrize("heard", ["erasure", "photos"])
+@pytest.mark.parametrize("first", ["the case opens", "the event is kept"])
+async def test_a_case_opening_as_the_wait_ends_gets_what_was_heard_whichever_transaction_comes_first(
+    api: Api, first: str, heard: str
+) -> None:
+    """The case's transaction and an erasure's or photo count's, after ``CASE_WAIT``, both in flight
+    at once: each reads the other's table before it writes its own. Whichever is first, the case
+    ends erased or with its photos counted (and its departments told), and nothing stays kept for a
+    case that already exists. Without ``service.lock_signals`` (and, on SQLite, the case's second
+    read under the write lock) both read before either commits."""
+    signal_id = new_id()
+    if heard == "erasure":
+        late = erasure(signal_id, None)
+    else:
+        late = make_event(
+            tenant="gouda", service="intake", data=SignalAttachmentAdded(signal_id=signal_id, attachments=2)
+        )
+    late.time = utcnow() - flows.CASE_WAIT - timedelta(seconds=1)
+    release_first, release_second = asyncio.Event(), asyncio.Event()
+    release_second.set()
+    if first == "the case opens":
+        earlier = asyncio.create_task(_open_case(api, classified(signal_id), commit=release_first))
+        await asyncio.sleep(0.3)  # its case flushed, not committed
+        later = asyncio.create_task(_hear_before_case(api, late, commit=release_second))
+    else:
+        earlier = asyncio.create_task(_hear_before_case(api, late, commit=release_first))
+        await asyncio.sleep(0.3)  # what was heard kept, not committed
+        later = asyncio.create_task(_open_case(api, classified(signal_id), commit=release_second))
+    done, _ = await asyncio.wait({later}, timeout=0.5)
+    assert not done, "the second transaction read before the first committed"
+    release_first.set()
+    await asyncio.wait_for(asyncio.gather(earlier, later), timeout=15)
+
+    async with api.runtime.sessions() as session:
+        case = (await session.exec(select(Case).where(Case.signal_id == signal_id))).one()
+        assert await session.get(SignalBeforeCase, signal_id) is None
+    audits = [audit.object for audit in await erasure_audits(api, case.id)]
+    if heard == "erasure":
+        assert (case.erased_at, audits) == (ERASED_AT, [f"case:{case.id}"])
+    else:
+        told = [event["data"]["attachments"] for _, event in await api.outbox("dept.afval.")]
+        assert (case.attachments, case.erased_at, audits, max(told)) == (2, None, [], 2)
 
 
 async def test_an_erasure_from_another_tenant_is_dead_lettered_and_changes_nothing(

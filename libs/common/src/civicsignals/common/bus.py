@@ -71,6 +71,7 @@ Handler = Callable[[CloudEvent, Msg], Awaitable[None]]
 """A handler that settles its own work (its own transaction, if it has one)."""
 Apply = Callable[["AsyncSession", CloudEvent, Msg], Awaitable[None]]
 Prepare = Callable[["AsyncSession", list[CloudEvent]], Awaitable[None]]
+Settle = Callable[["AsyncSession"], Awaitable[None]]
 """A handler that applies one event inside a transaction it is given (see ``inbox.TransactionalConsumer``)."""
 
 
@@ -90,6 +91,10 @@ class ConsumerSpec:
     applied, to read what they all need in one query each (kept in ``session.info``). The applies
     then write without reading, so the transaction holds SQLite's one write lock only for its
     final flush, not while each event waits its turn on the event loop."""
+    settle: Settle | None = None
+    """With ``apply``: called once per transaction, after the last ``apply`` and before the commit
+    (say, to read again under the write lock what another transaction may have committed after
+    ``prepare`` read)."""
     max_deliver: int = 10
     ack_wait_s: float = 30.0
     batch_size: int = 50

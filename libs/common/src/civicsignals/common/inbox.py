@@ -161,6 +161,8 @@ class TransactionalConsumer(Consumer):
             if self.spec.prepare is not None:
                 await self.spec.prepare(session, [event])
             await self._apply(session, event, msg)
+            if self.spec.settle is not None:
+                await self.spec.settle(session)
             record_processed(session, durable, [event.id])
         self._committed()
 
@@ -235,6 +237,8 @@ class TransactionalConsumer(Consumer):
                         continue
                 done.add(event.id)
                 applied.append(event.id)
+            if applied and self.spec.settle is not None:
+                await self.spec.settle(session)
             record_processed(session, durable, applied)
         return waiting
 

@@ -144,8 +144,10 @@ async def open_case_for(ctx: RoutingContext, session: AsyncSession, event: Cloud
         if classified.signal_id in routed_before:
             return False
         routed_before.add(classified.signal_id)  # a repeat later in the same batch opens nothing
-    elif await service.case_for_signal(session, classified.signal_id) is not None:
-        return False
+    else:  # not in a consumer batch: lock as :func:`read_ahead` does, then read
+        await service.lock_signals(session, [classified.signal_id])
+        if await service.case_for_signal(session, classified.signal_id) is not None:
+            return False
     heard = session.info.get(BEFORE_CASE)
     if isinstance(heard, dict):
         before = heard.get(classified.signal_id)
@@ -153,6 +155,7 @@ async def open_case_for(ctx: RoutingContext, session: AsyncSession, event: Cloud
         before = await session.get(SignalBeforeCase, classified.signal_id)
     case, history, events = service.open_case(event.tenant, classified, rules, before=before)
     session.add_all((case, history))  # the history's ``case`` orders their INSERTs at the flush
+    session.info.setdefault(OPENED, {})[case.signal_id] = case
     _enqueue(session, event.tenant, events)
     service.audit(
         session,
@@ -164,19 +167,45 @@ async def open_case_for(ctx: RoutingContext, session: AsyncSession, event: Cloud
         rule=case.rule_id,
     )
     if before is not None:
-        await session.delete(before)
-        if before.erased_at is not None:  # the erasure came first: the case opens erased
-            service.audit(
-                session,
-                event.tenant,
-                service.SYSTEM_ACTOR,
-                "person.erase",
-                f"case:{case.id}",
-                "ok",
-                signal=case.signal_id,
-                before_case=True,
-            )
+        await _took_in(session, case, before)
     return True
+
+
+async def _took_in(session: AsyncSession, case: Case, before: SignalBeforeCase) -> None:
+    """What was kept for the case is on it now: the row goes, and an erasure is audited."""
+    await session.delete(before)
+    if before.erased_at is not None:  # the erasure came first: the case opens erased
+        service.audit(
+            session,
+            case.tenant,
+            service.SYSTEM_ACTOR,
+            "person.erase",
+            f"case:{case.id}",
+            "ok",
+            signal=case.signal_id,
+            before_case=True,
+        )
+
+
+async def settle_opened_cases(session: AsyncSession) -> None:
+    """On SQLite, take in what another transaction kept for this one's new cases after
+    :func:`read_ahead` read (an erasure or photo count whose wait ended meanwhile).
+
+    ``sqlite3`` ran those reads outside the transaction, which begins at its first write; after the
+    flush this transaction holds the write lock, so a second read sees every such row that was
+    committed before, and none can be committed after it until this one ends (the keeping side
+    takes the write lock before it looks for the case: ``service.lock_signals``). On PostgreSQL
+    the signals' locks already put the two transactions one after the other."""
+    opened: dict[str, Case] = session.info.pop(OPENED, {})
+    if not opened or await service.is_postgresql(session):
+        return
+    await session.flush()
+    kept = await session.exec(select(SignalBeforeCase).where(col(SignalBeforeCase.signal_id).in_(opened)))
+    for before in kept.all():
+        case = opened[before.signal_id]
+        _enqueue(session, case.tenant, service.take_in_before_case(case.tenant, case, before))
+        session.add(case)
+        await _took_in(session, case, before)
 
 
 async def route_signal(ctx: RoutingContext, event: CloudEvent) -> bool:
@@ -185,10 +214,13 @@ async def route_signal(ctx: RoutingContext, event: CloudEvent) -> bool:
         if not await claim(session, CONSUMER, event.id):
             return False
         opened = await open_case_for(ctx, session, event)
+        await settle_opened_cases(session)
     ctx.runtime.events_committed()
     return opened
 
 
+OPENED = "routing.opened"
+"""``session.info`` key: the cases this transaction opened, by signal id."""
 ROUTED_BEFORE = "routing.routed_before"
 """``session.info`` key: the signals of a consumer batch that have a case already."""
 BEFORE_CASE = "routing.before_case"
@@ -198,8 +230,11 @@ BEFORE_CASE = "routing.before_case"
 async def read_ahead(session: AsyncSession, events: list[CloudEvent]) -> None:
     """Which signals of the batch have a case already, and what was heard of the others before
     (:class:`SignalBeforeCase`), in two queries before anything is written (so the batch's
-    transaction takes SQLite's write lock only at its end)."""
+    transaction takes SQLite's write lock only at its end). On PostgreSQL the batch's signals are
+    locked first (:func:`service.lock_signals`), so an erasure kept at this moment is either seen
+    here or waits for the cases to commit and finds them."""
     ids = {sid for event in events if isinstance(sid := event.data.get("signal_id"), str)}
+    await service.lock_signals(session, ids)
     rows = await session.exec(select(Case.signal_id).where(col(Case.signal_id).in_(ids)))
     session.info[ROUTED_BEFORE] = set(rows.all())
     heard = await session.exec(select(SignalBeforeCase).where(col(SignalBeforeCase.signal_id).in_(ids)))
@@ -247,10 +282,15 @@ async def _case_of_signal(
     cases = session.info.get(CASES_OF_SIGNALS)
     if isinstance(cases, dict):
         case = cases.get(signal_id)
-    else:
+        waited = signal_id in session.info.get(WAITED_FOR_CASE, ())
+    else:  # not in a consumer batch: the same steps as :func:`read_cases`, for one signal
         case = await service.case_for_signal(session, signal_id)
+        waited = case is None and utcnow() - event.time >= CASE_WAIT
+        if waited:
+            await service.lock_signals(session, [signal_id], writer=True)
+            case = await service.case_for_signal(session, signal_id)
     if case is None:
-        if utcnow() - event.time < CASE_WAIT:
+        if not waited:
             raise NotReady("the signal has no case yet")
         await service.remember_before_case(
             session, event.tenant, signal_id, attachments=attachments, erased_at=erased_at
@@ -262,11 +302,35 @@ async def _case_of_signal(
     return case
 
 
+WAITED_FOR_CASE = "routing.waited_for_case"
+"""``session.info`` key: the batch's signals that still had no case when ``CASE_WAIT`` had passed."""
+
+
 async def read_cases(session: AsyncSession, events: list[CloudEvent]) -> None:
-    """The cases of the batch's signals, in one query before anything is written."""
+    """The cases of the batch's signals, in one query before anything is written.
+
+    Which signals waited long enough for their case is decided here, once: those without a case
+    are then kept for a case that opens later (:func:`_case_of_signal`). On PostgreSQL they are
+    locked first and read again (:func:`service.lock_signals`), so a case opening at this moment
+    is either found or opens after this commits and finds what was kept; on SQLite this
+    transaction takes the write lock before it reads them again."""
     ids = {sid for event in events if isinstance(sid := event.data.get("signal_id"), str)}
     rows = await session.exec(select(Case).where(col(Case.signal_id).in_(ids)))
-    session.info[CASES_OF_SIGNALS] = {case.signal_id: case for case in rows.all()}
+    cases = {case.signal_id: case for case in rows.all()}
+    now = utcnow()
+    waited = {
+        sid
+        for event in events
+        if isinstance(sid := event.data.get("signal_id"), str)
+        and sid not in cases
+        and now - event.time >= CASE_WAIT
+    }
+    if waited:
+        await service.lock_signals(session, waited, writer=True)
+        rows = await session.exec(select(Case).where(col(Case.signal_id).in_(waited)))
+        cases.update((case.signal_id, case) for case in rows.all())
+    session.info[CASES_OF_SIGNALS] = cases
+    session.info[WAITED_FOR_CASE] = waited - cases.keys()
 
 
 async def erase_signal(session: AsyncSession, event: CloudEvent) -> bool:
@@ -279,8 +343,8 @@ async def erase_signal(session: AsyncSession, event: CloudEvent) -> bool:
     it may be erased before classification and routing opened its case. After that wait the
     erasure is kept (:class:`SignalBeforeCase`), so a case that opens later (its classification
     was held up) opens erased; a signal that never gets one (imported history, a conversation)
-    leaves only that row. The race of a case opening in the very moment the wait ends, on
-    PostgreSQL, is not guarded: neither transaction would see the other's row.
+    leaves only that row. A case opening in the very moment the wait ends is found or finds the
+    erasure (:func:`service.lock_signals`).
 
     What goes and what stays is :func:`service.erase_case`. Each department gets one
     ``dept.<code>.erased`` through the outbox, in this transaction; the inbox makes one delivery
@@ -341,7 +405,13 @@ def consumers(ctx: RoutingContext) -> list[ConsumerSpec]:
         await erase_signal(session, event)
 
     return [
-        ConsumerSpec(CONSUMER, SignalClassified.subscription(), apply=on_classified, prepare=read_ahead),
+        ConsumerSpec(
+            CONSUMER,
+            SignalClassified.subscription(),
+            apply=on_classified,
+            prepare=read_ahead,
+            settle=settle_opened_cases,
+        ),
         ConsumerSpec(
             ATTACHMENT_CONSUMER,
             SignalAttachmentAdded.subscription(),

@@ -14,12 +14,13 @@ erasure on request empties every internal note of their case (:func:`erase_case`
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import String, cast, or_, update
+from sqlalchemy import String, cast, delete, false, or_, text, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -148,6 +149,48 @@ async def case_for_signal(session: AsyncSession, signal_id: str) -> Case | None:
     return (await session.exec(select(Case).where(Case.signal_id == signal_id))).first()
 
 
+def signal_lock_key(signal_id: str) -> int:
+    """The signal's advisory lock key: 64 bits of a hash (stable across processes and releases),
+    as PostgreSQL's ``bigint``."""
+    digest = hashlib.blake2b(f"routing.signal:{signal_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def lock_signals(session: AsyncSession, signal_ids: Iterable[str], *, writer: bool = False) -> None:
+    """Order this transaction with any other about the same signals' case, before reading it.
+
+    A case opening (``signal.classified``) and what is heard of its signal before the case exists
+    (``signal.erased``, ``signal.attachment_added``, kept in :class:`SignalBeforeCase`) are two
+    transactions, each reading the other's table before writing its own. Both could read before
+    either commits; the case would open without the erasure while the kept erasure waited for a
+    case that already exists.
+
+    - PostgreSQL: a transaction-level advisory lock per signal, taken before those reads. The
+      later transaction waits for the earlier one and (READ COMMITTED) its reads see what that
+      one committed. The keys are taken in ascending order in one statement, so two transactions
+      never wait for each other in a circle.
+    - SQLite (``writer``): the database's one write lock, by a write that changes nothing.
+      ``sqlite3`` begins a transaction only at the first write, so reads before it see whatever
+      is committed at that moment; reads after it see everything committed before the lock.
+      The case's side, the hot path, does not take it early: it reads again after its own write
+      instead (``flows.settle_opened_cases``), so a batch holds the lock only for its last flush.
+    """
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        keys = sorted({signal_lock_key(signal_id) for signal_id in signal_ids})
+        if keys:
+            await connection.execute(
+                text("SELECT pg_advisory_xact_lock(key) FROM unnest(CAST(:keys AS bigint[])) AS key"),
+                {"keys": keys},
+            )
+    elif writer:
+        await connection.execute(delete(SignalBeforeCase).where(false()))
+
+
+async def is_postgresql(session: AsyncSession) -> bool:
+    return (await session.connection()).dialect.name == "postgresql"
+
+
 async def remember_before_case(
     session: AsyncSession,
     tenant: str,
@@ -168,6 +211,18 @@ async def remember_before_case(
         early.erased_at = erased_at
     session.add(early)
     return early
+
+
+def take_in_before_case(tenant: str, case: Case, before: SignalBeforeCase) -> Events:
+    """What was heard of the signal before its case, applied to a case opened without it (another
+    transaction kept it in the meantime): the later erasure and the higher photo count, and the
+    departments' events when the count grew."""
+    if before.erased_at is not None and (case.erased_at is None or case.erased_at < before.erased_at):
+        case.erased_at = before.erased_at
+    if before.attachments <= case.attachments:
+        return []
+    case.attachments = before.attachments
+    return attachment_events(tenant, case)
 
 
 def initial_status(decision: Decision) -> str:
