@@ -6,24 +6,38 @@ with ``insights:read``, checks it like every service does, and sets an HttpOnly,
 cookie holding ``tenant.key_id.expiry`` signed with HMAC-SHA256. The key itself is never stored in
 the cookie. Each request re-reads the key record, so a revoked or expired key ends its logins at
 once. (Signing in with the municipality's OpenID Connect provider is another piece of work.)
+The cookie itself is :mod:`civicsignals.common.web_login`'s, shared with intake's privacy desk.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import secrets
-import time
 from pathlib import Path
 
 from fastapi import Request
 
+from civicsignals.common import web_login
 from civicsignals.common.auth import Principal, authenticate, get_registry
 from civicsignals.common.problems import Problem
+from civicsignals.common.web_login import sign, verify
+
+__all__ = [
+    "COOKIE",
+    "LOGIN",
+    "SCOPE",
+    "LoginRequired",
+    "dashboard_principal",
+    "load_secret",
+    "principal_from_cookie",
+    "safe_next",
+    "sign",
+    "verify",
+]
 
 COOKIE = "civic_insights"
 SCOPE = "insights:read"
+LOGIN = web_login.WebLogin(
+    cookie=COOKIE, scope=SCOPE, signing_key_file="insights-session-secret", path="/dashboard"
+)
 
 
 class LoginRequired(Exception):
@@ -36,57 +50,11 @@ class LoginRequired(Exception):
 
 def load_secret(configured: str, data_dir: Path) -> bytes:
     """The cookie-signing key: the configured one, else a random one kept in the data directory."""
-    if configured:
-        return configured.encode()
-    path = data_dir / "insights-session-secret"
-    if path.exists():
-        return path.read_bytes().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(32).encode()
-    path.write_bytes(secret)
-    path.chmod(0o600)
-    return secret
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def sign(secret: bytes, tenant: str, key_id: str, ttl_s: int, now: float | None = None) -> str:
-    expires = int((now if now is not None else time.time()) + ttl_s)
-    payload = f"{tenant}.{key_id}.{expires}"
-    mac = hmac.new(secret, payload.encode(), hashlib.sha256).digest()
-    return f"{payload}.{_b64(mac)}"
-
-
-def verify(secret: bytes, token: str, now: float | None = None) -> tuple[str, str] | None:
-    """(tenant, key id) of a valid, unexpired token; None for anything else."""
-    parts = token.split(".")
-    if len(parts) != 4:
-        return None
-    tenant, key_id, expires, mac = parts
-    expected = _b64(hmac.new(secret, f"{tenant}.{key_id}.{expires}".encode(), hashlib.sha256).digest())
-    if not hmac.compare_digest(mac, expected):
-        return None
-    if not expires.isdigit() or int(expires) < (now if now is not None else time.time()):
-        return None
-    return tenant, key_id
+    return LOGIN.load_secret(configured, data_dir)
 
 
 def principal_from_cookie(request: Request, secret: bytes) -> Principal | None:
-    token = request.cookies.get(COOKIE)
-    if not token:
-        return None
-    verified = verify(secret, token)
-    if verified is None:
-        return None
-    tenant, key_id = verified
-    record = get_registry(request).find_key(key_id)
-    if record is None or record.revoked or record.tenant != tenant:
-        return None
-    if record.expires is not None and record.expires.timestamp() <= time.time():
-        return None
-    return Principal(tenant=record.tenant, key_id=record.key_id, scopes=record.scopes)
+    return LOGIN.principal(request, secret)
 
 
 def dashboard_principal(request: Request) -> Principal:
