@@ -294,7 +294,7 @@ def test_ingress_routes_every_path_prefix_to_its_service(rendered: list[Manifest
         for p in rule["http"]["paths"]
     }
     expected = {
-        "intake": ["/v1/signals", "/v1/tracking", "/v1/conversations", "/v1/privacy", "/open311"],
+        "intake": ["/v1/signals", "/v1/tracking", "/v1/conversations", "/v1/privacy", "/privacy", "/open311"],
         "classifier": ["/v1/classify", "/v1/models"],
         "routing": ["/v1/cases", "/v1/routing"],
         "notifier": ["/v1/partners", "/v1/deliveries", "/v1/templates"],

@@ -74,6 +74,8 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/transparency/{tenant}/{filename}"): "the public 'you said, we did' page",
     ("GET", "/dashboard/login"): "the dashboard's sign-in page",
     ("POST", "/dashboard/login"): "the dashboard's sign-in (it takes a key or a token in the form)",
+    ("GET", "/privacy/login"): "the privacy desk's sign-in page",
+    ("POST", "/privacy/login"): "the privacy desk's sign-in (it takes a key in the form)",
 }
 
 #: Routes that authenticate by other means than the ``Authorization`` header; without credentials
@@ -85,6 +87,11 @@ OTHER_AUTHENTICATION: dict[tuple[str, str], str] = {
     ("GET", "/dashboard"): "the dashboard's session cookie",
     ("GET", "/dashboard/signals"): "the dashboard's session cookie",
     ("GET", "/dashboard/exports/{filename}"): "the dashboard's session cookie",
+    ("GET", "/privacy"): "the privacy desk's session cookie",
+    ("POST", "/privacy/logout"): "the privacy desk's session cookie",
+    ("POST", "/privacy/find"): "the privacy desk's session cookie and form token",
+    ("POST", "/privacy/access"): "the privacy desk's session cookie and form token",
+    ("POST", "/privacy/erase"): "the privacy desk's session cookie and form token",
 }
 
 #: Scopes of routes that check credentials themselves rather than with ``scope_dependency``.

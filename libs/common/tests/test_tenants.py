@@ -236,7 +236,7 @@ def test_prepare_dev_tenant_writes_the_service_keys(tmp_path: Path) -> None:
         key: registry.find_key(key_id_of(key) or "").scopes  # type: ignore[union-attr]
         for key in (dev_key, intake_key, notifier_key)
     }
-    assert scopes[intake_key] == frozenset({"cases:write"})
+    assert scopes[intake_key] == frozenset({"cases:read", "cases:write"})
     assert scopes[notifier_key] == frozenset({"contact:read"})
     assert "audit:read" in scopes[dev_key]
     # a second run reuses every key

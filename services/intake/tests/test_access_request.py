@@ -11,6 +11,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from civicsignals.intake import accessrequest, cli, privacy
 from civicsignals.intake.models import Attachment, AuditRecord, Signal
 
 from .conftest import PNG, SIGNAL, Intake
+from .test_access_case_notes import NOTE, RoutingStandIn, routing_stand_in
 from .test_privacy_and_import import _env
 from .test_resident_pages import move_case
 
@@ -203,6 +205,13 @@ async def test_a_tracking_code_selects_one_signal_and_an_erased_one_shows_when_w
     assert [s["signal_id"] for s in by_email["signals"]] == [rated["id"]]
 
 
+@pytest.fixture
+async def stand_in(intake: Intake) -> AsyncIterator[RoutingStandIn]:
+    """Routing's case API for the command: case-1 (every signal's here) with one internal note."""
+    async with routing_stand_in(intake.settings.data_dir) as server:
+        yield server
+
+
 async def _main(argv: list[str]) -> Any:
     """``civicsignals-intake …`` in-process as the console script runs it (its own event loop, on
     a thread, since the test's loop is running); returns the exit code."""
@@ -213,6 +222,7 @@ async def _main(argv: list[str]) -> Any:
 
 async def test_access_command_writes_the_document_audits_each_read_and_refuses_to_overwrite(
     intake: Intake,
+    stand_in: RoutingStandIn,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -221,6 +231,7 @@ async def test_access_command_writes_the_document_audits_each_read_and_refuses_t
     caplog.set_level(logging.DEBUG, logger="civicsignals")
     photo, rated, _piet = await _people(intake)
     _env(monkeypatch, intake)
+    monkeypatch.setenv("CIVIC_INTAKE_ROUTING_URL", stand_in.url)
     outbox_before = await intake.count(OutboxMessage)
     out, files = tmp_path / "inzage.json", tmp_path / "bestanden"
     jan = ["access", "--tenant", "gouda", "--email", "jan@example.org"]
@@ -233,6 +244,9 @@ async def test_access_command_writes_the_document_audits_each_read_and_refuses_t
     document = json.loads(out.read_text(encoding="utf-8"))
     assert [s["signal_id"] for s in document["signals"]] == [photo["id"], rated["id"]]
     assert document["signals"][0]["text"] == PHOTO_TEXT  # UTF-8 JSON as the person wrote it
+    assert document["case_notes_included"] is True  # asked of routing, once for their one case
+    assert [[n["note"] for n in s["case_notes"]] for s in document["signals"]] == [[NOTE], [NOTE]]
+    assert [case_id for case_id, _ in stand_in.calls] == ["case-1"]
     assert "\n  " in out.read_text(encoding="utf-8")  # indented
     assert stat.S_IMODE(out.stat().st_mode) == 0o600  # personal data: the owner's only
     attachment = document["signals"][0]["attachments"][0]

@@ -4,6 +4,8 @@ erasure requests over HTTP, as the commands answer them, on the real databases a
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,10 +13,25 @@ import pytest
 from sqlmodel import col, select
 
 from civicsignals.common.tenants import add_key
+from civicsignals.intake import accessrequest, casenotes
 from civicsignals.intake.models import Attachment, AuditRecord, Contact, Signal
 
 from .conftest import Intake
+from .test_access_case_notes import STAND_IN_HISTORY, RoutingStandIn, routing_stand_in
 from .test_access_request import _document, _people
+
+
+@pytest.fixture
+async def stand_in(tmp_path: Path) -> AsyncIterator[RoutingStandIn]:
+    """Routing's case API for the access requests: case-1 (every signal's here) with an internal
+    note; intake's service key for it in intake's data directory."""
+    async with routing_stand_in(tmp_path / "data") as server:
+        yield server
+
+
+@pytest.fixture
+def intake_settings_overrides(stand_in: RoutingStandIn) -> dict[str, Any]:
+    return {"routing_url": stand_in.url}
 
 
 async def _officer(intake: Intake) -> tuple[str, dict[str, str]]:
@@ -35,7 +52,9 @@ def _problem_pointers(response: httpx.Response) -> list[str]:
     return sorted(error["pointer"] for error in response.json()["errors"])
 
 
-async def test_access_answers_the_persons_document_audited_under_the_officers_key(intake: Intake) -> None:
+async def test_access_answers_the_persons_document_audited_under_the_officers_key(
+    intake: Intake, stand_in: RoutingStandIn
+) -> None:
     photo, rated, piet = await _people(intake)
     key_id, officer = await _officer(intake)
 
@@ -47,7 +66,11 @@ async def test_access_answers_the_persons_document_audited_under_the_officers_ke
     assert response.headers["cache-control"] == "no-store"
     document = response.json()
     expected = await _document(intake, "email", "jan@example.org")
+    accessrequest.include_case_notes(expected, {"case-1": casenotes.notes_of_history(STAND_IN_HISTORY)})
     assert {**document, "generated_at": None} == {**expected, "generated_at": None}
+    assert document["case_notes_included"] is True and document["signals"][0]["case_notes"][0]["note"]
+    # routing was asked once for their one case, with intake's service key
+    assert stand_in.calls == [("case-1", "Bearer cs_standin.not-checked")]
     assert [part["signal_id"] for part in document["signals"]] == [photo["id"], rated["id"]]
     assert piet["id"] not in response.text and "Piet" not in response.text
     assert document["signals"][0]["contact"]["email"] == "jan@example.org"  # decrypted: it is theirs

@@ -509,8 +509,10 @@ def prepare_dev_tenant(config_dir: Path, data_dir: Path, tenant: str = "demo") -
     The tenant folders are copied from ``config_dir`` once; the dev key (every scope of ``demo``)
     lands in ``.data/dev-api-key``, notifier's service key for intake in
     ``.data/service-keys/notifier/<tenant>`` (``contact:read``) and intake's service key for routing
-    in ``.data/service-keys/intake/<tenant>`` (``cases:write``). Each is reused while it still
-    matches a stored hash.
+    in ``.data/service-keys/intake/<tenant>`` (``cases:read`` for an access request's case notes,
+    ``cases:write`` for the updates it passes on). Each is reused while it still matches a stored
+    hash and holds every scope it needs; one that lacks a scope (a ``.data`` made before the scope
+    was needed) is revoked and replaced, so an existing embedded run keeps working.
     """
     tenants_dir = data_dir / "tenants"
     tenants_dir.mkdir(parents=True, exist_ok=True)
@@ -526,7 +528,9 @@ def prepare_dev_tenant(config_dir: Path, data_dir: Path, tenant: str = "demo") -
             existing = path.read_text(encoding="utf-8").strip()
             record = registered.get(key_id_of(existing) or "")
             if record is not None and record.key_hash == hash_key(existing) and record.state() == "active":
-                return existing
+                if set(scopes) <= record.scopes:
+                    return existing
+                revoke_key(folder, record.key_id)
         _, key = add_key(folder, scopes, description=description)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(key + "\n", encoding="utf-8")
@@ -538,7 +542,9 @@ def prepare_dev_tenant(config_dir: Path, data_dir: Path, tenant: str = "demo") -
         data_dir / "service-keys" / "notifier" / tenant, ["contact:read"], "notifier reads contacts"
     )
     _reuse_or_create(
-        data_dir / "service-keys" / "intake" / tenant, ["cases:write"], "intake writes to routing"
+        data_dir / "service-keys" / "intake" / tenant,
+        ["cases:read", "cases:write"],
+        "intake reads case notes from and writes updates to routing",
     )
     load_tenant(folder)  # refuse to start the embedded run on a broken folder, with file and line
     return dev_key

@@ -2,11 +2,15 @@
 
 Everything intake keeps of the person's signals, their original words and decrypted contact
 included, as one JSON document the municipality sends them. It is theirs, so it holds what staff
-see and more (the exact location, the portal's metadata, the status history with its notes); it
-also explains, in Dutch and English, what each part is and which other services keep what, so the
-privacy officer can complete the answer. Reading it is a read of contact data: one audit record
-per signal (DESIGN §4), written before the document leaves the process. The person is selected as
-for an erasure (:func:`civicsignals.intake.privacy.signals_of_person`).
+see and more (the exact location, the portal's metadata, the status history with its notes), and
+the internal notes staff and partners wrote on each signal's case, which routing keeps and intake
+asks it for (:mod:`civicsignals.intake.casenotes`): they are personal data about the person too.
+It also explains, in Dutch and English, what each part is and which other services keep what, so
+the privacy officer can complete the answer. Reading it is a read of contact data: one audit
+record per signal (DESIGN §4), written before the document leaves the process, and only once
+routing has answered: a document that cannot be complete is not made (unless its caller asks for
+one without the notes, which says so in the document). The person is selected as for an erasure
+(:func:`civicsignals.intake.privacy.signals_of_person`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.db import SessionFactory
 from civicsignals.common.events import utcnow
-from civicsignals.intake import attachments, service
+from civicsignals.intake import attachments, casenotes, service
 from civicsignals.intake.crypto import FieldCipher
 from civicsignals.intake.models import Attachment, AuditRecord, Contact, Feedback, Signal, StatusEntry
 from civicsignals.intake.privacy import PersonSelector, signals_of_person
@@ -69,6 +73,16 @@ ACCESS_EXPLANATION: dict[str, dict[str, str]] = {
         "toelichtingen die u op de volgpagina zag en wie de stap zette (actor: de afdeling, uzelf "
         "als 'resident'). expected_by en service_promise zijn de verwachte afhandeldatum en de "
         "toezegging.",
+        "case_notes": "case_notes zijn de interne notities die medewerkers van de gemeente en externe "
+        "partijen bij de behandeling van de zaak schreven (bewaard door de zaakbehandeling, "
+        "routing), in volgorde: wanneer (at), bij welke stap (kind, bijvoorbeeld een statuswijziging 'transition', "
+        "een notitie 'note', een andere afdeling 'assignment', een bericht van een partner 'update'), "
+        "de status daarna (status), wie (actor: de afdeling of partij, nooit een naam) en de notitie "
+        "(note). Ze zijn niet voor u geschreven en kunnen gegevens over anderen bevatten: de "
+        "functionaris gegevensbescherming controleert ze daarop, en maakt die onleesbaar, voordat "
+        "dit overzicht wordt verstuurd (AVG artikel 15, lid 4). Een lege lijst: de melding heeft "
+        "(nog) geen zaak, de zaak heeft geen interne notities, of ze zijn verwijderd toen uw "
+        "gegevens op uw verzoek werden gewist (zie erased_at).",
         "recipients": "case_id is het zaaknummer bij de behandeling. responsible is de afdeling die "
         "verantwoordelijk is, departments zijn de afdelingen die de zaak bereikte en partners de "
         "externe partijen naar wie de zaak is doorgestuurd: de ontvangers van de melding (zonder "
@@ -86,11 +100,12 @@ ACCESS_EXPLANATION: dict[str, dict[str, str]] = {
         "zonder persoonsgegevens en zonder contactgegevens bewaard. Ze zijn niet aan u te koppelen "
         "en staan daarom niet in dit overzicht.",
         "other_services": "Andere onderdelen van het systeem bewaren: de zaakbehandeling (routing) de "
-        "zaak met de interne notities van medewerkers; de berichtendienst (notifier) welke berichten "
-        "u over de melding zijn gestuurd en wanneer (uw adres vraagt zij pas op bij het versturen en "
-        "bewaart zij niet); de indeling in onderwerpen (classifier) en de rapportages (insights) "
-        "alleen de tekst zonder persoonsgegevens en tellingen. De functionaris gegevensbescherming "
-        "vult dit overzicht daarmee aan.",
+        "zaak, waarvan dit overzicht de interne notities (case_notes), de status, de afdelingen en "
+        "de partners al bevat; de berichtendienst (notifier) welke berichten u over de melding zijn "
+        "gestuurd en wanneer (uw adres vraagt zij pas op bij het versturen en bewaart zij niet); de "
+        "indeling in onderwerpen (classifier) en de rapportages (insights) alleen de tekst zonder "
+        "persoonsgegevens en tellingen. De functionaris gegevensbescherming vult dit overzicht aan "
+        "met wat de berichtendienst bewaart.",
     },
     "en": {
         "document": "This answers your access request (GDPR article 15). It is a copy in a commonly "
@@ -115,6 +130,15 @@ ACCESS_EXPLANATION: dict[str, dict[str, str]] = {
         "status_history": "status_history is how the case went, in order, with the notes you saw on "
         "the tracking page and who made each step (actor: the department, yourself as "
         "'resident'). expected_by and service_promise are the expected date and the promise made.",
+        "case_notes": "case_notes are the internal notes municipal staff and outside partners wrote "
+        "while handling the case (kept by case handling, routing), in order: when (at), at which "
+        "step (kind, e.g. a status change 'transition', a note 'note', another department 'assignment', "
+        "a partner's message 'update'), the status after it (status), who (actor: the department "
+        "or partner, never a name) and the note itself (note). They were not written for you and "
+        "may hold data about other people: the data protection officer checks them for that, and "
+        "makes it unreadable, before this document is sent (GDPR article 15(4)). An empty list: the "
+        "signal has no case (yet), its case has no internal notes, or they were deleted when your "
+        "data was erased on your request (see erased_at).",
         "recipients": "case_id is the case's number. responsible is the department responsible, "
         "departments are the departments the case reached and partners the outside parties it was "
         "forwarded to: the recipients of the signal (without your personal data).",
@@ -129,13 +153,37 @@ ACCESS_EXPLANATION: dict[str, dict[str, str]] = {
         "conversations": "Conversations with the contact centre (phone, chat) are kept only without "
         "personal data and without contact details. They cannot be linked to you and are therefore "
         "not in this document.",
-        "other_services": "Other parts of the system keep: case handling (routing) the case with "
-        "staff's internal notes; the messaging service (notifier) which messages were sent to you "
-        "about the signal and when (it asks for your address only when sending and does not keep "
-        "it); topic classification (classifier) and reporting (insights) only the text without "
-        "personal data, and counts. The data protection officer completes this answer with them.",
+        "other_services": "Other parts of the system keep: case handling (routing) the case, whose "
+        "internal notes (case_notes), status, departments and partners this document holds "
+        "already; the messaging service (notifier) which messages were sent to you about the signal "
+        "and when (it asks for your address only when sending and does not keep it); topic "
+        "classification (classifier) and reporting (insights) only the text without personal data, "
+        "and counts. The data protection officer completes this answer with what the messaging "
+        "service keeps.",
     },
 }
+
+
+#: The explanation's line of a document made without routing's notes (``case_notes_included``
+#: false): the privacy officer must add them before it goes out.
+CASE_NOTES_MISSING: dict[str, str] = {
+    "nl": "Dit overzicht bevat de interne notities van de zaakbehandeling (routing) niet: "
+    "case_notes_included is false en case_notes is bij elke melding leeg (null). De functionaris "
+    "gegevensbescherming moet ze toevoegen voordat het overzicht wordt verstuurd.",
+    "en": "This document does not hold case handling's (routing's) internal notes: "
+    "case_notes_included is false and every signal's case_notes is null. The data protection "
+    "officer must add them before the document is sent.",
+}
+
+
+def _explanation(*, case_notes_included: bool) -> dict[str, dict[str, str]]:
+    """The explanation, with the line that the notes are missing when they are."""
+    if case_notes_included:
+        return {language: dict(texts) for language, texts in ACCESS_EXPLANATION.items()}
+    return {
+        language: {**texts, "case_notes_missing": CASE_NOTES_MISSING[language]}
+        for language, texts in ACCESS_EXPLANATION.items()
+    }
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -180,7 +228,9 @@ async def access_document(
 
     Only reads: the caller writes the audit records (:func:`audit_access`) and the file. Ids of
     another tenant's or of no signal are left out, as ``erase_signals`` ignores them. Attachments
-    are listed (not their bytes): :func:`copy_attachment_files` adds the files when asked.
+    are listed (not their bytes): :func:`copy_attachment_files` adds the files when asked. The
+    case notes are routing's: the document comes without them (``case_notes_included`` false,
+    every ``case_notes`` null) until :func:`include_case_notes` adds them.
     """
     unique = list(dict.fromkeys(signal_ids))
     signals: list[Signal] = []
@@ -222,8 +272,9 @@ async def access_document(
         "generated_at": rfc3339(generated_at or utcnow()),
         "selected_by": {"nl": dutch, "en": english, "value": selected_value},
         "summary": _summary(len(signals), tenant),
-        "explanation": ACCESS_EXPLANATION,
+        "explanation": _explanation(case_notes_included=False),
         "signal_count": len(signals),
+        "case_notes_included": False,
         "signals": [
             _signal_part(
                 signal,
@@ -289,6 +340,7 @@ def _signal_part(
         "expected_by": rfc3339(signal.expected_by),
         "service_promise": signal.service_promise,
         "case_id": signal.case_id,
+        "case_notes": None,
         "topic": signal.topic,
         "subtopic": signal.subtopic,
         "responsible": signal.responsible,
@@ -319,14 +371,48 @@ def _signal_part(
     }
 
 
+def case_ids_of(document: dict[str, Any]) -> list[str]:
+    """The cases routing keeps of the document's signals (a signal imported, or not routed yet,
+    has none: nothing to ask)."""
+    return list(dict.fromkeys(part["case_id"] for part in document["signals"] if part["case_id"]))
+
+
+def include_case_notes(document: dict[str, Any], notes: dict[str, list[casenotes.CaseNote]]) -> None:
+    """Put each case's internal notes (:func:`casenotes.case_notes`) into its signal's part and
+    mark the document complete. A signal without a case, or whose case routing did not know, gets
+    an empty list."""
+    for part in document["signals"]:
+        part["case_notes"] = list(notes.get(part["case_id"], [])) if part["case_id"] else []
+    document["case_notes_included"] = True
+    document["explanation"] = _explanation(case_notes_included=True)
+
+
 async def answer_access_request(
-    sessions: SessionFactory, cipher: FieldCipher, tenant: str, by: PersonSelector, value: str, *, actor: str
+    sessions: SessionFactory,
+    cipher: FieldCipher,
+    tenant: str,
+    by: PersonSelector,
+    value: str,
+    *,
+    actor: str,
+    case_notes: casenotes.RoutingCases | None = None,
 ) -> dict[str, Any]:
     """One access request, from the command line or the privacy API: the person's document, with
-    its audit records committed before it is handed back (so before it leaves the process)."""
+    its audit records committed before it is handed back (so before it leaves the process).
+
+    With ``case_notes`` (how to reach routing, e.g. ``casenotes.RoutingCases.of(ctx)``) the
+    internal notes of the person's cases are asked for after the database is read (no connection
+    held across the calls) and put in; when routing cannot be asked,
+    :class:`casenotes.CaseNotesUnavailable` is raised and nothing is audited, since nothing left
+    intake. Without it the document says that the notes are missing (``case_notes_included``
+    false, a line in the explanation): for the command's ``--without-case-notes``.
+    """
     async with sessions() as session:
         ids = await signals_of_person(session, cipher, tenant, by, value)
         document = await access_document(session, cipher, tenant, ids, selected_by=by, selected_value=value)
+    if case_notes is not None:
+        notes = await casenotes.case_notes(case_notes, tenant, case_ids_of(document))
+        include_case_notes(document, notes)
     async with sessions() as session, session.begin():
         audit_access(session, tenant, document, actor)
     return document

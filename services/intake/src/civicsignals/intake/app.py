@@ -16,6 +16,7 @@ from civicsignals.intake import flows, models, privacy  # noqa: F401  (models re
 from civicsignals.intake.access import TenantCorsMiddleware
 from civicsignals.intake.crypto import FieldCipher, load_or_create_dev_keys, parse_keys
 from civicsignals.intake.open311.views import router as open311_router
+from civicsignals.intake.privacy_desk import router as privacy_desk_router
 from civicsignals.intake.privacy_views import router as privacy_router
 from civicsignals.intake.settings import IntakeSettings
 from civicsignals.intake.views import router
@@ -68,7 +69,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
         runtime,
         title="Civic Signals — intake",
         description="Signals from portals, apps, Open311 clients and the contact centre; public tracking.",
-        routers=[router, open311_router, privacy_router],
+        routers=[router, open311_router, privacy_router, privacy_desk_router],
         on_shutdown=context.close,
         openapi_tags=[
             {"name": "signals", "description": "Signals posted by portals and apps, and their attachments"},

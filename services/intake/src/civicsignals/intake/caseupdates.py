@@ -4,7 +4,7 @@ update (``open311/forward.py``), and a resident's own action from the tracking p
 Contract with routing: ``POST {routing_url}/v1/cases/{case_id}/updates`` with JSON
 ``{status, public_note, internal_note, update_id}`` (and ``on_behalf_of_resident`` for a
 resident's action), authorised with intake's own service key for the tenant (a key holding
-``cases:write``), read from ``<service_keys_dir>/<tenant>``. Intake checks the caller first, so
+``cases:write``, and ``cases:read`` for the access document's case notes: ``casenotes``), read from ``<service_keys_dir>/<tenant>``. Intake checks the caller first, so
 routing sees only updates intake has vouched for; routing's lifecycle has the final say on the
 move itself. ``update_id`` makes a retry of the same update one update at routing.
 """
@@ -55,7 +55,9 @@ def service_key(keys_dir: Path, tenant: str) -> str:
         key = ""
     if not key:
         log.error(
-            "no service key for routing at %s; create one with scope cases:write for tenant %s", path, tenant
+            "no service key for routing at %s; create one with scopes cases:read and cases:write for tenant %s",
+            path,
+            tenant,
         )
         raise NoServiceKey(tenant)
     return key

@@ -5,7 +5,7 @@
     civicsignals-intake import FILE --tenant demo [--format csv|jsonl] [--delimiter ;] [--no-progress]
     civicsignals-intake erase --tenant demo (--email X | --phone X | --tracking-code C) [--yes]
     civicsignals-intake access --tenant demo (--email X | --phone X | --tracking-code C) --out FILE.json
-        [--with-files DIR] [--force]
+        [--with-files DIR] [--force] [--without-case-notes]
     civicsignals-intake rotate-keys
     civicsignals-intake retention
 
@@ -79,6 +79,12 @@ def _add_commands(commands: Any) -> None:
         help="also copy the person's photos and PDFs into DIR/<signal_id>/<id>.<type>",
     )
     access.add_argument("--force", action="store_true", help="overwrite FILE, and write into a non-empty DIR")
+    access.add_argument(
+        "--without-case-notes",
+        action="store_true",
+        help="do not ask routing for the internal notes of the person's cases; the document says "
+        "they are missing and the privacy officer adds them by hand",
+    )
     commands.add_parser("rotate-keys", help="re-seal every contact with the active key")
     commands.add_parser("retention", help="run the retention job once for every tenant")
 
@@ -213,10 +219,19 @@ def _refuse_access_target(out: Path, files: Path | None, *, force: bool) -> int:
     return 0
 
 
+#: The exit code when routing cannot be asked for the case notes: nothing written, try again.
+EXIT_CASE_NOTES_UNAVAILABLE = 3
+
+
 async def run_access(settings: IntakeSettings, args: argparse.Namespace) -> int:
     """Write one person's data to ``--out`` (see ``privacy`` and docs/intake.md); only counts on
-    stdout: the person's data never goes to the terminal, a log or the audit."""
-    from civicsignals.intake import accessrequest
+    stdout: the person's data never goes to the terminal, a log or the audit. The internal notes
+    of the person's cases come from routing (``CIVIC_INTAKE_ROUTING_URL``, intake's service key):
+    when it cannot be asked nothing is written, unless ``--without-case-notes`` asks for a
+    document that says they are missing."""
+    import httpx
+
+    from civicsignals.intake import accessrequest, casenotes
     from civicsignals.intake.app import build_cipher
 
     out: Path = args.out
@@ -225,11 +240,28 @@ async def run_access(settings: IntakeSettings, args: argparse.Namespace) -> int:
         return refused
     by, value = _person(args)
     cipher = build_cipher(settings)
-    async with Offline(settings) as offline:
+    async with (
+        Offline(settings) as offline,
+        httpx.AsyncClient(timeout=10.0, follow_redirects=False) as client,
+    ):
         tenant = offline.tenant(args.tenant)
-        document = await accessrequest.answer_access_request(
-            offline.sessions, cipher, tenant.code, by, value, actor="cli:access"
+        routing = (
+            None
+            if args.without_case_notes
+            else casenotes.RoutingCases(client, settings.routing_url, settings.service_keys_dir)
         )
+        try:
+            document = await accessrequest.answer_access_request(
+                offline.sessions, cipher, tenant.code, by, value, actor="cli:access", case_notes=routing
+            )
+        except casenotes.CaseNotesUnavailable as missing:
+            print(
+                f"cannot add the case notes: routing at {missing.url}: {missing.reason}; nothing written "
+                "(start routing or fix CIVIC_INTAKE_ROUTING_URL and try again, or add --without-case-notes "
+                "and add the notes by hand)",
+                file=sys.stderr,
+            )
+            return EXIT_CASE_NOTES_UNAVAILABLE
     copied = None
     if args.with_files is not None:
         copied = accessrequest.copy_attachment_files(
@@ -241,6 +273,8 @@ async def run_access(settings: IntakeSettings, args: argparse.Namespace) -> int:
         print(f"{out} exists; add --force to overwrite it", file=sys.stderr)
         return 1
     print(f"wrote {document['signal_count']} signal(s) of this person to {out}")
+    if not document["case_notes_included"]:
+        print("without the case notes of routing: add them before the document goes out", file=sys.stderr)
     if copied is not None:
         print(f"copied {copied.copied} attachment file(s) to {args.with_files}")
         if copied.missing:

@@ -400,6 +400,10 @@ class AccessDocumentPublic(BaseModel):
     summary: dict[str, str]
     explanation: dict[str, dict[str, str]]
     signal_count: int
+    case_notes_included: bool = Field(
+        description="true: each signal's case_notes holds the internal notes routing keeps of its case "
+        "(the API answers only such documents; the command writes false with --without-case-notes)"
+    )
     signals: list[dict[str, Any]]
 
 

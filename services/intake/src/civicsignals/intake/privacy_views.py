@@ -10,13 +10,14 @@ says ``Cache-Control: no-store``.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from civicsignals.common.auth import Principal
 from civicsignals.common.problems import Problem
-from civicsignals.intake import accessrequest, flows, privacy
+from civicsignals.intake import accessrequest, casenotes, flows, privacy
 from civicsignals.intake.access import authorised
 from civicsignals.intake.models import (
     AccessDocumentPublic,
@@ -27,6 +28,8 @@ from civicsignals.intake.models import (
     PersonSignal,
 )
 from civicsignals.intake.views import AUTH_PROBLEMS, WRITE_PROBLEMS, problem
+
+log = logging.getLogger(__name__)
 
 PRIVACY_SCOPE = "privacy:admin"
 PrivacyOfficer = Annotated[Principal, Depends(authorised(PRIVACY_SCOPE))]
@@ -47,11 +50,66 @@ SELECTION_PROBLEMS: dict[int | str, dict[str, Any]] = {
     ),
 }
 NO_STORE = {"Cache-Control": "no-store"}
+CASE_NOTES_RETRY_S = 60
+
+
+ACCESS_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    **SELECTION_PROBLEMS,
+    503: problem(
+        503,
+        "Routing, which keeps the internal notes of the person's cases, cannot be asked now (see "
+        "Retry-After); nothing was read or audited",
+        "Service Unavailable",
+        "the case notes cannot be added now: routing did not answer; try again in a minute",
+        "case-notes-unavailable",
+    ),
+}
 
 
 def _context(request: Request) -> flows.IntakeContext:
     context: flows.IntakeContext = request.app.state.intake
     return context
+
+
+async def person_document(
+    ctx: flows.IntakeContext, officer: Principal, by: privacy.PersonSelector, value: str
+) -> dict[str, Any]:
+    """A person's access document with routing's notes of their cases, its reads audited under
+    ``officer`` (the API and the privacy desk). :class:`casenotes.CaseNotesUnavailable` when routing
+    cannot be asked: then nothing was audited, and the caller answers that it cannot answer now."""
+    try:
+        return await accessrequest.answer_access_request(
+            ctx.runtime.sessions,
+            ctx.cipher,
+            officer.tenant,
+            by,
+            value,
+            actor=officer.actor,
+            case_notes=casenotes.RoutingCases.of(ctx),
+        )
+    except casenotes.CaseNotesUnavailable as missing:
+        log.warning("no access document: the case notes are unavailable (%s)", missing)
+        raise
+
+
+async def erase_person(
+    ctx: flows.IntakeContext, officer: Principal, by: privacy.PersonSelector, value: str, *, dry_run: bool
+) -> privacy.PersonErasure:
+    """A person's erasure (or, ``dry_run``, what it would erase) by ``officer`` (the API and the
+    privacy desk); the outbox relay is woken for the ``signal.erased`` events it committed."""
+    outcome = await privacy.erase_person(
+        ctx.runtime.sessions,
+        ctx.cipher,
+        officer.tenant,
+        by,
+        value,
+        actor=officer.actor,
+        attachments_dir=ctx.settings.attachments_dir,
+        dry_run=dry_run,
+    )
+    if outcome.erased is not None and outcome.erased.signals:
+        ctx.runtime.events_committed()
+    return outcome
 
 
 def _person(selection: PersonSelection) -> tuple[privacy.PersonSelector, str]:
@@ -76,7 +134,8 @@ def _person(selection: PersonSelection) -> tuple[privacy.PersonSelector, str]:
 @router.post(
     "/v1/privacy/access",
     response_model=AccessDocumentPublic,
-    summary="A person's access request: everything intake keeps with their signals (AVG art. 15, 20)",
+    summary="A person's access request: everything intake keeps with their signals, and the internal "
+    "notes routing keeps of their cases (AVG art. 15, 20)",
     responses={
         200: {
             "description": "The person's document (no signals when intake keeps nothing of them)",
@@ -92,27 +151,65 @@ def _person(selection: PersonSelection) -> tuple[privacy.PersonSelector, str]:
                             "value": "bewoner@example.org",
                         },
                         "summary": {"nl": "…", "en": "…"},
-                        "explanation": {"nl": {"document": "…"}, "en": {"document": "…"}},
-                        "signal_count": 0,
-                        "signals": [],
+                        "explanation": {
+                            "nl": {"document": "…", "case_notes": "…"},
+                            "en": {"document": "…", "case_notes": "…"},
+                        },
+                        "signal_count": 1,
+                        "case_notes_included": True,
+                        "signals": [
+                            {
+                                "signal_id": "01JDX3W6Q5TB7V0N8K2M4R6P9S",
+                                "tracking_code": "7KQ2-M9XD-4HTC",
+                                "status": "in_progress",
+                                "status_history": [
+                                    {
+                                        "sequence": 1,
+                                        "status": "in_progress",
+                                        "at": "2026-11-28T10:00:00Z",
+                                        "note": "De ploeg komt donderdag.",
+                                        "actor": "stadsbeheer",
+                                    }
+                                ],
+                                "case_id": "01JDX3W7A1K8M2N4P6Q8R0S2T4",
+                                "case_notes": [
+                                    {
+                                        "at": "2026-11-28T10:05:00Z",
+                                        "kind": "note",
+                                        "status": "in_progress",
+                                        "actor": "stadsbeheer",
+                                        "note": "Mevrouw belde terug, komt donderdag kijken.",
+                                    }
+                                ],
+                            }
+                        ],
                     }
                 }
             },
         },
-        **SELECTION_PROBLEMS,
+        **ACCESS_PROBLEMS,
     },
 )
 async def access_request(
     selection: PersonSelection, principal: PrivacyOfficer, request: Request, response: Response
 ) -> dict[str, Any]:
     """The document ``civicsignals-intake access`` writes (without the attachment files: a key
-    with ``cases:read`` fetches them at ``GET /v1/signals/{signal_id}/attachments/{attachment_id}``). Each signal's read
-    is audited as ``person.access`` before the answer is sent."""
+    with ``cases:read`` fetches them at ``GET /v1/signals/{signal_id}/attachments/{attachment_id}``),
+    with the internal notes routing keeps of the person's cases, which intake asks routing for with
+    its own service key. Each signal's read is audited as ``person.access`` before the answer is
+    sent. When routing cannot be asked the answer is a 503, never a document without the notes,
+    and no read is audited: nothing left intake."""
     by, value = _person(selection)
-    ctx = _context(request)
-    document = await accessrequest.answer_access_request(
-        ctx.runtime.sessions, ctx.cipher, principal.tenant, by, value, actor=principal.actor
-    )
+    try:
+        document = await person_document(_context(request), principal, by, value)
+    except casenotes.CaseNotesUnavailable:
+        raise Problem(
+            503,
+            "the case notes cannot be added now: routing, which keeps them, did not answer; "
+            "try again in a minute",
+            slug="case-notes-unavailable",
+            headers={"Retry-After": str(CASE_NOTES_RETRY_S)},
+        ) from None
     response.headers.update(NO_STORE)
     return document
 
@@ -152,19 +249,7 @@ async def erasure_request(
     an erased signal is found again only by its tracking code, and erasing it again changes
     nothing that was left."""
     by, value = _person(body)
-    ctx = _context(request)
-    outcome = await privacy.erase_person(
-        ctx.runtime.sessions,
-        ctx.cipher,
-        principal.tenant,
-        by,
-        value,
-        actor=principal.actor,
-        attachments_dir=ctx.settings.attachments_dir,
-        dry_run=body.dry_run,
-    )
-    if outcome.erased is not None and outcome.erased.signals:
-        ctx.runtime.events_committed()
+    outcome = await erase_person(_context(request), principal, by, value, dry_run=body.dry_run)
     response.headers.update(NO_STORE)
     return ErasureOutcome(
         dry_run=body.dry_run,

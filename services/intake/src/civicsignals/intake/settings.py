@@ -54,6 +54,15 @@ class IntakeSettings(ServiceSettings):
         "empty means <data_dir>/service-keys/intake",
     )
 
+    # The staff pages' login (the privacy desk at /privacy).
+    session_secret: str = Field(
+        default="",
+        description="HMAC key that signs the privacy desk's login cookie; empty means a random key kept in "
+        "<data_dir>/intake-session-secret (set one shared value when running several replicas)",
+    )
+    session_ttl_s: int = Field(default=2 * 3600, ge=60, description="lifetime of a privacy desk login")
+    cookie_secure: bool = Field(default=False, description="mark the login cookie Secure (behind HTTPS)")
+
     # Retention of contact data (per tenant: retention.contact_days_after_close in tenant.yaml).
     retention_interval_s: float = Field(default=3600.0, gt=0, description="how often the retention job runs")
 

@@ -87,7 +87,15 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         "intake",
         8001,
-        ("/v1/signals", "/v1/tracking", "/v1/conversations", "/v1/privacy", "/open311", "/v1/audit/intake"),
+        (
+            "/v1/signals",
+            "/v1/tracking",
+            "/v1/conversations",
+            "/v1/privacy",
+            "/privacy",
+            "/open311",
+            "/v1/audit/intake",
+        ),
     ),
     ServiceSpec("classifier", 8002, ("/v1/classify", "/v1/models", "/v1/audit/classifier")),
     ServiceSpec("routing", 8003, ("/v1/cases", "/v1/routing", "/v1/audit/routing")),

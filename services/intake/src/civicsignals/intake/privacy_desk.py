@@ -1,0 +1,345 @@
+"""The privacy desk: the privacy API (``/v1/privacy/access`` and ``/v1/privacy/erasure``) as web
+pages, for the municipality's privacy officer, who is not going to use curl.
+
+The officer signs in with an API key holding ``privacy:admin`` (or ``admin``), as the API needs;
+the login is :mod:`civicsignals.common.web_login`'s cookie, scoped to ``/privacy``. Then: find a
+person by exactly one of e-mail address, phone number and tracking code (the erasure's dry run,
+which changes nothing), download their access document, or erase their data after an explicit
+confirmation. Each step calls exactly what the API calls, so the audit records and the
+``signal.erased`` events are the API's.
+
+The person is personal data, so it only ever travels in a POST's body: every result is the answer
+to a POST (no redirect carries the person), and every answer says ``Cache-Control: no-store``.
+Every form carries a token bound to the login (an HMAC of the cookie), checked before anything is
+read or changed: SameSite=Strict is the first defence against a forged form, the token the second.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from pydantic import ValidationError
+
+from civicsignals.common.auth import Principal, authenticate, get_registry
+from civicsignals.common.problems import Problem
+from civicsignals.common.web_login import WebLogin, sign
+from civicsignals.common.wording import DEFAULT_LANGUAGE, format_date, language_of, timezone_of
+from civicsignals.intake import casenotes, flows, privacy, privacy_views
+from civicsignals.intake.models import PersonSelection
+from civicsignals.intake.pages import PAGE_HEADERS
+from civicsignals.intake.privacy_desk_words import INVALID_FIELD, WORDS
+
+LOGIN = WebLogin(
+    cookie="civic_privacy_desk",
+    scope=privacy_views.PRIVACY_SCOPE,
+    signing_key_file="intake-session-secret",
+    path="/privacy",
+)
+PERSON_FIELDS: tuple[privacy.PersonSelector, ...] = ("email", "phone", "tracking_code")
+HEADERS = {name: value for name, value in PAGE_HEADERS.items() if name != "Vary"}
+
+router = APIRouter(include_in_schema=False)
+
+_ENV = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(default=True),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _context(request: Request) -> flows.IntakeContext:
+    context: flows.IntakeContext = request.app.state.intake
+    return context
+
+
+def _secret(request: Request) -> bytes:
+    """The cookie-signing key, loaded once per app (configured, else kept in the data directory)."""
+    state = request.app.state
+    secret: bytes | None = getattr(state, "privacy_desk_secret", None)
+    if secret is None:
+        settings = _context(request).settings
+        secret = state.privacy_desk_secret = LOGIN.load_secret(settings.session_secret, settings.data_dir)
+    return secret
+
+
+def _with_lang(path: str, lang: str) -> str:
+    return path if lang == DEFAULT_LANGUAGE else f"{path}?{urlencode({'lang': lang})}"
+
+
+def _render(
+    request: Request, template: str, lang: str, status_code: int = 200, **values: Any
+) -> HTMLResponse:
+    other = "en" if lang == "nl" else "nl"
+    html = _ENV.get_template(template).render(
+        lang=lang,
+        t=WORDS[lang],
+        other_link=_with_lang("/privacy", other),
+        other_lang=other,
+        scope=privacy_views.PRIVACY_SCOPE,
+        **values,
+    )
+    return HTMLResponse(html, status_code=status_code, headers=HEADERS)
+
+
+def _officer(request: Request) -> Principal | None:
+    """The signed-in privacy officer, or None (no login, a revoked key, a key without the scope)."""
+    principal = LOGIN.principal(request, _secret(request))
+    return principal if principal is not None and principal.allows(privacy_views.PRIVACY_SCOPE) else None
+
+
+def _to_login(lang: str) -> RedirectResponse:
+    return RedirectResponse(_with_lang("/privacy/login", lang), status_code=303, headers=HEADERS)
+
+
+def _municipality(request: Request, tenant: str) -> str:
+    found = get_registry(request).get(tenant)
+    return found.name if found else tenant
+
+
+async def _form(request: Request) -> Mapping[str, Any]:
+    return await request.form()
+
+
+def _lang(form: Mapping[str, Any], request: Request) -> str:
+    return language_of(str(form.get("lang") or request.query_params.get("lang") or "") or None)
+
+
+# -- login ---------------------------------------------------------------------------------------
+
+
+@router.get("/privacy/login")
+async def login_form(request: Request, lang: str | None = None) -> Response:
+    return _render(request, "privacy_login.html", language_of(lang), error=None)
+
+
+@router.post("/privacy/login")
+async def login(request: Request) -> Response:
+    form = await _form(request)
+    lang = _lang(form, request)
+    key = str(form.get("api_key") or "").strip()
+    try:
+        # Reading the key files may touch the disk: off the event loop, as the API's check does.
+        principal = await run_in_threadpool(authenticate, get_registry(request), f"Bearer {key}")
+    except Problem:
+        return _render(request, "privacy_login.html", lang, 401, error=WORDS[lang]["key_refused"])
+    if not principal.allows(privacy_views.PRIVACY_SCOPE):
+        return _render(request, "privacy_login.html", lang, 403, error=WORDS[lang]["key_lacks_scope"])
+    settings = _context(request).settings
+    token = sign(_secret(request), principal.tenant, principal.key_id, settings.session_ttl_s)
+    response = RedirectResponse(_with_lang("/privacy", lang), status_code=303, headers=HEADERS)
+    response.set_cookie(
+        LOGIN.cookie,
+        token,
+        max_age=settings.session_ttl_s,
+        httponly=True,
+        secure=settings.cookie_secure,
+        samesite="strict",
+        path=LOGIN.path,
+    )
+    return response
+
+
+@router.post("/privacy/logout")
+async def logout(request: Request) -> Response:
+    form = await _form(request)
+    lang = _lang(form, request)
+    if _officer(request) is not None and not LOGIN.form_token_matches(
+        request, _secret(request), str(form.get("csrf") or "")
+    ):
+        return _forbidden(request, lang)
+    response = _to_login(lang)
+    response.delete_cookie(LOGIN.cookie, path=LOGIN.path)
+    return response
+
+
+# -- the desk ------------------------------------------------------------------------------------
+
+
+def _page(
+    request: Request, officer: Principal, template: str, lang: str, status_code: int = 200, **values: Any
+) -> HTMLResponse:
+    """A page of the signed-in desk: the municipality's name and the form token beside ``values``."""
+    return _render(
+        request,
+        template,
+        lang,
+        status_code,
+        municipality=_municipality(request, officer.tenant),
+        csrf=LOGIN.form_token(request, _secret(request)),
+        **values,
+    )
+
+
+def _forbidden(request: Request, lang: str) -> HTMLResponse:
+    return _render(request, "privacy_forbidden.html", lang, 403)
+
+
+@router.get("/privacy")
+async def desk(request: Request, lang: str | None = None) -> Response:
+    language = language_of(lang)
+    officer = _officer(request)
+    if officer is None:
+        return _to_login(language)
+    return _page(request, officer, "privacy_find.html", language, typed=_typed({}), errors={})
+
+
+def _typed(form: Mapping[str, Any]) -> dict[str, str]:
+    return {field: str(form.get(field) or "").strip() for field in PERSON_FIELDS}
+
+
+def read_person(
+    form: Mapping[str, Any], lang: str
+) -> tuple[tuple[privacy.PersonSelector, str] | None, dict[str, str]]:
+    """The person a form names, validated as the API's ``PersonSelection`` (a field left empty is
+    not given): the selector and its value, or the message for each field at fault."""
+    typed = {field: value for field, value in _typed(form).items() if value}
+    words = WORDS[lang]
+    try:
+        selection = PersonSelection.model_validate(typed)
+    except ValidationError as exc:
+        fields = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+        return None, {field: words[INVALID_FIELD[field]] for field in PERSON_FIELDS if field in fields}
+    given = [
+        (field, getattr(selection, field)) for field in PERSON_FIELDS if getattr(selection, field) is not None
+    ]
+    if len(given) != 1:
+        named = [field for field, _ in given] or list(PERSON_FIELDS)
+        return None, {field: words["exactly_one"] for field in named}
+    field, value = given[0]
+    return (field, str(value)), {}
+
+
+@dataclass(frozen=True)
+class Posted:
+    """A desk form that passed the checks: who posted it, its fields, its language, the person."""
+
+    officer: Principal
+    form: Mapping[str, Any]
+    lang: str
+    person: tuple[privacy.PersonSelector, str]
+
+
+async def _checked(request: Request) -> Posted | Response:
+    """A desk form posted, checked in this order: a login (else to the login form), the form's
+    token (else 403, nothing read), the person (else the form again with its mistakes, 422)."""
+    form = await _form(request)
+    lang = _lang(form, request)
+    officer = _officer(request)
+    if officer is None:
+        return _to_login(lang)
+    if not LOGIN.form_token_matches(request, _secret(request), str(form.get("csrf") or "")):
+        return _forbidden(request, lang)
+    person, errors = read_person(form, lang)
+    if person is None:
+        return _page(request, officer, "privacy_find.html", lang, 422, typed=_typed(form), errors=errors)
+    return Posted(officer, form, lang, person)
+
+
+async def _found_page(
+    request: Request,
+    officer: Principal,
+    lang: str,
+    person: tuple[privacy.PersonSelector, str],
+    status_code: int = 200,
+    confirm_error: str | None = None,
+    access_error: str | None = None,
+) -> HTMLResponse:
+    """The signals the erasure would erase (its dry run: nothing changes), with the buttons."""
+    by, value = person
+    outcome = await privacy_views.erase_person(_context(request), officer, by, value, dry_run=True)
+    zone = timezone_of(get_registry(request).get(officer.tenant))
+    signals = [
+        {
+            "tracking_code": signal.tracking_code,
+            "received": _when(signal.received_at, lang, zone),
+            "erased_before": _when(signal.erased_at, lang, zone) if signal.erased_at else None,
+        }
+        for signal in outcome.signals
+    ]
+    return _page(
+        request,
+        officer,
+        "privacy_found.html",
+        lang,
+        status_code,
+        by=by,
+        value=value,
+        signals=signals,
+        to_erase=len(outcome.signals),
+        confirm_error=confirm_error,
+        access_error=access_error,
+    )
+
+
+def _when(value: datetime, lang: str, zone: str) -> str:
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return f"{format_date(aware, lang, zone)}, {aware.astimezone(ZoneInfo(zone)).strftime('%H:%M')}"
+
+
+@router.post("/privacy/find")
+async def find(request: Request) -> Response:
+    posted = await _checked(request)
+    if isinstance(posted, Response):
+        return posted
+    return await _found_page(request, posted.officer, posted.lang, posted.person)
+
+
+@router.post("/privacy/access")
+async def download(request: Request) -> Response:
+    """The access document as the API answers it, as a file; each signal audited as read. When
+    routing cannot be asked for the case notes, the found signals come back with that message
+    (503), and nothing was audited: no document left intake."""
+    posted = await _checked(request)
+    if isinstance(posted, Response):
+        return posted
+    officer, lang = posted.officer, posted.lang
+    by, value = posted.person
+    try:
+        document = await privacy_views.person_document(_context(request), officer, by, value)
+    except casenotes.CaseNotesUnavailable:
+        unavailable = WORDS[lang]["case_notes_unavailable"]
+        return await _found_page(request, officer, lang, posted.person, 503, access_error=unavailable)
+    filename = f"inzageverzoek-{datetime.now(UTC).date().isoformat()}.json"
+    return Response(
+        json.dumps(document, ensure_ascii=False, indent=2),
+        media_type="application/json",
+        headers={
+            **HEADERS,
+            "Content-Disposition": f'attachment; filename="{filename}"',
+        },
+    )
+
+
+@router.post("/privacy/erase")
+async def erase(request: Request) -> Response:
+    """Erases as the API does, once the officer confirmed the requester's identity; without the
+    confirmation the found signals come back with the box to tick, and nothing is erased."""
+    posted = await _checked(request)
+    if isinstance(posted, Response):
+        return posted
+    officer, lang = posted.officer, posted.lang
+    if str(posted.form.get("confirm") or "") != "yes":
+        return await _found_page(request, officer, lang, posted.person, 422, WORDS[lang]["confirm_needed"])
+    by, value = posted.person
+    outcome = await privacy_views.erase_person(_context(request), officer, by, value, dry_run=False)
+    erased = outcome.erased or privacy.ErasureResult(0, 0, 0)
+    return _page(
+        request,
+        officer,
+        "privacy_erased.html",
+        lang,
+        counts={"signals": erased.signals, "contacts": erased.contacts, "files": erased.attachments},
+    )

@@ -1,0 +1,138 @@
+"""The privacy desk's words: Dutch, the language of the municipality's privacy officers, unless
+``?lang=en`` (or the form's ``lang``) asks for English. Templates look words up here, so no page
+has a sentence of its own; the messages about the person fields say what the privacy API's 422
+says (exactly one of the three, each of them valid), in the page's language."""
+
+from __future__ import annotations
+
+WORDS: dict[str, dict[str, str]] = {
+    "nl": {
+        "app": "Privacyloket",
+        "product": "Civic Signals",
+        "other_language": "English",
+        "login_title": "Inloggen",
+        "login_heading": "Inloggen bij het privacyloket",
+        "login_scope": "Log in met een API-sleutel met de scope",
+        "login_kept": "De sleutel wordt niet bewaard: u blijft ingelogd tot de sessie verloopt of de "
+        "sleutel wordt ingetrokken.",
+        "api_key": "API-sleutel",
+        "sign_in": "Inloggen",
+        "sign_out": "Uitloggen",
+        "key_refused": "Deze sleutel wordt niet geaccepteerd.",
+        "key_lacks_scope": "Deze sleutel mist de scope 'privacy:admin'.",
+        "find_title": "Persoon zoeken",
+        "find_intro": "Zoek de meldingen van de persoon die om inzage of verwijdering vraagt. Vul precies "
+        "één gegeven in, zoals de persoon het in het verzoek noemt. Zoeken verandert niets.",
+        "email": "E-mailadres",
+        "phone": "Telefoonnummer",
+        "tracking_code": "Volgnummer",
+        "email_hint": "zoals de melder het opgaf",
+        "phone_hint": "bijvoorbeeld 06 1234 5678",
+        "tracking_code_hint": "vindt ook een melding waarvan de gegevens al zijn verwijderd",
+        "find": "Zoeken",
+        "errors": "Controleer het formulier:",
+        "exactly_one": "Vul precies één van deze velden in.",
+        "bad_email": "Dit is geen geldig e-mailadres.",
+        "bad_phone": "Dit is geen geldig telefoonnummer.",
+        "bad_tracking_code": "Een volgnummer heeft 8 tot 20 tekens.",
+        "result_title": "Gevonden meldingen",
+        "selected_by": "Gezocht op",
+        "found": "{count} melding(en) gevonden.",
+        "found_none": "Er zijn geen meldingen van deze persoon gevonden. Het inzagedocument zegt dat intake "
+        "niets van deze persoon bewaart.",
+        "received": "Ontvangen",
+        "erased_before": "Eerder verwijderd",
+        "not_erased": "nee",
+        "access_heading": "Inzageverzoek (AVG art. 15 en 20)",
+        "access_intro": "Download het inzagedocument (JSON) met alles wat intake van deze persoon bewaart "
+        "en de interne notities van medewerkers bij de zaken. Controleer die op gegevens van anderen "
+        "voordat u het document verstuurt. Elke melding wordt als inzage gelogd onder uw sleutel.",
+        "download": "Download inzagedocument",
+        "erase_heading": "Verwijderverzoek (AVG art. 17)",
+        "erase_intro": "Verwijdert de contactgegevens, bijlagen en eigen teksten van deze persoon uit "
+        "{count} melding(en). De andere diensten volgen. Dit kan niet ongedaan worden gemaakt.",
+        "confirm": "Ik heb de identiteit van de verzoeker gecontroleerd en wil {count} melding(en) "
+        "verwijderen.",
+        "confirm_needed": "Vink aan dat u de identiteit van de verzoeker hebt gecontroleerd.",
+        "case_notes_unavailable": "Het inzagedocument kan nu niet worden gemaakt: de zaakbehandeling "
+        "(routing), die de interne notities bij de zaken bewaart, antwoordt niet. Er is niets "
+        "opgevraagd of vastgelegd. Probeer het over een minuut opnieuw.",
+        "erase": "Verwijder gegevens",
+        "nothing_to_erase": "Er is niets te verwijderen.",
+        "erased_title": "Gegevens verwijderd",
+        "erased_counts": "Verwijderd: {signals} melding(en), {contacts} contactgegeven(s), {files} "
+        "bijlage(n).",
+        "erased_note": "De andere diensten krijgen bericht en verwijderen hun kopie. Zoek opnieuw op "
+        "volgnummer om te zien wat er nog van de melding over is.",
+        "new_search": "Nieuwe zoekopdracht",
+        "forbidden_title": "Formulier verlopen",
+        "forbidden": "Dit formulier hoort niet bij uw huidige sessie (bijvoorbeeld na opnieuw inloggen). "
+        "Er is niets gewijzigd. Begin opnieuw.",
+        "no_store": "Deze pagina bevat persoonsgegevens en wordt niet bewaard door de browser.",
+    },
+    "en": {
+        "app": "Privacy desk",
+        "product": "Civic Signals",
+        "other_language": "Nederlands",
+        "login_title": "Sign in",
+        "login_heading": "Sign in to the privacy desk",
+        "login_scope": "Sign in with an API key that has the scope",
+        "login_kept": "The key is not stored: you stay signed in until the session ends or the key is "
+        "revoked.",
+        "api_key": "API key",
+        "sign_in": "Sign in",
+        "sign_out": "Sign out",
+        "key_refused": "This key is not accepted.",
+        "key_lacks_scope": "This key lacks the scope 'privacy:admin'.",
+        "find_title": "Find a person",
+        "find_intro": "Find the signals of the person who asks for access or erasure. Fill in exactly one "
+        "detail, as the person gives it in the request. Finding changes nothing.",
+        "email": "E-mail address",
+        "phone": "Phone number",
+        "tracking_code": "Tracking code",
+        "email_hint": "as the reporter gave it",
+        "phone_hint": "for example 06 1234 5678",
+        "tracking_code_hint": "also finds a signal whose personal data was erased already",
+        "find": "Find",
+        "errors": "Please check the form:",
+        "exactly_one": "Fill in exactly one of these fields.",
+        "bad_email": "This is not a valid e-mail address.",
+        "bad_phone": "This is not a valid phone number.",
+        "bad_tracking_code": "A tracking code has 8 to 20 characters.",
+        "result_title": "Signals found",
+        "selected_by": "Found by",
+        "found": "{count} signal(s) found.",
+        "found_none": "No signals of this person were found. The access document says that intake keeps "
+        "nothing of this person.",
+        "received": "Received",
+        "erased_before": "Erased before",
+        "not_erased": "no",
+        "access_heading": "Access request (GDPR art. 15 and 20)",
+        "access_intro": "Download the access document (JSON) with everything intake keeps of this person "
+        "and staff's internal notes on the cases. Check those for other people's data before you send "
+        "the document. Each signal is audited as read under your key.",
+        "download": "Download access document",
+        "erase_heading": "Erasure request (GDPR art. 17)",
+        "erase_intro": "Erases this person's contact data, attachments and own texts from {count} "
+        "signal(s). The other services follow. This cannot be undone.",
+        "confirm": "I have verified the requester's identity and want to erase {count} signal(s).",
+        "confirm_needed": "Tick the box to confirm that you verified the requester's identity.",
+        "case_notes_unavailable": "The access document cannot be made now: case handling (routing), "
+        "which keeps the internal notes of the cases, does not answer. Nothing was read or recorded. "
+        "Try again in a minute.",
+        "erase": "Erase personal data",
+        "nothing_to_erase": "There is nothing to erase.",
+        "erased_title": "Personal data erased",
+        "erased_counts": "Erased: {signals} signal(s), {contacts} contact(s), {files} attachment(s).",
+        "erased_note": "The other services are told and erase their copies. Search by tracking code to see "
+        "what is left of a signal.",
+        "new_search": "New search",
+        "forbidden_title": "Form expired",
+        "forbidden": "This form does not belong to your current session (for example after signing in "
+        "again). Nothing was changed. Please start again.",
+        "no_store": "This page holds personal data and is not kept by the browser.",
+    },
+}
+
+#: The message beside a person field whose value is not valid, by field.
+INVALID_FIELD = {"email": "bad_email", "phone": "bad_phone", "tracking_code": "bad_tracking_code"}
