@@ -115,6 +115,11 @@ async def test_classify_with_the_coldstart_model(svc: Service) -> None:
     assert [r["language"] for r in batch.json()["results"]] == ["en", "nl"]
     bad = await svc.client.post("/v1/classify", json={"texts": ["ok", "  "]}, headers=svc.headers())
     assert bad.status_code == 422 and bad.json()["errors"][0]["pointer"] == "/texts/1"
+    misspelt = await svc.client.post(
+        "/v1/classify", json={"txt": "De lantaarnpaal is kapot."}, headers=svc.headers()
+    )
+    assert misspelt.status_code == 422
+    assert "/txt" in [error["pointer"] for error in misspelt.json()["errors"]]
 
 
 async def test_register_activate_and_roll_back_without_restart(

@@ -118,6 +118,27 @@ BAD_REQUESTS = [
         {**VALID, "occurred_at": "2026-11-28T09:00:00"}, 422, "/occurred_at", id="time-without-zone"
     ),
     pytest.param([1, 2], 422, "", id="not-an-object"),
+    # A field the contract does not have is refused, never dropped: a portal that sends the
+    # resident's address as "contact" (the contract's name is "reporter") would otherwise get a 201
+    # for a signal whose resident is never told anything.
+    pytest.param(
+        {**VALID, "contact": {"email": "bewoner@example.org", "consent": True}},
+        422,
+        "/contact",
+        id="unknown-field",
+    ),
+    pytest.param(
+        {**VALID, "reporter": {"mail": "bewoner@example.org", "consent": True}},
+        422,
+        "/reporter/mail",
+        id="unknown-reporter-field",
+    ),
+    pytest.param(
+        {**VALID, "location": {"lat": 52.01163, "lng": 4.71043}},
+        422,
+        "/location/lng",
+        id="unknown-location-field",
+    ),
     # Values SQLite stores and PostgreSQL refuses mid-transaction: refused before the route runs.
     pytest.param({**VALID, "text": "a\u0000b"}, 422, "/text", id="nul-in-text"),
     pytest.param({**VALID, "metadata": {"ref\u0000": "F-1"}}, 422, "/metadata/ref\u0000", id="nul-in-a-name"),

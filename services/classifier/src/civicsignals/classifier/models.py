@@ -106,12 +106,13 @@ class ClassifyRequest(BaseModel):
     """One text, or a batch of up to 1,000 texts."""
 
     model_config = ConfigDict(
+        extra="forbid",
         json_schema_extra={
             "examples": [
                 {"text": "Er ligt afval naast de container op de Kerkstraat."},
                 {"texts": ["De lantaarnpaal is kapot.", "The bin was not emptied."]},
             ]
-        }
+        },
     )
 
     text: str | None = Field(default=None, min_length=1, max_length=10_000)

@@ -31,6 +31,8 @@ PhoneNumber = Annotated[str, AfterValidator(_check_phone)]
 
 
 class Address(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     street: str | None = Field(default=None, max_length=200)
     number: str | None = Field(default=None, max_length=20)
     postcode: str | None = Field(default=None, max_length=10)
@@ -38,6 +40,8 @@ class Address(BaseModel):
 
 
 class Location(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     lat: float = Field(ge=-90, le=90, description="WGS84 latitude")
     lon: float = Field(ge=-180, le=180, description="WGS84 longitude")
     address: Address | None = None
@@ -45,6 +49,8 @@ class Location(BaseModel):
 
 class Reporter(BaseModel):
     """Who reported, only to keep them informed; never leaves intake unencrypted."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, max_length=200)
     email: EmailStr | None = None
@@ -59,6 +65,7 @@ class SignalCreate(BaseModel):
     """What a portal posts. Only ``text`` and ``channel`` are required."""
 
     model_config = ConfigDict(
+        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
@@ -81,7 +88,7 @@ class SignalCreate(BaseModel):
                     "metadata": {"portal_reference": "F-1234"},
                 }
             ]
-        }
+        },
     )
 
     text: str = Field(min_length=1, max_length=MAX_TEXT)
@@ -184,6 +191,8 @@ class ContactsPublic(BaseModel):
 
 
 class TurnIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     speaker: Literal["citizen", "agent"]
     text: str = Field(min_length=1, max_length=MAX_TEXT)
 
@@ -192,6 +201,7 @@ class ConversationCreate(BaseModel):
     """A phone or chat transcript from the contact centre (a passive signal)."""
 
     model_config = ConfigDict(
+        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
@@ -213,7 +223,7 @@ class ConversationCreate(BaseModel):
                     "metadata": {"call_id": "K-20261128-0042"},
                 }
             ]
-        }
+        },
     )
 
     channel: Literal["phone", "chat"]
@@ -274,7 +284,8 @@ class FeedbackCreate(BaseModel):
     """The satisfaction form on the public tracking page."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"satisfied": True, "score": 4, "comment": "Snel opgelost, dank!"}]}
+        extra="forbid",
+        json_schema_extra={"examples": [{"satisfied": True, "score": 4, "comment": "Snel opgelost, dank!"}]},
     )
 
     satisfied: bool
@@ -306,9 +317,10 @@ class ResidentUpdateCreate(BaseModel):
     withdraws their signal; the text (redacted) becomes the public note of the change."""
 
     model_config = ConfigDict(
+        extra="forbid",
         json_schema_extra={
             "examples": [{"action": "reply", "text": "De container staat achter het gemeentehuis."}]
-        }
+        },
     )
 
     action: ResidentAction
