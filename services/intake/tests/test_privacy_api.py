@@ -161,7 +161,20 @@ async def test_erasure_first_shows_then_erases_and_tells_the_other_services(
     ]
     assert await intake.count(Contact) == 3 and await _audit(intake, "person.erase") == []
 
-    done = await intake.client.post("/v1/privacy/erasure", json={"email": "JAN@example.org"}, headers=officer)
+    # Only the signals confirmed: one more or one fewer than the person has is a 409, nothing erased.
+    for confirmed in ([photo["id"]], [*jan, piet["id"]]):
+        stale = await intake.client.post(
+            "/v1/privacy/erasure", json={"email": "jan@example.org", "signal_ids": confirmed}, headers=officer
+        )
+        assert stale.status_code == 409, stale.text
+        assert stale.headers["content-type"] == "application/problem+json"
+        assert stale.json()["type"].endswith("/signals-changed")
+        assert [s["signal_id"] for s in stale.json()["signals"]] == [photo["id"], rated["id"]]
+    assert await intake.count(Contact) == 3 and await _audit(intake, "person.erase") == []
+
+    done = await intake.client.post(
+        "/v1/privacy/erasure", json={"email": "JAN@example.org", "signal_ids": jan}, headers=officer
+    )
 
     assert done.status_code == 200, done.text
     assert done.headers["cache-control"] == "no-store"

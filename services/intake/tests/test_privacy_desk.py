@@ -264,8 +264,10 @@ async def test_erasure_needs_the_confirmation_then_erases_and_tells_the_other_se
     assert "wil 2 melding(en) verwijderen" in unconfirmed.text
     assert await intake.count(Contact) == 3 and await _audit(intake, "person.erase") == []
     assert (await intake.get(Signal, photo["id"])).erased_at is None
+    shown = _shown_ids(unconfirmed.text)
+    assert sorted(shown) == sorted([photo["id"], rated["id"]])
 
-    done = await intake.client.post("/privacy/erase", data={**person, "confirm": "yes"})
+    done = await intake.client.post("/privacy/erase", data={**person, "confirm": "yes", "signal_id": shown})
 
     assert done.status_code == 200, done.text
     assert done.headers["cache-control"] == "no-store"
@@ -287,6 +289,33 @@ async def test_erasure_needs_the_confirmation_then_erases_and_tells_the_other_se
     )
     assert _codes(again.text) == [photo["tracking_code"]] and "Eerder verwijderd" in again.text
     assert "<td>nee</td>" not in again.text  # the column says when instead
+
+
+def _shown_ids(page: str) -> list[str]:
+    """The ids of the signals an erase form confirms (its hidden ``signal_id`` fields)."""
+    return re.findall(r'name="signal_id" value="([^"]+)"', page)
+
+
+async def test_a_signal_that_came_in_after_the_page_was_shown_stops_the_erasure(intake: Intake) -> None:
+    """The officer confirmed the signals the page listed: when the person has another one by the
+    time they press the button, nothing is erased and the new list comes back to be confirmed."""
+    photo, rated, _ = await _people(intake)
+    _, token = await _sign_in(intake)
+    person = {"csrf": token, "email": JAN_EMAIL}
+    found = await intake.client.post("/privacy/find", data=person)
+    shown = _shown_ids(found.text)
+    newer = await _signal(intake, "Nog een melding van Jan over de container.", JAN)
+
+    stale = await intake.client.post("/privacy/erase", data={**person, "confirm": "yes", "signal_id": shown})
+
+    assert stale.status_code == 409, stale.text
+    assert WORDS["nl"]["signals_changed"] in html.unescape(stale.text)
+    assert sorted(_codes(stale.text)) == sorted(s["tracking_code"] for s in (photo, rated, newer))
+    assert await _audit(intake, "person.erase") == [] and await intake.count(Contact) == 4
+    again = _shown_ids(stale.text)
+    done = await intake.client.post("/privacy/erase", data={**person, "confirm": "yes", "signal_id": again})
+    assert done.status_code == 200, done.text
+    assert "Verwijderd: 3 melding(en)" in done.text
 
 
 # -- forged forms -----------------------------------------------------------------------------------

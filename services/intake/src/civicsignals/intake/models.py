@@ -376,6 +376,12 @@ class ErasureRequest(PersonSelection):
     )
 
     dry_run: bool = Field(default=False, description="find the signals, erase nothing")
+    signal_ids: list[str] | None = Field(
+        default=None,
+        max_length=1000,
+        description="the signals the dry run listed and the officer confirmed: erase only when the "
+        "person's signals are exactly these (else 409 signals-changed with the current list)",
+    )
 
 
 class PersonSignal(BaseModel):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -208,10 +209,12 @@ async def erase_signals(
 
 @dataclass
 class PersonErasure:
-    """What one erasure request found and, unless it was only a look, erased."""
+    """What one erasure request found and, unless it was only a look or the signals were not the
+    ones confirmed (``changed``), erased."""
 
     signals: list[Signal]
     erased: ErasureResult | None
+    changed: bool = False
 
 
 async def erase_person(
@@ -224,12 +227,21 @@ async def erase_person(
     actor: str,
     attachments_dir: Path,
     dry_run: bool,
+    confirmed: Collection[str] | None = None,
 ) -> PersonErasure:
-    """One erasure request, from the command line or the privacy API: find the person's signals,
-    then (not in a dry run) erase them in one transaction, ``signal.erased`` included."""
+    """One erasure request, from the command line, the privacy API or the privacy desk: find the
+    person's signals, then (not in a dry run) erase them in one transaction, ``signal.erased``
+    included.
+
+    ``confirmed`` are the signals the officer was shown and agreed to erase (the dry run's list).
+    When the person's signals are not exactly those any more (a new signal came in with the same
+    address, one was erased meanwhile), nothing is erased and ``changed`` says so: the officer
+    confirmed a list, not a search."""
     async with sessions() as session:
         ids = await signals_of_person(session, cipher, tenant, by, value)
         found = await _signals_in_order(session, tenant, ids)
+    if confirmed is not None and {signal.id for signal in found} != set(confirmed):
+        return PersonErasure(found, None, changed=True)
     if dry_run or not found:
         return PersonErasure(found, None if dry_run else ErasureResult(0, 0, 0))
     async with sessions() as session, session.begin():

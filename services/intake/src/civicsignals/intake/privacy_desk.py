@@ -30,6 +30,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from pydantic import ValidationError
+from starlette.datastructures import FormData
 
 from civicsignals.common.auth import Principal, authenticate, get_registry
 from civicsignals.common.problems import Problem
@@ -109,7 +110,7 @@ def _municipality(request: Request, tenant: str) -> str:
     return found.name if found else tenant
 
 
-async def _form(request: Request) -> Mapping[str, Any]:
+async def _form(request: Request) -> FormData:
     return await request.form()
 
 
@@ -227,7 +228,7 @@ class Posted:
     """A desk form that passed the checks: who posted it, its fields, its language, the person."""
 
     officer: Principal
-    form: Mapping[str, Any]
+    form: FormData
     lang: str
     person: tuple[privacy.PersonSelector, str]
 
@@ -256,13 +257,18 @@ async def _found_page(
     status_code: int = 200,
     confirm_error: str | None = None,
     access_error: str | None = None,
+    outcome: privacy.PersonErasure | None = None,
 ) -> HTMLResponse:
-    """The signals the erasure would erase (its dry run: nothing changes), with the buttons."""
+    """The signals the erasure would erase (its dry run: nothing changes, unless ``outcome`` is the
+    list an erasure found already), with the buttons. The erase form carries their ids: the
+    erasure erases exactly the signals shown (:func:`privacy.erase_person`'s ``confirmed``)."""
     by, value = person
-    outcome = await privacy_views.erase_person(_context(request), officer, by, value, dry_run=True)
+    if outcome is None:
+        outcome = await privacy_views.erase_person(_context(request), officer, by, value, dry_run=True)
     zone = timezone_of(get_registry(request).get(officer.tenant))
     signals = [
         {
+            "signal_id": signal.id,
             "tracking_code": signal.tracking_code,
             "received": _when(signal.received_at, lang, zone),
             "erased_before": _when(signal.erased_at, lang, zone) if signal.erased_at else None,
@@ -326,7 +332,9 @@ async def download(request: Request) -> Response:
 @router.post("/privacy/erase")
 async def erase(request: Request) -> Response:
     """Erases as the API does, once the officer confirmed the requester's identity; without the
-    confirmation the found signals come back with the box to tick, and nothing is erased."""
+    confirmation the found signals come back with the box to tick, and nothing is erased. Only
+    the signals the page showed are erased: when the person's signals changed since (a new one
+    came in), the new list comes back to be confirmed (409), and nothing is erased."""
     posted = await _checked(request)
     if isinstance(posted, Response):
         return posted
@@ -334,7 +342,13 @@ async def erase(request: Request) -> Response:
     if str(posted.form.get("confirm") or "") != "yes":
         return await _found_page(request, officer, lang, posted.person, 422, WORDS[lang]["confirm_needed"])
     by, value = posted.person
-    outcome = await privacy_views.erase_person(_context(request), officer, by, value, dry_run=False)
+    shown = [str(signal_id) for signal_id in posted.form.getlist("signal_id")]
+    outcome = await privacy_views.erase_person(
+        _context(request), officer, by, value, dry_run=False, confirmed=shown
+    )
+    if outcome.changed:
+        changed = WORDS[lang]["signals_changed"]
+        return await _found_page(request, officer, lang, posted.person, 409, changed, outcome=outcome)
     erased = outcome.erased or privacy.ErasureResult(0, 0, 0)
     return _page(
         request,

@@ -11,6 +11,7 @@ says ``Cache-Control: no-store``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -93,10 +94,17 @@ async def person_document(
 
 
 async def erase_person(
-    ctx: flows.IntakeContext, officer: Principal, by: privacy.PersonSelector, value: str, *, dry_run: bool
+    ctx: flows.IntakeContext,
+    officer: Principal,
+    by: privacy.PersonSelector,
+    value: str,
+    *,
+    dry_run: bool,
+    confirmed: Collection[str] | None = None,
 ) -> privacy.PersonErasure:
     """A person's erasure (or, ``dry_run``, what it would erase) by ``officer`` (the API and the
-    privacy desk); the outbox relay is woken for the ``signal.erased`` events it committed."""
+    privacy desk), of exactly the ``confirmed`` signals when given (:func:`privacy.erase_person`);
+    the outbox relay is woken for the ``signal.erased`` events it committed."""
     outcome = await privacy.erase_person(
         ctx.runtime.sessions,
         ctx.cipher,
@@ -106,6 +114,7 @@ async def erase_person(
         actor=officer.actor,
         attachments_dir=ctx.settings.attachments_dir,
         dry_run=dry_run,
+        confirmed=confirmed,
     )
     if outcome.erased is not None and outcome.erased.signals:
         ctx.runtime.events_committed()
@@ -239,6 +248,14 @@ async def access_request(
             },
         },
         **SELECTION_PROBLEMS,
+        409: problem(
+            409,
+            "The person's signals are no longer exactly the signal_ids confirmed: nothing was erased; "
+            "the answer lists them as they are now",
+            "Conflict",
+            "the person's signals changed since they were confirmed: nothing was erased; check them again",
+            "signals-changed",
+        ),
     },
 )
 async def erasure_request(
@@ -247,21 +264,34 @@ async def erasure_request(
     """Erases as ``civicsignals-intake erase --yes`` does, in one transaction with the
     ``signal.erased`` events; with ``dry_run`` it only lists the signals. Asking again is safe:
     an erased signal is found again only by its tracking code, and erasing it again changes
-    nothing that was left."""
+    nothing that was left. With ``signal_ids`` (the dry run's list, as the officer confirmed it)
+    it erases only when the person's signals are exactly those: else 409 with the list as it is
+    now, and nothing erased."""
     by, value = _person(body)
-    outcome = await erase_person(_context(request), principal, by, value, dry_run=body.dry_run)
+    outcome = await erase_person(
+        _context(request), principal, by, value, dry_run=body.dry_run, confirmed=body.signal_ids
+    )
     response.headers.update(NO_STORE)
+    signals = [
+        PersonSignal(
+            signal_id=signal.id,
+            tracking_code=signal.tracking_code,
+            received_at=signal.received_at,
+            erased_before=signal.erased_at,
+        )
+        for signal in outcome.signals
+    ]
+    if outcome.changed:
+        raise Problem(
+            409,
+            "the person's signals changed since they were confirmed: nothing was erased; check them again",
+            slug="signals-changed",
+            headers=dict(NO_STORE),
+            signals=[signal.model_dump(mode="json") for signal in signals],
+        )
     return ErasureOutcome(
         dry_run=body.dry_run,
-        signals=[
-            PersonSignal(
-                signal_id=signal.id,
-                tracking_code=signal.tracking_code,
-                received_at=signal.received_at,
-                erased_before=signal.erased_at,
-            )
-            for signal in outcome.signals
-        ],
+        signals=signals,
         erased=None
         if outcome.erased is None
         else ErasureCounts(
