@@ -246,6 +246,7 @@ def banner(
         "",
         f"Dashboard: {GATEWAY_URL}/dashboard (sign in with the key in {_display_path(data_dir / 'dev-api-key')})",
         f'Public "you said, we did" page: {GATEWAY_URL}/transparency/demo',
+        f"Privacy desk (access and erasure requests): {GATEWAY_URL}/privacy (the same key)",
         "",
         "Press Ctrl-C to stop everything.",
         "",
