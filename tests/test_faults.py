@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -380,7 +381,11 @@ class WebhookReceiver(threading.Thread):
 
 async def wait_for_work_in_flight(stack: Stack, victim: str, log: PostLog, timeout: float) -> str:
     """Return (describing it) once ``victim`` holds work it has not finished: for intake, requests
-    in flight; for a consumer, messages its durable consumers were given and it has not acked."""
+    in flight; for a consumer, messages its durable consumers were given and it has not acked.
+
+    A consumer is frozen (SIGSTOP) while JetStream is asked, and left frozen when it holds some,
+    so that it cannot finish that batch between the look and the kill (on a fast machine a batch
+    took less than the look); when it holds none it runs on (SIGCONT) and is looked at again."""
     deadline = time.monotonic() + timeout
     seen = "nothing yet"
     while time.monotonic() < deadline:
@@ -390,9 +395,13 @@ async def wait_for_work_in_flight(stack: Stack, victim: str, log: PostLog, timeo
             seen = "no request in flight"
             await asyncio.sleep(0.01)
             continue
+        pid = stack.supervisor.pid(victim)
+        assert pid is not None, f"{victim} is not running"
+        os.kill(pid, signal.SIGSTOP)
         held = await consumers_in_flight(stack.nats.url, f"{victim}-")
         if sum(held.values()) > 0:
-            return f"unacknowledged {held}"
+            return f"unacknowledged {held}"  # still frozen: the caller kills it
+        os.kill(pid, signal.SIGCONT)
         seen = f"unacknowledged {held}"
         await asyncio.sleep(0.02)
     raise AssertionError(f"{victim} never held work in flight within {timeout:.0f}s: {seen}")
