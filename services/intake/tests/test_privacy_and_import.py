@@ -426,12 +426,16 @@ async def test_erase_and_rotate_commands(
     dry = await cli.run_erase(
         IntakeSettings(), cli_args(["erase", "--tenant", "gouda", "--email", "jan@example.org"])
     )
-    assert dry == 0 and "1 signal(s) of this person would be erased" in capsys.readouterr().out
-    assert await intake.get(Contact, signal_id) is not None
+    looked = capsys.readouterr().out
+    assert dry == 0 and "1 signal(s) of this person would be erased" in looked
     code = (await intake.get(Signal, signal_id)).tracking_code
-    done = await cli.run_erase(
-        IntakeSettings(), cli_args(["erase", "--tenant", "gouda", "--tracking-code", code.lower(), "--yes"])
-    )
+    assert f"  {signal_id}  {code}  received " in looked and "jan@example.org" not in looked
+    assert await intake.get(Contact, signal_id) is not None
+    by_code = ["erase", "--tenant", "gouda", "--tracking-code", code.lower(), "--yes"]
+    other = await cli.run_erase(IntakeSettings(), cli_args([*by_code, "--signal-id", "01OTHER"]))
+    assert other == 1 and "nothing erased" in capsys.readouterr().err
+    assert await intake.get(Contact, signal_id) is not None
+    done = await cli.run_erase(IntakeSettings(), cli_args([*by_code, "--signal-id", signal_id]))
     assert done == 0 and "erased: 1 signal(s), 1 contact(s), 1 attachment file(s)" in capsys.readouterr().out
     assert await intake.get(Contact, signal_id) is None
 

@@ -3,7 +3,7 @@
     civicsignals-intake serve
     civicsignals-intake migrate [--revision R]
     civicsignals-intake import FILE --tenant demo [--format csv|jsonl] [--delimiter ;] [--no-progress]
-    civicsignals-intake erase --tenant demo (--email X | --phone X | --tracking-code C) [--yes]
+    civicsignals-intake erase --tenant demo (--email X | --phone X | --tracking-code C) [--yes [--signal-id ID ...]]
     civicsignals-intake access --tenant demo (--email X | --phone X | --tracking-code C) --out FILE.json
         [--with-files DIR] [--force] [--without-case-notes]
     civicsignals-intake rotate-keys
@@ -64,6 +64,14 @@ def _add_commands(commands: Any) -> None:
     erase = commands.add_parser("erase", help="erase one person's data (AVG article 17)")
     _person_arguments(erase)
     erase.add_argument("--yes", action="store_true", help="do it; without it, only say what would be erased")
+    erase.add_argument(
+        "--signal-id",
+        action="append",
+        dest="signal_ids",
+        metavar="ID",
+        help="with --yes: erase only when the person's signals are exactly these (repeat it for each "
+        "signal the look listed); otherwise nothing is erased and the list as it is now is shown",
+    )
     access = commands.add_parser(
         "access",
         help="write what intake keeps about one person to a JSON file (AVG articles 15 and 20)",
@@ -188,9 +196,25 @@ async def run_erase(settings: IntakeSettings, args: argparse.Namespace) -> int:
             actor="cli:erase",
             attachments_dir=settings.attachments_dir,
             dry_run=not args.yes,
+            confirmed=args.signal_ids,
         )
+    for signal in outcome.signals:  # ids, codes and times only: never the person's data
+        erased_before = f", erased before at {signal.erased_at.isoformat()}" if signal.erased_at else ""
+        print(
+            f"  {signal.id}  {signal.tracking_code}  received {signal.received_at.isoformat()}{erased_before}"
+        )
+    if outcome.changed:
+        print(
+            "the person's signals are not the --signal-id given (listed above as they are now); "
+            "nothing erased",
+            file=sys.stderr,
+        )
+        return 1
     if outcome.erased is None:
-        print(f"{len(outcome.signals)} signal(s) of this person would be erased; add --yes to erase them")
+        print(
+            f"{len(outcome.signals)} signal(s) of this person would be erased; add --yes to erase them "
+            "(and --signal-id for each one above, to erase exactly those)"
+        )
         return 0
     result = outcome.erased
     print(

@@ -50,7 +50,8 @@ PAGE_HEADERS = {
     "Vary": "Accept",
 }
 
-_ENV = Environment(
+#: Intake's HTML templates (the resident's pages and the privacy desk), escaped by default.
+TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(default=True),
     undefined=StrictUndefined,
@@ -209,7 +210,7 @@ def _when(value: datetime, language: str, timezone: str) -> str:
 
 
 def _render(template: str, status_code: int, **values: Any) -> HTMLResponse:
-    html = _ENV.get_template(template).render(**values)
+    html = TEMPLATES.get_template(template).render(**values)
     return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
 
 

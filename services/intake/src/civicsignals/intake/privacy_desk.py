@@ -20,7 +20,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -28,7 +27,6 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from pydantic import ValidationError
 from starlette.datastructures import FormData
 
@@ -38,7 +36,7 @@ from civicsignals.common.web_login import WebLogin, sign
 from civicsignals.common.wording import DEFAULT_LANGUAGE, format_date, language_of, timezone_of
 from civicsignals.intake import casenotes, flows, privacy, privacy_views
 from civicsignals.intake.models import PersonSelection
-from civicsignals.intake.pages import PAGE_HEADERS
+from civicsignals.intake.pages import PAGE_HEADERS, TEMPLATES
 from civicsignals.intake.privacy_desk_words import INVALID_FIELD, WORDS
 
 LOGIN = WebLogin(
@@ -51,14 +49,6 @@ PERSON_FIELDS: tuple[privacy.PersonSelector, ...] = ("email", "phone", "tracking
 HEADERS = {name: value for name, value in PAGE_HEADERS.items() if name != "Vary"}
 
 router = APIRouter(include_in_schema=False)
-
-_ENV = Environment(
-    loader=FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=select_autoescape(default=True),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 
 
 def _context(request: Request) -> flows.IntakeContext:
@@ -84,7 +74,7 @@ def _render(
     request: Request, template: str, lang: str, status_code: int = 200, **values: Any
 ) -> HTMLResponse:
     other = "en" if lang == "nl" else "nl"
-    html = _ENV.get_template(template).render(
+    html = TEMPLATES.get_template(template).render(
         lang=lang,
         t=WORDS[lang],
         other_link=_with_lang("/privacy", other),
