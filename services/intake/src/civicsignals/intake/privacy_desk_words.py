@@ -55,7 +55,7 @@ WORDS: dict[str, dict[str, str]] = {
         "verwijderen.",
         "confirm_needed": "Vink aan dat u de identiteit van de verzoeker hebt gecontroleerd.",
         "signals_changed": "De meldingen van deze persoon zijn veranderd sinds u zocht. Er is niets "
-        "verwijderd: controleer de lijst hieronder en bevestig opnieuw.",
+        "verwijderd: controleer de lijst hierboven en bevestig opnieuw.",
         "case_notes_unavailable": "Het inzagedocument kan nu niet worden gemaakt: de zaakbehandeling "
         "(routing), die de interne notities bij de zaken bewaart, antwoordt niet. Er is niets "
         "opgevraagd of vastgelegd. Probeer het over een minuut opnieuw.",
@@ -120,7 +120,7 @@ WORDS: dict[str, dict[str, str]] = {
         "confirm": "I have verified the requester's identity and want to erase {count} signal(s).",
         "confirm_needed": "Tick the box to confirm that you verified the requester's identity.",
         "signals_changed": "This person's signals changed since you searched. Nothing was erased: "
-        "check the list below and confirm again.",
+        "check the list above and confirm again.",
         "case_notes_unavailable": "The access document cannot be made now: case handling (routing), "
         "which keeps the internal notes of the cases, does not answer. Nothing was read or recorded. "
         "Try again in a minute.",
