@@ -96,21 +96,16 @@ async def case_notes(source: RoutingCases, tenant: str, case_ids: Iterable[str])
 
 
 def _service_key(source: RoutingCases, tenant: str, url: str) -> str:
-    """Intake's key for routing, read as the updates read it; a missing or empty file is the
-    caller's to report (with the scopes the key needs), not a second message in the log."""
-    path = source.keys_dir / tenant
-    missing = CaseNotesUnavailable(
-        url, f"intake has no service key for routing at {path} (scopes cases:read and cases:write)"
-    )
-    try:
-        if not path.read_text(encoding="utf-8").strip():
-            raise missing
-    except OSError:
-        raise missing from None
-    try:
-        return caseupdates.service_key(source.keys_dir, tenant)
-    except caseupdates.NoServiceKey:
-        raise missing from None
+    """Intake's key for routing, as the updates read it; a missing or empty file is the caller's
+    to report (with the scopes the key needs), not a second message in the log."""
+    key = caseupdates.stored_service_key(source.keys_dir, tenant)
+    if key is None:
+        raise CaseNotesUnavailable(
+            url,
+            f"intake has no service key for routing at {source.keys_dir / tenant} "
+            "(scopes cases:read and cases:write)",
+        )
+    return key
 
 
 async def _notes_of_case(source: RoutingCases, key: str, case_id: str) -> list[CaseNote]:

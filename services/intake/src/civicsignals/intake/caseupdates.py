@@ -47,13 +47,19 @@ class RoutingRefused(RuntimeError):
         self.detail = detail
 
 
-def service_key(keys_dir: Path, tenant: str) -> str:
-    path = keys_dir / tenant
+def stored_service_key(keys_dir: Path, tenant: str) -> str | None:
+    """Intake's key for routing for ``tenant`` (``<keys_dir>/<tenant>``), or None when there is none."""
     try:
-        key = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        key = ""
-    if not key:
+        return (keys_dir / tenant).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def service_key(keys_dir: Path, tenant: str) -> str:
+    """The key, or :class:`NoServiceKey` with an error in the log that says how to make one."""
+    path = keys_dir / tenant
+    key = stored_service_key(keys_dir, tenant)
+    if key is None:
         log.error(
             "no service key for routing at %s; create one with scopes cases:read and cases:write for tenant %s",
             path,

@@ -203,14 +203,10 @@ def read_person(
     except ValidationError as exc:
         fields = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
         return None, {field: words[INVALID_FIELD[field]] for field in PERSON_FIELDS if field in fields}
-    given = [
-        (field, getattr(selection, field)) for field in PERSON_FIELDS if getattr(selection, field) is not None
-    ]
-    if len(given) != 1:
-        named = [field for field, _ in given] or list(PERSON_FIELDS)
-        return None, {field: words["exactly_one"] for field in named}
-    field, value = given[0]
-    return (field, str(value)), {}
+    try:
+        return privacy_views.person_of(selection), {}
+    except Problem as not_one:  # none or more than one: the API's 422, its fields in the page's words
+        return None, {error["pointer"].lstrip("/"): words["exactly_one"] for error in not_one.errors or []}
 
 
 @dataclass(frozen=True)

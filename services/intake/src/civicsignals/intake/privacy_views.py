@@ -121,7 +121,7 @@ async def erase_person(
     return outcome
 
 
-def _person(selection: PersonSelection) -> tuple[privacy.PersonSelector, str]:
+def person_of(selection: PersonSelection) -> tuple[privacy.PersonSelector, str]:
     """The one way the body selects the person; 422 naming the fields when it is not exactly one."""
     offered: tuple[tuple[privacy.PersonSelector, str | None], ...] = (
         ("email", selection.email),
@@ -208,7 +208,7 @@ async def access_request(
     its own service key. Each signal's read is audited as ``person.access`` before the answer is
     sent. When routing cannot be asked the answer is a 503, never a document without the notes,
     and no read is audited: nothing left intake."""
-    by, value = _person(selection)
+    by, value = person_of(selection)
     try:
         document = await person_document(_context(request), principal, by, value)
     except casenotes.CaseNotesUnavailable:
@@ -267,7 +267,7 @@ async def erasure_request(
     nothing that was left. With ``signal_ids`` (the dry run's list, as the officer confirmed it)
     it erases only when the person's signals are exactly those: else 409 with the list as it is
     now, and nothing erased."""
-    by, value = _person(body)
+    by, value = person_of(body)
     outcome = await erase_person(
         _context(request), principal, by, value, dry_run=body.dry_run, confirmed=body.signal_ids
     )
