@@ -331,3 +331,27 @@ def test_the_topic_index_gives_the_same_decisions_as_evaluating_every_rule() -> 
             explained.matched,
             explained.informed,
         )
+
+
+SHIPPED_TENANTS = sorted(
+    folder
+    for folder in (Path(__file__).resolve().parents[3] / "config" / "tenants").iterdir()
+    if folder.is_dir()
+)
+
+
+@pytest.mark.parametrize("folder", SHIPPED_TENANTS, ids=lambda folder: folder.name)
+def test_shipped_promises_speak_every_language_of_their_tenant(folder: Path) -> None:
+    """A plain-text promise reaches every resident as it is: in a tenant with Dutch and English an
+    English-speaking resident read "We bekijken uw melding …" in an English mail. The shipped
+    folders are what `make run` and new municipalities start from, so each of their promises is
+    given in every language the tenant names."""
+    languages = yaml.safe_load((folder / "tenant.yaml").read_text(encoding="utf-8"))["languages"]
+    rules = parse_rules((folder / "rules.yaml").read_text(encoding="utf-8"), f"{folder.name} rules.yaml")
+    actions = {"triage": rules.triage} | {rule.id: rule.action for rule in rules.rules}
+    promises = {name: action.service_promise for name, action in actions.items() if action.service_promise}
+    assert promises, "the tenant's rules make no promise at all"
+    for name, promise in promises.items():
+        assert isinstance(promise, dict), f"{name}: a promise in one language only"
+        assert sorted(promise) == sorted(languages), f"{name}: {sorted(promise)} against {languages}"
+        assert all(text.strip() for text in promise.values()), f"{name}: an empty promise"
