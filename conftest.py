@@ -66,6 +66,11 @@ POSTGRES_ENV = "CIVIC_TEST_POSTGRES_URL"
 
 T = TypeVar("T")
 
+# The tests that read spans (the ``spans`` fixture) add their collector to the provider a service
+# installs without an exporter, which records only what its caller samples
+# (``telemetry.make_tracer_provider``); the tests want every span, as an exporter would.
+os.environ.setdefault("OTEL_TRACES_SAMPLER", "always_on")
+
 
 # -- NATS ------------------------------------------------------------------------------------------
 

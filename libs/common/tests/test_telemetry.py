@@ -11,7 +11,12 @@ from fastapi import FastAPI, Response
 from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags, TraceState
 
-from civicsignals.common.telemetry import RequestObserver, extract_trace_context, inject_trace_headers
+from civicsignals.common.telemetry import (
+    RequestObserver,
+    extract_trace_context,
+    inject_trace_headers,
+    make_tracer_provider,
+)
 
 SAMPLED = SpanContext(
     trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736,
@@ -92,3 +97,55 @@ async def test_request_observer_makes_one_server_span_per_request_under_the_call
     assert first.context.trace_id == SAMPLED.trace_id and first.parent.span_id == SAMPLED.span_id
     assert first.attributes is not None and first.attributes["http.route"] == "/v1/things/{thing_id}"
     assert finished["GET /v1/broken"].status.status_code == StatusCode.ERROR
+
+
+def _child_of(provider: Any, parent: SpanContext | None) -> tuple[bool, dict[str, str]]:
+    """Whether a span of ``provider`` under ``parent`` (a remote caller's context, or none: a root)
+    records, and the trace headers an event published inside it would carry."""
+    ctx = trace.set_span_in_context(NonRecordingSpan(parent)) if parent else context.Context()
+    with provider.get_tracer("test").start_as_current_span("consume", context=ctx) as span:
+        return span.is_recording(), inject_trace_headers({})
+
+
+def test_without_an_exporter_spans_are_not_recorded_but_every_event_still_carries_its_trace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    provider = make_tracer_provider("test", "none")
+
+    root, headers = _child_of(provider, None)
+    assert not root
+    version, trace_id, span_id, flags = headers["traceparent"].split("-")
+    assert version == "00" and int(trace_id, 16) and int(span_id, 16)
+    assert not int(flags, 16) & TraceFlags.SAMPLED
+
+    unsampled, headers = _child_of(provider, WITH_STATE)
+    assert not unsampled
+    assert headers["traceparent"].startswith(f"00-{WITH_STATE.trace_id:032x}-")
+
+    # A caller that samples its trace is followed: the flag goes on as it came.
+    followed, headers = _child_of(provider, SAMPLED)
+    assert followed
+    assert headers["traceparent"].startswith(f"00-{SAMPLED.trace_id:032x}-")
+    assert int(headers["traceparent"][-2:], 16) & TraceFlags.SAMPLED
+
+
+def test_with_an_exporter_every_span_is_recorded_even_under_a_caller_that_does_not_trace(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    spans = tmp_path / "spans.jsonl"
+    provider = make_tracer_provider("test", "jsonl", spans)
+    span, headers = _child_of(provider, WITH_STATE)
+    assert span and int(headers["traceparent"][-2:], 16) & TraceFlags.SAMPLED
+    written = spans.read_text(encoding="utf-8").splitlines()
+    assert len(written) == 1 and f"{WITH_STATE.trace_id:032x}" in written[0]
+
+
+def test_opentelemetrys_own_sampler_variable_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    root, _ = _child_of(make_tracer_provider("test", "none"), None)
+    assert root
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    followed, _ = _child_of(make_tracer_provider("test", "jsonl", None), SAMPLED)
+    assert not followed
