@@ -1,14 +1,26 @@
-"""The staff pages' login cookie and form token (:mod:`civicsignals.common.web_login`): what a
-cookie holds, when it stops being valid, where its signing key comes from, and that a form's
-token belongs to one login. The cookie against the key registry (a revoked key ends the login)
-is proven through the services' pages: insights' test_api and intake's test_privacy_desk."""
+"""The staff pages' login cookie, form token and sign-in throttle
+(:mod:`civicsignals.common.web_login`): what a cookie holds, when it stops being valid, where its
+signing key comes from, that a form's token belongs to one login, and the throttle's arithmetic
+on a clock the test moves. The cookie against the key registry (a revoked key ends the login) and
+the throttle in front of it are proven through the services' pages: insights' test_api and
+test_login_throttle, intake's test_privacy_desk."""
 
 from __future__ import annotations
 
 import stat
 from pathlib import Path
 
-from civicsignals.common.web_login import WebLogin, form_token, form_token_matches, load_secret, sign, verify
+import pytest
+
+from civicsignals.common.web_login import (
+    SignInThrottle,
+    WebLogin,
+    form_token,
+    form_token_matches,
+    load_secret,
+    sign,
+    verify,
+)
 
 SECRET = b"s" * 32
 NOW = 1_800_000_000.0
@@ -60,3 +72,131 @@ def test_a_form_token_belongs_to_one_login() -> None:
     assert not form_token_matches(SECRET, one, "")
     assert not form_token_matches(SECRET, None, token)
     assert token not in one and one.split(".")[-1] != token
+
+
+# -- the sign-in throttle ---------------------------------------------------------------------------
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fail(throttle: SignInThrottle, client: str, times: int) -> list[int]:
+    """``times`` attempts with a wrong key: what :meth:`SignInThrottle.admit` said to each."""
+    return [throttle.admit(client) for _ in range(times)]
+
+
+def test_a_client_may_fail_a_burst_of_times_then_waits_for_the_refill() -> None:
+    clock = Clock()
+    throttle = SignInThrottle(burst=3, per_minute=5, clock=clock)  # one failure back every 12 s
+
+    assert _fail(throttle, "10.0.0.1", 3) == [0, 0, 0]
+    assert throttle.admit("10.0.0.1") == 12
+    clock.now += 0.5
+    assert throttle.admit("10.0.0.1") == 12  # 11.5 s left: whole seconds, rounded up
+    clock.now += 11.2
+    assert throttle.admit("10.0.0.1") == 1  # 0.3 s left: never "0", which would mean "go ahead"
+    clock.now += 0.3
+    assert throttle.admit("10.0.0.1") == 0  # one failure refilled: one more attempt
+    assert throttle.admit("10.0.0.1") == 12
+
+
+def test_refused_attempts_spend_nothing_and_a_long_wait_refills_no_more_than_the_burst() -> None:
+    clock = Clock()
+    throttle = SignInThrottle(burst=2, per_minute=6, clock=clock)  # 10 s a failure
+    _fail(throttle, "a", 2)
+
+    assert _fail(throttle, "a", 50) == [10] * 50  # hammering does not push the wait further out
+    clock.now += 10
+    assert throttle.admit("a") == 0
+    clock.now += 3600
+    assert _fail(throttle, "a", 3) == [0, 0, 10]
+
+
+def test_a_successful_sign_in_costs_nothing() -> None:
+    clock = Clock()
+    throttle = SignInThrottle(burst=3, per_minute=5, clock=clock)
+
+    for _ in range(20):  # far more sign-ins than the burst, at the same instant
+        assert throttle.admit("a") == 0
+        throttle.succeeded("a")
+    assert _fail(throttle, "a", 2) == [0, 0]
+    assert throttle.admit("a") == 0
+    throttle.succeeded("a")  # the third attempt was the right key: the last failure is still there
+    assert _fail(throttle, "a", 2) == [0, 12]
+
+    assert throttle.admit("b") == 0
+    clock.now += 3600  # a slow sign-in: the allowance refilled meanwhile
+    throttle.succeeded("b")
+    assert _fail(throttle, "b", 4) == [0, 0, 0, 12]  # and giving back did not raise it past the burst
+
+    _fail(throttle, "c", 2)
+    assert throttle.admit("c") == 0  # the right key, its check slow
+    clock.now += 6  # half a failure refilled meanwhile
+    throttle.succeeded("c")
+    assert _fail(throttle, "c", 2) == [0, 6]  # and kept: the next one is 6 s away, not 12
+
+
+def test_attempts_in_flight_at_once_cannot_spend_more_than_the_allowance() -> None:
+    """Each attempt takes its failure before its key is checked: two checked at the same time
+    with one failure left cannot both go ahead."""
+    throttle = SignInThrottle(burst=2, per_minute=5, clock=Clock())
+    assert throttle.admit("a") == 0
+
+    first, second = throttle.admit("a"), throttle.admit("a")
+
+    assert (first, second) == (0, 12)
+    throttle.succeeded("a")  # the first was the right key: its failure comes back
+    assert throttle.admit("a") == 0
+
+
+def test_every_address_has_its_own_allowance() -> None:
+    clock = Clock()
+    throttle = SignInThrottle(burst=2, per_minute=5, clock=clock)
+    _fail(throttle, "192.0.2.7", 2)
+
+    assert throttle.admit("192.0.2.7") == 12
+    assert _fail(throttle, "192.0.2.8", 2) == [0, 0]
+    assert _fail(throttle, "2001:db8::1", 2) == [0, 0]
+    assert throttle.admit("192.0.2.8") == 12 and throttle.admit("192.0.2.7") == 12
+
+
+def test_the_memory_bound_forgets_the_least_recent_clients_in_their_favour() -> None:
+    """Past ``max_clients`` the least recent client's count is forgotten: it starts full again,
+    and a success reported for a forgotten client changes nothing."""
+    throttle = SignInThrottle(burst=1, per_minute=1, clock=Clock(), max_clients=2)
+    assert throttle.admit("a") == 0
+    _fail(throttle, "b", 1)
+    _fail(throttle, "c", 1)  # "a" forgotten, its attempt still in flight
+
+    throttle.succeeded("a")
+
+    assert throttle.admit("a") == 0 and throttle.admit("a") == 60
+    assert throttle.admit("c") == 60
+
+
+def test_a_throttle_needs_a_positive_burst_and_rate() -> None:
+    for burst, per_minute in ((0, 5.0), (10, 0.0), (10, -1.0)):
+        with pytest.raises(ValueError, match="positive rate"):
+            SignInThrottle(burst=burst, per_minute=per_minute)
+
+
+@pytest.mark.parametrize("per_minute", [5, 7, 0.5, 13, 60])
+def test_a_client_that_waits_exactly_the_retry_after_it_was_told_gets_through(per_minute: float) -> None:
+    """Even when the wait passes in steps whose floating-point sum falls a hair short of it."""
+    clock = Clock()
+    throttle = SignInThrottle(burst=10, per_minute=per_minute, clock=clock)
+    _fail(throttle, "a", 10)
+    retry_after = throttle.admit("a")
+    steps = 7
+    for _ in range(steps):
+        assert throttle.admit("a") > 0
+        clock.now += retry_after / steps
+
+    assert throttle.admit("a") == 0

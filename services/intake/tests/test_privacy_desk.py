@@ -1,12 +1,14 @@
 """The privacy desk (``/privacy``): the privacy API as web pages for the privacy officer, on the
-real databases and NATS. Signing in with a key, finding a person by exactly one detail, the
-access document as a download (the API's own), the erasure behind a confirmation, the form token,
-no person in any URL, ``no-store`` everywhere, tenants apart; and the pages in headless Chromium."""
+real databases and NATS. Signing in with a key (and the throttle of failed sign-ins per client
+address), finding a person by exactly one detail, the access document as a download (the API's
+own), the erasure behind a confirmation, the form token, no person in any URL, ``no-store``
+everywhere, tenants apart; and the pages in headless Chromium."""
 
 from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -15,12 +17,16 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from sqlmodel import col, select
 
 from civicsignals.common.tenants import add_key
+from civicsignals.common.web_login import SignInThrottle
 from civicsignals.devstack.browser import chromium, find_chromium, served
 from civicsignals.intake.models import AuditRecord, Contact, Signal
+from civicsignals.intake.privacy_desk import LOGIN
 from civicsignals.intake.privacy_desk_words import WORDS
+from civicsignals.intake.settings import IntakeSettings
 
 from .conftest import Intake
 from .test_access_case_notes import STAND_IN_HISTORY, RoutingStandIn, routing_stand_in
@@ -121,6 +127,144 @@ async def test_revoking_the_key_or_signing_out_ends_the_login(intake: Intake) ->
     assert out.status_code == 303 and out.headers["location"] == "/privacy/login"
     assert 'civic_privacy_desk=""' in out.headers["set-cookie"] or "Max-Age=0" in out.headers["set-cookie"]
     assert (await intake.client.get("/privacy")).status_code == 303
+
+
+# -- too many failed sign-ins ----------------------------------------------------------------------
+
+WRONG_KEY = "cs_nope.nope"
+KEY_FIELD = re.compile(r'<input id="api_key"[^>]*>')
+
+
+class Clock:
+    """A monotonic clock the test moves by hand, for the desk's throttle."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _login_page_refusing(answer: httpx.Response, lang: str) -> str:
+    """Checks that ``answer`` is the desk's 429 (the login form again, in ``lang``, its key field
+    empty, no cookie, not kept by the browser) and returns the message it shows."""
+    assert answer.status_code == 429, answer.text
+    assert "set-cookie" not in answer.headers
+    assert answer.headers["cache-control"] == "no-store"
+    assert f'<html lang="{lang}">' in answer.text and 'action="/privacy/login"' in answer.text
+    field = KEY_FIELD.search(answer.text)
+    assert field is not None and "value=" not in field.group(0)
+    retry_after = int(answer.headers["retry-after"])
+    message = WORDS[lang]["too_many_failures"].format(seconds=retry_after)
+    assert message in html.unescape(answer.text)
+    return message
+
+
+class KeyLookups:
+    """Counts the key store's look-ups, wrapping the registry's own ``find_key``."""
+
+    def __init__(self, registry: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        original = registry.find_key
+
+        def counted(key_id: str) -> Any:
+            self.calls += 1
+            return original(key_id)
+
+        monkeypatch.setattr(registry, "find_key", counted)
+
+
+@pytest.mark.parametrize(
+    "intake_settings_overrides", [{"login_failures_burst": 3, "login_failures_per_minute": 2}]
+)
+async def test_once_an_address_has_failed_too_often_even_the_right_key_gets_429_and_others_sign_in(
+    intake: Intake, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings' burst of wrong keys (3 here), then the right key: refused with 429 and
+    ``Retry-After`` before the key store is asked, with the message in the page's language and a
+    warning that names neither key nor address. Another address signs in meanwhile."""
+    key_id, key = add_key(intake.gouda.folder, ["privacy:admin"], description="desk")
+    for _ in range(3):
+        wrong = await intake.client.post("/privacy/login", data={"api_key": WRONG_KEY})
+        assert wrong.status_code == 401, wrong.text
+    lookups = KeyLookups(intake.app.state.tenants, monkeypatch)
+
+    with caplog.at_level(logging.WARNING, logger="civicsignals.common.web_login"):
+        refused = await intake.client.post("/privacy/login", data={"api_key": key})
+        english = await intake.client.post("/privacy/login", data={"api_key": key, "lang": "en"})
+
+    _login_page_refusing(refused, "nl")
+    _login_page_refusing(english, "en")
+    assert 1 <= int(refused.headers["retry-after"]) <= 30  # a failure refills every 30 s at 2 a minute
+    assert lookups.calls == 0  # the key was not even looked up
+    assert (await intake.client.get("/privacy")).status_code == 303  # not signed in
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all("/privacy/login" in warning for warning in warnings), warnings
+    assert f"retry after {refused.headers['retry-after']} s" in warnings[0]
+    key_parts = {key[start : start + 6] for start in range(len(key) - 5)}  # "any part of it"
+    for warning in warnings:
+        assert [part for part in key_parts if part in warning] == [], warning
+        assert key_id not in warning and "127.0.0.1" not in warning
+
+    colleague = httpx.ASGITransport(app=intake.app, client=("192.0.2.44", 50123))
+    async with httpx.AsyncClient(transport=colleague, base_url="http://intake") as elsewhere:
+        signed_in = await elsewhere.post("/privacy/login", data={"api_key": key})
+        assert signed_in.status_code == 303 and "civic_privacy_desk=" in signed_in.headers["set-cookie"]
+        assert (await elsewhere.get("/privacy")).status_code == 200
+    assert lookups.calls > 0
+
+
+async def test_the_desk_lets_an_address_in_again_once_its_failures_refilled_and_success_costs_nothing(
+    intake: Intake,
+) -> None:
+    """The app's throttle, made from the settings (10 failures, 5 a minute), on a clock the test
+    moves: signing in costs nothing however often; the 11th attempt after 10 wrong keys waits 12 s;
+    after those 12 s the right key signs in."""
+    clock = Clock()
+    settings = intake.settings
+    LOGIN.use_throttle(
+        intake.app,
+        SignInThrottle(settings.login_failures_burst, settings.login_failures_per_minute, clock=clock),
+    )
+    _, key = add_key(intake.gouda.folder, ["privacy:admin"], description="desk")
+    for _ in range(settings.login_failures_burst + 5):
+        signed_in = await intake.client.post("/privacy/login", data={"api_key": key})
+        assert signed_in.status_code == 303, signed_in.text
+    intake.client.cookies.clear()
+
+    for _ in range(settings.login_failures_burst):
+        assert (await intake.client.post("/privacy/login", data={"api_key": WRONG_KEY})).status_code == 401
+    refused = await intake.client.post("/privacy/login", data={"api_key": key})
+    _login_page_refusing(refused, "nl")
+    assert refused.headers["retry-after"] == "12"
+    clock.now += 11.5
+    almost = await intake.client.post("/privacy/login", data={"api_key": key})
+    _login_page_refusing(almost, "nl")
+    assert almost.headers["retry-after"] == "1"
+
+    clock.now += 0.5
+    again = await intake.client.post("/privacy/login", data={"api_key": key})
+    assert again.status_code == 303 and "civic_privacy_desk=" in again.headers["set-cookie"]
+    assert (await intake.client.get("/privacy")).status_code == 200
+    # The refilled failure is still there after that success, and only the one.
+    assert (await intake.client.post("/privacy/login", data={"api_key": WRONG_KEY})).status_code == 401
+    assert (await intake.client.post("/privacy/login", data={"api_key": key})).status_code == 429
+
+
+def test_the_throttle_settings_are_read_from_the_environment_and_must_be_positive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CIVIC_INTAKE_LOGIN_FAILURES_BURST", "4")
+    monkeypatch.setenv("CIVIC_INTAKE_LOGIN_FAILURES_PER_MINUTE", "0.5")
+    settings = IntakeSettings()
+    assert (settings.login_failures_burst, settings.login_failures_per_minute) == (4, 0.5)
+    for wrong in (
+        {"login_failures_burst": 0},
+        {"login_failures_per_minute": 0},
+        {"login_failures_per_minute": -1},
+    ):
+        with pytest.raises(ValidationError):
+            IntakeSettings(**wrong)
 
 
 # -- finding a person -------------------------------------------------------------------------------

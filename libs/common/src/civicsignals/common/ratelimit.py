@@ -19,6 +19,11 @@ from collections.abc import Callable
 
 from civicsignals.common.problems import Problem
 
+ROUNDING_SLACK = 1e-9
+"""A token short by no more than this is a whole one: refills summed in steps of floating-point
+time can fall a hair short of the token that the wait a client was told promised it (12 s at
+5 a minute), and a client that waited exactly that long must get through."""
+
 
 class TokenBucketLimiter:
     """Token buckets keyed by a string; the least recently used are forgotten past ``max_keys``.
@@ -44,21 +49,38 @@ class TokenBucketLimiter:
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def _refilled(self, tokens: float, last: float, now: float) -> float:
+        return min(float(self.burst), tokens + (now - last) * self.rate_per_s)
+
     def acquire(self, key: str) -> float:
         """Take a token for ``key``: 0.0 when allowed, else the seconds until a token is free."""
         now = self._clock()
         with self._lock:
             tokens, last = self._buckets.pop(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate_per_s)
-            if tokens >= 1.0:
+            tokens = self._refilled(tokens, last, now)
+            if tokens >= 1.0 - ROUNDING_SLACK:
                 wait = 0.0
-                tokens -= 1.0
+                tokens = max(0.0, tokens - 1.0)
             else:
                 wait = (1.0 - tokens) / self.rate_per_s
             self._buckets[key] = (tokens, now)
             while len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
         return wait
+
+    def give_back(self, key: str) -> None:
+        """Return the token an :meth:`acquire` of ``key`` took, for a use that turned out not to
+        count (a sign-in throttle takes a token before it knows whether the attempt fails, so that
+        attempts made at the same moment cannot overdraw the bucket, and gives it back on success).
+
+        Never past the burst; a bucket forgotten meanwhile stays forgotten, since it comes back full.
+        """
+        now = self._clock()
+        with self._lock:
+            found = self._buckets.get(key)
+            if found is not None:
+                tokens, last = found
+                self._buckets[key] = (min(float(self.burst), self._refilled(tokens, last, now) + 1.0), now)
 
     def check(self, key: str, *, what: str = "this key") -> None:
         """Take a token or raise a 429 problem with ``Retry-After`` in whole seconds (at least 1)."""

@@ -11,6 +11,14 @@ service's pages opens no other's.
 Forms that change something also carry a token bound to the login (:meth:`WebLogin.form_token`,
 an HMAC of the cookie's value): SameSite=Strict already keeps other sites' forms from sending the
 cookie, and the token makes that hold in a browser that does not honour SameSite too.
+
+Signing in is throttled per client address (:class:`SignInThrottle`, :meth:`WebLogin.sign_in`):
+these forms check a key, so without a limit anyone who reaches them could guess keys as fast as
+the service answers. Only failed sign-ins spend the client's allowance; once it is spent, every
+attempt from that address is refused (429 with ``Retry-After``) before the key is looked at, the
+right key included, until the allowance has refilled. The throttle lives in each process, like
+:mod:`civicsignals.common.ratelimit`'s buckets it is made of: with N replicas a client may make up
+to N times the failures.
 """
 
 from __future__ import annotations
@@ -18,14 +26,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
+import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 
-from civicsignals.common.auth import Principal, get_registry
+from civicsignals.common.auth import Principal, authenticate, get_registry
+from civicsignals.common.problems import Problem
+from civicsignals.common.ratelimit import TokenBucketLimiter
+
+log = logging.getLogger(__name__)
 
 
 def load_secret(configured: str, data_dir: Path, filename: str) -> bytes:
@@ -99,6 +116,93 @@ def form_token_matches(secret: bytes, cookie_value: str | None, offered: str | N
     return hmac.compare_digest(form_token(secret, cookie_value), offered)
 
 
+class SignInThrottle:
+    """Failed sign-ins per client address: a token bucket of ``burst`` failures per address that
+    refills at ``per_minute`` failures a minute (:class:`TokenBucketLimiter`, whose injectable
+    clock lets the arithmetic be tested without a server).
+
+    An attempt takes a failure from the allowance *before* the key is checked, and a successful
+    sign-in gives it back (:meth:`succeeded`): a success costs nothing, and attempts made at the
+    same moment cannot together spend more than the allowance holds, as they could if each only
+    looked first and paid after a failure. An attempt refused for want of allowance spends nothing,
+    so waiting ``Retry-After`` seconds is always enough.
+    """
+
+    def __init__(
+        self,
+        burst: int,
+        per_minute: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_clients: int = 100_000,
+    ) -> None:
+        self.burst = burst
+        self.per_minute = per_minute
+        self._failures = TokenBucketLimiter(per_minute / 60.0, burst, max_keys=max_clients, clock=clock)
+
+    def admit(self, client: str) -> int:
+        """0 when ``client`` may try a key now (the attempt counts as failed until :meth:`succeeded`
+        says otherwise); else the whole seconds, at least 1, until it may try again."""
+        wait = self._failures.acquire(client)
+        return max(1, math.ceil(wait)) if wait > 0 else 0
+
+    def succeeded(self, client: str) -> None:
+        """The attempt :meth:`admit` let through signed in: it does not count as a failure."""
+        self._failures.give_back(client)
+
+
+class SignInLimits(Protocol):
+    """The settings a service's login throttle is made from (each service's own settings class
+    names them, so each has its own environment variables)."""
+
+    @property
+    def login_failures_burst(self) -> int: ...
+
+    @property
+    def login_failures_per_minute(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class SignInThrottled:
+    """Refused before the key was looked at: the client's failures are used up."""
+
+    retry_after_s: int
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+@dataclass(frozen=True)
+class SignInRefused:
+    """The key is not valid, revoked or expired: :func:`authenticate`'s 401 problem, whose detail
+    says which."""
+
+    problem: Problem
+
+
+@dataclass(frozen=True)
+class SignInLacksScope:
+    """A valid key without the scope the pages need (a failed sign-in all the same)."""
+
+    principal: Principal
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    principal: Principal
+
+
+SignInOutcome = SignInThrottled | SignInRefused | SignInLacksScope | SignedIn
+
+
+def client_address(request: Request) -> str:
+    """The address a sign-in is counted against: the connection's, which uvicorn has already
+    replaced by the forwarded one when the connection comes from a trusted proxy
+    (``FORWARDED_ALLOW_IPS``). Clients whose address the server does not know share one count."""
+    return request.client.host if request.client else "unknown"
+
+
 @dataclass(frozen=True)
 class WebLogin:
     """One service's staff login: its cookie's name and path, the scope its pages need, and the
@@ -126,3 +230,51 @@ class WebLogin:
 
     def form_token_matches(self, request: Request, secret: bytes, offered: str | None) -> bool:
         return form_token_matches(secret, self.cookie_value(request), offered)
+
+    @property
+    def _throttle_attribute(self) -> str:
+        return f"{self.cookie}_sign_in_throttle"
+
+    def throttle(self, app: Any, limits: SignInLimits) -> SignInThrottle:
+        """This login's throttle in ``app``, made from ``limits`` on first use. One per app, not one
+        per process: each app (each test's) starts with every client's allowance full."""
+        throttle: SignInThrottle | None = getattr(app.state, self._throttle_attribute, None)
+        if throttle is None:
+            throttle = SignInThrottle(limits.login_failures_burst, limits.login_failures_per_minute)
+            self.use_throttle(app, throttle)
+        return throttle
+
+    def use_throttle(self, app: Any, throttle: SignInThrottle) -> None:
+        """Give ``app`` this throttle instead of one made from its settings (a test's, with a clock
+        it moves)."""
+        setattr(app.state, self._throttle_attribute, throttle)
+
+    async def sign_in(self, request: Request, api_key: str, limits: SignInLimits) -> SignInOutcome:
+        """Check an API key typed into this login's form, throttled per client address.
+
+        A client whose failures are used up is refused before the key is looked at, so that
+        guessing stops, and so that even the right key cannot tell a guesser it was right. The
+        caller answers :class:`SignInThrottled` with 429 and its ``headers``, and the others as it
+        always did; a :class:`SignedIn` is the only outcome that costs the client nothing.
+        """
+        throttle = self.throttle(request.app, limits)
+        client = client_address(request)
+        retry_after_s = throttle.admit(client)
+        if retry_after_s:
+            # The path and the wait only: never the key, and not the address (personal data).
+            log.warning(
+                "web login: too many failed sign-ins from one address on %s; refused without "
+                "checking the key, retry after %d s",
+                request.url.path,
+                retry_after_s,
+            )
+            return SignInThrottled(retry_after_s)
+        try:
+            # Reading the key files may touch the disk: off the event loop, as the API's check does.
+            principal = await run_in_threadpool(authenticate, get_registry(request), f"Bearer {api_key}")
+        except Problem as refused:
+            return SignInRefused(refused)
+        if not principal.allows(self.scope):
+            return SignInLacksScope(principal)
+        throttle.succeeded(client)
+        return SignedIn(principal)

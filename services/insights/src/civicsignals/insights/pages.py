@@ -22,16 +22,17 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from civicsignals.common.auth import Principal, authenticate, get_registry
+from civicsignals.common.auth import Principal, get_registry
 from civicsignals.common.problems import Problem
 from civicsignals.common.tenants import Tenant
+from civicsignals.common.web_login import SignInLacksScope, SignInRefused, SignInThrottled
 from civicsignals.common.wording import DEFAULT_LANGUAGE, format_date, language_of
 from civicsignals.insights import charts, reports, service
 from civicsignals.insights.models import DIMENSIONS, UNCLASSIFIED
 from civicsignals.insights.names import PlaceNames, TopicNames, default_names, language_name, place_names
 from civicsignals.insights.service import Filters
 from civicsignals.insights.views import FilterParams, Interval, Split, context, export_response
-from civicsignals.insights.web_auth import COOKIE, SCOPE, dashboard_principal, safe_next, sign
+from civicsignals.insights.web_auth import COOKIE, LOGIN, SCOPE, dashboard_principal, safe_next, sign
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 Viewer = Annotated[Principal, Depends(dashboard_principal)]
@@ -87,6 +88,8 @@ STAFF_WORDS: dict[str, dict[str, str]] = {
         "key_expired": "Deze API-sleutel is verlopen.",
         "key_refused": "Deze API-sleutel wordt niet geaccepteerd.",
         "key_lacks_scope": "Deze sleutel heeft de scope '{scope}' niet.",
+        "too_many_failures": "Te veel mislukte aanmeldpogingen vanaf dit adres. Er is geen sleutel "
+        "gecontroleerd. Wacht {seconds} seconde(n) en probeer het dan opnieuw.",
         # the filters
         "from": "Van",
         "to": "Tot en met",
@@ -209,6 +212,8 @@ STAFF_WORDS: dict[str, dict[str, str]] = {
         "key_expired": "the API key has expired",
         "key_refused": "the API key was refused",
         "key_lacks_scope": "this key lacks '{scope}'",
+        "too_many_failures": "Too many failed sign-ins from this address. No key was checked. Wait "
+        "{seconds} second(s), then try again.",
         "from": "From",
         "to": "To",
         "per": "Per",
@@ -504,21 +509,30 @@ def _key_problem(t: Wording, problem: Problem) -> str:
 
 @router.post("/dashboard/login")
 async def login(request: Request) -> Response:
+    """Signs in with the key typed, throttled per client address (:meth:`WebLogin.sign_in`): once
+    an address's failed sign-ins are used up, the form comes back with 429 and ``Retry-After``
+    and the key is not even looked at."""
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     key = (form.get("api_key") or [""])[0].strip()
     target = safe_next((form.get("next") or [""])[0])
     t = Wording(language_of((form.get("lang") or [""])[0]))
     again = {"next": target}
-    try:
-        principal = authenticate(get_registry(request), f"Bearer {key}")
-    except Problem as problem:
-        return _render_staff(
-            request, "login.html", t, status=401, params=again, next=target, error=_key_problem(t, problem)
+    ctx = context(request)
+    outcome = await LOGIN.sign_in(request, key, ctx.settings)
+    if isinstance(outcome, SignInThrottled):
+        error = t("too_many_failures", seconds=outcome.retry_after_s)
+        throttled = _render_staff(
+            request, "login.html", t, status=429, params=again, next=target, error=error
         )
-    if not principal.allows(SCOPE):
+        throttled.headers.update(outcome.headers)
+        return throttled
+    if isinstance(outcome, SignInRefused):
+        error = _key_problem(t, outcome.problem)
+        return _render_staff(request, "login.html", t, status=401, params=again, next=target, error=error)
+    if isinstance(outcome, SignInLacksScope):
         error = t("key_lacks_scope", scope=SCOPE)
         return _render_staff(request, "login.html", t, status=403, params=again, next=target, error=error)
-    ctx = context(request)
+    principal = outcome.principal
     token = sign(
         request.app.state.insights_secret, principal.tenant, principal.key_id, ctx.settings.session_ttl_s
     )

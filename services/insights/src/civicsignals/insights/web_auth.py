@@ -6,7 +6,10 @@ with ``insights:read``, checks it like every service does, and sets an HttpOnly,
 cookie holding ``tenant.key_id.expiry`` signed with HMAC-SHA256. The key itself is never stored in
 the cookie. Each request re-reads the key record, so a revoked or expired key ends its logins at
 once. (Signing in with the municipality's OpenID Connect provider is another piece of work.)
-The cookie itself is :mod:`civicsignals.common.web_login`'s, shared with intake's privacy desk.
+The cookie itself is :mod:`civicsignals.common.web_login`'s, shared with intake's privacy desk,
+and so is the throttle of failed sign-ins per client address (``LOGIN.sign_in``, called by the
+login form in :mod:`civicsignals.insights.pages`; its limits are ``login_failures_burst`` and
+``login_failures_per_minute`` in insights' settings).
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 pages, for the municipality's privacy officer, who is not going to use curl.
 
 The officer signs in with an API key holding ``privacy:admin`` (or ``admin``), as the API needs;
-the login is :mod:`civicsignals.common.web_login`'s cookie, scoped to ``/privacy``. Then: find a
-person by exactly one of e-mail address, phone number and tracking code (the erasure's dry run,
-which changes nothing), download their access document, or erase their data after an explicit
-confirmation. Each step calls exactly what the API calls, so the audit records and the
-``signal.erased`` events are the API's.
+the login is :mod:`civicsignals.common.web_login`'s cookie, scoped to ``/privacy``, and its
+throttle of failed sign-ins per client address (the desk downloads and erases a person's data, so
+its form must not be a place to guess keys at leisure). Then: find a person by exactly one of
+e-mail address, phone number and tracking code (the erasure's dry run, which changes nothing),
+download their access document, or erase their data after an explicit confirmation. Each step
+calls exactly what the API calls, so the audit records and the ``signal.erased`` events are the
+API's.
 
 The person is personal data, so it only ever travels in a POST's body: every result is the answer
 to a POST (no redirect carries the person), and every answer says ``Cache-Control: no-store``.
@@ -25,14 +27,13 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import FormData
 
-from civicsignals.common.auth import Principal, authenticate, get_registry
+from civicsignals.common.auth import Principal, get_registry
 from civicsignals.common.problems import Problem
-from civicsignals.common.web_login import WebLogin, sign
+from civicsignals.common.web_login import SignInLacksScope, SignInRefused, SignInThrottled, WebLogin, sign
 from civicsignals.common.wording import DEFAULT_LANGUAGE, format_date, language_of, timezone_of
 from civicsignals.intake import casenotes, flows, privacy, privacy_views
 from civicsignals.intake.models import PersonSelection
@@ -118,17 +119,24 @@ async def login_form(request: Request, lang: str | None = None) -> Response:
 
 @router.post("/privacy/login")
 async def login(request: Request) -> Response:
+    """Signs in with the key typed, throttled per client address (:meth:`WebLogin.sign_in`): once
+    an address's failed sign-ins are used up, the form comes back with 429 and ``Retry-After``
+    and the key is not even looked at."""
     form = await _form(request)
     lang = _lang(form, request)
     key = str(form.get("api_key") or "").strip()
-    try:
-        # Reading the key files may touch the disk: off the event loop, as the API's check does.
-        principal = await run_in_threadpool(authenticate, get_registry(request), f"Bearer {key}")
-    except Problem:
-        return _render(request, "privacy_login.html", lang, 401, error=WORDS[lang]["key_refused"])
-    if not principal.allows(privacy_views.PRIVACY_SCOPE):
-        return _render(request, "privacy_login.html", lang, 403, error=WORDS[lang]["key_lacks_scope"])
     settings = _context(request).settings
+    outcome = await LOGIN.sign_in(request, key, settings)
+    if isinstance(outcome, SignInThrottled):
+        message = WORDS[lang]["too_many_failures"].format(seconds=outcome.retry_after_s)
+        throttled = _render(request, "privacy_login.html", lang, 429, error=message)
+        throttled.headers.update(outcome.headers)
+        return throttled
+    if isinstance(outcome, SignInRefused):
+        return _render(request, "privacy_login.html", lang, 401, error=WORDS[lang]["key_refused"])
+    if isinstance(outcome, SignInLacksScope):
+        return _render(request, "privacy_login.html", lang, 403, error=WORDS[lang]["key_lacks_scope"])
+    principal = outcome.principal
     token = sign(_secret(request), principal.tenant, principal.key_id, settings.session_ttl_s)
     response = RedirectResponse(_with_lang("/privacy", lang), status_code=303, headers=HEADERS)
     response.set_cookie(

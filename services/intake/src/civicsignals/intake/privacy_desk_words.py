@@ -20,6 +20,8 @@ WORDS: dict[str, dict[str, str]] = {
         "sign_out": "Uitloggen",
         "key_refused": "Deze sleutel wordt niet geaccepteerd.",
         "key_lacks_scope": "Deze sleutel mist de scope 'privacy:admin'.",
+        "too_many_failures": "Te veel mislukte inlogpogingen vanaf dit adres. Er is geen sleutel "
+        "gecontroleerd. Wacht {seconds} seconde(n) en probeer het dan opnieuw.",
         "find_title": "Persoon zoeken",
         "find_intro": "Zoek de meldingen van de persoon die om inzage of verwijdering vraagt. Vul precies "
         "één gegeven in, zoals de persoon het in het verzoek noemt. Zoeken verandert niets.",
@@ -86,6 +88,8 @@ WORDS: dict[str, dict[str, str]] = {
         "sign_out": "Sign out",
         "key_refused": "This key is not accepted.",
         "key_lacks_scope": "This key lacks the scope 'privacy:admin'.",
+        "too_many_failures": "Too many failed sign-ins from this address. No key was checked. Wait "
+        "{seconds} second(s), then try again.",
         "find_title": "Find a person",
         "find_intro": "Find the signals of the person who asks for access or erasure. Fill in exactly one "
         "detail, as the person gives it in the request. Finding changes nothing.",

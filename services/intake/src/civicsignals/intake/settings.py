@@ -48,6 +48,10 @@ class IntakeSettings(ServiceSettings):
         description="the tenant an Open311 request without jurisdiction_id means; empty: it is required",
     )
     routing_url: str = Field(default="http://127.0.0.1:8003", description="routing's base URL")
+    notifier_url: str = Field(
+        default="http://127.0.0.1:8004",
+        description="notifier's base URL: the mails sent about a person's signals, for an access request",
+    )
     service_keys_dir: Path = Field(
         default=Path(""),
         description="intake's keys for other services, one file per tenant; "
@@ -62,6 +66,15 @@ class IntakeSettings(ServiceSettings):
     )
     session_ttl_s: int = Field(default=2 * 3600, ge=60, description="lifetime of a privacy desk login")
     cookie_secure: bool = Field(default=False, description="mark the login cookie Secure (behind HTTPS)")
+    login_failures_burst: int = Field(
+        default=10,
+        ge=1,
+        description="failed privacy desk sign-ins a client address may make in a row before it must "
+        "wait (429 with Retry-After); counted per replica",
+    )
+    login_failures_per_minute: float = Field(
+        default=5.0, gt=0, description="how fast a client address's allowance of failed sign-ins refills"
+    )
 
     # Retention of contact data (per tenant: retention.contact_days_after_close in tenant.yaml).
     retention_interval_s: float = Field(default=3600.0, gt=0, description="how often the retention job runs")
