@@ -51,7 +51,8 @@ class Stack:
         if service == "notifier":
             env[f"{prefix}INTAKE_URL"] = self.url("intake")
         if service == "intake":
-            env[f"{prefix}ROUTING_URL"] = self.url("routing")  # residents' and Open311 updates
+            env[f"{prefix}ROUTING_URL"] = self.url("routing")  # residents' and Open311 updates, case notes
+            env[f"{prefix}NOTIFIER_URL"] = self.url("notifier")  # the access document's mail record
             # The fault tests post thousands of signals with one key; production keeps the default.
             env[f"{prefix}RATE_LIMIT_PER_S"] = "100000"
             env[f"{prefix}RATE_LIMIT_BURST"] = "100000"

@@ -153,6 +153,10 @@ def test_every_setting_the_chart_passes_is_one_the_service_reads(rendered: list[
         assert passed and all(key in fields for key in passed), (name, set(passed) - set(fields))
         if name == "notifier":
             assert env_of(deployment)[f"{prefix}SMTP_CONNECTIONS"]["value"] == "8"
+        if name == "intake":  # the services intake asks, by their Service in the release's namespace
+            for other in ("routing", "notifier"):
+                url = env_of(deployment)[f"{prefix}{other.upper()}_URL"]["value"]
+                assert url == f"http://{RELEASE}-{other}.{NAMESPACE}.svc", url
 
 
 def test_no_pdb_with_one_replica_and_one_with_more(rendered: list[Manifest]) -> None:
@@ -332,6 +336,19 @@ def test_network_policies_deny_by_default_and_allow_what_each_needs(rendered: li
     )
     notifier_ports = {p["port"] for r in per_service["notifier"]["spec"]["egress"] for p in r["ports"]}
     assert 443 in notifier_ports
+    # intake asks routing (case notes) and notifier (mail record) for a person's access document.
+    intake_to = {
+        peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+        for rule in per_service["intake"]["spec"]["egress"]
+        for peer in rule.get("to", [])
+    }
+    assert {"routing", "notifier"} <= intake_to
+    notifier_from = {
+        peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+        for rule in per_service["notifier"]["spec"]["ingress"]
+        for peer in rule["from"]
+    }
+    assert "intake" in notifier_from
     routing_ports = {p["port"] for r in per_service["routing"]["spec"]["egress"] for p in r["ports"]}
     assert 443 not in routing_ports
 

@@ -48,6 +48,8 @@ Secrets only ever arrive through valueFrom.secretKeyRef.
   value: {{ include "civic.publicBaseUrl" $root | quote }}
 - name: {{ $p }}ROUTING_URL
   value: {{ printf "http://%s-routing.%s.svc" (include "civic.fullname" $root) $root.Release.Namespace | quote }}
+- name: {{ $p }}NOTIFIER_URL
+  value: {{ printf "http://%s-notifier.%s.svc" (include "civic.fullname" $root) $root.Release.Namespace | quote }}
 - name: {{ $p }}SERVICE_KEYS_DIR
   value: /etc/civic/service-keys/intake
 {{- if $svc.attachments.existingClaim }}

@@ -1,7 +1,10 @@
 """Staff's internal notes of a person's cases in the access document (AVG article 15): intake asks
 routing for them, over HTTP with its service key, on a real routing service sharing the tenants,
 the keys and the NATS server with intake; and refuses to answer without them when routing cannot
-be asked (unless the command is told to, which the document then says)."""
+be asked (unless the command is told to, which the document then says).
+
+The document also holds notifier's record of the mails sent (``test_access_mail_record``); here,
+where the notes are the point, :class:`RoutingStandIn` answers notifier's part (no mails)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,10 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,11 +75,17 @@ STAND_IN_HISTORY: list[dict[str, Any]] = [
 class RoutingStandIn:
     """A real HTTP server standing in for routing's ``GET /v1/cases/{case_id}``, for tests whose
     signals have a case intake was told of but routing never made (``move_case``): ``case-1``
-    answers :data:`STAND_IN_HISTORY`, any other case 404. ``calls`` has (case id, Authorization)."""
+    answers :data:`STAND_IN_HISTORY`, any other case 404. ``calls`` has (case id, Authorization).
+
+    It also stands in for notifier's ``GET /v1/deliveries`` (the two services' paths never
+    overlap), answering that no mail was sent, for the tests of other parts of the document;
+    ``delivery_calls`` has (signal id, Authorization). The mails themselves are tested on the real
+    notifier (``test_access_mail_record``)."""
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.calls: list[tuple[str, str]] = []
+        self.delivery_calls: list[tuple[str, str]] = []
 
         async def case(request: Request) -> JSONResponse:
             case_id = request.path_params["case_id"]
@@ -82,7 +94,17 @@ class RoutingStandIn:
                 return JSONResponse({"detail": "no such case"}, status_code=404)
             return JSONResponse({"id": case_id, "history": STAND_IN_HISTORY})
 
-        app = Starlette(routes=[Route("/v1/cases/{case_id}", case, methods=["GET"])])
+        async def deliveries(request: Request) -> JSONResponse:
+            signal = request.query_params.get("signal", "")
+            self.delivery_calls.append((signal, request.headers.get("authorization", "")))
+            return JSONResponse({"items": [], "next_cursor": None})
+
+        app = Starlette(
+            routes=[
+                Route("/v1/cases/{case_id}", case, methods=["GET"]),
+                Route("/v1/deliveries", deliveries, methods=["GET"]),
+            ]
+        )
         self.server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         )
@@ -92,19 +114,74 @@ class RoutingStandIn:
         return f"http://127.0.0.1:{self.port}"
 
 
-@contextlib.asynccontextmanager
-async def routing_stand_in(data_dir: Path, tenant: str = "gouda") -> AsyncIterator[RoutingStandIn]:
-    """Serve a :class:`RoutingStandIn` and give intake (data directory ``data_dir``) a service key
-    file for ``tenant``; point ``CIVIC_INTAKE_ROUTING_URL`` or ``routing_url`` at its ``url``."""
-    stand_in = RoutingStandIn()
+@contextlib.contextmanager
+def notifier_url_setting(url: str) -> Iterator[None]:
+    """``CIVIC_INTAKE_NOTIFIER_URL`` set to ``url`` for as long as the block runs: an
+    ``IntakeSettings`` made meanwhile (the ``intake`` fixture's, the command's) asks notifier
+    there unless it is given ``notifier_url``."""
+    before = os.environ.get(NOTIFIER_URL_VARIABLE)
+    os.environ[NOTIFIER_URL_VARIABLE] = url
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(NOTIFIER_URL_VARIABLE, None)
+        else:
+            os.environ[NOTIFIER_URL_VARIABLE] = before
+
+
+NOTIFIER_URL_VARIABLE = "CIVIC_INTAKE_NOTIFIER_URL"
+
+
+def _stand_in_key(data_dir: Path, tenant: str) -> None:
+    """The service key file intake (data directory ``data_dir``) reads; the stand-in takes any."""
     path = data_dir / "service-keys" / "intake" / tenant
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("cs_standin.not-checked\n", encoding="utf-8")
+
+
+@contextlib.asynccontextmanager
+async def routing_stand_in(data_dir: Path, tenant: str = "gouda") -> AsyncIterator[RoutingStandIn]:
+    """Serve a :class:`RoutingStandIn` and give intake (data directory ``data_dir``) a service key
+    file for ``tenant``; point ``CIVIC_INTAKE_ROUTING_URL`` or ``routing_url`` at its ``url``.
+    Intake asks it for notifier's part too: ``CIVIC_INTAKE_NOTIFIER_URL`` names it meanwhile, so
+    that modules which set only ``routing_url`` get a whole document (:func:`notifier_url_setting`)."""
+    stand_in = RoutingStandIn()
+    _stand_in_key(data_dir, tenant)
     task = await _start(stand_in.server)
+    try:
+        with notifier_url_setting(stand_in.url):
+            yield stand_in
+    finally:
+        await _stop(stand_in.server, task)
+
+
+@contextlib.contextmanager
+def routing_stand_in_on_a_thread(data_dir: Path, tenant: str = "gouda") -> Iterator[RoutingStandIn]:
+    """:func:`routing_stand_in` for synchronous fixtures: the server runs on a thread (its own
+    event loop); point ``routing_url`` or ``notifier_url`` at its ``url``."""
+    stand_in = RoutingStandIn()
+    _stand_in_key(data_dir, tenant)
+    serving = threading.Thread(target=stand_in.server.run, name="routing-stand-in", daemon=True)
+    serving.start()
+    for _ in range(500):
+        if stand_in.server.started or not serving.is_alive():
+            break
+        time.sleep(0.02)
+    assert stand_in.server.started, "the stand-in did not start"
     try:
         yield stand_in
     finally:
-        await _stop(stand_in.server, task)
+        stand_in.server.should_exit = True
+        serving.join(timeout=15)
+
+
+@pytest.fixture
+async def notifier_stand_in(intake_data_dir: Path) -> AsyncIterator[RoutingStandIn]:
+    """Notifier's part of the document for this module's tests (no mails): the stand-in, with a
+    service key file intake reads (replaced by :func:`intake_routing_key` where routing is real)."""
+    async with routing_stand_in(intake_data_dir) as stand_in:
+        yield stand_in
 
 
 @pytest.fixture
@@ -113,9 +190,16 @@ def routing_port() -> int:
 
 
 @pytest.fixture
-def intake_settings_overrides(routing_port: int) -> dict[str, Any]:
-    """Intake asks routing at this port: the real routing below, or nothing at all."""
-    return {"routing_url": f"http://127.0.0.1:{routing_port}"}
+def intake_data_dir(tmp_path: Path) -> Path:
+    """Intake's data directory (the ``intake`` fixture's), known before intake starts."""
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def intake_settings_overrides(routing_port: int, notifier_stand_in: RoutingStandIn) -> dict[str, Any]:
+    """Intake asks routing at this port (the real routing below, or nothing at all), and the
+    stand-in for notifier's part of the document."""
+    return {"routing_url": f"http://127.0.0.1:{routing_port}", "notifier_url": notifier_stand_in.url}
 
 
 def intake_routing_key(intake: Intake, scopes: list[str] | None = None) -> str:
@@ -230,9 +314,37 @@ async def _main(argv: list[str]) -> Any:
     return exited.value.code
 
 
+async def refused_document(intake: Intake, officer: dict[str, str], slug: str, service: str) -> None:
+    """Ask the API for Jan's document, which ``service`` cannot help make now: the 503 of
+    :func:`assert_part_unavailable`, and no read recorded (nothing left intake)."""
+    refused = await intake.client.post("/v1/privacy/access", json={"email": JAN["email"]}, headers=officer)
+    assert_part_unavailable(refused, slug, service)
+    assert await _reads(intake) == []
+
+
+async def refused_command(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the command, which must refuse (exit 3, another service's part is missing) with nothing
+    on stdout and one line on stderr; that line."""
+    assert await _main(argv) == 3
+    printed = capsys.readouterr()
+    (line,) = printed.err.splitlines()
+    assert printed.out == ""
+    return line
+
+
 async def _officer(intake: Intake) -> tuple[str, dict[str, str]]:
     key_id, key = add_key(intake.gouda.folder, ["privacy:admin"], description="privacy desk")
     return key_id, {"Authorization": f"Bearer {key}"}
+
+
+def assert_part_unavailable(response: httpx.Response, slug: str, service: str) -> None:
+    """The API's answer when ``service``'s part of the document cannot be had now: a 503 problem
+    of type ``slug`` naming the service, with ``Retry-After``, and nothing of the person in it."""
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "60"
+    assert response.json()["type"].endswith(f"/{slug}")
+    assert service in response.json()["detail"] and "Jan" not in response.text
 
 
 async def _reads(intake: Intake) -> list[AuditRecord]:
@@ -368,28 +480,17 @@ async def test_without_routing_the_api_answers_503_and_the_command_writes_nothin
     await move_case(intake, signal, "in_progress", 1)  # the signal has case-1 at routing
     _, officer = await _officer(intake)
 
-    refused = await intake.client.post(
-        "/v1/privacy/access", json={"email": "jan@example.org"}, headers=officer
-    )
-
-    assert refused.status_code == 503, refused.text
-    assert refused.headers["content-type"] == "application/problem+json"
-    assert refused.headers["retry-after"] == "60"
-    assert refused.json()["type"].endswith("/case-notes-unavailable")
-    assert "routing" in refused.json()["detail"] and "Jan" not in refused.text
-    assert await _reads(intake) == []  # nothing left intake: no read to record
+    await refused_document(intake, officer, "case-notes-unavailable", "routing")
 
     _env(monkeypatch, intake)
     monkeypatch.setenv("CIVIC_INTAKE_ROUTING_URL", f"http://127.0.0.1:{routing_port}")
     out = tmp_path / "inzage.json"
     jan = ["access", "--tenant", "gouda", "--email", "jan@example.org", "--out", str(out)]
-    assert await _main(jan) == 3
-    printed = capsys.readouterr()
-    (line,) = printed.err.splitlines()
+    line = await refused_command(jan, capsys)
     assert line.startswith(
         f"cannot add the case notes: routing at http://127.0.0.1:{routing_port}/v1/cases/case-1"
     )
-    assert "--without-case-notes" in line and printed.out == ""
+    assert "--without-case-notes" in line
     assert not out.exists() and await _reads(intake) == []
 
     assert await _main([*jan, "--without-case-notes"]) == 0
@@ -422,9 +523,10 @@ async def test_no_service_key_or_one_without_cases_read_is_a_503_too(
     _env(monkeypatch, intake)
     monkeypatch.setenv("CIVIC_INTAKE_ROUTING_URL", routing.url)
     out = tmp_path / "inzage.json"
-    assert await _main(["access", "--tenant", "gouda", "--email", "jan@example.org", "--out", str(out)]) == 3
-    (line,) = capsys.readouterr().err.splitlines()
-    assert f"routing at {routing.url}/v1/cases/case-1" in line and "no service key" in line
+    line = await refused_command(
+        ["access", "--tenant", "gouda", "--email", "jan@example.org", "--out", str(out)], capsys
+    )
+    assert f"routing at {routing.url}: intake has no service key for routing" in line
     assert "cases:read" in line and not out.exists()
     intake_routing_key(intake, ["cases:write"])  # the key intake had before it read case notes
     writer = await intake.client.post(
@@ -432,14 +534,16 @@ async def test_no_service_key_or_one_without_cases_read_is_a_503_too(
     )
 
     for response in (keyless, writer):
-        assert response.status_code == 503, response.text
-        assert response.json()["type"].endswith("/case-notes-unavailable")
+        assert_part_unavailable(response, "case-notes-unavailable", "routing")
     assert await _reads(intake) == []
 
 
-async def test_a_signal_without_a_case_needs_no_call(intake: Intake) -> None:
-    """No routing, no service key: a signal that has no case yet (or imported history) is
-    answered all the same, with an empty list."""
+async def test_a_signal_without_a_case_needs_no_call_to_routing(
+    intake: Intake, notifier_stand_in: RoutingStandIn
+) -> None:
+    """No routing: a signal that has no case yet (or imported history) is answered all the same,
+    with an empty list (notifier is asked for its mails all the same: an acknowledgement goes out
+    before there is a case)."""
     signal = await _signal(intake)
     _, officer = await _officer(intake)
 
@@ -451,6 +555,8 @@ async def test_a_signal_without_a_case_needs_no_call(intake: Intake) -> None:
     (part,) = answer.json()["signals"]
     assert (part["signal_id"], part["case_id"], part["case_notes"]) == (signal["id"], None, [])
     assert answer.json()["case_notes_included"] is True
+    assert notifier_stand_in.calls == []
+    assert [signal_id for signal_id, _ in notifier_stand_in.delivery_calls] == [signal["id"]]
 
 
 async def test_the_notes_of_a_history_keep_its_order_and_leave_out_steps_without_one() -> None:

@@ -67,10 +67,16 @@ async def test_access_answers_the_persons_document_audited_under_the_officers_ke
     document = response.json()
     expected = await _document(intake, "email", "jan@example.org")
     accessrequest.include_case_notes(expected, {"case-1": casenotes.notes_of_history(STAND_IN_HISTORY)})
+    accessrequest.include_mails(expected, {})  # the stand-in's notifier sent nothing
     assert {**document, "generated_at": None} == {**expected, "generated_at": None}
     assert document["case_notes_included"] is True and document["signals"][0]["case_notes"][0]["note"]
-    # routing was asked once for their one case, with intake's service key
+    assert document["mails_included"] is True and [part["mails"] for part in document["signals"]] == [[], []]
+    # routing was asked once for their one case, notifier once for each signal's mails, each
+    # with intake's service key
     assert stand_in.calls == [("case-1", "Bearer cs_standin.not-checked")]
+    assert sorted(stand_in.delivery_calls) == sorted(
+        (signal_id, "Bearer cs_standin.not-checked") for signal_id in (photo["id"], rated["id"])
+    )
     assert [part["signal_id"] for part in document["signals"]] == [photo["id"], rated["id"]]
     assert piet["id"] not in response.text and "Piet" not in response.text
     assert document["signals"][0]["contact"]["email"] == "jan@example.org"  # decrypted: it is theirs

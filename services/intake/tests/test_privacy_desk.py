@@ -23,6 +23,7 @@ from sqlmodel import col, select
 from civicsignals.common.tenants import add_key
 from civicsignals.common.web_login import SignInThrottle
 from civicsignals.devstack.browser import chromium, find_chromium, served
+from civicsignals.devstack.ports import free_port
 from civicsignals.intake.models import AuditRecord, Contact, Signal
 from civicsignals.intake.privacy_desk import LOGIN
 from civicsignals.intake.privacy_desk_words import WORDS
@@ -335,7 +336,8 @@ async def stand_in(tmp_path: Path) -> AsyncIterator[RoutingStandIn]:
 
 @pytest.fixture
 def intake_settings_overrides(stand_in: RoutingStandIn) -> dict[str, Any]:
-    return {"routing_url": stand_in.url}
+    """The stand-in answers for routing (case notes) and for notifier (the mails sent: none)."""
+    return {"routing_url": stand_in.url, "notifier_url": stand_in.url}
 
 
 async def test_the_download_is_the_apis_document_audited_under_the_officers_key(intake: Intake) -> None:
@@ -388,6 +390,26 @@ async def test_without_routing_the_download_comes_back_with_the_message_and_noth
     assert answer.headers["content-type"].startswith("text/html")
     assert answer.headers["cache-control"] == "no-store"
     assert WORDS["nl"]["case_notes_unavailable"] in html.unescape(answer.text)
+    assert _codes(answer.text) == [signal["tracking_code"]]
+    assert await _audit(intake, "person.access") == []
+
+
+async def test_without_notifier_the_download_says_so_and_nothing_is_audited(intake: Intake) -> None:
+    """The mails sent cannot be asked for (nothing listens at notifier's address): the message
+    names notifier's part, not routing's, and no read is recorded."""
+    signal = await _signal(intake, PHOTO_TEXT, JAN)
+    await move_case(intake, signal, "in_progress", 1)
+    intake.settings.notifier_url = f"http://127.0.0.1:{free_port()}"
+    _, token = await _sign_in(intake)
+
+    answer = await intake.client.post(
+        "/privacy/access", params={"lang": "en"}, data={"csrf": token, "email": JAN_EMAIL, "lang": "en"}
+    )
+
+    assert answer.status_code == 503, answer.text
+    page = html.unescape(answer.text)
+    assert WORDS["en"]["mail_record_unavailable"] in page
+    assert WORDS["en"]["case_notes_unavailable"] not in page
     assert _codes(answer.text) == [signal["tracking_code"]]
     assert await _audit(intake, "person.access") == []
 

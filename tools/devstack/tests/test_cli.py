@@ -50,6 +50,8 @@ def test_service_env_for_intake_and_others(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(tmp_path)
     env = cli.service_env("intake", data_dir=Path(".data"), nats_url="nats://x:1", smtp_port=1)
     assert env["CIVIC_INTAKE_PUBLIC_BASE_URL"] == "http://127.0.0.1:8000"
+    assert env["CIVIC_INTAKE_ROUTING_URL"] == "http://127.0.0.1:8003"
+    assert env["CIVIC_INTAKE_NOTIFIER_URL"] == "http://127.0.0.1:8004"
     assert env["CIVIC_INTAKE_DATA_DIR"] == str(tmp_path.resolve() / ".data")  # always absolute
     assert not any("SMTP" in key for key in env)
     classifier = cli.service_env("classifier", data_dir=tmp_path, nats_url="nats://x:1", smtp_port=1)

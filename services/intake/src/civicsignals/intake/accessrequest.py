@@ -4,13 +4,14 @@ Everything intake keeps of the person's signals, their original words and decryp
 included, as one JSON document the municipality sends them. It is theirs, so it holds what staff
 see and more (the exact location, the portal's metadata, the status history with its notes), and
 the internal notes staff and partners wrote on each signal's case, which routing keeps and intake
-asks it for (:mod:`civicsignals.intake.casenotes`): they are personal data about the person too.
+asks it for (:mod:`civicsignals.intake.casenotes`), and the e-mails notifier sent the person about
+each signal (:mod:`civicsignals.intake.mailrecord`): they are personal data about the person too.
 It also explains, in Dutch and English, what each part is and which other services keep what, so
 the privacy officer can complete the answer. Reading it is a read of contact data: one audit
 record per signal (DESIGN §4), written before the document leaves the process, and only once
-routing has answered: a document that cannot be complete is not made (unless its caller asks for
-one without the notes, which says so in the document). The person is selected as for an erasure
-(:func:`civicsignals.intake.privacy.signals_of_person`).
+routing and notifier have answered: a document that cannot be complete is not made (unless its
+caller asks for one without the notes or the mails, which says so in the document). The person
+is selected as for an erasure (:func:`civicsignals.intake.privacy.signals_of_person`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.db import SessionFactory
 from civicsignals.common.events import utcnow
-from civicsignals.intake import attachments, casenotes, service
+from civicsignals.intake import attachments, casenotes, mailrecord, service
+from civicsignals.intake.accessparts import OtherService
 from civicsignals.intake.crypto import FieldCipher
 from civicsignals.intake.models import Attachment, AuditRecord, Contact, Feedback, Signal, StatusEntry
 from civicsignals.intake.privacy import PersonSelector, signals_of_person
@@ -83,6 +85,20 @@ ACCESS_EXPLANATION: dict[str, dict[str, str]] = {
         "dit overzicht wordt verstuurd (AVG artikel 15, lid 4). Een lege lijst: de melding heeft "
         "(nog) geen zaak, de zaak heeft geen interne notities, of ze zijn verwijderd toen uw "
         "gegevens op uw verzoek werden gewist (zie erased_at).",
+        "mails": "mails zijn de e-mails die de berichtendienst van de gemeente (notifier) u over "
+        "deze melding stuurde, of wilde sturen, in volgorde: wanneer het bericht werd klaargezet "
+        "(created_at), welk bericht (template: 'acknowledgement' de ontvangstbevestiging met uw "
+        "volgcode, 'status_update' een nieuwe status, 'resolution' de melding is afgehandeld, met de "
+        "vraag of u tevreden bent, 'reopening' de melding is heropend), hoe het ging (status: "
+        "'delivered' afgegeven aan de mailserver, 'failed' niet gelukt na herhaalde pogingen, "
+        "'skipped' niet verstuurd, bijvoorbeeld omdat u geen toestemming of geen e-mailadres gaf of "
+        "uw gegevens waren gewist, 'scheduled' of 'sending' nog niet verstuurd), wanneer het werd "
+        "afgegeven (delivered_at) en na hoeveel pogingen (attempts). Of een bericht in uw postvak "
+        "aankwam, kan de berichtendienst niet zien. Uw e-mailadres staat er niet bij: de "
+        "berichtendienst vraagt het pas bij het versturen op bij het meldingensysteem en bewaart het "
+        "niet, en de tekst van het bericht bewaart zij evenmin (die kwam uit de gegevens hierboven: "
+        "volgcode, status en toelichting). Een lege lijst: er is u over deze melding geen e-mail "
+        "gestuurd.",
         "recipients": "case_id is het zaaknummer bij de behandeling. responsible is de afdeling die "
         "verantwoordelijk is, departments zijn de afdelingen die de zaak bereikte en partners de "
         "externe partijen naar wie de zaak is doorgestuurd: de ontvangers van de melding (zonder "
@@ -101,11 +117,10 @@ ACCESS_EXPLANATION: dict[str, dict[str, str]] = {
         "en staan daarom niet in dit overzicht.",
         "other_services": "Andere onderdelen van het systeem bewaren: de zaakbehandeling (routing) de "
         "zaak, waarvan dit overzicht de interne notities (case_notes), de status, de afdelingen en "
-        "de partners al bevat; de berichtendienst (notifier) welke berichten u over de melding zijn "
-        "gestuurd en wanneer (uw adres vraagt zij pas op bij het versturen en bewaart zij niet); de "
-        "indeling in onderwerpen (classifier) en de rapportages (insights) alleen de tekst zonder "
-        "persoonsgegevens en tellingen. De functionaris gegevensbescherming vult dit overzicht aan "
-        "met wat de berichtendienst bewaart.",
+        "de partners al bevat; de berichtendienst (notifier) welke e-mails u over de melding zijn "
+        "gestuurd en wanneer, die dit overzicht ook al bevat (mails; uw adres vraagt zij pas op bij "
+        "het versturen en bewaart zij niet); de indeling in onderwerpen (classifier) en de "
+        "rapportages (insights) alleen de tekst zonder persoonsgegevens en tellingen.",
     },
     "en": {
         "document": "This answers your access request (GDPR article 15). It is a copy in a commonly "
@@ -139,6 +154,19 @@ ACCESS_EXPLANATION: dict[str, dict[str, str]] = {
         "makes it unreadable, before this document is sent (GDPR article 15(4)). An empty list: the "
         "signal has no case (yet), its case has no internal notes, or they were deleted when your "
         "data was erased on your request (see erased_at).",
+        "mails": "mails are the e-mails the municipality's messaging service (notifier) sent you "
+        "about this signal, or meant to send, in order: when the message was prepared "
+        "(created_at), which message (template: 'acknowledgement' the confirmation with your "
+        "tracking code, 'status_update' a new status, 'resolution' the signal was dealt with, "
+        "asking whether you are satisfied, 'reopening' the signal was reopened), how it went "
+        "(status: 'delivered' handed to the mail server, 'failed' not delivered after repeated "
+        "tries, 'skipped' not sent, e.g. because you gave no consent or no e-mail address or your "
+        "data was erased, 'scheduled' or 'sending' not sent yet), when it was handed over "
+        "(delivered_at) and after how many tries (attempts). Whether a message reached your inbox "
+        "the messaging service cannot see. Your e-mail address is not in it: the messaging service "
+        "asks the signal intake for it only when sending and does not keep it, nor does it keep the "
+        "message's text (which came from the data above: tracking code, status and note). An empty "
+        "list: no e-mail was sent to you about this signal.",
         "recipients": "case_id is the case's number. responsible is the department responsible, "
         "departments are the departments the case reached and partners the outside parties it was "
         "forwarded to: the recipients of the signal (without your personal data).",
@@ -155,11 +183,10 @@ ACCESS_EXPLANATION: dict[str, dict[str, str]] = {
         "not in this document.",
         "other_services": "Other parts of the system keep: case handling (routing) the case, whose "
         "internal notes (case_notes), status, departments and partners this document holds "
-        "already; the messaging service (notifier) which messages were sent to you about the signal "
-        "and when (it asks for your address only when sending and does not keep it); topic "
-        "classification (classifier) and reporting (insights) only the text without personal data, "
-        "and counts. The data protection officer completes this answer with what the messaging "
-        "service keeps.",
+        "already; the messaging service (notifier) which e-mails were sent to you about the signal "
+        "and when, which this document holds too (mails; it asks for your address only when "
+        "sending and does not keep it); topic classification (classifier) and reporting "
+        "(insights) only the text without personal data, and counts.",
     },
 }
 
@@ -176,12 +203,33 @@ CASE_NOTES_MISSING: dict[str, str] = {
 }
 
 
-def _explanation(*, case_notes_included: bool) -> dict[str, dict[str, str]]:
-    """The explanation, with the line that the notes are missing when they are."""
-    if case_notes_included:
-        return {language: dict(texts) for language, texts in ACCESS_EXPLANATION.items()}
-    return {
-        language: {**texts, "case_notes_missing": CASE_NOTES_MISSING[language]}
+#: The explanation's line of a document made without notifier's mails (``mails_included`` false).
+MAILS_MISSING: dict[str, str] = {
+    "nl": "Dit overzicht bevat de e-mails van de berichtendienst (notifier) niet: mails_included is "
+    "false en mails is bij elke melding leeg (null). De functionaris gegevensbescherming moet ze "
+    "toevoegen voordat het overzicht wordt verstuurd.",
+    "en": "This document does not hold the messaging service's (notifier's) e-mails: "
+    "mails_included is false and every signal's mails is null. The data protection officer must "
+    "add them before the document is sent.",
+}
+
+
+#: Each part another service keeps: the flag that says the document holds it, and the
+#: explanation's line (by language) when it does not.
+_MISSING_PARTS: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("case_notes_included", "case_notes_missing", CASE_NOTES_MISSING),
+    ("mails_included", "mails_missing", MAILS_MISSING),
+)
+
+
+def _explain(document: dict[str, Any]) -> None:
+    """Set the document's explanation, with a line for each part another service keeps that it
+    lacks, so that no reader takes it for complete."""
+    document["explanation"] = {
+        language: {
+            **texts,
+            **{line: words[language] for flag, line, words in _MISSING_PARTS if not document[flag]},
+        }
         for language, texts in ACCESS_EXPLANATION.items()
     }
 
@@ -230,7 +278,8 @@ async def access_document(
     another tenant's or of no signal are left out, as ``erase_signals`` ignores them. Attachments
     are listed (not their bytes): :func:`copy_attachment_files` adds the files when asked. The
     case notes are routing's: the document comes without them (``case_notes_included`` false,
-    every ``case_notes`` null) until :func:`include_case_notes` adds them.
+    every ``case_notes`` null) until :func:`include_case_notes` adds them; the mails are
+    notifier's: likewise (``mails_included``, ``mails``) until :func:`include_mails` adds them.
     """
     unique = list(dict.fromkeys(signal_ids))
     signals: list[Signal] = []
@@ -266,15 +315,16 @@ async def access_document(
             feedback[answer.signal_id] = answer
     signals.sort(key=lambda signal: (signal.received_at, signal.id))
     dutch, english = _SELECTOR_LABELS[selected_by]
-    return {
+    document: dict[str, Any] = {
         "format": ACCESS_FORMAT,
         "tenant": tenant,
         "generated_at": rfc3339(generated_at or utcnow()),
         "selected_by": {"nl": dutch, "en": english, "value": selected_value},
         "summary": _summary(len(signals), tenant),
-        "explanation": _explanation(case_notes_included=False),
+        "explanation": {},
         "signal_count": len(signals),
         "case_notes_included": False,
+        "mails_included": False,
         "signals": [
             _signal_part(
                 signal,
@@ -286,6 +336,8 @@ async def access_document(
             for signal in signals
         ],
     }
+    _explain(document)
+    return document
 
 
 def _contact_part(cipher: FieldCipher, contact: Contact | None) -> dict[str, Any] | None:
@@ -341,6 +393,7 @@ def _signal_part(
         "service_promise": signal.service_promise,
         "case_id": signal.case_id,
         "case_notes": None,
+        "mails": None,
         "topic": signal.topic,
         "subtopic": signal.subtopic,
         "responsible": signal.responsible,
@@ -384,7 +437,22 @@ def include_case_notes(document: dict[str, Any], notes: dict[str, list[casenotes
     for part in document["signals"]:
         part["case_notes"] = list(notes.get(part["case_id"], [])) if part["case_id"] else []
     document["case_notes_included"] = True
-    document["explanation"] = _explanation(case_notes_included=True)
+    _explain(document)
+
+
+def signal_ids_of(document: dict[str, Any]) -> list[str]:
+    """The document's signals, whose mails notifier is asked for (every one: an acknowledgement
+    goes out before a signal has a case, and an erased signal's sent mails stay in the log)."""
+    return [part["signal_id"] for part in document["signals"]]
+
+
+def include_mails(document: dict[str, Any], mails: dict[str, list[mailrecord.Mail]]) -> None:
+    """Put each signal's e-mails (:func:`mailrecord.mails_of_signals`) into its part and mark the
+    document as holding them. A signal notifier sent nothing about gets an empty list."""
+    for part in document["signals"]:
+        part["mails"] = list(mails.get(part["signal_id"], []))
+    document["mails_included"] = True
+    _explain(document)
 
 
 async def answer_access_request(
@@ -395,17 +463,20 @@ async def answer_access_request(
     value: str,
     *,
     actor: str,
-    case_notes: casenotes.RoutingCases | None = None,
+    case_notes: OtherService | None = None,
+    mails: OtherService | None = None,
 ) -> dict[str, Any]:
     """One access request, from the command line or the privacy API: the person's document, with
     its audit records committed before it is handed back (so before it leaves the process).
 
-    With ``case_notes`` (how to reach routing, e.g. ``casenotes.RoutingCases.of(ctx)``) the
-    internal notes of the person's cases are asked for after the database is read (no connection
-    held across the calls) and put in; when routing cannot be asked,
-    :class:`casenotes.CaseNotesUnavailable` is raised and nothing is audited, since nothing left
-    intake. Without it the document says that the notes are missing (``case_notes_included``
-    false, a line in the explanation): for the command's ``--without-case-notes``.
+    With ``case_notes`` (how to reach routing, ``accessparts.routing(...)``) the internal notes of
+    the person's cases, and with ``mails`` (how to reach notifier, ``accessparts.notifier(...)``)
+    the e-mails sent about their signals, are asked for after the database is read (no
+    connection held across the calls) and put in. When either service cannot be asked,
+    :class:`~civicsignals.intake.accessparts.PartUnavailable` is raised naming it, and nothing is
+    audited, since nothing left intake. Without one the document says that part is missing
+    (``case_notes_included`` or ``mails_included`` false, a line in the explanation): for the
+    command's ``--without-case-notes`` and ``--without-mail-record``.
     """
     async with sessions() as session:
         ids = await signals_of_person(session, cipher, tenant, by, value)
@@ -413,6 +484,9 @@ async def answer_access_request(
     if case_notes is not None:
         notes = await casenotes.case_notes(case_notes, tenant, case_ids_of(document))
         include_case_notes(document, notes)
+    if mails is not None:
+        sent = await mailrecord.mails_of_signals(mails, tenant, signal_ids_of(document))
+        include_mails(document, sent)
     async with sessions() as session, session.begin():
         audit_access(session, tenant, document, actor)
     return document

@@ -5,7 +5,7 @@
     civicsignals-intake import FILE --tenant demo [--format csv|jsonl] [--delimiter ;] [--no-progress]
     civicsignals-intake erase --tenant demo (--email X | --phone X | --tracking-code C) [--yes [--signal-id ID ...]]
     civicsignals-intake access --tenant demo (--email X | --phone X | --tracking-code C) --out FILE.json
-        [--with-files DIR] [--force] [--without-case-notes]
+        [--with-files DIR] [--force] [--without-case-notes] [--without-mail-record]
     civicsignals-intake rotate-keys
     civicsignals-intake retention
 
@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,12 @@ def _add_commands(commands: Any) -> None:
         action="store_true",
         help="do not ask routing for the internal notes of the person's cases; the document says "
         "they are missing and the privacy officer adds them by hand",
+    )
+    access.add_argument(
+        "--without-mail-record",
+        action="store_true",
+        help="do not ask notifier for the e-mails sent about the person's signals; the document "
+        "says they are missing and the privacy officer adds them by hand",
     )
     commands.add_parser("rotate-keys", help="re-seal every contact with the active key")
     commands.add_parser("retention", help="run the retention job once for every tenant")
@@ -243,19 +250,38 @@ def _refuse_access_target(out: Path, files: Path | None, *, force: bool) -> int:
     return 0
 
 
-#: The exit code when routing cannot be asked for the case notes: nothing written, try again.
-EXIT_CASE_NOTES_UNAVAILABLE = 3
+#: The exit code when routing (the case notes) or notifier (the mails) cannot be asked: nothing
+#: written, try again.
+EXIT_PART_UNAVAILABLE = 3
+
+
+@dataclass(frozen=True)
+class PartAdvice:
+    """What the command says when one service's part of the document is missing: what the part
+    is, the setting that names the service, and the flag that leaves the part out."""
+
+    part: str
+    setting: str
+    flag: str
+
+
+#: By service (``accessparts.ROUTING``, ``accessparts.NOTIFIER``).
+PART_ADVICE: dict[str, PartAdvice] = {
+    "routing": PartAdvice("the case notes", "CIVIC_INTAKE_ROUTING_URL", "--without-case-notes"),
+    "notifier": PartAdvice("the mail record", "CIVIC_INTAKE_NOTIFIER_URL", "--without-mail-record"),
+}
 
 
 async def run_access(settings: IntakeSettings, args: argparse.Namespace) -> int:
     """Write one person's data to ``--out`` (see ``privacy`` and docs/intake.md); only counts on
     stdout: the person's data never goes to the terminal, a log or the audit. The internal notes
-    of the person's cases come from routing (``CIVIC_INTAKE_ROUTING_URL``, intake's service key):
-    when it cannot be asked nothing is written, unless ``--without-case-notes`` asks for a
-    document that says they are missing."""
+    of the person's cases come from routing (``CIVIC_INTAKE_ROUTING_URL``) and the e-mails sent
+    about their signals from notifier (``CIVIC_INTAKE_NOTIFIER_URL``), both asked with intake's
+    service key: when either cannot be asked nothing is written, unless ``--without-case-notes``
+    or ``--without-mail-record`` asks for a document that says that part is missing."""
     import httpx
 
-    from civicsignals.intake import accessrequest, casenotes
+    from civicsignals.intake import accessparts, accessrequest
     from civicsignals.intake.app import build_cipher
 
     out: Path = args.out
@@ -269,23 +295,26 @@ async def run_access(settings: IntakeSettings, args: argparse.Namespace) -> int:
         httpx.AsyncClient(timeout=10.0, follow_redirects=False) as client,
     ):
         tenant = offline.tenant(args.tenant)
-        routing = (
-            None
-            if args.without_case_notes
-            else casenotes.RoutingCases(client, settings.routing_url, settings.service_keys_dir)
-        )
         try:
             document = await accessrequest.answer_access_request(
-                offline.sessions, cipher, tenant.code, by, value, actor="cli:access", case_notes=routing
+                offline.sessions,
+                cipher,
+                tenant.code,
+                by,
+                value,
+                actor="cli:access",
+                case_notes=None if args.without_case_notes else accessparts.routing(client, settings),
+                mails=None if args.without_mail_record else accessparts.notifier(client, settings),
             )
-        except casenotes.CaseNotesUnavailable as missing:
+        except accessparts.PartUnavailable as missing:
+            advice = PART_ADVICE[missing.service]
             print(
-                f"cannot add the case notes: routing at {missing.url}: {missing.reason}; nothing written "
-                "(start routing or fix CIVIC_INTAKE_ROUTING_URL and try again, or add --without-case-notes "
-                "and add the notes by hand)",
+                f"cannot add {advice.part}: {missing.service} at {missing.url}: {missing.reason}; nothing "
+                f"written (start {missing.service} or fix {advice.setting} and try again, or add "
+                f"{advice.flag} and add {advice.part} by hand)",
                 file=sys.stderr,
             )
-            return EXIT_CASE_NOTES_UNAVAILABLE
+            return EXIT_PART_UNAVAILABLE
     copied = None
     if args.with_files is not None:
         copied = accessrequest.copy_attachment_files(
@@ -299,6 +328,8 @@ async def run_access(settings: IntakeSettings, args: argparse.Namespace) -> int:
     print(f"wrote {document['signal_count']} signal(s) of this person to {out}")
     if not document["case_notes_included"]:
         print("without the case notes of routing: add them before the document goes out", file=sys.stderr)
+    if not document["mails_included"]:
+        print("without the mail record of notifier: add it before the document goes out", file=sys.stderr)
     if copied is not None:
         print(f"copied {copied.copied} attachment file(s) to {args.with_files}")
         if copied.missing:

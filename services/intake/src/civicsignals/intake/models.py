@@ -407,6 +407,25 @@ class ErasureOutcome(BaseModel):
     erased: ErasureCounts | None = Field(description="null in a dry run")
 
 
+#: Two mails of a signal as the access document lists them (``mails``), for the API's examples.
+MAIL_RECORD_EXAMPLE: list[dict[str, Any]] = [
+    {
+        "created_at": "2026-11-28T09:03:15Z",
+        "template": "acknowledgement",
+        "status": "delivered",
+        "delivered_at": "2026-11-28T09:03:16Z",
+        "attempts": 1,
+    },
+    {
+        "created_at": "2026-11-28T10:00:02Z",
+        "template": "status_update",
+        "status": "delivered",
+        "delivered_at": "2026-11-28T10:01:03Z",
+        "attempts": 2,
+    },
+]
+
+
 class AccessDocumentPublic(BaseModel):
     """A person's access document (format ``civicsignals.intake.access.v1``, as the command writes
     it); ``explanation`` says in Dutch and English what each part of a signal holds."""
@@ -422,7 +441,27 @@ class AccessDocumentPublic(BaseModel):
         description="true: each signal's case_notes holds the internal notes routing keeps of its case "
         "(the API answers only such documents; the command writes false with --without-case-notes)"
     )
-    signals: list[dict[str, Any]]
+    mails_included: bool = Field(
+        description="true: each signal's mails lists the e-mails notifier sent (or tried to send, or "
+        "left unsent) about it, oldest first: {created_at, template, status, delivered_at, attempts}, "
+        "never the address, which notifier does not keep (the API answers only such documents; the "
+        "command writes false, and every mails null, with --without-mail-record)",
+        examples=[True],
+    )
+    signals: list[dict[str, Any]] = Field(
+        description="one part per signal, oldest first; besides what intake keeps, each part holds "
+        "case_notes (routing's) and mails (notifier's)",
+        examples=[
+            [
+                {
+                    "signal_id": "01JDX3W6Q5TB7V0N8K2M4R6P9S",
+                    "tracking_code": "7KQ2-M9XD-4HTC",
+                    "case_notes": [],
+                    "mails": MAIL_RECORD_EXAMPLE,
+                }
+            ]
+        ],
+    )
 
 
 # --- tables ------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from civicsignals.common.auth import Principal, get_registry
 from civicsignals.common.problems import Problem
 from civicsignals.common.web_login import SignInLacksScope, SignInRefused, SignInThrottled, WebLogin, sign
 from civicsignals.common.wording import DEFAULT_LANGUAGE, format_date, language_of, timezone_of
-from civicsignals.intake import casenotes, flows, privacy, privacy_views
+from civicsignals.intake import accessparts, flows, privacy, privacy_views
 from civicsignals.intake.models import PersonSelection
 from civicsignals.intake.pages import PAGE_HEADERS, TEMPLATES
 from civicsignals.intake.privacy_desk_words import INVALID_FIELD, WORDS
@@ -300,8 +300,8 @@ async def find(request: Request) -> Response:
 @router.post("/privacy/access")
 async def download(request: Request) -> Response:
     """The access document as the API answers it, as a file; each signal audited as read. When
-    routing cannot be asked for the case notes, the found signals come back with that message
-    (503), and nothing was audited: no document left intake."""
+    routing cannot be asked for the case notes, or notifier for the mails sent, the found signals
+    come back with a message naming which (503), and nothing was audited: no document left intake."""
     posted = await _checked(request)
     if isinstance(posted, Response):
         return posted
@@ -309,8 +309,11 @@ async def download(request: Request) -> Response:
     by, value = posted.person
     try:
         document = await privacy_views.person_document(_context(request), officer, by, value)
-    except casenotes.CaseNotesUnavailable:
-        unavailable = WORDS[lang]["case_notes_unavailable"]
+    except accessparts.PartUnavailable as missing:
+        word = (
+            "mail_record_unavailable" if missing.service == accessparts.NOTIFIER else "case_notes_unavailable"
+        )
+        unavailable = WORDS[lang][word]
         return await _found_page(request, officer, lang, posted.person, 503, access_error=unavailable)
     filename = f"inzageverzoek-{datetime.now(UTC).date().isoformat()}.json"
     return Response(

@@ -61,6 +61,9 @@ WORDS: dict[str, dict[str, str]] = {
         "case_notes_unavailable": "Het inzagedocument kan nu niet worden gemaakt: de zaakbehandeling "
         "(routing), die de interne notities bij de zaken bewaart, antwoordt niet. Er is niets "
         "opgevraagd of vastgelegd. Probeer het over een minuut opnieuw.",
+        "mail_record_unavailable": "Het inzagedocument kan nu niet worden gemaakt: de berichtendienst "
+        "(notifier), die bijhoudt welke e-mails over de meldingen zijn verstuurd, antwoordt niet. Er "
+        "is niets opgevraagd of vastgelegd. Probeer het over een minuut opnieuw.",
         "erase": "Verwijder gegevens",
         "nothing_to_erase": "Er is niets te verwijderen.",
         "erased_title": "Gegevens verwijderd",
@@ -128,6 +131,9 @@ WORDS: dict[str, dict[str, str]] = {
         "case_notes_unavailable": "The access document cannot be made now: case handling (routing), "
         "which keeps the internal notes of the cases, does not answer. Nothing was read or recorded. "
         "Try again in a minute.",
+        "mail_record_unavailable": "The access document cannot be made now: the messaging service "
+        "(notifier), which keeps which e-mails were sent about the signals, does not answer. Nothing "
+        "was read or recorded. Try again in a minute.",
         "erase": "Erase personal data",
         "nothing_to_erase": "There is nothing to erase.",
         "erased_title": "Personal data erased",

@@ -5,22 +5,26 @@ request workflow (its case system or privacy desk) instead of a shell in the clu
 person in the body, never in the URL, so no e-mail address or phone number lands in an access log
 or a proxy's; both need the scope ``privacy:admin`` (or ``admin``), and every signal read or erased
 is audited under the caller's key id or person. The access document is personal data: its answer
-says ``Cache-Control: no-store``.
+says ``Cache-Control: no-store``. It holds parts two other services keep (routing's case notes,
+notifier's mails): when either cannot be asked the answer is a 503 naming that part, never an
+incomplete document.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from civicsignals.common.auth import Principal
 from civicsignals.common.problems import Problem
-from civicsignals.intake import accessrequest, casenotes, flows, privacy
+from civicsignals.intake import accessparts, accessrequest, flows, privacy
 from civicsignals.intake.access import authorised
 from civicsignals.intake.models import (
+    MAIL_RECORD_EXAMPLE,
     AccessDocumentPublic,
     ErasureCounts,
     ErasureOutcome,
@@ -28,7 +32,7 @@ from civicsignals.intake.models import (
     PersonSelection,
     PersonSignal,
 )
-from civicsignals.intake.views import AUTH_PROBLEMS, WRITE_PROBLEMS, problem
+from civicsignals.intake.views import AUTH_PROBLEMS, PROBLEM_SCHEMA, WRITE_PROBLEMS, problem
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +55,52 @@ SELECTION_PROBLEMS: dict[int | str, dict[str, Any]] = {
     ),
 }
 NO_STORE = {"Cache-Control": "no-store"}
-CASE_NOTES_RETRY_S = 60
+#: How long a caller waits before asking again when a part of the document cannot be had now.
+PART_UNAVAILABLE_RETRY_S = 60
 
 
-ACCESS_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    **SELECTION_PROBLEMS,
-    503: problem(
-        503,
-        "Routing, which keeps the internal notes of the person's cases, cannot be asked now (see "
-        "Retry-After); nothing was read or audited",
-        "Service Unavailable",
-        "the case notes cannot be added now: routing did not answer; try again in a minute",
+@dataclass(frozen=True)
+class MissingPart:
+    """How the API says that one service's part of the access document cannot be had now."""
+
+    slug: str
+    detail: str
+
+
+#: The 503 of each service whose part of the document cannot be asked for, by service.
+MISSING_PARTS: dict[str, MissingPart] = {
+    accessparts.ROUTING: MissingPart(
         "case-notes-unavailable",
+        "the case notes cannot be added now: routing, which keeps them, could not be asked "
+        "(see intake's log); try again in a minute",
+    ),
+    accessparts.NOTIFIER: MissingPart(
+        "mail-record-unavailable",
+        "the mail record cannot be added now: notifier, which keeps which e-mails were sent about "
+        "the person's signals, could not be asked (see intake's log); try again in a minute",
     ),
 }
+
+
+def _unavailable_problems() -> dict[str, Any]:
+    """The 503 in the OpenAPI document, with an example for each part that may be missing."""
+    examples = {
+        part.slug: {
+            "summary": f"{service} cannot be asked",
+            "value": problem(503, "", "Service Unavailable", part.detail, part.slug)["content"][
+                "application/problem+json"
+            ]["example"],
+        }
+        for service, part in MISSING_PARTS.items()
+    }
+    return {
+        "description": "Routing (the internal notes of the person's cases) or notifier (the e-mails "
+        "sent about their signals) cannot be asked now (see Retry-After); nothing was read or audited",
+        "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA, "examples": examples}},
+    }
+
+
+ACCESS_PROBLEMS: dict[int | str, dict[str, Any]] = {**SELECTION_PROBLEMS, 503: _unavailable_problems()}
 
 
 def _context(request: Request) -> flows.IntakeContext:
@@ -75,9 +111,11 @@ def _context(request: Request) -> flows.IntakeContext:
 async def person_document(
     ctx: flows.IntakeContext, officer: Principal, by: privacy.PersonSelector, value: str
 ) -> dict[str, Any]:
-    """A person's access document with routing's notes of their cases, its reads audited under
-    ``officer`` (the API and the privacy desk). :class:`casenotes.CaseNotesUnavailable` when routing
-    cannot be asked: then nothing was audited, and the caller answers that it cannot answer now."""
+    """A person's access document with routing's notes of their cases and notifier's record of
+    the mails sent about their signals, its reads audited under ``officer`` (the API and the
+    privacy desk). :class:`accessparts.PartUnavailable` (``service`` names routing or notifier)
+    when either cannot be asked: then nothing was audited, and the caller answers that it cannot
+    answer now."""
     try:
         return await accessrequest.answer_access_request(
             ctx.runtime.sessions,
@@ -86,10 +124,11 @@ async def person_document(
             by,
             value,
             actor=officer.actor,
-            case_notes=casenotes.RoutingCases.of(ctx),
+            case_notes=accessparts.routing(ctx.http, ctx.settings),
+            mails=accessparts.notifier(ctx.http, ctx.settings),
         )
-    except casenotes.CaseNotesUnavailable as missing:
-        log.warning("no access document: the case notes are unavailable (%s)", missing)
+    except accessparts.PartUnavailable as missing:
+        log.warning("no access document: %s's part is unavailable (%s)", missing.service, missing)
         raise
 
 
@@ -143,8 +182,8 @@ def person_of(selection: PersonSelection) -> tuple[privacy.PersonSelector, str]:
 @router.post(
     "/v1/privacy/access",
     response_model=AccessDocumentPublic,
-    summary="A person's access request: everything intake keeps with their signals, and the internal "
-    "notes routing keeps of their cases (AVG art. 15, 20)",
+    summary="A person's access request: everything intake keeps with their signals, the internal "
+    "notes routing keeps of their cases and the e-mails notifier sent about them (AVG art. 15, 20)",
     responses={
         200: {
             "description": "The person's document (no signals when intake keeps nothing of them)",
@@ -166,6 +205,7 @@ def person_of(selection: PersonSelection) -> tuple[privacy.PersonSelector, str]:
                         },
                         "signal_count": 1,
                         "case_notes_included": True,
+                        "mails_included": True,
                         "signals": [
                             {
                                 "signal_id": "01JDX3W6Q5TB7V0N8K2M4R6P9S",
@@ -190,6 +230,7 @@ def person_of(selection: PersonSelection) -> tuple[privacy.PersonSelector, str]:
                                         "note": "Mevrouw belde terug, komt donderdag kijken.",
                                     }
                                 ],
+                                "mails": MAIL_RECORD_EXAMPLE,
                             }
                         ],
                     }
@@ -204,20 +245,22 @@ async def access_request(
 ) -> dict[str, Any]:
     """The document ``civicsignals-intake access`` writes (without the attachment files: a key
     with ``cases:read`` fetches them at ``GET /v1/signals/{signal_id}/attachments/{attachment_id}``),
-    with the internal notes routing keeps of the person's cases, which intake asks routing for with
-    its own service key. Each signal's read is audited as ``person.access`` before the answer is
-    sent. When routing cannot be asked the answer is a 503, never a document without the notes,
-    and no read is audited: nothing left intake."""
+    with the internal notes routing keeps of the person's cases and the e-mails notifier sent
+    about their signals, which intake asks each service for with its own service key. Each
+    signal's read is audited as ``person.access`` before the answer is sent. When routing or
+    notifier cannot be asked the answer is a 503 naming that part (``case-notes-unavailable``,
+    ``mail-record-unavailable``), never a document without it, and no read is audited: nothing
+    left intake."""
     by, value = person_of(selection)
     try:
         document = await person_document(_context(request), principal, by, value)
-    except casenotes.CaseNotesUnavailable:
+    except accessparts.PartUnavailable as missing:
+        part = MISSING_PARTS[missing.service]
         raise Problem(
             503,
-            "the case notes cannot be added now: routing, which keeps them, did not answer; "
-            "try again in a minute",
-            slug="case-notes-unavailable",
-            headers={"Retry-After": str(CASE_NOTES_RETRY_S)},
+            part.detail,
+            slug=part.slug,
+            headers={"Retry-After": str(PART_UNAVAILABLE_RETRY_S)},
         ) from None
     response.headers.update(NO_STORE)
     return document

@@ -324,14 +324,19 @@ class AttemptPublic(BaseModel):
 
 
 class DeliveryPublic(BaseModel):
-    """A delivery as the log shows it: no address, no URL, no body."""
+    """A delivery as the log shows it: no address, no URL, no body. The same for every reader
+    (an admin of the whole log, or a ``cases:read`` key asking about one signal): what a
+    resident's mail was and how it went, never where it went or what it said."""
 
     model_config = ConfigDict(populate_by_name=True)
 
     id: str
     message_id: str
-    channel: str
-    template: str | None
+    channel: str = PydanticField(description="email or webhook")
+    template: str | None = PydanticField(
+        description="an e-mail's template: acknowledgement, status_update, resolution, reopening "
+        "(to the resident), endpoint_disabled (to a partner's contact); null for a webhook"
+    )
     event_id: str
     event_type: str
     signal_id: str | None
@@ -339,14 +344,17 @@ class DeliveryPublic(BaseModel):
     partner: str | None = PydanticField(validation_alias="partner_code")
     partner_id: str | None
     endpoint_id: str | None
-    status: str
+    status: str = PydanticField(
+        description="scheduled, sending, delivered (e-mail: accepted by the SMTP server; webhook: "
+        "a 2xx), failed (given up), skipped (not sent: no contact, no consent, erased …)"
+    )
     status_reason: str | None
-    attempts: int
+    attempts: int = PydanticField(description="how many times it was tried")
     next_attempt_at: datetime | None
     last_status_code: int | None
     last_error: str | None
-    created_at: datetime
-    delivered_at: datetime | None
+    created_at: datetime = PydanticField(description="when notifier scheduled it")
+    delivered_at: datetime | None = PydanticField(description="when it was delivered (see status)")
 
 
 class DeliveryDetail(DeliveryPublic):
@@ -355,7 +363,9 @@ class DeliveryDetail(DeliveryPublic):
 
 class DeliveryPage(BaseModel):
     items: list[DeliveryPublic]
-    next_cursor: str | None
+    next_cursor: str | None = PydanticField(
+        description="pass as ``cursor`` for the next (older) page; null on the last page"
+    )
 
 
 class TemplateInfo(BaseModel):

@@ -1,11 +1,16 @@
 """Notifier's HTTP routes: the partner registry, the delivery log, template previews.
 
 Every route needs the scope ``rules:admin`` (or ``admin``) and sees only its own tenant's rows;
-another tenant's partner or delivery answers exactly like a missing one.
+another tenant's partner or delivery answers exactly like a missing one. One exception: the
+delivery log's listing also opens to ``cases:read``, one signal at a time (``?signal=``), for
+staff who ask "was the resident told?" and for intake's access document (AVG art. 15); a key
+bound to departments cannot read it that way, since notifier does not know which departments a
+signal's case reached (:func:`refusal_of_log_reader`).
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -14,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from civicsignals.common import wording
-from civicsignals.common.auth import Principal, scope_dependency
+from civicsignals.common.auth import Principal, any_scope_dependency, scope_dependency
 from civicsignals.common.events import utcnow
 from civicsignals.common.problems import Problem
 from civicsignals.notifier import flows, messages, service
@@ -46,7 +51,14 @@ from civicsignals.notifier.models import (
 )
 from civicsignals.notifier.signing import InvalidSecret, generate_secret, secret_bytes
 
-Admin = Annotated[Principal, Depends(scope_dependency("rules:admin"))]
+log = logging.getLogger(__name__)
+
+ADMIN_SCOPE = "rules:admin"
+#: The scope with which staff (and intake's service key) read one signal's deliveries.
+CASE_READER_SCOPE = "cases:read"
+
+Admin = Annotated[Principal, Depends(scope_dependency(ADMIN_SCOPE))]
+LogReader = Annotated[Principal, Depends(any_scope_dependency(ADMIN_SCOPE, CASE_READER_SCOPE))]
 
 partners_router = APIRouter(tags=["partners"])
 deliveries_router = APIRouter(tags=["deliveries"])
@@ -326,19 +338,130 @@ def _delivery_public(row: Delivery) -> DeliveryPublic:
     return DeliveryPublic.model_validate(row, from_attributes=True)
 
 
+#: Why a ``cases:read`` key bound to departments may not list deliveries. Routing and intake show
+#: such a key only what reached its departments; notifier learns a case's partners from the bus,
+#: not its departments (nor a reassignment, which goes on the departments' feeds), so it could
+#: only show all or nothing: nothing, plainly.
+DEPARTMENT_BOUND_REFUSAL = (
+    "a key bound to departments cannot read the delivery log: notifier does not know which "
+    "departments a signal's case reached; use a key bound to no department, or ask routing "
+    "(GET /v1/cases/{case_id}) what happened to the case"
+)
+#: Why a ``cases:read`` key must name the signal: it may ask about a case it handles, not read
+#: the whole tenant's mail and webhook traffic.
+SIGNAL_REQUIRED_REFUSAL = (
+    "with cases:read the delivery log is read one signal at a time: "
+    "give the signal query parameter (?signal=<signal id>)"
+)
+
+
+def refusal_of_log_reader(principal: Principal, signal: str | None) -> str | None:
+    """Why ``principal`` may not list deliveries with these filters, or None when it may.
+
+    ``rules:admin`` (or ``admin``) reads the whole log, as before. ``cases:read`` reads one
+    signal's deliveries: staff asking "was the resident told?", and intake's service key for a
+    person's access document. A key bound to departments is refused that way (DESIGN §3: it sees
+    only what reached its departments, which notifier cannot tell)."""
+    if principal.allows(ADMIN_SCOPE):
+        return None
+    if principal.departments:
+        return DEPARTMENT_BOUND_REFUSAL
+    if not (signal or "").strip():
+        return SIGNAL_REQUIRED_REFUSAL
+    return None
+
+
+def _forbidden_example(detail: str) -> dict[str, Any]:
+    return {
+        "value": {
+            "type": "https://civicsignals.nl/problems/forbidden",
+            "title": "Forbidden",
+            "status": 403,
+            "detail": detail,
+        }
+    }
+
+
+_LOG_EXAMPLE = {
+    "items": [
+        {
+            "id": "01KBK7Q2M4N6P8R0S2T4V6W8X0",
+            "message_id": "msg_q3k7j2b9x4w1",
+            "channel": "email",
+            "template": "acknowledgement",
+            "event_id": "01KBH6Y3C9D1E3F5G7H9J1K3M5",
+            "event_type": "nl.civicsignals.signal.routed.v1",
+            "signal_id": "01KBH6Y3A7B9C1D3E5F7G9H1J3",
+            "case_id": "01KBH6Y3C2D4E6F8G0H2J4K6M8",
+            "partner": None,
+            "partner_id": None,
+            "endpoint_id": None,
+            "status": "delivered",
+            "status_reason": None,
+            "attempts": 1,
+            "next_attempt_at": None,
+            "last_status_code": None,
+            "last_error": None,
+            "created_at": "2026-11-28T09:14:04Z",
+            "delivered_at": "2026-11-28T09:14:05Z",
+        }
+    ],
+    "next_cursor": None,
+}
+
+
 @deliveries_router.get(
-    "/v1/deliveries", response_model=DeliveryPage, summary="The delivery log, newest first"
+    "/v1/deliveries",
+    response_model=DeliveryPage,
+    summary="The delivery log, newest first (rules:admin; cases:read for one signal)",
+    description="Every delivery of the tenant (``rules:admin``), or one signal's (``cases:read``, "
+    "with ``signal``): channel, template, status, attempts and times; never an address, URL or "
+    "body. A ``cases:read`` key bound to departments is refused (403): notifier does not know "
+    "which departments a signal's case reached.",
+    responses={
+        200: {
+            "description": "A page of deliveries; ``next_cursor`` asks for the next one",
+            "content": {"application/json": {"example": _LOG_EXAMPLE}},
+        },
+        403: {
+            "description": "The key has neither rules:admin nor cases:read; or, with cases:read only, "
+            "no signal was named or the key is bound to departments (problem+json)",
+            "content": {
+                "application/problem+json": {
+                    "examples": {
+                        "no-signal": _forbidden_example(SIGNAL_REQUIRED_REFUSAL),
+                        "department-bound": _forbidden_example(DEPARTMENT_BOUND_REFUSAL),
+                        "no-scope": _forbidden_example(
+                            "this key lacks one of the scopes 'rules:admin', 'cases:read'"
+                        ),
+                    }
+                }
+            },
+        },
+        422: _PROBLEMS[422],
+    },
 )
 async def list_deliveries(
     request: Request,
-    principal: Admin,
+    principal: LogReader,
     partner: Annotated[str | None, Query(max_length=64, description="partner code or id")] = None,
     status: Annotated[str | None, Query(pattern=r"^(scheduled|sending|delivered|failed|skipped)$")] = None,
-    signal: Annotated[str | None, Query(max_length=64, description="signal id")] = None,
+    signal: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="signal id; required with cases:read (without rules:admin)",
+            examples=["01KBH6Y3A7B9C1D3E5F7G9H1J3"],
+        ),
+    ] = None,
     channel: Annotated[str | None, Query(pattern=r"^(email|webhook)$")] = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> DeliveryPage:
+    refusal = refusal_of_log_reader(principal, signal)
+    if refusal is not None:
+        log.info("auth: %s may not list deliveries so: %s", principal.actor, refusal)
+        raise Problem(403, refusal, slug="forbidden")
     async with _context(request).runtime.sessions() as session:
         rows, next_cursor = await service.list_deliveries(
             session,

@@ -160,6 +160,10 @@ def service_env(
     }
     if name == "intake":
         env[f"{prefix}PUBLIC_BASE_URL"] = public_base_url
+        # The services intake asks: routing (updates, the access document's case notes) and
+        # notifier (the access document's mail record).
+        env[f"{prefix}ROUTING_URL"] = _service("routing").base_url
+        env[f"{prefix}NOTIFIER_URL"] = _service("notifier").base_url
     if name == "notifier":
         env[f"{prefix}SMTP_HOST"] = smtp_host
         env[f"{prefix}SMTP_PORT"] = str(smtp_port)
