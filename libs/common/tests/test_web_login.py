@@ -11,9 +11,11 @@ import stat
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from civicsignals.common.web_login import (
     SignInThrottle,
+    SignInThrottleSettings,
     WebLogin,
     form_token,
     form_token_matches,
@@ -200,3 +202,17 @@ def test_a_client_that_waits_exactly_the_retry_after_it_was_told_gets_through(pe
         clock.now += retry_after / steps
 
     assert throttle.admit("a") == 0
+
+
+def test_the_throttle_settings_must_be_positive() -> None:
+    assert SignInThrottleSettings().model_dump() == {
+        "login_failures_burst": 10,
+        "login_failures_per_minute": 5.0,
+    }
+    for wrong in (
+        {"login_failures_burst": 0},
+        {"login_failures_per_minute": 0},
+        {"login_failures_per_minute": -1},
+    ):
+        with pytest.raises(ValidationError):
+            SignInThrottleSettings(**wrong)

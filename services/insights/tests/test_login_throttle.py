@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import ValidationError
 
 from civicsignals.common.web_login import SignInThrottle
 from civicsignals.insights.pages import STAFF_WORDS
@@ -145,17 +144,11 @@ async def test_the_dashboard_lets_an_address_in_again_once_its_failures_refilled
     assert (await _sign_in(insights.client, insights.key)).status_code == 429
 
 
-def test_the_throttle_settings_are_read_from_the_environment_and_must_be_positive(
+def test_the_throttle_settings_are_read_under_the_services_own_prefix(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Their checks are ``SignInThrottleSettings``' (libs/common); here, that this service reads them."""
     monkeypatch.setenv("CIVIC_INSIGHTS_LOGIN_FAILURES_BURST", "4")
     monkeypatch.setenv("CIVIC_INSIGHTS_LOGIN_FAILURES_PER_MINUTE", "0.5")
     settings = InsightsSettings()
     assert (settings.login_failures_burst, settings.login_failures_per_minute) == (4, 0.5)
-    for wrong in (
-        {"login_failures_burst": 0},
-        {"login_failures_per_minute": 0},
-        {"login_failures_per_minute": -1},
-    ):
-        with pytest.raises(ValidationError):
-            InsightsSettings(**wrong)

@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import ValidationError
 from sqlmodel import col, select
 
 from civicsignals.common.tenants import add_key
@@ -252,20 +251,14 @@ async def test_the_desk_lets_an_address_in_again_once_its_failures_refilled_and_
     assert (await intake.client.post("/privacy/login", data={"api_key": key})).status_code == 429
 
 
-def test_the_throttle_settings_are_read_from_the_environment_and_must_be_positive(
+def test_the_throttle_settings_are_read_under_the_services_own_prefix(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Their checks are ``SignInThrottleSettings``' (libs/common); here, that this service reads them."""
     monkeypatch.setenv("CIVIC_INTAKE_LOGIN_FAILURES_BURST", "4")
     monkeypatch.setenv("CIVIC_INTAKE_LOGIN_FAILURES_PER_MINUTE", "0.5")
     settings = IntakeSettings()
     assert (settings.login_failures_burst, settings.login_failures_per_minute) == (4, 0.5)
-    for wrong in (
-        {"login_failures_burst": 0},
-        {"login_failures_per_minute": 0},
-        {"login_failures_per_minute": -1},
-    ):
-        with pytest.raises(ValidationError):
-            IntakeSettings(**wrong)
 
 
 # -- finding a person -------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
 
 from civicsignals.common.auth import Principal, authenticate, get_registry
 from civicsignals.common.problems import Problem
@@ -149,6 +150,22 @@ class SignInThrottle:
     def succeeded(self, client: str) -> None:
         """The attempt :meth:`admit` let through signed in: it does not count as a failure."""
         self._failures.give_back(client)
+
+
+class SignInThrottleSettings(BaseModel):
+    """The throttle's two settings, for a service's settings class to inherit beside
+    ``ServiceSettings`` (so each service reads them under its own prefix, e.g.
+    ``CIVIC_INTAKE_LOGIN_FAILURES_BURST``)."""
+
+    login_failures_burst: int = Field(
+        default=10,
+        ge=1,
+        description="failed sign-ins on the service's staff login a client address may make in a row "
+        "before it must wait (429 with Retry-After); counted per replica",
+    )
+    login_failures_per_minute: float = Field(
+        default=5.0, gt=0, description="how fast a client address's allowance of failed sign-ins refills"
+    )
 
 
 class SignInLimits(Protocol):

@@ -8,9 +8,10 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from civicsignals.common.settings import ServiceSettings
+from civicsignals.common.web_login import SignInThrottleSettings
 
 
-class InsightsSettings(ServiceSettings):
+class InsightsSettings(ServiceSettings, SignInThrottleSettings):
     model_config = SettingsConfigDict(env_prefix="CIVIC_INSIGHTS_", extra="ignore")
     service_name: ClassVar[str] = "insights"
 
@@ -31,15 +32,7 @@ class InsightsSettings(ServiceSettings):
     )
     session_ttl_s: int = Field(default=8 * 3600, ge=60, description="lifetime of a dashboard login")
     cookie_secure: bool = Field(default=False, description="mark the login cookie Secure (behind HTTPS)")
-    login_failures_burst: int = Field(
-        default=10,
-        ge=1,
-        description="failed dashboard sign-ins a client address may make in a row before it must wait "
-        "(429 with Retry-After); counted per replica",
-    )
-    login_failures_per_minute: float = Field(
-        default=5.0, gt=0, description="how fast a client address's allowance of failed sign-ins refills"
-    )
+    # login_failures_burst, login_failures_per_minute: SignInThrottleSettings
     emerging_false_alarm_rate: float = Field(
         default=0.001, gt=0, lt=0.5, description="stated false-alarm rate per series and day"
     )

@@ -9,9 +9,10 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from civicsignals.common.settings import ServiceSettings
+from civicsignals.common.web_login import SignInThrottleSettings
 
 
-class IntakeSettings(ServiceSettings):
+class IntakeSettings(ServiceSettings, SignInThrottleSettings):
     model_config = SettingsConfigDict(env_prefix="CIVIC_INTAKE_", extra="ignore")
     service_name: ClassVar[str] = "intake"
 
@@ -66,15 +67,7 @@ class IntakeSettings(ServiceSettings):
     )
     session_ttl_s: int = Field(default=2 * 3600, ge=60, description="lifetime of a privacy desk login")
     cookie_secure: bool = Field(default=False, description="mark the login cookie Secure (behind HTTPS)")
-    login_failures_burst: int = Field(
-        default=10,
-        ge=1,
-        description="failed privacy desk sign-ins a client address may make in a row before it must "
-        "wait (429 with Retry-After); counted per replica",
-    )
-    login_failures_per_minute: float = Field(
-        default=5.0, gt=0, description="how fast a client address's allowance of failed sign-ins refills"
-    )
+    # login_failures_burst, login_failures_per_minute: SignInThrottleSettings
 
     # Retention of contact data (per tenant: retention.contact_days_after_close in tenant.yaml).
     retention_interval_s: float = Field(default=3600.0, gt=0, description="how often the retention job runs")
