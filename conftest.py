@@ -350,6 +350,44 @@ def wait_until() -> WaitUntil:
     return _wait_until
 
 
+# -- clocks and key look-ups -------------------------------------------------------------------------
+
+
+class ManualClock:
+    """A monotonic clock the test moves by hand (``clock.now += 12``), for code that takes a clock."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    return ManualClock()
+
+
+class KeyLookups:
+    """Counts a tenant registry's key look-ups (``calls``), wrapping its own ``find_key``."""
+
+    def __init__(self, registry: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        original = registry.find_key
+
+        def counted(key_id: str) -> Any:
+            self.calls += 1
+            return original(key_id)
+
+        monkeypatch.setattr(registry, "find_key", counted)
+
+
+@pytest.fixture
+def count_key_lookups(monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], KeyLookups]:
+    """``count_key_lookups(registry)`` starts counting that registry's key look-ups."""
+    return lambda registry: KeyLookups(registry, monkeypatch)
+
+
 # -- tracing ---------------------------------------------------------------------------------------
 
 

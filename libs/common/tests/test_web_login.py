@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -79,23 +80,13 @@ def test_a_form_token_belongs_to_one_login() -> None:
 # -- the sign-in throttle ---------------------------------------------------------------------------
 
 
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _fail(throttle: SignInThrottle, client: str, times: int) -> list[int]:
     """``times`` attempts with a wrong key: what :meth:`SignInThrottle.admit` said to each."""
     return [throttle.admit(client) for _ in range(times)]
 
 
-def test_a_client_may_fail_a_burst_of_times_then_waits_for_the_refill() -> None:
-    clock = Clock()
+def test_a_client_may_fail_a_burst_of_times_then_waits_for_the_refill(manual_clock: Any) -> None:
+    clock = manual_clock
     throttle = SignInThrottle(burst=3, per_minute=5, clock=clock)  # one failure back every 12 s
 
     assert _fail(throttle, "10.0.0.1", 3) == [0, 0, 0]
@@ -109,8 +100,10 @@ def test_a_client_may_fail_a_burst_of_times_then_waits_for_the_refill() -> None:
     assert throttle.admit("10.0.0.1") == 12
 
 
-def test_refused_attempts_spend_nothing_and_a_long_wait_refills_no_more_than_the_burst() -> None:
-    clock = Clock()
+def test_refused_attempts_spend_nothing_and_a_long_wait_refills_no_more_than_the_burst(
+    manual_clock: Any,
+) -> None:
+    clock = manual_clock
     throttle = SignInThrottle(burst=2, per_minute=6, clock=clock)  # 10 s a failure
     _fail(throttle, "a", 2)
 
@@ -121,8 +114,8 @@ def test_refused_attempts_spend_nothing_and_a_long_wait_refills_no_more_than_the
     assert _fail(throttle, "a", 3) == [0, 0, 10]
 
 
-def test_a_successful_sign_in_costs_nothing() -> None:
-    clock = Clock()
+def test_a_successful_sign_in_costs_nothing(manual_clock: Any) -> None:
+    clock = manual_clock
     throttle = SignInThrottle(burst=3, per_minute=5, clock=clock)
 
     for _ in range(20):  # far more sign-ins than the burst, at the same instant
@@ -145,10 +138,10 @@ def test_a_successful_sign_in_costs_nothing() -> None:
     assert _fail(throttle, "c", 2) == [0, 6]  # and kept: the next one is 6 s away, not 12
 
 
-def test_attempts_in_flight_at_once_cannot_spend_more_than_the_allowance() -> None:
+def test_attempts_in_flight_at_once_cannot_spend_more_than_the_allowance(manual_clock: Any) -> None:
     """Each attempt takes its failure before its key is checked: two checked at the same time
     with one failure left cannot both go ahead."""
-    throttle = SignInThrottle(burst=2, per_minute=5, clock=Clock())
+    throttle = SignInThrottle(burst=2, per_minute=5, clock=manual_clock)
     assert throttle.admit("a") == 0
 
     first, second = throttle.admit("a"), throttle.admit("a")
@@ -158,8 +151,8 @@ def test_attempts_in_flight_at_once_cannot_spend_more_than_the_allowance() -> No
     assert throttle.admit("a") == 0
 
 
-def test_every_address_has_its_own_allowance() -> None:
-    clock = Clock()
+def test_every_address_has_its_own_allowance(manual_clock: Any) -> None:
+    clock = manual_clock
     throttle = SignInThrottle(burst=2, per_minute=5, clock=clock)
     _fail(throttle, "192.0.2.7", 2)
 
@@ -169,10 +162,10 @@ def test_every_address_has_its_own_allowance() -> None:
     assert throttle.admit("192.0.2.8") == 12 and throttle.admit("192.0.2.7") == 12
 
 
-def test_the_memory_bound_forgets_the_least_recent_clients_in_their_favour() -> None:
+def test_the_memory_bound_forgets_the_least_recent_clients_in_their_favour(manual_clock: Any) -> None:
     """Past ``max_clients`` the least recent client's count is forgotten: it starts full again,
     and a success reported for a forgotten client changes nothing."""
-    throttle = SignInThrottle(burst=1, per_minute=1, clock=Clock(), max_clients=2)
+    throttle = SignInThrottle(burst=1, per_minute=1, clock=manual_clock, max_clients=2)
     assert throttle.admit("a") == 0
     _fail(throttle, "b", 1)
     _fail(throttle, "c", 1)  # "a" forgotten, its attempt still in flight
@@ -190,9 +183,11 @@ def test_a_throttle_needs_a_positive_burst_and_rate() -> None:
 
 
 @pytest.mark.parametrize("per_minute", [5, 7, 0.5, 13, 60])
-def test_a_client_that_waits_exactly_the_retry_after_it_was_told_gets_through(per_minute: float) -> None:
+def test_a_client_that_waits_exactly_the_retry_after_it_was_told_gets_through(
+    per_minute: float, manual_clock: Any
+) -> None:
     """Even when the wait passes in steps whose floating-point sum falls a hair short of it."""
-    clock = Clock()
+    clock = manual_clock
     throttle = SignInThrottle(burst=10, per_minute=per_minute, clock=clock)
     _fail(throttle, "a", 10)
     retry_after = throttle.admit("a")

@@ -27,30 +27,6 @@ NEXT = "/dashboard?topic=afval"
 KEY_FIELD = re.compile(r'<input id="api_key"[^>]*>')
 
 
-class Clock:
-    """A monotonic clock the test moves by hand, for the dashboard's throttle."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class KeyLookups:
-    """Counts the key store's look-ups, wrapping the registry's own ``find_key``."""
-
-    def __init__(self, registry: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls = 0
-        original = registry.find_key
-
-        def counted(key_id: str) -> Any:
-            self.calls += 1
-            return original(key_id)
-
-        monkeypatch.setattr(registry, "find_key", counted)
-
-
 async def _sign_in(client: httpx.AsyncClient, api_key: str, lang: str = "nl") -> httpx.Response:
     return await client.post("/dashboard/login", data={"api_key": api_key, "next": NEXT, "lang": lang})
 
@@ -70,7 +46,10 @@ def _login_form_refusing(answer: httpx.Response, lang: str) -> None:
 
 
 async def test_once_an_address_has_failed_too_often_even_the_right_key_gets_429_and_others_sign_in(
-    insights: Insights, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    insights: Insights,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    count_key_lookups: Any,
 ) -> None:
     """The settings' burst of wrong keys (4 here, set before the first sign-in makes the
     throttle), then the right key: refused with 429 and ``Retry-After`` before the key store is
@@ -80,7 +59,7 @@ async def test_once_an_address_has_failed_too_often_even_the_right_key_gets_429_
     for _ in range(4):
         wrong = await _sign_in(insights.client, WRONG_KEY)
         assert wrong.status_code == 401 and "Deze API-sleutel is niet geldig." in wrong.text
-    lookups = KeyLookups(insights.app.state.tenants, monkeypatch)
+    lookups = count_key_lookups(insights.app.state.tenants)
 
     with caplog.at_level(logging.WARNING, logger="civicsignals.common.web_login"):
         refused = await _sign_in(insights.client, insights.key)
@@ -109,12 +88,12 @@ async def test_once_an_address_has_failed_too_often_even_the_right_key_gets_429_
 
 
 async def test_the_dashboard_lets_an_address_in_again_once_its_failures_refilled_and_success_costs_nothing(
-    insights: Insights,
+    insights: Insights, manual_clock: Any
 ) -> None:
     """The app's throttle, made from the settings (10 failures, 5 a minute), on a clock the test
     moves: signing in costs nothing however often; after 10 wrong keys the next attempt waits
     12 s; after those 12 s the right key signs in."""
-    clock = Clock()
+    clock = manual_clock
     settings = insights.ctx.settings
     LOGIN.use_throttle(
         insights.app,

@@ -135,16 +135,6 @@ WRONG_KEY = "cs_nope.nope"
 KEY_FIELD = re.compile(r'<input id="api_key"[^>]*>')
 
 
-class Clock:
-    """A monotonic clock the test moves by hand, for the desk's throttle."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _login_page_refusing(answer: httpx.Response, lang: str) -> str:
     """Checks that ``answer`` is the desk's 429 (the login form again, in ``lang``, its key field
     empty, no cookie, not kept by the browser) and returns the message it shows."""
@@ -160,25 +150,11 @@ def _login_page_refusing(answer: httpx.Response, lang: str) -> str:
     return message
 
 
-class KeyLookups:
-    """Counts the key store's look-ups, wrapping the registry's own ``find_key``."""
-
-    def __init__(self, registry: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls = 0
-        original = registry.find_key
-
-        def counted(key_id: str) -> Any:
-            self.calls += 1
-            return original(key_id)
-
-        monkeypatch.setattr(registry, "find_key", counted)
-
-
 @pytest.mark.parametrize(
     "intake_settings_overrides", [{"login_failures_burst": 3, "login_failures_per_minute": 2}]
 )
 async def test_once_an_address_has_failed_too_often_even_the_right_key_gets_429_and_others_sign_in(
-    intake: Intake, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    intake: Intake, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, count_key_lookups: Any
 ) -> None:
     """The settings' burst of wrong keys (3 here), then the right key: refused with 429 and
     ``Retry-After`` before the key store is asked, with the message in the page's language and a
@@ -187,7 +163,7 @@ async def test_once_an_address_has_failed_too_often_even_the_right_key_gets_429_
     for _ in range(3):
         wrong = await intake.client.post("/privacy/login", data={"api_key": WRONG_KEY})
         assert wrong.status_code == 401, wrong.text
-    lookups = KeyLookups(intake.app.state.tenants, monkeypatch)
+    lookups = count_key_lookups(intake.app.state.tenants)
 
     with caplog.at_level(logging.WARNING, logger="civicsignals.common.web_login"):
         refused = await intake.client.post("/privacy/login", data={"api_key": key})
@@ -215,12 +191,12 @@ async def test_once_an_address_has_failed_too_often_even_the_right_key_gets_429_
 
 
 async def test_the_desk_lets_an_address_in_again_once_its_failures_refilled_and_success_costs_nothing(
-    intake: Intake,
+    intake: Intake, manual_clock: Any
 ) -> None:
     """The app's throttle, made from the settings (10 failures, 5 a minute), on a clock the test
     moves: signing in costs nothing however often; the 11th attempt after 10 wrong keys waits 12 s;
     after those 12 s the right key signs in."""
-    clock = Clock()
+    clock = manual_clock
     settings = intake.settings
     LOGIN.use_throttle(
         intake.app,
