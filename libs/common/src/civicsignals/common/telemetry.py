@@ -69,7 +69,8 @@ def make_tracer_provider(
     flag as it came (a portal that samples its own trace is followed through). Recording a span
     that goes nowhere cost about 12 µs of CPU more than making its ids (a throwaway loop of a
     consumer's span with its extract, four attributes and inject: 27 against 15 µs), and a signal
-    makes a dozen or more spans on its way.
+    makes about a dozen on its way (``tests/test_tracing.py``: 11 in intake, classifier, routing
+    and notifier, 5 more in insights).
 
     With an exporter every span is recorded whatever the caller's flag says (``ALWAYS_ON``), so
     turning tracing on for one service shows that service's spans even when the service before it
