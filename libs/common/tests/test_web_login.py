@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from civicsignals.common.ratelimit import client_key
 from civicsignals.common.web_login import (
     SignInThrottle,
     SignInThrottleSettings,
@@ -211,3 +212,31 @@ def test_the_throttle_settings_must_be_positive() -> None:
     ):
         with pytest.raises(ValidationError):
             SignInThrottleSettings(**wrong)
+
+
+@pytest.mark.parametrize(
+    ("host", "counted_as"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("testclient", "testclient"),
+        (None, "unknown"),
+        ("", "unknown"),
+    ],
+)
+def test_an_ipv6_client_is_counted_by_its_64_network(host: str | None, counted_as: str) -> None:
+    """One IPv6 host can take any address of its /64: counted one by one, each would get a full
+    allowance of failed sign-ins (and of the public rate limit)."""
+    assert client_key(host) == counted_as
+
+
+async def test_addresses_of_one_ipv6_network_share_one_allowance(manual_clock: Any) -> None:
+    throttle = SignInThrottle(burst=2, per_minute=1, clock=manual_clock)
+    one, same_network, other_network = "2001:db8:1:2::1", "2001:db8:1:2:ffff::9", "2001:db8:1:3::1"
+    assert throttle.admit(client_key(one)) == 0
+    assert throttle.admit(client_key(same_network)) == 0
+    assert throttle.admit(client_key(one)) > 0 and throttle.admit(client_key(same_network)) > 0
+    assert throttle.admit(client_key(other_network)) == 0

@@ -6,16 +6,22 @@ time until the next token. The buckets live in the process's memory, so with N r
 load balancer a client may get up to N times the limit: enough to stop a runaway portal or a
 scraper, and nothing to coordinate. A limit that must hold across replicas needs a shared store.
 
+A limit per client address counts an IPv6 address by its /64 network (:func:`client_key`): one
+host, or one home or office line, usually holds a whole /64 and can pick any address in it, so
+counting single IPv6 addresses would give it billions of allowances.
+
 Framework-free (the clock is injectable) so the arithmetic is tested without a server.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from civicsignals.common.problems import Problem
 
@@ -93,3 +99,28 @@ class TokenBucketLimiter:
                 slug="rate-limited",
                 headers={"Retry-After": str(seconds)},
             )
+
+
+def client_key(host: str | None) -> str:
+    """What a per-address limit counts a client by: an IPv4 address as it is (also when it comes
+    IPv4-mapped, ``::ffff:192.0.2.1``), an IPv6 address by its /64 network (``2001:db8:1:2::/64``);
+    a host that is no address (a test client's name) as it is, and no host as ``unknown`` (such
+    clients share one count)."""
+    if not host:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def client_address(request: Any) -> str:
+    """:func:`client_key` of a request's client (Starlette's ``request.client``, which uvicorn has
+    already set to the forwarded address when the connection comes from a trusted proxy)."""
+    client = getattr(request, "client", None)
+    return client_key(client.host if client is not None else None)

@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field
 
 from civicsignals.common.auth import Principal, authenticate, get_registry
 from civicsignals.common.problems import Problem
-from civicsignals.common.ratelimit import TokenBucketLimiter
+from civicsignals.common.ratelimit import TokenBucketLimiter, client_address
 
 log = logging.getLogger(__name__)
 
@@ -211,13 +211,6 @@ class SignedIn:
 
 
 SignInOutcome = SignInThrottled | SignInRefused | SignInLacksScope | SignedIn
-
-
-def client_address(request: Request) -> str:
-    """The address a sign-in is counted against: the connection's, which uvicorn has already
-    replaced by the forwarded one when the connection comes from a trusted proxy
-    (``FORWARDED_ALLOW_IPS``). Clients whose address the server does not know share one count."""
-    return request.client.host if request.client else "unknown"
 
 
 @dataclass(frozen=True)

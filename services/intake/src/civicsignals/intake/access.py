@@ -28,6 +28,7 @@ from civicsignals.common.auth import (
     scope_dependency,
 )
 from civicsignals.common.problems import Problem, problem_response
+from civicsignals.common.ratelimit import client_address
 from civicsignals.common.tenants import TenantRegistry
 from civicsignals.intake.flows import IntakeContext
 from civicsignals.intake.tenantconfig import cors_origins
@@ -112,10 +113,6 @@ def authorise_key(request: Request, api_key: str | None, scopes: tuple[str, ...]
 def _has_prefix(principal: Principal, scope: str) -> bool:
     """``partner:*`` matches any ``partner:<code>`` scope."""
     return scope.endswith(":*") and any(s.startswith(scope[:-1]) for s in principal.scopes)
-
-
-def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 def public_limit(request: Request) -> None:
