@@ -240,3 +240,14 @@ async def test_addresses_of_one_ipv6_network_share_one_allowance(manual_clock: A
     assert throttle.admit(client_key(same_network)) == 0
     assert throttle.admit(client_key(one)) > 0 and throttle.admit(client_key(same_network)) > 0
     assert throttle.admit(client_key(other_network)) == 0
+
+
+def test_a_refused_address_is_logged_once_until_it_is_let_through_again(manual_clock: Any) -> None:
+    throttle = SignInThrottle(burst=1, per_minute=6, clock=manual_clock)  # one failure back every 10 s
+    assert throttle.admit("a") == 0
+    assert throttle.admit("a") > 0 and throttle.first_refusal("a")
+    assert throttle.admit("a") > 0 and not throttle.first_refusal("a")
+    assert throttle.admit("b") == 0 and throttle.admit("b") > 0 and throttle.first_refusal("b")
+    manual_clock.now += 10
+    assert throttle.admit("a") == 0  # let through: a later refusal is news again
+    assert throttle.admit("a") > 0 and throttle.first_refusal("a")

@@ -30,6 +30,7 @@ import logging
 import math
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from typing import Any, Protocol
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
+from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
 from civicsignals.common.auth import Principal, authenticate, get_registry
@@ -44,6 +46,12 @@ from civicsignals.common.problems import Problem
 from civicsignals.common.ratelimit import TokenBucketLimiter, client_address
 
 log = logging.getLogger(__name__)
+
+SIGN_INS_THROTTLED = Counter(
+    "civic_web_login_throttled_total",
+    "Sign-in attempts refused because their client address had failed too often",
+    ["path"],
+)
 
 
 def load_secret(configured: str, data_dir: Path, filename: str) -> bytes:
@@ -140,12 +148,29 @@ class SignInThrottle:
         self.burst = burst
         self.per_minute = per_minute
         self._failures = TokenBucketLimiter(per_minute / 60.0, burst, max_keys=max_clients, clock=clock)
+        self._max_clients = max_clients
+        self._refusing: OrderedDict[str, None] = OrderedDict()
 
     def admit(self, client: str) -> int:
         """0 when ``client`` may try a key now (the attempt counts as failed until :meth:`succeeded`
         says otherwise); else the whole seconds, at least 1, until it may try again."""
         wait = self._failures.acquire(client)
-        return max(1, math.ceil(wait)) if wait > 0 else 0
+        if wait <= 0:
+            self._refusing.pop(client, None)
+            return 0
+        return max(1, math.ceil(wait))
+
+    def first_refusal(self, client: str) -> bool:
+        """Whether this refusal of ``client`` is the first since it was last let through: a guesser
+        hammering the form is refused many times a second, and the log needs to hear of it once
+        (the metric counts every refusal)."""
+        if client in self._refusing:
+            self._refusing.move_to_end(client)
+            return False
+        self._refusing[client] = None
+        if len(self._refusing) > self._max_clients:
+            self._refusing.popitem(last=False)
+        return True
 
     def succeeded(self, client: str) -> None:
         """The attempt :meth:`admit` let through signed in: it does not count as a failure."""
@@ -271,13 +296,16 @@ class WebLogin:
         client = client_address(request)
         retry_after_s = throttle.admit(client)
         if retry_after_s:
-            # The path and the wait only: never the key, and not the address (personal data).
-            log.warning(
-                "web login: too many failed sign-ins from one address on %s; refused without "
-                "checking the key, retry after %d s",
-                request.url.path,
-                retry_after_s,
-            )
+            SIGN_INS_THROTTLED.labels(request.url.path).inc()
+            if throttle.first_refusal(client):
+                # The path and the wait only: never the key, and not the address (personal data).
+                log.warning(
+                    "web login: too many failed sign-ins from one address on %s; refused without "
+                    "checking the key, retry after %d s (further refusals of that address are "
+                    "counted in civic_web_login_throttled_total, not logged)",
+                    request.url.path,
+                    retry_after_s,
+                )
             return SignInThrottled(retry_after_s)
         try:
             # Reading the key files may touch the disk: off the event loop, as the API's check does.
