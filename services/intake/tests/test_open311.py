@@ -797,6 +797,37 @@ async def test_open_on_an_ended_case_asks_routing_to_reopen_it(
     assert broken.status_code == 400 and broken.json()[0]["code"] == 400
 
 
+async def test_planned_and_for_triage_from_mysocietys_update_states_go_to_routing(
+    intake: Intake, bus: Any, receiver: Receiver, wait_until: Any
+) -> None:
+    """mySociety's open311-adapter also sends PLANNED (work is planned: in progress for the
+    resident) and FOR_TRIAGE (back to the triage department); both are passed on, in any case."""
+    intake.context.settings.routing_url = receiver.url
+    key_file = intake.settings.service_keys_dir / "gouda"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text("cs_servicekey.secret\n")
+    request_id = await _create(intake)
+    await _route(intake, bus, request_id, [], wait_until, to="assigned", case_id="case-7")
+
+    for update_id, status in (("p1", "PLANNED"), ("t1", "for_triage")):
+        answer = await intake.client.post(
+            "/open311/v2/servicerequestupdates.json",
+            data={
+                "api_key": intake.gouda.key,
+                "jurisdiction_id": "gouda",
+                "service_request_id": request_id,
+                "update_id": update_id,
+                "status": status,
+                "description": "Ingepland voor volgende week.",
+            },
+        )
+        assert answer.status_code == 200 and answer.json() == [{"update_id": update_id}], answer.text
+    assert [(case_id, body["status"]) for case_id, _, body in receiver.received] == [
+        ("case-7", "in_progress"),
+        ("case-7", "triage"),
+    ]
+
+
 async def test_a_residents_own_answer_is_not_published(intake: Intake, bus: Any, wait_until: Any) -> None:
     """The resident answers staff's question on their tracking page; their words are on that page,
     which only they open, but neither in ``status_notes`` nor in ``servicerequestupdates``."""

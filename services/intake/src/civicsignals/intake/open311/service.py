@@ -315,12 +315,17 @@ UPDATE_STATUS = {
 
 # An update's status (any case) -> the case status routing is asked to set. OPEN on a case that
 # has ended is a reopening instead (see :func:`case_status_for`); REOPEN is SocietyWorks' explicit
-# form of it (their Open311 OpenAPI lists it among the update states).
+# form of it (their Open311 OpenAPI lists it among the update states). PLANNED and FOR_TRIAGE are
+# in mySociety's open311-adapter's list of update states too: work that is planned is under way
+# for the resident, and "for triage" hands the case back to the triage department (routing lets
+# the responsible department do that; a partner's FOR_TRIAGE is its refusal, an error array).
 CASE_STATUS = {
     "open": "in_progress",
     "reopen": "reopened",
     "in_progress": "in_progress",
     "action_scheduled": "in_progress",
+    "planned": "in_progress",
+    "for_triage": "triage",
     "investigating": "in_progress",
     "fixed": "resolved",
     "closed": "closed",
