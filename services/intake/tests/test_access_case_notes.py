@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -114,25 +113,6 @@ class RoutingStandIn:
         return f"http://127.0.0.1:{self.port}"
 
 
-@contextlib.contextmanager
-def notifier_url_setting(url: str) -> Iterator[None]:
-    """``CIVIC_INTAKE_NOTIFIER_URL`` set to ``url`` for as long as the block runs: an
-    ``IntakeSettings`` made meanwhile (the ``intake`` fixture's, the command's) asks notifier
-    there unless it is given ``notifier_url``."""
-    before = os.environ.get(NOTIFIER_URL_VARIABLE)
-    os.environ[NOTIFIER_URL_VARIABLE] = url
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(NOTIFIER_URL_VARIABLE, None)
-        else:
-            os.environ[NOTIFIER_URL_VARIABLE] = before
-
-
-NOTIFIER_URL_VARIABLE = "CIVIC_INTAKE_NOTIFIER_URL"
-
-
 def _stand_in_key(data_dir: Path, tenant: str) -> None:
     """The service key file intake (data directory ``data_dir``) reads; the stand-in takes any."""
     path = data_dir / "service-keys" / "intake" / tenant
@@ -143,15 +123,13 @@ def _stand_in_key(data_dir: Path, tenant: str) -> None:
 @contextlib.asynccontextmanager
 async def routing_stand_in(data_dir: Path, tenant: str = "gouda") -> AsyncIterator[RoutingStandIn]:
     """Serve a :class:`RoutingStandIn` and give intake (data directory ``data_dir``) a service key
-    file for ``tenant``; point ``CIVIC_INTAKE_ROUTING_URL`` or ``routing_url`` at its ``url``.
-    Intake asks it for notifier's part too: ``CIVIC_INTAKE_NOTIFIER_URL`` names it meanwhile, so
-    that modules which set only ``routing_url`` get a whole document (:func:`notifier_url_setting`)."""
+    file for ``tenant``; point ``routing_url`` and ``notifier_url`` (or their variables) at its
+    ``url``: it answers for both, notifier's part without mails."""
     stand_in = RoutingStandIn()
     _stand_in_key(data_dir, tenant)
     task = await _start(stand_in.server)
     try:
-        with notifier_url_setting(stand_in.url):
-            yield stand_in
+        yield stand_in
     finally:
         await _stop(stand_in.server, task)
 

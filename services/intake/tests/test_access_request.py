@@ -232,6 +232,7 @@ async def test_access_command_writes_the_document_audits_each_read_and_refuses_t
     photo, rated, _piet = await _people(intake)
     _env(monkeypatch, intake)
     monkeypatch.setenv("CIVIC_INTAKE_ROUTING_URL", stand_in.url)
+    monkeypatch.setenv("CIVIC_INTAKE_NOTIFIER_URL", stand_in.url)
     outbox_before = await intake.count(OutboxMessage)
     out, files = tmp_path / "inzage.json", tmp_path / "bestanden"
     jan = ["access", "--tenant", "gouda", "--email", "jan@example.org"]

@@ -199,9 +199,13 @@ A-1,2025-03-01T10:00:00,web,Dubbel in het bestand,,,
 
 
 def _env(monkeypatch: pytest.MonkeyPatch, intake: Intake) -> None:
+    """The command's settings from the environment, as the served intake's: its database, folders
+    and the services an access request asks (a test may point one elsewhere afterwards)."""
     monkeypatch.setenv("CIVIC_INTAKE_DATABASE_URL", intake.settings.database_url)
     monkeypatch.setenv("CIVIC_INTAKE_TENANTS_DIR", str(intake.settings.tenants_dir))
     monkeypatch.setenv("CIVIC_INTAKE_DATA_DIR", str(intake.settings.data_dir))
+    monkeypatch.setenv("CIVIC_INTAKE_ROUTING_URL", intake.settings.routing_url)
+    monkeypatch.setenv("CIVIC_INTAKE_NOTIFIER_URL", intake.settings.notifier_url)
 
 
 async def test_import_csv_is_idempotent_and_explains_what_it_skipped(

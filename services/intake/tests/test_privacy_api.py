@@ -31,7 +31,7 @@ async def stand_in(tmp_path: Path) -> AsyncIterator[RoutingStandIn]:
 
 @pytest.fixture
 def intake_settings_overrides(stand_in: RoutingStandIn) -> dict[str, Any]:
-    return {"routing_url": stand_in.url}
+    return {"routing_url": stand_in.url, "notifier_url": stand_in.url}
 
 
 async def _officer(intake: Intake) -> tuple[str, dict[str, str]]:

@@ -34,9 +34,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
@@ -193,17 +193,6 @@ class SignInThrottleSettings(BaseModel):
     )
 
 
-class SignInLimits(Protocol):
-    """The settings a service's login throttle is made from (each service's own settings class
-    names them, so each has its own environment variables)."""
-
-    @property
-    def login_failures_burst(self) -> int: ...
-
-    @property
-    def login_failures_per_minute(self) -> float: ...
-
-
 @dataclass(frozen=True)
 class SignInThrottled:
     """Refused before the key was looked at: the client's failures are used up."""
@@ -258,6 +247,24 @@ class WebLogin:
         """Whom the request's login cookie stands for (any scope), or None."""
         return principal_from_token(request, secret, self.cookie_value(request))
 
+    def start_session(
+        self, response: Response, secret: bytes, principal: Principal, *, ttl_s: int, secure: bool
+    ) -> None:
+        """Set the login cookie for ``principal`` on ``response``: signed, HttpOnly, SameSite=Strict,
+        for this login's path only, ``Secure`` when served over HTTPS."""
+        response.set_cookie(
+            self.cookie,
+            sign(secret, principal.tenant, principal.key_id, ttl_s),
+            max_age=ttl_s,
+            httponly=True,
+            secure=secure,
+            samesite="strict",
+            path=self.path,
+        )
+
+    def end_session(self, response: Response) -> None:
+        response.delete_cookie(self.cookie, path=self.path)
+
     def form_token(self, request: Request, secret: bytes) -> str:
         """The token the forms of this request's login carry ("" without a login)."""
         value = self.cookie_value(request)
@@ -270,7 +277,7 @@ class WebLogin:
     def _throttle_attribute(self) -> str:
         return f"{self.cookie}_sign_in_throttle"
 
-    def throttle(self, app: Any, limits: SignInLimits) -> SignInThrottle:
+    def throttle(self, app: Any, limits: SignInThrottleSettings) -> SignInThrottle:
         """This login's throttle in ``app``, made from ``limits`` on first use. One per app, not one
         per process: each app (each test's) starts with every client's allowance full."""
         throttle: SignInThrottle | None = getattr(app.state, self._throttle_attribute, None)
@@ -284,7 +291,7 @@ class WebLogin:
         it moves)."""
         setattr(app.state, self._throttle_attribute, throttle)
 
-    async def sign_in(self, request: Request, api_key: str, limits: SignInLimits) -> SignInOutcome:
+    async def sign_in(self, request: Request, api_key: str, limits: SignInThrottleSettings) -> SignInOutcome:
         """Check an API key typed into this login's form, throttled per client address.
 
         A client whose failures are used up is refused before the key is looked at, so that

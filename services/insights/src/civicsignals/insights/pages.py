@@ -32,7 +32,7 @@ from civicsignals.insights.models import DIMENSIONS, UNCLASSIFIED
 from civicsignals.insights.names import PlaceNames, TopicNames, default_names, language_name, place_names
 from civicsignals.insights.service import Filters
 from civicsignals.insights.views import FilterParams, Interval, Split, context, export_response
-from civicsignals.insights.web_auth import COOKIE, LOGIN, SCOPE, dashboard_principal, safe_next, sign
+from civicsignals.insights.web_auth import LOGIN, SCOPE, dashboard_principal, safe_next
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 Viewer = Annotated[Principal, Depends(dashboard_principal)]
@@ -532,19 +532,13 @@ async def login(request: Request) -> Response:
     if isinstance(outcome, SignInLacksScope):
         error = t("key_lacks_scope", scope=SCOPE)
         return _render_staff(request, "login.html", t, status=403, params=again, next=target, error=error)
-    principal = outcome.principal
-    token = sign(
-        request.app.state.insights_secret, principal.tenant, principal.key_id, ctx.settings.session_ttl_s
-    )
     response = RedirectResponse(with_language(target, t.language), status_code=303)
-    response.set_cookie(
-        COOKIE,
-        token,
-        max_age=ctx.settings.session_ttl_s,
-        httponly=True,
+    LOGIN.start_session(
+        response,
+        request.app.state.insights_secret,
+        outcome.principal,
+        ttl_s=ctx.settings.session_ttl_s,
         secure=ctx.settings.cookie_secure,
-        samesite="strict",
-        path="/dashboard",
     )
     return response
 
@@ -552,7 +546,7 @@ async def login(request: Request) -> Response:
 @router.post("/dashboard/logout")
 async def logout(lang: str | None = None) -> Response:
     response = RedirectResponse(with_language("/dashboard/login", language_of(lang)), status_code=303)
-    response.delete_cookie(COOKIE, path="/dashboard")
+    LOGIN.end_session(response)
     return response
 
 

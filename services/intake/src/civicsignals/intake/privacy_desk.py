@@ -33,7 +33,7 @@ from starlette.datastructures import FormData
 
 from civicsignals.common.auth import Principal, get_registry
 from civicsignals.common.problems import Problem
-from civicsignals.common.web_login import SignInLacksScope, SignInRefused, SignInThrottled, WebLogin, sign
+from civicsignals.common.web_login import SignInLacksScope, SignInRefused, SignInThrottled, WebLogin
 from civicsignals.common.wording import DEFAULT_LANGUAGE, format_date, language_of, timezone_of
 from civicsignals.intake import accessparts, flows, privacy, privacy_views
 from civicsignals.intake.models import PersonSelection
@@ -136,17 +136,13 @@ async def login(request: Request) -> Response:
         return _render(request, "privacy_login.html", lang, 401, error=WORDS[lang]["key_refused"])
     if isinstance(outcome, SignInLacksScope):
         return _render(request, "privacy_login.html", lang, 403, error=WORDS[lang]["key_lacks_scope"])
-    principal = outcome.principal
-    token = sign(_secret(request), principal.tenant, principal.key_id, settings.session_ttl_s)
     response = RedirectResponse(_with_lang("/privacy", lang), status_code=303, headers=HEADERS)
-    response.set_cookie(
-        LOGIN.cookie,
-        token,
-        max_age=settings.session_ttl_s,
-        httponly=True,
+    LOGIN.start_session(
+        response,
+        _secret(request),
+        outcome.principal,
+        ttl_s=settings.session_ttl_s,
         secure=settings.cookie_secure,
-        samesite="strict",
-        path=LOGIN.path,
     )
     return response
 
@@ -160,7 +156,7 @@ async def logout(request: Request) -> Response:
     ):
         return _forbidden(request, lang)
     response = _to_login(lang)
-    response.delete_cookie(LOGIN.cookie, path=LOGIN.path)
+    LOGIN.end_session(response)
     return response
 
 
