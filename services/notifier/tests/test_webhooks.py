@@ -438,9 +438,15 @@ async def test_a_shutdown_gives_back_what_it_claimed_but_did_not_start(
 ) -> None:
     """With its one sending slot busy, notifier has claimed a second webhook when it is stopped:
     that delivery is due again at once for the next notifier (its attempt ``abandoned``), not after
-    its lease, and each webhook still arrives once."""
+    its lease, and each webhook still arrives once.
+
+    The lease is the production one (33 s), longer than the test waits: a delivery left to its lease
+    would time the wait out. With the tests' short margin (2 s), a claim that waits more than 1 s
+    for its slot is left to its lease by design (``Dispatcher._start_queued``), and a loaded CI
+    machine once stalled the restarted notifier that long between its claim and the send."""
     tenant = make_tenant(TENANT, scopes=["rules:admin"])
-    notifier = await notifier_factory(tenant, delivery_concurrency=1)
+    lease = {"lease_margin_s": 30.0}
+    notifier = await notifier_factory(tenant, delivery_concurrency=1, **lease)
     await notifier.register("woonpartners", receiver.url)
     receiver.delay_s = 2.0
     await notifier.publish(TENANT, routed(["woonpartners"]))
@@ -457,7 +463,7 @@ async def test_a_shutdown_gives_back_what_it_claimed_but_did_not_start(
     await wait_until(both_claimed_one_sent, timeout=20, message="one webhook on its way, the other claimed")
     await notifier.stop()
 
-    restarted = await notifier_factory(tenant)
+    restarted = await notifier_factory(tenant, **lease)
 
     async def both_delivered() -> bool:
         return [d["status"] for d in await restarted.deliveries(channel="webhook")] == ["delivered"] * 2
