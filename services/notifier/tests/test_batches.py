@@ -239,7 +239,7 @@ async def test_webhooks_created_as_the_dispatcher_stops_are_given_back_due_at_on
         [hook] = [row for row in await deliveries(notifier, "s-stop") if row.channel == "webhook"]
         return hook.next_attempt_at is not None and hook.next_attempt_at <= utcnow()
 
-    await wait_until(given_back, timeout=3, message="the webhook due again before its lease ends (5 s)")
+    await wait_until(given_back, timeout=3, message="the webhook due again before its lease ends (8 s)")
     [hook] = [row for row in await deliveries(notifier, "s-stop") if row.channel == "webhook"]
     [attempt] = await attempts_of(notifier, hook.id)
     assert attempt.outcome == "abandoned" and hook.status == "sending"

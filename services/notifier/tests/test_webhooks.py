@@ -441,9 +441,9 @@ async def test_a_shutdown_gives_back_what_it_claimed_but_did_not_start(
     its lease, and each webhook still arrives once.
 
     The lease is the production one (33 s), longer than the test waits: a delivery left to its lease
-    would time the wait out. With the tests' short margin (2 s), a claim that waits more than 1 s
-    for its slot is left to its lease by design (``Dispatcher._start_queued``), and a loaded CI
-    machine once stalled the restarted notifier that long between its claim and the send."""
+    would time the wait out. With a short margin, a claim that waits for its slot more than half
+    of it is left to its lease by design (``Dispatcher._start_queued``), and a loaded CI machine
+    once stalled the restarted notifier over 1 s (the margin was 2 s) between claim and send."""
     tenant = make_tenant(TENANT, scopes=["rules:admin"])
     lease = {"lease_margin_s": 30.0}
     notifier = await notifier_factory(tenant, delivery_concurrency=1, **lease)
