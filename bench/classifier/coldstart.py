@@ -1,0 +1,176 @@
+"""How well the cold-start model (no training data) classifies residents' reports.
+
+The cold-start model is what a municipality runs on day one: trained on the taxonomy alone
+(names, descriptions and the subtopics' ``examples_nl``). This script builds it with the
+``coldstart`` command twice in the same run, from the shipped taxonomy and from the same taxonomy
+with every ``examples_nl`` removed (the reference), and measures both on
+``coldstart_reports.csv``: 300 Dutch (and a few English) reports as residents write them, each
+labelled with the subtopic triage would choose. That set was written separately from the
+taxonomy's examples, without sight of them (and they without sight of it); nothing in the
+taxonomy is to be tuned on it.
+
+Printed per model: topic and subtopic accuracy and macro-F1 (the ``evaluate`` command's own
+figures, checked against the model served in-process), and at the card's review threshold the
+share of reports that pass without review and how many of those have the right topic (what the
+dashboard and routing act on without a person).
+Writes ``coldstart.md`` and ``coldstart.png`` (topic accuracy per topic, both models) to
+``--out``. Usage::
+
+    .venv/bin/python bench/classifier/coldstart.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+CLI = str(Path(sys.executable).with_name("civicsignals-classifier"))
+HERE = Path(__file__).resolve().parent
+REPORTS = HERE / "coldstart_reports.csv"
+TAXONOMY = HERE.parents[1] / "services/classifier/src/civicsignals/classifier/taxonomy/default.yaml"
+
+
+def command(*args: str) -> str:
+    done = subprocess.run([CLI, *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"civicsignals-classifier {args[0]} failed:\n{done.stderr}")
+    return done.stdout
+
+
+def without_examples(taxonomy: Path, out: Path) -> Path:
+    """The same taxonomy with every subtopic's ``examples_nl`` removed."""
+    document = yaml.safe_load(taxonomy.read_text(encoding="utf-8"))
+    for topic in document["topics"]:
+        for subtopic in topic["subtopics"]:
+            subtopic.pop("examples_nl", None)
+    out.write_text(yaml.safe_dump(document, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return out
+
+
+@dataclass
+class Figures:
+    name: str
+    examples: int
+    topic_accuracy: float
+    topic_macro_f1: float
+    subtopic_accuracy: float
+    subtopic_macro_f1: float
+    threshold: float
+    passed: int
+    passed_right_topic: int
+    n: int
+    per_topic: dict[str, tuple[int, int]]
+    """topic code -> (reports with the right topic, reports of that topic)"""
+
+    def line(self) -> str:
+        return (
+            f"{self.name} ({self.examples} training texts): topic accuracy {self.topic_accuracy:.3f} "
+            f"(macro-F1 {self.topic_macro_f1:.3f}), subtopic {self.subtopic_accuracy:.3f} "
+            f"(macro-F1 {self.subtopic_macro_f1:.3f}); at threshold {self.threshold:g}: "
+            f"{self.passed}/{self.n} pass without review, {self.passed_right_topic} of them the right topic"
+        )
+
+
+def measure(name: str, bundle: Path, rows: list[dict[str, str]], work: Path) -> Figures:
+    from civicsignals.classifier.model import TopicModel
+
+    official = json.loads(
+        command("evaluate", "--model", str(bundle), "--data", str(REPORTS), "--report", str(work))
+    )
+    card = json.loads((bundle / "card.json").read_text(encoding="utf-8"))
+    model = TopicModel(bundle)
+    predictions = model.predict([row["text"] for row in rows])
+    per_topic: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    passed = passed_right = 0
+    for row, prediction in zip(rows, predictions, strict=True):
+        right = prediction.topic == row["topic"]
+        per_topic[row["topic"]][0] += right
+        per_topic[row["topic"]][1] += 1
+        if not prediction.needs_review:
+            passed += 1
+            passed_right += right
+    served_right = sum(right for right, _ in per_topic.values())
+    if abs(served_right / len(rows) - official["accuracy"]) > 1e-9:
+        sys.exit(
+            f"{name}: evaluate says topic accuracy {official['accuracy']}, the served model {served_right}"
+        )
+    return Figures(
+        name=name,
+        examples=sum(card["class_counts"].values()),
+        topic_accuracy=official["accuracy"],
+        topic_macro_f1=official["macro_f1"],
+        subtopic_accuracy=official["subtopic"]["accuracy"],
+        subtopic_macro_f1=official["subtopic"]["macro_f1"],
+        threshold=model.threshold,
+        passed=passed,
+        passed_right_topic=passed_right,
+        n=len(rows),
+        per_topic={topic: (right, total) for topic, (right, total) in per_topic.items()},
+    )
+
+
+def plot(results: list[Figures], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    topics = sorted(results[0].per_topic, key=lambda t: -results[0].per_topic[t][1])
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    width = 0.8 / len(results)
+    for index, figures in enumerate(results):
+        values = [figures.per_topic[t][0] / figures.per_topic[t][1] for t in topics]
+        ax.bar([i + index * width for i in range(len(topics))], values, width, label=figures.name)
+    ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(topics))])
+    ax.set_xticklabels(
+        [f"{t} ({results[0].per_topic[t][1]})" for t in topics], rotation=60, ha="right", fontsize=8
+    )
+    ax.set_ylim(0, 1.15)  # room for the legend above the bars
+    ax.set_ylabel("share of reports with the right topic")
+    ax.set_title("Cold-start model on residents' reports, per topic (reports in brackets)")
+    ax.legend(loc="upper center", ncol=len(results))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench/results/classifier-coldstart"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with REPORTS.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-coldstart-") as tmp:
+        work = Path(tmp)
+        plain = without_examples(TAXONOMY, work / "without-examples.yaml")
+        for name, taxonomy in (("descriptions only", plain), ("with examples_nl (shipped)", TAXONOMY)):
+            bundle = work / name.split()[0]
+            command("coldstart", "--out", str(bundle), "--taxonomy", str(taxonomy))
+            results.append(measure(name, bundle, rows, work / f"{bundle.name}-report"))
+    lines = [f"cold start on {len(rows)} residents' reports ({REPORTS.name}):", *(r.line() for r in results)]
+    print("\n".join(lines))
+    plot(results, args.out / "coldstart.png")
+    (args.out / "coldstart.md").write_text(
+        "# Cold-start model on residents' reports\n\n```\n"
+        + "\n".join(lines)
+        + "\n```\n\n![topic accuracy per topic](coldstart.png)\n",
+        encoding="utf-8",
+    )
+    print(f"report: {args.out / 'coldstart.md'}")
+
+
+if __name__ == "__main__":
+    main()
