@@ -5,14 +5,16 @@ default taxonomy to a tenant that has its own."""
 from __future__ import annotations
 
 import io
+import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from civicsignals.classifier.registry import ModelRegistry, TaxonomyRefused
-from civicsignals.classifier.taxonomy import TaxonomyError, parse_taxonomy
+from civicsignals.classifier.registry import COLDSTART_DIR, DEFAULT_COLDSTART, ModelRegistry, TaxonomyRefused
+from civicsignals.classifier.taxonomy import TaxonomyError, load_taxonomy, parse_taxonomy
 from civicsignals.common.tenant_schemas import check_file
 
 GOOD = """\
@@ -145,3 +147,30 @@ async def test_the_registry_keeps_a_tenants_last_good_taxonomy(models_dir: Path,
     assert registry.set_tenant_taxonomy("gouda", None) == "default"
     assert registry.model_for("gouda").version.startswith("coldstart-")
     assert registry.model_for("gouda") is not model
+
+
+async def test_an_upgrade_that_changed_the_default_taxonomy_builds_its_cold_start_again(
+    tmp_path: Path, shared_coldstart: Path
+) -> None:
+    """``_coldstart/default`` left by an older release, built from another default taxonomy, is
+    not served: it would go on answering with the old labels and words. One built from the
+    current taxonomy is served as it is."""
+    bundle = tmp_path / "models" / COLDSTART_DIR / DEFAULT_COLDSTART
+    shutil.copytree(shared_coldstart, bundle)
+    card_path = bundle / "card.json"
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    current = card["version"]
+    card["version"] = "coldstart-2025.1-0ld0ld00"
+    card["taxonomy"]["fingerprint"] = "0" * 64
+    card_path.write_text(json.dumps(card), encoding="utf-8")
+
+    model = await ModelRegistry(tmp_path / "models").load()
+    assert model.version == current
+    rebuilt = json.loads(card_path.read_text(encoding="utf-8"))
+    assert rebuilt["taxonomy"]["fingerprint"] == load_taxonomy().fingerprint()
+    assert not list(bundle.parent.glob(".*building*"))
+
+    written = card_path.stat().st_mtime_ns
+    again = await ModelRegistry(tmp_path / "models").load()
+    assert again.version == current
+    assert card_path.stat().st_mtime_ns == written  # not built a second time

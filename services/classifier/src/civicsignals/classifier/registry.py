@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
 from civicsignals.classifier.model.inference import BundleError, TopicModel
 from civicsignals.classifier.service import version_dir
-from civicsignals.classifier.taxonomy import Taxonomy, TaxonomyError, taxonomy_from_data
+from civicsignals.classifier.taxonomy import Taxonomy, TaxonomyError, load_taxonomy, taxonomy_from_data
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +82,22 @@ class ModelRegistry:
         return self.models_dir / COLDSTART_DIR / key
 
     def _build_coldstart(self, key: str, taxonomy: Taxonomy | None) -> TopicModel:
-        target = self.coldstart_dir(key)
-        if not (target / "card.json").exists():
-            from civicsignals.classifier.model.coldstart import build_default_bundle
+        """The cold-start model of ``taxonomy`` (None: the default one), built unless on disk.
 
-            log.info("building the cold-start model %s from its taxonomy", key)
-            staging = target.with_name(f".{key}.building")
+        A bundle on disk that was built from another taxonomy is built again: after an upgrade
+        that changed the default taxonomy (its examples, a new subtopic), ``_coldstart/default``
+        still holds the old one, which would go on serving the old labels and words."""
+        from civicsignals.classifier.model.coldstart import build_default_bundle
+
+        target = self.coldstart_dir(key)
+        wanted = (taxonomy or load_taxonomy()).fingerprint()
+        built_from = _taxonomy_fingerprint(target)
+        if built_from != wanted:
+            if built_from is None:
+                log.info("building the cold-start model %s from its taxonomy", key)
+            else:
+                log.info("the taxonomy of cold-start model %s changed; building it again", key)
+            staging = target.with_name(f".{key}.building-{os.getpid()}")
             shutil.rmtree(staging, ignore_errors=True)
             build_default_bundle(staging, taxonomy)
             shutil.rmtree(target, ignore_errors=True)
@@ -235,3 +247,14 @@ class ModelRegistry:
                 log.error(
                     "tenant %s: cannot load model %s, keeping the one in force: %s", tenant, version, exc
                 )
+
+
+def _taxonomy_fingerprint(bundle: Path) -> str | None:
+    """The fingerprint of the taxonomy a cold-start bundle was built from; None if there is none
+    (not built, or its card cannot be read: then it is built again)."""
+    try:
+        card = json.loads((bundle / "card.json").read_text(encoding="utf-8"))
+        fingerprint = card["taxonomy"]["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return fingerprint if isinstance(fingerprint, str) else None
