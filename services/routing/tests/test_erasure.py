@@ -353,20 +353,26 @@ async def test_a_case_that_opens_after_the_wait_opens_erased_and_with_its_photos
         assert await session.get(SignalBeforeCase, signal_id) is None
 
 
-async def _open_case(api: Api, event: CloudEvent, *, commit: asyncio.Event) -> None:
+async def _open_case(
+    api: Api, event: CloudEvent, *, commit: asyncio.Event, flushed: asyncio.Event | None = None
+) -> None:
     """The routing consumer's batch for ``event`` (``prepare``, ``apply``, ``settle``), its
-    transaction held open until ``commit``."""
+    transaction held open until ``commit`` (``flushed`` is set once it has written)."""
     async with api.runtime.sessions() as session, session.begin():
         await flows.read_ahead(session, [event])
         assert await flows.open_case_for(api.ctx, session, event)
         await flows.settle_opened_cases(session)
         await session.flush()
+        if flushed is not None:
+            flushed.set()
         await commit.wait()
 
 
-async def _hear_before_case(api: Api, event: CloudEvent, *, commit: asyncio.Event) -> None:
+async def _hear_before_case(
+    api: Api, event: CloudEvent, *, commit: asyncio.Event, flushed: asyncio.Event | None = None
+) -> None:
     """The erasure or attachment consumer's batch for ``event``, its transaction held open until
-    ``commit``."""
+    ``commit`` (``flushed`` is set once it has written)."""
     async with api.runtime.sessions() as session, session.begin():
         await flows.read_cases(session, [event])
         if isinstance(event.data.get("erased_at"), str):
@@ -374,6 +380,8 @@ async def _hear_before_case(api: Api, event: CloudEvent, *, commit: asyncio.Even
         else:
             await flows.count_attachments(session, event)
         await session.flush()
+        if flushed is not None:
+            flushed.set()
         await commit.wait()
 
 
@@ -395,15 +403,19 @@ async def test_a_case_opening_as_the_wait_ends_gets_what_was_heard_whichever_tra
             tenant="gouda", service="intake", data=SignalAttachmentAdded(signal_id=signal_id, attachments=2)
         )
     late.time = utcnow() - flows.CASE_WAIT - timedelta(seconds=1)
-    release_first, release_second = asyncio.Event(), asyncio.Event()
+    release_first, release_second, first_flushed = asyncio.Event(), asyncio.Event(), asyncio.Event()
     release_second.set()
     if first == "the case opens":
-        earlier = asyncio.create_task(_open_case(api, classified(signal_id), commit=release_first))
-        await asyncio.sleep(0.3)  # its case flushed, not committed
+        earlier = asyncio.create_task(
+            _open_case(api, classified(signal_id), commit=release_first, flushed=first_flushed)
+        )
+        await asyncio.wait_for(first_flushed.wait(), timeout=15)  # its case flushed, not committed
         later = asyncio.create_task(_hear_before_case(api, late, commit=release_second))
     else:
-        earlier = asyncio.create_task(_hear_before_case(api, late, commit=release_first))
-        await asyncio.sleep(0.3)  # what was heard kept, not committed
+        earlier = asyncio.create_task(
+            _hear_before_case(api, late, commit=release_first, flushed=first_flushed)
+        )
+        await asyncio.wait_for(first_flushed.wait(), timeout=15)  # what was heard kept, not committed
         later = asyncio.create_task(_open_case(api, classified(signal_id), commit=release_second))
     done, _ = await asyncio.wait({later}, timeout=0.5)
     assert not done, "the second transaction read before the first committed"
