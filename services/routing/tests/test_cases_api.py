@@ -314,6 +314,52 @@ async def test_reclassification_publishes_signal_reclassified_and_can_reroute(ap
     assert unknown.status_code == 422 and unknown.json()["errors"][0]["pointer"] == "/topic"
 
 
+async def test_a_case_rerouted_out_of_triage_takes_the_rules_promise_and_due_date(api: Api) -> None:
+    """Triage's promise ("bij de juiste afdeling") is kept once the case leaves it: the deciding
+    rule's promise and SLA take over, counted from the reroute, and the resident's page hears of
+    them with the status change; escalation starts again."""
+    case = await api.route(topic="wonen", needs_review=True)
+    assert (case.responsible, case.sla_days) == ("kcc", 2)
+    async with api.runtime.sessions() as session, session.begin():  # triage let it run over
+        stored = await session.get(Case, case.id)
+        assert stored is not None
+        stored.due_at = datetime.now(UTC) - timedelta(days=1)
+        stored.escalation_level = 1
+    before = datetime.now(UTC)
+    response = await api.post(
+        f"/v1/cases/{case.id}/reclassification", {"topic": "afval", "reroute": True}, api.keys.kcc
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["responsible"], body["rule_id"], body["status"]) == ("afval", "afval", "assigned")
+    async with api.runtime.sessions() as session:
+        rerouted = await session.get(Case, case.id)
+    assert rerouted is not None
+    assert (rerouted.sla_days, rerouted.sla_type, rerouted.escalation_level) == (3, "calendar", 0)
+    assert rerouted.service_promise == "Binnen 3 dagen weg."
+    assert rerouted.due_at is not None and rerouted.due_at.replace(tzinfo=UTC) >= before + timedelta(days=3)
+    [(_, changed)] = [
+        (subject, event)
+        for subject, event in await api.outbox("case.status_changed")
+        if event["data"]["to"] == "assigned" and event["data"]["signal_id"] == case.signal_id
+    ]
+    assert changed["data"]["service_promise"] == rerouted.service_promise
+    assert changed["data"]["due_at"].startswith(rerouted.due_at.date().isoformat())
+
+    # Rerouted within its department, a case keeps its promise and due date.
+    same = await api.route(topic="wonen", text="Kapotte dakgoot")
+    kept = (same.due_at, same.service_promise)
+    response = await api.post(
+        f"/v1/cases/{same.id}/reclassification",
+        {"topic": "wonen", "subtopic": "onderhoud", "reroute": True},
+        api.keys.wonen,
+    )
+    assert response.status_code == 200, response.text
+    async with api.runtime.sessions() as session:
+        again = await session.get(Case, same.id)
+    assert again is not None and (again.due_at, again.service_promise) == kept
+
+
 # -- duplicates ------------------------------------------------------------------------------------
 
 

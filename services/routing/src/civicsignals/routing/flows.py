@@ -702,6 +702,10 @@ async def reclassify(ctx: RoutingContext, caller: Caller, case_id: str, request:
                 lifecycle.check_reassign(case.status, actor.roles)
                 to_status = "assigned"
                 informed = [d for d in decision.informed if d != decision.responsible]
+                # The deciding rule's promise and SLA come with it, counted from now (as the
+                # department gets the case now): a case leaving triage kept the triage promise
+                # ("... naar de juiste afdeling") and its two-day due date, so the resident read
+                # a promise already kept and the new department had it overdue at once.
                 values.update(
                     responsible=decision.responsible,
                     informed=informed,
@@ -709,6 +713,11 @@ async def reclassify(ctx: RoutingContext, caller: Caller, case_id: str, request:
                     rule_id=decision.rule_id,
                     rule_version=decision.version,
                     matched_rules=list(decision.matched),
+                    service_promise=decision.service_promise,
+                    sla_days=decision.sla.days,
+                    sla_type=decision.sla.type,
+                    due_at=rules.due_at(utcnow(), decision.sla),
+                    escalation_level=0,
                 )
                 # Who had the case before, as a reassignment records it: an erasure tells them too.
                 details.update(from_department=case.responsible, to_department=decision.responsible)
