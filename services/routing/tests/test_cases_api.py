@@ -360,6 +360,35 @@ async def test_a_case_rerouted_out_of_triage_takes_the_rules_promise_and_due_dat
     assert again is not None and (again.due_at, again.service_promise) == kept
 
 
+async def test_a_case_assigned_out_of_triage_by_hand_takes_the_promise_of_the_rule_that_names_it(
+    api: Api,
+) -> None:
+    """Triage sends a case by hand to the department the rules choose for its topic: it takes that
+    rule's promise and SLA, as a reroute would. Sent anywhere else, no rule speaks for the new
+    department, and the case keeps what it had."""
+    ruled = await api.route(topic="afval", needs_review=True)
+    unruled = await api.route(topic="afval", needs_review=True)
+    assert ruled.responsible == unruled.responsible == "kcc"
+    before = datetime.now(UTC)
+    for case, department in ((ruled, "afval"), (unruled, "wonen")):
+        response = await api.post(
+            f"/v1/cases/{case.id}/assignment", {"responsible": department}, api.keys.kcc
+        )
+        assert response.status_code == 200, response.text
+    async with api.runtime.sessions() as session:
+        moved = {case.id: await session.get(Case, case.id) for case in (ruled, unruled)}
+    to_rule, by_hand = moved[ruled.id], moved[unruled.id]
+    assert to_rule is not None and by_hand is not None
+    assert (to_rule.rule_id, to_rule.sla_days, to_rule.service_promise) == ("afval", 3, "Binnen 3 dagen weg.")
+    assert to_rule.due_at is not None and to_rule.due_at.replace(tzinfo=UTC) >= before + timedelta(days=3)
+    assert (by_hand.rule_id, by_hand.sla_days, by_hand.service_promise, by_hand.due_at) == (
+        "triage",
+        2,
+        unruled.service_promise,
+        unruled.due_at,
+    )
+
+
 # -- duplicates ------------------------------------------------------------------------------------
 
 

@@ -51,6 +51,7 @@ from civicsignals.routing.models import (
     TransitionRequest,
 )
 from civicsignals.routing.rules import (
+    Decision,
     EscalationStep,
     Reload,
     RulesCache,
@@ -592,8 +593,30 @@ async def transition(ctx: RoutingContext, caller: Caller, case_id: str, request:
     return case
 
 
+def _terms_of(rules: RuleSet, decision: Decision) -> dict[str, object]:
+    """The deciding rule's service promise and SLA for a case that reaches its department now.
+
+    Counted from now, as the department gets the case now, and escalation starts again. Without
+    this, a case leaving triage kept triage's promise ("... naar de juiste afdeling") and its
+    two-day due date: the resident read a promise already kept, and the new department had the
+    case overdue at once."""
+    return {
+        "rule_id": decision.rule_id,
+        "rule_version": decision.version,
+        "matched_rules": list(decision.matched),
+        "service_promise": decision.service_promise,
+        "sla_days": decision.sla.days,
+        "sla_type": decision.sla.type,
+        "due_at": rules.due_at(utcnow(), decision.sla),
+        "escalation_level": 0,
+    }
+
+
 async def reassign(ctx: RoutingContext, caller: Caller, case_id: str, request: AssignmentRequest) -> Case:
-    """Move the case to another department (status ``assigned``); the old and new departments hear of it."""
+    """Move the case to another department (status ``assigned``); the old and new departments hear of it.
+
+    Out of triage, to the department the rules choose for the case's topic, the case takes that
+    rule's promise and SLA (:func:`_terms_of`), as a reroute would; any other move keeps them."""
     rules = ctx.rules_for(caller.tenant)
     departments = ctx.vocabulary(caller.tenant).departments
     for index, code in enumerate([request.responsible, *(request.informed or [])]):
@@ -610,13 +633,18 @@ async def reassign(ctx: RoutingContext, caller: Caller, case_id: str, request: A
         details: dict[str, Any] = {"from_department": previous, "to_department": request.responsible}
         if dropped := service.no_longer_informed(previous_informed, informed, request.responsible):
             details["no_longer_informed"] = dropped  # they had the case: an erasure tells them too
+        values: dict[str, object] = {"responsible": request.responsible, "informed": informed}
+        if previous == rules.triage_department and request.responsible != previous:
+            decision = rules.decide(service.facts_of_case(case))
+            if decision.responsible == request.responsible:
+                values.update(_terms_of(rules, decision))
         change = Change(
             kind="assignment",
             actor=actor.name,
             to_status="assigned",
             public_note=request.public_note,
             internal_note=request.internal_note,
-            values={"responsible": request.responsible, "informed": informed},
+            values=values,
             details=details,
         )
         case, before = await service.write_change(session, case, change, expected=request.expected_sequence)
@@ -702,22 +730,11 @@ async def reclassify(ctx: RoutingContext, caller: Caller, case_id: str, request:
                 lifecycle.check_reassign(case.status, actor.roles)
                 to_status = "assigned"
                 informed = [d for d in decision.informed if d != decision.responsible]
-                # The deciding rule's promise and SLA come with it, counted from now (as the
-                # department gets the case now): a case leaving triage kept the triage promise
-                # ("... naar de juiste afdeling") and its two-day due date, so the resident read
-                # a promise already kept and the new department had it overdue at once.
                 values.update(
                     responsible=decision.responsible,
                     informed=informed,
                     priority=decision.priority,
-                    rule_id=decision.rule_id,
-                    rule_version=decision.version,
-                    matched_rules=list(decision.matched),
-                    service_promise=decision.service_promise,
-                    sla_days=decision.sla.days,
-                    sla_type=decision.sla.type,
-                    due_at=rules.due_at(utcnow(), decision.sla),
-                    escalation_level=0,
+                    **_terms_of(rules, decision),
                 )
                 # Who had the case before, as a reassignment records it: an erasure tells them too.
                 details.update(from_department=case.responsible, to_department=decision.responsible)

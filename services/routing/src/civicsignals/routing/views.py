@@ -182,6 +182,9 @@ async def transition(
     "/v1/cases/{case_id}/assignment",
     response_model=CaseDetail,
     summary="Reassign the case to another department",
+    description="Out of triage to the department that the rules choose for the case's topic, the "
+    "case takes that rule's service promise and SLA, counted from now; any other reassignment "
+    "keeps its due date and promise.",
     responses=CONFLICT_RESPONSES,
 )
 async def assign(
@@ -208,6 +211,9 @@ async def note(case_id: str, body: NoteRequest, request: Request, principal: Cas
     "/v1/cases/{case_id}/reclassification",
     response_model=CaseDetail,
     summary="Correct the topic (publishes signal.reclassified so the classifier learns)",
+    description="With `reroute`, the rules decide again for the new topic; when they name another "
+    "department, the case moves there with the deciding rule's service promise and SLA, counted "
+    "from now.",
     responses=CONFLICT_RESPONSES,
 )
 async def reclassify(
