@@ -144,6 +144,20 @@ def test_continue_keeps_informed_partners_and_priority_and_the_first_responsible
     assert ("afval", "not_evaluated") in outcomes
 
 
+def test_a_rule_without_a_promise_makes_none_rather_than_lending_triages(rules) -> None:
+    """Triage's promise speaks of triage (two working days, "bij de juiste afdeling"): beside the
+    afval rule's own SLA of five days it would promise one date while the page showed another.
+    The SLA still falls back to triage's when a rule names none."""
+    decision = rules.decide(facts(topic="afval"))
+    assert (decision.rule_id, decision.sla, decision.service_promise) == ("afval", Sla(5, "working"), None)
+    english = rules.decide(facts(topic="afval", language="en", confidence=0.9, area="centrum"))
+    assert (english.rule_id, english.sla, english.service_promise) == (
+        "afval-engels",
+        Sla(2, "working"),
+        None,
+    )
+
+
 def test_low_confidence_and_needs_review_go_to_triage(rules) -> None:
     low = rules.decide(facts(confidence=0.2), explain=True)
     assert low.is_triage and low.responsible == "kcc"

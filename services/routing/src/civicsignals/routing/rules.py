@@ -373,7 +373,10 @@ class RuleSet:
             partners=tuple(partners),
             priority=final_priority,
             sla=base.sla or self.triage.sla or Sla(5),
-            service_promise=_promise(base.service_promise or self.triage.service_promise, facts.language),
+            # Not triage's promise for a rule without one: it speaks of triage's work and time
+            # ("... binnen 2 werkdagen en sturen haar naar de juiste afdeling"), and beside a
+            # rule's own SLA it promised one date while the page showed another.
+            service_promise=_promise(base.service_promise, facts.language),
             escalation=base.escalation if base.escalation is not None else self.escalation,
             triage_reason=triage_reason,
             version=self.version,
