@@ -493,7 +493,7 @@ async def test_the_tenant_threshold_is_for_trained_models_the_cold_start_keeps_i
 ) -> None:
     """A review_threshold tuned for a trained model (0.5) would send most cold-start predictions
     to triage, e.g. after a rollback to the cold start: the cold start is less sure of itself (of
-    bench/classifier's 300 residents' reports, 29% reach 0.5 and 78% its own 0.1)."""
+    bench/classifier's 300 residents' reports, 33% reach 0.5 and 81% its own 0.1)."""
     leiden = make_tenant("leiden", settings={"classifier": {"review_threshold": 0.5}})
     texts = [  # each between the two thresholds
         "Losse stoeptegel voor de deur",

@@ -271,6 +271,7 @@ topics:
         name_en: ""
         description_nl:
         examples_nl: ["De container is vol", "  "]
+        examples_en: ["  ", "The bin is full"]
         open311_attributes: []
       - code: grof-vuil
   - code: zorg
@@ -286,6 +287,7 @@ topics:
     container = afval.subtopic("container")
     assert (container.name_nl, container.name_en, container.description_nl) == ("Container", "Container", "")
     assert container.examples_nl == ("De container is vol",)
+    assert container.examples_en == ("The bin is full",)
     grof = afval.subtopic("grof-vuil")
     assert (grof.name_nl, grof.name_en) == ("grof vuil", "grof vuil")  # the code in words
     # A topic without subtopics is one class, its subtopic code being the topic's own.

@@ -49,6 +49,7 @@ VARIANTS: list[tuple[str, str, bool]] = [
     ("text-version", GOOD.replace("version: 2", "version: '2026-12'"), True),
     ("other-services-fields", GOOD.replace("    name_nl: Fietsen\n", "    name_nl: Fietsen\n    open311: false\n"), True),
     ("examples", GOOD.replace("        name_nl: Weesfiets\n", "        name_nl: Weesfiets\n        examples_nl: [Fiets zonder zadel]\n"), True),
+    ("examples-en", GOOD.replace("        name_nl: Weesfiets\n", "        name_nl: Weesfiets\n        examples_en: [Bike without a saddle]\n"), True),
     ("no-topics", "version: 1\ntopics: []\n", False),
     ("topics-not-a-list", "topics: {code: afval}\n", False),
     ("topic-without-code", GOOD.replace("  - code: fietsen\n", "  - name_en: Bicycles\n"), False),
@@ -60,6 +61,7 @@ VARIANTS: list[tuple[str, str, bool]] = [
     ("duplicate-key", GOOD.replace("    name_nl: Fietsen\n", "    name_nl: Fietsen\n    name_nl: Fiets\n"), False),
     ("name-not-text", GOOD.replace("name_nl: Weesfiets", "name_nl: [Wees, fiets]"), False),
     ("examples-not-a-list", GOOD.replace("        name_nl: Weesfiets\n", "        name_nl: Weesfiets\n        examples_nl: Fiets\n"), False),
+    ("examples-en-not-a-list", GOOD.replace("        name_nl: Weesfiets\n", "        name_nl: Weesfiets\n        examples_en: Bike\n"), False),
     ("version-not-text", GOOD.replace("version: 2", "version: 2.5"), False),
     ("subtopic-not-a-mapping", GOOD.replace("      - code: weesfiets\n", "      - weesfiets\n      - code: weesfiets\n"), False),
 ]  # fmt: skip

@@ -14,7 +14,7 @@ Training examples per subtopic (all labelled ``topic/subtopic``):
   teach the model the opposite of what they say;
 * each sentence of its topic's description (the words the siblings share: they steer a report to
   the right topic even when its subtopic is unclear);
-* its ``examples_nl``, if the taxonomy has any.
+* its ``examples_nl`` and ``examples_en``, if the taxonomy has any.
 
 These choices, the stop words of :mod:`.features` and ``C`` were compared on a few dozen
 hand-written Dutch reports (``tests/test_model.py``); the differences between the variants were a
@@ -23,8 +23,9 @@ sentence or two, so the defaults are the simple, explainable ones rather than a 
 The examples matter most. The descriptions (Amsterdam's, written as instructions to staff) lack
 the words residents use: "De lantaarnpaal voor mijn huis doet het niet" went to *fietswrak*,
 whose description mentions bikes chained to lamp posts. Five ``examples_nl`` per subtopic of
-the default taxonomy raised the right topic on 300 residents' reports from 64% to 92%
-(``bench/classifier/coldstart.py``, which builds both models in one run).
+the default taxonomy raised the right topic on 300 residents' reports from 64% to 92%, and
+three ``examples_en`` that on 150 English reports from 55% to 88%
+(``bench/classifier/coldstart.py``, which builds every variant in one run).
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ __all__ = ["COLDSTART_C", "COLDSTART_THRESHOLD", "build_default_bundle", "coldst
 #: probability on a report ranges from 0.01 to 0.9. Chosen on the hand-written reports of the
 #: tests (with descriptions only, every wrong-topic prediction stayed below 0.05 and about 40% of
 #: the reports scored 0.1 or more, all right), and kept when the default taxonomy got its
-#: ``examples_nl``: on the 300 residents' reports of ``bench/classifier/coldstart.py`` (written
-#: apart from the examples) 78% then score 0.1 or more, 98% of those with the right topic; the
-#: wrong ones mostly stay under 0.1. The uncertain rest goes to human triage, which is where the
+#: examples: on the 300 residents' reports of ``bench/classifier/coldstart.py`` (written apart
+#: from the examples) 81% then score 0.1 or more, 98% of those with the right topic (on its 150
+#: English ones 55%, all but one right); the wrong ones mostly stay under 0.1. The uncertain
+#: rest goes to human triage, which is where the
 #: cold start is meant to collect its first labelled data anyway. A tenant can override it
 #: (``classifier.cold_start_review_threshold`` in tenant.yaml).
 COLDSTART_THRESHOLD = 0.1
@@ -91,6 +93,7 @@ def coldstart_examples(taxonomy: Taxonomy) -> tuple[list[str], list[str]]:
                 *_sentences(sub.description_nl),
                 *topic_sentences,
                 *sub.examples_nl,
+                *sub.examples_en,
             ]
             seen: set[str] = set()
             for example in examples:

@@ -112,6 +112,8 @@ class Subtopic(BaseModel):
     description_nl: OptionalText = ""
     #: Example reports; training data for the cold-start model besides names and description.
     examples_nl: tuple[Text, ...] = ()
+    #: Example reports in English, for residents who write in English (same use).
+    examples_en: tuple[Text, ...] = ()
     #: The name of this category in the scheme it was taken from (e.g. Amsterdam's), for traceability.
     source_name: str | None = None
 
@@ -119,12 +121,13 @@ class Subtopic(BaseModel):
     @classmethod
     def _defaults(cls, data: Any) -> Any:
         data = _with_defaults(data)
-        if isinstance(data, dict) and "examples_nl" in data:
-            examples = data["examples_nl"]
-            if examples is None:
-                data["examples_nl"] = ()
-            elif isinstance(examples, list | tuple):  # blank examples teach nothing: left out
-                data["examples_nl"] = tuple(e for e in examples if not (isinstance(e, str) and not e.strip()))
+        for key in ("examples_nl", "examples_en"):
+            if isinstance(data, dict) and key in data:
+                examples = data[key]
+                if examples is None:
+                    data[key] = ()
+                elif isinstance(examples, list | tuple):  # blank examples teach nothing: left out
+                    data[key] = tuple(e for e in examples if not (isinstance(e, str) and not e.strip()))
         return data
 
 
