@@ -743,33 +743,46 @@ async def test_status_filter_takes_the_specs_values_in_any_case(intake: Intake) 
     assert (await _public(intake, "/open311/v2/requests", status="closed,Closed"))[0] == []
 
 
+def _updates_reach_routing_at(intake: Intake, receiver: Receiver) -> None:
+    """Updates that Open311 clients post are passed on to ``receiver`` (routing's stand-in), with
+    intake's service key for routing in place."""
+    intake.context.settings.routing_url = receiver.url
+    key_file = intake.settings.service_keys_dir / "gouda"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text("cs_servicekey.secret\n")
+
+
+async def _post_update(
+    intake: Intake, request_id: str, status: str, update_id: str, description: str, fmt: str = "json"
+) -> Any:
+    """An Open311 client's ``POST servicerequestupdates`` with the tenant's key, as a form."""
+    return await intake.client.post(
+        f"/open311/v2/servicerequestupdates.{fmt}",
+        data={
+            "api_key": intake.gouda.key,
+            "jurisdiction_id": "gouda",
+            "service_request_id": request_id,
+            "update_id": update_id,
+            "status": status,
+            "description": description,
+        },
+    )
+
+
 async def test_open_on_an_ended_case_asks_routing_to_reopen_it(
     intake: Intake, bus: Any, receiver: Receiver, wait_until: Any
 ) -> None:
     """OPEN means "in progress" while the case runs, and a reopening once it has ended (routing
     has no way from resolved to in_progress); REOPEN says so outright. Routing's refusal is the
     spec's error array, never a 500."""
-    intake.context.settings.routing_url = receiver.url
-    key_file = intake.settings.service_keys_dir / "gouda"
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.write_text("cs_servicekey.secret\n")
+    _updates_reach_routing_at(intake, receiver)
     running = await _create(intake)
     ended = await _create(intake, description="Nog een")
     await _route(intake, bus, running, [], wait_until, to="in_progress", case_id="case-1")
     await _route(intake, bus, ended, [], wait_until, to="resolved", case_id="case-2")
 
     async def post(request_id: str, status: str, update_id: str, fmt: str = "json") -> Any:
-        return await intake.client.post(
-            f"/open311/v2/servicerequestupdates.{fmt}",
-            data={
-                "api_key": intake.gouda.key,
-                "jurisdiction_id": "gouda",
-                "service_request_id": request_id,
-                "update_id": update_id,
-                "status": status,
-                "description": "Toch niet opgelost.",
-            },
-        )
+        return await _post_update(intake, request_id, status, update_id, "Toch niet opgelost.", fmt)
 
     for request_id, status, update_id in (
         (running, "OPEN", "u1"),
@@ -802,25 +815,12 @@ async def test_planned_and_for_triage_from_mysocietys_update_states_go_to_routin
 ) -> None:
     """mySociety's open311-adapter also sends PLANNED (work is planned: in progress for the
     resident) and FOR_TRIAGE (back to the triage department); both are passed on, in any case."""
-    intake.context.settings.routing_url = receiver.url
-    key_file = intake.settings.service_keys_dir / "gouda"
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.write_text("cs_servicekey.secret\n")
+    _updates_reach_routing_at(intake, receiver)
     request_id = await _create(intake)
     await _route(intake, bus, request_id, [], wait_until, to="assigned", case_id="case-7")
 
     for update_id, status in (("p1", "PLANNED"), ("t1", "for_triage")):
-        answer = await intake.client.post(
-            "/open311/v2/servicerequestupdates.json",
-            data={
-                "api_key": intake.gouda.key,
-                "jurisdiction_id": "gouda",
-                "service_request_id": request_id,
-                "update_id": update_id,
-                "status": status,
-                "description": "Ingepland voor volgende week.",
-            },
-        )
+        answer = await _post_update(intake, request_id, status, update_id, "Ingepland voor volgende week.")
         assert answer.status_code == 200 and answer.json() == [{"update_id": update_id}], answer.text
     assert [(case_id, body["status"]) for case_id, _, body in receiver.received] == [
         ("case-7", "in_progress"),

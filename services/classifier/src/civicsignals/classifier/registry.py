@@ -90,9 +90,9 @@ class ModelRegistry:
         from civicsignals.classifier.model.coldstart import build_default_bundle
 
         target = self.coldstart_dir(key)
-        wanted = (taxonomy or load_taxonomy()).fingerprint()
+        taxonomy = taxonomy or load_taxonomy()
         built_from = _taxonomy_fingerprint(target)
-        if built_from != wanted:
+        if built_from != taxonomy.fingerprint():
             if built_from is None:
                 log.info("building the cold-start model %s from its taxonomy", key)
             else:

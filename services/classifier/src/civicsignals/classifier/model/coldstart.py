@@ -49,9 +49,9 @@ __all__ = ["COLDSTART_C", "COLDSTART_THRESHOLD", "build_default_bundle", "coldst
 #: examples: on the 300 residents' reports of ``bench/classifier/coldstart.py`` (written apart
 #: from the examples) 81% then score 0.1 or more, 98% of those with the right topic (on its 150
 #: English ones 55%, all but one right); the wrong ones mostly stay under 0.1. The uncertain
-#: rest goes to human triage, which is where the
-#: cold start is meant to collect its first labelled data anyway. A tenant can override it
-#: (``classifier.cold_start_review_threshold`` in tenant.yaml).
+#: rest goes to human triage, which is where the cold start is meant to collect its first
+#: labelled data anyway. A tenant can override it (``classifier.cold_start_review_threshold``
+#: in tenant.yaml).
 COLDSTART_THRESHOLD = 0.1
 
 #: Inverse regularisation strength for the cold start: the examples are few, short and clean, so
