@@ -389,6 +389,113 @@ async def test_a_case_assigned_out_of_triage_by_hand_takes_the_promise_of_the_ru
     )
 
 
+async def test_a_case_rerouted_to_a_rule_that_names_a_partner_is_forwarded_to_it(api: Api) -> None:
+    """A leak first put under waste: corrected to housing, the rule that names woonpartners decides,
+    so the case is forwarded to the corporation as it would have been from the start. The partner
+    sees it from then on, and hears of it through the status change that names it."""
+    case = await api.route(topic="afval", text="Lekkage onder het aanrecht van mijn huurwoning")
+    assert (case.status, case.responsible, case.partners) == ("assigned", "afval", [])
+    updates = f"/v1/cases/{case.id}/updates"
+    not_yet = await api.post(updates, {"public_note": "Wij kijken ernaar"}, api.keys.woonpartners)
+    assert not_yet.status_code == 404
+
+    response = await api.post(
+        f"/v1/cases/{case.id}/reclassification", {"topic": "wonen", "reroute": True}, api.keys.afval
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["status"], body["responsible"], body["partners"]) == ("forwarded", "wonen", ["woonpartners"])
+    assert body["informed"] == ["handhaving", "sociaal"] and body["rule_id"] == "wonen-schimmel"
+    assert body["service_promise"] == "Woonpartners en de gemeente pakken dit binnen 5 werkdagen op."
+    [changed] = [e["data"] for _, e in await api.outbox("case.status_changed") if e["data"]["sequence"] == 2]
+    assert (changed["from"], changed["to"], changed["forwarded_to"]) == (
+        "assigned",
+        "forwarded",
+        "woonpartners",
+    )
+    assert changed["partners"] == ["woonpartners"] and changed["service_promise"] == body["service_promise"]
+    feeds = {subject: e["data"]["role"] for subject, e in await api.outbox(".assigned")}
+    assert feeds["civic.gouda.dept.wonen.assigned"] == "responsible"
+    assert feeds["civic.gouda.dept.sociaal.assigned"] == "informed"
+    # The department that lost the case hears of it on its own feed.
+    lost = [e["data"] for _, e in await api.outbox("dept.afval.status_changed")]
+    assert [(d["to"], d["responsible"]) for d in lost] == [("forwarded", "wonen")]
+    [entry] = [h for h in await history(api, case.id) if h.kind == "reclassification"]
+    assert entry.details["partner"] == "woonpartners" and entry.details["to_department"] == "wonen"
+
+    taken = await api.post(updates, {"status": "in_progress", "update_id": "wp-7"}, api.keys.woonpartners)
+    assert taken.status_code == 200, taken.text
+
+
+async def test_a_case_assigned_by_hand_to_the_rules_department_goes_to_the_rules_partner_too(
+    api: Api,
+) -> None:
+    """Triage sends an unsure leak by hand to housing, the department the rules choose for it: the
+    case takes that rule's promise, which names woonpartners, and is forwarded to it."""
+    case = await api.route(topic="wonen", text="Schimmel in de slaapkamer", needs_review=True)
+    assert (case.status, case.partners) == ("triage", [])
+    response = await api.post(
+        f"/v1/cases/{case.id}/assignment", {"responsible": "wonen", "public_note": "Doorgezet."}, api.keys.kcc
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["status"], body["partners"], body["rule_id"]) == (
+        "forwarded",
+        ["woonpartners"],
+        "wonen-schimmel",
+    )
+    [changed] = [e["data"] for _, e in await api.outbox("case.status_changed") if e["data"]["sequence"] == 2]
+    assert (changed["from"], changed["to"], changed["forwarded_to"]) == (
+        "triage",
+        "forwarded",
+        "woonpartners",
+    )
+
+
+async def test_a_reroute_within_the_department_forwards_to_the_new_rules_partner_when_it_may(
+    api: Api,
+) -> None:
+    """The department stays, but the corrected subtopic's rule brings a partner in: a case at work
+    is forwarded to it; one that waits on the resident is not (forwarding is not a move from there),
+    and its correction still counts."""
+    rules = RULES.replace(
+        "  - id: wonen\n",
+        "  - id: wonen-onderhoud\n"
+        "    when: {topic: wonen, subtopic: onderhoud}\n"
+        "    then: {responsible: wonen, partners: [welzijn], sla_days: 7,"
+        " service_promise: 'Welzijn Gouda helpt u binnen 7 werkdagen.'}\n"
+        "  - id: wonen\n",
+    )
+    (api.keys.folder / "rules.yaml").write_text(rules, encoding="utf-8")
+    await flows.watch_rules_once(api.ctx)
+    at_work = await api.route(topic="wonen", text="Kapotte dakgoot")
+    waiting = await api.route(topic="wonen", text="Kapotte dakgoot")
+    assert at_work.rule_id == waiting.rule_id == "wonen"
+    assert (await api.move(at_work.id, "in_progress", api.keys.wonen)).status_code == 200
+    assert (await api.move(waiting.id, "waiting_on_resident", api.keys.wonen)).status_code == 200
+    answers = {}
+    for case in (at_work, waiting):
+        response = await api.post(
+            f"/v1/cases/{case.id}/reclassification",
+            {"topic": "wonen", "subtopic": "onderhoud", "reroute": True},
+            api.keys.wonen,
+        )
+        assert response.status_code == 200, response.text
+        answers[case.id] = response.json()
+    forwarded, kept = answers[at_work.id], answers[waiting.id]
+    assert (forwarded["status"], forwarded["partners"], forwarded["responsible"]) == (
+        "forwarded",
+        ["welzijn"],
+        "wonen",
+    )
+    assert forwarded["service_promise"] == "Welzijn Gouda helpt u binnen 7 werkdagen."
+    assert (kept["status"], kept["partners"], kept["subtopic"]) == ("waiting_on_resident", [], "onderhoud")
+    changes = [
+        e["data"] for _, e in await api.outbox("case.status_changed") if e["data"]["to"] == "forwarded"
+    ]
+    assert [(c["case_id"], c["forwarded_to"]) for c in changes] == [(at_work.id, "welzijn")]
+
+
 # -- duplicates ------------------------------------------------------------------------------------
 
 

@@ -245,13 +245,14 @@ async def test_public_notes_of_a_reassignment_and_a_reclassification_go_out_reda
         return [
             d
             for d in bus.events("civic.gouda.case.status_changed")
-            if d["from"] == "in_progress" and d["to"] == "assigned"
+            if d["from"] == "in_progress" and d["to"] in ("assigned", "forwarded")
         ]
 
+    # The leak is a matter for the rule that names woonpartners: rerouted, the case is forwarded.
     changed = await wait_until(
         lambda: len(assigned_changes()) >= 2 and assigned_changes(),
         timeout=15,
-        message="two case.status_changed from in_progress to assigned",
+        message="two case.status_changed from in_progress to assigned or forwarded",
     )
     assert {d["case_id"]: d["public_note"] for d in changed} == {
         reassigned.id: REDACTED,

@@ -612,6 +612,66 @@ def _terms_of(rules: RuleSet, decision: Decision) -> dict[str, object]:
     }
 
 
+def _add_rule_partners(
+    values: dict[str, object], details: dict[str, Any], case: Case, decision: Decision
+) -> str | None:
+    """Forward the case to the partners the deciding rule names, as a new case would start.
+
+    The partners join the case's (``values["partners"]``), which lets them see it and brings them
+    its status changes; the one returned is the ``forwarded_to`` of the status change (the first
+    the case did not have yet), also the history's ``partner``, as a forward by hand records it.
+    None when the rule names no partner: the case is not forwarded.
+    Before, a case routed to its department only after triage or a correction never reached the
+    partner its rule names (say a housing corporation), though the promise it took named it."""
+    if not decision.partners:
+        return None
+    new = [code for code in decision.partners if code not in case.partners]
+    if new:
+        values["partners"] = [*case.partners, *new]
+    details["partner"] = forwarded_to = (new or list(decision.partners))[0]
+    return forwarded_to
+
+
+async def _handover_events(
+    session: AsyncSession,
+    tenant: str,
+    case: Case,
+    actor: Actor,
+    statuses: tuple[str, str],
+    public_note: str | None,
+    *,
+    previous: tuple[str, list[str]],
+    forwarded_to: str | None,
+) -> Events:
+    """The events of a case handed to another department or partner (a reassignment, a reroute).
+
+    ``statuses`` is (before, after) the change, ``previous`` the responsible and informed
+    departments before it. The resident's page, the partners and every involved department hear
+    of a new status or a new partner; without either, the departments that lose or keep the case
+    still learn who has it now (their feeds, not the resident's page). Departments that newly
+    have the case get it on their ``assigned`` feed."""
+    before, after = statuses
+    previous_responsible, previous_informed = previous
+    events: Events = []
+    if before != after or forwarded_to is not None:
+        extra: dict[str, Any] = {"forwarded_to": forwarded_to} if forwarded_to is not None else {}
+        events += service.status_events(
+            tenant, case, before, after, actor.name, public_note, also=[previous_responsible], **extra
+        )
+        events += await service.mirror_to_duplicates(
+            session, tenant, case, before, after, actor.name, public_note
+        )
+    elif previous_responsible != case.responsible:
+        events += service.status_events(
+            tenant, case, before, after, actor.name, None, also=[previous_responsible]
+        )[1:]
+    targets = []
+    if previous_responsible != case.responsible:
+        targets.append((case.responsible, "responsible"))
+    targets += [(code, "informed") for code in case.informed if code not in previous_informed]
+    return events + service.assigned_events(tenant, case, targets)
+
+
 async def reassign(ctx: RoutingContext, caller: Caller, case_id: str, request: AssignmentRequest) -> Case:
     """Move the case to another department (status ``assigned``); the old and new departments hear of it.
 
@@ -634,38 +694,33 @@ async def reassign(ctx: RoutingContext, caller: Caller, case_id: str, request: A
         if dropped := service.no_longer_informed(previous_informed, informed, request.responsible):
             details["no_longer_informed"] = dropped  # they had the case: an erasure tells them too
         values: dict[str, object] = {"responsible": request.responsible, "informed": informed}
+        forwarded_to = None
         if previous == rules.triage_department and request.responsible != previous:
             decision = rules.decide(service.facts_of_case(case))
             if decision.responsible == request.responsible:
                 values.update(_terms_of(rules, decision))
+                forwarded_to = _add_rule_partners(values, details, case, decision)
+        to_status = "forwarded" if forwarded_to else "assigned"
         change = Change(
             kind="assignment",
             actor=actor.name,
-            to_status="assigned",
+            to_status=to_status,
             public_note=request.public_note,
             internal_note=request.internal_note,
             values=values,
             details=details,
         )
         case, before = await service.write_change(session, case, change, expected=request.expected_sequence)
-        events: Events = []
-        if before != "assigned":
-            events += service.status_events(
-                caller.tenant, case, before, "assigned", actor.name, request.public_note, also=[previous]
-            )
-            events += await service.mirror_to_duplicates(
-                session, caller.tenant, case, before, "assigned", actor.name, request.public_note
-            )
-        elif previous != case.responsible:
-            # Residents see no new status; the departments that lose or keep the case are told.
-            events += service.status_events(
-                caller.tenant, case, before, "assigned", actor.name, None, also=[previous]
-            )[1:]
-        targets = []
-        if previous != case.responsible:
-            targets.append((case.responsible, "responsible"))
-        targets += [(code, "informed") for code in case.informed if code not in previous_informed]
-        events += service.assigned_events(caller.tenant, case, targets)
+        events = await _handover_events(
+            session,
+            caller.tenant,
+            case,
+            actor,
+            (before, to_status),
+            request.public_note,
+            previous=(previous, previous_informed),
+            forwarded_to=forwarded_to,
+        )
         _enqueue(session, caller.tenant, events)
         _audit_change(session, caller.tenant, actor, "case.assignment", case, from_department=previous)
     return case
@@ -698,6 +753,15 @@ async def add_note(ctx: RoutingContext, caller: Caller, case_id: str, request: N
     raise AssertionError("unreachable")
 
 
+def _forwardable(case: Case, decision: Decision, actor: Actor) -> bool:
+    """Whether a reroute that keeps the department forwards the case: the deciding rule names a
+    partner the case does not have, and the case is forwarded already or may be forwarded from
+    where it stands (not while it waits on the resident, nor once it is finished)."""
+    if decision.is_triage or all(code in case.partners for code in decision.partners):
+        return False
+    return case.status == "forwarded" or lifecycle.may(case.status, "forwarded", actor.roles)
+
+
 def _is_informed(caller: Caller, case: Case) -> bool:
     return bool(caller.departments & set(case.informed))
 
@@ -715,7 +779,7 @@ async def reclassify(ctx: RoutingContext, caller: Caller, case_id: str, request:
         if not actor.roles & {"responsible", "triage", "admin"}:
             raise Problem(403, "only the responsible or triage department may reclassify", slug="forbidden")
         previous = (case.topic, case.subtopic)
-        previous_responsible = case.responsible
+        previous_departments = (case.responsible, list(case.informed))
         values: dict[str, object] = {"topic": request.topic, "subtopic": request.subtopic}
         details: dict[str, Any] = {
             "previous_topic": previous[0],
@@ -723,12 +787,11 @@ async def reclassify(ctx: RoutingContext, caller: Caller, case_id: str, request:
             "topic": request.topic,
         }
         to_status: str | None = None
-        decision = None
+        forwarded_to: str | None = None
         if request.reroute:
             decision = rules.decide(service.facts_of_case(case, request.topic, request.subtopic))
             if decision.responsible != case.responsible:
                 lifecycle.check_reassign(case.status, actor.roles)
-                to_status = "assigned"
                 informed = [d for d in decision.informed if d != decision.responsible]
                 values.update(
                     responsible=decision.responsible,
@@ -736,10 +799,17 @@ async def reclassify(ctx: RoutingContext, caller: Caller, case_id: str, request:
                     priority=decision.priority,
                     **_terms_of(rules, decision),
                 )
+                forwarded_to = _add_rule_partners(values, details, case, decision)
+                to_status = "forwarded" if forwarded_to else "assigned"
                 # Who had the case before, as a reassignment records it: an erasure tells them too.
                 details.update(from_department=case.responsible, to_department=decision.responsible)
                 if dropped := service.no_longer_informed(case.informed, informed, decision.responsible):
                     details["no_longer_informed"] = dropped
+            elif _forwardable(case, decision, actor):
+                # Same department, but the new topic's rule brings a partner in: forwarded to it.
+                values.update(_terms_of(rules, decision))
+                forwarded_to = _add_rule_partners(values, details, case, decision)
+                to_status = "forwarded"
         change = Change(
             kind="reclassification",
             actor=actor.name,
@@ -765,24 +835,16 @@ async def reclassify(ctx: RoutingContext, caller: Caller, case_id: str, request:
                 ),
             )
         ]
-        if to_status is not None and case.responsible != previous_responsible:
-            if before != "assigned":
-                events += service.status_events(
-                    caller.tenant,
-                    case,
-                    before,
-                    "assigned",
-                    actor.name,
-                    request.public_note,
-                    also=[previous_responsible],
-                )
-                events += await service.mirror_to_duplicates(
-                    session, caller.tenant, case, before, "assigned", actor.name, request.public_note
-                )
-            events += service.assigned_events(
+        if to_status is not None:
+            events += await _handover_events(
+                session,
                 caller.tenant,
                 case,
-                [(case.responsible, "responsible"), *((d, "informed") for d in case.informed)],
+                actor,
+                (before, to_status),
+                request.public_note,
+                previous=previous_departments,
+                forwarded_to=forwarded_to,
             )
         _enqueue(session, caller.tenant, events)
         _audit_change(

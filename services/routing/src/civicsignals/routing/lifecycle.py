@@ -96,7 +96,8 @@ TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
     "cancelled": {},
 }
 
-# Where a reassignment to another department may start; it always ends in ``assigned``.
+# Where a reassignment to another department may start; it ends in ``assigned``, or in ``forwarded``
+# when the rule that chooses the new department names partners (as a new case would start).
 REASSIGNABLE: frozenset[str] = frozenset(
     {"triage", "assigned", "in_progress", "waiting_on_resident", "forwarded", "reopened"}
 )

@@ -183,8 +183,9 @@ async def transition(
     response_model=CaseDetail,
     summary="Reassign the case to another department",
     description="Out of triage to the department that the rules choose for the case's topic, the "
-    "case takes that rule's service promise and SLA, counted from now; any other reassignment "
-    "keeps its due date and promise.",
+    "case takes that rule's service promise and SLA, counted from now, and is forwarded to the "
+    "partners the rule names (status `forwarded`); any other reassignment keeps its due date and "
+    "promise and ends `assigned`.",
     responses=CONFLICT_RESPONSES,
 )
 async def assign(
@@ -213,7 +214,8 @@ async def note(case_id: str, body: NoteRequest, request: Request, principal: Cas
     summary="Correct the topic (publishes signal.reclassified so the classifier learns)",
     description="With `reroute`, the rules decide again for the new topic; when they name another "
     "department, the case moves there with the deciding rule's service promise and SLA, counted "
-    "from now.",
+    "from now, and is forwarded to the partners the rule names. When the department stays but the "
+    "rule names a partner the case lacks, a case at work is forwarded to it.",
     responses=CONFLICT_RESPONSES,
 )
 async def reclassify(
