@@ -47,6 +47,10 @@ _NARROW = frozenset(" .,:;'|!ijlI()[]ftr-/")
 _WIDE = frozenset("mwMW@%…")
 
 
+#: What a cut text loses at its end before the ellipsis: whitespace and separators.
+_TRAILING = " \t\r\n\f\v,;:-"
+
+
 def text_width(text: str, size: float) -> float:
     """About how wide ``text`` is drawn at font size ``size`` (px), erring on the wide side."""
     em = 0.0
@@ -68,9 +72,14 @@ def fit(text: str, size: float, room: float) -> str:
     if text_width(text, size) <= room:
         return text
     cut = text
-    while cut and text_width(cut.rstrip() + "…", size) > room:
+    while cut:
+        # Measured as it is shown: without the spaces and separators the cut leaves at its end
+        # (measuring one form and showing another overran the room by a line break's width).
+        shown = cut.rstrip(_TRAILING) + "…"
+        if text_width(shown, size) <= room:
+            return shown
         cut = cut[:-1]
-    return cut.rstrip(" ,;:-") + "…"
+    return "…"
 
 
 def _day_month(day: date) -> str:
