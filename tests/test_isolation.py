@@ -76,6 +76,19 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("POST", "/dashboard/login"): "the dashboard's sign-in (it takes a key or a token in the form)",
     ("GET", "/privacy/login"): "the privacy desk's sign-in page",
     ("POST", "/privacy/login"): "the privacy desk's sign-in (it takes a key in the form)",
+    (
+        "GET",
+        "/dashboard/login/oidc",
+    ): "the dashboard's sign-in through the municipality's provider (a redirect there)",
+    (
+        "GET",
+        "/dashboard/login/oidc/callback",
+    ): "the provider's answer to that sign-in (checked against its flow cookie)",
+    ("GET", "/privacy/login/oidc"): "the privacy desk's sign-in through the municipality's provider",
+    (
+        "GET",
+        "/privacy/login/oidc/callback",
+    ): "the provider's answer to that sign-in (checked against its flow cookie)",
 }
 
 #: Routes that authenticate by other means than the ``Authorization`` header; without credentials

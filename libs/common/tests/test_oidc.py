@@ -12,11 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from civicsignals.admin.devissuer import DevIssuer
+from civicsignals.admin.devissuer import DevIssuer, set_tenant_oidc
 from civicsignals.common.auth import Principal
 from civicsignals.common.oidc import OidcVerifier, TokenError, looks_like_jwt, pseudonymous_subject
 from civicsignals.common.tenants import TenantRegistry
@@ -45,14 +44,7 @@ def oidc_block(issuer: DevIssuer, **extra: Any) -> dict[str, Any]:
     return block
 
 
-def set_oidc(folder: Any, block: dict[str, Any] | None) -> None:
-    path = folder / "tenant.yaml"
-    settings = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if block is None:
-        settings.pop("oidc", None)
-    else:
-        settings["oidc"] = block
-    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+set_oidc = set_tenant_oidc
 
 
 @pytest.fixture

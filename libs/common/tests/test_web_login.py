@@ -8,14 +8,18 @@ test_login_throttle, intake's test_privacy_desk."""
 from __future__ import annotations
 
 import stat
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import Response
 from pydantic import ValidationError
 
+from civicsignals.common.auth import Principal
 from civicsignals.common.ratelimit import client_key
 from civicsignals.common.web_login import (
+    PERSON_MARK,
     SignInThrottle,
     SignInThrottleSettings,
     WebLogin,
@@ -23,7 +27,9 @@ from civicsignals.common.web_login import (
     form_token_matches,
     load_secret,
     sign,
+    sign_person,
     verify,
+    verify_person,
 )
 
 SECRET = b"s" * 32
@@ -251,3 +257,52 @@ def test_a_refused_address_is_logged_once_until_it_is_let_through_again(manual_c
     manual_clock.now += 10
     assert throttle.admit("a") == 0  # let through: a later refusal is news again
     assert throttle.admit("a") > 0 and throttle.first_refusal("a")
+
+
+def test_a_persons_cookie_holds_what_their_token_said_and_holds_until_it_expires() -> None:
+    person = Principal(
+        tenant="gouda",
+        key_id="",
+        scopes=frozenset({"insights:read", "cases:read"}),
+        departments=frozenset({"wonen"}),
+        subject_kind="person",
+        subject="u-123",
+    )
+    token = sign_person(SECRET, person, "https://login.gouda.nl/realms/g", 3600, now=NOW)
+
+    assert token.startswith(f"{PERSON_MARK}.") and "u-123" not in token  # base64url, not readable text
+    claims = verify_person(SECRET, token, now=NOW + 3600)
+    assert claims == {
+        "t": "gouda",
+        "s": "u-123",
+        "sc": ["cases:read", "insights:read"],
+        "d": ["wonen"],
+        "i": "https://login.gouda.nl/realms/g",
+    }
+    assert verify_person(SECRET, token, now=NOW + 3601) is None
+    assert verify(SECRET, token, now=NOW) is None  # never taken for a key's cookie
+
+
+def test_a_persons_cookie_changed_or_signed_with_another_key_is_refused() -> None:
+    person = Principal(
+        tenant="gouda", key_id="", scopes=frozenset({"insights:read"}), subject_kind="person", subject="u-1"
+    )
+    token = sign_person(SECRET, person, "https://idp", 3600, now=NOW)
+    mark, claims, expires, mac = token.split(".")
+    more = sign_person(SECRET, replace(person, scopes=frozenset({"admin"})), "https://idp", 3600, now=NOW)
+
+    assert verify_person(b"other" * 8, token, now=NOW) is None
+    assert verify_person(SECRET, f"{mark}.{more.split('.')[1]}.{expires}.{mac}", now=NOW) is None
+    assert verify_person(SECRET, f"{mark}.{claims}.{int(expires) + 1}.{mac}", now=NOW) is None
+    assert verify_person(SECRET, f"gouda.{claims}.{expires}.{mac}", now=NOW) is None
+    for broken in ("", f"{mark}.{claims}", f"{token}.x", f"{mark}.{claims}.later.{mac}"):
+        assert verify_person(SECRET, broken, now=NOW) is None
+
+
+def test_a_persons_login_needs_the_provider_that_signed_them_in() -> None:
+    login = WebLogin(cookie="c", scope="s", signing_key_file="f")
+    person = Principal(
+        tenant="gouda", key_id="", scopes=frozenset({"s"}), subject_kind="person", subject="u-1"
+    )
+    with pytest.raises(ValueError, match="issuer"):
+        login.start_session(Response(), SECRET, person, ttl_s=60, secure=False)

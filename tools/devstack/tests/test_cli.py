@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from civicsignals.devstack import cli
 from civicsignals.devstack.gateway import Gateway
@@ -103,3 +105,39 @@ def test_banner_has_a_working_curl(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert args[args.index("-X") + 1 : args.index("-X") + 3] == ["POST", "http://127.0.0.1:8000/v1/signals"]
     assert "Authorization: Bearer $(cat .data/dev-api-key)" in args
     assert json.loads(args[args.index("-d") + 1]) == cli.SAMPLE_SIGNAL
+
+
+def test_the_demo_staff_sign_in_through_the_development_provider(tmp_path: Path) -> None:
+    """make run points its copy of the demo tenant at the development identity provider; the copy
+    still validates, and a provider the developer configured there is left alone."""
+    from civicsignals.common.tenant_schemas import check_folder
+
+    folder = tmp_path / "demo"
+    shutil.copytree(Path(__file__).resolve().parents[3] / "config" / "tenants" / "demo", folder)
+    cli.let_demo_staff_sign_in(folder, "http://127.0.0.1:8009")
+    block = yaml.safe_load((folder / "tenant.yaml").read_text(encoding="utf-8"))["oidc"]
+    assert block["web_client_id"] == cli.DEV_WEB_CLIENT and block["issuer"] == "http://127.0.0.1:8009"
+    assert block["group_scopes"] == {cli.DEV_STAFF_GROUP: cli.DEV_STAFF_SCOPES}
+    report = check_folder(folder)
+    assert not report.issues, report.issues
+
+    cli.let_demo_staff_sign_in(folder, "http://127.0.0.1:9999")  # the next run's port
+    assert yaml.safe_load((folder / "tenant.yaml").read_text(encoding="utf-8"))["oidc"]["issuer"].endswith(
+        ":9999"
+    )
+    settings = yaml.safe_load((folder / "tenant.yaml").read_text(encoding="utf-8"))
+    settings["oidc"] = {"issuer": "https://login.example.nl", "audience": "x", "web_client_id": "own"}
+    (folder / "tenant.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
+    cli.let_demo_staff_sign_in(folder, "http://127.0.0.1:8009")
+    assert (
+        yaml.safe_load((folder / "tenant.yaml").read_text(encoding="utf-8"))["oidc"]["web_client_id"] == "own"
+    )
+
+
+def test_the_redirect_uris_cover_both_staff_pages_through_the_entry_point_and_directly() -> None:
+    uris = cli.oidc_redirect_uris()
+    assert "http://127.0.0.1:8000/dashboard/login/oidc/callback" in uris
+    assert "http://127.0.0.1:8005/dashboard/login/oidc/callback" in uris
+    assert "http://127.0.0.1:8000/privacy/login/oidc/callback" in uris
+    assert "http://127.0.0.1:8001/privacy/login/oidc/callback" in uris
+    assert len(uris) == 4

@@ -25,7 +25,7 @@ from typing import Literal
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from civicsignals.common.oidc import TokenError, looks_like_jwt
+from civicsignals.common.oidc import Identity, TokenError, looks_like_jwt
 from civicsignals.common.problems import Problem
 from civicsignals.common.tenants import KEY_PREFIX, ApiKeyRecord, TenantRegistry, hash_key, key_id_of
 
@@ -135,6 +135,11 @@ async def authenticate_bearer(registry: TenantRegistry, authorization: str | Non
         identity = await registry.oidc.verify(credential, registry)
     except TokenError as error:
         raise _unauthenticated(error.detail) from error
+    return person_principal(identity)
+
+
+def person_principal(identity: Identity) -> Principal:
+    """The caller a verified OpenID Connect token stands for (on the API and the staff pages)."""
     return Principal(
         tenant=identity.tenant,
         key_id="",

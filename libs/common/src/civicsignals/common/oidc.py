@@ -61,6 +61,11 @@ class OidcConfig(BaseModel):
     departments_claim: str | None = None
     group_scopes: dict[str, list[str]] = Field(default_factory=dict)
     group_departments: dict[str, list[str]] = Field(default_factory=dict)
+    web_client_id: str | None = Field(
+        default=None,
+        description="the client id staff sign in with on the services' own pages (authorization code "
+        "flow with PKCE, a public client); None: those pages take API keys only",
+    )
 
     @property
     def audiences(self) -> list[str]:
@@ -109,7 +114,7 @@ def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise TokenError("the bearer token is not a readable JWT") from exc
 
 
-def _check_transport(url: str) -> None:
+def check_transport(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK):
         return
@@ -190,7 +195,7 @@ class OidcVerifier:
         self.fetches = 0
 
     async def _get_json(self, url: str) -> dict[str, Any]:
-        _check_transport(url)
+        check_transport(url)
         try:
             async with httpx.AsyncClient(timeout=self.http_timeout_s, follow_redirects=False) as client:
                 response = await client.get(url, headers={"Accept": "application/json"})

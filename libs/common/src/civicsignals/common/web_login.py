@@ -12,6 +12,13 @@ Forms that change something also carry a token bound to the login (:meth:`WebLog
 an HMAC of the cookie's value): SameSite=Strict already keeps other sites' forms from sending the
 cookie, and the token makes that hold in a browser that does not honour SameSite too.
 
+People may also sign in through the tenant's OpenID Connect provider
+(:mod:`civicsignals.common.web_oidc`); their login cookie holds ``~p.<claims>.expiry`` (tenant,
+subject, scopes, departments and issuer, as the provider's token gave them when they signed in),
+signed the same way. It lasts until it expires or the tenant stops letting people sign in with
+that provider: a provider knows no revocation a service could look up on each request, so the
+login's lifetime (``session_ttl_s``) bounds how long a person removed from a group keeps access.
+
 Signing in is throttled per client address (:class:`SignInThrottle`, :meth:`WebLogin.sign_in`):
 these forms check a key, so without a limit anyone who reaches them could guess keys as fast as
 the service answers. Only failed sign-ins spend the client's allowance; once it is spent, every
@@ -26,6 +33,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import math
 import secrets
@@ -73,6 +81,50 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
+#: The first part of a person's login cookie (no tenant code starts with ``~``).
+PERSON_MARK = "~p"
+
+
+def _person_mac(secret: bytes, payload: str) -> str:
+    """A person's cookie is signed under its own label: no key cookie's signature fits it, nor
+    the other way round."""
+    return _b64(hmac.new(secret, f"person:{payload}".encode(), hashlib.sha256).digest())
+
+
+def sign_person(
+    secret: bytes, principal: Principal, issuer: str, ttl_s: int, now: float | None = None
+) -> str:
+    """A login cookie's value for a person signed in through ``issuer``: what their token said
+    (tenant, pseudonymous subject, scopes, departments), valid for ``ttl_s`` seconds."""
+    expires = int((now if now is not None else time.time()) + ttl_s)
+    claims = {
+        "t": principal.tenant,
+        "s": principal.subject,
+        "sc": sorted(principal.scopes),
+        "d": sorted(principal.departments),
+        "i": issuer,
+    }
+    payload = f"{PERSON_MARK}.{_b64(json.dumps(claims, separators=(',', ':')).encode())}.{expires}"
+    return f"{payload}.{_person_mac(secret, payload)}"
+
+
+def verify_person(secret: bytes, token: str, now: float | None = None) -> dict[str, Any] | None:
+    """The claims of a valid, unexpired person's login cookie; None for anything else."""
+    parts = token.split(".")
+    if len(parts) != 4 or parts[0] != PERSON_MARK:
+        return None
+    mark, claims, expires, mac = parts
+    if not hmac.compare_digest(mac, _person_mac(secret, f"{mark}.{claims}.{expires}")):
+        return None
+    if not expires.isdigit() or int(expires) < (now if now is not None else time.time()):
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def sign(secret: bytes, tenant: str, key_id: str, ttl_s: int, now: float | None = None) -> str:
     """A login cookie's value for the key ``key_id`` of ``tenant``, valid for ``ttl_s`` seconds."""
     expires = int((now if now is not None else time.time()) + ttl_s)
@@ -100,6 +152,8 @@ def principal_from_token(request: Request, secret: bytes, token: str | None) -> 
     expired key, or one moved to another tenant, ends the login); None when it stands for no one."""
     if not token:
         return None
+    if token.startswith(f"{PERSON_MARK}."):
+        return _person_from_token(request, secret, token)
     verified = verify(secret, token)
     if verified is None:
         return None
@@ -109,7 +163,33 @@ def principal_from_token(request: Request, secret: bytes, token: str | None) -> 
         return None
     if record.expires is not None and record.expires.timestamp() <= time.time():
         return None
-    return Principal(tenant=record.tenant, key_id=record.key_id, scopes=record.scopes)
+    return Principal(
+        tenant=record.tenant,
+        key_id=record.key_id,
+        scopes=record.scopes,
+        departments=record.departments,
+        subject=record.key_id,
+    )
+
+
+def _person_from_token(request: Request, secret: bytes, token: str) -> Principal | None:
+    """A person's login, while their tenant still lets people sign in with the provider that
+    signed them in (removing ``web_client_id`` or changing the issuer ends every such login)."""
+    claims = verify_person(secret, token)
+    if claims is None:
+        return None
+    tenant = get_registry(request).get(str(claims.get("t", "")))
+    config = tenant.oidc if tenant is not None else None
+    if config is None or not config.web_client_id or config.issuer.rstrip("/") != claims.get("i"):
+        return None
+    return Principal(
+        tenant=str(claims["t"]),
+        key_id="",
+        scopes=frozenset(claims.get("sc") or ()),
+        departments=frozenset(claims.get("d") or ()),
+        subject_kind="person",
+        subject=str(claims.get("s", "")),
+    )
 
 
 def form_token(secret: bytes, cookie_value: str) -> str:
@@ -248,13 +328,27 @@ class WebLogin:
         return principal_from_token(request, secret, self.cookie_value(request))
 
     def start_session(
-        self, response: Response, secret: bytes, principal: Principal, *, ttl_s: int, secure: bool
+        self,
+        response: Response,
+        secret: bytes,
+        principal: Principal,
+        *,
+        ttl_s: int,
+        secure: bool,
+        issuer: str | None = None,
     ) -> None:
         """Set the login cookie for ``principal`` on ``response``: signed, HttpOnly, SameSite=Strict,
-        for this login's path only, ``Secure`` when served over HTTPS."""
+        for this login's path only, ``Secure`` when served over HTTPS. A person (signed in through
+        the provider ``issuer``) gets a cookie holding what their token said; a key, its id."""
+        if principal.subject_kind == "person":
+            if not issuer:
+                raise ValueError("a person's login needs the issuer that signed them in")
+            value = sign_person(secret, principal, issuer.rstrip("/"), ttl_s)
+        else:
+            value = sign(secret, principal.tenant, principal.key_id, ttl_s)
         response.set_cookie(
             self.cookie,
-            sign(secret, principal.tenant, principal.key_id, ttl_s),
+            value,
             max_age=ttl_s,
             httponly=True,
             secure=secure,

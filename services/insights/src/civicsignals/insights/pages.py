@@ -13,10 +13,11 @@ language it was copied in, and there is no second cookie to keep, expire or expl
 from __future__ import annotations
 
 import dataclasses
+import logging
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qs, parse_qsl, urlencode
+from urllib.parse import parse_qs, parse_qsl, quote, urlencode
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -26,14 +27,16 @@ from civicsignals.common.auth import Principal, get_registry
 from civicsignals.common.problems import Problem
 from civicsignals.common.tenants import Tenant
 from civicsignals.common.web_login import SignInLacksScope, SignInRefused, SignInThrottled
+from civicsignals.common.web_oidc import OidcSignedIn, SignInFailed
 from civicsignals.common.wording import DEFAULT_LANGUAGE, format_date, language_of
 from civicsignals.insights import charts, reports, service
 from civicsignals.insights.models import DIMENSIONS, UNCLASSIFIED
 from civicsignals.insights.names import PlaceNames, TopicNames, default_names, language_name, place_names
 from civicsignals.insights.service import Filters
 from civicsignals.insights.views import FilterParams, Interval, Split, context, export_response
-from civicsignals.insights.web_auth import LOGIN, SCOPE, dashboard_principal, safe_next
+from civicsignals.insights.web_auth import LOGIN, OIDC, OIDC_CALLBACK, SCOPE, dashboard_principal, safe_next
 
+log = logging.getLogger(__name__)
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 Viewer = Annotated[Principal, Depends(dashboard_principal)]
 router = APIRouter(include_in_schema=False)
@@ -88,6 +91,14 @@ STAFF_WORDS: dict[str, dict[str, str]] = {
         "key_expired": "Deze API-sleutel is verlopen.",
         "key_refused": "Deze API-sleutel wordt niet geaccepteerd.",
         "key_lacks_scope": "Deze sleutel heeft de scope '{scope}' niet.",
+        "login_oidc_intro": "Medewerkers loggen in met het account van hun gemeente.",
+        "login_oidc": "Inloggen via {name}",
+        "login_with_key": "Met een API-sleutel",
+        "oidc_not_offered": "Voor deze gemeente kunt u hier niet inloggen met het account van de gemeente.",
+        "oidc_failed": "Inloggen via de identiteitsprovider van uw gemeente is mislukt: {detail}",
+        "person_lacks_scope": "Uw account bij de gemeente heeft de scope '{scope}' niet. Vraag uw "
+        "beheerder om toegang tot het dashboard.",
+        "oidc_continue": "Verder naar het dashboard",
         "too_many_failures": "Te veel mislukte aanmeldpogingen vanaf dit adres. Er is geen sleutel "
         "gecontroleerd. Wacht {seconds} seconde(n) en probeer het dan opnieuw.",
         # the filters
@@ -212,6 +223,14 @@ STAFF_WORDS: dict[str, dict[str, str]] = {
         "key_expired": "the API key has expired",
         "key_refused": "the API key was refused",
         "key_lacks_scope": "this key lacks '{scope}'",
+        "login_oidc_intro": "Staff sign in with their municipality's account.",
+        "login_oidc": "Sign in with {name}",
+        "login_with_key": "With an API key",
+        "oidc_not_offered": "You cannot sign in here with this municipality's account.",
+        "oidc_failed": "Signing in through your municipality's identity provider failed: {detail}",
+        "person_lacks_scope": "Your municipality's account lacks '{scope}'. Ask your administrator for "
+        "access to the dashboard.",
+        "oidc_continue": "Continue to the dashboard",
         "too_many_failures": "Too many failed sign-ins from this address. No key was checked. Wait "
         "{seconds} second(s), then try again.",
         "from": "From",
@@ -474,10 +493,11 @@ def _render_staff(
     t: Wording,
     status: int = 200,
     params: dict[str, str] | None = None,
+    path: str | None = None,
     **values: Any,
 ) -> HTMLResponse:
     """A staff page in ``t``'s language, with the link to the same page in the other one (built
-    from ``params``, the page's query, by default the request's own)."""
+    from ``path`` and ``params``, by default the request's own path and query)."""
     query = dict(request.query_params) if params is None else params
     return _render(
         request,
@@ -485,7 +505,7 @@ def _render_staff(
         status=status,
         t=t,
         lang=t.language,
-        other_link=t.other_link(request.url.path, query),
+        other_link=t.other_link(path or request.url.path, query),
         **values,
     )
 
@@ -493,10 +513,39 @@ def _render_staff(
 # -- login ---------------------------------------------------------------------------------------
 
 
+def _login_page(
+    request: Request, t: Wording, target: str, *, status: int = 200, error: str | None = None
+) -> HTMLResponse:
+    """The login page in ``t``'s language, going on to ``target`` (a :func:`safe_next` path): a
+    link per municipality whose staff may sign in through its provider, and the API key form.
+    Answers from other routes (a refused key, the provider's callback) keep ``/dashboard/login``'s
+    link to the other language."""
+    providers = [(name, _oidc_start_link(code, target, t)) for code, name in OIDC.tenants(request)]
+    params = None if request.url.path == "/dashboard/login" and status == 200 else {"next": target}
+    return _render_staff(
+        request,
+        "login.html",
+        t,
+        status=status,
+        params=params,
+        path="/dashboard/login",
+        next=target,
+        error=error,
+        providers=providers,
+    )
+
+
+def _oidc_start_link(tenant: str, target: str, t: Wording) -> str:
+    query = {"tenant": tenant, "next": target}
+    if t.carried:
+        query["lang"] = t.carried
+    return f"/dashboard/login/oidc?{urlencode(query)}"
+
+
 @router.get("/dashboard/login")
 async def login_form(request: Request, next: str | None = None, lang: str | None = None) -> HTMLResponse:
     t = Wording(language_of(lang or _language_in(next)))
-    return _render_staff(request, "login.html", t, next=safe_next(next), error=None)
+    return _login_page(request, t, safe_next(next))
 
 
 def _key_problem(t: Wording, problem: Problem) -> str:
@@ -516,22 +565,17 @@ async def login(request: Request) -> Response:
     key = (form.get("api_key") or [""])[0].strip()
     target = safe_next((form.get("next") or [""])[0])
     t = Wording(language_of((form.get("lang") or [""])[0]))
-    again = {"next": target}
     ctx = context(request)
     outcome = await LOGIN.sign_in(request, key, ctx.settings)
     if isinstance(outcome, SignInThrottled):
         error = t("too_many_failures", seconds=outcome.retry_after_s)
-        throttled = _render_staff(
-            request, "login.html", t, status=429, params=again, next=target, error=error
-        )
+        throttled = _login_page(request, t, target, status=429, error=error)
         throttled.headers.update(outcome.headers)
         return throttled
     if isinstance(outcome, SignInRefused):
-        error = _key_problem(t, outcome.problem)
-        return _render_staff(request, "login.html", t, status=401, params=again, next=target, error=error)
+        return _login_page(request, t, target, status=401, error=_key_problem(t, outcome.problem))
     if isinstance(outcome, SignInLacksScope):
-        error = t("key_lacks_scope", scope=SCOPE)
-        return _render_staff(request, "login.html", t, status=403, params=again, next=target, error=error)
+        return _login_page(request, t, target, status=403, error=t("key_lacks_scope", scope=SCOPE))
     response = RedirectResponse(with_language(target, t.language), status_code=303)
     LOGIN.start_session(
         response,
@@ -541,6 +585,105 @@ async def login(request: Request) -> Response:
         secure=ctx.settings.cookie_secure,
     )
     return response
+
+
+@router.get("/dashboard/login/oidc")
+async def oidc_login(
+    request: Request, tenant: str = "", next: str | None = None, lang: str | None = None
+) -> Response:
+    """Sends the browser to ``tenant``'s identity provider (:meth:`WebOidc.start`), to come back to
+    :func:`oidc_callback` and then to ``next`` in the language chosen (carried inside ``next``,
+    as every redirect of the staff pages carries it). A municipality that does not let its staff
+    sign in with its provider here is a 404, a provider that cannot be reached a 502, both as the
+    login page with the reason."""
+    t = Wording(language_of(lang or _language_in(next)))
+    target = safe_next(next)
+    if tenant not in {code for code, _ in OIDC.tenants(request)}:
+        return _login_page(request, t, target, status=404, error=t("oidc_not_offered"))
+    ctx = context(request)
+    started = await OIDC.start(
+        request,
+        request.app.state.insights_secret,
+        tenant,
+        with_language(target, t.language),
+        secure=ctx.settings.cookie_secure,
+    )
+    if isinstance(started, SignInFailed):
+        return _login_page(request, t, target, status=502, error=t("oidc_failed", detail=started.detail))
+    return started
+
+
+@router.get(OIDC_CALLBACK)
+async def oidc_callback(request: Request) -> Response:
+    """Where the provider sends the browser back (:meth:`WebOidc.finish`): a person with
+    ``insights:read`` is signed in and goes on to the page asked for; anyone else gets the login
+    page again (403 without the scope, 401 when the sign-in failed) and no login. The flow cookie
+    is gone after every answer: a callback is taken once."""
+    secret = request.app.state.insights_secret
+    # The page asked for, and so the language, travel in the flow cookie; a failed or refused
+    # sign-in still shows the login page in that language and keeps where it was going.
+    target = safe_next(_flow_next(request, secret))
+    t = Wording(language_of(_language_in(target)))
+    outcome = await OIDC.finish(request, secret)
+    response: Response
+    if isinstance(outcome, OidcSignedIn):
+        ctx = context(request)
+        # outcome.next_url is the flow's own ``next``: the target read above, language included.
+        response = _continue_page(request, t, safe_next(outcome.next_url))
+        LOGIN.start_session(
+            response,
+            secret,
+            outcome.principal,
+            ttl_s=ctx.settings.session_ttl_s,
+            secure=ctx.settings.cookie_secure,
+            issuer=outcome.issuer,
+        )
+        log.info(
+            "dashboard: %s of %s signed in through their provider",
+            outcome.principal.actor,
+            outcome.principal.tenant,
+        )
+    elif isinstance(outcome, SignInLacksScope):
+        log.info("dashboard: %s of %s lacks %s", outcome.principal.actor, outcome.principal.tenant, SCOPE)
+        response = _login_page(request, t, target, status=403, error=t("person_lacks_scope", scope=SCOPE))
+    else:
+        response = _login_page(request, t, target, status=401, error=t("oidc_failed", detail=outcome.detail))
+    OIDC.end_flow(response)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+_URL_SAFE = ":/%#?=@[]!$&'()*+,;"
+
+
+def _continue_page(request: Request, t: Wording, destination: str) -> HTMLResponse:
+    """A signed-in person's way on to ``destination``: a page of this service that goes there at
+    once (``Refresh: 0``) and links there, instead of a redirect.
+
+    The login cookie is ``SameSite=Strict``, and the provider's page (where the person typed their
+    password) started the navigation to the callback: a browser does not send a Strict cookie on
+    a navigation another site started, redirects included, so a 303 would land on the login page
+    again while signed in. A refresh is a new navigation started by this page, which the cookie
+    accompanies."""
+    response = _render_staff(
+        request,
+        "login.html",
+        t,
+        params={"next": destination},
+        path="/dashboard/login",
+        next=destination,
+        error=None,
+        providers=[],
+        continue_to=destination,
+    )
+    # Quoted as Starlette quotes a redirect's Location: nothing in it can end the header.
+    response.headers["Refresh"] = f"0; url={quote(destination, safe=_URL_SAFE)}"
+    return response
+
+
+def _flow_next(request: Request, secret: bytes) -> str:
+    """The ``next`` the sign-in being finished was started with ("" when there is none to read)."""
+    return OIDC.flow_next(request, secret)
 
 
 @router.post("/dashboard/logout")

@@ -1,10 +1,14 @@
 """The privacy desk: the privacy API (``/v1/privacy/access`` and ``/v1/privacy/erasure``) as web
 pages, for the municipality's privacy officer, who is not going to use curl.
 
-The officer signs in with an API key holding ``privacy:admin`` (or ``admin``), as the API needs;
-the login is :mod:`civicsignals.common.web_login`'s cookie, scoped to ``/privacy``, and its
-throttle of failed sign-ins per client address (the desk downloads and erases a person's data, so
-its form must not be a place to guess keys at leisure). Then: find a person by exactly one of
+The officer signs in through the municipality's OpenID Connect provider, where the tenant offers
+it (:mod:`civicsignals.common.web_oidc`: ``oidc.web_client_id`` in ``tenant.yaml``; their groups
+must give ``privacy:admin``), or with an API key holding ``privacy:admin`` (or ``admin``), as the
+API needs. The login is :mod:`civicsignals.common.web_login`'s cookie, scoped to ``/privacy``; the
+key form has its throttle of failed sign-ins per client address (the desk downloads and erases a
+person's data, so its form must not be a place to guess keys at leisure). A person signed in is a
+:class:`Principal` like a key (``subject_kind="person"``, no key id): every audit record names
+``principal.actor``, ``person:<subject>`` or ``key:<id>``. Then: find a person by exactly one of
 e-mail address, phone number and tracking code (the erasure's dry run, which changes nothing),
 download their access document, or erase their data after an explicit confirmation. Each step
 calls exactly what the API calls, so the audit records and the ``signal.erased`` events are the
@@ -23,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
@@ -34,6 +38,7 @@ from starlette.datastructures import FormData
 from civicsignals.common.auth import Principal, get_registry
 from civicsignals.common.problems import Problem
 from civicsignals.common.web_login import SignInLacksScope, SignInRefused, SignInThrottled, WebLogin
+from civicsignals.common.web_oidc import OidcSignedIn, SignInFailed, WebOidc
 from civicsignals.common.wording import DEFAULT_LANGUAGE, format_date, language_of, timezone_of
 from civicsignals.intake import accessparts, flows, privacy, privacy_views
 from civicsignals.intake.models import PersonSelection
@@ -46,6 +51,9 @@ LOGIN = WebLogin(
     signing_key_file="intake-session-secret",
     path="/privacy",
 )
+#: Signing in through the tenant's OpenID Connect provider; the callback is under the login's
+#: path, so the flow cookie (path ``/privacy``) goes with it.
+OIDC = WebOidc(LOGIN, "/privacy/login/oidc/callback")
 PERSON_FIELDS: tuple[privacy.PersonSelector, ...] = ("email", "phone", "tracking_code")
 HEADERS = {name: value for name, value in PAGE_HEADERS.items() if name != "Vary"}
 
@@ -112,9 +120,29 @@ def _lang(form: Mapping[str, Any], request: Request) -> str:
 # -- login ---------------------------------------------------------------------------------------
 
 
+def _login_page(
+    request: Request, lang: str, status_code: int = 200, error: str | None = None, **values: Any
+) -> HTMLResponse:
+    """The login form, with a link "Inloggen via <municipality>" for every tenant that lets its
+    staff sign in through its provider here, and ``error`` when the last attempt failed (or, with
+    ``continue_to``, the note that the officer is signed in, with the link on to the desk)."""
+    providers = [
+        {"name": name, "href": _oidc_start_url(code, lang)} for code, name in WebOidc.tenants(request)
+    ]
+    values.setdefault("continue_to", None)
+    return _render(
+        request, "privacy_login.html", lang, status_code, error=error, providers=providers, **values
+    )
+
+
+def _oidc_start_url(tenant: str, lang: str) -> str:
+    query = {"tenant": tenant} if lang == DEFAULT_LANGUAGE else {"tenant": tenant, "lang": lang}
+    return f"/privacy/login/oidc?{urlencode(query)}"
+
+
 @router.get("/privacy/login")
 async def login_form(request: Request, lang: str | None = None) -> Response:
-    return _render(request, "privacy_login.html", language_of(lang), error=None)
+    return _login_page(request, language_of(lang))
 
 
 @router.post("/privacy/login")
@@ -129,13 +157,13 @@ async def login(request: Request) -> Response:
     outcome = await LOGIN.sign_in(request, key, settings)
     if isinstance(outcome, SignInThrottled):
         message = WORDS[lang]["too_many_failures"].format(seconds=outcome.retry_after_s)
-        throttled = _render(request, "privacy_login.html", lang, 429, error=message)
+        throttled = _login_page(request, lang, 429, message)
         throttled.headers.update(outcome.headers)
         return throttled
     if isinstance(outcome, SignInRefused):
-        return _render(request, "privacy_login.html", lang, 401, error=WORDS[lang]["key_refused"])
+        return _login_page(request, lang, 401, WORDS[lang]["key_refused"])
     if isinstance(outcome, SignInLacksScope):
-        return _render(request, "privacy_login.html", lang, 403, error=WORDS[lang]["key_lacks_scope"])
+        return _login_page(request, lang, 403, WORDS[lang]["key_lacks_scope"])
     response = RedirectResponse(_with_lang("/privacy", lang), status_code=303, headers=HEADERS)
     LOGIN.start_session(
         response,
@@ -144,6 +172,79 @@ async def login(request: Request) -> Response:
         ttl_s=settings.session_ttl_s,
         secure=settings.cookie_secure,
     )
+    return response
+
+
+@router.get("/privacy/login/oidc")
+async def oidc_start(request: Request, tenant: str = "", lang: str | None = None) -> Response:
+    """To the tenant's provider (303), with the flow cookie; back at the callback afterwards. A
+    tenant that does not let its staff sign in here (unknown, no ``oidc.web_client_id``) gets the
+    login form with 404; a provider that cannot be reached (or whose discovery document does not
+    fit), the form with 502 and why."""
+    language = language_of(lang)
+    settings = _context(request).settings
+    started = await OIDC.start(
+        request,
+        _secret(request),
+        tenant,
+        _with_lang("/privacy", language),
+        secure=settings.cookie_secure,
+    )
+    if isinstance(started, SignInFailed):
+        if tenant not in dict(WebOidc.tenants(request)):
+            return _login_page(request, language, 404, WORDS[language]["oidc_not_offered"])
+        return _login_page(
+            request, language, 502, WORDS[language]["oidc_failed"].format(detail=started.detail)
+        )
+    started.headers.update(HEADERS)
+    return started
+
+
+def _desk_page(next_url: str) -> str:
+    """Where a sign-in leads: the desk's start page (in the language chosen), nothing else."""
+    return next_url if next_url == "/privacy" or next_url.startswith("/privacy?") else "/privacy"
+
+
+@router.get("/privacy/login/oidc/callback")
+async def oidc_callback(request: Request) -> Response:
+    """Where the provider sends the officer back: signed in (on to the desk, the login cookie as a
+    key's, for ``session_ttl_s``), signed in without ``privacy:admin`` (the form, 403, no login)
+    or not signed in (the form, 401, why). The flow cookie goes in every case.
+
+    Signed in, the answer is a page that moves on to the desk itself (``Refresh: 0``, and a link),
+    not a redirect: the way here from the provider's pages is a navigation another site started,
+    and a redirect would stay part of it, so the browser would not send the login cookie
+    (``SameSite=Strict``) with the request for the desk, which would send the officer back to the
+    login form. The page's own move to the desk is this site's, and takes the cookie along.
+
+    Every answer is in the language the officer started in (the desk's page the flow was to lead
+    to, which the flow cookie carries; Dutch without one)."""
+    secret = _secret(request)
+    settings = _context(request).settings
+    target = _desk_page(OIDC.flow_next(request, secret))
+    lang = language_of(parse_qs(urlsplit(target).query).get("lang", [""])[0] or None)
+    outcome = await OIDC.finish(request, secret)
+    response: Response
+    if isinstance(outcome, OidcSignedIn):
+        target = _desk_page(outcome.next_url)
+        municipality = _municipality(request, outcome.principal.tenant)
+        response = _login_page(request, lang, continue_to=target, municipality=municipality)
+        response.headers["Refresh"] = f"0; url={target}"
+        LOGIN.start_session(
+            response,
+            secret,
+            outcome.principal,
+            ttl_s=settings.session_ttl_s,
+            secure=settings.cookie_secure,
+            issuer=outcome.issuer,
+        )
+    elif isinstance(outcome, SignInLacksScope):
+        municipality = _municipality(request, outcome.principal.tenant)
+        message = WORDS[lang]["person_lacks_scope"].format(municipality=municipality)
+        response = _login_page(request, lang, 403, message)
+    else:
+        response = _login_page(request, lang, 401, WORDS[lang]["oidc_failed"].format(detail=outcome.detail))
+    OIDC.end_flow(response)
     return response
 
 

@@ -20,6 +20,16 @@ WORDS: dict[str, dict[str, str]] = {
         "sign_out": "Uitloggen",
         "key_refused": "Deze sleutel wordt niet geaccepteerd.",
         "key_lacks_scope": "Deze sleutel mist de scope 'privacy:admin'.",
+        "sign_in_with": "Inloggen via {municipality}",
+        "sign_in_with_intro": "Medewerkers van de gemeente loggen in met hun account bij de gemeente.",
+        "or_with_key": "Of log in met een API-sleutel met de scope",
+        "oidc_not_offered": "Deze gemeente biedt hier geen inloggen via haar eigen inlogdienst.",
+        "oidc_failed": "Inloggen via de inlogdienst van de gemeente is mislukt: {detail}",
+        "signed_in_title": "Ingelogd",
+        "signed_in": "U bent ingelogd via {municipality}.",
+        "continue": "Verder naar het privacyloket",
+        "person_lacks_scope": "Uw account bij {municipality} mist de scope 'privacy:admin'. Vraag de "
+        "beheerder van de inlogdienst om u toegang tot het privacyloket te geven.",
         "too_many_failures": "Te veel mislukte inlogpogingen vanaf dit adres. Er is geen sleutel "
         "gecontroleerd. Wacht {seconds} seconde(n) en probeer het dan opnieuw.",
         "find_title": "Persoon zoeken",
@@ -48,7 +58,7 @@ WORDS: dict[str, dict[str, str]] = {
         "access_heading": "Inzageverzoek (AVG art. 15 en 20)",
         "access_intro": "Download het inzagedocument (JSON) met alles wat intake van deze persoon bewaart "
         "en de interne notities van medewerkers bij de zaken. Controleer die op gegevens van anderen "
-        "voordat u het document verstuurt. Elke melding wordt als inzage gelogd onder uw sleutel.",
+        "voordat u het document verstuurt. Elke melding wordt vastgelegd als door u ingezien.",
         "download": "Download inzagedocument",
         "erase_heading": "Verwijderverzoek (AVG art. 17)",
         "erase_intro": "Verwijdert de contactgegevens, bijlagen en eigen teksten van deze persoon uit "
@@ -91,6 +101,16 @@ WORDS: dict[str, dict[str, str]] = {
         "sign_out": "Sign out",
         "key_refused": "This key is not accepted.",
         "key_lacks_scope": "This key lacks the scope 'privacy:admin'.",
+        "sign_in_with": "Sign in with {municipality}",
+        "sign_in_with_intro": "Municipal staff sign in with their account at the municipality.",
+        "or_with_key": "Or sign in with an API key that has the scope",
+        "oidc_not_offered": "This municipality does not offer signing in with its own sign-in service here.",
+        "oidc_failed": "Signing in through the municipality's sign-in service failed: {detail}",
+        "signed_in_title": "Signed in",
+        "signed_in": "You are signed in with {municipality}.",
+        "continue": "Continue to the privacy desk",
+        "person_lacks_scope": "Your account at {municipality} lacks the scope 'privacy:admin'. Ask the "
+        "administrator of the sign-in service to give you access to the privacy desk.",
         "too_many_failures": "Too many failed sign-ins from this address. No key was checked. Wait "
         "{seconds} second(s), then try again.",
         "find_title": "Find a person",
@@ -119,7 +139,7 @@ WORDS: dict[str, dict[str, str]] = {
         "access_heading": "Access request (GDPR art. 15 and 20)",
         "access_intro": "Download the access document (JSON) with everything intake keeps of this person "
         "and staff's internal notes on the cases. Check those for other people's data before you send "
-        "the document. Each signal is audited as read under your key.",
+        "the document. Each signal is audited as read by you.",
         "download": "Download access document",
         "erase_heading": "Erasure request (GDPR art. 17)",
         "erase_intro": "Erases this person's contact data, attachments and own texts from {count} "

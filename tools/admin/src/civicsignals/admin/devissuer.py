@@ -6,11 +6,22 @@ at ``/.well-known/openid-configuration``, its key set at ``/jwks``, and a token 
 each client. The services verify those tokens exactly as they verify a municipality's provider.
 Keys can be rotated (the old key stays published until dropped), so key-set refresh is testable.
 
-Never run it anywhere but on loopback: it hands a token to anyone who knows a client's secret.
+For staff signing in to the services' pages it also speaks the authorization code flow with PKCE
+(RFC 7636, ``S256`` only) for public clients (:meth:`DevIssuer.add_web_client`): ``GET /authorize``
+signs in whoever :meth:`DevIssuer.sign_in_as` named (there is no password form) and redirects to
+the client's registered redirect URI with a one-time code; ``POST /token`` with
+``grant_type=authorization_code`` checks the code, the redirect URI and the verifier, and answers
+an access token (the person's claims, for the services' audience) and an ID token (the nonce, for
+the client).
+
+Never run it anywhere but on loopback: it hands a token to anyone who knows a client's secret,
+and signs anyone in as the person it was told.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import json
 import secrets
@@ -18,17 +29,51 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode, urlsplit
 
+import yaml
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+
+
+def set_tenant_oidc(folder: Path, block: dict[str, Any] | None) -> None:
+    """Write ``block`` as the ``oidc:`` of a tenant folder's ``tenant.yaml`` (None removes it):
+    how tests and the embedded run point a tenant at an issuer such as this one."""
+    path = folder / "tenant.yaml"
+    settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if block is None:
+        settings.pop("oidc", None)
+    else:
+        settings["oidc"] = block
+    path.write_text(yaml.safe_dump(settings, allow_unicode=True, sort_keys=False), encoding="utf-8")
 
 
 @dataclass
 class Client:
     secret: str
     claims: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WebClient:
+    """A public client of the authorization code flow: no secret, PKCE instead."""
+
+    redirect_uris: list[str]
+
+
+@dataclass
+class Grant:
+    """An authorization code not yet redeemed: for whom, and what redeeming it must show."""
+
+    client_id: str
+    redirect_uri: str
+    code_challenge: str
+    nonce: str | None
+    subject: str
+    claims: dict[str, Any]
+    expires: float
 
 
 class DevIssuer:
@@ -38,6 +83,9 @@ class DevIssuer:
         self.audience = audience
         self.keys: list[RSAKey] = []
         self.clients: dict[str, Client] = {}
+        self.web_clients: dict[str, WebClient] = {}
+        self.grants: dict[str, Grant] = {}
+        self.person: tuple[str, dict[str, Any]] | None = None
         self.jwks_requests = 0
         self._lock = threading.Lock()
         self.rotate()
@@ -104,21 +152,105 @@ class DevIssuer:
         self.clients[client_id] = Client(secret=secret, claims=dict(claims))
         return secret
 
+    def add_web_client(self, client_id: str, redirect_uris: list[str]) -> None:
+        """Register a public client of the authorization code flow (PKCE, no secret)."""
+        self.web_clients[client_id] = WebClient(redirect_uris=list(redirect_uris))
+
+    def sign_in_as(self, subject: str | None, **claims: Any) -> None:
+        """Who ``/authorize`` signs in from now on (``None``: nobody, the user cancels), with the
+        claims of their access token (``groups``, ``scope``, ...)."""
+        self.person = None if subject is None else (subject, dict(claims))
+
+    def _authorize(self, query: dict[str, list[str]]) -> tuple[int, dict[str, str], dict[str, Any]]:
+        """(status, headers, error body) of ``GET /authorize``: a redirect when the request names a
+        known client and one of its redirect URIs, else an error page of our own (never a redirect
+        to a URI the client did not register, RFC 6749 section 4.1.2.1)."""
+
+        def one(name: str) -> str:
+            values = query.get(name, [])
+            return values[0] if len(values) == 1 else ""
+
+        client = self.web_clients.get(one("client_id"))
+        redirect_uri = one("redirect_uri")
+        if client is None or redirect_uri not in client.redirect_uris:
+            return (
+                400,
+                {},
+                {"error": "invalid_request", "error_description": "unknown client or redirect_uri"},
+            )
+        state = one("state")
+
+        def back(**params: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+            given = {**params, "state": state, "iss": self.issuer}
+            return 302, {"Location": f"{redirect_uri}?{urlencode(given)}"}, {}
+
+        if one("response_type") != "code":
+            return back(error="unsupported_response_type")
+        if one("code_challenge_method") != "S256" or not one("code_challenge"):
+            return back(error="invalid_request", error_description="PKCE with S256 is required")
+        if "openid" not in one("scope").split():
+            return back(error="invalid_scope")
+        if self.person is None:
+            return back(error="access_denied")
+        subject, claims = self.person
+        code = secrets.token_urlsafe(24)
+        with self._lock:
+            self.grants[code] = Grant(
+                client_id=one("client_id"),
+                redirect_uri=redirect_uri,
+                code_challenge=one("code_challenge"),
+                nonce=one("nonce") or None,
+                subject=subject,
+                claims=claims,
+                expires=time.time() + 60,
+            )
+        return back(code=code)
+
+    def _code_response(self, form: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
+        """``POST /token`` with ``grant_type=authorization_code``: a code is redeemed once."""
+        code = form.get("code", [""])[0]
+        with self._lock:
+            grant = self.grants.pop(code, None)
+        if grant is None or grant.expires < time.time():
+            return 400, {"error": "invalid_grant", "error_description": "unknown, used or expired code"}
+        if form.get("client_id", [""])[0] != grant.client_id:
+            return 400, {
+                "error": "invalid_grant",
+                "error_description": "the code was issued to another client",
+            }
+        if form.get("redirect_uri", [""])[0] != grant.redirect_uri:
+            return 400, {
+                "error": "invalid_grant",
+                "error_description": "redirect_uri differs from the request's",
+            }
+        verifier = form.get("code_verifier", [""])[0]
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+        if not verifier or not hmac.compare_digest(challenge, grant.code_challenge):
+            return 400, {"error": "invalid_grant", "error_description": "code_verifier does not match"}
+        access = self.issue(grant.subject, **grant.claims)
+        nonce: dict[str, Any] = {"nonce": grant.nonce} if grant.nonce else {}
+        id_token = self.issue(grant.subject, audience=grant.client_id, **nonce)
+        return 200, {"access_token": access, "id_token": id_token, "token_type": "Bearer", "expires_in": 300}
+
     # -- HTTP --------------------------------------------------------------------------------
 
     def discovery(self) -> dict[str, Any]:
         return {
             "issuer": self.issuer,
             "jwks_uri": self.jwks_url,
+            "authorization_endpoint": f"{self.url}/authorize",
             "token_endpoint": f"{self.url}/token",
-            "grant_types_supported": ["client_credentials"],
-            "token_endpoint_auth_methods_supported": ["client_secret_post"],
+            "grant_types_supported": ["client_credentials", "authorization_code"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "none"],
+            "code_challenge_methods_supported": ["S256"],
             "id_token_signing_alg_values_supported": ["RS256"],
-            "response_types_supported": ["token"],
+            "response_types_supported": ["token", "code"],
             "subject_types_supported": ["public"],
         }
 
     def _token_response(self, form: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
+        if form.get("grant_type", [""])[0] == "authorization_code":
+            return self._code_response(form)
         if form.get("grant_type", [""])[0] != "client_credentials":
             return 400, {"error": "unsupported_grant_type"}
         client = self.clients.get(form.get("client_id", [""])[0])
@@ -135,9 +267,11 @@ class DevIssuer:
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def _send(self, status: int, body: dict[str, Any]) -> None:
+            def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Cache-Control", "no-store")
@@ -150,6 +284,9 @@ class DevIssuer:
                 elif self.path == "/jwks":
                     issuer.jwks_requests += 1
                     self._send(200, issuer.jwks())
+                elif urlsplit(self.path).path == "/authorize":
+                    status, headers, body = issuer._authorize(parse_qs(urlsplit(self.path).query))
+                    self._send(status, body, headers)
                 else:
                     self._send(404, {"error": "not_found"})
 
@@ -174,10 +311,13 @@ class DevIssuer:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        """Stop serving and free the port; also for an issuer never started (``shutdown`` would
+        then wait forever for a loop that does not run)."""
         if self._thread is not None:
+            self._server.shutdown()
             self._thread.join(timeout=5)
+            self._thread = None
+        self._server.server_close()
 
     def __enter__(self) -> DevIssuer:
         return self.start()

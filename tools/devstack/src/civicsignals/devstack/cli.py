@@ -82,6 +82,13 @@ GATEWAY_PORT = 8000
 GATEWAY_URL = f"http://{LOCALHOST}:{GATEWAY_PORT}"
 NATS_PREFERRED_PORT = 4333  # not 4222: a system NATS may run there (DESIGN §8)
 MAIL_PREFERRED_PORT = 1025
+DEV_ISSUER_PREFERRED_PORT = 8009
+#: The embedded run's OpenID Connect client of the staff pages, and the group its person is in.
+DEV_WEB_CLIENT = "civicsignals-dev"
+DEV_STAFF_GROUP = "demo-medewerkers"
+DEV_STAFF_SCOPES = ["insights:read", "privacy:admin", "cases:read"]
+#: Where the staff pages' sign-in comes back (``web_oidc``); under each page's login path.
+OIDC_CALLBACK_PATHS = {"insights": "/dashboard/login/oidc/callback", "intake": "/privacy/login/oidc/callback"}
 
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
@@ -210,6 +217,40 @@ def load_prepare_dev_tenant() -> Callable[[Path, Path], str]:
     return func
 
 
+def oidc_redirect_uris(services: Sequence[ServiceSpec] = SERVICES) -> list[str]:
+    """The redirect URIs of the staff pages' sign-in: through the entry point, and at each
+    service's own port (the entry point passes the upstream's Host, so a page builds its callback
+    URL from the port it runs on)."""
+    uris = []
+    for spec in services:
+        path = OIDC_CALLBACK_PATHS.get(spec.name)
+        if path is not None:
+            uris += [f"{GATEWAY_URL}{path}", f"{spec.base_url}{path}"]
+    return uris
+
+
+def let_demo_staff_sign_in(tenant_folder: Path, issuer_url: str) -> None:
+    """Point the embedded run's copy of the demo tenant at the development identity provider, so
+    that "Inloggen via ..." on the dashboard and the privacy desk works as with a municipality's own
+    provider. A block the developer put there themselves (another client id) is left alone."""
+    import yaml
+
+    from civicsignals.admin.devissuer import set_tenant_oidc
+
+    settings = yaml.safe_load((tenant_folder / "tenant.yaml").read_text(encoding="utf-8")) or {}
+    current = settings.get("oidc")
+    if current is not None and current.get("web_client_id") != DEV_WEB_CLIENT:
+        return
+    block = {
+        "issuer": issuer_url,
+        "audience": "civicsignals",
+        "web_client_id": DEV_WEB_CLIENT,
+        "group_scopes": {DEV_STAFF_GROUP: DEV_STAFF_SCOPES},
+    }
+    if current != block:
+        set_tenant_oidc(tenant_folder, block)
+
+
 def _display_path(path: Path) -> str:
     """A path as the developer would type it: relative to the working directory when inside it."""
     try:
@@ -226,6 +267,7 @@ def banner(
     smtp_port: int,
     logs_dir: Path,
     services: Sequence[ServiceSpec] = SERVICES,
+    issuer_url: str = "",
 ) -> str:
     """What the developer needs after startup: where things are, and a signal to post."""
     key_file = shlex.quote(_display_path(data_dir / "dev-api-key"))
@@ -251,6 +293,14 @@ def banner(
         f"Dashboard: {GATEWAY_URL}/dashboard (sign in with the key in {_display_path(data_dir / 'dev-api-key')})",
         f'Public "you said, we did" page: {GATEWAY_URL}/transparency/demo',
         f"Privacy desk (access and erasure requests): {GATEWAY_URL}/privacy (the same key)",
+        *(
+            [
+                f'Or "Inloggen via ..." on both: a development identity provider ({issuer_url}) signs',
+                f"  you in as a member of {DEV_STAFF_GROUP} ({', '.join(DEV_STAFF_SCOPES)}), no password asked.",
+            ]
+            if issuer_url
+            else []
+        ),
         "",
         "Press Ctrl-C to stop everything.",
         "",
@@ -277,6 +327,8 @@ def run(
     """Start the whole stack, serve the entry point until interrupted, then stop everything."""
     # Imported here so `--help` and the unit-level helpers stay fast and light.
     import uvicorn
+
+    from civicsignals.admin.devissuer import DevIssuer
 
     from .gateway import create_gateway
     from .mailcatcher import MailCatcher
@@ -313,6 +365,7 @@ def run(
     )
     mail = MailCatcher(dirs["mail"], port=preferred_port(MAIL_PREFERRED_PORT))
     supervisor = ProcessSupervisor(dirs["logs"])
+    issuer = DevIssuer(port=preferred_port(DEV_ISSUER_PREFERRED_PORT))
     try:
         _say(f"starting NATS (JetStream, store {dirs['nats']})")
         nats.start()
@@ -324,6 +377,11 @@ def run(
 
         _say(f"preparing the demo tenant from {config_dir}")
         prepare_dev_tenant(config_dir, root)
+        issuer.start()
+        issuer.add_web_client(DEV_WEB_CLIENT, oidc_redirect_uris(services))
+        issuer.sign_in_as("demo-medewerker", groups=[DEV_STAFF_GROUP])
+        let_demo_staff_sign_in(dirs["tenants"] / "demo", issuer.issuer)
+        _say(f"development identity provider on {issuer.issuer} (signs in demo staff without a password)")
 
         for spec in services:
             env = service_env(spec.name, data_dir=root, nats_url=nats.url, smtp_port=mail.port)
@@ -354,6 +412,7 @@ def run(
             smtp_port=mail.port,
             logs_dir=dirs["logs"],
             services=services,
+            issuer_url=issuer.issuer,
         )
 
         # From here on a signal asks uvicorn to shut down instead of raising: uvicorn handles
@@ -379,6 +438,7 @@ def run(
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _say("stopping")
         supervisor.stop_all()
+        issuer.stop()
         mail.stop()
         nats.stop()
         _say("stopped")

@@ -1,0 +1,287 @@
+"""Staff signing in to a service's own pages through their municipality's OpenID Connect provider.
+
+DESIGN §3: people sign in with the municipality's provider, not with API keys. The pages' login
+(:class:`~civicsignals.common.web_login.WebLogin`: insights' dashboard, intake's privacy desk) offers
+it for every tenant whose ``oidc`` block names a ``web_client_id``, as the OAuth 2.0 authorization
+code flow with PKCE (RFC 7636, ``S256``) for a public client:
+
+1. :meth:`WebOidc.start` sends the browser to the provider's ``authorization_endpoint`` (from its
+   discovery document) with a random ``state`` and the PKCE challenge, and sets a short-lived flow
+   cookie that holds the tenant, the state and where to go afterwards, signed with the login's key.
+   The verifier is never sent to the browser: it is an HMAC of the state under that key, so only
+   this service can redeem the code, even for someone who reads the cookie.
+2. The provider signs the person in and redirects to the callback with ``code`` and ``state``;
+   :meth:`WebOidc.finish` checks the state against the flow cookie (the flow was started by this
+   browser), and ``iss`` when the provider sends it (RFC 9207: no answer of another provider is
+   taken for this one), then redeems the code at the ``token_endpoint`` with the verifier.
+3. The access token is verified exactly as every API call's bearer token is
+   (:class:`~civicsignals.common.oidc.OidcVerifier`: signature against the provider's key set,
+   issuer, audience, expiry; the tenant's group mapping to scopes and departments), and must be for
+   the tenant the flow was started for. The ID token is not used: who signs in is what the access
+   token says, the same as on the API.
+
+The flow cookie is ``SameSite=Lax``: the provider's redirect back is a cross-site navigation, which
+a ``Strict`` cookie would not accompany. The login cookie that follows stays ``Strict``
+(:meth:`~civicsignals.common.web_login.WebLogin.start_session`), so the callback must not answer
+with a redirect to the page: that redirect still belongs to the cross-site navigation the
+provider's page started, and the browser leaves the new ``Strict`` cookie off it (seen in
+Chromium: the person lands on the login form, signed in). The pages answer the callback with a
+short page that moves on by itself (``Refresh: 0``, and a link), a navigation of their own site.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+from fastapi import Request, Response
+from fastapi.responses import RedirectResponse
+
+from civicsignals.common.auth import get_registry, person_principal
+from civicsignals.common.oidc import OidcConfig, TokenError, check_transport
+from civicsignals.common.web_login import SignedIn, SignInLacksScope, WebLogin
+
+log = logging.getLogger(__name__)
+
+#: How long a started sign-in may take at the provider before the callback is refused.
+FLOW_TTL_S = 600
+#: How long a provider's discovery document is kept.
+DISCOVERY_TTL_S = 900.0
+
+
+@dataclass(frozen=True)
+class SignInFailed:
+    """The sign-in through the provider did not succeed; ``detail`` says why, for the login page."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class OidcSignedIn(SignedIn):
+    """A person signed in; ``issuer`` is the provider, which their login cookie names."""
+
+    issuer: str = ""
+    next_url: str = ""
+
+
+OidcOutcome = OidcSignedIn | SignInLacksScope | SignInFailed
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class WebOidc:
+    """The OpenID Connect sign-in of one :class:`WebLogin`; ``callback_path`` is where the provider
+    sends the browser back (registered at the provider as the client's redirect URI)."""
+
+    def __init__(self, login: WebLogin, callback_path: str, *, http_timeout_s: float = 10.0) -> None:
+        self.login = login
+        self.callback_path = callback_path
+        self.http_timeout_s = http_timeout_s
+        self._discovery: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    @property
+    def flow_cookie(self) -> str:
+        return f"{self.login.cookie}_oidc"
+
+    @staticmethod
+    def tenants(request: Request) -> list[tuple[str, str]]:
+        """(code, name) of every tenant whose staff may sign in through their provider here."""
+        registry = get_registry(request)
+        offered = []
+        for code, config in registry.oidc_configs():
+            tenant = registry.get(code)
+            if config.web_client_id and tenant is not None:
+                offered.append((code, tenant.name))
+        return offered
+
+    def callback_url(self, request: Request) -> str:
+        """The redirect URI: this service's callback, as the browser reaches this service."""
+        return str(request.base_url).rstrip("/") + self.callback_path
+
+    async def start(
+        self, request: Request, secret: bytes, tenant: str, next_url: str, *, secure: bool
+    ) -> Response | SignInFailed:
+        """The redirect to the tenant's provider, with the flow cookie set; or why not."""
+        config = _web_config(request, tenant)
+        if config is None:
+            return SignInFailed(f"municipality {tenant!r} does not let staff sign in with its provider here")
+        try:
+            endpoints = await self._endpoints(config)
+        except TokenError as error:
+            return SignInFailed(error.detail)
+        state = secrets.token_urlsafe(24)
+        flow = {"t": tenant, "s": state, "n": next_url, "e": int(time.time()) + FLOW_TTL_S}
+        params = {
+            "response_type": "code",
+            "client_id": config.web_client_id,
+            "redirect_uri": self.callback_url(request),
+            "scope": "openid",
+            "state": state,
+            "code_challenge": _b64(hashlib.sha256(_verifier(secret, state).encode()).digest()),
+            "code_challenge_method": "S256",
+        }
+        separator = "&" if "?" in endpoints["authorization_endpoint"] else "?"
+        response = RedirectResponse(
+            f"{endpoints['authorization_endpoint']}{separator}{urlencode(params)}", status_code=303
+        )
+        response.set_cookie(
+            self.flow_cookie,
+            _sealed(secret, flow),
+            max_age=FLOW_TTL_S,
+            httponly=True,
+            secure=secure,
+            samesite="lax",
+            path=self.login.path,
+        )
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def finish(self, request: Request, secret: bytes) -> OidcOutcome:
+        """Check the provider's answer and redeem its code: who signed in, or why not."""
+        flow = _opened(secret, request.cookies.get(self.flow_cookie) or "")
+        query = request.query_params
+        if flow is None or flow.get("e", 0) < time.time():
+            return SignInFailed("the sign-in took too long or was not started in this browser; start again")
+        if not hmac.compare_digest(str(flow.get("s", "")), query.get("state", "")):
+            return SignInFailed(
+                "the answer does not belong to the sign-in started in this browser; start again"
+            )
+        tenant = str(flow.get("t", ""))
+        config = _web_config(request, tenant)
+        if config is None:
+            return SignInFailed(f"municipality {tenant!r} no longer lets staff sign in with its provider")
+        issuer = config.issuer.rstrip("/")
+        if "iss" in query and query["iss"].rstrip("/") != issuer:
+            return SignInFailed("the answer came from another identity provider than the one asked")
+        if "error" in query:
+            # The provider's error code only: its description is free text from outside.
+            return SignInFailed(f"the identity provider did not sign you in ({query['error'][:64]})")
+        code = query.get("code", "")
+        if not code:
+            return SignInFailed("the identity provider's answer has no code")
+        try:
+            endpoints = await self._endpoints(config)
+            access_token = await self._redeem(
+                endpoints["token_endpoint"], config, code, request, secret, flow
+            )
+            identity = await get_registry(request).oidc.verify(access_token, get_registry(request))
+        except TokenError as error:
+            return SignInFailed(error.detail)
+        if identity.tenant != tenant:
+            return SignInFailed("the identity provider signed you in for another municipality")
+        principal = person_principal(identity)
+        if not principal.allows(self.login.scope):
+            return SignInLacksScope(principal)
+        return OidcSignedIn(principal, issuer=identity.issuer, next_url=str(flow.get("n", "")))
+
+    def flow_next(self, request: Request, secret: bytes) -> str:
+        """Where the sign-in being finished was to lead (its ``next_url``), also when it failed,
+        so that the login page shown again keeps the page asked for and its language; "" when
+        the request carries no flow of this service."""
+        flow = _opened(secret, request.cookies.get(self.flow_cookie) or "")
+        return str(flow.get("n", "")) if flow else ""
+
+    def end_flow(self, response: Response) -> None:
+        response.delete_cookie(self.flow_cookie, path=self.login.path)
+
+    async def _endpoints(self, config: OidcConfig) -> dict[str, str]:
+        """The provider's authorization and token endpoints, from its discovery document."""
+        issuer = config.issuer.rstrip("/")
+        cached = self._discovery.get(issuer)
+        if cached is not None and time.monotonic() - cached[0] < DISCOVERY_TTL_S:
+            return cached[1]
+        url = f"{issuer}/.well-known/openid-configuration"
+        document = await self._request("GET", url)
+        endpoints = {name: document.get(name) for name in ("authorization_endpoint", "token_endpoint")}
+        if str(document.get("issuer", "")).rstrip("/") != issuer or not all(
+            isinstance(value, str) for value in endpoints.values()
+        ):
+            raise TokenError("the identity provider's discovery document does not fit its issuer")
+        for endpoint in endpoints.values():
+            check_transport(str(endpoint))
+        found = {name: str(value) for name, value in endpoints.items()}
+        self._discovery[issuer] = (time.monotonic(), found)
+        return found
+
+    async def _redeem(
+        self,
+        token_endpoint: str,
+        config: OidcConfig,
+        code: str,
+        request: Request,
+        secret: bytes,
+        flow: dict[str, Any],
+    ) -> str:
+        """The access token the code stands for (the provider checks the PKCE verifier)."""
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": self.callback_url(request),
+            "client_id": str(config.web_client_id),
+            "code_verifier": _verifier(secret, str(flow.get("s", ""))),
+        }
+        answer = await self._request("POST", token_endpoint, data=form)
+        token = answer.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise TokenError("the identity provider's answer holds no access token")
+        return token
+
+    async def _request(self, method: str, url: str, data: dict[str, str] | None = None) -> dict[str, Any]:
+        check_transport(url)
+        try:
+            async with httpx.AsyncClient(timeout=self.http_timeout_s, follow_redirects=False) as client:
+                response = await client.request(
+                    method, url, data=data, headers={"Accept": "application/json"}
+                )
+            value = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("web sign-in: cannot reach the identity provider at %s: %s", url, type(exc).__name__)
+            raise TokenError("the identity provider cannot be reached; try again later") from exc
+        if response.status_code != 200 or not isinstance(value, dict):
+            error = value.get("error") if isinstance(value, dict) else None
+            log.info("web sign-in: %s %s answered %s (%s)", method, url, response.status_code, error)
+            raise TokenError("the identity provider did not confirm the sign-in; start again")
+        return value
+
+
+def _web_config(request: Request, tenant: str) -> OidcConfig | None:
+    found = get_registry(request).get(tenant)
+    config = found.oidc if found is not None else None
+    return config if config is not None and config.web_client_id else None
+
+
+def _verifier(secret: bytes, state: str) -> str:
+    """The PKCE verifier of one flow: 43 characters only the service can make from its state."""
+    return _b64(hmac.new(secret, f"pkce:{state}".encode(), hashlib.sha256).digest())
+
+
+def _sealed(secret: bytes, value: dict[str, Any]) -> str:
+    payload = _b64(json.dumps(value, separators=(",", ":")).encode())
+    return f"{payload}.{_b64(hmac.new(secret, f'flow:{payload}'.encode(), hashlib.sha256).digest())}"
+
+
+def _opened(secret: bytes, sealed: str) -> dict[str, Any] | None:
+    payload, _, mac = sealed.partition(".")
+    expected = _b64(hmac.new(secret, f"flow:{payload}".encode(), hashlib.sha256).digest())
+    if not payload or not hmac.compare_digest(mac, expected):
+        return None
+    try:
+        value = json.loads(_unb64(payload))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
