@@ -1,17 +1,20 @@
 """How well the cold-start model (no training data) classifies residents' reports.
 
 The cold-start model is what a municipality runs on day one: trained on the taxonomy alone
-(names, descriptions and the subtopics' ``examples_nl`` and ``examples_en``). This script builds
-it with the ``coldstart`` command three times in the same run: from the shipped taxonomy's
-descriptions only (every example removed), with its Dutch examples only, and as shipped. Each is
-measured on two sets of reports as residents write them, each report labelled with the subtopic
-triage would choose:
+(names, descriptions and the subtopics' examples: ``examples_nl``, ``examples_en``, and
+``examples_tr``, ``examples_pl`` and ``examples_ar`` for residents who write in Turkish, Polish or
+Arabic). This script builds it with the ``coldstart`` command four times in the same run: from the
+shipped taxonomy's descriptions only (every example removed), with its Dutch examples only, with
+the Dutch and English ones, and as shipped. Each is measured on five sets of reports as residents
+write them, each report labelled with the subtopic triage would choose:
 
 * ``coldstart_reports.csv``: 300 reports, nearly all Dutch (16 in English), every subtopic at
   least once;
-* ``coldstart_reports_en.csv``: 150 reports in English, as expats write them.
+* ``coldstart_reports_en.csv``: 150 reports in English, as expats write them;
+* ``coldstart_reports_tr.csv``, ``_pl.csv``, ``_ar.csv``: 100 reports each in Turkish, Polish and
+  Arabic.
 
-Both sets were written separately from the taxonomy's examples, without sight of them (and they
+Every set was written separately from the taxonomy's examples, without sight of them (and they
 without sight of the sets); nothing in the taxonomy is to be tuned on them.
 
 Printed per model and set: topic and subtopic accuracy and macro-F1 (the ``evaluate`` command's
@@ -43,6 +46,9 @@ HERE = Path(__file__).resolve().parent
 SETS = {
     "Dutch (and some English)": HERE / "coldstart_reports.csv",
     "English": HERE / "coldstart_reports_en.csv",
+    "Turkish": HERE / "coldstart_reports_tr.csv",
+    "Polish": HERE / "coldstart_reports_pl.csv",
+    "Arabic": HERE / "coldstart_reports_ar.csv",
 }
 TAXONOMY = HERE.parents[1] / "services/classifier/src/civicsignals/classifier/taxonomy/default.yaml"
 
@@ -54,13 +60,15 @@ def command(*args: str) -> str:
     return done.stdout
 
 
-def without(taxonomy: Path, keys: tuple[str, ...], out: Path) -> Path:
-    """The same taxonomy with ``keys`` (e.g. ``examples_en``) removed from every subtopic."""
+def keeping(taxonomy: Path, languages: tuple[str, ...], out: Path) -> Path:
+    """The same taxonomy with the examples of ``languages`` only (every other ``examples_<xx>``
+    removed from every subtopic)."""
     document = yaml.safe_load(taxonomy.read_text(encoding="utf-8"))
     for topic in document["topics"]:
         for subtopic in topic["subtopics"]:
-            for key in keys:
-                subtopic.pop(key, None)
+            for key in [k for k in subtopic if k.startswith("examples_")]:
+                if key.removeprefix("examples_") not in languages:
+                    del subtopic[key]
     out.write_text(yaml.safe_dump(document, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return out
 
@@ -166,9 +174,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-coldstart-") as tmp:
         work = Path(tmp)
         models = {
-            "descriptions only": without(TAXONOMY, ("examples_nl", "examples_en"), work / "plain.yaml"),
-            "with examples_nl": without(TAXONOMY, ("examples_en",), work / "dutch.yaml"),
-            "with examples_nl and examples_en (shipped)": TAXONOMY,
+            "descriptions only": keeping(TAXONOMY, (), work / "plain.yaml"),
+            "with examples_nl": keeping(TAXONOMY, ("nl",), work / "dutch.yaml"),
+            "with examples_nl and examples_en": keeping(TAXONOMY, ("nl", "en"), work / "dutch-english.yaml"),
+            "with the examples of every language (shipped)": TAXONOMY,
         }
         for number, (name, taxonomy) in enumerate(models.items()):
             bundle = work / f"model-{number}"

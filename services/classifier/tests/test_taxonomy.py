@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from civicsignals.classifier.model import coldstart_examples
 from civicsignals.classifier.taxonomy import (
     CODE_PATTERN,
     DEFAULT_TAXONOMY_PATH,
@@ -272,6 +273,8 @@ topics:
         description_nl:
         examples_nl: ["De container is vol", "  "]
         examples_en: ["  ", "The bin is full"]
+        examples_tr: ["Konteyner dolmuş", ""]
+        examples_pl: null
         open311_attributes: []
       - code: grof-vuil
   - code: zorg
@@ -288,6 +291,15 @@ topics:
     assert (container.name_nl, container.name_en, container.description_nl) == ("Container", "Container", "")
     assert container.examples_nl == ("De container is vol",)
     assert container.examples_en == ("The bin is full",)
+    # Any examples_<language> is read, in the file's order; the cold start learns from them all.
+    assert container.examples == {
+        "nl": ("De container is vol",),
+        "en": ("The bin is full",),
+        "tr": ("Konteyner dolmuş",),
+        "pl": (),
+    }
+    texts, _ = coldstart_examples(taxonomy)
+    assert {"De container is vol", "The bin is full", "Konteyner dolmuş"} <= set(texts)
     grof = afval.subtopic("grof-vuil")
     assert (grof.name_nl, grof.name_en) == ("grof vuil", "grof vuil")  # the code in words
     # A topic without subtopics is one class, its subtopic code being the topic's own.

@@ -62,6 +62,8 @@ VARIANTS: list[tuple[str, str, bool]] = [
     ("name-not-text", GOOD.replace("name_nl: Weesfiets", "name_nl: [Wees, fiets]"), False),
     ("examples-not-a-list", GOOD.replace("        name_nl: Weesfiets\n", "        name_nl: Weesfiets\n        examples_nl: Fiets\n"), False),
     ("examples-en-not-a-list", GOOD.replace("        name_nl: Weesfiets\n", "        name_nl: Weesfiets\n        examples_en: Bike\n"), False),
+    ("examples-tr", GOOD.replace("        name_nl: Weesfiets\n", "        name_nl: Weesfiets\n        examples_tr: [Selesiz bisiklet]\n"), True),
+    ("examples-tr-not-a-list", GOOD.replace("        name_nl: Weesfiets\n", "        name_nl: Weesfiets\n        examples_tr: Bisiklet\n"), False),
     ("version-not-text", GOOD.replace("version: 2", "version: 2.5"), False),
     ("subtopic-not-a-mapping", GOOD.replace("      - code: weesfiets\n", "      - weesfiets\n      - code: weesfiets\n"), False),
 ]  # fmt: skip

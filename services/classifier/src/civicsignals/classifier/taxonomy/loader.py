@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -52,6 +53,8 @@ CODE_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 #: Separates topic and subtopic in a flat label string (``"afval/container"``). Codes cannot contain it.
 LABEL_SEPARATOR = "/"
 
+#: A subtopic's example reports in one language: ``examples_nl``, ``examples_en``, ``examples_tr`` ...
+EXAMPLES_KEY = re.compile(r"examples_([a-z]{2,3})")
 Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN, min_length=1, max_length=64)]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 #: Text that may be empty (a description that was left out).
@@ -110,25 +113,41 @@ class Subtopic(BaseModel):
     name_en: Text = ""
     #: Optional: empty when the file gives none.
     description_nl: OptionalText = ""
-    #: Example reports; training data for the cold-start model besides names and description.
-    examples_nl: tuple[Text, ...] = ()
-    #: Example reports in English, for residents who write in English (same use).
-    examples_en: tuple[Text, ...] = ()
+    #: Example reports per language, from the file's ``examples_<language>`` keys (``examples_nl``,
+    #: ``examples_en``, ``examples_tr``, ...): training data for the cold-start model besides names
+    #: and description, so that a report in any of those languages finds its subtopic from day one.
+    examples: dict[str, tuple[Text, ...]] = {}
     #: The name of this category in the scheme it was taken from (e.g. Amsterdam's), for traceability.
     source_name: str | None = None
+
+    @property
+    def examples_nl(self) -> tuple[str, ...]:
+        return self.examples.get("nl", ())
+
+    @property
+    def examples_en(self) -> tuple[str, ...]:
+        return self.examples.get("en", ())
 
     @model_validator(mode="before")
     @classmethod
     def _defaults(cls, data: Any) -> Any:
         data = _with_defaults(data)
-        for key in ("examples_nl", "examples_en"):
-            if isinstance(data, dict) and key in data:
-                examples = data[key]
-                if examples is None:
-                    data[key] = ()
-                elif isinstance(examples, list | tuple):  # blank examples teach nothing: left out
-                    data[key] = tuple(e for e in examples if not (isinstance(e, str) and not e.strip()))
-        return data
+        if not isinstance(data, dict) or "examples" in data:
+            return data
+        by_language: dict[str, Any] = {}
+        for key, examples in data.items():
+            language = EXAMPLES_KEY.fullmatch(str(key))
+            if language is None:
+                continue
+            if examples is None:
+                by_language[language.group(1)] = ()
+            elif isinstance(examples, list | tuple):  # blank examples teach nothing: left out
+                by_language[language.group(1)] = tuple(
+                    e for e in examples if not (isinstance(e, str) and not e.strip())
+                )
+            else:
+                by_language[language.group(1)] = examples  # not a list: refused, naming the key
+        return {**data, "examples": by_language}
 
 
 class Topic(BaseModel):
