@@ -285,7 +285,7 @@ async def test_the_login_page_offers_a_provider_only_where_the_tenant_names_a_we
         "Inloggen via Gouda",
     ]
     unreachable = await client.get(_start_link(tenant="alphen"))
-    assert unreachable.status_code == 502 and "cannot be reached" in _error(unreachable)
+    assert unreachable.status_code == 502 and "niet bereikbaar" in _error(unreachable)  # in Dutch
     assert FLOW_COOKIE not in _set_cookies(unreachable)
 
 
@@ -308,7 +308,7 @@ async def test_when_the_provider_does_not_sign_the_person_in_there_is_no_login(
     answer = await _back(staff.client, callback_url)
     assert answer.status_code == 401
     assert _error(answer) == NL["oidc_failed"].format(
-        detail="the identity provider did not sign you in (access_denied)"
+        detail="de inlogdienst heeft u niet ingelogd (access_denied)"
     )
     _no_login(answer)
     await _signed_out(staff.client)
@@ -321,7 +321,7 @@ async def test_an_answer_for_another_browser_or_another_flow_is_refused(staff: I
     started_here = await _at_provider(await _to_provider(staff.client, _start_link()))
     async with _browser(staff) as elsewhere:
         stolen = await _back(elsewhere, started_here)
-        assert stolen.status_code == 401 and "not started in this browser" in _error(stolen)
+        assert stolen.status_code == 401 and "niet in deze browser begonnen" in _error(stolen)
         assert COOKIE not in _set_cookies(stolen)
         await _signed_out(elsewhere)
     assert (await _back(staff.client, started_here)).status_code == 200
@@ -333,7 +333,7 @@ async def test_an_answer_for_another_browser_or_another_flow_is_refused(staff: I
     query = {name: values[0] for name, values in parse_qs(parts.query).items()}
     forged = f"{CALLBACK}?{urlencode({**query, 'state': query['state'][::-1]})}"
     answer = await _back(staff.client, forged)
-    assert answer.status_code == 401 and "does not belong to the sign-in" in _error(answer)
+    assert answer.status_code == 401 and "niet in deze browser begonnen" in _error(answer)
     _no_login(answer)
     await _signed_out(staff.client)
     # The flow is over: its own answer, arriving afterwards, is refused too.
@@ -352,7 +352,7 @@ async def test_a_code_is_redeemed_once(staff: Insights) -> None:
     async with _browser(staff, {FLOW_COOKIE: flow}) as replaying:
         again = await _back(replaying, callback_url)
         assert again.status_code == 401, again.text
-        assert "did not confirm the sign-in" in _error(again)
+        assert "niet bevestigd" in _error(again)
         _no_login(again)
         await _signed_out(replaying)
     # And in the browser that signed in (its flow cookie gone): refused, its login untouched.

@@ -286,7 +286,7 @@ async def test_a_provider_that_cannot_be_reached_brings_the_form_back_with_502(
     issuer.stop()  # nothing answers at the issuer's address any more
     answer = await intake.client.get("/privacy/login/oidc", params={"tenant": "gouda"})
     assert answer.status_code == 502 and "set-cookie" not in answer.headers
-    assert "cannot be reached" in answer.text and "Inloggen via de inlogdienst" in answer.text
+    assert "niet bereikbaar" in answer.text and "Inloggen via de inlogdienst" in answer.text
 
 
 # -- refusals ---------------------------------------------------------------------------------------
@@ -335,7 +335,7 @@ async def test_a_callback_without_the_flow_cookie_or_with_another_state_is_refus
     ) as elsewhere:
         stranger = await elsewhere.get(callback)
         assert stranger.status_code == 401 and not _logs_in(stranger)
-        assert "not started in this browser" in stranger.text
+        assert "niet in deze browser begonnen" in stranger.text
         assert (await elsewhere.get("/privacy")).status_code == 303
 
     # This browser, but the answer of another sign-in than its own (a second start replaced the
@@ -345,7 +345,7 @@ async def test_a_callback_without_the_flow_cookie_or_with_another_state_is_refus
     assert first_state != parse_qs(urlsplit(second).query)["state"][0]
     crossed = await desk.client.get(callback)
     assert crossed.status_code == 401 and not _logs_in(crossed) and _ends_flow(crossed)
-    assert "does not belong to the sign-in started in this browser" in crossed.text
+    assert "niet in deze browser begonnen" in crossed.text
     assert (await desk.client.get("/privacy")).status_code == 303
 
     # The right answer with the right cookie signs in (the refusals above were not for another reason).

@@ -58,11 +58,55 @@ FLOW_TTL_S = 600
 DISCOVERY_TTL_S = 900.0
 
 
+#: Why a sign-in through the provider failed, as the login pages say it to staff (by
+#: :attr:`SignInFailed.reason`); the English ``detail`` beside it is for logs and tests.
+FAILURE_WORDS: dict[str, dict[str, str]] = {
+    "nl": {
+        "not_offered": "deze gemeente biedt hier geen inloggen via haar eigen inlogdienst",
+        "unreachable": "de inlogdienst van de gemeente is niet bereikbaar; probeer het later opnieuw",
+        "flow": "het inloggen duurde te lang of is niet in deze browser begonnen; begin opnieuw",
+        "other_provider": "het antwoord kwam van een andere inlogdienst dan de gevraagde",
+        "refused": "de inlogdienst heeft u niet ingelogd",
+        "not_confirmed": "de inlogdienst heeft het inloggen niet bevestigd; begin opnieuw",
+        "token": "het bewijs van de inlogdienst is hier niet geldig",
+        "other_tenant": "de inlogdienst heeft u voor een andere gemeente ingelogd",
+    },
+    "en": {
+        "not_offered": "this municipality does not offer signing in with its own sign-in service here",
+        "unreachable": "the municipality's sign-in service cannot be reached; try again later",
+        "flow": "the sign-in took too long or was not started in this browser; start again",
+        "other_provider": "the answer came from another sign-in service than the one asked",
+        "refused": "the sign-in service did not sign you in",
+        "not_confirmed": "the sign-in service did not confirm the sign-in; start again",
+        "token": "the sign-in service's proof is not valid here",
+        "other_tenant": "the sign-in service signed you in for another municipality",
+    },
+}
+
+
 @dataclass(frozen=True)
 class SignInFailed:
-    """The sign-in through the provider did not succeed; ``detail`` says why, for the login page."""
+    """The sign-in through the provider did not succeed: ``reason`` (a key of
+    :data:`FAILURE_WORDS`) is what the login page says, in its language (:meth:`says`);
+    ``detail`` is the English particulars for the log."""
 
     detail: str
+    reason: str = "refused"
+    #: The provider's own error code (``access_denied``, ``login_required`` ...), for support.
+    provider_error: str = ""
+
+    def says(self, language: str) -> str:
+        words = FAILURE_WORDS.get(language, FAILURE_WORDS["en"])
+        said = words.get(self.reason, words["refused"])
+        return f"{said} ({self.provider_error})" if self.provider_error else said
+
+
+class _ProviderError(TokenError):
+    """The provider could not be asked (``unreachable``) or did not confirm (``not_confirmed``)."""
+
+    def __init__(self, detail: str, reason: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -119,11 +163,13 @@ class WebOidc:
         """The redirect to the tenant's provider, with the flow cookie set; or why not."""
         config = _web_config(request, tenant)
         if config is None:
-            return SignInFailed(f"municipality {tenant!r} does not let staff sign in with its provider here")
+            return SignInFailed(
+                f"municipality {tenant!r} does not let staff sign in with its provider here", "not_offered"
+            )
         try:
             endpoints = await self._endpoints(config)
         except TokenError as error:
-            return SignInFailed(error.detail)
+            return SignInFailed(error.detail, getattr(error, "reason", "unreachable"))
         state = secrets.token_urlsafe(24)
         flow = {"t": tenant, "s": state, "n": next_url, "e": int(time.time()) + FLOW_TTL_S}
         params = {
@@ -156,34 +202,48 @@ class WebOidc:
         flow = _opened(secret, request.cookies.get(self.flow_cookie) or "")
         query = request.query_params
         if flow is None or flow.get("e", 0) < time.time():
-            return SignInFailed("the sign-in took too long or was not started in this browser; start again")
+            return SignInFailed(
+                "the sign-in took too long or was not started in this browser; start again", "flow"
+            )
         if not hmac.compare_digest(str(flow.get("s", "")), query.get("state", "")):
             return SignInFailed(
-                "the answer does not belong to the sign-in started in this browser; start again"
+                "the answer does not belong to the sign-in started in this browser; start again", "flow"
             )
         tenant = str(flow.get("t", ""))
         config = _web_config(request, tenant)
         if config is None:
-            return SignInFailed(f"municipality {tenant!r} no longer lets staff sign in with its provider")
+            return SignInFailed(
+                f"municipality {tenant!r} no longer lets staff sign in with its provider", "not_offered"
+            )
         issuer = config.issuer.rstrip("/")
         if "iss" in query and query["iss"].rstrip("/") != issuer:
-            return SignInFailed("the answer came from another identity provider than the one asked")
+            return SignInFailed(
+                "the answer came from another identity provider than the one asked", "other_provider"
+            )
         if "error" in query:
             # The provider's error code only: its description is free text from outside.
-            return SignInFailed(f"the identity provider did not sign you in ({query['error'][:64]})")
+            provider_error = query["error"][:64]
+            return SignInFailed(
+                f"the identity provider did not sign you in ({provider_error})", "refused", provider_error
+            )
         code = query.get("code", "")
         if not code:
-            return SignInFailed("the identity provider's answer has no code")
+            return SignInFailed("the identity provider's answer has no code", "not_confirmed")
         try:
             endpoints = await self._endpoints(config)
             access_token = await self._redeem(
                 endpoints["token_endpoint"], config, code, request, secret, flow
             )
+        except TokenError as error:
+            return SignInFailed(error.detail, getattr(error, "reason", "unreachable"))
+        try:
             identity = await get_registry(request).oidc.verify(access_token, get_registry(request))
         except TokenError as error:
-            return SignInFailed(error.detail)
+            return SignInFailed(error.detail, "token")
         if identity.tenant != tenant:
-            return SignInFailed("the identity provider signed you in for another municipality")
+            return SignInFailed(
+                "the identity provider signed you in for another municipality", "other_tenant"
+            )
         principal = person_principal(identity)
         if not principal.allows(self.login.scope):
             return SignInLacksScope(principal)
@@ -211,7 +271,9 @@ class WebOidc:
         if str(document.get("issuer", "")).rstrip("/") != issuer or not all(
             isinstance(value, str) for value in endpoints.values()
         ):
-            raise TokenError("the identity provider's discovery document does not fit its issuer")
+            raise _ProviderError(
+                "the identity provider's discovery document does not fit its issuer", "unreachable"
+            )
         for endpoint in endpoints.values():
             check_transport(str(endpoint))
         found = {name: str(value) for name, value in endpoints.items()}
@@ -238,7 +300,7 @@ class WebOidc:
         answer = await self._request("POST", token_endpoint, data=form)
         token = answer.get("access_token")
         if not isinstance(token, str) or not token:
-            raise TokenError("the identity provider's answer holds no access token")
+            raise _ProviderError("the identity provider's answer holds no access token", "not_confirmed")
         return token
 
     async def _request(self, method: str, url: str, data: dict[str, str] | None = None) -> dict[str, Any]:
@@ -251,11 +313,15 @@ class WebOidc:
             value = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("web sign-in: cannot reach the identity provider at %s: %s", url, type(exc).__name__)
-            raise TokenError("the identity provider cannot be reached; try again later") from exc
+            raise _ProviderError(
+                "the identity provider cannot be reached; try again later", "unreachable"
+            ) from exc
         if response.status_code != 200 or not isinstance(value, dict):
             error = value.get("error") if isinstance(value, dict) else None
             log.info("web sign-in: %s %s answered %s (%s)", method, url, response.status_code, error)
-            raise TokenError("the identity provider did not confirm the sign-in; start again")
+            raise _ProviderError(
+                "the identity provider did not confirm the sign-in; start again", "not_confirmed"
+            )
         return value
 
 

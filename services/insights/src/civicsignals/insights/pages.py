@@ -609,7 +609,9 @@ async def oidc_login(
         secure=ctx.settings.cookie_secure,
     )
     if isinstance(started, SignInFailed):
-        return _login_page(request, t, target, status=502, error=t("oidc_failed", detail=started.detail))
+        return _login_page(
+            request, t, target, status=502, error=t("oidc_failed", detail=started.says(t.language))
+        )
     return started
 
 
@@ -647,7 +649,9 @@ async def oidc_callback(request: Request) -> Response:
         log.info("dashboard: %s of %s lacks %s", outcome.principal.actor, outcome.principal.tenant, SCOPE)
         response = _login_page(request, t, target, status=403, error=t("person_lacks_scope", scope=SCOPE))
     else:
-        response = _login_page(request, t, target, status=401, error=t("oidc_failed", detail=outcome.detail))
+        response = _login_page(
+            request, t, target, status=401, error=t("oidc_failed", detail=outcome.says(t.language))
+        )
     OIDC.end_flow(response)
     response.headers["Cache-Control"] = "no-store"
     return response

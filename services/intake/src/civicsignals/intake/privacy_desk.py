@@ -194,7 +194,7 @@ async def oidc_start(request: Request, tenant: str = "", lang: str | None = None
         if tenant not in dict(WebOidc.tenants(request)):
             return _login_page(request, language, 404, WORDS[language]["oidc_not_offered"])
         return _login_page(
-            request, language, 502, WORDS[language]["oidc_failed"].format(detail=started.detail)
+            request, language, 502, WORDS[language]["oidc_failed"].format(detail=started.says(language))
         )
     started.headers.update(HEADERS)
     return started
@@ -243,7 +243,9 @@ async def oidc_callback(request: Request) -> Response:
         message = WORDS[lang]["person_lacks_scope"].format(municipality=municipality)
         response = _login_page(request, lang, 403, message)
     else:
-        response = _login_page(request, lang, 401, WORDS[lang]["oidc_failed"].format(detail=outcome.detail))
+        response = _login_page(
+            request, lang, 401, WORDS[lang]["oidc_failed"].format(detail=outcome.says(lang))
+        )
     OIDC.end_flow(response)
     return response
 
