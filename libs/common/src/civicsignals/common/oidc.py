@@ -97,7 +97,13 @@ def looks_like_jwt(token: str) -> bool:
     return bool(_JWT_SHAPE.fullmatch(token))
 
 
-def _b64json(part: str) -> dict[str, Any]:
+def b64url(data: bytes) -> str:
+    """Base64url without padding, as JWTs and the staff pages' signed cookies write it."""
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def b64url_json(part: str) -> dict[str, Any]:
+    """The JSON object in a base64url part (padding optional); ``ValueError`` for anything else."""
     padded = part + "=" * (-len(part) % 4)
     value = json.loads(base64.urlsafe_b64decode(padded))
     if not isinstance(value, dict):
@@ -109,7 +115,7 @@ def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Header and claims *before* verification: only to pick the tenant and the key set to verify with."""
     try:
         header, payload, _ = token.split(".")
-        return _b64json(header), _b64json(payload)
+        return b64url_json(header), b64url_json(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise TokenError("the bearer token is not a readable JWT") from exc
 
@@ -191,7 +197,7 @@ class OidcVerifier:
         self.clock = clock
         self.wall_clock = wall_clock
         self._keys: dict[str, _CachedKeys] = {}
-        self._jwks_urls: dict[str, str] = {}
+        self._discovery: dict[str, tuple[float, dict[str, Any]]] = {}
         self.fetches = 0
 
     async def _get_json(self, url: str) -> dict[str, Any]:
@@ -208,17 +214,26 @@ class OidcVerifier:
             raise TokenError("the identity provider answered something that is not JSON", 401)
         return value
 
+    async def discovery(self, config: OidcConfig) -> dict[str, Any]:
+        """The provider's discovery document, checked to be its issuer's, kept ``jwks_ttl_s``: the
+        key set's address here, the staff pages' sign-in endpoints (:mod:`.web_oidc`)."""
+        issuer = config.issuer.rstrip("/")
+        cached = self._discovery.get(issuer)
+        if cached is not None and self.clock() - cached[0] < self.jwks_ttl_s:
+            return cached[1]
+        document = await self._get_json(f"{issuer}/.well-known/openid-configuration")
+        if str(document.get("issuer", "")).rstrip("/") != issuer:
+            raise TokenError("the identity provider's discovery document does not fit its issuer", 401)
+        self._discovery[issuer] = (self.clock(), document)
+        return document
+
     async def jwks_url(self, config: OidcConfig) -> str:
         if config.jwks_url:
             return config.jwks_url
-        issuer = config.issuer.rstrip("/")
-        if issuer not in self._jwks_urls:
-            discovery = await self._get_json(f"{issuer}/.well-known/openid-configuration")
-            jwks_uri = discovery.get("jwks_uri")
-            if not isinstance(jwks_uri, str) or discovery.get("issuer", "").rstrip("/") != issuer:
-                raise TokenError("the identity provider's discovery document does not fit its issuer", 401)
-            self._jwks_urls[issuer] = jwks_uri
-        return self._jwks_urls[issuer]
+        jwks_uri = (await self.discovery(config)).get("jwks_uri")
+        if not isinstance(jwks_uri, str):
+            raise TokenError("the identity provider's discovery document names no key set", 401)
+        return jwks_uri
 
     async def _key_set(self, url: str, *, refresh_for_kid: bool = False) -> KeySet:
         cached = self._keys.get(url)

@@ -30,7 +30,6 @@ to N times the failures.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -50,6 +49,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
 from civicsignals.common.auth import Principal, authenticate, get_registry
+from civicsignals.common.oidc import b64url, b64url_json
 from civicsignals.common.problems import Problem
 from civicsignals.common.ratelimit import TokenBucketLimiter, client_address
 
@@ -77,18 +77,14 @@ def load_secret(configured: str, data_dir: Path, filename: str) -> bytes:
     return secret
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+def labelled_mac(secret: bytes, label: str, payload: str) -> str:
+    """HMAC-SHA256 of ``payload`` under ``label`` (``form``, ``person``, ``flow``, ``pkce``): what
+    is signed for one purpose never passes for another's."""
+    return b64url(hmac.new(secret, f"{label}:{payload}".encode(), hashlib.sha256).digest())
 
 
 #: The first part of a person's login cookie (no tenant code starts with ``~``).
 PERSON_MARK = "~p"
-
-
-def _person_mac(secret: bytes, payload: str) -> str:
-    """A person's cookie is signed under its own label: no key cookie's signature fits it, nor
-    the other way round."""
-    return _b64(hmac.new(secret, f"person:{payload}".encode(), hashlib.sha256).digest())
 
 
 def sign_person(
@@ -104,8 +100,9 @@ def sign_person(
         "d": sorted(principal.departments),
         "i": issuer,
     }
-    payload = f"{PERSON_MARK}.{_b64(json.dumps(claims, separators=(',', ':')).encode())}.{expires}"
-    return f"{payload}.{_person_mac(secret, payload)}"
+    payload = f"{PERSON_MARK}.{b64url(json.dumps(claims, separators=(',', ':')).encode())}.{expires}"
+    # Under its own label: no key cookie's signature fits a person's, nor the other way round.
+    return f"{payload}.{labelled_mac(secret, 'person', payload)}"
 
 
 def verify_person(secret: bytes, token: str, now: float | None = None) -> dict[str, Any] | None:
@@ -114,15 +111,14 @@ def verify_person(secret: bytes, token: str, now: float | None = None) -> dict[s
     if len(parts) != 4 or parts[0] != PERSON_MARK:
         return None
     mark, claims, expires, mac = parts
-    if not hmac.compare_digest(mac, _person_mac(secret, f"{mark}.{claims}.{expires}")):
+    if not hmac.compare_digest(mac, labelled_mac(secret, "person", f"{mark}.{claims}.{expires}")):
         return None
     if not expires.isdigit() or int(expires) < (now if now is not None else time.time()):
         return None
     try:
-        value = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))
+        return b64url_json(claims)
     except ValueError:
         return None
-    return value if isinstance(value, dict) else None
 
 
 def sign(secret: bytes, tenant: str, key_id: str, ttl_s: int, now: float | None = None) -> str:
@@ -130,7 +126,7 @@ def sign(secret: bytes, tenant: str, key_id: str, ttl_s: int, now: float | None 
     expires = int((now if now is not None else time.time()) + ttl_s)
     payload = f"{tenant}.{key_id}.{expires}"
     mac = hmac.new(secret, payload.encode(), hashlib.sha256).digest()
-    return f"{payload}.{_b64(mac)}"
+    return f"{payload}.{b64url(mac)}"
 
 
 def verify(secret: bytes, token: str, now: float | None = None) -> tuple[str, str] | None:
@@ -139,7 +135,7 @@ def verify(secret: bytes, token: str, now: float | None = None) -> tuple[str, st
     if len(parts) != 4:
         return None
     tenant, key_id, expires, mac = parts
-    expected = _b64(hmac.new(secret, f"{tenant}.{key_id}.{expires}".encode(), hashlib.sha256).digest())
+    expected = b64url(hmac.new(secret, f"{tenant}.{key_id}.{expires}".encode(), hashlib.sha256).digest())
     if not hmac.compare_digest(mac, expected):
         return None
     if not expires.isdigit() or int(expires) < (now if now is not None else time.time()):
@@ -195,7 +191,7 @@ def _person_from_token(request: Request, secret: bytes, token: str) -> Principal
 def form_token(secret: bytes, cookie_value: str) -> str:
     """The anti-forgery token of the forms of one login: it changes with every login and cannot be
     made without the service's secret."""
-    return _b64(hmac.new(secret, f"form:{cookie_value}".encode(), hashlib.sha256).digest())
+    return labelled_mac(secret, "form", cookie_value)
 
 
 def form_token_matches(secret: bytes, cookie_value: str | None, offered: str | None) -> bool:

@@ -31,7 +31,6 @@ short page that moves on by itself (``Refresh: 0``, and a link), a navigation of
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -47,15 +46,13 @@ from fastapi import Request, Response
 from fastapi.responses import RedirectResponse
 
 from civicsignals.common.auth import get_registry, person_principal
-from civicsignals.common.oidc import OidcConfig, TokenError, check_transport
-from civicsignals.common.web_login import SignedIn, SignInLacksScope, WebLogin
+from civicsignals.common.oidc import OidcConfig, TokenError, b64url, b64url_json, check_transport
+from civicsignals.common.web_login import SignedIn, SignInLacksScope, WebLogin, labelled_mac
 
 log = logging.getLogger(__name__)
 
 #: How long a started sign-in may take at the provider before the callback is refused.
 FLOW_TTL_S = 600
-#: How long a provider's discovery document is kept.
-DISCOVERY_TTL_S = 900.0
 
 
 #: Why a sign-in through the provider failed, as the login pages say it to staff (by
@@ -120,14 +117,6 @@ class OidcSignedIn(SignedIn):
 OidcOutcome = OidcSignedIn | SignInLacksScope | SignInFailed
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 class WebOidc:
     """The OpenID Connect sign-in of one :class:`WebLogin`; ``callback_path`` is where the provider
     sends the browser back (registered at the provider as the client's redirect URI)."""
@@ -136,7 +125,6 @@ class WebOidc:
         self.login = login
         self.callback_path = callback_path
         self.http_timeout_s = http_timeout_s
-        self._discovery: dict[str, tuple[float, dict[str, Any]]] = {}
 
     @property
     def flow_cookie(self) -> str:
@@ -167,7 +155,7 @@ class WebOidc:
                 f"municipality {tenant!r} does not let staff sign in with its provider here", "not_offered"
             )
         try:
-            endpoints = await self._endpoints(config)
+            endpoints = await _endpoints(request, config)
         except TokenError as error:
             return SignInFailed(error.detail, getattr(error, "reason", "unreachable"))
         state = secrets.token_urlsafe(24)
@@ -178,7 +166,7 @@ class WebOidc:
             "redirect_uri": self.callback_url(request),
             "scope": "openid",
             "state": state,
-            "code_challenge": _b64(hashlib.sha256(_verifier(secret, state).encode()).digest()),
+            "code_challenge": b64url(hashlib.sha256(_verifier(secret, state).encode()).digest()),
             "code_challenge_method": "S256",
         }
         separator = "&" if "?" in endpoints["authorization_endpoint"] else "?"
@@ -230,7 +218,7 @@ class WebOidc:
         if not code:
             return SignInFailed("the identity provider's answer has no code", "not_confirmed")
         try:
-            endpoints = await self._endpoints(config)
+            endpoints = await _endpoints(request, config)
             access_token = await self._redeem(
                 endpoints["token_endpoint"], config, code, request, secret, flow
             )
@@ -258,27 +246,6 @@ class WebOidc:
 
     def end_flow(self, response: Response) -> None:
         response.delete_cookie(self.flow_cookie, path=self.login.path)
-
-    async def _endpoints(self, config: OidcConfig) -> dict[str, str]:
-        """The provider's authorization and token endpoints, from its discovery document."""
-        issuer = config.issuer.rstrip("/")
-        cached = self._discovery.get(issuer)
-        if cached is not None and time.monotonic() - cached[0] < DISCOVERY_TTL_S:
-            return cached[1]
-        url = f"{issuer}/.well-known/openid-configuration"
-        document = await self._request("GET", url)
-        endpoints = {name: document.get(name) for name in ("authorization_endpoint", "token_endpoint")}
-        if str(document.get("issuer", "")).rstrip("/") != issuer or not all(
-            isinstance(value, str) for value in endpoints.values()
-        ):
-            raise _ProviderError(
-                "the identity provider's discovery document does not fit its issuer", "unreachable"
-            )
-        for endpoint in endpoints.values():
-            check_transport(str(endpoint))
-        found = {name: str(value) for name, value in endpoints.items()}
-        self._discovery[issuer] = (time.monotonic(), found)
-        return found
 
     async def _redeem(
         self,
@@ -325,6 +292,20 @@ class WebOidc:
         return value
 
 
+async def _endpoints(request: Request, config: OidcConfig) -> dict[str, str]:
+    """The provider's authorization and token endpoints, from its discovery document (read and
+    kept by the service's token verifier, which reads its key set's address there too)."""
+    document = await get_registry(request).oidc.discovery(config)
+    endpoints = {name: document.get(name) for name in ("authorization_endpoint", "token_endpoint")}
+    for endpoint in endpoints.values():
+        if not isinstance(endpoint, str):
+            raise _ProviderError(
+                "the identity provider's discovery document names no sign-in endpoints", "unreachable"
+            )
+        check_transport(endpoint)
+    return {name: str(value) for name, value in endpoints.items()}
+
+
 def _web_config(request: Request, tenant: str) -> OidcConfig | None:
     found = get_registry(request).get(tenant)
     config = found.oidc if found is not None else None
@@ -333,21 +314,19 @@ def _web_config(request: Request, tenant: str) -> OidcConfig | None:
 
 def _verifier(secret: bytes, state: str) -> str:
     """The PKCE verifier of one flow: 43 characters only the service can make from its state."""
-    return _b64(hmac.new(secret, f"pkce:{state}".encode(), hashlib.sha256).digest())
+    return labelled_mac(secret, "pkce", state)
 
 
 def _sealed(secret: bytes, value: dict[str, Any]) -> str:
-    payload = _b64(json.dumps(value, separators=(",", ":")).encode())
-    return f"{payload}.{_b64(hmac.new(secret, f'flow:{payload}'.encode(), hashlib.sha256).digest())}"
+    payload = b64url(json.dumps(value, separators=(",", ":")).encode())
+    return f"{payload}.{labelled_mac(secret, 'flow', payload)}"
 
 
 def _opened(secret: bytes, sealed: str) -> dict[str, Any] | None:
     payload, _, mac = sealed.partition(".")
-    expected = _b64(hmac.new(secret, f"flow:{payload}".encode(), hashlib.sha256).digest())
-    if not payload or not hmac.compare_digest(mac, expected):
+    if not payload or not hmac.compare_digest(mac, labelled_mac(secret, "flow", payload)):
         return None
     try:
-        value = json.loads(_unb64(payload))
+        return b64url_json(payload)
     except ValueError:
         return None
-    return value if isinstance(value, dict) else None
