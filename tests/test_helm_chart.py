@@ -159,6 +159,31 @@ def test_every_setting_the_chart_passes_is_one_the_service_reads(rendered: list[
                 assert url == f"http://{RELEASE}-{other}.{NAMESPACE}.svc", url
 
 
+def test_notifier_reads_each_tenants_dkim_keys_from_its_own_optional_secret(chart: helm.Chart) -> None:
+    """``<CIVIC_NOTIFIER_DKIM_KEYS_DIR>/<tenant>/<selector>.pem``: one Secret per tenant, mounted
+    only into notifier, and optional, since a tenant whose relay signs has none."""
+    docs = render(chart, {"tenants": [{"code": "gouda", "dkimSecret": "gouda-dkim"}, {"code": "demo"}]})
+    for deployment in by_kind(docs, "Deployment").values():
+        spec = deployment["spec"]["template"]["spec"]
+        mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        if component(deployment) != "notifier":
+            assert not any(name.startswith("dkim-") for name in mounts), component(deployment)
+            continue
+        assert env_of(deployment)["CIVIC_NOTIFIER_DKIM_KEYS_DIR"]["value"] == "/etc/civic/dkim"
+        for code, secret in (("gouda", "gouda-dkim"), ("demo", f"{RELEASE}-tenant-demo-dkim")):
+            assert mounts[f"dkim-{code}"] == {
+                "name": f"dkim-{code}",
+                "mountPath": f"/etc/civic/dkim/{code}",
+                "readOnly": True,
+            }
+            assert volumes[f"dkim-{code}"]["secret"] == {
+                "secretName": secret,
+                "defaultMode": 0o440,
+                "optional": True,
+            }
+
+
 def test_no_pdb_with_one_replica_and_one_with_more(rendered: list[Manifest]) -> None:
     budgets = {component(p) for p in by_kind(rendered, "PodDisruptionBudget").values()}
     autoscalers = {

@@ -64,6 +64,8 @@ Secrets only ever arrive through valueFrom.secretKeyRef.
   value: {{ printf "http://%s-intake.%s.svc" (include "civic.fullname" $root) $root.Release.Namespace | quote }}
 - name: {{ $p }}INTAKE_KEYS_DIR
   value: /etc/civic/service-keys/notifier
+- name: {{ $p }}DKIM_KEYS_DIR
+  value: /etc/civic/dkim
 - name: {{ $p }}SMTP_HOST
   value: {{ $svc.smtp.host | quote }}
 - name: {{ $p }}SMTP_PORT

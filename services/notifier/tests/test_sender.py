@@ -9,153 +9,26 @@ notifier runs. Then the rules on their own: the default sender, the schema, the 
 
 from __future__ import annotations
 
-import contextlib
 import email
 import email.policy
 import logging
 import os
 import random
 import re
-import threading
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from email.message import EmailMessage
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
-from aiosmtpd.controller import Controller
 from aiosmtplib.email import flatten_message
 
-from civicsignals.common.events import SignalRouted
 from civicsignals.common.tenant_schemas import check_folder
 from civicsignals.common.tenants import Tenant, TenantRegistry
-from civicsignals.devstack.nats import NatsServer
-from civicsignals.devstack.ports import free_port
 from civicsignals.notifier import messages
 
-from .conftest import served_intake
-
-TENANT = "gouda"
-MAIL_FROM = "Civic Signals <noreply@civic.example>"
-"""``CIVIC_NOTIFIER_MAIL_FROM`` in these tests: its address is the default sender's address."""
-FRYSLAN = "Gemeente Súdwest-Fryslân"
-
-
-# --- an SMTP server that keeps the envelope --------------------------------------------------------
-
-
-@dataclass
-class Delivered:
-    mail_from: str
-    rcpt_tos: list[str]
-    data: bytes
-
-    def parsed(self) -> EmailMessage:
-        message = email.message_from_bytes(self.data, policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
-        return message
-
-
-@dataclass
-class Relay:
-    """aiosmtpd's handler: every mail with its envelope sender and recipients, byte for byte."""
-
-    received: list[Delivered] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        raw = envelope.original_content if envelope.original_content is not None else envelope.content
-        with self._lock:
-            self.received.append(Delivered(envelope.mail_from, list(envelope.rcpt_tos), bytes(raw)))
-        return "250 OK"
-
-    def mails(self) -> list[Delivered]:
-        with self._lock:
-            return list(self.received)
-
-
-@pytest.fixture
-def relay() -> Any:
-    handler = Relay()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
-
-
-# --- the stack: intake, notifier, one resident ---------------------------------------------------
-
-
-@dataclass
-class Stack:
-    tenant: Any
-    notifier: Any
-    intake: httpx.AsyncClient
-    relay: Relay
-
-    async def acknowledgement(self, wait_until: Any, email_address: str = "anna@example.org") -> Delivered:
-        """A resident reports something; routing routes it; the acknowledgement as the relay got it."""
-        response = await self.intake.post(
-            "/v1/signals",
-            json={
-                "text": "Er ligt al drie dagen afval naast de container op de Kerkstraat.",
-                "channel": "web",
-                "language": "nl",
-                "reporter": {"name": "Anna de Vries", "email": email_address, "consent": True},
-            },
-            headers=self.tenant.authorization,
-        )
-        assert response.status_code == 201, response.text
-        created = response.json()
-        await self.notifier.publish(
-            TENANT,
-            SignalRouted(
-                signal_id=created["id"],
-                case_id=f"case-{created['id']}",
-                tracking_code=created["tracking_code"],
-                responsible="afval-en-reiniging",
-                priority="normal",
-                rule_id="afval",
-                due_at="2026-12-07T09:14:03Z",
-                service_promise="We halen het binnen 5 werkdagen weg.",
-            ),
-        )
-
-        def arrived() -> Delivered | None:
-            for mail in self.relay.mails():
-                if created["tracking_code"] in str(mail.parsed()["Subject"]):
-                    return mail
-            return None
-
-        found: Delivered = await wait_until(arrived, timeout=30, message="the acknowledgement")
-        return found
-
-
-@pytest.fixture
-async def start(
-    make_tenant: Any, nats_server: NatsServer, tmp_path: Path, notifier_factory: Any, relay: Any
-) -> AsyncIterator[Any]:
-    """``await start(name=..., mail=...)``: a tenant with that ``tenant.yaml``, intake, notifier."""
-    handler, port = relay
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def _start(*, name: str, mail: dict[str, Any] | None = None) -> Stack:
-            tenant = make_tenant(TENANT, name=name, settings={"mail": mail} if mail is not None else None)
-            intake_url, keys_dir, _ = await stack.enter_async_context(
-                served_intake(tenant, nats_server.url, tmp_path)
-            )
-            client = await stack.enter_async_context(httpx.AsyncClient(base_url=intake_url))
-            notifier = await notifier_factory(
-                tenant, intake_url=intake_url, intake_keys_dir=keys_dir, smtp_port=port, mail_from=MAIL_FROM
-            )
-            return Stack(tenant, notifier, client, handler)
-
-        yield _start
+from .conftest import FRYSLAN, MAIL_FROM, TENANT
 
 
 def header_line(data: bytes, name: str) -> bytes:

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from email.message import Message
 from typing import Any
 
 from sqlalchemy import bindparam, insert, update
@@ -51,6 +52,7 @@ from civicsignals.common.tenants import Tenant
 from civicsignals.notifier import messages, metrics, service
 from civicsignals.notifier.addresses import UnsafeEndpoint, check_endpoint
 from civicsignals.notifier.flows import NotifierContext
+from civicsignals.notifier.mailsigning import DkimSigner, signer_of
 from civicsignals.notifier.models import (
     ATTEMPTS,
     CLAIMED_COLUMNS,
@@ -141,7 +143,7 @@ class Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self._lanes = {channel: Lane() for channel in CHANNELS}
         self._giving_back: set[asyncio.Task[None]] = set()
-        self._senders: dict[str, tuple[Tenant | None, messages.Sender]] = {}
+        self._senders: dict[str, tuple[Tenant | None, messages.Sender, DkimSigner | None]] = {}
         # An attempt's record waits a little for others to join it: the message has gone and the
         # slot is free, and every record transaction queues for SQLite's one write lock.
         self._recorder: GroupCommit[tuple[Claimed, Result], bool] = GroupCommit(
@@ -535,8 +537,8 @@ class Dispatcher:
             rendered = self.ctx.templates.render(claimed.tenant, template, language, values)
         except messages.TemplateProblem as exc:
             return self._retry(claimed, f"template {template} ({exc.part}): {exc}", "template")
-        sender = self._sender(claimed.tenant, tenant)
-        mail = messages.encode_email(
+        sender, signer = self._sender(claimed.tenant, tenant)
+        mail: Message | messages.OutgoingMail = messages.encode_email(
             rendered,
             sender=sender.mail_from,
             recipient=recipient,
@@ -544,22 +546,28 @@ class Dispatcher:
             domain=self.settings.mail_domain,
             reply_to=sender.reply_to,
         )
+        if signer is not None:
+            # RSA in pure Python (dkimpy): milliseconds of CPU, off the event loop's thread.
+            mail = await asyncio.to_thread(signer.sign, mail)
         try:
             await self.ctx.mailer.send(mail)
         except TransientError as exc:
             return self._retry(claimed, str(exc), "smtp")
         return Result(outcome=Outcome.DELIVERED.value, reason="accepted by the SMTP server")
 
-    def _sender(self, code: str, tenant: Tenant | None) -> messages.Sender:
-        """The tenant's sender (:func:`messages.sender_of`), worked out once per version of its
-        folder: the registry puts a new ``Tenant`` in place when ``tenant.yaml`` changes, so the
-        same object means the same settings (and a bad value is warned about once, not per mail)."""
+    def _sender(self, code: str, tenant: Tenant | None) -> tuple[messages.Sender, DkimSigner | None]:
+        """The tenant's sender (:func:`messages.sender_of`) and DKIM signer
+        (:func:`mailsigning.signer_of`), worked out once per version of its folder: the registry
+        puts a new ``Tenant`` in place when ``tenant.yaml`` changes, so the same object means the
+        same settings (and a bad value or key is warned about once, not per mail). A new key file
+        under the same selector therefore applies once the tenant's folder is loaded again."""
         cached = self._senders.get(code)
         if cached is not None and cached[0] is tenant:
-            return cached[1]
+            return cached[1], cached[2]
         sender = messages.sender_of(tenant, self.settings.mail_from)
-        self._senders[code] = (tenant, sender)
-        return sender
+        signer = signer_of(tenant, self.settings.dkim_keys_dir, sender.mail_from)
+        self._senders[code] = (tenant, sender, signer)
+        return sender, signer
 
     def _resident_values(
         self,

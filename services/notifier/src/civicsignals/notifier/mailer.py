@@ -114,7 +114,8 @@ class SmtpPool:
         """Send on this connection, then keep it for the next mail or retire it."""
         try:
             if isinstance(mail, OutgoingMail):
-                await connection.smtp.sendmail(mail.sender, mail.recipients, mail.data)
+                options = ["SMTPUTF8"] if mail.utf8 else []
+                await connection.smtp.sendmail(mail.sender, mail.recipients, mail.data, mail_options=options)
             else:
                 await connection.smtp.send_message(mail)
         except BaseException:

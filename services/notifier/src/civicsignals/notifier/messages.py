@@ -335,6 +335,8 @@ class OutgoingMail:
     sender: str
     recipients: list[str]
     data: bytes
+    utf8: bool = False
+    """A mailbox outside ASCII: the relay must take it with SMTPUTF8 (RFC 6531)."""
 
 
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
@@ -462,8 +464,10 @@ def _build_email_modern(
     mail["Date"] = formatdate(localtime=False, usegmt=True)
     mail["Message-ID"] = f"<{message_id}@{domain}>"
     mail["Auto-Submitted"] = "auto-generated"
-    mail.set_content(message.text)
-    mail.add_alternative(message.html, subtype="html")
+    # Quoted-printable, as the compat32 path writes: an 8-bit body may be converted on the way,
+    # which would break a DKIM signature.
+    mail.set_content(message.text, cte="quoted-printable")
+    mail.add_alternative(message.html, subtype="html", cte="quoted-printable")
     return mail
 
 

@@ -55,6 +55,11 @@ class NotifierSettings(ServiceSettings):
         default=Path(""),
         description="one file per tenant with notifier's key for intake; empty: <data_dir>/...",
     )
+    dkim_keys_dir: Path = Field(
+        default=Path(""),
+        description="DKIM private keys, <tenant>/<selector>.pem, for tenants whose tenant.yaml names "
+        "mail.dkim.selector (a secret: mount it); empty: <data_dir>/dkim",
+    )
     acknowledgement_wait_s: float = Field(
         default=120.0,
         ge=0,
@@ -125,6 +130,8 @@ class NotifierSettings(ServiceSettings):
     def _keys_dir(self) -> NotifierSettings:
         if str(self.intake_keys_dir) in ("", "."):
             self.intake_keys_dir = self.data_dir / "service-keys" / "notifier"
+        if str(self.dkim_keys_dir) in ("", "."):
+            self.dkim_keys_dir = self.data_dir / "dkim"
         return self
 
     def lease_s(self, channel: str) -> float:
