@@ -132,14 +132,23 @@ def intake_settings_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
+def gouda_tenant_settings() -> dict[str, Any] | None:
+    """Override in a test module to add to gouda's ``tenant.yaml`` (e.g. more ``languages``)."""
+    return None
+
+
+@pytest.fixture
 async def intake(
     database_url: str,
     nats_server: NatsServer,
     make_tenant: Any,
     tmp_path: Path,
     intake_settings_overrides: dict[str, Any],
+    gouda_tenant_settings: dict[str, Any] | None,
 ) -> AsyncIterator[Intake]:
-    gouda = make_tenant("gouda", departments=["stadsbeheer", "handhaving", "sociaal"])
+    gouda = make_tenant(
+        "gouda", departments=["stadsbeheer", "handhaving", "sociaal"], settings=gouda_tenant_settings
+    )
     utrecht = make_tenant("utrecht")
     write_tenant_files(gouda.folder, GOUDA_ORIGIN)
     write_tenant_files(utrecht.folder, UTRECHT_ORIGIN)

@@ -53,7 +53,7 @@ async def test_a_browser_gets_the_page_and_an_api_client_json_from_the_same_link
     page = await intake.client.get(url, headers=BROWSER)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text
-    assert '<html lang="nl">' in html and "Gouda" in html
+    assert '<html lang="nl" dir="ltr">' in html and "Gouda" in html
     assert signal["tracking_code"] in html
     assert "in behandeling" in html and "doorgezet naar de juiste afdeling" in html and "ontvangen" in html
     assert "Verwacht uiterlijk" in html and "7 december 2026" in html
@@ -79,7 +79,7 @@ async def test_english_reporters_get_english_pages(intake: Intake) -> None:
     signal = await reported(intake, language="en")
     await move_case(intake, signal, "assigned", 1)
     html = (await intake.client.get(f"/v1/tracking/{signal['tracking_code']}", headers=BROWSER)).text
-    assert '<html lang="en">' in html and "Your report" in html
+    assert '<html lang="en" dir="ltr">' in html and "Your report" in html
     assert "passed to the right department" in html and "7 December 2026" in html
 
 

@@ -379,18 +379,24 @@ class Stack:
     intake: httpx.AsyncClient
     relay: Relay
 
-    async def acknowledgement(self, wait_until: Any, email_address: str = "anna@example.org") -> Delivered:
-        """A resident reports something; routing routes it; the acknowledgement as the relay got it."""
-        response = await self.intake.post(
-            "/v1/signals",
-            json={
-                "text": "Er ligt al drie dagen afval naast de container op de Kerkstraat.",
-                "channel": "web",
-                "language": "nl",
-                "reporter": {"name": "Anna de Vries", "email": email_address, "consent": True},
-            },
-            headers=self.tenant.authorization,
-        )
+    async def acknowledgement(
+        self,
+        wait_until: Any,
+        email_address: str = "anna@example.org",
+        *,
+        text: str = "Er ligt al drie dagen afval naast de container op de Kerkstraat.",
+        language: str | None = "nl",
+    ) -> Delivered:
+        """A resident reports something (``language`` None: intake detects it); routing routes
+        it; the acknowledgement as the relay got it."""
+        body: dict[str, Any] = {
+            "text": text,
+            "channel": "web",
+            "reporter": {"name": "Anna de Vries", "email": email_address, "consent": True},
+        }
+        if language is not None:
+            body["language"] = language
+        response = await self.intake.post("/v1/signals", json=body, headers=self.tenant.authorization)
         assert response.status_code == 201, response.text
         created = response.json()
         await self.notifier.publish(
@@ -421,12 +427,18 @@ class Stack:
 async def start(
     make_tenant: Any, nats_server: NatsServer, tmp_path: Path, notifier_factory: Any, relay: Any
 ) -> AsyncIterator[Any]:
-    """``await start(name=..., mail=...)``: a tenant with that ``tenant.yaml``, intake, notifier."""
+    """``await start(name=..., mail=..., languages=...)``: a tenant with that ``tenant.yaml``,
+    intake, notifier."""
     handler, port = relay
     async with contextlib.AsyncExitStack() as stack:
 
-        async def _start(*, name: str, mail: dict[str, Any] | None = None) -> Stack:
-            tenant = make_tenant(TENANT, name=name, settings={"mail": mail} if mail is not None else None)
+        async def _start(
+            *, name: str, mail: dict[str, Any] | None = None, languages: list[str] | None = None
+        ) -> Stack:
+            settings: dict[str, Any] = {"mail": mail} if mail is not None else {}
+            if languages is not None:
+                settings["languages"] = languages
+            tenant = make_tenant(TENANT, name=name, settings=settings or None)
             intake_url, keys_dir, _ = await stack.enter_async_context(
                 served_intake(tenant, nats_server.url, tmp_path)
             )

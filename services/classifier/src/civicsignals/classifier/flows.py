@@ -35,7 +35,6 @@ from pydantic import ValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.classifier import service
-from civicsignals.classifier.language import detect_language
 from civicsignals.classifier.model.inference import Prediction, TopicModel
 from civicsignals.classifier.registry import ModelNotReady, ModelRegistry
 from civicsignals.common.bus import Bus, ConsumerSpec, TransientError
@@ -51,6 +50,7 @@ from civicsignals.common.events import (
     read_data,
 )
 from civicsignals.common.inbox import TransactionalConsumer, claim
+from civicsignals.common.language import detect_language
 from civicsignals.common.outbox import enqueue
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.common.tasks import cancel_requested

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, Path, Request
 
 from civicsignals.classifier import service
 from civicsignals.classifier.flows import ClassifierContext
-from civicsignals.classifier.language import detect_language
 from civicsignals.classifier.model.inference import BundleError, read_card
 from civicsignals.classifier.models import (
     VERSION_PATTERN,
@@ -25,6 +24,7 @@ from civicsignals.classifier.registry import ModelNotReady, TaxonomyRefused
 from civicsignals.common import audit
 from civicsignals.common.auth import Principal, any_scope_dependency, scope_dependency
 from civicsignals.common.events import Alternative
+from civicsignals.common.language import detect_language
 from civicsignals.common.problems import Problem
 
 router = APIRouter(tags=["classification"])

@@ -733,7 +733,9 @@ class Tracked:
     """A signal as its resident sees it, with what their pages need around it."""
 
     view: TrackingPublic
-    language: str | None
+    language: str
+    """What the pages are written in: the resident's language as the tenant answers in it
+    (``wording.resident_language``), so the page says what the mails say."""
     municipality: str
     timezone: str
     """The tenant's clock, in which the pages write dates and times (as its e-mails do)."""
@@ -760,7 +762,7 @@ async def tracking(ctx: IntakeContext, tracking_code: str) -> Tracked | None:
     tenant = ctx.tenant(signal.tenant)
     return Tracked(
         view=view,
-        language=signal.language,
+        language=wording.resident_language(signal.language, tenant),
         municipality=tenant.name if tenant is not None else signal.tenant,
         timezone=wording.timezone_of(tenant),
         status_path=urlsplit(ctx.status_url(signal.tracking_code)).path,

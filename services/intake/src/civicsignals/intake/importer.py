@@ -55,11 +55,11 @@ from civicsignals.common.events import (
 )
 from civicsignals.common.ids import _TRACKING_ALPHABET as _ALPHABET
 from civicsignals.common.ids import TRACKING_CODE_GROUP_LEN, TRACKING_CODE_GROUPS, new_id
+from civicsignals.common.language import guess_language
 from civicsignals.common.outbox import OutboxMessage  # noqa: F401  (registers the outbox table)
 from civicsignals.common.redaction import redact
 from civicsignals.common.tenants import Tenant
 from civicsignals.intake import service
-from civicsignals.intake.language import guess_language
 from civicsignals.intake.models import MAX_TEXT, Signal
 from civicsignals.intake.tenantconfig import AreaIndex, bounding_box
 

@@ -27,11 +27,12 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from civicsignals.common.problems import Problem
-from civicsignals.common.wording import STATUS_LABELS, format_date, language_of
+from civicsignals.common.wording import STATUS_LABELS, format_date, text_direction
 from civicsignals.intake import flows
 from civicsignals.intake.flows import IntakeContext, Tracked
 from civicsignals.intake.models import RESIDENT_ACTIONS, FeedbackCreate, ResidentUpdateCreate
 from civicsignals.intake.residentmoves import REOPENABLE
+from civicsignals.intake.tracking_words import FIELD_ERRORS, WORDS
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -58,119 +59,6 @@ TEMPLATES = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-
-WORDS: dict[str, dict[str, str]] = {
-    "nl": {
-        "title": "Uw melding",
-        "code": "Volgnummer",
-        "received": "Ontvangen op",
-        "status": "Status",
-        "expected": "Verwacht uiterlijk",
-        "files": "Foto's en bestanden",
-        "history": "Verloop",
-        "feedback_heading": "Hoe tevreden bent u?",
-        "score_legend": "Hoe tevreden bent u over de afhandeling? (1 = zeer ontevreden, 5 = zeer tevreden)",
-        "satisfied_legend": "Is uw melding naar tevredenheid afgehandeld?",
-        "yes": "Ja",
-        "no": "Nee",
-        "comment": "Toelichting (niet verplicht)",
-        "comment_hint": "Zet hier geen naam, adres, telefoonnummer of e-mailadres in.",
-        "send": "Verstuur",
-        "thanks": "Dank u wel voor uw beoordeling.",
-        "already": "Voor deze melding is al een beoordeling gegeven. Dank u wel.",
-        "not_yet": "U kunt uw melding beoordelen zodra deze is afgehandeld.",
-        "errors": "Controleer het formulier:",
-        "back": "Terug naar uw melding",
-        "keep": "Bewaar de link naar deze pagina: hier ziet u hoe het met uw melding gaat.",
-        "not_found_title": "Melding niet gevonden",
-        "not_found": "Wij kennen geen melding met dit volgnummer. Controleer het nummer in uw e-mail.",
-        "reply_heading": "Wij hebben een vraag aan u",
-        "reply_label": "Uw antwoord",
-        "reply_send": "Verstuur uw antwoord",
-        "reopen_summary": "Is het probleem er nog? Meld het ons",
-        "reopen_label": "Wat is er nog mis?",
-        "reopen_send": "Heropen mijn melding",
-        "photo_label": "Foto of pdf (niet verplicht)",
-        "reopen_until": "Dit kan tot en met {date}.",
-        "reopen_passed": "Is het probleem er weer? Deze melding kan niet meer worden heropend; "
-        "doe een nieuwe melding.",
-        "withdraw_summary": "Melding intrekken",
-        "withdraw_label": "Waarom trekt u de melding in? (niet verplicht)",
-        "withdraw_send": "Trek mijn melding in",
-        "sent_reply": "Uw antwoord is verstuurd. De status wordt zo bijgewerkt.",
-        "sent_reopen": "Uw melding is heropend. De status wordt zo bijgewerkt.",
-        "sent_withdraw": "Uw melding is ingetrokken. De status wordt zo bijgewerkt.",
-        "not_now": "Dit kan nu niet meer: de status van uw melding is intussen veranderd.",
-        "unavailable": "Dit lukt op dit moment niet. Probeer het over een minuut opnieuw.",
-    },
-    "en": {
-        "title": "Your report",
-        "code": "Tracking code",
-        "received": "Received on",
-        "status": "Status",
-        "expected": "Expected by",
-        "files": "Photos and files",
-        "history": "History",
-        "feedback_heading": "How satisfied are you?",
-        "score_legend": "How satisfied are you with how it was handled? (1 = very dissatisfied, 5 = very satisfied)",
-        "satisfied_legend": "Was your report dealt with to your satisfaction?",
-        "yes": "Yes",
-        "no": "No",
-        "comment": "Comment (optional)",
-        "comment_hint": "Please do not include a name, address, phone number or e-mail address.",
-        "send": "Send",
-        "thanks": "Thank you for your feedback.",
-        "already": "Feedback was already given for this report. Thank you.",
-        "not_yet": "You can rate your report once it has been dealt with.",
-        "errors": "Please check the form:",
-        "back": "Back to your report",
-        "keep": "Keep the link to this page: it shows how your report is progressing.",
-        "not_found_title": "Report not found",
-        "not_found": "We know of no report with this tracking code. Please check the code in your e-mail.",
-        "reply_heading": "We have a question for you",
-        "reply_label": "Your answer",
-        "reply_send": "Send your answer",
-        "reopen_summary": "Is the problem still there? Tell us",
-        "reopen_label": "What is still wrong?",
-        "reopen_send": "Reopen my report",
-        "photo_label": "Photo or PDF (optional)",
-        "reopen_until": "You can do this until {date}.",
-        "reopen_passed": "Is the problem back? This report can no longer be reopened; please make a new report.",
-        "withdraw_summary": "Withdraw this report",
-        "withdraw_label": "Why do you withdraw it? (optional)",
-        "withdraw_send": "Withdraw my report",
-        "sent_reply": "Your answer was sent. The status will be updated shortly.",
-        "sent_reopen": "Your report was reopened. The status will be updated shortly.",
-        "sent_withdraw": "Your report was withdrawn. The status will be updated shortly.",
-        "not_now": "This is no longer possible: the status of your report has changed meanwhile.",
-        "unavailable": "This cannot be done right now. Please try again in a minute.",
-    },
-}
-
-FIELD_ERRORS: dict[str, dict[str, str]] = {
-    "nl": {
-        "score": "Kies een cijfer van 1 tot en met 5.",
-        "satisfied": "Kies ja of nee.",
-        "comment": "De toelichting is te lang (ten hoogste 2000 tekens).",
-        "text": "Schrijf hier uw tekst (ten hoogste 4000 tekens).",
-        "photo_size": "Dit bestand is te groot: ten hoogste {mb} MB.",
-        "photo_type": "Dit bestand kunnen wij niet aannemen: stuur een foto (JPEG, PNG, WebP of HEIC) of een pdf.",
-        "photo_count": "Bij deze melding kunnen geen bestanden meer worden gevoegd.",
-        "photo_erased": "Op uw verzoek zijn uw gegevens bij deze melding gewist; "
-        "wij nemen er daarom geen bestanden meer bij aan. Uw tekst kunt u zonder bestand sturen.",
-    },
-    "en": {
-        "score": "Choose a score from 1 to 5.",
-        "satisfied": "Choose yes or no.",
-        "comment": "The comment is too long (2,000 characters at most).",
-        "text": "Please write your text here (4,000 characters at most).",
-        "photo_size": "This file is too large: {mb} MB at most.",
-        "photo_type": "We cannot accept this file: please send a photo (JPEG, PNG, WebP or HEIC) or a PDF.",
-        "photo_count": "No more files can be added to this report.",
-        "photo_erased": "At your request your personal data on this report was erased, so we no "
-        "longer accept files with it. You can send your text without a file.",
-    },
-}
 
 
 def wants_html(request: Request) -> bool:
@@ -227,7 +115,7 @@ def tracking_page(
     form (or thanks for it). ``sent`` names the action just made (its form is not offered again
     while the page waits for the case's event); ``failed`` is (action, message) for a form that
     comes back, with the ``values`` that were typed."""
-    view, lang = tracked.view, language_of(tracked.language)
+    view, lang = tracked.view, tracked.language
     labels = STATUS_LABELS[lang]
     ended = view.status in flows.FEEDBACK_STATUSES  # the page asks exactly when the API accepts
     words = WORDS[lang]
@@ -235,6 +123,7 @@ def tracking_page(
         "tracking.html",
         status_code,
         lang=lang,
+        direction=text_direction(lang),
         words=words,
         municipality=tracked.municipality,
         code=view.tracking_code,
@@ -276,11 +165,12 @@ def feedback_page(
     status_code: int = 200,
 ) -> HTMLResponse:
     """The satisfaction form on its own (the resolution e-mail's links), filled in with ``values``."""
-    lang = language_of(tracked.language)
+    lang = tracked.language
     return _render(
         "feedback.html",
         status_code,
         lang=lang,
+        direction=text_direction(lang),
         words=WORDS[lang],
         municipality=tracked.municipality,
         code=tracked.view.tracking_code,
@@ -312,9 +202,10 @@ def prefill(score: str | None) -> dict[str, str]:
     return {"score": str(chosen), "satisfied": "yes" if chosen >= 4 else "no" if chosen <= 2 else ""}
 
 
-def read_form(form: Mapping[str, Any], language: str | None) -> tuple[FeedbackCreate | None, dict[str, str]]:
-    """The posted form as the API's ``FeedbackCreate``, or the resident's errors by field."""
-    lang = language_of(language)
+def read_form(form: Mapping[str, Any], language: str) -> tuple[FeedbackCreate | None, dict[str, str]]:
+    """The posted form as the API's ``FeedbackCreate``, or the resident's errors by field in
+    ``language`` (the resident's, as ``Tracked.language`` has it)."""
+    lang = language
     raw = {
         "score": str(form.get("score", "")).strip() or None,
         "satisfied": {"yes": True, "no": False}.get(str(form.get("satisfied", "")).strip().lower()),
@@ -352,7 +243,7 @@ async def post_feedback_form(ctx: IntakeContext, tracked: Tracked, form: Mapping
 async def post_resident_form(ctx: IntakeContext, tracked: Tracked, form: Mapping[str, Any]) -> Response:
     """A resident's action from their page, made as the JSON API makes it; then back to the page,
     which says it was sent. A form that cannot be done comes back on the page with the reason."""
-    words = WORDS[language_of(tracked.language)]
+    words = WORDS[tracked.language]
     action = str(form.get("action", ""))
     try:
         payload = ResidentUpdateCreate.model_validate({"action": action, "text": form.get("text") or None})
@@ -364,7 +255,7 @@ async def post_resident_form(ctx: IntakeContext, tracked: Tracked, form: Mapping
     try:
         await flows.resident_update(ctx, tracked.view.tracking_code, payload, photo)
     except Problem as problem:
-        errors = FIELD_ERRORS[language_of(tracked.language)]
+        errors = FIELD_ERRORS[tracked.language]
         if problem.status == 422:
             message, status = _text_error(tracked), 422
         elif problem.slug in PHOTO_PROBLEMS:
@@ -406,4 +297,4 @@ async def _photo(field: Any, max_bytes: int) -> flows.Upload | None:
 
 
 def _text_error(tracked: Tracked) -> str:
-    return FIELD_ERRORS[language_of(tracked.language)]["text"]
+    return FIELD_ERRORS[tracked.language]["text"]

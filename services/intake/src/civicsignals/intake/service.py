@@ -27,11 +27,11 @@ from civicsignals.common.events import (
     utcnow,
 )
 from civicsignals.common.ids import new_id, new_tracking_code
+from civicsignals.common.language import guess_language
 from civicsignals.common.redaction import redact
 from civicsignals.intake import residentmoves
 from civicsignals.intake.attachments import StoredFile
 from civicsignals.intake.crypto import FieldCipher, Sealed
-from civicsignals.intake.language import guess_language
 from civicsignals.intake.models import (
     Contact,
     ContactPublic,

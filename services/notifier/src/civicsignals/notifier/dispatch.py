@@ -529,8 +529,8 @@ class Dispatcher:
             recipient, name = contact.email, contact.name
             # Intake's language (the portal's, or intake's own guess) as intake has it now wins
             # over the payload's, which is the classifier's when signal.routed came first or
-            # intake had none; then Dutch.
-            language = wording.language_of(contact.language or payload.get("language"))
+            # intake had none; then Dutch. Turkish, Polish and Arabic where the tenant lists them.
+            language = wording.resident_language(contact.language or payload.get("language"), tenant)
             values = self._resident_values(payload, template, language, municipality, timezone, name)
             values["reopen_within_days"] = wording.reopen_within_days(tenant)
         try:

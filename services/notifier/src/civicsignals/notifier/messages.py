@@ -16,6 +16,7 @@ import random
 import re
 import sys
 from dataclasses import dataclass
+from datetime import date
 from email import quoprimime
 from email.charset import QP, Charset
 from email.header import Header
@@ -39,7 +40,13 @@ from jinja2 import (
 from jinja2.sandbox import SandboxedEnvironment
 
 from civicsignals.common.events import RESIDENT_ACTOR
-from civicsignals.common.wording import STATUS_LABELS, language_of
+from civicsignals.common.wording import (
+    DEFAULT_LANGUAGE,
+    RESIDENT_LANGUAGES,
+    STATUS_LABELS,
+    SUPPORTED_LANGUAGES,
+    format_date,
+)
 
 if TYPE_CHECKING:
     from civicsignals.common.tenants import Tenant
@@ -52,6 +59,21 @@ RESOLUTION = "resolution"
 REOPENING = "reopening"
 ENDPOINT_DISABLED = "endpoint_disabled"
 TEMPLATES = (ACKNOWLEDGEMENT, STATUS_UPDATE, RESOLUTION, REOPENING, ENDPOINT_DISABLED)
+#: Written to partner organisations' contacts, in Dutch or English (``Partner.language``).
+PARTNER_TEMPLATES = (ENDPOINT_DISABLED,)
+
+
+def languages_of(template: str) -> tuple[str, ...]:
+    """The languages a template is written in: every resident language, or a partner's two."""
+    return SUPPORTED_LANGUAGES if template in PARTNER_TEMPLATES else RESIDENT_LANGUAGES
+
+
+def template_language(template: str, language: str | None) -> str:
+    """``language`` (``nl-BE`` read as ``nl``) when the template is written in it, else Dutch.
+    Callers pass a language already chosen (``wording.resident_language``, a partner's own)."""
+    base = (language or "").split("-", 1)[0].lower()
+    return base if base in languages_of(template) else DEFAULT_LANGUAGE
+
 
 COMMON_VARIABLES = ["municipality", "language"]
 RESIDENT_VARIABLES = [*COMMON_VARIABLES, "name", "tracking_code", "tracking_url"]
@@ -154,7 +176,7 @@ class TemplateBook:
         draft_html: str | None = None,
     ) -> RenderedMessage:
         """Render a message; drafts (for the preview) replace the stored text or HTML template."""
-        lang = language_of(language)
+        lang = template_language(template, language)
         environment = self._environment(tenant)
         context_values = {"language": lang, **values}
         try:
@@ -199,13 +221,14 @@ def example_values(template: str, language: str, public_base_url: str) -> dict[s
         "name": "A. de Vries",
         "tracking_code": code,
         "tracking_url": f"{base}/v1/tracking/{code}",
-        "service_promise": "We halen het binnen 5 werkdagen weg."
-        if language == "nl"
-        else "We will remove it within 5 working days.",
-        "expected_by": "7 december 2026" if language == "nl" else "7 December 2026",
+        # Staff write promises and notes in Dutch, whatever the resident's language.
+        "service_promise": "We will remove it within 5 working days."
+        if language == "en"
+        else "We halen het binnen 5 werkdagen weg.",
+        "expected_by": format_date(date(2026, 12, 7), template_language(template, language)),
         "status": status,
-        "status_label": STATUS_LABELS[language_of(language)][status],
-        "public_note": "De container is geleegd." if language == "nl" else "The container was emptied.",
+        "status_label": STATUS_LABELS[template_language(template, language)][status],
+        "public_note": "The container was emptied." if language == "en" else "De container is geleegd.",
         "feedback_urls": feedback_urls(public_base_url, code),
         "reopen_within_days": 30,
         "partner_name": "Woonpartners",

@@ -382,7 +382,9 @@ class TemplateList(BaseModel):
 class TemplatePreviewRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    language: Literal["nl", "en"] = "nl"
+    language: Literal["nl", "en", "tr", "pl", "ar"] = PydanticField(
+        default="nl", description="a partner's template (endpoint_disabled) is in nl and en only"
+    )
     values: dict[str, Any] = PydanticField(
         default_factory=dict, description="values to use instead of the example values"
     )

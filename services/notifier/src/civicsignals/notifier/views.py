@@ -18,7 +18,6 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from civicsignals.common import wording
 from civicsignals.common.auth import Principal, any_scope_dependency, scope_dependency
 from civicsignals.common.events import utcnow
 from civicsignals.common.problems import Problem
@@ -545,7 +544,7 @@ async def list_templates(request: Request, principal: Admin) -> TemplateList:
     items = [
         TemplateInfo(name=name, language=language, source=book.source_of(principal.tenant, name, language))
         for name in messages.TEMPLATES
-        for language in wording.SUPPORTED_LANGUAGES
+        for language in messages.languages_of(name)
     ]
     return TemplateList(items=items, variables=messages.TEMPLATE_VARIABLES)
 
