@@ -35,6 +35,7 @@ lists): see ``services/classifier/tests/test_language.py``.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from typing import Literal
@@ -156,34 +157,14 @@ def detect_language(text: str) -> Language:
             return "ar"
         if len(_LATIN_LETTER.findall(lowered)) < 0.7 * letters:
             return "other"  # Cyrillic, Chinese, ...: none of the languages answered in
-    nl = en = tr = pl = 0.0
-    foreign = 0
+    nl = en = tr = pl = foreign = 0.0
     for word in words:
-        if not word.isascii():
-            # A word with a letter of Turkish's or Polish's own is not Dutch or English either.
-            if not _TURKISH_LETTERS.isdisjoint(word):
-                tr += 1.0
-                continue
-            if not _POLISH_LETTERS.isdisjoint(word):
-                pl += 1.0
-                continue
-            if not _OWN_LETTERS.issuperset(word):
-                foreign += 1
-        if word in _TURKISH:
-            tr += 1.0
-            continue
-        if word in _POLISH:
-            pl += 1.0
-            continue
-        bare = word if word.isascii() else _strip_accents(word)
-        if bare in _DUTCH:
-            nl += 1.0
-        elif bare in _ENGLISH:
-            en += 1.0
-        else:
-            tr += sum(1 for p in _TURKISH_PATTERNS if p.search(bare))
-            nl += 0.5 * sum(1 for p in _DUTCH_PATTERNS if p.search(bare))
-            en += 0.5 * sum(1 for p in _ENGLISH_PATTERNS if p.search(bare))
+        scores = _word_scores(word)
+        nl += scores[0]
+        en += scores[1]
+        tr += scores[2]
+        pl += scores[3]
+        foreign += scores[4]
     ranked = sorted(((tr, "tr"), (pl, "pl"), (nl, "nl"), (en, "en")), reverse=True)
     (best, language), (second, _) = ranked[0], ranked[1]
     if language in ("nl", "en") and foreign >= _FOREIGN_WORDS * len(words):
@@ -191,6 +172,36 @@ def detect_language(text: str) -> Language:
     if best < 1.0 or best - second < _MARGIN * best:
         return "other"
     return language  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=65_536)
+def _word_scores(word: str) -> tuple[float, float, float, float, float]:
+    """What one word adds for Dutch, English, Turkish and Polish, and whether its letters belong to
+    none of them. Remembered: residents' reports repeat their words ("de", "container", "straat"),
+    and the patterns cost more than the sums (intake guesses on every signal it receives)."""
+    if not word.isascii():
+        # A word with a letter of Turkish's or Polish's own is not Dutch or English either.
+        if not _TURKISH_LETTERS.isdisjoint(word):
+            return (0.0, 0.0, 1.0, 0.0, 0.0)
+        if not _POLISH_LETTERS.isdisjoint(word):
+            return (0.0, 0.0, 0.0, 1.0, 0.0)
+    foreign = 0.0 if word.isascii() or _OWN_LETTERS.issuperset(word) else 1.0
+    if word in _TURKISH:
+        return (0.0, 0.0, 1.0, 0.0, foreign)
+    if word in _POLISH:
+        return (0.0, 0.0, 0.0, 1.0, foreign)
+    bare = word if word.isascii() else _strip_accents(word)
+    if bare in _DUTCH:
+        return (1.0, 0.0, 0.0, 0.0, foreign)
+    if bare in _ENGLISH:
+        return (0.0, 1.0, 0.0, 0.0, foreign)
+    return (
+        0.5 * sum(1 for p in _DUTCH_PATTERNS if p.search(bare)),
+        0.5 * sum(1 for p in _ENGLISH_PATTERNS if p.search(bare)),
+        float(sum(1 for p in _TURKISH_PATTERNS if p.search(bare))),
+        0.0,
+        foreign,
+    )
 
 
 def guess_language(text: str) -> Language | None:

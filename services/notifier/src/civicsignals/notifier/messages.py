@@ -221,7 +221,7 @@ def example_values(template: str, language: str, public_base_url: str) -> dict[s
         "name": "A. de Vries",
         "tracking_code": code,
         "tracking_url": f"{base}/v1/tracking/{code}",
-        # Staff write promises and notes in Dutch, whatever the resident's language.
+        # A promise in a language its rule does not give, and staff's notes, come in Dutch.
         "service_promise": "We will remove it within 5 working days."
         if language == "en"
         else "We halen het binnen 5 werkdagen weg.",
