@@ -24,7 +24,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from civicsignals.devstack.nats import NatsServer
-from civicsignals.devstack.ports import free_port
+from civicsignals.devstack.ports import free_port, listen_port
 from tests.conftest import SERVICE_NAMES, Stack
 from tests.faults import (
     POSTGRES_LIB,
@@ -140,8 +140,12 @@ class NatsCluster:
     """Three nats-server processes with JetStream in one cluster, on loopback."""
 
     def __init__(self, root: Path) -> None:
-        client_ports = [free_port() for _ in range(3)]
-        cluster_ports = [free_port() for _ in range(3)]
+        # Below the ephemeral range: the nodes dial each other's routes while they start, and an
+        # outgoing connection's source port must not take a port another node is about to bind.
+        ports = set[int]()
+        while len(ports) < 6:
+            ports.add(listen_port())
+        client_ports, cluster_ports = sorted(ports)[:3], sorted(ports)[3:]
         routes = ",".join(f"nats://127.0.0.1:{port}" for port in cluster_ports)
         self.nodes = [
             NatsServer(

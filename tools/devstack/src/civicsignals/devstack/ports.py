@@ -7,7 +7,9 @@ from the kernel or checked before use rather than assumed.
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
 
 LOCALHOST = "127.0.0.1"
 
@@ -22,6 +24,37 @@ def free_port(host: str = LOCALHOST) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+#: Where Linux takes the source ports of outgoing connections, when /proc does not say.
+DEFAULT_EPHEMERAL_RANGE = (32768, 60999)
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the source ports of outgoing connections (``ip_local_port_range``)."""
+    try:
+        low, high = (int(part) for part in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL_RANGE
+    return low, high
+
+
+def listen_port(host: str = LOCALHOST, attempts: int = 200) -> int:
+    """A free port below the kernel's ephemeral range, for a server that binds it a moment later.
+
+    :func:`free_port` takes its port from the same range as the source ports of outgoing
+    connections, so in the window before the server binds, a connection being opened (a cluster
+    node dialling its routes, say) may take it: seen once in CI as "bind: address already in use"
+    on a NATS cluster port. No outgoing connection takes a port below that range.
+    """
+    low, _ = ephemeral_range()
+    first = max(1024, low - 12_000)
+    chooser = random.SystemRandom()
+    for _ in range(attempts):
+        port = chooser.randrange(first, low)
+        if port_is_free(port, host):
+            return port
+    return free_port(host)
 
 
 def port_is_free(port: int, host: str = LOCALHOST) -> bool:
