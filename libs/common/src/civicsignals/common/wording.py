@@ -169,9 +169,14 @@ MONTHS: dict[str, tuple[str, ...]] = {
 }
 
 
+def base_language(language: str | None) -> str:
+    """A language tag's primary subtag, lower case: ``nl-BE`` is ``nl``; none is ``""``."""
+    return (language or "").split("-", 1)[0].lower()
+
+
 def language_of(language: str | None) -> str:
     """The staff pages' language for a ``lang`` parameter: ``nl-BE`` is Dutch; unknown is Dutch."""
-    base = (language or "").split("-", 1)[0].lower()
+    base = base_language(language)
     return base if base in SUPPORTED_LANGUAGES else DEFAULT_LANGUAGE
 
 
@@ -182,7 +187,7 @@ def resident_language(language: str | None, tenant: Tenant | None) -> str:
 
     Why the tenant decides: a municipality answers in a language only when it can read the
     replies and stand behind the texts (it may edit the mail templates in each language)."""
-    base = (language or "").split("-", 1)[0].lower()
+    base = base_language(language)
     if base in SUPPORTED_LANGUAGES:
         return base
     listed = tenant.settings.get("languages") if tenant is not None else None

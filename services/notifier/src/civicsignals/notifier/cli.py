@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,7 @@ def dkim_key(args: argparse.Namespace, settings: Any) -> int:
     configured = mail.get("dkim") or {}
     selector = args.selector or configured.get("selector") or f"civic{datetime.now(UTC).year}"
     domain = (
-        args.domain or configured.get("domain") or parseaddr(mail.get("from") or "")[1].rpartition("@")[2]
+        args.domain or configured.get("domain") or mailsigning.domain_of(mail.get("from") or "")
     ).lower()
     if not mailsigning.SELECTOR.match(selector):
         print(f"selector {selector!r}: one DNS label of lower-case letters, digits and '-'", file=sys.stderr)

@@ -108,6 +108,11 @@ def wire_form(mail: Message | OutgoingMail) -> OutgoingMail:
     return OutgoingMail(sender=sender, recipients=recipients, data=data, utf8=utf8)
 
 
+def domain_of(address: str) -> str:
+    """The domain of a mailbox (``"Gemeente Gouda <meldingen@gouda.nl>"``: ``gouda.nl``), or ``""``."""
+    return parseaddr(address)[1].rpartition("@")[2].lower()
+
+
 def key_path(keys_dir: Path, tenant: str, selector: str) -> Path:
     return keys_dir / tenant / f"{selector}.pem"
 
@@ -128,7 +133,7 @@ def signer_of(tenant: Tenant | None, keys_dir: Path, mail_from: str) -> DkimSign
     if not isinstance(config, dict) or not config.get("selector"):
         return None
     selector = str(config["selector"])
-    from_domain = parseaddr(mail_from)[1].rpartition("@")[2].lower()
+    from_domain = domain_of(mail_from)
     domain = str(config.get("domain") or from_domain).lower().rstrip(".")
     if not SELECTOR.match(selector) or not domain:
         log.warning(

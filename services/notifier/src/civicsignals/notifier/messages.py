@@ -45,6 +45,7 @@ from civicsignals.common.wording import (
     RESIDENT_LANGUAGES,
     STATUS_LABELS,
     SUPPORTED_LANGUAGES,
+    base_language,
     format_date,
 )
 
@@ -71,7 +72,7 @@ def languages_of(template: str) -> tuple[str, ...]:
 def template_language(template: str, language: str | None) -> str:
     """``language`` (``nl-BE`` read as ``nl``) when the template is written in it, else Dutch.
     Callers pass a language already chosen (``wording.resident_language``, a partner's own)."""
-    base = (language or "").split("-", 1)[0].lower()
+    base = base_language(language)
     return base if base in languages_of(template) else DEFAULT_LANGUAGE
 
 
