@@ -13,6 +13,7 @@ import pytest
 from sqlmodel import col, select
 
 from civicsignals.common.events import (
+    CaseDepartmentsChanged,
     CaseStatusChanged,
     DepartmentAssigned,
     SignalRouted,
@@ -530,3 +531,127 @@ async def test_every_department_the_case_reaches_opens_its_photos_from_the_feed(
     async with intake.runtime.sessions() as session:
         stored = await session.get(Signal, signal["id"])
     assert stored is not None and stored.departments == ["handhaving"]
+
+
+async def test_a_department_the_case_left_no_longer_opens_its_photos(
+    intake: Intake, bus: Any, wait_until: Any
+) -> None:
+    """A resident's photos are for whoever handles the case now. Routing's
+    ``case.departments_changed`` names who holds the case after each move; intake keeps the set of
+    the highest sequence it has seen, so a department reassigned away or no longer informed gets a
+    404, in whatever order the events come. The recipients an access request lists keep them all."""
+    signal = (await intake.post_signal()).json()
+    await _attach(intake, signal["id"], "foto.jpg", JPEG, "image/jpeg")
+    listing = f"/v1/signals/{signal['id']}/attachments"
+    keys = {
+        code: add_key(intake.gouda.folder, ["cases:read"], departments=[code])[1]
+        for code in ("stadsbeheer", "handhaving", "sociaal")
+    }
+
+    async def opens() -> set[str]:
+        return {
+            code
+            for code, key in keys.items()
+            if (await intake.client.get(listing, headers=intake.auth(key))).status_code == 200
+        }
+
+    def feed(department: str, sequence: int) -> DepartmentAssigned:
+        return DepartmentAssigned(
+            case_id="case-1",
+            signal_id=signal["id"],
+            tracking_code=signal["tracking_code"],
+            department=department,
+            role="informed",
+            topic="afval",
+            kind="report",
+            priority="normal",
+            sequence=sequence,
+        )
+
+    def moved(
+        sequence: int, responsible: str, informed: list[str], left: list[str]
+    ) -> CaseDepartmentsChanged:
+        return CaseDepartmentsChanged(
+            case_id="case-1",
+            signal_id=signal["id"],
+            sequence=sequence,
+            responsible=responsible,
+            informed=informed,
+            left=left,
+            change="assignment",
+        )
+
+    async with intake.runtime.sessions() as session, session.begin():
+        assert await service.apply_routed(session, routed(signal, informed=["handhaving"]))
+    assert await opens() == {"stadsbeheer", "handhaving"}
+
+    # Over the bus: reassigned to sociaal, handhaving no longer informed.
+    event = make_event(
+        tenant="gouda", service="routing", data=moved(2, "sociaal", [], ["stadsbeheer", "handhaving"])
+    )
+    await bus.publish(CaseDepartmentsChanged.bus_subject("gouda"), event)
+
+    async def only_sociaal() -> bool:
+        return await opens() == {"sociaal"}
+
+    await wait_until(
+        only_sociaal, timeout=10, message="only the department holding the case to open its photos"
+    )
+    steps: list[tuple[str, Any, set[str]]] = [
+        ("the feed of the opening, late", feed("handhaving", 1), {"sociaal"}),
+        ("handhaving informed again at 3, before its move", feed("handhaving", 3), {"sociaal", "handhaving"}),
+        ("the move at 3", moved(3, "sociaal", ["handhaving"], []), {"sociaal", "handhaving"}),
+        (
+            "the move at 2 redelivered",
+            moved(2, "sociaal", [], ["stadsbeheer", "handhaving"]),
+            {"sociaal", "handhaving"},
+        ),
+        ("back to stadsbeheer at 4", moved(4, "stadsbeheer", [], ["sociaal", "handhaving"]), {"stadsbeheer"}),
+    ]
+    for label, data, expected in steps:
+        async with intake.runtime.sessions() as session, session.begin():
+            if isinstance(data, DepartmentAssigned):
+                assert await service.apply_department_assigned(session, data)
+            else:
+                assert await service.apply_departments_changed(session, data)
+        assert await opens() == expected, label
+    async with intake.runtime.sessions() as session:
+        stored = await session.get(Signal, signal["id"])
+    assert stored is not None
+    assert (stored.responsible, stored.holders, stored.holders_sequence) == (
+        "stadsbeheer",
+        ["stadsbeheer"],
+        4,
+    )
+    assert set(stored.departments or []) == {"sociaal", "handhaving", "stadsbeheer"}  # every recipient
+    # Staff without a department binding still see it all.
+    assert (await intake.client.get(listing, headers=intake.auth())).status_code == 200
+
+
+async def test_a_case_routed_before_the_holders_were_kept_still_opens_for_every_department_it_reached(
+    intake: Intake,
+) -> None:
+    """Rows from before migration 0006 have no holders: every department the case reached opens the
+    photos, as before, until the case's next move names who holds it."""
+    signal = (await intake.post_signal()).json()
+    await _attach(intake, signal["id"], "foto.jpg", JPEG, "image/jpeg")
+    listing = f"/v1/signals/{signal['id']}/attachments"
+    _, sociaal = add_key(intake.gouda.folder, ["cases:read"], departments=["sociaal"])
+    async with intake.runtime.sessions() as session, session.begin():
+        row = await session.get(Signal, signal["id"])
+        assert row is not None
+        row.responsible, row.departments = "stadsbeheer", ["stadsbeheer", "sociaal"]  # as 0004 left it
+        session.add(row)
+    assert (await intake.client.get(listing, headers=intake.auth(sociaal))).status_code == 200
+    changed = CaseDepartmentsChanged(
+        case_id="case-1",
+        signal_id=signal["id"],
+        sequence=5,
+        responsible="stadsbeheer",
+        informed=[],
+        left=["sociaal"],
+        change="reclassification",
+    )
+    async with intake.runtime.sessions() as session, session.begin():
+        assert await service.apply_departments_changed(session, changed)
+    assert (await intake.client.get(listing, headers=intake.auth(sociaal))).status_code == 404

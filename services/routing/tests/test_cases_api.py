@@ -277,6 +277,32 @@ async def test_reassignment_between_departments(api: Api) -> None:
     # afval no longer sees the case; wonen does.
     assert (await api.get(f"/v1/cases/{case.id}", api.keys.afval)).status_code == 404
     assert (await api.get(f"/v1/cases/{case.id}", api.keys.wonen)).status_code == 200
+    # And intake hears who holds the case now and who left it, so afval's keys stop opening its photos.
+    [(subject, moved)] = await api.outbox("case.departments_changed")
+    assert subject == "civic.gouda.case.departments_changed"
+    assert moved["subject"] == case.id
+    assert moved["data"] == {
+        "case_id": case.id,
+        "signal_id": case.signal_id,
+        "sequence": body["sequence"],
+        "responsible": "wonen",
+        "informed": ["handhaving"],
+        "left": ["afval"],
+        "change": "assignment",
+    }
+    # Dropping an informed department is a move too, though the responsible one stays.
+    dropped = await api.post(
+        f"/v1/cases/{case.id}/assignment", {"responsible": "wonen", "informed": []}, api.keys.wonen
+    )
+    assert dropped.status_code == 200, dropped.text
+    moves = [event["data"] for _, event in await api.outbox("case.departments_changed")]
+    assert [(m["responsible"], m["informed"], m["left"], m["sequence"]) for m in moves[1:]] == [
+        ("wonen", [], ["handhaving"], dropped.json()["sequence"])
+    ]
+    # A reassignment to the department that has it already, with the same informed ones, moves nothing.
+    again = await api.post(f"/v1/cases/{case.id}/assignment", {"responsible": "wonen"}, api.keys.wonen)
+    assert again.status_code == 200, again.text
+    assert len(await api.outbox("case.departments_changed")) == 2
     bad = await api.post(f"/v1/cases/{case.id}/assignment", {"responsible": "nergens"}, api.keys.wonen)
     assert bad.status_code == 422 and bad.json()["errors"][0]["pointer"] == "/responsible"
 
@@ -308,6 +334,9 @@ async def test_reclassification_publishes_signal_reclassified_and_can_reroute(ap
     assert subject == "civic.gouda.signal.reclassified"
     assert event["data"]["previous_topic"] == "afval" and event["data"]["topic"] == "wonen"
     assert event["data"]["actor"] == "department:afval" and event["data"]["text"] == "Kapotte dakgoot"
+    [(_, moved)] = await api.outbox("case.departments_changed")
+    assert moved["data"]["change"] == "reclassification" and moved["data"]["left"] == ["afval"]
+    assert (moved["data"]["responsible"], moved["data"]["sequence"]) == ("wonen", body["sequence"])
     unknown = await api.post(
         f"/v1/cases/{case.id}/reclassification", {"topic": "ruimtevaart"}, api.keys.wonen
     )
@@ -624,6 +653,12 @@ async def test_overdue_cases_are_published_once_per_escalation_level(api: Api) -
     assert [o["escalation_level"] for o in overdue] == [1, 2] and overdue[1]["escalated_to"] == ["directie"]
     assert [s for s, _ in await api.outbox("dept.directie.assigned")] == [
         "civic.gouda.dept.directie.assigned"
+    ]
+    # Each escalation that informs a department names who holds the case now; none leaves it.
+    moves = [event["data"] for _, event in await api.outbox("case.departments_changed")]
+    assert [(m["change"], m["responsible"], m["informed"], m["left"]) for m in moves] == [
+        ("escalation", "afval", ["kcc"], []),
+        ("escalation", "afval", ["kcc", "directie"], []),
     ]
     assert (await api.get("/v1/cases", overdue="true")).json()["items"] == []  # not yet, in real time
     async with api.runtime.sessions() as session, session.begin():

@@ -46,6 +46,7 @@ from civicsignals.common.events import (
     ALL_EVENT_MODELS,
     CODE_PATTERN,
     Alternative,
+    CaseDepartmentsChanged,
     CaseOverdue,
     CaseStatusChanged,
     CloudEvent,
@@ -183,6 +184,12 @@ ROUTES: dict[type[EventData], Route] = {
         "Department feed: the person's data of a case's signal was erased on request; the "
         "department's system drops what it copied (text, notes, photos).",
         external=DEPARTMENT_SYSTEMS,
+    ),
+    CaseDepartmentsChanged: Route(
+        "routing",
+        ("intake-case-departments",),
+        "A case moved between departments (reassigned, rerouted, escalated): the departments that "
+        "hold it now and those it left, as of the case's `sequence`.",
     ),
     CaseOverdue: Route(
         "routing",
@@ -374,6 +381,15 @@ def example_data() -> dict[type[EventData], EventData]:
         ),
         DepartmentSignalErased: DepartmentSignalErased(
             case_id=CASE_ID, signal_id=SIGNAL_ID, department="afval-en-reiniging", erased_at=ERASED_AT
+        ),
+        CaseDepartmentsChanged: CaseDepartmentsChanged(
+            case_id=CASE_ID,
+            signal_id=SIGNAL_ID,
+            sequence=3,
+            responsible="stadsbeheer",
+            informed=["handhaving"],
+            left=["afval-en-reiniging"],
+            change="assignment",
         ),
         CaseOverdue: CaseOverdue(
             case_id=CASE_ID,

@@ -414,6 +414,33 @@ class DepartmentSignalErased(EventData):
         return f"civic.{check_code(tenant, 'tenant')}.dept.{check_code(department, 'department')}.erased"
 
 
+class CaseDepartmentsChanged(EventData):
+    """Which departments hold a case now, after a change that moved it between departments (a
+    reassignment, a reroute after a correction, an escalation that informs more of them).
+
+    The department feeds tell a department that a case reached it; none names who holds the case
+    after a move, and a department only informed may be dropped without a word on its feed. This
+    event names the whole set as of ``sequence``, so a consumer that keeps the
+    latest one (intake, to decide whose keys may still open the signal's photos) is right whatever
+    order it applies events in. ``signal.routed`` is the set at sequence 1; no event repeats it.
+    """
+
+    aggregate: ClassVar[str] = "case"
+    event: ClassVar[str] = "departments_changed"
+
+    case_id: str
+    signal_id: str
+    sequence: int = Field(ge=1, description="the case's sequence after the change")
+    responsible: str
+    informed: list[str] = Field(default_factory=list)
+    left: list[str] = Field(
+        default_factory=list, description="departments that held the case before this change and no longer do"
+    )
+    change: Literal["assignment", "reclassification", "escalation"] = Field(
+        description="the kind of change that moved the case"
+    )
+
+
 class CaseOverdue(EventData):
     """A case passed its due date without being resolved; published once per case and escalation."""
 
@@ -519,6 +546,7 @@ ALL_EVENT_MODELS: tuple[type[EventData], ...] = (
     DepartmentStatusChanged,
     DepartmentAttachmentAdded,
     DepartmentSignalErased,
+    CaseDepartmentsChanged,
     CaseOverdue,
     NotificationDelivered,
     NotificationFailed,

@@ -28,6 +28,7 @@ from civicsignals.common import wording
 from civicsignals.common.auth import Principal
 from civicsignals.common.bus import ConsumerSpec
 from civicsignals.common.events import (
+    CaseDepartmentsChanged,
     CaseStatusChanged,
     CloudEvent,
     ConversationReceived,
@@ -576,14 +577,17 @@ STAFF_READ_SCOPES = ("cases:read", "signals:read")
 
 async def readable_signal(ctx: IntakeContext, principal: Principal, signal_id: str) -> Signal:
     """A signal of the caller's tenant that the caller may see; 404 otherwise (as if it did not
-    exist). A key bound to departments sees the signals whose case reached them (``departments``); a
-    partner organisation's key (``partner:<code>``) the signals whose case was forwarded to it."""
+    exist). A key bound to departments sees the signals whose case they hold now, responsible or
+    informed (``holders``; for a case that has not moved since migration 0006, every department it
+    reached); a partner organisation's key (``partner:<code>``) the signals whose case was
+    forwarded to it (routing never takes a partner off a case)."""
     async with ctx.runtime.sessions() as session:
         signal = await session.get(Signal, signal_id)
     if signal is None or signal.tenant != principal.tenant or signal.erased_at is not None:
         raise Problem(404, "no signal has this id", slug="unknown-signal")
     if any(principal.allows(scope) for scope in STAFF_READ_SCOPES):
-        reached = {signal.responsible or "", *(signal.departments or ())}
+        holding = signal.holders if signal.holders is not None else signal.departments or ()
+        reached = {signal.responsible or "", *holding}
         sees = not principal.departments or any(principal.sees_department(code) for code in reached)
     else:
         sees = bool(principal.partners & set(signal.partners or ()))
@@ -1049,6 +1053,9 @@ def consumers(ctx: IntakeContext) -> list[ConsumerSpec]:
     async def on_department_assigned(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
         await service.apply_department_assigned(session, read_data(event, DepartmentAssigned))
 
+    async def on_departments_changed(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
+        await service.apply_departments_changed(session, read_data(event, CaseDepartmentsChanged))
+
     async def read_ahead(session: AsyncSession, events: list[CloudEvent]) -> None:
         ids = {sid for event in events if isinstance(sid := event.data.get("signal_id"), str)}
         status = any(event.type == CaseStatusChanged.event_type() for event in events)
@@ -1074,6 +1081,12 @@ def consumers(ctx: IntakeContext) -> list[ConsumerSpec]:
             "intake-dept-assigned",
             DepartmentAssigned.subscription(),
             apply=on_department_assigned,
+            prepare=read_ahead,
+        ),
+        ConsumerSpec(
+            "intake-case-departments",
+            CaseDepartmentsChanged.subscription(),
+            apply=on_departments_changed,
             prepare=read_ahead,
         ),
     ]

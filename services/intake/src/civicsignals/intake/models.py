@@ -509,8 +509,14 @@ class Signal(SQLModel, table=True):
     # comes only on the departments' feed, and must neither be undone by nor undo a later change.
     responsible_sequence: int = SQLField(default=0, sa_column_kwargs={"server_default": "0"})
     # Every department the case ever reached (responsible, informed, escalated to), from routing's
-    # events: whose department-bound keys may open the signal's attachments.
+    # events: the recipients an access request lists (AVG article 15).
     departments: list[str] | None = SQLField(default=None, sa_column=Column(JSON))
+    # The departments that hold the case now (responsible and informed), as of the case's
+    # ``holders_sequence``: whose department-bound keys may open the signal's attachments. A
+    # department the case left loses them. NULL for signals routed before migration 0006 until
+    # their case moves again: ``departments`` decides for them, as it did.
+    holders: list[str] | None = SQLField(default=None, sa_column=Column(JSON))
+    holders_sequence: int = SQLField(default=0, sa_column_kwargs={"server_default": "0"})
     partners: list[str] = SQLField(default_factory=list, sa_column=Column(JSON))
     status_updated_at: datetime | None = SQLField(default=None, sa_type=UtcDateTime, index=True)
     erased_at: datetime | None = SQLField(default=None, sa_type=UtcDateTime)

@@ -16,6 +16,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.events import (
+    CaseDepartmentsChanged,
     CaseStatusChanged,
     CoarseLocation,
     ConversationReceived,
@@ -386,9 +387,9 @@ def _add_partners(session: AsyncSession, signal: Signal, partners: list[str]) ->
 
 async def apply_department_assigned(session: AsyncSession, assigned: DepartmentAssigned) -> bool:
     """Remember a department the case reached (opened, reassigned or escalated to it, responsible
-    or informed): its department-bound keys may then open the signal's attachments. Kept as a
-    union, like the partners: the feed carries no order, and a department that worked on a case
-    keeps seeing its photos."""
+    or informed): it joins the recipients (``departments``, a union) and, unless a later change
+    is known already, the holders, so its keys open the signal's attachments at once, before the
+    change's ``case.departments_changed`` (which names the holders exactly) is applied."""
     signal = await _signal(session, assigned.signal_id)
     if signal is None:
         return False
@@ -397,6 +398,37 @@ async def apply_department_assigned(session: AsyncSession, assigned: DepartmentA
     known = list(signal.departments or [])
     if assigned.department not in known:
         signal.departments = [*known, assigned.department]
+        session.add(signal)
+    newer = assigned.sequence is not None and assigned.sequence > signal.holders_sequence
+    if signal.holders is not None and newer and assigned.department not in signal.holders:
+        signal.holders = [*signal.holders, assigned.department]
+        session.add(signal)
+    return True
+
+
+def _set_holders(signal: Signal, responsible: str, informed: list[str], sequence: int) -> bool:
+    """The departments holding the case as of ``sequence``, unless a later change set them (routing's
+    events come on several consumers, in any order). Whether anything changed."""
+    if sequence <= signal.holders_sequence:
+        return False
+    signal.holders = list(dict.fromkeys([responsible, *informed]))
+    signal.holders_sequence = sequence
+    return True
+
+
+async def apply_departments_changed(session: AsyncSession, changed: CaseDepartmentsChanged) -> bool:
+    """The case moved between departments: those it left stop opening the signal's attachments
+    (a department sees a resident's photos while it handles the case, not after), and the
+    responsible department shows in Open311 as of this change."""
+    signal = await _signal(session, changed.signal_id)
+    if signal is None:
+        return False
+    _set_responsible(session, signal, changed.responsible, changed.sequence)
+    known = list(signal.departments or [])
+    reached = [code for code in (changed.responsible, *changed.informed) if code not in known]
+    if reached:
+        signal.departments = [*known, *reached]
+    if _set_holders(signal, changed.responsible, changed.informed, changed.sequence) or reached:
         session.add(signal)
     return True
 
@@ -413,6 +445,7 @@ async def apply_routed(session: AsyncSession, routed: SignalRouted) -> bool:
     # likewise the department: a later change may have handed the case on already (the routing
     # is the case's first change)
     _set_responsible(session, signal, routed.responsible, 1)
+    _set_holders(signal, routed.responsible, routed.informed, 1)
     _add_partners(session, signal, routed.partners)
     session.add(signal)
     return True

@@ -642,6 +642,7 @@ async def _handover_events(
     *,
     previous: tuple[str, list[str]],
     forwarded_to: str | None,
+    change: str,
 ) -> Events:
     """The events of a case handed to another department or partner (a reassignment, a reroute).
 
@@ -649,7 +650,8 @@ async def _handover_events(
     departments before it. The resident's page, the partners and every involved department hear
     of a new status or a new partner; without either, the departments that lose or keep the case
     still learn who has it now (their feeds, not the resident's page). Departments that newly
-    have the case get it on their ``assigned`` feed."""
+    have the case get it on their ``assigned`` feed, and ``case.departments_changed`` names who
+    holds it now (``change`` is the kind of change, for that event)."""
     before, after = statuses
     previous_responsible, previous_informed = previous
     events: Events = []
@@ -669,7 +671,8 @@ async def _handover_events(
     if previous_responsible != case.responsible:
         targets.append((case.responsible, "responsible"))
     targets += [(code, "informed") for code in case.informed if code not in previous_informed]
-    return events + service.assigned_events(tenant, case, targets)
+    events += service.assigned_events(tenant, case, targets)
+    return events + service.departments_events(tenant, case, previous, change)
 
 
 async def reassign(ctx: RoutingContext, caller: Caller, case_id: str, request: AssignmentRequest) -> Case:
@@ -720,6 +723,7 @@ async def reassign(ctx: RoutingContext, caller: Caller, case_id: str, request: A
             request.public_note,
             previous=(previous, previous_informed),
             forwarded_to=forwarded_to,
+            change="assignment",
         )
         _enqueue(session, caller.tenant, events)
         _audit_change(session, caller.tenant, actor, "case.assignment", case, from_department=previous)
@@ -845,6 +849,7 @@ async def reclassify(ctx: RoutingContext, caller: Caller, case_id: str, request:
                 request.public_note,
                 previous=previous_departments,
                 forwarded_to=forwarded_to,
+                change="reclassification",
             )
         _enqueue(session, caller.tenant, events)
         _audit_change(
@@ -999,6 +1004,7 @@ async def _escalate(
         reached = steps[case.escalation_level : level]
         inform = [code for step in reached for code in step.inform if code != case.responsible]
         new_informed = [code for code in dict.fromkeys(inform) if code not in case.informed]
+        previous = (case.responsible, list(case.informed))
         change = Change(
             kind="escalation",
             actor=service.SYSTEM_ACTOR,
@@ -1021,6 +1027,7 @@ async def _escalate(
         events += service.assigned_events(
             tenant, case, [(code, "informed") for code in new_informed], escalation_level=level
         )
+        events += service.departments_events(tenant, case, previous, "escalation")
         _enqueue(session, tenant, events)
         service.audit(
             session,

@@ -27,6 +27,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from civicsignals.common import audit as audit_log
 from civicsignals.common.events import (
     RESIDENT_ACTOR,
+    CaseDepartmentsChanged,
     CaseStatusChanged,
     DepartmentAssigned,
     DepartmentAttachmentAdded,
@@ -370,6 +371,29 @@ def involved(case: Case, *more: str | None) -> list[str]:
         if code and code not in departments:
             departments.append(code)
     return departments
+
+
+def departments_events(tenant: str, case: Case, previous: tuple[str, Sequence[str]], change: str) -> Events:
+    """``case.departments_changed`` when a change moved the case between departments: who holds it
+    now and who no longer does. ``previous`` is (responsible, informed) before the change. Nothing
+    when the set stayed the same (a reroute that keeps the department, an escalation that informs
+    no one new): the feeds say what a department gains, this event is the one that says what it
+    loses, so intake stops showing it the signal's photos."""
+    before_responsible, before_informed = previous
+    before = [before_responsible, *(code for code in before_informed if code != before_responsible)]
+    now = involved(case)
+    if before == now:
+        return []
+    changed = CaseDepartmentsChanged(
+        case_id=case.id,
+        signal_id=case.signal_id,
+        sequence=case.sequence,
+        responsible=case.responsible,
+        informed=list(case.informed),
+        left=[code for code in before if code not in now],
+        change=change,
+    )
+    return [(CaseDepartmentsChanged.bus_subject(tenant), changed)]
 
 
 def no_longer_informed(before: Sequence[str], informed: Sequence[str], responsible: str) -> list[str]:
