@@ -305,6 +305,7 @@ async def run_access(settings: IntakeSettings, args: argparse.Namespace) -> int:
                 actor="cli:access",
                 case_notes=None if args.without_case_notes else accessparts.routing(client, settings),
                 mails=None if args.without_mail_record else accessparts.notifier(client, settings),
+                tenant_config=tenant,
             )
         except accessparts.PartUnavailable as missing:
             advice = PART_ADVICE[missing.service]

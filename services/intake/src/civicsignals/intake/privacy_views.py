@@ -126,6 +126,7 @@ async def person_document(
             actor=officer.actor,
             case_notes=accessparts.routing(ctx.http, ctx.settings),
             mails=accessparts.notifier(ctx.http, ctx.settings),
+            tenant_config=ctx.tenant(officer.tenant),
         )
     except accessparts.PartUnavailable as missing:
         log.warning("no access document: %s's part is unavailable (%s)", missing.service, missing)
