@@ -9,6 +9,7 @@ import asyncio
 import json
 from typing import Any
 
+import httpx
 import pytest
 from sqlmodel import col, select
 
@@ -23,6 +24,7 @@ from civicsignals.common.events import (
 from civicsignals.common.outbox import OutboxMessage
 from civicsignals.common.tenants import add_key
 from civicsignals.intake import service
+from civicsignals.intake.app import create_app
 from civicsignals.intake.models import (
     Attachment,
     AuditRecord,
@@ -463,6 +465,37 @@ async def test_rate_limits_per_key_and_per_address(intake: Intake) -> None:
     assert other.status_code == 201
     public = [(await intake.client.get("/v1/tracking/0000-0000-0000")).status_code for _ in range(3)]
     assert public == [404, 404, 429]
+    assert await intake.count(Signal) == 4
+
+
+@pytest.mark.parametrize(
+    "intake_settings_overrides",
+    [{"rate_limit_per_s": 0.01, "rate_limit_burst": 3, "rate_limit_share_interval_s": 0.05}],
+)
+async def test_a_keys_rate_limit_holds_across_two_replicas(intake: Intake, wait_until: Any) -> None:
+    """Two replicas of intake on the same database and NATS server, as behind a load balancer: the
+    burst a portal spent on one is spent on the other too (``ratesharing``), so the key gets its
+    limit once, not once per replica; another key still has its whole burst on both."""
+    second = create_app(intake.settings)
+    async with second.router.lifespan_context(second):
+        transport = httpx.ASGITransport(app=second)
+        async with httpx.AsyncClient(transport=transport, base_url="http://intake-2") as client:
+            await asyncio.wait_for(second.state.runtime.bus_ready.wait(), timeout=10)
+            assert [(await intake.post_signal()).status_code for _ in range(3)] == [201, 201, 201]
+            key = f"key:{intake.gouda.key_id}"
+
+            def spent_on_the_second() -> bool:
+                return bool(second.state.intake.key_limiter.tokens(key) < 1.0)
+
+            await wait_until(
+                spent_on_the_second, timeout=10, message="the second replica to hear of the burst"
+            )
+            refused = await client.post("/v1/signals", json=SIGNAL, headers=intake.auth())
+            assert refused.status_code == 429, refused.text
+            assert int(refused.headers["Retry-After"]) >= 1
+            body = {**SIGNAL, "location": None}
+            other = await client.post("/v1/signals", json=body, headers=intake.auth(intake.utrecht.key))
+            assert other.status_code == 201, other.text
     assert await intake.count(Signal) == 4
 
 

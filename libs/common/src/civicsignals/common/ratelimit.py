@@ -2,9 +2,10 @@
 
 Each key (an API key id, or a client address for public routes) owns a bucket holding up to
 ``burst`` tokens that refills at ``rate_per_s``; a request takes one token or is refused with the
-time until the next token. The buckets live in the process's memory, so with N replicas behind a
-load balancer a client may get up to N times the limit: enough to stop a runaway portal or a
-scraper, and nothing to coordinate. A limit that must hold across replicas needs a shared store.
+time until the next token. The buckets live in the process's memory. Alone, each replica behind a
+load balancer would give a client the whole limit, N times it in all; a limiter whose grants are
+shared (:mod:`civicsignals.common.ratesharing`, for API keys) also debits what the other replicas
+granted, so each bucket stands for the client's one bucket across them all.
 
 A limit per client address counts an IPv6 address by its /64 network (:func:`client_key`): one
 host, or one home or office line, usually holds a whole /64 and can pick any address in it, so
@@ -54,6 +55,10 @@ class TokenBucketLimiter:
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
+        # Set by a ``ratesharing.LimitExchange``: count the tokens this replica grants, per key,
+        # until the exchange tells the others (:meth:`drain_taken`).
+        self.share_taken = False
+        self._taken: dict[str, int] = {}
 
     def _refilled(self, tokens: float, last: float, now: float) -> float:
         return min(float(self.burst), tokens + (now - last) * self.rate_per_s)
@@ -67,6 +72,8 @@ class TokenBucketLimiter:
             if tokens >= 1.0 - ROUNDING_SLACK:
                 wait = 0.0
                 tokens = max(0.0, tokens - 1.0)
+                if self.share_taken:
+                    self._taken[key] = self._taken.get(key, 0) + 1
             else:
                 wait = (1.0 - tokens) / self.rate_per_s
             self._buckets[key] = (tokens, now)
@@ -87,6 +94,41 @@ class TokenBucketLimiter:
             if found is not None:
                 tokens, last = found
                 self._buckets[key] = (min(float(self.burst), self._refilled(tokens, last, now) + 1.0), now)
+            if self._taken.get(key, 0) > 1:
+                self._taken[key] -= 1
+            else:
+                self._taken.pop(key, None)
+
+    def tokens(self, key: str) -> float:
+        """The tokens ``key`` holds now, without taking one (a full burst for a key not seen):
+        what a replica's bucket stands at, for tests and diagnostics."""
+        now = self._clock()
+        with self._lock:
+            found = self._buckets.get(key)
+        return float(self.burst) if found is None else self._refilled(found[0], found[1], now)
+
+    def drain_taken(self) -> dict[str, int]:
+        """The tokens this replica granted per key since the last drain (only while
+        ``share_taken``), to tell the other replicas; the count starts again from nothing."""
+        with self._lock:
+            taken, self._taken = self._taken, {}
+        return taken
+
+    def taken_elsewhere(self, key: str, count: int) -> None:
+        """Debit ``count`` tokens that another replica granted for ``key``, so that this bucket,
+        refilling at the same rate and drained by every replica's grants, stands for the key's
+        one bucket across all replicas. The balance may go below zero (the key then waits here
+        too until it is paid back), never below minus one burst: replicas that each granted a
+        burst at the same moment cost the key at most one more burst of waiting."""
+        if count <= 0:
+            return
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.pop(key, (float(self.burst), now))
+            tokens = max(-float(self.burst), self._refilled(tokens, last, now) - count)
+            self._buckets[key] = (tokens, now)
+            while len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
 
     def check(self, key: str, *, what: str = "this key") -> None:
         """Take a token or raise a 429 problem with ``Retry-After`` in whole seconds (at least 1)."""

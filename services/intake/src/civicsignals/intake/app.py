@@ -10,6 +10,7 @@ from sqlmodel import SQLModel
 
 from civicsignals.common.app import create_service_app
 from civicsignals.common.audit import mount_audit
+from civicsignals.common.ratesharing import LimitExchange
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.common.tasks import cancel_requested
 from civicsignals.intake import flows, models, privacy  # noqa: F401  (models registers the tables)
@@ -65,6 +66,11 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     for spec in flows.consumers(context):
         runtime.add_consumer(spec)
     runtime.add_background(retention_job(context))  # type: ignore[arg-type]
+    if settings.rate_limit_share_interval_s > 0:
+        exchange = LimitExchange(
+            context.key_limiter, runtime.bus, limit="keys", interval_s=settings.rate_limit_share_interval_s
+        )
+        runtime.add_background(exchange.run)
     app = create_service_app(
         runtime,
         title="Civic Signals — intake",

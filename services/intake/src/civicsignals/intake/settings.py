@@ -38,6 +38,12 @@ class IntakeSettings(ServiceSettings, SignInThrottleSettings):
     # Rate limits: a token bucket per API key, and one per client address on the public routes.
     rate_limit_per_s: float = Field(default=50.0, gt=0, description="sustained requests per second per key")
     rate_limit_burst: int = Field(default=200, ge=1)
+    rate_limit_share_interval_s: float = Field(
+        default=0.25,
+        ge=0,
+        description="how often a replica tells the others over NATS what each API key's limit granted, "
+        "so the limit holds across replicas (ratesharing); 0: each replica limits alone",
+    )
     public_rate_limit_per_s: float = Field(
         default=5.0, gt=0, description="per client address, on tracking and Open311 reads"
     )
