@@ -215,8 +215,8 @@ async def test_a_person_signs_in_through_the_provider_and_sees_the_dashboard(
     export = await client.get("/dashboard/exports/topics.csv")
     assert export.status_code == 200 and export.text.startswith("topic,count")
 
-    out = await client.post("/dashboard/logout")
-    assert out.status_code == 303
+    out = await client.post("/dashboard/logout")  # on by the provider (see the sign-out test)
+    assert out.status_code == 200 and out.headers["refresh"].startswith(f"0; url={issuer.url}/logout?")
     await _signed_out(client)
 
 
@@ -430,3 +430,66 @@ async def test_a_persons_bearer_token_opens_the_dashboard_as_it_opens_the_api(
     assert (await staff.client.get("/dashboard", headers=clerk)).status_code == 403
     forged = {"Authorization": f"Bearer {issuer.issue(SUBJECT, groups=['analisten'], audience='other')}"}
     assert (await staff.client.get("/dashboard", headers=forged)).status_code == 401
+
+
+async def test_signing_out_ends_the_session_at_the_provider_too(staff: Insights, issuer: DevIssuer) -> None:
+    """RP-Initiated Logout: at a shared desk, the next person to click "sign in with Gouda" must
+    not be signed in as the one before. Signing out sends the browser to the provider's
+    ``end_session_endpoint`` with the ID token kept at sign-in as the hint, the client id and the
+    login page to come back to; the provider ends its session and sends the browser back; the
+    next sign-in finds nobody signed in there (``login_required``), not the person before."""
+    login_page = f"{BASE}/dashboard/login"
+    issuer.add_web_client(WEB_CLIENT, redirect_uris=[CALLBACK], post_logout_redirect_uris=[login_page])
+    seen = len(issuer.logouts)
+    client = staff.client
+    done = await _sign_in(client)
+    assert done.status_code == 200, done.text
+    kept = _set_cookies(done)[OIDC.id_token_cookie]
+    assert "HttpOnly" in kept and "SameSite=strict" in kept and "Path=/dashboard" in kept
+    id_token = client.cookies[OIDC.id_token_cookie]
+    assert id_token.count(".") == 2  # the provider's JWT, as it gave it
+
+    out = await client.post("/dashboard/logout", params={"lang": "en"})
+    # A page that moves on to the provider by itself (the pages' CSP, form-action 'self', would
+    # stop a form post's redirect to another site), with a link there too.
+    assert out.status_code == 200 and out.headers["cache-control"] == "no-store"
+    going = out.headers["refresh"].removeprefix("0; url=")
+    assert f'href="{html.escape(going)}"' in out.text and "Sign out at Gouda" in out.text
+    target = urlsplit(going)
+    assert f"{target.scheme}://{target.netloc}{target.path}" == f"{issuer.url}/logout"
+    asked = parse_qs(target.query)
+    assert asked["client_id"] == [WEB_CLIENT] and asked["post_logout_redirect_uri"] == [login_page]
+    assert asked["ui_locales"] == ["en"] and asked["id_token_hint"] == [id_token]
+    cookies = _set_cookies(out)
+    assert "Max-Age=0" in cookies[COOKIE] and "Max-Age=0" in cookies[OIDC.id_token_cookie]
+
+    async with httpx.AsyncClient(follow_redirects=False) as browser:
+        at_provider = await browser.get(going)
+    assert at_provider.status_code == 302 and at_provider.headers["location"] == login_page
+    assert issuer.logouts[seen:] == [{"client_id": WEB_CLIENT, "hinted": True}]
+    client.cookies.clear()  # the browser applied the deletions
+    await _signed_out(client)
+    again = await _sign_in(client)
+    assert again.status_code == 401 and "login_required" in _error(again)
+    _no_login(again)
+
+
+async def test_a_provider_without_an_end_session_endpoint_and_a_keys_login_sign_out_here_only(
+    staff: Insights, issuer: DevIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    issuer.offers_logout = False
+    try:
+        staff.app.state.tenants.oidc = OidcVerifier(min_refresh_interval_s=0)  # reads discovery afresh
+        client = staff.client
+        assert (await _sign_in(client)).status_code == 200
+        with caplog.at_level(logging.INFO, logger="civicsignals.common.web_oidc"):
+            out = await client.post("/dashboard/logout")
+        assert out.status_code == 303 and out.headers["location"] == "/dashboard/login"
+        assert "Max-Age=0" in _set_cookies(out)[COOKIE]
+        assert any("offers no end_session_endpoint" in r.getMessage() for r in caplog.records)
+    finally:
+        issuer.offers_logout = True
+    key_login = await staff.client.post("/dashboard/login", data={"api_key": staff.key, "next": "/dashboard"})
+    assert key_login.status_code == 303, key_login.text
+    out = await staff.client.post("/dashboard/logout")
+    assert out.status_code == 303 and out.headers["location"] == "/dashboard/login"

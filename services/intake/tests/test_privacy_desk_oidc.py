@@ -40,13 +40,15 @@ pytestmark = pytest.mark.timeout(90)
 CLIENT_ID = "privacyloket"
 #: The redirect URI the provider has registered: the desk's callback as the test client reaches it.
 CALLBACK = "http://intake/privacy/login/oidc/callback"
+#: Where the provider may send the browser back after signing the officer out.
+LOGIN_PAGE = "http://intake/privacy/login"
 OFFICER = "medewerker-42"
 
 
 @pytest.fixture
 def issuer() -> Iterator[DevIssuer]:
     with DevIssuer() as running:
-        running.add_web_client(CLIENT_ID, redirect_uris=[CALLBACK])
+        running.add_web_client(CLIENT_ID, redirect_uris=[CALLBACK], post_logout_redirect_uris=[LOGIN_PAGE])
         yield running
 
 
@@ -218,10 +220,24 @@ async def test_an_officer_signs_in_with_the_provider_and_the_desk_audits_them_as
     assert await desk.get(Contact, piet["id"]) is not None
     assert len(await desk.events(".signal.erased", wait_until, count=2)) == 2
 
-    # Signing out ends the person's login as it ends a key's.
-    out = await desk.client.post("/privacy/logout", data={"csrf": token})
-    assert out.status_code == 303 and out.headers["location"] == "/privacy/login"
+    # Signing out ends the person's login as it ends a key's, and their session at the provider
+    # (RP-Initiated Logout, with the ID token kept at sign-in as the hint), which sends the
+    # browser back to the login page; the next sign-in there finds nobody signed in.
+    out = await desk.client.post("/privacy/logout", data={"csrf": token, "lang": "nl"})
+    assert out.status_code == 200 and "Uitloggen bij Gouda" in out.text  # moves on by itself
+    going = out.headers["refresh"].removeprefix("0; url=")
+    target = urlsplit(going)
+    assert f"{target.scheme}://{target.netloc}{target.path}" == f"{issuer.url}/logout"
+    asked = parse_qs(target.query)
+    assert asked["post_logout_redirect_uri"] == [LOGIN_PAGE] and asked["client_id"] == [CLIENT_ID]
+    assert asked["ui_locales"] == ["nl"] and asked["id_token_hint"][0].count(".") == 2
     assert (await desk.client.get("/privacy")).status_code == 303
+    async with httpx.AsyncClient(follow_redirects=False) as browser:
+        at_provider = await browser.get(going)
+    assert at_provider.status_code == 302 and at_provider.headers["location"] == LOGIN_PAGE
+    assert issuer.logouts == [{"client_id": CLIENT_ID, "hinted": True}]
+    again = await _sign_in_with_provider(desk)
+    assert again.status_code == 401 and "login_required" in again.text and not _logs_in(again)
 
 
 async def test_the_officer_comes_back_in_the_language_they_started_in_and_no_email_shows(
@@ -445,3 +461,17 @@ async def test_in_chromium_the_provider_sends_the_officer_back_to_the_desk_signe
         assert "Gouda" in where
         desk_errors = [error for error in page.errors if provider not in error]  # not its favicon
         assert desk_errors == [], page.errors
+
+        # Signing out goes by the provider, which ends its session and sends the browser back to
+        # the desk's login page (registered there as the client's post-logout redirect URI).
+        issuer.add_web_client(
+            CLIENT_ID,
+            redirect_uris=[f"{desk_url}/privacy/login/oidc/callback"],
+            post_logout_redirect_uris=[f"{desk_url}/privacy/login"],
+        )
+        await page.submit("document.querySelector('form[action=\"/privacy/logout\"] button').click();")
+        where = await _landed(page, WORDS["nl"]["login_heading"])
+        assert where.startswith("/privacy/login ") and WORDS["nl"]["login_heading"] in where, where
+        assert issuer.logouts == [{"client_id": CLIENT_ID, "hinted": True}]
+        await page.goto(f"{desk_url}/privacy")
+        assert (await _landed(page, WORDS["nl"]["login_heading"])).startswith("/privacy/login ")

@@ -122,3 +122,52 @@ def test_nobody_signed_in_is_access_denied(issuer: DevIssuer) -> None:
     issuer.sign_in_as(None)
     back = answer(authorize(issuer))
     assert back["error"] == "access_denied" and "code" not in back
+
+
+LOGGED_OUT = "http://127.0.0.1:9/dashboard/login"
+
+
+def end_session(issuer: DevIssuer, **params: str) -> httpx.Response:
+    return httpx.get(f"{issuer.url}/logout?{urlencode(params)}", follow_redirects=False)
+
+
+def test_logout_ends_the_session_and_sends_back_only_a_hinted_client_to_a_registered_uri(
+    issuer: DevIssuer,
+) -> None:
+    """RP-Initiated Logout as the specification asks of a provider: the session ends whatever is
+    asked, and the browser goes back to ``post_logout_redirect_uri`` only when it is registered for
+    the client and a valid ID token of that client comes as ``id_token_hint``."""
+    issuer.add_web_client("dashboard", [REDIRECT], post_logout_redirect_uris=[LOGGED_OUT])
+    discovered = httpx.get(f"{issuer.url}/.well-known/openid-configuration").json()
+    assert discovered["end_session_endpoint"] == f"{issuer.url}/logout"
+    id_token = redeem(issuer, answer(authorize(issuer))["code"]).json()["id_token"]
+    forged = issuer.issue("u-17", audience="dashboard", issuer="https://elsewhere.example")
+
+    refused = [
+        {"client_id": "dashboard", "post_logout_redirect_uri": LOGGED_OUT},  # no hint
+        {"id_token_hint": forged, "post_logout_redirect_uri": LOGGED_OUT},  # not this issuer's
+        {"id_token_hint": id_token, "client_id": "other", "post_logout_redirect_uri": LOGGED_OUT},
+        {"id_token_hint": id_token, "post_logout_redirect_uri": "https://evil.example/"},
+    ]
+    for params in refused:
+        issuer.sign_in_as("u-17", groups=["analisten"])
+        stayed = end_session(issuer, **params)
+        assert stayed.status_code == 200 and stayed.json() == {"signed_out": True, "redirect": False}, params
+        assert answer(authorize(issuer)).get("error") == "login_required"  # signed out all the same
+
+    back = end_session(
+        issuer, id_token_hint=id_token, client_id="dashboard", post_logout_redirect_uri=LOGGED_OUT, state="z"
+    )
+    assert back.status_code == 302 and back.headers["location"] == f"{LOGGED_OUT}?state=z"
+    assert issuer.logouts[-1] == {"client_id": "dashboard", "hinted": True}
+    issuer.offers_logout = False
+    assert "end_session_endpoint" not in httpx.get(f"{issuer.url}/.well-known/openid-configuration").json()
+    assert end_session(issuer).status_code == 404
+
+
+def test_make_runs_issuer_signs_the_developer_in_again_after_logout(issuer: DevIssuer) -> None:
+    """``make run`` sets ``sign_in_again_after_logout``: the issuer has no password form, so after
+    a sign-out the next ``/authorize`` signs the same person in, as if they typed their password."""
+    issuer.sign_in_again_after_logout = True
+    assert end_session(issuer, client_id="dashboard").status_code == 200
+    assert "code" in answer(authorize(issuer)) and issuer.logouts[-1]["client_id"] == "dashboard"

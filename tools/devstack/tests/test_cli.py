@@ -141,3 +141,12 @@ def test_the_redirect_uris_cover_both_staff_pages_through_the_entry_point_and_di
     assert "http://127.0.0.1:8000/privacy/login/oidc/callback" in uris
     assert "http://127.0.0.1:8001/privacy/login/oidc/callback" in uris
     assert len(uris) == 4
+
+
+def test_the_login_pages_are_where_the_provider_may_send_staff_after_signing_out() -> None:
+    assert sorted(cli.oidc_post_logout_uris()) == [
+        "http://127.0.0.1:8000/dashboard/login",
+        "http://127.0.0.1:8000/privacy/login",
+        "http://127.0.0.1:8001/privacy/login",
+        "http://127.0.0.1:8005/dashboard/login",
+    ]

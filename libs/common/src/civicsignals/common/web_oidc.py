@@ -17,8 +17,17 @@ code flow with PKCE (RFC 7636, ``S256``) for a public client:
 3. The access token is verified exactly as every API call's bearer token is
    (:class:`~civicsignals.common.oidc.OidcVerifier`: signature against the provider's key set,
    issuer, audience, expiry; the tenant's group mapping to scopes and departments), and must be for
-   the tenant the flow was started for. The ID token is not used: who signs in is what the access
-   token says, the same as on the API.
+   the tenant the flow was started for. Who signs in is what the access token says, the same as on
+   the API. The ID token is not trusted for anything: it is kept in a cookie of its own only to
+   hand back to the provider at sign-out.
+4. Signing out (OpenID Connect RP-Initiated Logout 1.0) ends the person's session at the provider
+   too, when its discovery document names an ``end_session_endpoint``
+   (:meth:`WebOidc.end_session_url`): the browser goes there with the ID token as
+   ``id_token_hint``, the client id and the login page as ``post_logout_redirect_uri`` (which the
+   municipality registers at its provider), and comes back to the login page. Without it a
+   colleague at a shared counter desk who clicks "sign in with the municipality" next would be
+   signed in as the person before, whom the provider still knew. A provider without the endpoint,
+   or one that cannot be reached, leaves the sign-out local, as before, and the log says so.
 
 The flow cookie is ``SameSite=Lax``: the provider's redirect back is a cross-site navigation, which
 a ``Strict`` cookie would not accompany. The login cookie that follows stays ``Strict``
@@ -39,13 +48,13 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import httpx
 from fastapi import Request, Response
 from fastapi.responses import RedirectResponse
 
-from civicsignals.common.auth import get_registry, person_principal
+from civicsignals.common.auth import Principal, get_registry, person_principal
 from civicsignals.common.oidc import OidcConfig, TokenError, b64url, b64url_json, check_transport
 from civicsignals.common.web_login import SignedIn, SignInLacksScope, WebLogin, labelled_mac
 
@@ -108,10 +117,31 @@ class _ProviderError(TokenError):
 
 @dataclass(frozen=True)
 class OidcSignedIn(SignedIn):
-    """A person signed in; ``issuer`` is the provider, which their login cookie names."""
+    """A person signed in; ``issuer`` is the provider, which their login cookie names, and
+    ``id_token`` the provider's ID token ("" when it gave none), for :meth:`WebOidc.keep_id_token`."""
 
     issuer: str = ""
     next_url: str = ""
+    id_token: str = ""
+
+
+#: What a ``Refresh`` header's URL keeps unquoted: what Starlette keeps in a redirect's Location.
+_URL_SAFE = ":/%#?=@[]!$&'()*+,;"
+
+
+def refresh_to(url: str) -> str:
+    """The ``Refresh`` header of a page that moves on to ``url`` by itself (``0; url=…``), quoted
+    as Starlette quotes a redirect's Location, so that nothing in it can end the header.
+
+    The pages answer the provider's callback, and a sign-out that goes on to the provider, with
+    such a page rather than a redirect: the login cookie is ``SameSite=Strict`` (a redirect of a
+    navigation the provider started would arrive without it), and the pages' CSP
+    (``form-action 'self'``) stops a form post that redirects to another site."""
+    return f"0; url={quote(url, safe=_URL_SAFE)}"
+
+
+#: An ID token longer than this is not kept (a cookie holds about 4 KB); sign-out then sends none.
+MAX_KEPT_ID_TOKEN = 3_000
 
 
 OidcOutcome = OidcSignedIn | SignInLacksScope | SignInFailed
@@ -129,6 +159,10 @@ class WebOidc:
     @property
     def flow_cookie(self) -> str:
         return f"{self.login.cookie}_oidc"
+
+    @property
+    def id_token_cookie(self) -> str:
+        return f"{self.login.cookie}_idt"
 
     @staticmethod
     def tenants(request: Request) -> list[tuple[str, str]]:
@@ -219,7 +253,7 @@ class WebOidc:
             return SignInFailed("the identity provider's answer has no code", "not_confirmed")
         try:
             endpoints = await _endpoints(request, config)
-            access_token = await self._redeem(
+            access_token, id_token = await self._redeem(
                 endpoints["token_endpoint"], config, code, request, secret, flow
             )
         except TokenError as error:
@@ -235,7 +269,9 @@ class WebOidc:
         principal = person_principal(identity)
         if not principal.allows(self.login.scope):
             return SignInLacksScope(principal)
-        return OidcSignedIn(principal, issuer=identity.issuer, next_url=str(flow.get("n", "")))
+        return OidcSignedIn(
+            principal, issuer=identity.issuer, next_url=str(flow.get("n", "")), id_token=id_token
+        )
 
     def flow_next(self, request: Request, secret: bytes) -> str:
         """Where the sign-in being finished was to lead (its ``next_url``), also when it failed,
@@ -247,6 +283,71 @@ class WebOidc:
     def end_flow(self, response: Response) -> None:
         response.delete_cookie(self.flow_cookie, path=self.login.path)
 
+    def keep_id_token(self, response: Response, signed_in: OidcSignedIn, *, ttl_s: int, secure: bool) -> None:
+        """Keep the provider's ID token beside the login cookie (HttpOnly, SameSite=Strict, this
+        login's path, as long as the login), to hand back at sign-out as ``id_token_hint``: the
+        provider then knows which session of which client to end, and may send the browser back.
+        Nothing is kept when the provider gave none, or one too long for a cookie."""
+        token = signed_in.id_token
+        if not token or len(token) > MAX_KEPT_ID_TOKEN:
+            return
+        response.set_cookie(
+            self.id_token_cookie,
+            token,
+            max_age=ttl_s,
+            httponly=True,
+            secure=secure,
+            samesite="strict",
+            path=self.login.path,
+        )
+
+    def forget_id_token(self, response: Response) -> None:
+        response.delete_cookie(self.id_token_cookie, path=self.login.path)
+
+    async def end_session_url(
+        self, request: Request, principal: Principal | None, return_to: str, *, language: str
+    ) -> str | None:
+        """Where to send the browser to end a signed-in person's session at their provider too
+        (RP-Initiated Logout): the provider's ``end_session_endpoint`` with ``id_token_hint`` (when
+        kept), ``client_id``, ``post_logout_redirect_uri`` (``return_to``, an absolute URL the
+        municipality registered at its provider) and ``ui_locales``. None for a key's login, a
+        tenant that no longer signs staff in through its provider, a provider without the endpoint,
+        or one that cannot be reached now: then the sign-out stays local, as it was."""
+        if principal is None or principal.subject_kind != "person":
+            return None
+        config = _web_config(request, principal.tenant)
+        if config is None:
+            return None
+        try:
+            document = await get_registry(request).oidc.discovery(config)
+        except TokenError as error:
+            log.warning(
+                "web sign-out: the identity provider of %s cannot be reached (%s); signed out here only",
+                principal.tenant,
+                error.detail,
+            )
+            return None
+        endpoint = document.get("end_session_endpoint")
+        if not isinstance(endpoint, str) or not endpoint:
+            log.info(
+                "web sign-out: the identity provider of %s offers no end_session_endpoint; signed out "
+                "here only",
+                principal.tenant,
+            )
+            return None
+        try:
+            check_transport(endpoint)
+        except TokenError as error:
+            log.warning("web sign-out: %s; signed out here only", error.detail)
+            return None
+        params = {"client_id": str(config.web_client_id), "post_logout_redirect_uri": return_to}
+        hint = request.cookies.get(self.id_token_cookie) or ""
+        if hint and len(hint) <= MAX_KEPT_ID_TOKEN:
+            params = {"id_token_hint": hint, **params}
+        params["ui_locales"] = language
+        separator = "&" if "?" in endpoint else "?"
+        return f"{endpoint}{separator}{urlencode(params)}"
+
     async def _redeem(
         self,
         token_endpoint: str,
@@ -255,8 +356,9 @@ class WebOidc:
         request: Request,
         secret: bytes,
         flow: dict[str, Any],
-    ) -> str:
-        """The access token the code stands for (the provider checks the PKCE verifier)."""
+    ) -> tuple[str, str]:
+        """The access token the code stands for (the provider checks the PKCE verifier), and the
+        ID token beside it ("" when the provider gave none)."""
         form = {
             "grant_type": "authorization_code",
             "code": code,
@@ -268,7 +370,8 @@ class WebOidc:
         token = answer.get("access_token")
         if not isinstance(token, str) or not token:
             raise _ProviderError("the identity provider's answer holds no access token", "not_confirmed")
-        return token
+        id_token = answer.get("id_token")
+        return token, id_token if isinstance(id_token, str) else ""
 
     async def _request(self, method: str, url: str, data: dict[str, str] | None = None) -> dict[str, Any]:
         check_transport(url)

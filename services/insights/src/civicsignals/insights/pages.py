@@ -17,7 +17,7 @@ import logging
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qs, parse_qsl, quote, urlencode
+from urllib.parse import parse_qs, parse_qsl, urlencode
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -27,7 +27,7 @@ from civicsignals.common.auth import Principal, get_registry
 from civicsignals.common.problems import Problem
 from civicsignals.common.tenants import Tenant
 from civicsignals.common.web_login import SignInLacksScope, SignInRefused, SignInThrottled
-from civicsignals.common.web_oidc import OidcSignedIn, SignInFailed
+from civicsignals.common.web_oidc import OidcSignedIn, SignInFailed, refresh_to
 from civicsignals.common.wording import DEFAULT_LANGUAGE, format_date, language_of
 from civicsignals.insights import charts, reports, service
 from civicsignals.insights.models import DIMENSIONS, UNCLASSIFIED
@@ -99,6 +99,9 @@ STAFF_WORDS: dict[str, dict[str, str]] = {
         "person_lacks_scope": "Uw account bij de gemeente heeft de scope '{scope}' niet. Vraag uw "
         "beheerder om toegang tot het dashboard.",
         "oidc_continue": "Verder naar het dashboard",
+        "signing_out": "U bent hier afgemeld. U gaat nu naar de inlogdienst van {name} om ook daar af "
+        "te melden, zodat wie na u deze computer gebruikt niet als u inlogt.",
+        "sign_out_at": "Afmelden bij {name}",
         "too_many_failures": "Te veel mislukte aanmeldpogingen vanaf dit adres. Er is geen sleutel "
         "gecontroleerd. Wacht {seconds} seconde(n) en probeer het dan opnieuw.",
         # the filters
@@ -231,6 +234,9 @@ STAFF_WORDS: dict[str, dict[str, str]] = {
         "person_lacks_scope": "Your municipality's account lacks '{scope}'. Ask your administrator for "
         "access to the dashboard.",
         "oidc_continue": "Continue to the dashboard",
+        "signing_out": "You are signed out here. You are now taken to {name}'s sign-in service to sign "
+        "out there too, so that whoever uses this computer after you is not signed in as you.",
+        "sign_out_at": "Sign out at {name}",
         "too_many_failures": "Too many failed sign-ins from this address. No key was checked. Wait "
         "{seconds} second(s), then try again.",
         "from": "From",
@@ -640,6 +646,9 @@ async def oidc_callback(request: Request) -> Response:
             secure=ctx.settings.cookie_secure,
             issuer=outcome.issuer,
         )
+        OIDC.keep_id_token(
+            response, outcome, ttl_s=ctx.settings.session_ttl_s, secure=ctx.settings.cookie_secure
+        )
         log.info(
             "dashboard: %s of %s signed in through their provider",
             outcome.principal.actor,
@@ -655,9 +664,6 @@ async def oidc_callback(request: Request) -> Response:
     OIDC.end_flow(response)
     response.headers["Cache-Control"] = "no-store"
     return response
-
-
-_URL_SAFE = ":/%#?=@[]!$&'()*+,;"
 
 
 def _continue_page(request: Request, t: Wording, destination: str) -> HTMLResponse:
@@ -680,8 +686,7 @@ def _continue_page(request: Request, t: Wording, destination: str) -> HTMLRespon
         providers=[],
         continue_to=destination,
     )
-    # Quoted as Starlette quotes a redirect's Location: nothing in it can end the header.
-    response.headers["Refresh"] = f"0; url={quote(destination, safe=_URL_SAFE)}"
+    response.headers["Refresh"] = refresh_to(destination)
     return response
 
 
@@ -691,9 +696,38 @@ def _flow_next(request: Request, secret: bytes) -> str:
 
 
 @router.post("/dashboard/logout")
-async def logout(lang: str | None = None) -> Response:
-    response = RedirectResponse(with_language("/dashboard/login", language_of(lang)), status_code=303)
+async def logout(request: Request, lang: str | None = None) -> Response:
+    """Sign out: the login cookie goes, and a person signed in through their municipality's
+    provider is sent there to end that session too (:meth:`WebOidc.end_session_url`), which sends
+    them back to the login page (registered at the provider as a post-logout redirect URI)."""
+    language = language_of(lang)
+    principal = LOGIN.principal(request, request.app.state.insights_secret)
+    login_page = str(request.base_url).rstrip("/") + "/dashboard/login"
+    at_provider = await OIDC.end_session_url(request, principal, login_page, language=language)
+    response: Response
+    if at_provider and principal is not None:
+        # A page that moves on by itself, not a redirect: the pages' CSP (form-action 'self') stops
+        # a form post that redirects to another site, as the provider is.
+        t = Wording(language)
+        tenant = get_registry(request).get(principal.tenant)
+        response = _render_staff(
+            request,
+            "login.html",
+            t,
+            params={},
+            path="/dashboard/login",
+            next="",
+            error=None,
+            providers=[],
+            signing_out=at_provider,
+            municipality=tenant.name if tenant is not None else principal.tenant,
+        )
+        response.headers["Refresh"] = refresh_to(at_provider)
+    else:
+        response = RedirectResponse(with_language("/dashboard/login", language), status_code=303)
     LOGIN.end_session(response)
+    OIDC.forget_id_token(response)
+    response.headers["Cache-Control"] = "no-store"
     return response
 
 

@@ -38,7 +38,7 @@ from starlette.datastructures import FormData
 from civicsignals.common.auth import Principal, get_registry
 from civicsignals.common.problems import Problem
 from civicsignals.common.web_login import SignInLacksScope, SignInRefused, SignInThrottled, WebLogin
-from civicsignals.common.web_oidc import OidcSignedIn, SignInFailed, WebOidc
+from civicsignals.common.web_oidc import OidcSignedIn, SignInFailed, WebOidc, refresh_to
 from civicsignals.common.wording import DEFAULT_LANGUAGE, format_date, language_of, timezone_of
 from civicsignals.intake import accessparts, flows, privacy, privacy_views
 from civicsignals.intake.models import PersonSelection
@@ -130,6 +130,7 @@ def _login_page(
         {"name": name, "href": _oidc_start_url(code, lang)} for code, name in WebOidc.tenants(request)
     ]
     values.setdefault("continue_to", None)
+    values.setdefault("signing_out", None)
     return _render(
         request, "privacy_login.html", lang, status_code, error=error, providers=providers, **values
     )
@@ -238,6 +239,7 @@ async def oidc_callback(request: Request) -> Response:
             secure=settings.cookie_secure,
             issuer=outcome.issuer,
         )
+        OIDC.keep_id_token(response, outcome, ttl_s=settings.session_ttl_s, secure=settings.cookie_secure)
     elif isinstance(outcome, SignInLacksScope):
         municipality = _municipality(request, outcome.principal.tenant)
         message = WORDS[lang]["person_lacks_scope"].format(municipality=municipality)
@@ -254,12 +256,26 @@ async def oidc_callback(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     form = await _form(request)
     lang = _lang(form, request)
-    if _officer(request) is not None and not LOGIN.form_token_matches(
+    officer = _officer(request)
+    if officer is not None and not LOGIN.form_token_matches(
         request, _secret(request), str(form.get("csrf") or "")
     ):
         return _forbidden(request, lang)
-    response = _to_login(lang)
+    # An officer signed in through the municipality's provider ends that session there too, and
+    # comes back to the login page (registered at the provider as a post-logout redirect URI).
+    login_page = str(request.base_url).rstrip("/") + "/privacy/login"
+    at_provider = await OIDC.end_session_url(request, officer, login_page, language=lang)
+    response: Response
+    if at_provider and officer is not None:
+        # A page that moves on by itself, not a redirect: the desk's CSP (form-action 'self') stops
+        # a form post that redirects to another site, as the provider is.
+        municipality = _municipality(request, officer.tenant)
+        response = _login_page(request, lang, signing_out=at_provider, municipality=municipality)
+        response.headers["Refresh"] = refresh_to(at_provider)
+    else:
+        response = _to_login(lang)
     LOGIN.end_session(response)
+    OIDC.forget_id_token(response)
     return response
 
 

@@ -28,6 +28,10 @@ WORDS: dict[str, dict[str, str]] = {
         "signed_in_title": "Ingelogd",
         "signed_in": "U bent ingelogd via {municipality}.",
         "continue": "Verder naar het privacyloket",
+        "signing_out_title": "Uitloggen",
+        "signing_out": "U bent hier uitgelogd. U gaat nu naar de inlogdienst van {municipality} om ook "
+        "daar uit te loggen, zodat wie na u deze computer gebruikt niet als u inlogt.",
+        "sign_out_at": "Uitloggen bij {municipality}",
         "person_lacks_scope": "Uw account bij {municipality} mist de scope 'privacy:admin'. Vraag de "
         "beheerder van de inlogdienst om u toegang tot het privacyloket te geven.",
         "too_many_failures": "Te veel mislukte inlogpogingen vanaf dit adres. Er is geen sleutel "
@@ -109,6 +113,10 @@ WORDS: dict[str, dict[str, str]] = {
         "signed_in_title": "Signed in",
         "signed_in": "You are signed in with {municipality}.",
         "continue": "Continue to the privacy desk",
+        "signing_out_title": "Signing out",
+        "signing_out": "You are signed out here. You are now taken to {municipality}'s sign-in service "
+        "to sign out there too, so that whoever uses this computer after you is not signed in as you.",
+        "sign_out_at": "Sign out at {municipality}",
         "person_lacks_scope": "Your account at {municipality} lacks the scope 'privacy:admin'. Ask the "
         "administrator of the sign-in service to give you access to the privacy desk.",
         "too_many_failures": "Too many failed sign-ins from this address. No key was checked. Wait "

@@ -12,7 +12,12 @@ signs in whoever :meth:`DevIssuer.sign_in_as` named (there is no password form) 
 the client's registered redirect URI with a one-time code; ``POST /token`` with
 ``grant_type=authorization_code`` checks the code, the redirect URI and the verifier, and answers
 an access token (the person's claims, for the services' audience) and an ID token (the nonce, for
-the client).
+the client). ``GET /logout``, its ``end_session_endpoint`` (OpenID Connect RP-Initiated Logout
+1.0), ends the session: nobody is signed in at it afterwards, so the next ``/authorize`` answers
+``login_required`` until :meth:`DevIssuer.sign_in_as` names someone again, as a provider whose
+user signed out asks for a password. It sends the browser back to a ``post_logout_redirect_uri``
+only when that is registered for the client and a valid ID token of that client comes with it
+as ``id_token_hint``, as the specification asks; otherwise it answers with a page of its own.
 
 Never run it anywhere but on loopback: it hands a token to anyone who knows a client's secret,
 and signs anyone in as the person it was told.
@@ -35,7 +40,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import yaml
 from joserfc import jwt
-from joserfc.jwk import RSAKey
+from joserfc.jwk import KeySet, RSAKey
 
 
 def set_tenant_oidc(folder: Path, block: dict[str, Any] | None) -> None:
@@ -61,6 +66,7 @@ class WebClient:
     """A public client of the authorization code flow: no secret, PKCE instead."""
 
     redirect_uris: list[str]
+    post_logout_redirect_uris: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -86,6 +92,17 @@ class DevIssuer:
         self.web_clients: dict[str, WebClient] = {}
         self.grants: dict[str, Grant] = {}
         self.person: tuple[str, dict[str, Any]] | None = None
+        #: Whether ``/authorize`` without anyone signed in says ``login_required`` (after a
+        #: sign-out) rather than ``access_denied`` (the person cancelled).
+        self.signed_out = False
+        #: Every ``/logout`` that ended a session: its client and whether it came with a valid hint.
+        self.logouts: list[dict[str, Any]] = []
+        #: Whether discovery names ``/logout`` as ``end_session_endpoint`` (a provider may not).
+        self.offers_logout = True
+        #: Whether the person signed in before signs in again at the next ``/authorize`` after a
+        #: ``/logout``, as if they typed their password (``make run``: this issuer has no password
+        #: form, and a developer who signed out wants to sign in again); tests leave it off.
+        self.sign_in_again_after_logout = False
         self.jwks_requests = 0
         self._lock = threading.Lock()
         self.rotate()
@@ -152,14 +169,50 @@ class DevIssuer:
         self.clients[client_id] = Client(secret=secret, claims=dict(claims))
         return secret
 
-    def add_web_client(self, client_id: str, redirect_uris: list[str]) -> None:
-        """Register a public client of the authorization code flow (PKCE, no secret)."""
-        self.web_clients[client_id] = WebClient(redirect_uris=list(redirect_uris))
+    def add_web_client(
+        self, client_id: str, redirect_uris: list[str], post_logout_redirect_uris: list[str] | None = None
+    ) -> None:
+        """Register a public client of the authorization code flow (PKCE, no secret), and where it
+        may have the browser sent back after a sign-out."""
+        self.web_clients[client_id] = WebClient(
+            redirect_uris=list(redirect_uris), post_logout_redirect_uris=list(post_logout_redirect_uris or [])
+        )
 
     def sign_in_as(self, subject: str | None, **claims: Any) -> None:
         """Who ``/authorize`` signs in from now on (``None``: nobody, the user cancels), with the
         claims of their access token (``groups``, ``scope``, ...)."""
         self.person = None if subject is None else (subject, dict(claims))
+        self.signed_out = False
+
+    def _end_session(self, query: dict[str, list[str]]) -> tuple[int, dict[str, str], dict[str, Any]]:
+        """``GET /logout``: end the session, then send the browser back where the client asked
+        if that may be done (a registered URI, and a valid ID token of the client as the hint)."""
+
+        def one(name: str) -> str:
+            values = query.get(name, [])
+            return values[0] if len(values) == 1 else ""
+
+        client_id = one("client_id")
+        hint = one("id_token_hint")
+        hinted = None
+        if hint:
+            try:
+                claims = jwt.decode(hint, KeySet(list(self.keys))).claims
+            except Exception:  # joserfc raises several kinds for a bad token; all mean "no hint"
+                claims = {}
+            if claims.get("iss") == self.issuer and (not client_id or claims.get("aud") == client_id):
+                hinted = str(claims.get("aud"))
+        client = self.web_clients.get(client_id or hinted or "")
+        with self._lock:
+            if not self.sign_in_again_after_logout:
+                self.person = None
+                self.signed_out = True
+            self.logouts.append({"client_id": client_id, "hinted": hinted is not None})
+        back = one("post_logout_redirect_uri")
+        if back and client is not None and hinted is not None and back in client.post_logout_redirect_uris:
+            state = one("state")
+            return 302, {"Location": back + (f"?{urlencode({'state': state})}" if state else "")}, {}
+        return 200, {}, {"signed_out": True, "redirect": False}
 
     def _authorize(self, query: dict[str, list[str]]) -> tuple[int, dict[str, str], dict[str, Any]]:
         """(status, headers, error body) of ``GET /authorize``: a redirect when the request names a
@@ -191,7 +244,7 @@ class DevIssuer:
         if "openid" not in one("scope").split():
             return back(error="invalid_scope")
         if self.person is None:
-            return back(error="access_denied")
+            return back(error="login_required" if self.signed_out else "access_denied")
         subject, claims = self.person
         code = secrets.token_urlsafe(24)
         with self._lock:
@@ -240,6 +293,7 @@ class DevIssuer:
             "jwks_uri": self.jwks_url,
             "authorization_endpoint": f"{self.url}/authorize",
             "token_endpoint": f"{self.url}/token",
+            **({"end_session_endpoint": f"{self.url}/logout"} if self.offers_logout else {}),
             "grant_types_supported": ["client_credentials", "authorization_code"],
             "token_endpoint_auth_methods_supported": ["client_secret_post", "none"],
             "code_challenge_methods_supported": ["S256"],
@@ -286,6 +340,9 @@ class DevIssuer:
                     self._send(200, issuer.jwks())
                 elif urlsplit(self.path).path == "/authorize":
                     status, headers, body = issuer._authorize(parse_qs(urlsplit(self.path).query))
+                    self._send(status, body, headers)
+                elif urlsplit(self.path).path == "/logout" and issuer.offers_logout:
+                    status, headers, body = issuer._end_session(parse_qs(urlsplit(self.path).query))
                     self._send(status, body, headers)
                 else:
                     self._send(404, {"error": "not_found"})

@@ -89,6 +89,8 @@ DEV_STAFF_GROUP = "demo-medewerkers"
 DEV_STAFF_SCOPES = ["insights:read", "privacy:admin", "cases:read"]
 #: Where the staff pages' sign-in comes back (``web_oidc``); under each page's login path.
 OIDC_CALLBACK_PATHS = {"insights": "/dashboard/login/oidc/callback", "intake": "/privacy/login/oidc/callback"}
+#: Where the provider sends staff back after signing them out (RP-Initiated Logout): the login pages.
+OIDC_POST_LOGOUT_PATHS = {"insights": "/dashboard/login", "intake": "/privacy/login"}
 
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
@@ -221,9 +223,19 @@ def oidc_redirect_uris(services: Sequence[ServiceSpec] = SERVICES) -> list[str]:
     """The redirect URIs of the staff pages' sign-in: through the entry point, and at each
     service's own port (the entry point passes the upstream's Host, so a page builds its callback
     URL from the port it runs on)."""
+    return _at_every_address(OIDC_CALLBACK_PATHS, services)
+
+
+def oidc_post_logout_uris(services: Sequence[ServiceSpec] = SERVICES) -> list[str]:
+    """The staff pages' login pages, through the entry point and at each service's own port:
+    where the provider may send the browser back after signing a person out."""
+    return _at_every_address(OIDC_POST_LOGOUT_PATHS, services)
+
+
+def _at_every_address(paths: dict[str, str], services: Sequence[ServiceSpec]) -> list[str]:
     uris = []
     for spec in services:
-        path = OIDC_CALLBACK_PATHS.get(spec.name)
+        path = paths.get(spec.name)
         if path is not None:
             uris += [f"{GATEWAY_URL}{path}", f"{spec.base_url}{path}"]
     return uris
@@ -378,8 +390,9 @@ def run(
         _say(f"preparing the demo tenant from {config_dir}")
         prepare_dev_tenant(config_dir, root)
         issuer.start()
-        issuer.add_web_client(DEV_WEB_CLIENT, oidc_redirect_uris(services))
+        issuer.add_web_client(DEV_WEB_CLIENT, oidc_redirect_uris(services), oidc_post_logout_uris(services))
         issuer.sign_in_as("demo-medewerker", groups=[DEV_STAFF_GROUP])
+        issuer.sign_in_again_after_logout = True  # no password form to sign in again with
         let_demo_staff_sign_in(dirs["tenants"] / "demo", issuer.issuer)
         _say(f"development identity provider on {issuer.issuer} (signs in demo staff without a password)")
 
