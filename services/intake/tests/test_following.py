@@ -9,7 +9,7 @@ events share a transaction is certain (over the bus it depends on how a fetch sp
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlmodel import col, select
 
@@ -33,6 +33,26 @@ def change(signal: dict[str, Any], to: str, sequence: int, **extra: Any) -> Case
         "from": "assigned",
     }
     return CaseStatusChanged(**{**fields, **extra})
+
+
+def assigned(
+    signal: dict[str, Any],
+    department: str,
+    sequence: int | None,
+    role: Literal["responsible", "informed"] = "responsible",
+) -> DepartmentAssigned:
+    """Routing's ``dept.<department>.assigned`` of case-1 for ``signal`` at the case's ``sequence``."""
+    return DepartmentAssigned(
+        case_id="case-1",
+        signal_id=signal["id"],
+        tracking_code=signal["tracking_code"],
+        department=department,
+        role=role,
+        topic="afval",
+        kind="report",
+        priority="normal",
+        sequence=sequence,
+    )
 
 
 def routed(signal: dict[str, Any], **extra: Any) -> SignalRouted:
@@ -171,17 +191,7 @@ async def test_a_reassignment_without_a_status_change_comes_from_the_feed_and_th
     now = utcnow()
 
     def feed(department: str, sequence: int) -> DepartmentAssigned:
-        return DepartmentAssigned(
-            case_id="case-1",
-            signal_id=created["id"],
-            tracking_code=created["tracking_code"],
-            department=department,
-            role="responsible",
-            topic="afval",
-            kind="report",
-            priority="normal",
-            sequence=sequence,
-        )
+        return assigned(created, department, sequence)
 
     async def responsible() -> str | None:
         async with intake.runtime.sessions() as session:

@@ -36,7 +36,7 @@ from civicsignals.intake.models import (
 )
 
 from .conftest import GOUDA_ORIGIN, HEIC, JPEG, PDF, PNG, SCRIPT, SIGNAL, UTRECHT_ORIGIN, WEBP, Intake
-from .test_following import change, routed
+from .test_following import assigned, change, routed
 
 # -- location and area -----------------------------------------------------------------------------
 
@@ -541,16 +541,7 @@ async def test_every_department_the_case_reaches_opens_its_photos_from_the_feed(
     _, other_key = add_key(intake.gouda.folder, ["cases:read"], departments=["sociaal"])
     assert (await intake.client.get(listing, headers=intake.auth(informed_key))).status_code == 404
 
-    feed = DepartmentAssigned(
-        case_id="case-1",
-        signal_id=signal["id"],
-        tracking_code=signal["tracking_code"],
-        department="handhaving",
-        role="informed",
-        topic="afval",
-        kind="report",
-        priority="normal",
-    )
+    feed = assigned(signal, "handhaving", None, role="informed")
     event = make_event(tenant="gouda", service="routing", data=feed)
     await bus.publish(DepartmentAssigned.department_subject("gouda", "handhaving"), event)
 
@@ -589,17 +580,7 @@ async def test_a_department_the_case_left_no_longer_opens_its_photos(
         }
 
     def feed(department: str, sequence: int) -> DepartmentAssigned:
-        return DepartmentAssigned(
-            case_id="case-1",
-            signal_id=signal["id"],
-            tracking_code=signal["tracking_code"],
-            department=department,
-            role="informed",
-            topic="afval",
-            kind="report",
-            priority="normal",
-            sequence=sequence,
-        )
+        return assigned(signal, department, sequence, role="informed")
 
     def moved(
         sequence: int, responsible: str, informed: list[str], left: list[str]
