@@ -290,7 +290,21 @@ async def test_reassignment_between_departments(api: Api) -> None:
         "left": ["afval"],
         "change": "assignment",
     }
-    # Dropping an informed department is a move too, though the responsible one stays.
+    # afval's own system hears on its feed that the case is no longer its work, and who has it now.
+    [(subject, released)] = await api.outbox(".released")
+    assert subject == "civic.gouda.dept.afval.released" and released["subject"] == case.id
+    assert released["type"] == "nl.civicsignals.dept.released.v1"
+    assert released["data"] == {
+        "case_id": case.id,
+        "signal_id": case.signal_id,
+        "department": "afval",
+        "role": "responsible",
+        "responsible": "wonen",
+        "sequence": body["sequence"],
+        "change": "assignment",
+    }
+    # Dropping an informed department is a move too, though the responsible one stays; before, the
+    # dropped department heard nothing at all on its feed.
     dropped = await api.post(
         f"/v1/cases/{case.id}/assignment", {"responsible": "wonen", "informed": []}, api.keys.wonen
     )
@@ -299,10 +313,23 @@ async def test_reassignment_between_departments(api: Api) -> None:
     assert [(m["responsible"], m["informed"], m["left"], m["sequence"]) for m in moves[1:]] == [
         ("wonen", [], ["handhaving"], dropped.json()["sequence"])
     ]
+    releases = [(subject, event["data"]) for subject, event in await api.outbox(".released")]
+    assert [(subject, d["role"], d["responsible"], d["sequence"]) for subject, d in releases[1:]] == [
+        ("civic.gouda.dept.handhaving.released", "informed", "wonen", dropped.json()["sequence"])
+    ]
     # A reassignment to the department that has it already, with the same informed ones, moves nothing.
     again = await api.post(f"/v1/cases/{case.id}/assignment", {"responsible": "wonen"}, api.keys.wonen)
     assert again.status_code == 200, again.text
     assert len(await api.outbox("case.departments_changed")) == 2
+    assert len(await api.outbox(".released")) == 2
+    # Handed back, afval gets the case on its assigned feed again, with a higher sequence than its release.
+    back = await api.post(f"/v1/cases/{case.id}/assignment", {"responsible": "afval"}, api.keys.wonen)
+    assert back.status_code == 200, back.text
+    [*_, (subject, returned)] = await api.outbox(".assigned")
+    assert subject == "civic.gouda.dept.afval.assigned"
+    assert returned["data"]["sequence"] == back.json()["sequence"] > released["data"]["sequence"]
+    [*_, (subject, _)] = await api.outbox(".released")
+    assert subject == "civic.gouda.dept.wonen.released"
     bad = await api.post(f"/v1/cases/{case.id}/assignment", {"responsible": "nergens"}, api.keys.wonen)
     assert bad.status_code == 422 and bad.json()["errors"][0]["pointer"] == "/responsible"
 
@@ -337,6 +364,9 @@ async def test_reclassification_publishes_signal_reclassified_and_can_reroute(ap
     [(_, moved)] = await api.outbox("case.departments_changed")
     assert moved["data"]["change"] == "reclassification" and moved["data"]["left"] == ["afval"]
     assert (moved["data"]["responsible"], moved["data"]["sequence"]) == ("wonen", body["sequence"])
+    [(subject, released)] = await api.outbox(".released")
+    assert subject == "civic.gouda.dept.afval.released"
+    assert (released["data"]["change"], released["data"]["responsible"]) == ("reclassification", "wonen")
     unknown = await api.post(
         f"/v1/cases/{case.id}/reclassification", {"topic": "ruimtevaart"}, api.keys.wonen
     )
@@ -660,6 +690,7 @@ async def test_overdue_cases_are_published_once_per_escalation_level(api: Api) -
         ("escalation", "afval", ["kcc"], []),
         ("escalation", "afval", ["kcc", "directie"], []),
     ]
+    assert await api.outbox(".released") == []  # no department lost the case
     assert (await api.get("/v1/cases", overdue="true")).json()["items"] == []  # not yet, in real time
     async with api.runtime.sessions() as session, session.begin():
         row = await session.get(Case, case.id)

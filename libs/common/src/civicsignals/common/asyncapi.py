@@ -55,6 +55,7 @@ from civicsignals.common.events import (
     ConversationTurn,
     DepartmentAssigned,
     DepartmentAttachmentAdded,
+    DepartmentReleased,
     DepartmentSignalErased,
     DepartmentStatusChanged,
     EventData,
@@ -176,6 +177,13 @@ ROUTES: dict[type[EventData], Route] = {
         (),
         "Department feed: the signal of a case the department is involved in has a new photo or PDF "
         "(the count; the files are read at intake).",
+        external=DEPARTMENT_SYSTEMS,
+    ),
+    DepartmentReleased: Route(
+        "routing",
+        (),
+        "Department feed: a case no longer involves the department (reassigned or rerouted to "
+        "another, or no longer informed); its system closes its copy of the work.",
         external=DEPARTMENT_SYSTEMS,
     ),
     DepartmentSignalErased: Route(
@@ -378,6 +386,15 @@ def example_data() -> dict[type[EventData], EventData]:
             department="afval-en-reiniging",
             role="responsible",
             attachments=2,
+        ),
+        DepartmentReleased: DepartmentReleased(
+            case_id=CASE_ID,
+            signal_id=SIGNAL_ID,
+            department="afval-en-reiniging",
+            role="responsible",
+            responsible="stadsbeheer",
+            sequence=3,
+            change="assignment",
         ),
         DepartmentSignalErased: DepartmentSignalErased(
             case_id=CASE_ID, signal_id=SIGNAL_ID, department="afval-en-reiniging", erased_at=ERASED_AT

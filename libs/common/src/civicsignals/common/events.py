@@ -320,13 +320,24 @@ class FeedbackReceived(EventData):
     comment: str | None = None
 
 
-class DepartmentAssigned(EventData):
+class DepartmentFeedEvent(EventData):
+    """An event of a department's feed, ``civic.<tenant>.dept.<department>.<event>`` (DESIGN §2):
+    what a department's own system subscribes to (``civic.<tenant>.dept.<department>.>``), never
+    with personal data."""
+
+    aggregate: ClassVar[str] = "dept"
+
+    @classmethod
+    def department_subject(cls, tenant: str, department: str) -> str:
+        return f"civic.{check_code(tenant, 'tenant')}.dept.{check_code(department, 'department')}.{cls.event}"
+
+
+class DepartmentAssigned(DepartmentFeedEvent):
     """The department feed: what a department's own system receives when a case reaches it.
 
     Published on ``civic.<tenant>.dept.<department>.assigned`` (DESIGN §2), never with personal data.
     """
 
-    aggregate: ClassVar[str] = "dept"
     event: ClassVar[str] = "assigned"
 
     case_id: str
@@ -351,13 +362,8 @@ class DepartmentAssigned(EventData):
         description="photos and PDFs the signal has (at intake) when the case reaches the department",
     )
 
-    @classmethod
-    def department_subject(cls, tenant: str, department: str) -> str:
-        return f"civic.{check_code(tenant, 'tenant')}.dept.{check_code(department, 'department')}.assigned"
 
-
-class DepartmentStatusChanged(EventData):
-    aggregate: ClassVar[str] = "dept"
+class DepartmentStatusChanged(DepartmentFeedEvent):
     event: ClassVar[str] = "status_changed"
 
     case_id: str
@@ -371,18 +377,11 @@ class DepartmentStatusChanged(EventData):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
 
-    @classmethod
-    def department_subject(cls, tenant: str, department: str) -> str:
-        return (
-            f"civic.{check_code(tenant, 'tenant')}.dept.{check_code(department, 'department')}.status_changed"
-        )
 
-
-class DepartmentAttachmentAdded(EventData):
+class DepartmentAttachmentAdded(DepartmentFeedEvent):
     """The department feed: the signal of a case the department is involved in has a new photo or
     PDF. Only the count travels (DESIGN §2); the department's system opens the files at intake."""
 
-    aggregate: ClassVar[str] = "dept"
     event: ClassVar[str] = "attachment_added"
 
     case_id: str
@@ -391,17 +390,35 @@ class DepartmentAttachmentAdded(EventData):
     role: Literal["responsible", "informed"]
     attachments: int = Field(ge=1, description="how many attachments the signal has now")
 
-    @classmethod
-    def department_subject(cls, tenant: str, department: str) -> str:
-        return f"civic.{check_code(tenant, 'tenant')}.dept.{check_code(department, 'department')}.attachment_added"
+
+class DepartmentReleased(DepartmentFeedEvent):
+    """The department feed: a case no longer involves this department. It was reassigned or
+    rerouted to another department, or the department is no longer informed. The department's own
+    system closes its copy of the work; the case's later changes no longer reach its feed, and
+    its keys no longer open the case or the signal's photos. ``responsible`` and ``sequence`` say
+    who holds the case now, as of which change (a later ``dept.<department>.assigned`` with a
+    higher sequence brings it back)."""
+
+    event: ClassVar[str] = "released"
+
+    case_id: str
+    signal_id: str
+    department: str
+    role: Literal["responsible", "informed"] = Field(
+        description="what the department was on the case until now"
+    )
+    responsible: str = Field(description="the department responsible for the case after the change")
+    sequence: int = Field(ge=1, description="the case's sequence after the change")
+    change: Literal["assignment", "reclassification"] = Field(
+        description="the kind of change: a reassignment by hand, or a reroute after a corrected topic"
+    )
 
 
-class DepartmentSignalErased(EventData):
+class DepartmentSignalErased(DepartmentFeedEvent):
     """The department feed: the person's data of a case's signal was erased on request. The
     department's own system drops what it copied of the case (its text, notes and photos) and
     keeps only what its statistics need (AVG articles 17 and 19)."""
 
-    aggregate: ClassVar[str] = "dept"
     event: ClassVar[str] = "erased"
 
     case_id: str
@@ -409,20 +426,16 @@ class DepartmentSignalErased(EventData):
     department: str
     erased_at: datetime
 
-    @classmethod
-    def department_subject(cls, tenant: str, department: str) -> str:
-        return f"civic.{check_code(tenant, 'tenant')}.dept.{check_code(department, 'department')}.erased"
-
 
 class CaseDepartmentsChanged(EventData):
     """Which departments hold a case now, after a change that moved it between departments (a
     reassignment, a reroute after a correction, an escalation that informs more of them).
 
-    The department feeds tell a department that a case reached it; none names who holds the case
-    after a move, and a department only informed may be dropped without a word on its feed. This
-    event names the whole set as of ``sequence``, so a consumer that keeps the
-    latest one (intake, to decide whose keys may still open the signal's photos) is right whatever
-    order it applies events in. ``signal.routed`` is the set at sequence 1; no event repeats it.
+    The department feeds tell each department what it gains (``assigned``) and loses
+    (``released``); this event names the whole set as of ``sequence`` in one place, so a consumer
+    that keeps the latest one (intake, to decide whose keys may still open the signal's photos) is
+    right whatever order it applies events in. ``signal.routed`` is the set at sequence 1; no event
+    repeats it.
     """
 
     aggregate: ClassVar[str] = "case"
@@ -545,6 +558,7 @@ ALL_EVENT_MODELS: tuple[type[EventData], ...] = (
     DepartmentAssigned,
     DepartmentStatusChanged,
     DepartmentAttachmentAdded,
+    DepartmentReleased,
     DepartmentSignalErased,
     CaseDepartmentsChanged,
     CaseOverdue,

@@ -642,7 +642,7 @@ async def _handover_events(
     *,
     previous: tuple[str, list[str]],
     forwarded_to: str | None,
-    change: str,
+    change: service.DepartmentsChange,
 ) -> Events:
     """The events of a case handed to another department or partner (a reassignment, a reroute).
 
@@ -650,8 +650,9 @@ async def _handover_events(
     departments before it. The resident's page, the partners and every involved department hear
     of a new status or a new partner; without either, the departments that lose or keep the case
     still learn who has it now (their feeds, not the resident's page). Departments that newly
-    have the case get it on their ``assigned`` feed, and ``case.departments_changed`` names who
-    holds it now (``change`` is the kind of change, for that event)."""
+    have the case get it on their ``assigned`` feed, those that no longer have it on their
+    ``released`` feed, and ``case.departments_changed`` names who holds it now (``change`` is the
+    kind of change, for those events)."""
     before, after = statuses
     previous_responsible, previous_informed = previous
     events: Events = []

@@ -18,7 +18,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import String, cast, delete, false, or_, text, update
 from sqlmodel import col, select
@@ -31,6 +31,7 @@ from civicsignals.common.events import (
     CaseStatusChanged,
     DepartmentAssigned,
     DepartmentAttachmentAdded,
+    DepartmentReleased,
     DepartmentSignalErased,
     DepartmentStatusChanged,
     EventData,
@@ -46,6 +47,7 @@ from civicsignals.routing.rules import Decision, RuleSet, SignalFacts
 
 SYSTEM_ACTOR = "system:routing"
 Events = list[tuple[str, EventData]]
+DepartmentsChange = Literal["assignment", "reclassification", "escalation"]
 
 
 class Conflict(Exception):
@@ -373,27 +375,47 @@ def involved(case: Case, *more: str | None) -> list[str]:
     return departments
 
 
-def departments_events(tenant: str, case: Case, previous: tuple[str, Sequence[str]], change: str) -> Events:
+def departments_events(
+    tenant: str, case: Case, previous: tuple[str, Sequence[str]], change: DepartmentsChange
+) -> Events:
     """``case.departments_changed`` when a change moved the case between departments: who holds it
-    now and who no longer does. ``previous`` is (responsible, informed) before the change. Nothing
-    when the set stayed the same (a reroute that keeps the department, an escalation that informs
-    no one new): the feeds say what a department gains, this event is the one that says what it
-    loses, so intake stops showing it the signal's photos."""
+    now and who no longer does, and ``dept.<code>.released`` on the feed of each department that
+    no longer does. ``previous`` is (responsible, informed) before the change. Nothing when the set
+    stayed the same (a reroute that keeps the department, an escalation that informs no one new).
+
+    The ``assigned`` feeds say what a department gains; without ``released`` a department's system
+    kept a case open that was no longer its own (an informed department dropped from a case heard
+    nothing at all), and intake uses ``departments_changed`` to stop showing it the photos."""
     before_responsible, before_informed = previous
     before = [before_responsible, *(code for code in before_informed if code != before_responsible)]
     now = involved(case)
     if before == now:
         return []
+    left = [code for code in before if code not in now]
     changed = CaseDepartmentsChanged(
         case_id=case.id,
         signal_id=case.signal_id,
         sequence=case.sequence,
         responsible=case.responsible,
         informed=list(case.informed),
-        left=[code for code in before if code not in now],
+        left=left,
         change=change,
     )
-    return [(CaseDepartmentsChanged.bus_subject(tenant), changed)]
+    events: Events = [(CaseDepartmentsChanged.bus_subject(tenant), changed)]
+    if change == "escalation":
+        return events  # an escalation only informs more departments (none is in ``left``)
+    for department in left:
+        released = DepartmentReleased(
+            case_id=case.id,
+            signal_id=case.signal_id,
+            department=department,
+            role="responsible" if department == before_responsible else "informed",
+            responsible=case.responsible,
+            sequence=case.sequence,
+            change=change,
+        )
+        events.append((DepartmentReleased.department_subject(tenant, department), released))
+    return events
 
 
 def no_longer_informed(before: Sequence[str], informed: Sequence[str], responsible: str) -> list[str]:
