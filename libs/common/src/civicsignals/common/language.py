@@ -30,7 +30,7 @@ is a small scorer:
 Measured on the Dutch and English sides of xSID (800 parallel voice-assistant commands, most of
 them four to eight words), on residents' reports in Turkish, Polish and Arabic
 (``bench/classifier/coldstart_reports_{tr,pl,ar}.csv``) and on messages in German, French,
-Spanish and Portuguese (``bench/classifier/language_other.csv``), all written by people who did
+Spanish, Portuguese and Italian (``bench/classifier/language_other.csv``), all written by people who did
 not see these lists: see ``services/classifier/tests/test_language.py``.
 """
 
