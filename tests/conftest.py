@@ -8,6 +8,7 @@ of it after the test. Services can be killed and restarted, with other settings,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import httpx
 import pytest
 import yaml
 
+from civicsignals.classifier.registry import ModelRegistry
 from civicsignals.common.tenants import prepare_dev_tenant
 from civicsignals.devstack.cli import service_env
 from civicsignals.devstack.mailcatcher import MailCatcher
@@ -92,8 +94,14 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cold-start bundle for the whole session, so each test's classifier starts fast."""
-    return tmp_path_factory.mktemp("models")
+    """One cold-start bundle for the whole session, so each test's classifier starts fast.
+
+    Built here, in the test process, where the classifier would build it on its first start: the
+    fit takes a minute and a half on a slow 2-core machine, longer than a service's readiness wait,
+    so the first stack test of a session failed there while every later one passed."""
+    root = tmp_path_factory.mktemp("models")
+    asyncio.run(ModelRegistry(root).load())
+    return root
 
 
 @pytest.fixture

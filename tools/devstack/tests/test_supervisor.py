@@ -101,6 +101,26 @@ def test_not_ready_times_out_with_log(tmp_path: Path) -> None:
         assert "HTTP 404" in str(err.value)
 
 
+def test_a_slow_start_is_reported_while_it_is_waited_for(tmp_path: Path) -> None:
+    """A service that logs what it does and takes a while (the classifier building its cold-start
+    model on a fresh ``make run``) is reported with its last log line, then found ready."""
+    port = free_port()
+    slow = "import time; print('building the cold-start model', flush=True); time.sleep(1.5)\n" + CHILD
+    reports: list[tuple[float, str]] = []
+    with ProcessSupervisor(tmp_path / "logs") as sup:
+        sup.start("slow", [sys.executable, "-c", slow], env={"CHILD_PORT": str(port)})
+        sup.wait_http_ready(
+            "slow",
+            f"http://127.0.0.1:{port}/readyz",
+            timeout=20,
+            still_waiting=lambda waited, line: reports.append((waited, line)),
+            report_every=0.4,
+        )
+    assert reports, "a start of 1.5 s with reports every 0.4 s was never reported"
+    assert all(waited >= 0.4 for waited, _ in reports)
+    assert reports[0][1] == "building the cold-start model"
+
+
 def _gone_or_zombie(pid: int) -> bool:
     """True once ``pid`` no longer runs (a zombie waiting for init to reap it counts as gone)."""
     try:

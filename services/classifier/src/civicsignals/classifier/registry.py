@@ -12,7 +12,8 @@ cold-start model of its taxonomy. Every replica reads the database every ``refre
 and loads a newly activated version in a thread before it swaps it in, so activation and rollback
 need no restart; the replica that handled the API call swaps at once.
 
-A cold-start bundle is built on first need (a few seconds) and reused by every later start.
+A cold-start bundle is built on first need (92 s measured on a slow 2-core machine, 2026-12-07:
+a logistic regression over 3,546 examples and 148 subtopics) and reused by every later start.
 
 A tenant with a ``taxonomy.yaml`` of its own is never served the default taxonomy's model: its
 signals would get topics its routing rules do not know. When its taxonomy cannot be used (a change

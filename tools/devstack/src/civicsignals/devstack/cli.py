@@ -83,6 +83,11 @@ GATEWAY_URL = f"http://{LOCALHOST}:{GATEWAY_PORT}"
 NATS_PREFERRED_PORT = 4333  # not 4222: a system NATS may run there (DESIGN §8)
 MAIL_PREFERRED_PORT = 1025
 DEV_ISSUER_PREFERRED_PORT = 8009
+#: How long ``make run`` waits for each service to be ready. Generous, because the first start
+#: on a fresh ``.data`` builds the classifier's cold-start model (92 s measured on a slow
+#: 2-core machine, 2026-12-07); a service that exits or fails meanwhile is reported at once, and
+#: every 15 s the wait says what the service is doing.
+READY_TIMEOUT_S = 600.0
 #: The embedded run's OpenID Connect client of the staff pages, and the group its person is in.
 DEV_WEB_CLIENT = "civicsignals-dev"
 DEV_STAFF_GROUP = "demo-medewerkers"
@@ -324,6 +329,23 @@ def _say(message: str) -> None:
     print(f"devstack: {message}", flush=True)
 
 
+def _still_waiting_for(name: str) -> Callable[[float, str], None]:
+    """What ``make run`` prints while a service is not ready yet: on a fresh ``.data`` the
+    classifier first builds its cold-start model, which takes from seconds to a few minutes
+    with the machine's speed."""
+
+    reported = ""
+
+    def say(waited_s: float, last_log_line: str) -> None:
+        nonlocal reported
+        line = last_log_line.strip()[:160]
+        doing = f": {line}" if line and line != reported else ""  # each log line once
+        reported = line or reported
+        _say(f"waiting for {name} ({waited_s:.0f} s){doing}")
+
+    return say
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     """Make SIGTERM (and SIGINT, even when inherited as ignored) stop the stack like Ctrl-C."""
     raise KeyboardInterrupt
@@ -333,7 +355,7 @@ def run(
     data_dir: Path,
     config_dir: Path,
     *,
-    ready_timeout: float = 60.0,
+    ready_timeout: float = READY_TIMEOUT_S,
     services: Sequence[ServiceSpec] = SERVICES,
 ) -> int:
     """Start the whole stack, serve the entry point until interrupted, then stop everything."""
@@ -404,7 +426,9 @@ def run(
                 f"started {spec.name} (pid {supervisor.pid(spec.name)}, log {supervisor.log_file(spec.name)})"
             )
         for spec in services:
-            supervisor.wait_http_ready(spec.name, spec.readyz_url, timeout=ready_timeout)
+            supervisor.wait_http_ready(
+                spec.name, spec.readyz_url, timeout=ready_timeout, still_waiting=_still_waiting_for(spec.name)
+            )
             _say(f"{spec.name} ready on {spec.base_url}")
 
         app = create_gateway(gateway_routes(services))
@@ -495,7 +519,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="tenant configs (default config/tenants)",
     )
     run_p.add_argument(
-        "--ready-timeout", type=float, default=60.0, help="seconds to wait for each service's /readyz"
+        "--ready-timeout",
+        type=float,
+        default=READY_TIMEOUT_S,
+        help=f"seconds to wait for each service's /readyz (default {READY_TIMEOUT_S:.0f})",
     )
     args = parser.parse_args(argv)
     # Same shape as uvicorn's lines, so the gateway's upstream warnings read like the rest.

@@ -12,7 +12,7 @@ import asyncio
 import os
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -171,13 +171,27 @@ class ProcessSupervisor:
 
     # -- readiness ----------------------------------------------------------------------------
 
-    def wait_http_ready(self, name: str, url: str, timeout: float = 30.0, interval: float = 0.1) -> None:
+    def wait_http_ready(
+        self,
+        name: str,
+        url: str,
+        timeout: float = 30.0,
+        interval: float = 0.1,
+        *,
+        still_waiting: Callable[[float, str], None] | None = None,
+        report_every: float = 15.0,
+    ) -> None:
         """Poll ``url`` (a ``/readyz``) until it answers 2xx.
 
         Fails fast when the process exits meanwhile, and in every failure includes the tail of
-        the child's log, which is almost always where the reason is.
+        the child's log, which is almost always where the reason is. ``still_waiting`` is called
+        every ``report_every`` seconds with the seconds waited and the log's last line, so a person
+        watching a slow first start (the classifier building its cold-start model) sees what the
+        service is doing instead of a silent terminal.
         """
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        next_report = started + report_every
         last = "no answer yet"
         with httpx.Client(timeout=2.0, trust_env=False, follow_redirects=False) as client:
             while True:
@@ -189,8 +203,12 @@ class ProcessSupervisor:
                     last = f"HTTP {resp.status_code}: {resp.text[:300]}"
                 except httpx.HTTPError as exc:
                     last = f"{type(exc).__name__}: {exc}"
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if now >= deadline:
                     raise self._not_ready(name, url, timeout, last)
+                if still_waiting is not None and now >= next_report:
+                    still_waiting(now - started, self.log_tail(name, 1))
+                    next_report = now + report_every
                 time.sleep(interval)
 
     async def wait_http_ready_async(
