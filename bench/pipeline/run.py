@@ -274,7 +274,8 @@ class Stack:
                 env[f"{prefix}INTAKE_URL"] = self.url("intake")
             self.supervisor.start(name, [sys.executable, "-m", f"civicsignals.{name}", "serve"], env=env)
         for name in SERVICES:
-            self.supervisor.wait_http_ready(name, f"{self.url(name)}/readyz", timeout=120)
+            # The classifier builds its cold-start model first (92 s on a slow machine, 2026-12-07).
+            self.supervisor.wait_http_ready(name, f"{self.url(name)}/readyz", timeout=600)
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
