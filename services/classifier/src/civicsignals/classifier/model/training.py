@@ -296,7 +296,9 @@ def train(
     The default solver is ``newton-cg``: it minimises the same multinomial objective as ``lbfgs``,
     but in a handful of iterations, whereas SciPy's L-BFGS-B (>= 1.15) spends about half a second
     per iteration once there are millions of parameters (features x classes), making the cold
-    start take 10-30 s instead of about 2 s.
+    start take 10-30 s instead of about 2 s. (On a slow machine on 2026-12-07, with the taxonomy
+    grown to 3,546 examples, 148 subtopics and 80,948 features: newton-cg 61 s in 8 iterations,
+    lbfgs 145 s in 34; each sparse product with the 12-million-weight matrix takes about 0.25 s.)
     Features seen in fewer than ``min_df`` training texts are treated as unseen, which shrinks the
     bundle for large exports. ``features`` defaults to :data:`~.features.TRAINED_FEATURE_CONFIG`
     (stop words kept: measured better with real training data); the cold start passes
