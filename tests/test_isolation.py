@@ -105,6 +105,10 @@ OTHER_AUTHENTICATION: dict[tuple[str, str], str] = {
     ("POST", "/privacy/find"): "the privacy desk's session cookie and form token",
     ("POST", "/privacy/access"): "the privacy desk's session cookie and form token",
     ("POST", "/privacy/erase"): "the privacy desk's session cookie and form token",
+    (
+        "GET",
+        "/privacy/erase",
+    ): "the privacy desk's session cookie and its erasure cookie (after a fresh sign-in)",
 }
 
 #: Scopes of routes that check credentials themselves rather than with ``scope_dependency``.

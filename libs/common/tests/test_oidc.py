@@ -7,18 +7,23 @@ the service under test fetches the key set over HTTP and verifies every token it
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from starlette.requests import Request
 
 from civicsignals.admin.devissuer import DevIssuer, set_tenant_oidc
 from civicsignals.common.auth import Principal
 from civicsignals.common.oidc import OidcVerifier, TokenError, looks_like_jwt, pseudonymous_subject
 from civicsignals.common.tenants import TenantRegistry
+from civicsignals.common.web_login import WebLogin
+from civicsignals.common.web_oidc import StepUp, WebOidc, _auth_time, _step_up_refused
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -260,3 +265,80 @@ def test_an_invalid_oidc_block_is_refused_with_its_line(tenant_key: Any) -> None
     assert registry.get("gouda") is None
     assert "tenant.yaml line" in registry.errors["gouda"]
     assert "group_scope" in registry.errors["gouda"]
+
+
+# -- the staff pages' ID token and the step-up before an erasure (web_oidc) ----------------------
+
+
+def _page_request(registry: TenantRegistry) -> Request:
+    """A request to a staff page of an app whose tenants are ``registry`` (what web_oidc reads)."""
+    app = SimpleNamespace(state=SimpleNamespace(tenants=registry))
+    return Request({"type": "http", "method": "GET", "path": "/", "headers": [], "app": app})
+
+
+async def test_an_id_token_is_taken_only_when_it_is_for_this_client_and_this_sign_in(
+    tenant_key: Any, issuer: DevIssuer
+) -> None:
+    """Its ``auth_time`` decides whether an erasure needs a new sign-in, so the ID token is
+    validated as OpenID Connect Core 1.0 §3.1.3.7 asks, against the provider's real key set."""
+    set_oidc(tenant_key.folder, oidc_block(issuer, web_client_id="privacyloket"))
+    registry = TenantRegistry(tenant_key.tenants_dir)
+    registry.oidc = OidcVerifier()
+    config = registry.get("gouda").oidc  # type: ignore[union-attr]
+    web = WebOidc(WebLogin(cookie="desk", scope="privacy:admin", signing_key_file="k"), "/callback")
+    request = _page_request(registry)
+
+    def id_token(**changes: Any) -> str:
+        claims: dict[str, Any] = {"audience": "privacyloket", "header_typ": "JWT", "nonce": "n-1"}
+        claims.update(changes)
+        return issuer.issue("medewerker-1", auth_time=int(time.time()) - 5, **claims)
+
+    claims = await web._id_token_claims(request, config, id_token(), "n-1")  # type: ignore[arg-type]
+    assert claims["sub"] == "medewerker-1" and isinstance(claims["auth_time"], int)
+    stranger = RSAKey.generate_key(2048, parameters={"kid": issuer.keys[-1].kid})
+    refused = {
+        "another sign-in's nonce": id_token(nonce="n-2"),
+        "a nonce of null": id_token(nonce=None),
+        "another client": id_token(audience="dashboard"),
+        "the services' audience (an access token's)": id_token(audience="civicsignals"),
+        "another authorised party": id_token(azp="dashboard"),
+        "an access token's type": id_token(header_typ="at+jwt"),
+        "expired": id_token(expires_in=-120),
+        "another issuer": id_token(issuer="http://127.0.0.1:9/elsewhere"),
+        "a foreign key": id_token(key=stranger),
+    }
+    for what, token in refused.items():
+        with pytest.raises(TokenError) as refusal:
+            await web._id_token_claims(request, config, token, "n-1")  # type: ignore[arg-type]
+        assert getattr(refusal.value, "reason", "") == "token", what
+
+
+def test_a_step_up_is_proven_only_by_the_same_person_signed_in_within_max_age() -> None:
+    """OpenID Connect Core 1.0: ``auth_time`` is REQUIRED when ``max_age`` was asked (§2), and
+    the client checks it (§3.1.3.7, item 13); the tenant's leeway covers the provider's clock."""
+    officer = Principal(
+        tenant="gouda", key_id="", scopes=frozenset({"privacy:admin"}), subject_kind="person", subject="m-42"
+    )
+    colleague = Principal(
+        tenant="gouda", key_id="", scopes=frozenset({"privacy:admin"}), subject_kind="person", subject="m-7"
+    )
+    asked = StepUp(max_age_s=300, subject="m-42")
+    now = 1_800_000_000
+
+    assert _step_up_refused(asked, officer, now - 10, now, 30) is None
+    assert _step_up_refused(asked, officer, now - 329, now, 30) is None  # within the leeway
+    assert _step_up_refused(StepUp(0, "m-42"), officer, now - 20, now, 30) is None
+    refusals = {
+        "other_person": _step_up_refused(asked, colleague, now - 10, now, 30),
+        "no_auth_time": _step_up_refused(asked, officer, None, now, 30),
+        "not_recent": _step_up_refused(asked, officer, now - 331, now, 30),
+    }
+    for reason, refused in refusals.items():
+        assert refused is not None and refused.reason == reason
+    assert _step_up_refused(StepUp(0, "m-42"), officer, now - 31, now, 30) is not None
+    assert (_auth_time({"auth_time": 17.9}), _auth_time({}), _auth_time({"auth_time": True})) == (
+        17,
+        None,
+        None,
+    )
+    assert _auth_time({"auth_time": "1800000000"}) is None and _auth_time({"auth_time": -1}) is None

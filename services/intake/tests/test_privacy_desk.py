@@ -11,6 +11,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,16 +47,34 @@ async def _audit(intake: Intake, action: str) -> list[AuditRecord]:
         return list(rows.all())
 
 
-async def _sign_in(
+@dataclass(frozen=True)
+class KeyOfficer:
+    """A privacy officer signed in with a key: its id, the key itself (typed again to erase) and
+    the form token of the login."""
+
+    key_id: str
+    key: str
+    token: str
+
+
+async def _sign_in_with_key(
     intake: Intake, scopes: list[str] | None = None, folder: Path | None = None
-) -> tuple[str, str]:
-    """A privacy officer signed in on the fixture's client; returns the key id and the form token."""
+) -> KeyOfficer:
+    """A privacy officer signed in with a new key on the fixture's client."""
     key_id, key = add_key(folder or intake.gouda.folder, scopes or ["privacy:admin"], description="desk")
     signed_in = await intake.client.post("/privacy/login", data={"api_key": key})
     assert signed_in.status_code == 303, signed_in.text
     page = await intake.client.get("/privacy")
     assert page.status_code == 200, page.text
-    return key_id, _token(page.text)
+    return KeyOfficer(key_id, key, _token(page.text))
+
+
+async def _sign_in(
+    intake: Intake, scopes: list[str] | None = None, folder: Path | None = None
+) -> tuple[str, str]:
+    """A privacy officer signed in on the fixture's client; returns the key id and the form token."""
+    officer = await _sign_in_with_key(intake, scopes, folder)
+    return officer.key_id, officer.token
 
 
 def _token(html: str) -> str:
@@ -399,10 +418,11 @@ async def test_erasure_needs_the_confirmation_then_erases_and_tells_the_other_se
     intake: Intake, wait_until: Any
 ) -> None:
     photo, rated, piet = await _people(intake)
-    key_id, token = await _sign_in(intake)
+    officer = await _sign_in_with_key(intake)
+    key_id, token = officer.key_id, officer.token
     person = {"csrf": token, "email": JAN_EMAIL}
 
-    unconfirmed = await intake.client.post("/privacy/erase", data=person)
+    unconfirmed = await intake.client.post("/privacy/erase", data={**person, "api_key": officer.key})
     assert unconfirmed.status_code == 422, unconfirmed.text
     assert "Vink aan dat u de identiteit" in unconfirmed.text
     assert "wil 2 melding(en) verwijderen" in unconfirmed.text
@@ -411,7 +431,9 @@ async def test_erasure_needs_the_confirmation_then_erases_and_tells_the_other_se
     shown = _shown_ids(unconfirmed.text)
     assert sorted(shown) == sorted([photo["id"], rated["id"]])
 
-    done = await intake.client.post("/privacy/erase", data={**person, "confirm": "yes", "signal_id": shown})
+    done = await intake.client.post(
+        "/privacy/erase", data={**person, "confirm": "yes", "signal_id": shown, "api_key": officer.key}
+    )
 
     assert done.status_code == 200, done.text
     assert done.headers["cache-control"] == "no-store"
@@ -444,8 +466,8 @@ async def test_a_signal_that_came_in_after_the_page_was_shown_stops_the_erasure(
     """The officer confirmed the signals the page listed: when the person has another one by the
     time they press the button, nothing is erased and the new list comes back to be confirmed."""
     photo, rated, _ = await _people(intake)
-    _, token = await _sign_in(intake)
-    person = {"csrf": token, "email": JAN_EMAIL}
+    officer = await _sign_in_with_key(intake)
+    person = {"csrf": officer.token, "email": JAN_EMAIL, "api_key": officer.key}
     found = await intake.client.post("/privacy/find", data=person)
     shown = _shown_ids(found.text)
     newer = await _signal(intake, "Nog een melding van Jan over de container.", JAN)
@@ -501,17 +523,24 @@ async def test_no_person_in_any_url_and_every_answer_says_no_store(intake: Intak
         answers.append(response)
 
     intake.client.event_hooks["response"].append(keep)
-    _, token = await _sign_in(intake)
+    officer = await _sign_in_with_key(intake)
+    token, key = officer.token, officer.key
     await intake.client.post("/privacy/login", data={"api_key": "cs_nope.nope"})
     for path in ("/privacy/find", "/privacy/access", "/privacy/erase"):
         await intake.client.post(path, data={"csrf": token, "email": JAN_EMAIL})
         await intake.client.post(path, data={"csrf": token, "phone": "bel me maar"})
-    await intake.client.post("/privacy/erase", data={"csrf": token, "phone": JAN_PHONE, "confirm": "yes"})
+    await intake.client.post(
+        "/privacy/erase",
+        data={"csrf": token, "phone": JAN_PHONE, "confirm": "yes", "api_key": "cs_nope.nope"},
+    )
+    await intake.client.post(
+        "/privacy/erase", data={"csrf": token, "phone": JAN_PHONE, "confirm": "yes", "api_key": key}
+    )
     await intake.client.post("/privacy/find", data={"csrf": token, "tracking_code": photo["tracking_code"]})
     await intake.client.post("/privacy/logout", data={"csrf": token})
     await intake.client.get("/privacy")
 
-    assert len(answers) >= 13
+    assert len(answers) >= 14
     personal = ("jan", "example.org", "12345678", "1234 5678", photo["tracking_code"], rated["tracking_code"])
     for answer in answers:
         where = f"{answer.request.method} {answer.request.url} -> {answer.status_code}"
@@ -527,7 +556,8 @@ async def test_no_person_in_any_url_and_every_answer_says_no_store(intake: Intak
 
 async def test_another_tenants_officer_finds_and_erases_nothing(intake: Intake) -> None:
     photo, _, _ = await _people(intake)
-    _, token = await _sign_in(intake, folder=intake.utrecht.folder)
+    officer = await _sign_in_with_key(intake, folder=intake.utrecht.folder)
+    token = officer.token
 
     by_email = await intake.client.post("/privacy/find", data={"csrf": token, "email": JAN_EMAIL})
     by_code = await intake.client.post(
@@ -535,7 +565,7 @@ async def test_another_tenants_officer_finds_and_erases_nothing(intake: Intake) 
     )
     download = await intake.client.post("/privacy/access", data={"csrf": token, "email": JAN_EMAIL})
     erased = await intake.client.post(
-        "/privacy/erase", data={"csrf": token, "email": JAN_EMAIL, "confirm": "yes"}
+        "/privacy/erase", data={"csrf": token, "email": JAN_EMAIL, "confirm": "yes", "api_key": officer.key}
     )
 
     assert by_email.status_code == 200 and _codes(by_email.text) == [] and "Utrecht" in by_email.text

@@ -18,7 +18,12 @@ code flow with PKCE (RFC 7636, ``S256``) for a public client:
    (:class:`~civicsignals.common.oidc.OidcVerifier`: signature against the provider's key set,
    issuer, audience, expiry; the tenant's group mapping to scopes and departments), and must be for
    the tenant the flow was started for. Who signs in is what the access token says, the same as on
-   the API. The ID token is not trusted for anything: it is kept in a cookie of its own only to
+   the API. The ID token is validated as OpenID Connect Core 1.0 §3.1.3.7 asks (signature against
+   the same key set, ``iss``, ``aud`` holding the client id, ``azp`` when given, ``exp``, ``iat``,
+   and the ``nonce`` of this flow, an HMAC of its state like the verifier), because one claim of
+   it is trusted: ``auth_time``, when the person last really signed in at the provider (without
+   it, the time of this sign-in), which a page may keep (:meth:`WebOidc.keep_auth_time`) to know
+   how fresh the sign-in behind a login is. The token itself is kept in a cookie of its own only to
    hand back to the provider at sign-out.
 4. Signing out (OpenID Connect RP-Initiated Logout 1.0) ends the person's session at the provider
    too, when its discovery document names an ``end_session_endpoint``
@@ -28,6 +33,19 @@ code flow with PKCE (RFC 7636, ``S256``) for a public client:
    colleague at a shared counter desk who clicks "sign in with the municipality" next would be
    signed in as the person before, whom the provider still knew. A provider without the endpoint,
    or one that cannot be reached, leaves the sign-out local, as before, and the log says so.
+
+5. A fresh sign-in (step-up) before something that must be done by the person at the keyboard
+   now, not by whoever finds a login left open (the privacy desk's erasure): a sign-in started
+   with a :class:`StepUp` (:meth:`WebOidc.authorization`, for a page that moves on to the
+   provider by itself) asks the provider for a sign-in no older than ``max_age`` seconds
+   (OpenID Connect Core 1.0 §3.1.2.1; ``prompt=login`` too when that is 0), and the flow cookie
+   carries, signed, the age asked, the person who must sign in again and where the page is to
+   come back to (its ``resume``, opaque here). :meth:`WebOidc.finish` then requires of the answer
+   what the specification requires of the provider (§2: ``auth_time`` is REQUIRED when
+   ``max_age`` was asked) and checks what it says the client SHOULD check (§3.1.3.7, item 13):
+   ``auth_time`` no older than ``max_age`` (with the tenant's ``leeway_s`` for clocks), and the
+   same person as before. ``prompt=login`` alone proves nothing: it travels through the browser,
+   which may drop it; ``auth_time`` is signed by the provider.
 
 The flow cookie is ``SameSite=Lax``: the provider's redirect back is a cross-site navigation, which
 a ``Strict`` cookie would not accompany. The login cookie that follows stays ``Strict``
@@ -53,9 +71,12 @@ from urllib.parse import quote, urlencode
 import httpx
 from fastapi import Request, Response
 from fastapi.responses import RedirectResponse
+from joserfc import jwt
+from joserfc.errors import ExpiredTokenError, JoseError
+from joserfc.jwk import KeySet
 
 from civicsignals.common.auth import Principal, get_registry, person_principal
-from civicsignals.common.oidc import OidcConfig, TokenError, b64url, b64url_json, check_transport
+from civicsignals.common.oidc import OidcConfig, TokenError, b64url, b64url_json, check_transport, peek
 from civicsignals.common.web_login import SignedIn, SignInLacksScope, WebLogin, labelled_mac
 
 log = logging.getLogger(__name__)
@@ -76,6 +97,9 @@ FAILURE_WORDS: dict[str, dict[str, str]] = {
         "not_confirmed": "de inlogdienst heeft het inloggen niet bevestigd; begin opnieuw",
         "token": "het bewijs van de inlogdienst is hier niet geldig",
         "other_tenant": "de inlogdienst heeft u voor een andere gemeente ingelogd",
+        "other_person": "bij de inlogdienst heeft iemand anders ingelogd dan wie hier was ingelogd",
+        "no_auth_time": "de inlogdienst zegt niet wanneer u voor het laatst inlogde",
+        "not_recent": "de inlogdienst heeft u niet opnieuw laten inloggen",
     },
     "en": {
         "not_offered": "this municipality does not offer signing in with its own sign-in service here",
@@ -86,6 +110,9 @@ FAILURE_WORDS: dict[str, dict[str, str]] = {
         "not_confirmed": "the sign-in service did not confirm the sign-in; start again",
         "token": "the sign-in service's proof is not valid here",
         "other_tenant": "the sign-in service signed you in for another municipality",
+        "other_person": "someone other than the person signed in here signed in at the sign-in service",
+        "no_auth_time": "the sign-in service does not say when you last signed in",
+        "not_recent": "the sign-in service did not have you sign in again",
     },
 }
 
@@ -116,13 +143,42 @@ class _ProviderError(TokenError):
 
 
 @dataclass(frozen=True)
+class StepUp:
+    """A fresh sign-in asked of a person who is signed in already, before something that must be
+    done by the person at the keyboard now (the privacy desk's erasure): the provider is asked for
+    a sign-in no older than ``max_age_s`` seconds (0: sign in again whatever the age), by the
+    person whose (pseudonymous) ``subject`` the login names. ``resume`` is the page's own note of
+    where to come back to, carried signed in the flow cookie and handed back by
+    :meth:`WebOidc.finish`; nothing here reads it, so a page that puts personal data in it
+    encrypts it first."""
+
+    max_age_s: int
+    subject: str
+    resume: str = ""
+
+
+@dataclass(frozen=True)
 class OidcSignedIn(SignedIn):
     """A person signed in; ``issuer`` is the provider, which their login cookie names, and
-    ``id_token`` the provider's ID token ("" when it gave none), for :meth:`WebOidc.keep_id_token`."""
+    ``id_token`` the provider's ID token ("" when it gave none), for :meth:`WebOidc.keep_id_token`.
+    ``authenticated_at`` is when they last really signed in at the provider (the ID token's
+    ``auth_time``, else the time of this sign-in), for :meth:`WebOidc.keep_auth_time`;
+    ``step_up`` the fresh sign-in this was, when it was one (its checks passed)."""
 
     issuer: str = ""
     next_url: str = ""
     id_token: str = ""
+    authenticated_at: int = 0
+    step_up: StepUp | None = None
+
+
+@dataclass(frozen=True)
+class StartedFlow:
+    """A sign-in started: ``url`` is the provider's authorization endpoint with the request, where
+    the browser must go; ``flow`` the flow cookie's value (:meth:`WebOidc.set_flow_cookie`)."""
+
+    url: str
+    flow: str
 
 
 #: What a ``Refresh`` header's URL keeps unquoted: what Starlette keeps in a redirect's Location.
@@ -164,6 +220,10 @@ class WebOidc:
     def id_token_cookie(self) -> str:
         return f"{self.login.cookie}_idt"
 
+    @property
+    def auth_time_cookie(self) -> str:
+        return f"{self.login.cookie}_at"
+
     @staticmethod
     def tenants(request: Request) -> list[tuple[str, str]]:
         """(code, name) of every tenant whose staff may sign in through their provider here."""
@@ -180,9 +240,34 @@ class WebOidc:
         return str(request.base_url).rstrip("/") + self.callback_path
 
     async def start(
-        self, request: Request, secret: bytes, tenant: str, next_url: str, *, secure: bool
+        self,
+        request: Request,
+        secret: bytes,
+        tenant: str,
+        next_url: str,
+        *,
+        secure: bool,
+        step_up: StepUp | None = None,
     ) -> Response | SignInFailed:
         """The redirect to the tenant's provider, with the flow cookie set; or why not."""
+        started = await self.authorization(request, secret, tenant, next_url, step_up=step_up)
+        if isinstance(started, SignInFailed):
+            return started
+        response = RedirectResponse(started.url, status_code=303)
+        self.set_flow_cookie(response, started, secure=secure)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def authorization(
+        self, request: Request, secret: bytes, tenant: str, next_url: str, *, step_up: StepUp | None = None
+    ) -> StartedFlow | SignInFailed:
+        """The authorization request to the tenant's provider and the flow cookie that goes with
+        it, for a page that sends the browser there itself (a form post cannot answer with a
+        redirect to another site under the pages' CSP, ``form-action 'self'``); or why not.
+
+        With ``step_up`` the request asks for a sign-in no older than its ``max_age_s``
+        (``max_age``; ``prompt=login`` as well when that is 0, since some providers read
+        ``max_age=0`` as "no limit"), and the flow remembers it for :meth:`finish`."""
         config = _web_config(request, tenant)
         if config is None:
             return SignInFailed(
@@ -193,31 +278,40 @@ class WebOidc:
         except TokenError as error:
             return SignInFailed(error.detail, getattr(error, "reason", "unreachable"))
         state = secrets.token_urlsafe(24)
-        flow = {"t": tenant, "s": state, "n": next_url, "e": int(time.time()) + FLOW_TTL_S}
+        flow: dict[str, Any] = {"t": tenant, "s": state, "n": next_url, "e": int(time.time()) + FLOW_TTL_S}
         params = {
             "response_type": "code",
             "client_id": config.web_client_id,
             "redirect_uri": self.callback_url(request),
             "scope": "openid",
             "state": state,
+            "nonce": _nonce(secret, state),
             "code_challenge": b64url(hashlib.sha256(_verifier(secret, state).encode()).digest()),
             "code_challenge_method": "S256",
         }
+        if step_up is not None:
+            max_age_s = max(0, int(step_up.max_age_s))
+            params["max_age"] = str(max_age_s)
+            if max_age_s == 0:
+                params["prompt"] = "login"
+            flow["u"] = {"m": max_age_s, "p": step_up.subject, "r": step_up.resume}
         separator = "&" if "?" in endpoints["authorization_endpoint"] else "?"
-        response = RedirectResponse(
-            f"{endpoints['authorization_endpoint']}{separator}{urlencode(params)}", status_code=303
+        return StartedFlow(
+            f"{endpoints['authorization_endpoint']}{separator}{urlencode(params)}", _sealed(secret, flow)
         )
+
+    def set_flow_cookie(self, response: Response, started: StartedFlow, *, secure: bool) -> None:
+        """The flow cookie of a started sign-in: HttpOnly, ``SameSite=Lax`` (the provider's redirect
+        back is a cross-site navigation), this login's path, :data:`FLOW_TTL_S` long."""
         response.set_cookie(
             self.flow_cookie,
-            _sealed(secret, flow),
+            started.flow,
             max_age=FLOW_TTL_S,
             httponly=True,
             secure=secure,
             samesite="lax",
             path=self.login.path,
         )
-        response.headers["Cache-Control"] = "no-store"
-        return response
 
     async def finish(self, request: Request, secret: bytes) -> OidcOutcome:
         """Check the provider's answer and redeem its code: who signed in, or why not."""
@@ -260,8 +354,10 @@ class WebOidc:
             return SignInFailed(error.detail, getattr(error, "reason", "unreachable"))
         try:
             identity = await get_registry(request).oidc.verify(access_token, get_registry(request))
+            nonce = _nonce(secret, str(flow.get("s", "")))
+            id_claims = await self._id_token_claims(request, config, id_token, nonce) if id_token else {}
         except TokenError as error:
-            return SignInFailed(error.detail, "token")
+            return SignInFailed(error.detail, getattr(error, "reason", "token"))
         if identity.tenant != tenant:
             return SignInFailed(
                 "the identity provider signed you in for another municipality", "other_tenant"
@@ -269,9 +365,29 @@ class WebOidc:
         principal = person_principal(identity)
         if not principal.allows(self.login.scope):
             return SignInLacksScope(principal)
+        now = int(time.time())
+        auth_time = _auth_time(id_claims)
+        step_up = _step_up_of(flow)
+        if step_up is not None:
+            refused = _step_up_refused(step_up, principal, auth_time, now, config.leeway_s)
+            if refused is not None:
+                return refused
         return OidcSignedIn(
-            principal, issuer=identity.issuer, next_url=str(flow.get("n", "")), id_token=id_token
+            principal,
+            issuer=identity.issuer,
+            next_url=str(flow.get("n", "")),
+            id_token=id_token,
+            # A provider that sends no auth_time signed the person in no later than now.
+            authenticated_at=min(auth_time, now) if auth_time is not None else now,
+            step_up=step_up,
         )
+
+    def flow_step_up(self, request: Request, secret: bytes) -> StepUp | None:
+        """The fresh sign-in the request's flow was started for (its ``resume`` included), also
+        when the sign-in failed, so that the page can say what did not happen; None for an
+        ordinary sign-in or a request without a flow of this service."""
+        flow = _opened(secret, request.cookies.get(self.flow_cookie) or "")
+        return _step_up_of(flow) if flow else None
 
     def flow_next(self, request: Request, secret: bytes) -> str:
         """Where the sign-in being finished was to lead (its ``next_url``), also when it failed,
@@ -303,6 +419,43 @@ class WebOidc:
 
     def forget_id_token(self, response: Response) -> None:
         response.delete_cookie(self.id_token_cookie, path=self.login.path)
+
+    def keep_auth_time(
+        self, response: Response, secret: bytes, signed_in: OidcSignedIn, *, ttl_s: int, secure: bool
+    ) -> None:
+        """Keep when the person behind a new login last really signed in at the provider
+        (:attr:`OidcSignedIn.authenticated_at`) beside the login cookie, signed, for the person
+        and tenant it is about (HttpOnly, SameSite=Strict, this login's path, as long as the
+        login): what needs a recent sign-in asks :meth:`authenticated_at`. A cookie of its own,
+        so that the login cookie (:mod:`~civicsignals.common.web_login`) stays as it is."""
+        principal = signed_in.principal
+        value = {"t": principal.tenant, "s": principal.subject, "a": int(signed_in.authenticated_at)}
+        response.set_cookie(
+            self.auth_time_cookie,
+            _sealed(secret, value, label="auth_time"),
+            max_age=ttl_s,
+            httponly=True,
+            secure=secure,
+            samesite="strict",
+            path=self.login.path,
+        )
+
+    def authenticated_at(self, request: Request, secret: bytes, principal: Principal) -> int | None:
+        """When ``principal`` (a person signed in here) last really signed in at their provider,
+        as kept at sign-in (:meth:`keep_auth_time`); None when nothing valid is kept for exactly
+        that person and tenant (a key's login, a login from before this was kept, a cookie of
+        someone else's or one not signed with this service's key): the caller takes that as "not
+        recently"."""
+        if principal.subject_kind != "person":
+            return None
+        kept = _opened(secret, request.cookies.get(self.auth_time_cookie) or "", label="auth_time")
+        if kept is None or kept.get("t") != principal.tenant or kept.get("s") != principal.subject:
+            return None
+        at = kept.get("a")
+        return at if isinstance(at, int) and not isinstance(at, bool) else None
+
+    def forget_auth_time(self, response: Response) -> None:
+        response.delete_cookie(self.auth_time_cookie, path=self.login.path)
 
     async def end_session_url(
         self, request: Request, principal: Principal | None, return_to: str, *, language: str
@@ -373,6 +526,48 @@ class WebOidc:
         id_token = answer.get("id_token")
         return token, id_token if isinstance(id_token, str) else ""
 
+    async def _id_token_claims(
+        self, request: Request, config: OidcConfig, id_token: str, nonce: str
+    ) -> dict[str, Any]:
+        """The claims of the provider's ID token, validated as OpenID Connect Core 1.0 §3.1.3.7
+        asks: signed with a key of the provider's key set (read afresh: a sign-in is rare, and a
+        key the provider just rotated in is then known), not an access token (``typ``), ``iss``
+        the tenant's issuer, ``aud`` holding the client id (and ``azp``, when given, being it),
+        ``exp`` and ``iat`` present and ``exp`` not past, and ``nonce`` the one this flow sent.
+        Its ``auth_time`` is then trusted; a :class:`TokenError` (reason ``token``) otherwise."""
+        client_id = str(config.web_client_id)
+        jwks_url = await get_registry(request).oidc.jwks_url(config)
+        document = await self._request("GET", jwks_url)
+        try:
+            keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
+        except (JoseError, KeyError, TypeError, ValueError) as exc:
+            raise _ProviderError("the identity provider's key set cannot be read", "token") from exc
+        header, _ = peek(id_token)
+        if str(header.get("typ", "")).lower() in ("at+jwt", "application/at+jwt"):
+            raise _ProviderError("the identity provider gave an access token as the ID token", "token")
+        try:
+            claims = jwt.decode(id_token, keys, algorithms=config.algorithms).claims
+            jwt.JWTClaimsRegistry(
+                now=int(time.time()),
+                leeway=config.leeway_s,
+                iss={"essential": True, "values": [config.issuer, config.issuer.rstrip("/")]},
+                aud={"essential": True, "values": [client_id]},
+                exp={"essential": True},
+                iat={"essential": True},
+            ).validate(claims)
+        except ExpiredTokenError as exc:
+            raise _ProviderError("the identity provider's ID token has expired", "token") from exc
+        except JoseError as exc:
+            detail = getattr(exc, "description", None) or type(exc).__name__
+            raise _ProviderError(
+                f"the identity provider's ID token is not valid here: {detail}", "token"
+            ) from exc
+        if "azp" in claims and claims["azp"] != client_id:
+            raise _ProviderError("the identity provider's ID token is for another client (azp)", "token")
+        if not hmac.compare_digest(str(claims.get("nonce", "")), nonce):
+            raise _ProviderError("the identity provider's ID token is not for this sign-in (nonce)", "token")
+        return claims
+
     async def _request(self, method: str, url: str, data: dict[str, str] | None = None) -> dict[str, Any]:
         check_transport(url)
         try:
@@ -420,14 +615,69 @@ def _verifier(secret: bytes, state: str) -> str:
     return labelled_mac(secret, "pkce", state)
 
 
-def _sealed(secret: bytes, value: dict[str, Any]) -> str:
+def _nonce(secret: bytes, state: str) -> str:
+    """The ``nonce`` of one flow, which its ID token must carry back: like the verifier, made from
+    the state under the service's key, so nothing more needs to be kept."""
+    return labelled_mac(secret, "nonce", state)
+
+
+def _auth_time(claims: dict[str, Any]) -> int | None:
+    """The ID token's ``auth_time`` (a NumericDate: a non-negative number of seconds), whole
+    seconds; None when it has none or one that is no time."""
+    value = claims.get("auth_time")
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return int(value)
+
+
+def _step_up_of(flow: dict[str, Any]) -> StepUp | None:
+    """The fresh sign-in a flow was started for, from its ``u``; None for an ordinary sign-in."""
+    asked = flow.get("u")
+    if not isinstance(asked, dict):
+        return None
+    return StepUp(
+        max_age_s=int(asked.get("m", 0)), subject=str(asked.get("p", "")), resume=str(asked.get("r", ""))
+    )
+
+
+def _step_up_refused(
+    step_up: StepUp, principal: Principal, auth_time: int | None, now: int, leeway_s: int
+) -> SignInFailed | None:
+    """Why the answer to a fresh sign-in does not prove one, or None when it does: the person who
+    signed in must be the one who was asked to; the ID token must say when they signed in
+    (``auth_time``, REQUIRED when ``max_age`` was asked: OpenID Connect Core 1.0 §2), and that must
+    be within ``max_age`` (§3.1.3.7, item 13; ``leeway_s`` for the provider's clock). A provider
+    that ignored ``max_age`` or ``prompt=login`` and answered from the session it had fails here."""
+    if principal.subject != step_up.subject:
+        return SignInFailed(
+            "the identity provider signed in another person than the one asked to sign in again",
+            "other_person",
+        )
+    if auth_time is None:
+        return SignInFailed(
+            "the identity provider's ID token has no auth_time, which it must have when max_age is asked",
+            "no_auth_time",
+        )
+    age = now - auth_time
+    if age > step_up.max_age_s + leeway_s:
+        return SignInFailed(
+            f"the identity provider did not have the person sign in again: auth_time is {age} s old, "
+            f"max_age was {step_up.max_age_s} s",
+            "not_recent",
+        )
+    return None
+
+
+def _sealed(secret: bytes, value: dict[str, Any], label: str = "flow") -> str:
+    """``value`` as a cookie's value: base64url JSON, signed under ``label`` (what is signed for the
+    flow never passes for a kept auth time, nor the other way round). Signed, not encrypted."""
     payload = b64url(json.dumps(value, separators=(",", ":")).encode())
-    return f"{payload}.{labelled_mac(secret, 'flow', payload)}"
+    return f"{payload}.{labelled_mac(secret, label, payload)}"
 
 
-def _opened(secret: bytes, sealed: str) -> dict[str, Any] | None:
+def _opened(secret: bytes, sealed: str, label: str = "flow") -> dict[str, Any] | None:
     payload, _, mac = sealed.partition(".")
-    if not payload or not hmac.compare_digest(mac, labelled_mac(secret, "flow", payload)):
+    if not payload or not hmac.compare_digest(mac, labelled_mac(secret, label, payload)):
         return None
     try:
         return b64url_json(payload)

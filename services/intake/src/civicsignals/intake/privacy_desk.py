@@ -18,32 +18,73 @@ The person is personal data, so it only ever travels in a POST's body: every res
 to a POST (no redirect carries the person), and every answer says ``Cache-Control: no-store``.
 Every form carries a token bound to the login (an HMAC of the cookie), checked before anything is
 read or changed: SameSite=Strict is the first defence against a forged form, the token the second.
+
+An erasure cannot be undone, and a desk left signed in (on a shared counter PC, or hours after
+the sign-in) must not erase for whoever finds it: the erasure asks for proof that the officer is
+at the keyboard now (a step-up). An officer signed in with a key types it again in the erase form
+(checked against the login's key, a wrong one counting as a failed sign-in for the throttle). An
+officer signed in through the provider must have signed in there within
+``erasure_reauth_max_age_s`` (the ID token's ``auth_time``, kept at sign-in:
+:meth:`WebOidc.keep_auth_time`); else the erase button erases nothing and sends them to the
+provider to sign in again (``max_age``, :class:`~civicsignals.common.web_oidc.StepUp`), with the
+search to come back to sealed in the flow. Back from the provider, they see the confirmation page
+of that search again, with the list as it is then, and tick and submit once more: nothing is
+erased on the way back. The search travels encrypted (AES-GCM under a key derived from the desk's
+signing key), in the flow cookie and then in a short-lived cookie for ``/privacy/erase`` only
+(:class:`ErasureResume`), which also lets that one erasure go ahead within
+:data:`RESUMED_CONFIRM_WINDOW_S` of the new sign-in, however small the setting is (with 0, every
+erasure would otherwise ask again for ever).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import json
+import logging
+import os
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from civicsignals.common.auth import Principal, get_registry
+from civicsignals.common.oidc import b64url
 from civicsignals.common.problems import Problem
-from civicsignals.common.web_login import SignInLacksScope, SignInRefused, SignInThrottled, WebLogin
-from civicsignals.common.web_oidc import OidcSignedIn, SignInFailed, WebOidc, refresh_to
+from civicsignals.common.ratelimit import client_address
+from civicsignals.common.web_login import (
+    SignedIn,
+    SignInLacksScope,
+    SignInRefused,
+    SignInThrottled,
+    WebLogin,
+)
+from civicsignals.common.web_oidc import (
+    FLOW_TTL_S,
+    OidcSignedIn,
+    SignInFailed,
+    StepUp,
+    WebOidc,
+    refresh_to,
+)
 from civicsignals.common.wording import DEFAULT_LANGUAGE, format_date, language_of, timezone_of
 from civicsignals.intake import accessparts, flows, privacy, privacy_views
 from civicsignals.intake.models import PersonSelection
 from civicsignals.intake.pages import PAGE_HEADERS, TEMPLATES
 from civicsignals.intake.privacy_desk_words import INVALID_FIELD, WORDS
+from civicsignals.intake.settings import IntakeSettings
 
 LOGIN = WebLogin(
     cookie="civic_privacy_desk",
@@ -56,7 +97,15 @@ LOGIN = WebLogin(
 OIDC = WebOidc(LOGIN, "/privacy/login/oidc/callback")
 PERSON_FIELDS: tuple[privacy.PersonSelector, ...] = ("email", "phone", "tracking_code")
 HEADERS = {name: value for name, value in PAGE_HEADERS.items() if name != "Vary"}
+#: The cookie that brings an officer back from signing in again to the erasure they asked for
+#: (:class:`ErasureResume`, encrypted); only ``/privacy/erase`` sees it.
+ERASURE_RESUME_COOKIE = f"{LOGIN.cookie}_erasure"
+ERASURE_PATH = "/privacy/erase"
+#: How long after signing in again for an erasure the officer may confirm that erasure, when
+#: ``erasure_reauth_max_age_s`` is shorter: time to read the list again before ticking the box.
+RESUMED_CONFIRM_WINDOW_S = 180
 
+log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 
 
@@ -224,22 +273,17 @@ async def oidc_callback(request: Request) -> Response:
     settings = _context(request).settings
     target = _desk_page(OIDC.flow_next(request, secret))
     lang = language_of(parse_qs(urlsplit(target).query).get("lang", [""])[0] or None)
+    asked_again = OIDC.flow_step_up(request, secret)
     outcome = await OIDC.finish(request, secret)
     response: Response
-    if isinstance(outcome, OidcSignedIn):
+    if asked_again is not None:
+        response = _back_from_signing_in_again(request, lang, outcome)
+    elif isinstance(outcome, OidcSignedIn):
         target = _desk_page(outcome.next_url)
         municipality = _municipality(request, outcome.principal.tenant)
         response = _login_page(request, lang, continue_to=target, municipality=municipality)
         response.headers["Refresh"] = f"0; url={target}"
-        LOGIN.start_session(
-            response,
-            secret,
-            outcome.principal,
-            ttl_s=settings.session_ttl_s,
-            secure=settings.cookie_secure,
-            issuer=outcome.issuer,
-        )
-        OIDC.keep_id_token(response, outcome, ttl_s=settings.session_ttl_s, secure=settings.cookie_secure)
+        _start_oidc_session(response, secret, settings, outcome)
     elif isinstance(outcome, SignInLacksScope):
         municipality = _municipality(request, outcome.principal.tenant)
         message = WORDS[lang]["person_lacks_scope"].format(municipality=municipality)
@@ -250,6 +294,84 @@ async def oidc_callback(request: Request) -> Response:
         )
     OIDC.end_flow(response)
     return response
+
+
+def _start_oidc_session(
+    response: Response, secret: bytes, settings: IntakeSettings, outcome: OidcSignedIn
+) -> None:
+    """A new login for a person the provider signed in: the session, their ID token (for signing
+    out at the provider) and when they last really signed in (for the erasure's step-up)."""
+    ttl_s, secure = settings.session_ttl_s, settings.cookie_secure
+    LOGIN.start_session(
+        response, secret, outcome.principal, ttl_s=ttl_s, secure=secure, issuer=outcome.issuer
+    )
+    OIDC.keep_id_token(response, outcome, ttl_s=ttl_s, secure=secure)
+    OIDC.keep_auth_time(response, secret, outcome, ttl_s=ttl_s, secure=secure)
+
+
+def _back_from_signing_in_again(
+    request: Request, lang: str, outcome: OidcSignedIn | SignInLacksScope | SignInFailed
+) -> Response:
+    """The callback's answer to a sign-in asked again before an erasure (:func:`erase`).
+
+    Signed in again (the same person, ``auth_time`` within the age asked: :meth:`WebOidc.finish`
+    checked both), the officer gets a new login, like any sign-in, and a page that moves on by
+    itself (a navigation of this site, which takes the ``SameSite=Strict`` cookies along) to the
+    confirmation page of the search they were erasing (:func:`erase_again`), which the cookie
+    :data:`ERASURE_RESUME_COOKIE` names: nothing is erased on the way. Not signed in again, they
+    get a page that says why and that nothing was erased; their login stays, unless someone else
+    signed in at the provider or the person no longer has ``privacy:admin`` there: then whoever is
+    at the keyboard is not the officer the login names, and the login ends."""
+    secret = _secret(request)
+    settings = _context(request).settings
+    if isinstance(outcome, OidcSignedIn):
+        municipality = _municipality(request, outcome.principal.tenant)
+        resume = _resume_opened(secret, outcome.step_up.resume if outcome.step_up else "", "resume")
+        if resume is not None and not resume.is_for(outcome.principal):
+            resume = None  # finish() checked the person; this cannot be, but never resume another's
+        back_to = _with_lang(ERASURE_PATH if resume is not None else "/privacy", lang)
+        response = _step_up_page(request, lang, back_to=back_to, municipality=municipality)
+        response.headers["Refresh"] = f"0; url={back_to}"
+        _start_oidc_session(response, secret, settings, outcome)
+        if resume is not None:
+            window = max(settings.erasure_reauth_max_age_s, RESUMED_CONFIRM_WINDOW_S)
+            ticket = replace(
+                resume, authenticated_at=outcome.authenticated_at, expires=outcome.authenticated_at + window
+            )
+            _keep_resume(response, secret, ticket, secure=settings.cookie_secure)
+        log.info("privacy desk: %s signed in again to erase", outcome.principal.actor)
+        return response
+    signed_out = isinstance(outcome, SignInLacksScope) or outcome.reason == "other_person"
+    if isinstance(outcome, SignInLacksScope):
+        municipality = _municipality(request, outcome.principal.tenant)
+        refused = WORDS[lang]["person_lacks_scope"].format(municipality=municipality)
+    else:
+        refused = WORDS[lang]["reauth_failed"].format(detail=outcome.says(lang))
+        log.info("privacy desk: signing in again to erase failed: %s", outcome.detail)
+    response = _step_up_page(
+        request, lang, 403 if signed_out else 401, refused=refused, signed_out=signed_out
+    )
+    if signed_out:
+        _end_login(response)
+    return response
+
+
+def _step_up_page(request: Request, lang: str, status_code: int = 200, **values: Any) -> HTMLResponse:
+    """The page of a sign-in again before an erasure: on the way to the provider (``going_to``),
+    back from it (``back_to``), or why it did not prove one (``refused``, ``signed_out``)."""
+    for name in ("going_to", "back_to", "refused", "municipality"):
+        values.setdefault(name, None)
+    values.setdefault("signed_out", False)
+    return _render(request, "privacy_step_up.html", lang, status_code, **values)
+
+
+def _end_login(response: Response) -> None:
+    """Delete every cookie of the desk's login: the login, the kept ID token and sign-in time,
+    and an erasure to come back to."""
+    LOGIN.end_session(response)
+    OIDC.forget_id_token(response)
+    OIDC.forget_auth_time(response)
+    response.delete_cookie(ERASURE_RESUME_COOKIE, path=ERASURE_PATH)
 
 
 @router.post("/privacy/logout")
@@ -274,8 +396,7 @@ async def logout(request: Request) -> Response:
         response.headers["Refresh"] = refresh_to(at_provider)
     else:
         response = _to_login(lang)
-    LOGIN.end_session(response)
-    OIDC.forget_id_token(response)
+    _end_login(response)
     return response
 
 
@@ -367,10 +488,15 @@ async def _found_page(
     confirm_error: str | None = None,
     access_error: str | None = None,
     outcome: privacy.PersonErasure | None = None,
+    key_error: str | None = None,
+    notice: str | None = None,
 ) -> HTMLResponse:
     """The signals the erasure would erase (its dry run: nothing changes, unless ``outcome`` is the
     list an erasure found already), with the buttons. The erase form carries their ids: the
-    erasure erases exactly the signals shown (:func:`privacy.erase_person`'s ``confirmed``)."""
+    erasure erases exactly the signals shown (:func:`privacy.erase_person`'s ``confirmed``). For
+    an officer signed in with a key it asks for the key again (``key_error`` beside it when the
+    last one was not right); for one signed in through the provider it says when the erasure will
+    ask them to sign in again."""
     by, value = person
     if outcome is None:
         outcome = await privacy_views.erase_person(_context(request), officer, by, value, dry_run=True)
@@ -396,7 +522,32 @@ async def _found_page(
         to_erase=len(outcome.signals),
         confirm_error=confirm_error,
         access_error=access_error,
+        reconfirm_key=officer.subject_kind != "person",
+        key_error=key_error,
+        reauth_note=_reauth_note(request, officer, lang),
+        notice=notice,
     )
+
+
+def _reauth_note(request: Request, officer: Principal, lang: str) -> str:
+    """What the erase form tells an officer signed in through the provider: when erasing asks
+    them to sign in there again ("" for a key's login, which types the key instead)."""
+    if officer.subject_kind != "person":
+        return ""
+    municipality = _municipality(request, officer.tenant)
+    max_age_s = _context(request).settings.erasure_reauth_max_age_s
+    if max_age_s == 0:
+        return WORDS[lang]["reauth_always"].format(municipality=municipality)
+    return WORDS[lang]["reauth_after"].format(age=_duration(max_age_s, lang), municipality=municipality)
+
+
+def _duration(seconds: int, lang: str) -> str:
+    """``seconds`` in words: whole minutes as minutes, anything else as seconds."""
+    words = WORDS[lang]
+    if seconds % 60 == 0:
+        minutes = seconds // 60
+        return words["one_minute"] if minutes == 1 else words["minutes"].format(count=minutes)
+    return words["one_second"] if seconds == 1 else words["seconds"].format(count=seconds)
 
 
 def _when(value: datetime, lang: str, zone: str) -> str:
@@ -441,18 +592,33 @@ async def download(request: Request) -> Response:
     )
 
 
-@router.post("/privacy/erase")
+@router.post(ERASURE_PATH)
 async def erase(request: Request) -> Response:
-    """Erases as the API does, once the officer confirmed the requester's identity; without the
-    confirmation the found signals come back with the box to tick, and nothing is erased. Only
-    the signals the page showed are erased: when the person's signals changed since (a new one
-    came in), the new list comes back to be confirmed (409), and nothing is erased."""
+    """Erases as the API does, once the officer confirmed the requester's identity and proved that
+    they are at the keyboard now; without the confirmation the found signals come back with the
+    box to tick, and nothing is erased. Only the signals the page showed are erased: when the
+    person's signals changed since (a new one came in), the new list comes back to be confirmed
+    (409), and nothing is erased.
+
+    The proof (the step-up), after the box: an officer signed in with a key types it again
+    (:func:`_key_typed_again`); one signed in through the provider must have signed in there
+    recently (:func:`_signed_in_recently`), else this erases nothing and answers a page that sends
+    them to sign in again (:func:`_ask_to_sign_in_again`)."""
     posted = await _checked(request)
     if isinstance(posted, Response):
         return posted
     officer, lang = posted.officer, posted.lang
     if str(posted.form.get("confirm") or "") != "yes":
         return await _found_page(request, officer, lang, posted.person, 422, WORDS[lang]["confirm_needed"])
+    if officer.subject_kind == "person":
+        proof = _signed_in_recently(request, officer, posted.person)
+        if proof is None:
+            return await _ask_to_sign_in_again(request, posted)
+    else:
+        refused = await _key_typed_again(request, posted)
+        if refused is not None:
+            return refused
+        proof = "the login's key typed again"
     by, value = posted.person
     shown = [str(signal_id) for signal_id in posted.form.getlist("signal_id")]
     outcome = await privacy_views.erase_person(
@@ -462,10 +628,196 @@ async def erase(request: Request) -> Response:
         changed = WORDS[lang]["signals_changed"]
         return await _found_page(request, officer, lang, posted.person, 409, changed, outcome=outcome)
     erased = outcome.erased or privacy.ErasureResult(0, 0, 0)
-    return _page(
+    # The audit records (privacy.erase_signals) have no field for how the officer proved it was
+    # them; the log says it, under the same actor.
+    log.info("privacy desk: %s erased %d signal(s) after %s", officer.actor, erased.signals, proof)
+    response = _page(
         request,
         officer,
         "privacy_erased.html",
         lang,
         counts={"signals": erased.signals, "contacts": erased.contacts, "files": erased.attachments},
+    )
+    response.delete_cookie(ERASURE_RESUME_COOKIE, path=ERASURE_PATH)  # the sign-in again is used up
+    return response
+
+
+@router.get(ERASURE_PATH)
+async def erase_again(request: Request, lang: str | None = None) -> Response:
+    """The confirmation page of the erasure the officer signed in again for (the page the callback
+    moves on to): the search from :data:`ERASURE_RESUME_COOKIE`, listed afresh (the dry run: the
+    list may have changed while they signed in), with the box unticked. Without that cookie, or
+    with one of another officer's or an expired one, the desk's start page."""
+    language = language_of(lang)
+    officer = _officer(request)
+    if officer is None:
+        return _to_login(language)
+    resume = _resume_opened(_secret(request), request.cookies.get(ERASURE_RESUME_COOKIE) or "", "ticket")
+    if resume is None or not resume.is_for(officer) or resume.expires < time.time():
+        return RedirectResponse(_with_lang("/privacy", language), status_code=303, headers=HEADERS)
+    notice = WORDS[resume.lang]["signed_in_again"]
+    return await _found_page(request, officer, resume.lang, resume.person, notice=notice)
+
+
+# -- the step-up before an erasure ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErasureResume:
+    """The erasure an officer is sent to sign in again for: whose login asked (``tenant``,
+    ``subject``), the search (``by``, ``value``: personal data, so this only ever travels
+    encrypted, :func:`_resume_sealed`) and the page's language. On the way to the provider
+    (``resume``, inside the flow cookie) ``authenticated_at`` is 0 and ``expires`` the flow's end;
+    back from it (``ticket``, :data:`ERASURE_RESUME_COOKIE`) ``authenticated_at`` is the new
+    sign-in's ``auth_time`` and ``expires`` when that sign-in no longer lets this erasure go
+    ahead."""
+
+    tenant: str
+    subject: str
+    by: str
+    value: str
+    lang: str
+    authenticated_at: int
+    expires: int
+
+    @property
+    def person(self) -> tuple[privacy.PersonSelector, str]:
+        return cast(privacy.PersonSelector, self.by), self.value
+
+    def is_for(self, officer: Principal) -> bool:
+        return (
+            officer.subject_kind == "person"
+            and officer.tenant == self.tenant
+            and officer.subject == self.subject
+        )
+
+
+def _resume_cipher(secret: bytes) -> AESGCM:
+    """AES-256-GCM under a key only for this: an HMAC of a label under the desk's signing key."""
+    return AESGCM(hmac.new(secret, b"privacy desk: erasure to resume", hashlib.sha256).digest())
+
+
+def _resume_sealed(secret: bytes, resume: ErasureResume, purpose: str) -> str:
+    """``resume`` encrypted for ``purpose`` (``resume`` in the flow, ``ticket`` in the cookie, the
+    associated data: the one never passes for the other), as base64url of nonce and ciphertext."""
+    nonce = os.urandom(12)
+    plaintext = json.dumps(asdict(resume), separators=(",", ":")).encode()
+    return b64url(nonce + _resume_cipher(secret).encrypt(nonce, plaintext, purpose.encode()))
+
+
+def _resume_opened(secret: bytes, sealed: str, purpose: str) -> ErasureResume | None:
+    """The :class:`ErasureResume` sealed for ``purpose``; None for anything else."""
+    if not sealed:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4))
+        plaintext = _resume_cipher(secret).decrypt(raw[:12], raw[12:], purpose.encode())
+        resume = ErasureResume(**json.loads(plaintext))
+    except (InvalidTag, binascii.Error, ValueError, TypeError):
+        return None
+    return resume if resume.by in PERSON_FIELDS else None
+
+
+def _keep_resume(response: Response, secret: bytes, ticket: ErasureResume, *, secure: bool) -> None:
+    """The cookie that brings the officer back to the erasure (HttpOnly, SameSite=Strict, for
+    ``/privacy/erase`` only, until the ticket expires)."""
+    response.set_cookie(
+        ERASURE_RESUME_COOKIE,
+        _resume_sealed(secret, ticket, "ticket"),
+        max_age=max(1, ticket.expires - int(time.time())),
+        httponly=True,
+        secure=secure,
+        samesite="strict",
+        path=ERASURE_PATH,
+    )
+
+
+def _signed_in_recently(
+    request: Request, officer: Principal, person: tuple[privacy.PersonSelector, str]
+) -> str | None:
+    """How an officer signed in through the provider proved they are at the keyboard now, or None
+    when they did not: their sign-in there (its ``auth_time``, kept at sign-in) is at most
+    ``erasure_reauth_max_age_s`` old, or they signed in again for the erasure of exactly this
+    search (:data:`ERASURE_RESUME_COOKIE`) and the ticket has not expired. Nothing kept, or
+    something not theirs, is not recent."""
+    secret = _secret(request)
+    max_age_s = _context(request).settings.erasure_reauth_max_age_s
+    now = int(time.time())
+    authenticated_at = OIDC.authenticated_at(request, secret, officer)
+    if authenticated_at is not None and max_age_s > 0 and now - authenticated_at <= max_age_s:
+        return f"a sign-in {now - authenticated_at} s old"
+    ticket = _resume_opened(secret, request.cookies.get(ERASURE_RESUME_COOKIE) or "", "ticket")
+    if ticket is not None and ticket.is_for(officer) and ticket.person == person and ticket.expires >= now:
+        return f"signing in again for this erasure {now - ticket.authenticated_at} s ago"
+    return None
+
+
+async def _ask_to_sign_in_again(request: Request, posted: Posted) -> Response:
+    """Nothing erased: a page that moves on by itself to the provider (a form post's redirect to
+    another site would be stopped by the desk's CSP, ``form-action 'self'``) with an authorization
+    request for a sign-in no older than ``erasure_reauth_max_age_s`` (``max_age``; with 0 also
+    ``prompt=login``), by the same person, and the flow cookie carrying the search to come back
+    to, encrypted. A provider that cannot be asked now: the found signals again with why (502)."""
+    officer, lang = posted.officer, posted.lang
+    secret = _secret(request)
+    settings = _context(request).settings
+    by, value = posted.person
+    resume = ErasureResume(
+        tenant=officer.tenant,
+        subject=officer.subject,
+        by=by,
+        value=value,
+        lang=lang,
+        authenticated_at=0,
+        expires=int(time.time()) + FLOW_TTL_S,
+    )
+    step_up = StepUp(
+        max_age_s=settings.erasure_reauth_max_age_s,
+        subject=officer.subject,
+        resume=_resume_sealed(secret, resume, "resume"),
+    )
+    started = await OIDC.authorization(
+        request, secret, officer.tenant, _with_lang("/privacy", lang), step_up=step_up
+    )
+    if isinstance(started, SignInFailed):
+        words = WORDS[lang]
+        failed = f"{words['reauth_failed'].format(detail=started.says(lang))} {words['nothing_erased']}"
+        return await _found_page(request, officer, lang, posted.person, 502, failed)
+    municipality = _municipality(request, officer.tenant)
+    response = _step_up_page(request, lang, going_to=started.url, municipality=municipality)
+    response.headers["Refresh"] = refresh_to(started.url)
+    OIDC.set_flow_cookie(response, started, secure=settings.cookie_secure)
+    log.info("privacy desk: %s is asked to sign in again before erasing", officer.actor)
+    return response
+
+
+async def _key_typed_again(request: Request, posted: Posted) -> Response | None:
+    """None when the key typed into the erase form is the key the officer signed in with (same
+    tenant, same key id, still valid and with the scope); else the found signals again with why,
+    and nothing erased. The key is checked as the login form checks one, throttle included: a
+    wrong key (another valid key too) counts as a failed sign-in of this address, and once the
+    address's failures are used up the answer is 429 with ``Retry-After`` without a look at the
+    key. An empty field is asked for again and costs nothing: no key was tried."""
+    officer, lang = posted.officer, posted.lang
+    key = str(posted.form.get("api_key") or "").strip()
+    if not key:
+        return await _found_page(
+            request, officer, lang, posted.person, 422, key_error=WORDS[lang]["key_needed"]
+        )
+    settings = _context(request).settings
+    outcome = await LOGIN.sign_in(request, key, settings)
+    if isinstance(outcome, SignInThrottled):
+        message = WORDS[lang]["too_many_failures"].format(seconds=outcome.retry_after_s)
+        throttled = await _found_page(request, officer, lang, posted.person, 429, key_error=message)
+        throttled.headers.update(outcome.headers)
+        return throttled
+    if isinstance(outcome, SignedIn):
+        typed = outcome.principal
+        if typed.tenant == officer.tenant and typed.key_id == officer.key_id:
+            return None
+        # A valid key, but not the login's: sign_in counted it a success; it is a failure here.
+        LOGIN.throttle(request.app, settings).admit(client_address(request))
+    log.info("privacy desk: %s typed a key that is not the login's; nothing erased", officer.actor)
+    return await _found_page(
+        request, officer, lang, posted.person, 401, key_error=WORDS[lang]["key_not_the_login"]
     )

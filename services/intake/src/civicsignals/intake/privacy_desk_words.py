@@ -79,6 +79,34 @@ WORDS: dict[str, dict[str, str]] = {
         "(notifier), die bijhoudt welke e-mails over de meldingen zijn verstuurd, antwoordt niet. Er "
         "is niets opgevraagd of vastgelegd. Probeer het over een minuut opnieuw.",
         "erase": "Verwijder gegevens",
+        "reauth_always": "Voor elke verwijdering vraagt het loket u eerst opnieuw in te loggen bij "
+        "{municipality}.",
+        "reauth_after": "Bent u langer dan {age} geleden ingelogd, dan vraagt het loket u eerst opnieuw in "
+        "te loggen bij {municipality}.",
+        "one_minute": "1 minuut",
+        "minutes": "{count} minuten",
+        "one_second": "1 seconde",
+        "seconds": "{count} seconden",
+        "reconfirm_key": "Uw API-sleutel",
+        "reconfirm_key_hint": "Typ de sleutel waarmee u bent ingelogd opnieuw: zo weet het loket dat u "
+        "het bent die verwijdert.",
+        "key_needed": "Typ uw API-sleutel om het verwijderen te bevestigen. Er is niets verwijderd.",
+        "key_not_the_login": "Dit is niet de sleutel waarmee u bent ingelogd. Er is niets verwijderd.",
+        "reauth_title": "Opnieuw inloggen",
+        "reauth_going": "Verwijderen kan alleen kort nadat u bent ingelogd. U gaat nu naar de inlogdienst "
+        "van {municipality} om opnieuw in te loggen. Daarna ziet u de meldingen weer en bevestigt u het "
+        "verwijderen opnieuw. Er is nog niets verwijderd.",
+        "reauth_go": "Opnieuw inloggen bij {municipality}",
+        "reauth_done_title": "Opnieuw ingelogd",
+        "reauth_done": "U bent opnieuw ingelogd via {municipality}. Er is nog niets verwijderd.",
+        "reauth_continue": "Verder naar de bevestiging",
+        "signed_in_again": "U bent opnieuw ingelogd. Er is nog niets verwijderd: controleer de meldingen "
+        "hierboven en bevestig opnieuw om ze te verwijderen.",
+        "reauth_failed_title": "Niet opnieuw ingelogd",
+        "reauth_failed": "Opnieuw inloggen via de inlogdienst van de gemeente is mislukt: {detail}",
+        "nothing_erased": "Er is niets verwijderd.",
+        "reauth_signed_out": "U bent daarom hier uitgelogd.",
+        "back_to_desk": "Terug naar het privacyloket",
         "nothing_to_erase": "Er is niets te verwijderen.",
         "erased_title": "Gegevens verwijderd",
         "erased_counts": "Verwijderd: {signals} melding(en), {contacts} contactgegeven(s), {files} "
@@ -163,6 +191,33 @@ WORDS: dict[str, dict[str, str]] = {
         "(notifier), which keeps which e-mails were sent about the signals, does not answer. Nothing "
         "was read or recorded. Try again in a minute.",
         "erase": "Erase personal data",
+        "reauth_always": "For every erasure the desk first asks you to sign in again with {municipality}.",
+        "reauth_after": "If you signed in more than {age} ago, the desk first asks you to sign in again "
+        "with {municipality}.",
+        "one_minute": "1 minute",
+        "minutes": "{count} minutes",
+        "one_second": "1 second",
+        "seconds": "{count} seconds",
+        "reconfirm_key": "Your API key",
+        "reconfirm_key_hint": "Type the key you signed in with again, so that the desk knows it is you "
+        "who erases.",
+        "key_needed": "Type your API key to confirm the erasure. Nothing was erased.",
+        "key_not_the_login": "This is not the key you signed in with. Nothing was erased.",
+        "reauth_title": "Sign in again",
+        "reauth_going": "Erasing needs a recent sign-in. You are now taken to {municipality}'s sign-in "
+        "service to sign in again. Then you see the signals again and confirm the erasure once more. "
+        "Nothing has been erased yet.",
+        "reauth_go": "Sign in again with {municipality}",
+        "reauth_done_title": "Signed in again",
+        "reauth_done": "You signed in again with {municipality}. Nothing has been erased yet.",
+        "reauth_continue": "Continue to the confirmation",
+        "signed_in_again": "You signed in again. Nothing has been erased yet: check the signals above and "
+        "confirm again to erase them.",
+        "reauth_failed_title": "Not signed in again",
+        "reauth_failed": "Signing in again through the municipality's sign-in service failed: {detail}",
+        "nothing_erased": "Nothing was erased.",
+        "reauth_signed_out": "You are therefore signed out here.",
+        "back_to_desk": "Back to the privacy desk",
         "nothing_to_erase": "There is nothing to erase.",
         "erased_title": "Personal data erased",
         "erased_counts": "Erased: {signals} signal(s), {contacts} contact(s), {files} attachment(s).",

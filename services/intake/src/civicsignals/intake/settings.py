@@ -73,6 +73,14 @@ class IntakeSettings(ServiceSettings, SignInThrottleSettings):
     )
     session_ttl_s: int = Field(default=2 * 3600, ge=60, description="lifetime of a privacy desk login")
     cookie_secure: bool = Field(default=False, description="mark the login cookie Secure (behind HTTPS)")
+    erasure_reauth_max_age_s: int = Field(
+        default=300,
+        ge=0,
+        description="how recently a privacy officer signed in through the municipality's provider must "
+        "have signed in there for the desk to erase; an older sign-in is asked again first (OpenID "
+        "Connect max_age); 0: a new sign-in before every erasure. An officer signed in with a key "
+        "types it again for every erasure",
+    )
     # login_failures_burst, login_failures_per_minute: SignInThrottleSettings
 
     # Retention of contact data (per tenant: retention.contact_days_after_close in tenant.yaml).

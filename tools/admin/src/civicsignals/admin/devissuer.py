@@ -11,9 +11,19 @@ For staff signing in to the services' pages it also speaks the authorization cod
 signs in whoever :meth:`DevIssuer.sign_in_as` named (there is no password form) and redirects to
 the client's registered redirect URI with a one-time code; ``POST /token`` with
 ``grant_type=authorization_code`` checks the code, the redirect URI and the verifier, and answers
-an access token (the person's claims, for the services' audience) and an ID token (the nonce, for
-the client). ``GET /logout``, its ``end_session_endpoint`` (OpenID Connect RP-Initiated Logout
-1.0), ends the session: nobody is signed in at it afterwards, so the next ``/authorize`` answers
+an access token (the person's claims, for the services' audience) and an ID token (the nonce and
+``auth_time``, for the client). ``auth_time`` is when the person last really signed in here:
+when :meth:`DevIssuer.sign_in_as` named them (or the time it was given), not when the code was
+made. ``max_age`` and ``prompt`` (OpenID Connect Core 1.0 §3.1.2.1) are honoured as a provider
+with a password form honours them: a sign-in older than ``max_age`` seconds, or ``prompt=login``,
+has the person sign in again (here: as if they typed their password, which
+:attr:`DevIssuer.sign_in_prompts` records, and the session's sign-in time becomes now), or, with
+``prompt=none``, answers ``login_required``. Tests may make it a provider that leaves
+``auth_time`` out or ignores ``max_age`` (:attr:`DevIssuer.includes_auth_time`,
+:attr:`DevIssuer.honours_max_age`), which the client must catch.
+
+``GET /logout``, its ``end_session_endpoint`` (OpenID Connect RP-Initiated Logout 1.0), ends the
+session: nobody is signed in at it afterwards, so the next ``/authorize`` answers
 ``login_required`` until :meth:`DevIssuer.sign_in_as` names someone again, as a provider whose
 user signed out asks for a password. It sends the browser back to a ``post_logout_redirect_uri``
 only when that is registered for the client and a valid ID token of that client comes with it
@@ -80,6 +90,8 @@ class Grant:
     subject: str
     claims: dict[str, Any]
     expires: float
+    #: When the person last really signed in (the ID token's ``auth_time``).
+    auth_time: int = 0
 
 
 class DevIssuer:
@@ -92,6 +104,22 @@ class DevIssuer:
         self.web_clients: dict[str, WebClient] = {}
         self.grants: dict[str, Grant] = {}
         self.person: tuple[str, dict[str, Any]] | None = None
+        #: When the person of the session last really signed in here (``auth_time``); None: no
+        #: session, so the next ``/authorize`` is a sign-in (after ``/logout`` in ``make run``).
+        self.authenticated_at: float | None = None
+        #: Whether the person signs in again when asked (``max_age`` exceeded, ``prompt=login``), as
+        #: if they typed their password; False: they cancel, and the client gets ``access_denied``.
+        self.signs_in_again_when_asked = True
+        #: Why each ``/authorize`` that asked the person to sign in again did so (``prompt=login``,
+        #: ``max_age``, ``no session``), in order: what a test reads to know a sign-in was asked.
+        self.sign_in_prompts: list[str] = []
+        #: Whether ID tokens carry ``auth_time``: OpenID Connect requires it when ``max_age`` was
+        #: asked, but a provider may leave it out; tests turn it off to see the client refuse.
+        self.includes_auth_time = True
+        #: Whether ``max_age`` and ``prompt=login`` make the person sign in again; a provider may
+        #: ignore them and answer from the session it has, which the client must catch by
+        #: ``auth_time``; tests turn it off to see that.
+        self.honours_max_age = True
         #: Whether ``/authorize`` without anyone signed in says ``login_required`` (after a
         #: sign-out) rather than ``access_denied`` (the person cancelled).
         self.signed_out = False
@@ -146,9 +174,12 @@ class DevIssuer:
         expires_in: int = 300,
         issuer: str | None = None,
         key: RSAKey | None = None,
+        header_typ: str = "at+jwt",
         **claims: Any,
     ) -> str:
-        """A signed access token; ``key`` defaults to the newest key (a foreign key makes a forgery)."""
+        """A signed access token (``header_typ`` ``JWT`` for an ID token, which must not pass for an
+        access token, nor the other way round); ``key`` defaults to the newest key (a foreign key
+        makes a forgery)."""
         now = int(time.time())
         payload = {
             "iss": issuer or self.issuer,
@@ -161,7 +192,7 @@ class DevIssuer:
             **claims,
         }
         signing = key or self.keys[-1]
-        return jwt.encode({"alg": "RS256", "kid": signing.kid, "typ": "at+jwt"}, payload, signing)
+        return jwt.encode({"alg": "RS256", "kid": signing.kid, "typ": header_typ}, payload, signing)
 
     def add_client(self, client_id: str, claims: dict[str, Any], secret: str | None = None) -> str:
         """Register a client whose tokens carry ``claims`` (``sub`` included); returns its secret."""
@@ -178,11 +209,20 @@ class DevIssuer:
             redirect_uris=list(redirect_uris), post_logout_redirect_uris=list(post_logout_redirect_uris or [])
         )
 
-    def sign_in_as(self, subject: str | None, **claims: Any) -> None:
+    def sign_in_as(
+        self, subject: str | None, *, authenticated_at: float | None = None, **claims: Any
+    ) -> None:
         """Who ``/authorize`` signs in from now on (``None``: nobody, the user cancels), with the
-        claims of their access token (``groups``, ``scope``, ...)."""
-        self.person = None if subject is None else (subject, dict(claims))
-        self.signed_out = False
+        claims of their access token (``groups``, ``scope``, ...). They sign in at this issuer now,
+        as if they typed their password, or at ``authenticated_at`` (a test's way to a session
+        signed in long ago, whose ``auth_time`` is that old)."""
+        with self._lock:
+            self.person = None if subject is None else (subject, dict(claims))
+            if subject is None:
+                self.authenticated_at = None
+            else:
+                self.authenticated_at = time.time() if authenticated_at is None else authenticated_at
+            self.signed_out = False
 
     def _end_session(self, query: dict[str, list[str]]) -> tuple[int, dict[str, str], dict[str, Any]]:
         """``GET /logout``: end the session, then send the browser back where the client asked
@@ -207,6 +247,8 @@ class DevIssuer:
             if not self.sign_in_again_after_logout:
                 self.person = None
                 self.signed_out = True
+            # The session ends: the next /authorize is a sign-in (make run's: by the same person).
+            self.authenticated_at = None
             self.logouts.append({"client_id": client_id, "hinted": hinted is not None})
         back = one("post_logout_redirect_uri")
         if back and client is not None and hinted is not None and back in client.post_logout_redirect_uris:
@@ -243,11 +285,25 @@ class DevIssuer:
             return back(error="invalid_request", error_description="PKCE with S256 is required")
         if "openid" not in one("scope").split():
             return back(error="invalid_scope")
-        if self.person is None:
-            return back(error="login_required" if self.signed_out else "access_denied")
-        subject, claims = self.person
-        code = secrets.token_urlsafe(24)
+        prompt = set(one("prompt").split())
+        if "none" in prompt and len(prompt) > 1:
+            return back(error="invalid_request", error_description="prompt=none goes with no other value")
+        max_age = one("max_age")
+        if max_age and not max_age.isdigit():
+            return back(error="invalid_request", error_description="max_age is a number of seconds")
         with self._lock:
+            if self.person is None:
+                return back(error="login_required" if self.signed_out else "access_denied")
+            subject, claims = self.person
+            why = self._sign_in_needed(prompt, int(max_age) if max_age else None)
+            if why:
+                if "none" in prompt:
+                    return back(error="login_required")  # no sign-in may be shown
+                self.sign_in_prompts.append(why)
+                if not self.signs_in_again_when_asked:
+                    return back(error="access_denied")  # they cancelled at the password form
+                self.authenticated_at = time.time()  # they typed their password
+            code = secrets.token_urlsafe(24)
             self.grants[code] = Grant(
                 client_id=one("client_id"),
                 redirect_uri=redirect_uri,
@@ -256,8 +312,23 @@ class DevIssuer:
                 subject=subject,
                 claims=claims,
                 expires=time.time() + 60,
+                auth_time=int(self.authenticated_at or time.time()),
             )
         return back(code=code)
+
+    def _sign_in_needed(self, prompt: set[str], max_age: int | None) -> str:
+        """Why the person must sign in again before a code is given ("" when not): there is no
+        session (after a sign-out), ``prompt=login`` asks for it, or the session's sign-in is older
+        than ``max_age`` seconds (unless this issuer plays one that ignores both)."""
+        if self.authenticated_at is None:
+            return "no session"
+        if not self.honours_max_age:
+            return ""
+        if "login" in prompt:
+            return "prompt=login"
+        if max_age is not None and time.time() - self.authenticated_at > max_age:
+            return "max_age"
+        return ""
 
     def _code_response(self, form: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
         """``POST /token`` with ``grant_type=authorization_code``: a code is redeemed once."""
@@ -282,7 +353,8 @@ class DevIssuer:
             return 400, {"error": "invalid_grant", "error_description": "code_verifier does not match"}
         access = self.issue(grant.subject, **grant.claims)
         nonce: dict[str, Any] = {"nonce": grant.nonce} if grant.nonce else {}
-        id_token = self.issue(grant.subject, audience=grant.client_id, **nonce)
+        auth_time: dict[str, Any] = {"auth_time": grant.auth_time} if self.includes_auth_time else {}
+        id_token = self.issue(grant.subject, audience=grant.client_id, header_typ="JWT", **nonce, **auth_time)
         return 200, {"access_token": access, "id_token": id_token, "token_type": "Bearer", "expires_in": 300}
 
     # -- HTTP --------------------------------------------------------------------------------
@@ -298,7 +370,8 @@ class DevIssuer:
             "token_endpoint_auth_methods_supported": ["client_secret_post", "none"],
             "code_challenge_methods_supported": ["S256"],
             "id_token_signing_alg_values_supported": ["RS256"],
-            "response_types_supported": ["token", "code"],
+            # /authorize answers only the code flow (no implicit "token", no "id_token").
+            "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
         }
 
