@@ -180,10 +180,17 @@ def intake_settings_overrides(routing_port: int, notifier_stand_in: RoutingStand
     return {"routing_url": f"http://127.0.0.1:{routing_port}", "notifier_url": notifier_stand_in.url}
 
 
-def intake_routing_key(intake: Intake, scopes: list[str] | None = None) -> str:
+def intake_routing_key(
+    intake: Intake, scopes: list[str] | None = None, departments: list[str] | None = None
+) -> str:
     """Intake's service key for routing, as ``prepare_dev_tenant`` or an operator makes it: its
     hash in gouda's ``keys.yaml`` (which routing reads), the key in intake's service-keys file."""
-    _, key = add_key(intake.gouda.folder, scopes or ["cases:read", "cases:write"], description="intake")
+    _, key = add_key(
+        intake.gouda.folder,
+        scopes or ["cases:read", "cases:write"],
+        departments=departments,
+        description="intake",
+    )
     path = intake.settings.service_keys_dir / "gouda"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(key + "\n", encoding="utf-8")
@@ -489,6 +496,7 @@ async def test_no_service_key_or_one_without_cases_read_is_a_503_too(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     signal = await _signal(intake)
     await move_case(intake, signal, "in_progress", 1)
@@ -510,9 +518,14 @@ async def test_no_service_key_or_one_without_cases_read_is_a_503_too(
     writer = await intake.client.post(
         "/v1/privacy/access", json={"email": "jan@example.org"}, headers=officer
     )
+    # A key bound to a department: routing would answer 404 for another department's case, which
+    # reads as "no notes", so the document would look complete without them. Intake refuses it.
+    intake_routing_key(intake, departments=["handhaving"])
+    bound = await intake.client.post("/v1/privacy/access", json={"email": "jan@example.org"}, headers=officer)
 
-    for response in (keyless, writer):
+    for response in (keyless, writer, bound):
         assert_part_unavailable(response, "case-notes-unavailable", "routing")
+    assert "bound to departments (handhaving)" in caplog.text
     assert await _reads(intake) == []
 
 

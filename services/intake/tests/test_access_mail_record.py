@@ -317,13 +317,15 @@ async def test_no_service_key_or_one_notifier_refuses_is_a_503_too(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     await _signal(intake)
     _, officer = await _officer(intake)
     refusals = []
 
-    # no key at all; then a key without cases:read; then one bound to a department (notifier
-    # cannot tell which departments a signal's case reached, and refuses it)
+    # no key at all; then a key without cases:read; then one bound to a department (notifier would
+    # show it only its departments' signals: intake refuses to use it, or the document would look
+    # complete without the other mails)
     refusals.append(
         await intake.client.post("/v1/privacy/access", json={"email": "jan@example.org"}, headers=officer)
     )
@@ -346,6 +348,8 @@ async def test_no_service_key_or_one_notifier_refuses_is_a_503_too(
 
     for response in refusals:
         assert_part_unavailable(response, "mail-record-unavailable", "notifier")
+    # The answer says only that notifier could not be asked; the log says why, for the operator.
+    assert "bound to departments (stadsbeheer)" in caplog.text
     assert await _reads(intake) == []
 
 

@@ -195,7 +195,7 @@ ROUTES: dict[type[EventData], Route] = {
     ),
     CaseDepartmentsChanged: Route(
         "routing",
-        ("intake-case-departments",),
+        ("intake-case-departments", "notifier-case-departments"),
         "A case moved between departments (reassigned, rerouted, escalated): the departments that "
         "hold it now and those it left, as of the case's `sequence`.",
     ),

@@ -433,8 +433,8 @@ class CaseDepartmentsChanged(EventData):
 
     The department feeds tell each department what it gains (``assigned``) and loses
     (``released``); this event names the whole set as of ``sequence`` in one place, so a consumer
-    that keeps the latest one (intake, to decide whose keys may still open the signal's photos) is
-    right whatever order it applies events in. ``signal.routed`` is the set at sequence 1; no event
+    that keeps the latest one (intake, to decide whose keys may still open the signal's photos;
+    notifier, whose keys read its delivery log) is right whatever order it applies events in. ``signal.routed`` is the set at sequence 1; no event
     repeats it.
     """
 

@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 
 import httpx
 
+from civicsignals.common.tenants import TenantRegistry, key_id_of
 from civicsignals.intake import caseupdates
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ class OtherService:
     client: httpx.AsyncClient
     base_url: str
     keys_dir: Path
+    #: The tenants' key records, to refuse a service key bound to departments before it is used.
+    registry: TenantRegistry | None = None
 
     def url(self, path: str, query: Mapping[str, str | int] | None = None) -> str:
         """The full URL of ``path`` (and its query), as asked and as named in a failure."""
@@ -83,7 +86,23 @@ class OtherService:
                 f"intake has no service key for {self.name} at {self.keys_dir / tenant} "
                 "(scopes cases:read and cases:write)",
             )
+        self._refuse_if_bound_to_departments(key)
         return key
+
+    def _refuse_if_bound_to_departments(self, key: str) -> None:
+        """A key bound to departments sees only their cases: routing answers 404 for another
+        department's case, and notifier an empty page for its signal. Both read as "nothing here",
+        so the document would look complete while it lacks notes or mails. Such a key is refused
+        before it is used. An unknown key is left to the service, which refuses it (401)."""
+        key_id = key_id_of(key)
+        record = self.registry.find_key(key_id) if self.registry is not None and key_id else None
+        if record is not None and record.departments:
+            raise self.unavailable(
+                self.base_url,
+                f"intake's service key {record.key_id} is bound to departments "
+                f"({', '.join(record.departments)}): {self.name} would show it only their cases, and "
+                "the document would look complete without the rest; use a key bound to no department",
+            )
 
     async def get_json(self, key: str, url: str, *, absent_is_none: bool = False) -> Any:
         """The JSON a ``GET`` of ``url`` answers with intake's key; with ``absent_is_none`` a 404
@@ -131,14 +150,14 @@ class OtherService:
         return {item: task.result() for item, task in tasks.items()}
 
 
-def routing(client: httpx.AsyncClient, settings: IntakeSettings) -> OtherService:
+def routing(client: httpx.AsyncClient, settings: IntakeSettings, registry: TenantRegistry) -> OtherService:
     """Routing, which keeps the cases (``CIVIC_INTAKE_ROUTING_URL``)."""
-    return OtherService(ROUTING, client, settings.routing_url, settings.service_keys_dir)
+    return OtherService(ROUTING, client, settings.routing_url, settings.service_keys_dir, registry)
 
 
-def notifier(client: httpx.AsyncClient, settings: IntakeSettings) -> OtherService:
+def notifier(client: httpx.AsyncClient, settings: IntakeSettings, registry: TenantRegistry) -> OtherService:
     """Notifier, which keeps the delivery log (``CIVIC_INTAKE_NOTIFIER_URL``)."""
-    return OtherService(NOTIFIER, client, settings.notifier_url, settings.service_keys_dir)
+    return OtherService(NOTIFIER, client, settings.notifier_url, settings.service_keys_dir, registry)
 
 
 def utc_text(value: str) -> str:

@@ -303,8 +303,12 @@ async def run_access(settings: IntakeSettings, args: argparse.Namespace) -> int:
                 by,
                 value,
                 actor="cli:access",
-                case_notes=None if args.without_case_notes else accessparts.routing(client, settings),
-                mails=None if args.without_mail_record else accessparts.notifier(client, settings),
+                case_notes=None
+                if args.without_case_notes
+                else accessparts.routing(client, settings, offline.tenants),
+                mails=None
+                if args.without_mail_record
+                else accessparts.notifier(client, settings, offline.tenants),
                 tenant_config=tenant,
             )
         except accessparts.PartUnavailable as missing:

@@ -124,8 +124,8 @@ async def person_document(
             by,
             value,
             actor=officer.actor,
-            case_notes=accessparts.routing(ctx.http, ctx.settings),
-            mails=accessparts.notifier(ctx.http, ctx.settings),
+            case_notes=accessparts.routing(ctx.http, ctx.settings, ctx.runtime.tenants),
+            mails=accessparts.notifier(ctx.http, ctx.settings, ctx.runtime.tenants),
             tenant_config=ctx.tenant(officer.tenant),
         )
     except accessparts.PartUnavailable as missing:

@@ -18,6 +18,10 @@ restart, a redelivered event adds nothing, and several replicas share the sendin
   resident mails that wait are skipped (``erased``) and none is scheduled from then on; every
   endpoint of the case's partners that receives the case's data gets one ``signal.erased``
   webhook (article 19: tell every recipient).
+- ``case.departments_changed``: the departments that hold the case now (``signal.routed`` names
+  them at sequence 1), kept on the signal's link with the sequence they are of, so the delivery
+  log shows a department-bound key the deliveries of the cases its departments hold, and no
+  longer those of a case that left them. Nothing is sent.
 """
 
 from __future__ import annotations
@@ -30,14 +34,15 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
 from nats.aio.msg import Msg
+from sqlalchemy import JSON, Integer, bindparam, update
 from sqlalchemy import event as sa_event
-from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common.bus import ConsumerSpec, NotReady
 from civicsignals.common.db import stage_insert
 from civicsignals.common.events import (
+    CaseDepartmentsChanged,
     CaseStatusChanged,
     CloudEvent,
     SignalAttachmentAdded,
@@ -57,6 +62,7 @@ from civicsignals.notifier.models import (
     ATTEMPTS,
     CLAIMED_COLUMNS,
     DELIVERIES,
+    SIGNAL_LINKS,
     WEBHOOK_EVENT_TYPES,
     Claimed,
     Delivery,
@@ -77,6 +83,7 @@ ROUTED_CONSUMER = "notifier-signal-routed"
 STATUS_CONSUMER = "notifier-case-status"
 ATTACHMENT_CONSUMER = "notifier-signal-attachment-added"
 ERASED_CONSUMER = "notifier-signal-erased"
+DEPARTMENTS_CONSUMER = "notifier-case-departments"
 ERASED = "erased"
 """The ``status_reason`` of a resident mail that was not sent because the person's data was erased."""
 ROUTED_WAIT = timedelta(minutes=2)
@@ -150,6 +157,9 @@ class BatchView:
     """Per signal that a ``signal.erased`` of the batch names, the endpoints that have its
     ``signal.erased`` webhook already (from an earlier erasure of it, or an earlier event of the
     batch): an erasure repeated at intake, a new event, tells no endpoint twice."""
+    holder_moves: dict[str, tuple[list[str], int]] = field(default_factory=dict)
+    """Per signal, the departments that hold its case as of the highest sequence the batch's events
+    named, and that sequence; :func:`settle_holders` writes them before the commit."""
     KEY: ClassVar[str] = "notifier.batch"
 
     @staticmethod
@@ -316,6 +326,8 @@ async def apply_signal_routed(ctx: NotifierContext, session: AsyncSession, event
     link.tracking_code = routed.tracking_code
     # a forward applied before this event (status changes travel on another consumer) stays known
     _add_partners(link, routed.partners)
+    # likewise a move between departments: routing is the case's first change (sequence 1)
+    keep_holders(view, link, routed.responsible, routed.informed, ROUTED_SEQUENCE)
     link.service_promise = routed.service_promise
     link.due_at = routed.due_at
     # The language the portal gave or intake detected (signal.received) wins, in either order of
@@ -439,6 +451,23 @@ async def apply_signal_erased(ctx: NotifierContext, session: AsyncSession, event
     )
 
 
+async def apply_case_departments_changed(
+    ctx: NotifierContext, session: AsyncSession, event: CloudEvent
+) -> None:
+    """The case moved between departments: keep the departments that hold it now, so the delivery
+    log shows the signal to their department-bound keys and no longer to those of a department it
+    left. Nothing goes out (a department's own system learns it on its feed).
+
+    An event about a signal notifier has no link for yet (routing's events and intake's
+    ``signal.received`` travel on other consumers, in any order) creates the link, as the other
+    events do, so the move is not lost: a ``signal.routed`` applied later keeps it (sequence 1 is
+    older than any move)."""
+    changed = read_data(event, CaseDepartmentsChanged)
+    view = BatchView.of(session)
+    link = view.link(session, event.tenant, changed.signal_id)
+    keep_holders(view, link, changed.responsible, changed.informed, changed.sequence)
+
+
 def tells_of_erasure(endpoint: Endpoint) -> bool:
     """Whether an endpoint gets ``signal.erased``: when it receives any of a case's data (it is
     subscribed to one of ``WEBHOOK_EVENT_TYPES``), whatever else its list says. Article 19 asks to
@@ -553,6 +582,81 @@ def _add_partners(link: SignalLink, partners: list[str]) -> None:
     added = [code for code in partners if code not in known]
     if added or link.partners is None:
         link.partners = [*known, *added]
+
+
+ROUTED_SEQUENCE = 1
+"""The case sequence of ``signal.routed``: the case's first change, older than any move."""
+
+
+def holders_of(responsible: str, informed: list[str]) -> list[str]:
+    """The departments that hold a case: the responsible one first, then the informed ones, each once."""
+    return list(dict.fromkeys([responsible, *informed]))
+
+
+def newer_holders(
+    known_sequence: int, responsible: str, informed: list[str], sequence: int
+) -> list[str] | None:
+    """The holders a change of ``sequence`` names, when it is newer than what is known (of
+    ``known_sequence``); None when it is not. Routing's events come on several consumers and are
+    redelivered, in any order: only the set of the highest sequence counts, and a change of a lower
+    or equal sequence (an older move, a repeat, a ``signal.routed`` after a move) changes nothing."""
+    if sequence <= known_sequence:
+        return None
+    return holders_of(responsible, informed)
+
+
+def keep_holders(
+    view: BatchView, link: SignalLink, responsible: str, informed: list[str], sequence: int
+) -> bool:
+    """Note the departments that hold the signal's case as of ``sequence`` for
+    :func:`settle_holders`, unless a newer set is known (on the link, or from an earlier event of
+    the batch); whether it was newer.
+
+    Not written to the link object: its other attributes reach the database with the ORM's flush,
+    which would write whatever the link held when the batch read it, and so undo a move that
+    another consumer committed meanwhile (``signal.routed`` and the moves travel on two)."""
+    noted = view.holder_moves.get(link.signal_id)
+    known = max(link.holders_sequence, noted[1] if noted is not None else 0)
+    holders = newer_holders(known, responsible, informed, sequence)
+    if holders is None:
+        return False
+    view.holder_moves[link.signal_id] = (holders, sequence)
+    return True
+
+
+_MOVE_HOLDERS = (
+    update(SIGNAL_LINKS)
+    .where(
+        SIGNAL_LINKS.c.signal_id == bindparam("moved_signal"),
+        SIGNAL_LINKS.c.holders_sequence < bindparam("moved_sequence", type_=Integer),
+    )
+    .values(
+        holders=bindparam("moved_holders", type_=JSON),
+        holders_sequence=bindparam("moved_sequence", type_=Integer),
+    )
+)
+"""One signal's holders as of a sequence, only over older ones: the database compares, so two
+transactions that each read the link before the other wrote still keep the newest set."""
+
+
+async def settle_holders(session: AsyncSession) -> None:
+    """Write the holders the batch's events named (:func:`keep_holders`), once per signal, just
+    before the commit: one guarded UPDATE each (after the flush that inserts the links new in the
+    batch), so whichever transaction commits last, the set of the highest sequence stays. In
+    signal order, so two batches that move the same signals lock their rows in the same order."""
+    moves = BatchView.of(session).holder_moves
+    if not moves:
+        return
+    await session.flush()
+    connection = await session.connection()
+    await connection.execute(
+        _MOVE_HOLDERS,
+        [
+            {"moved_signal": signal_id, "moved_holders": holders, "moved_sequence": sequence}
+            for signal_id, (holders, sequence) in sorted(moves.items())
+        ],
+    )
+    moves.clear()
 
 
 def _partners_after(
@@ -723,8 +827,9 @@ def fan_out(
 
 
 def consumers(ctx: NotifierContext) -> list[ConsumerSpec]:
-    """The five consumers; each reads ahead for a fetched batch, commits it in one transaction,
-    then wakes the dispatcher."""
+    """The six consumers; each reads ahead for a fetched batch, writes the departments holding a
+    case that its events named (``signal.routed``, ``case.departments_changed``) just before it
+    commits the batch in one transaction, then wakes the dispatcher."""
 
     async def on_received(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
         await apply_signal_received(ctx, session, event)
@@ -741,6 +846,9 @@ def consumers(ctx: NotifierContext) -> list[ConsumerSpec]:
     async def on_erased(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
         await apply_signal_erased(ctx, session, event)
 
+    async def on_departments(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
+        await apply_case_departments_changed(ctx, session, event)
+
     async def read_ahead(session: AsyncSession, events: list[CloudEvent]) -> None:
         await prepare(ctx, session, events)
 
@@ -750,6 +858,7 @@ def consumers(ctx: NotifierContext) -> list[ConsumerSpec]:
             subject,
             apply=apply,
             prepare=read_ahead,
+            settle=settle_holders,
             after_commit=ctx.wake,
         )
         for durable, subject, apply in (
@@ -758,5 +867,6 @@ def consumers(ctx: NotifierContext) -> list[ConsumerSpec]:
             (STATUS_CONSUMER, CaseStatusChanged.subscription(), on_status),
             (ATTACHMENT_CONSUMER, SignalAttachmentAdded.subscription(), on_attachment),
             (ERASED_CONSUMER, SignalErased.subscription(), on_erased),
+            (DEPARTMENTS_CONSUMER, CaseDepartmentsChanged.subscription(), on_departments),
         )
     ]

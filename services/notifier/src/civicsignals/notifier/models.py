@@ -1,7 +1,8 @@
 """Notifier's tables and API schemas.
 
 Notifier keeps partners, their endpoints (secrets sealed), what it knows of each signal (language,
-whether there is a contact, the partners its case went to), and every delivery with each attempt.
+whether there is a contact, the partners its case went to, the departments that hold its case now),
+and every delivery with each attempt.
 It never keeps a resident's address: that is fetched from intake when a mail is sent, and dropped.
 
 Table names carry the prefix ``notifier_``: every service's models share one SQLModel metadata in a
@@ -103,6 +104,20 @@ class SignalLink(SQLModel, table=True):
     )
     service_promise: str | None = None
     due_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    holders: list[str] | None = Field(
+        default=None,
+        sa_column=Column(JSON),
+        description="the departments that hold the case now (responsible and informed), as of "
+        "``holders_sequence``: whose department-bound keys read the signal's deliveries. NULL until "
+        "signal.routed or case.departments_changed was seen (and for signals routed before "
+        "migration 0003): no department-bound key sees them",
+    )
+    holders_sequence: int = Field(
+        default=0,
+        sa_column_kwargs={"server_default": "0"},
+        description="the case's sequence ``holders`` are of (signal.routed is 1); a change of a lower "
+        "or equal sequence, arriving later, changes nothing",
+    )
     erased_at: datetime | None = Field(
         default=None,
         sa_type=UtcDateTime,
@@ -181,6 +196,7 @@ class Attempt(SQLModel, table=True):
 DELIVERIES: Table = Delivery.__table__  # type: ignore[attr-defined]
 ATTEMPTS: Table = Attempt.__table__  # type: ignore[attr-defined]
 ENDPOINTS: Table = Endpoint.__table__  # type: ignore[attr-defined]
+SIGNAL_LINKS: Table = SignalLink.__table__  # type: ignore[attr-defined]
 
 
 # --- API schemas ---------------------------------------------------------------------------------

@@ -14,8 +14,10 @@ from typing import Any
 
 import aiohttp
 import yaml
+from sqlalchemy import String, cast, or_
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel.sql.expression import SelectOfScalar
 
 from civicsignals.common.bus import PermanentError, TransientError
 from civicsignals.common.tasks import cancel_and_wait
@@ -27,6 +29,7 @@ from civicsignals.notifier.models import (
     EndpointUpdate,
     Partner,
     SecretInfo,
+    SignalLink,
 )
 from civicsignals.notifier.secretbox import SecretBox
 
@@ -347,9 +350,16 @@ async def list_deliveries(
     channel: str | None,
     cursor: str | None,
     limit: int,
+    held_by: frozenset[str] = frozenset(),
 ) -> tuple[list[Delivery], str | None]:
-    """Deliveries of one tenant, newest first; ``partner`` matches the partner's code or id."""
+    """Deliveries of one tenant, newest first; ``partner`` matches the partner's code or id.
+
+    With ``held_by`` (the departments a caller is bound to), only those of signals whose case one
+    of them holds now: a department's staff see the mails and webhooks of the cases they handle,
+    not those of a case that left them, nor a delivery about no signal (a partner's contact's)."""
     query = select(Delivery).where(Delivery.tenant == tenant)
+    if held_by:
+        query = query.where(col(Delivery.signal_id).in_(signals_held_by(tenant, held_by)))
     if partner:
         query = query.where((col(Delivery.partner_code) == partner) | (col(Delivery.partner_id) == partner))
     if status:
@@ -363,6 +373,26 @@ async def list_deliveries(
     rows = list((await session.exec(query.order_by(col(Delivery.id).desc()).limit(limit + 1))).all())
     next_cursor = rows[limit - 1].id if len(rows) > limit else None
     return rows[:limit], next_cursor
+
+
+def signals_held_by(tenant: str, departments: frozenset[str]) -> SelectOfScalar[str]:
+    """The ids of the tenant's signals whose case one of ``departments`` holds now (a subquery).
+
+    ``holders`` is a JSON list of department codes; a code is found as its quoted JSON string in
+    the list's text, as routing finds a case's informed departments (department codes are
+    ``[a-z0-9-]``, and the LIKE pattern is escaped all the same). A signal whose holders are not
+    known (NULL: routed before notifier kept them) is held by none."""
+    holders_text = cast(col(SignalLink.holders), String)
+    return select(col(SignalLink.signal_id)).where(
+        SignalLink.tenant == tenant,
+        or_(*(holders_text.contains(f'"{code}"', autoescape=True) for code in sorted(departments))),
+    )
+
+
+def held_by_any(holders: list[str] | None, departments: frozenset[str]) -> bool:
+    """Whether one of ``departments`` holds a case whose holders are ``holders`` (None: not known,
+    so none does)."""
+    return holders is not None and not departments.isdisjoint(holders)
 
 
 async def attempts_of(session: AsyncSession, delivery_id: str) -> list[Attempt]:

@@ -2,10 +2,13 @@
 
 Every route needs the scope ``rules:admin`` (or ``admin``) and sees only its own tenant's rows;
 another tenant's partner or delivery answers exactly like a missing one. One exception: the
-delivery log's listing also opens to ``cases:read``, one signal at a time (``?signal=``), for
-staff who ask "was the resident told?" and for intake's access document (AVG art. 15); a key
-bound to departments cannot read it that way, since notifier does not know which departments a
-signal's case reached (:func:`refusal_of_log_reader`).
+delivery log's listing also opens to ``cases:read``, for staff who ask "was the resident told?"
+and for intake's access document (AVG art. 15): a key bound to no department one signal at a
+time (``?signal=``), a key bound to departments the signals whose case they hold now
+(:func:`refusal_of_log_reader`). A key bound to departments, whatever its scope (``admin``
+aside, which sees every department's, DESIGN §3), sees in the log only the deliveries of the
+signals whose case one of its departments holds now (:func:`log_limited_to`); any other delivery
+answers like a missing one.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from civicsignals.notifier.models import (
     PartnerUpdate,
     SecretRotated,
     SecretRotation,
+    SignalLink,
     TemplateInfo,
     TemplateList,
     TemplatePreview,
@@ -53,7 +57,8 @@ from civicsignals.notifier.signing import InvalidSecret, generate_secret, secret
 log = logging.getLogger(__name__)
 
 ADMIN_SCOPE = "rules:admin"
-#: The scope with which staff (and intake's service key) read one signal's deliveries.
+#: The scope with which staff (and intake's service key) read one signal's deliveries, or a
+#: department's staff the deliveries of the cases their departments hold.
 CASE_READER_SCOPE = "cases:read"
 
 Admin = Annotated[Principal, Depends(scope_dependency(ADMIN_SCOPE))]
@@ -337,34 +342,38 @@ def _delivery_public(row: Delivery) -> DeliveryPublic:
     return DeliveryPublic.model_validate(row, from_attributes=True)
 
 
-#: Why a ``cases:read`` key bound to departments may not list deliveries. Routing and intake show
-#: such a key only what reached its departments; notifier learns a case's partners from the bus,
-#: not its departments (nor a reassignment, which goes on the departments' feeds), so it could
-#: only show all or nothing: nothing, plainly.
-DEPARTMENT_BOUND_REFUSAL = (
-    "a key bound to departments cannot read the delivery log: notifier does not know which "
-    "departments a signal's case reached; use a key bound to no department, or ask routing "
-    "(GET /v1/cases/{case_id}) what happened to the case"
-)
-#: Why a ``cases:read`` key must name the signal: it may ask about a case it handles, not read
-#: the whole tenant's mail and webhook traffic.
+#: Why a ``cases:read`` key bound to no department must name the signal: it may ask about a case
+#: it handles, not read the whole tenant's mail and webhook traffic.
 SIGNAL_REQUIRED_REFUSAL = (
     "with cases:read the delivery log is read one signal at a time: "
     "give the signal query parameter (?signal=<signal id>)"
 )
 
 
+def log_limited_to(principal: Principal) -> frozenset[str]:
+    """The departments whose cases' deliveries are all ``principal`` sees of the log; empty when
+    it sees the tenant's whole log (as far as its scope lets it).
+
+    A key bound to departments is limited to them everywhere (DESIGN §3), whatever its scope:
+    routing lists it their cases, intake opens it their cases' photos, notifier shows it the
+    deliveries of the signals whose case one of them holds now (``signal.routed``, then
+    ``case.departments_changed``). ``admin`` sees every department's, as :meth:`Principal.sees_department`
+    says and routing does."""
+    if "admin" in principal.scopes:
+        return frozenset()
+    return frozenset(principal.departments)
+
+
 def refusal_of_log_reader(principal: Principal, signal: str | None) -> str | None:
     """Why ``principal`` may not list deliveries with these filters, or None when it may.
 
-    ``rules:admin`` (or ``admin``) reads the whole log, as before. ``cases:read`` reads one
-    signal's deliveries: staff asking "was the resident told?", and intake's service key for a
-    person's access document. A key bound to departments is refused that way (DESIGN §3: it sees
-    only what reached its departments, which notifier cannot tell)."""
-    if principal.allows(ADMIN_SCOPE):
+    ``rules:admin`` (or ``admin``) reads the whole log, as before. ``cases:read`` bound to no
+    department reads one signal's deliveries: staff asking "was the resident told?", and intake's
+    service key for a person's access document. ``cases:read`` bound to departments lists the
+    deliveries of their cases, with or without ``signal``: the listing is limited to them
+    (:func:`log_limited_to`), so it cannot read the tenant's traffic at large."""
+    if principal.allows(ADMIN_SCOPE) or log_limited_to(principal):
         return None
-    if principal.departments:
-        return DEPARTMENT_BOUND_REFUSAL
     if not (signal or "").strip():
         return SIGNAL_REQUIRED_REFUSAL
     return None
@@ -412,24 +421,25 @@ _LOG_EXAMPLE = {
 @deliveries_router.get(
     "/v1/deliveries",
     response_model=DeliveryPage,
-    summary="The delivery log, newest first (rules:admin; cases:read for one signal)",
+    summary="The delivery log, newest first (rules:admin; cases:read for one signal or a department's cases)",
     description="Every delivery of the tenant (``rules:admin``), or one signal's (``cases:read``, "
     "with ``signal``): channel, template, status, attempts and times; never an address, URL or "
-    "body. A ``cases:read`` key bound to departments is refused (403): notifier does not know "
-    "which departments a signal's case reached.",
+    "body. A key bound to departments (``cases:read`` or ``rules:admin``; with or without "
+    "``signal``) lists only the deliveries of signals whose case one of its departments holds "
+    "now: a signal they do not hold (or no longer hold, or whose departments notifier never "
+    "learnt) lists nothing, exactly as an unknown one.",
     responses={
         200: {
             "description": "A page of deliveries; ``next_cursor`` asks for the next one",
             "content": {"application/json": {"example": _LOG_EXAMPLE}},
         },
         403: {
-            "description": "The key has neither rules:admin nor cases:read; or, with cases:read only, "
-            "no signal was named or the key is bound to departments (problem+json)",
+            "description": "The key has neither rules:admin nor cases:read; or, with cases:read only "
+            "and bound to no department, no signal was named (problem+json)",
             "content": {
                 "application/problem+json": {
                     "examples": {
                         "no-signal": _forbidden_example(SIGNAL_REQUIRED_REFUSAL),
-                        "department-bound": _forbidden_example(DEPARTMENT_BOUND_REFUSAL),
                         "no-scope": _forbidden_example(
                             "this key lacks one of the scopes 'rules:admin', 'cases:read'"
                         ),
@@ -449,7 +459,8 @@ async def list_deliveries(
         str | None,
         Query(
             max_length=64,
-            description="signal id; required with cases:read (without rules:admin)",
+            description="signal id; required with cases:read (without rules:admin) for a key bound "
+            "to no department",
             examples=["01KBH6Y3A7B9C1D3E5F7G9H1J3"],
         ),
     ] = None,
@@ -471,14 +482,28 @@ async def list_deliveries(
             channel=channel,
             cursor=cursor,
             limit=limit,
+            held_by=log_limited_to(principal),
         )
     return DeliveryPage(items=[_delivery_public(row) for row in rows], next_cursor=next_cursor)
 
 
 async def _delivery(ctx: NotifierContext, principal: Principal, delivery_id: str) -> Delivery:
+    """The delivery, when ``principal`` may see it: of its tenant and, for a key bound to
+    departments, of a signal whose case one of them holds now; otherwise a 404, as for a delivery
+    that does not exist (the same rule as the listing)."""
+    departments = log_limited_to(principal)
     async with ctx.runtime.sessions() as session:
         row = await session.get(Delivery, delivery_id)
+        link = (
+            await session.get(SignalLink, row.signal_id)
+            if departments and row is not None and row.signal_id is not None
+            else None
+        )
     if row is None or row.tenant != principal.tenant:
+        raise Problem(404, "no such delivery", slug="unknown-delivery")
+    if departments and not (
+        link is not None and link.tenant == row.tenant and service.held_by_any(link.holders, departments)
+    ):
         raise Problem(404, "no such delivery", slug="unknown-delivery")
     return row
 
