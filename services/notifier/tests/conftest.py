@@ -442,7 +442,7 @@ async def start(
             intake_url, keys_dir, _ = await stack.enter_async_context(
                 served_intake(tenant, nats_server.url, tmp_path)
             )
-            client = await stack.enter_async_context(httpx.AsyncClient(base_url=intake_url))
+            client = await stack.enter_async_context(httpx.AsyncClient(base_url=intake_url, timeout=30))
             notifier = await notifier_factory(
                 tenant, intake_url=intake_url, intake_keys_dir=keys_dir, smtp_port=port, mail_from=MAIL_FROM
             )

@@ -103,7 +103,7 @@ async def stack(
     tenant = make_tenant(TENANT, name="Gouda")
     async with (
         served_intake(tenant, nats_server.url, tmp_path) as (intake_url, keys_dir, _),
-        httpx.AsyncClient(base_url=intake_url) as client,
+        httpx.AsyncClient(base_url=intake_url, timeout=30) as client,
     ):
         notifier = await notifier_factory(
             tenant,

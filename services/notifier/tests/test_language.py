@@ -132,7 +132,9 @@ async def setup(make_tenant: Any, tmp_path: Path, notifier_factory: Any, mail: A
                 smtp_port=mail.port,
                 coalesce_window_s=0.5,
             )
-            async with httpx.AsyncClient(base_url=intake_url) as client:
+            # httpx's 5 s default was once too short for intake's first POST on PostgreSQL, on a
+            # slow machine running two suites at once; the test is about languages, not speed.
+            async with httpx.AsyncClient(base_url=intake_url, timeout=30) as client:
                 yield Setup(client, tenant.key, contact_key, notifier, mail)
     finally:
         intake_bus.stop()

@@ -54,7 +54,7 @@ async def setup(
     tenant = make_tenant(TENANT, name="Gouda")
     async with (
         served_intake(tenant, nats_server.url, tmp_path) as (intake_url, keys_dir, _),
-        httpx.AsyncClient(base_url=intake_url) as client,
+        httpx.AsyncClient(base_url=intake_url, timeout=30) as client,
     ):
 
         async def start_notifier(**overrides: Any) -> Any:
