@@ -87,7 +87,7 @@ async def test_a_shutdown_lets_the_event_in_hand_finish_and_be_acked(
         ConsumerSpec(durable="tests-shutdown", filter_subject="civic.*.signal.received", handler=slow)
     )
     await runtime.start()
-    await asyncio.wait_for(runtime.bus_ready.wait(), timeout=20)
+    await asyncio.wait_for(runtime.bus_ready.wait(), timeout=60)
     await bus.publish("civic.gouda.signal.received", received_event())
     await asyncio.wait_for(handling.wait(), timeout=20)
     await runtime.stop()

@@ -85,7 +85,7 @@ async def svc(
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://classifier") as client:
-            await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=10)
+            await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=60)
             yield Service(app, client, tenant.key, settings)
 
 

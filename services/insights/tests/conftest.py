@@ -101,5 +101,5 @@ async def insights(
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://insights") as client:
-            await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=10)
+            await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=60)
             yield Insights(app, client, tenant.key, "gouda", tenant.tenants_dir, tenant)

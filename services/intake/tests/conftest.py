@@ -164,7 +164,7 @@ async def intake(
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
-            await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=10)
+            await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=60)
             yield Intake(app, client, gouda, utrecht, settings)
 
 

@@ -32,7 +32,7 @@ from starlette.routing import Route
 from civicsignals.common.events import CoarseLocation, SignalClassified, make_event
 from civicsignals.common.tenants import add_key, key_id_of, list_keys, prepare_dev_tenant
 from civicsignals.devstack.nats import NatsServer
-from civicsignals.devstack.ports import free_port
+from civicsignals.devstack.ports import listen_port
 from civicsignals.intake import casenotes, cli, privacy
 from civicsignals.intake.models import AuditRecord, Signal
 from civicsignals.routing import flows as routing_flows
@@ -82,7 +82,7 @@ class RoutingStandIn:
     notifier (``test_access_mail_record``)."""
 
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
+        self.port = port or listen_port()
         self.calls: list[tuple[str, str]] = []
         self.delivery_calls: list[tuple[str, str]] = []
 
@@ -164,7 +164,8 @@ async def notifier_stand_in(intake_data_dir: Path) -> AsyncIterator[RoutingStand
 
 @pytest.fixture
 def routing_port() -> int:
-    return free_port()
+    """Below the range of outgoing connections' source ports: none can take it before routing binds."""
+    return listen_port()
 
 
 @pytest.fixture
@@ -208,13 +209,28 @@ class Routing:
         return context
 
 
+#: How long a real service may take to start (migrations, then its socket). About a second here,
+#: but CI once saw more than the ten seconds this used to be, on a slow machine running two suites.
+STARTUP_WAIT_S = 90.0
+
+
+async def _serving(server: uvicorn.Server) -> None:
+    """uvicorn's ``serve``, whose ``sys.exit`` on a failed start (a port taken, a lifespan that
+    raised) becomes an exception of the task rather than leaving the test's event loop."""
+    try:
+        await server.serve()
+    except SystemExit as exit_:
+        raise RuntimeError(f"uvicorn gave up starting (exit code {exit_.code}); its log says why") from None
+
+
 async def _start(server: uvicorn.Server) -> asyncio.Task[None]:
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started or task.done():
-            break
+    task = asyncio.create_task(_serving(server))
+    deadline = asyncio.get_running_loop().time() + STARTUP_WAIT_S
+    while not (server.started or task.done()) and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.02)
-    assert server.started, "the server did not start"
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        raise AssertionError(f"the server on port {server.config.port} did not start") from task.exception()
+    assert server.started, f"the server on port {server.config.port} did not start in {STARTUP_WAIT_S:.0f} s"
     return task
 
 
@@ -249,7 +265,7 @@ async def routing(
     app = create_routing_app(settings)
     server, task = await _serve(app, routing_port)
     try:
-        await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=10)
+        await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=60)
         yield Routing(app, f"http://127.0.0.1:{routing_port}")
     finally:
         await _stop(server, task)

@@ -29,7 +29,7 @@ import uvicorn
 from civicsignals.common.tenants import add_key
 from civicsignals.devstack.mailcatcher import MailCatcher
 from civicsignals.devstack.nats import NatsServer
-from civicsignals.devstack.ports import free_port
+from civicsignals.devstack.ports import listen_port
 from civicsignals.intake import mailrecord
 from civicsignals.notifier.app import create_app as create_notifier_app
 from civicsignals.notifier.settings import NotifierSettings
@@ -65,7 +65,8 @@ FINAL = ("delivered", "failed", "skipped")
 
 @pytest.fixture
 def notifier_port() -> int:
-    return free_port()
+    """Below the range of outgoing connections' source ports: none can take it before notifier binds."""
+    return listen_port()
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def intake_settings_overrides(routing_port: int, notifier_port: int) -> dict[str
 async def intake_url(intake: Intake) -> AsyncIterator[str]:
     """The ``intake`` fixture's app on a real port as well (its lifespan stays that fixture's):
     notifier reads the reporters' contacts there."""
-    port = free_port()
+    port = listen_port()
     server = uvicorn.Server(
         uvicorn.Config(intake.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )
@@ -153,7 +154,7 @@ async def notifier(
     app = create_notifier_app(settings)
     server, task = await _serve(app, notifier_port)
     try:
-        await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=20)
+        await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=60)
         yield Notifier(app, f"http://127.0.0.1:{notifier_port}", {"Authorization": f"Bearer {admin_key}"})
     finally:
         # Close NATS before the shutdown drains it: a drain waits for cancelled pull fetches.

@@ -480,7 +480,7 @@ async def test_a_keys_rate_limit_holds_across_two_replicas(intake: Intake, wait_
     async with second.router.lifespan_context(second):
         transport = httpx.ASGITransport(app=second)
         async with httpx.AsyncClient(transport=transport, base_url="http://intake-2") as client:
-            await asyncio.wait_for(second.state.runtime.bus_ready.wait(), timeout=10)
+            await asyncio.wait_for(second.state.runtime.bus_ready.wait(), timeout=60)
             assert [(await intake.post_signal()).status_code for _ in range(3)] == [201, 201, 201]
             key = f"key:{intake.gouda.key_id}"
 

@@ -65,7 +65,7 @@ async def api(database_url: str, nats_server: NatsServer, tenant_key, tmp_path: 
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
-            await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=10)
+            await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=60)
             yield Api(app, client, tenant_key.key)
 
 

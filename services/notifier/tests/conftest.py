@@ -275,7 +275,7 @@ async def notifier_factory(
                 headers=tenant_key.authorization,
             )
         )
-        await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=20)
+        await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=60)
         notifier = Notifier(app, client, stack)
         running.append(notifier)
         return notifier

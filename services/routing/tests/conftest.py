@@ -185,7 +185,7 @@ async def api(database_url: str, nats_server: NatsServer, keys: Keys, tmp_path: 
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://routing") as client:
-            await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=10)
+            await asyncio.wait_for(app.state.runtime.bus_ready.wait(), timeout=60)
             yield Api(app, client, keys)
             # Let the relay finish before the bus closes: closing while a publish is in flight
             # makes the client's drain wait for its timeout.
