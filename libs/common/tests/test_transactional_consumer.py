@@ -336,3 +336,50 @@ async def test_a_batch_that_keeps_colliding_is_settled_event_by_event(
     assert len(applied) == len(set(applied))
     # Every try of the batch collided; then each event alone, reading the row it now finds.
     assert tries == [False] * CONFLICT_TRIES + [True] * len(events)
+
+
+@pytest.mark.parametrize("shared_lock", [True, False], ids=["one-lock", "no-lock"])
+async def test_consumers_sharing_an_exclusive_lock_take_turns_with_their_transactions(
+    bus: Bus, database: Database, wait_until: Any, shared_lock: bool
+) -> None:
+    """Two consumers of one process given the same ``exclusive`` lock never have a transaction
+    open at once (what intake's consumers of signal rows rely on with SQLite). Without the lock,
+    the second begins while the first is still inside its transaction: the test can tell."""
+    lock = asyncio.Lock() if shared_lock else None
+    log: list[str] = []
+    release = asyncio.Event()
+
+    async def first(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
+        log.append("first began")
+        await release.wait()
+        await session.exec(insert(APPLIED).values(event_id=event.id))
+        log.append("first applied")
+
+    async def second(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
+        log.append("second began")
+        await session.exec(insert(APPLIED).values(event_id=event.id))
+        log.append("second applied")
+
+    specs = [
+        ConsumerSpec("tests-first", "civic.gouda.signal.received", apply=first, exclusive=lock),
+        ConsumerSpec("tests-second", "civic.utrecht.signal.received", apply=second, exclusive=lock),
+    ]
+    await bus.publish("civic.gouda.signal.received", received_event(1))
+    async with (
+        consuming(TransactionalConsumer(bus, specs[0], database.sessions)),
+        consuming(TransactionalConsumer(bus, specs[1], database.sessions)),
+    ):
+        await wait_until(lambda: "first began" in log, message="the first transaction open")
+        await bus.publish("civic.utrecht.signal.received", received_event(2, tenant="utrecht"))
+        if shared_lock:
+            await asyncio.sleep(1.0)  # ample time for the second to begin, were it not held back
+        else:
+            await wait_until(lambda: "second began" in log, message="the second began")
+        release.set()
+        await wait_until(lambda: len(log) == 4, message="both applied")
+
+    if shared_lock:
+        assert log == ["first began", "first applied", "second began", "second applied"]
+    else:
+        assert log[:2] == ["first began", "second began"]
+    assert len(await database.applied()) == 2

@@ -95,6 +95,12 @@ class ConsumerSpec:
     """With ``apply``: called once per transaction, after the last ``apply`` and before the commit
     (say, to read again under the write lock what another transaction may have committed after
     ``prepare`` read)."""
+    exclusive: asyncio.Lock | None = None
+    """With ``apply``: held for each whole transaction, from ``prepare`` to the commit. Consumers of
+    one process that share it never interleave their transactions: on SQLite, where a read takes
+    no lock, two that read the same row before either wrote would otherwise each write back what
+    it read, and the later commit undo the earlier one's change (on PostgreSQL, ``prepare`` reads
+    its rows ``FOR UPDATE`` instead, which holds across replicas too)."""
     max_deliver: int = 10
     ack_wait_s: float = 30.0
     batch_size: int = 50

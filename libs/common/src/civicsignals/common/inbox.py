@@ -8,6 +8,7 @@ the handler's changes, or not at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -143,6 +144,11 @@ class TransactionalConsumer(Consumer):
         self._sessions = sessions
         self._on_commit = on_commit
 
+    def _exclusive(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """The spec's ``exclusive`` lock for one transaction, or nothing to wait for."""
+        lock = self.spec.exclusive
+        return lock if lock is not None else contextlib.nullcontext()
+
     def _committed(self) -> None:
         if self._on_commit is not None:
             self._on_commit()
@@ -155,7 +161,7 @@ class TransactionalConsumer(Consumer):
 
     async def _process_once(self, event: CloudEvent, msg: Msg) -> None:
         durable = self.spec.durable
-        async with self._sessions() as session, session.begin():
+        async with self._exclusive(), self._sessions() as session, session.begin():
             if await claimed_before(session, durable, [event.id]):
                 return
             if self.spec.prepare is not None:
@@ -222,7 +228,7 @@ class TransactionalConsumer(Consumer):
         durable = self.spec.durable
         waiting: set[str] = set()  # ids of the events left out as not ready
         applied: list[str] = []
-        async with self._sessions() as session, session.begin():
+        async with self._exclusive(), self._sessions() as session, session.begin():
             done = await claimed_before(session, durable, [event.id for _, event in batch])
             if self.spec.prepare is not None:
                 await self.spec.prepare(session, [event for _, event in batch if event.id not in done])

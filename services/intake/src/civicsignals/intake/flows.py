@@ -26,7 +26,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from civicsignals.common import wording
 from civicsignals.common.auth import Principal
-from civicsignals.common.bus import ConsumerSpec
+from civicsignals.common.bus import Apply, ConsumerSpec
+from civicsignals.common.db import is_sqlite
 from civicsignals.common.events import (
     CaseDepartmentsChanged,
     CaseStatusChanged,
@@ -1061,32 +1062,17 @@ def consumers(ctx: IntakeContext) -> list[ConsumerSpec]:
         status = any(event.type == CaseStatusChanged.event_type() for event in events)
         await service.read_ahead(session, ids, status_entries=status)
 
+    # All five change signal rows from what ``read_ahead`` read. PostgreSQL locks those rows; on
+    # SQLite (one intake process) they take turns instead.
+    turns = asyncio.Lock() if is_sqlite(ctx.settings.database_url) else None
+    applies: list[tuple[str, str, Apply]] = [
+        ("intake-case-status", CaseStatusChanged.subscription(), on_status_changed),
+        ("intake-signal-routed", SignalRouted.subscription(), on_routed),
+        ("intake-signal-classified", SignalClassified.subscription(), on_classified),
+        ("intake-dept-assigned", DepartmentAssigned.subscription(), on_department_assigned),
+        ("intake-case-departments", CaseDepartmentsChanged.subscription(), on_departments_changed),
+    ]
     return [
-        ConsumerSpec(
-            "intake-case-status",
-            CaseStatusChanged.subscription(),
-            apply=on_status_changed,
-            prepare=read_ahead,
-        ),
-        ConsumerSpec(
-            "intake-signal-routed", SignalRouted.subscription(), apply=on_routed, prepare=read_ahead
-        ),
-        ConsumerSpec(
-            "intake-signal-classified",
-            SignalClassified.subscription(),
-            apply=on_classified,
-            prepare=read_ahead,
-        ),
-        ConsumerSpec(
-            "intake-dept-assigned",
-            DepartmentAssigned.subscription(),
-            apply=on_department_assigned,
-            prepare=read_ahead,
-        ),
-        ConsumerSpec(
-            "intake-case-departments",
-            CaseDepartmentsChanged.subscription(),
-            apply=on_departments_changed,
-            prepare=read_ahead,
-        ),
+        ConsumerSpec(durable, subject, apply=apply, prepare=read_ahead, exclusive=turns)
+        for durable, subject, apply in applies
     ]

@@ -301,7 +301,15 @@ class ReadAhead:
 
 
 async def read_ahead(session: AsyncSession, signal_ids: set[str], *, status_entries: bool) -> None:
-    rows = await session.exec(select(Signal).where(col(Signal.id).in_(signal_ids)))
+    """Read the batch's signals ``FOR UPDATE`` (on PostgreSQL; SQLite ignores it, and intake's
+    consumers take turns there instead: ``ConsumerSpec.exclusive``). Several consumers change the
+    same row (holders, departments, partners, the responsible department), each from what it read:
+    without the lock, one that read before another committed would write back the older holders,
+    and a department the case had just left would open the resident's photos again. In id order,
+    so two batches lock their common rows in the same order and never wait for each other in a
+    circle."""
+    query = select(Signal).where(col(Signal.id).in_(signal_ids)).order_by(col(Signal.id))
+    rows = await session.exec(query.with_for_update())
     signals = {signal.id: signal for signal in rows.all()}
     entries: set[tuple[str, int]] | None = None
     if status_entries:
@@ -318,7 +326,7 @@ async def _signal(session: AsyncSession, signal_id: str) -> Signal | None:
     ahead = session.info.get(READ_AHEAD)
     if isinstance(ahead, ReadAhead):
         return ahead.signals.get(signal_id)  # events follow signal.received: no signal, none to come
-    return await session.get(Signal, signal_id)
+    return await session.get(Signal, signal_id, with_for_update=True)  # as read_ahead, below
 
 
 async def _has_status_entry(session: AsyncSession, signal_id: str, sequence: int) -> bool:
