@@ -361,6 +361,27 @@ async def test_a_code_is_redeemed_once(staff: Insights) -> None:
     assert (await staff.client.get("/dashboard")).status_code == 200
 
 
+async def test_sign_ins_check_the_id_token_with_the_services_cached_key_set_and_follow_a_rotation(
+    staff: Insights, issuer: DevIssuer
+) -> None:
+    """The access token and the ID token of every sign-in are checked against one cached key set:
+    two sign-ins ask the provider for it once. A provider that rotates its key (the old one
+    dropped) signs the next person in with the new one, which is fetched for its unknown key id."""
+    verifier = staff.app.state.tenants.oidc
+    before = issuer.jwks_requests
+    for _ in range(2):
+        async with _browser(staff) as browser:
+            done = await _sign_in(browser)
+            assert done.status_code == 200 and COOKIE in _set_cookies(done), done.text
+    assert (verifier.fetches, issuer.jwks_requests - before) == (1, 1)
+
+    issuer.rotate(drop_old=True)
+    async with _browser(staff) as browser:
+        done = await _sign_in(browser)
+        assert done.status_code == 200 and COOKIE in _set_cookies(done), done.text
+    assert (verifier.fetches, issuer.jwks_requests - before) == (2, 2)
+
+
 async def test_removing_the_web_client_or_changing_the_issuer_ends_a_persons_login(
     staff: Insights, issuer: DevIssuer
 ) -> None:

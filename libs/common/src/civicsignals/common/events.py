@@ -8,6 +8,7 @@ through one definition. Fields may be added within a ``v<N>``; none may be remov
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -434,8 +435,9 @@ class CaseDepartmentsChanged(EventData):
     The department feeds tell each department what it gains (``assigned``) and loses
     (``released``); this event names the whole set as of ``sequence`` in one place, so a consumer
     that keeps the latest one (intake, to decide whose keys may still open the signal's photos;
-    notifier, whose keys read its delivery log) is right whatever order it applies events in. ``signal.routed`` is the set at sequence 1; no event
-    repeats it.
+    notifier, whose keys read its delivery log) is right whatever order it applies events in.
+    ``signal.routed`` is the set at sequence 1; no event repeats it. :func:`case_holders` reads
+    the set from either.
     """
 
     aggregate: ClassVar[str] = "case"
@@ -452,6 +454,14 @@ class CaseDepartmentsChanged(EventData):
     change: Literal["assignment", "reclassification", "escalation"] = Field(
         description="the kind of change that moved the case"
     )
+
+
+def case_holders(responsible: str, informed: Sequence[str]) -> list[str]:
+    """The departments that hold a case, as ``signal.routed`` (sequence 1) and
+    ``case.departments_changed`` name them: the responsible one first, then the informed ones,
+    each once. Whoever keeps them keeps only the set of the highest sequence seen: the two events
+    travel on different consumers and come in any order."""
+    return list(dict.fromkeys([responsible, *informed]))
 
 
 class CaseOverdue(EventData):

@@ -259,19 +259,27 @@ class OidcVerifier:
             log.info("oidc: fetched %d keys from %s", len(entry.keys.keys), url)
         return entry.keys
 
+    async def decode_signed(self, token: str, config: OidcConfig) -> jwt.Token:
+        """``token`` decoded once its signature checks out against the provider's key set: the
+        cached one, fetched again (within ``min_refresh_interval_s``) for a key id it lacks. Raises
+        joserfc's errors (``InvalidKeyIdError`` for a key the provider does not publish) and a
+        :class:`TokenError` when the key set cannot be read. The bearer tokens (:meth:`verify`) and
+        the staff pages' ID tokens (:mod:`.web_oidc`) share the cache."""
+        url = await self.jwks_url(config)
+        keys = await self._key_set(url)
+        try:
+            return jwt.decode(token, keys, algorithms=config.algorithms)
+        except InvalidKeyIdError:
+            keys = await self._key_set(url, refresh_for_kid=True)
+            return jwt.decode(token, keys, algorithms=config.algorithms)
+
     async def verify(self, token: str, registry: TenantRegistry) -> Identity:
         """The identity a token proves, or a :class:`TokenError` that says why not."""
         header, unverified = peek(token)
         issuer = str(unverified.get("iss", "")).rstrip("/")
         tenant, config = self._tenant_for(registry, issuer, unverified)
-        url = await self.jwks_url(config)
         try:
-            keys = await self._key_set(url)
-            try:
-                verified = jwt.decode(token, keys, algorithms=config.algorithms)
-            except InvalidKeyIdError:
-                keys = await self._key_set(url, refresh_for_kid=True)
-                verified = jwt.decode(token, keys, algorithms=config.algorithms)
+            verified = await self.decode_signed(token, config)
         except InvalidKeyIdError as exc:
             raise TokenError(
                 "the token was signed with a key the identity provider does not publish"

@@ -73,7 +73,6 @@ from fastapi import Request, Response
 from fastapi.responses import RedirectResponse
 from joserfc import jwt
 from joserfc.errors import ExpiredTokenError, JoseError
-from joserfc.jwk import KeySet
 
 from civicsignals.common.auth import Principal, get_registry, person_principal
 from civicsignals.common.oidc import OidcConfig, TokenError, b64url, b64url_json, check_transport, peek
@@ -530,23 +529,18 @@ class WebOidc:
         self, request: Request, config: OidcConfig, id_token: str, nonce: str
     ) -> dict[str, Any]:
         """The claims of the provider's ID token, validated as OpenID Connect Core 1.0 §3.1.3.7
-        asks: signed with a key of the provider's key set (read afresh: a sign-in is rare, and a
-        key the provider just rotated in is then known), not an access token (``typ``), ``iss``
-        the tenant's issuer, ``aud`` holding the client id (and ``azp``, when given, being it),
-        ``exp`` and ``iat`` present and ``exp`` not past, and ``nonce`` the one this flow sent.
-        Its ``auth_time`` is then trusted; a :class:`TokenError` (reason ``token``) otherwise."""
+        asks: signed with a key of the provider's key set (the service's cached one, which the
+        bearer tokens use too; fetched again for a key id it lacks, so a key the provider just
+        rotated in is known), not an access token (``typ``), ``iss`` the tenant's issuer, ``aud``
+        holding the client id (and ``azp``, when given, being it), ``exp`` and ``iat`` present and
+        ``exp`` not past, and ``nonce`` the one this flow sent. Its ``auth_time`` is then trusted;
+        a :class:`TokenError` (reason ``token``) otherwise."""
         client_id = str(config.web_client_id)
-        jwks_url = await get_registry(request).oidc.jwks_url(config)
-        document = await self._request("GET", jwks_url)
-        try:
-            keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
-        except (JoseError, KeyError, TypeError, ValueError) as exc:
-            raise _ProviderError("the identity provider's key set cannot be read", "token") from exc
         header, _ = peek(id_token)
         if str(header.get("typ", "")).lower() in ("at+jwt", "application/at+jwt"):
             raise _ProviderError("the identity provider gave an access token as the ID token", "token")
         try:
-            claims = jwt.decode(id_token, keys, algorithms=config.algorithms).claims
+            claims = (await get_registry(request).oidc.decode_signed(id_token, config)).claims
             jwt.JWTClaimsRegistry(
                 now=int(time.time()),
                 leeway=config.leeway_s,

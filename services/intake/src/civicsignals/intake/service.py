@@ -25,6 +25,7 @@ from civicsignals.common.events import (
     SignalClassified,
     SignalReceived,
     SignalRouted,
+    case_holders,
     utcnow,
 )
 from civicsignals.common.ids import new_id, new_tracking_code
@@ -419,7 +420,7 @@ def _set_holders(signal: Signal, responsible: str, informed: list[str], sequence
     events come on several consumers, in any order). Whether anything changed."""
     if sequence <= signal.holders_sequence:
         return False
-    signal.holders = list(dict.fromkeys([responsible, *informed]))
+    signal.holders = case_holders(responsible, informed)
     signal.holders_sequence = sequence
     return True
 

@@ -49,6 +49,7 @@ from civicsignals.common.events import (
     SignalErased,
     SignalReceived,
     SignalRouted,
+    case_holders,
     make_event,
     read_data,
     utcnow,
@@ -588,11 +589,6 @@ ROUTED_SEQUENCE = 1
 """The case sequence of ``signal.routed``: the case's first change, older than any move."""
 
 
-def holders_of(responsible: str, informed: list[str]) -> list[str]:
-    """The departments that hold a case: the responsible one first, then the informed ones, each once."""
-    return list(dict.fromkeys([responsible, *informed]))
-
-
 def newer_holders(
     known_sequence: int, responsible: str, informed: list[str], sequence: int
 ) -> list[str] | None:
@@ -602,7 +598,7 @@ def newer_holders(
     or equal sequence (an older move, a repeat, a ``signal.routed`` after a move) changes nothing."""
     if sequence <= known_sequence:
         return None
-    return holders_of(responsible, informed)
+    return case_holders(responsible, informed)
 
 
 def keep_holders(
