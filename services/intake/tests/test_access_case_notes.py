@@ -142,9 +142,8 @@ def routing_stand_in_on_a_thread(data_dir: Path, tenant: str = "gouda") -> Itera
     _stand_in_key(data_dir, tenant)
     serving = threading.Thread(target=stand_in.server.run, name="routing-stand-in", daemon=True)
     serving.start()
-    for _ in range(500):
-        if stand_in.server.started or not serving.is_alive():
-            break
+    deadline = time.monotonic() + STARTUP_WAIT_S
+    while not stand_in.server.started and serving.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert stand_in.server.started, "the stand-in did not start"
     try:
