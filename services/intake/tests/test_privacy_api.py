@@ -195,7 +195,7 @@ async def test_erasure_first_shows_then_erases_and_tells_the_other_services(
     assert list(left) == [piet["id"]]
     erasures = await _audit(intake, "person.erase")
     assert sorted(r.object for r in erasures) == [f"signal:{i}" for i in jan]
-    assert {r.actor for r in erasures} == {f"key:{key_id}"}
+    assert {(r.actor, r.detail) for r in erasures} == {(f"key:{key_id}", None)}  # no step-up on the API
 
     async def published() -> list[Any] | None:
         events = await intake.stream(".signal.erased")

@@ -445,7 +445,9 @@ async def test_erasure_needs_the_confirmation_then_erases_and_tells_the_other_se
     assert await intake.get(Contact, piet["id"]) is not None
     erasures = await _audit(intake, "person.erase")
     assert sorted(r.object for r in erasures) == [f"signal:{i}" for i in jan]
-    assert {r.actor for r in erasures} == {f"key:{key_id}"}
+    assert {(r.actor, r.detail) for r in erasures} == {
+        (f"key:{key_id}", "step-up: the login's key typed again")
+    }
     events = await intake.events(".signal.erased", wait_until, count=2)
     assert sorted(event["data"]["signal_id"] for event in events) == jan
     assert JAN_EMAIL not in json.dumps(events)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,8 @@ async def test_a_sign_in_older_than_the_setting_is_asked_again_and_the_erasure_c
     erasures = await _audit(desk, "person.erase")
     assert sorted(r.object for r in erasures) == sorted([f"signal:{photo['id']}", f"signal:{rated['id']}"])
     assert {r.actor for r in erasures} == {f"person:{OFFICER}"}
+    # Each record says how the officer proved it was them: the sign-in just made, in seconds.
+    assert all(re.fullmatch(r"step-up: a sign-in \d+ s old", r.detail or "") for r in erasures), erasures
     assert await desk.get(Contact, piet["id"]) is not None
     ended = [c for c in done.headers.get_list("set-cookie") if c.startswith(f"{ERASURE_RESUME_COOKIE}=")]
     assert len(ended) == 1 and "Max-Age=0" in ended[0]  # the sign-in again is used up
@@ -433,7 +436,10 @@ async def test_a_key_officer_types_the_key_again_and_a_wrong_one_erases_nothing(
 
     assert done.status_code == 200, done.text
     assert "Verwijderd: 2 melding(en)" in done.text
-    assert {r.actor for r in await _audit(intake, "person.erase")} == {f"key:{officer.key_id}"}
+    erasures = await _audit(intake, "person.erase")
+    assert {(r.actor, r.detail) for r in erasures} == {
+        (f"key:{officer.key_id}", "step-up: the login's key typed again")
+    }
     assert await intake.get(Contact, piet["id"]) is not None
 
 

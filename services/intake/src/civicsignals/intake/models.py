@@ -633,3 +633,6 @@ class AuditRecord(SQLModel, table=True):
     action: str
     object: str
     result: str
+    detail: str | None = SQLField(default=None, max_length=200)
+    """A short note, never personal data: for an erasure from the privacy desk, how the officer
+    proved it was them just before (migration ``0007``)."""

@@ -162,9 +162,16 @@ class ErasureResult:
 
 
 async def erase_signals(
-    session: AsyncSession, tenant: str, signal_ids: list[str], actor: str, attachments_dir: Path
+    session: AsyncSession,
+    tenant: str,
+    signal_ids: list[str],
+    actor: str,
+    attachments_dir: Path,
+    proof: str | None = None,
 ) -> ErasureResult:
-    """Erase one person's data from these signals, keeping what statistics need (see module doc)."""
+    """Erase one person's data from these signals, keeping what statistics need (see module doc).
+    ``proof``, how the officer proved it was them just before (the privacy desk's step-up), goes
+    into each audit record's ``detail``."""
     result = ErasureResult(0, 0, 0)
     now = utcnow()
     for signal_id in signal_ids:
@@ -194,7 +201,12 @@ async def erase_signals(
         )
         session.add(
             AuditRecord(
-                tenant=tenant, actor=actor, action="person.erase", object=f"signal:{signal_id}", result="ok"
+                tenant=tenant,
+                actor=actor,
+                action="person.erase",
+                object=f"signal:{signal_id}",
+                result="ok",
+                detail=proof,
             )
         )
         erased = SignalErased(signal_id=signal_id, case_id=signal.case_id, erased_at=now)
@@ -228,6 +240,7 @@ async def erase_person(
     attachments_dir: Path,
     dry_run: bool,
     confirmed: Collection[str] | None = None,
+    proof: str | None = None,
 ) -> PersonErasure:
     """One erasure request, from the command line, the privacy API or the privacy desk: find the
     person's signals, then (not in a dry run) erase them in one transaction, ``signal.erased``
@@ -245,7 +258,8 @@ async def erase_person(
     if dry_run or not found:
         return PersonErasure(found, None if dry_run else ErasureResult(0, 0, 0))
     async with sessions() as session, session.begin():
-        result = await erase_signals(session, tenant, [signal.id for signal in found], actor, attachments_dir)
+        ids = [signal.id for signal in found]
+        result = await erase_signals(session, tenant, ids, actor, attachments_dir, proof)
     return PersonErasure(found, result)
 
 

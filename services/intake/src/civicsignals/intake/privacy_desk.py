@@ -622,14 +622,13 @@ async def erase(request: Request) -> Response:
     by, value = posted.person
     shown = [str(signal_id) for signal_id in posted.form.getlist("signal_id")]
     outcome = await privacy_views.erase_person(
-        _context(request), officer, by, value, dry_run=False, confirmed=shown
+        _context(request), officer, by, value, dry_run=False, confirmed=shown, proof=f"step-up: {proof}"
     )
     if outcome.changed:
         changed = WORDS[lang]["signals_changed"]
         return await _found_page(request, officer, lang, posted.person, 409, changed, outcome=outcome)
     erased = outcome.erased or privacy.ErasureResult(0, 0, 0)
-    # The audit records (privacy.erase_signals) have no field for how the officer proved it was
-    # them; the log says it, under the same actor.
+    # The audit records (privacy.erase_signals) say how the officer proved it was them; so does the log.
     log.info("privacy desk: %s erased %d signal(s) after %s", officer.actor, erased.signals, proof)
     response = _page(
         request,

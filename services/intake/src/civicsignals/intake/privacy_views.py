@@ -141,10 +141,12 @@ async def erase_person(
     *,
     dry_run: bool,
     confirmed: Collection[str] | None = None,
+    proof: str | None = None,
 ) -> privacy.PersonErasure:
     """A person's erasure (or, ``dry_run``, what it would erase) by ``officer`` (the API and the
-    privacy desk), of exactly the ``confirmed`` signals when given (:func:`privacy.erase_person`);
-    the outbox relay is woken for the ``signal.erased`` events it committed."""
+    privacy desk), of exactly the ``confirmed`` signals when given (:func:`privacy.erase_person`),
+    with the desk's step-up ``proof`` in the audit records; the outbox relay is woken for the
+    ``signal.erased`` events it committed."""
     outcome = await privacy.erase_person(
         ctx.runtime.sessions,
         ctx.cipher,
@@ -155,6 +157,7 @@ async def erase_person(
         attachments_dir=ctx.settings.attachments_dir,
         dry_run=dry_run,
         confirmed=confirmed,
+        proof=proof,
     )
     if outcome.erased is not None and outcome.erased.signals:
         ctx.runtime.events_committed()
