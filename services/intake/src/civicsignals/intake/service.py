@@ -480,6 +480,7 @@ def audit_row(tenant: str, actor: str, action: str, object: str, result: str) ->
         "action": action,
         "object": object,
         "result": result,
+        "detail": None,
     }
 
 
