@@ -10,6 +10,7 @@ from sqlmodel import SQLModel
 
 from civicsignals.common.app import create_service_app
 from civicsignals.common.audit import mount_audit
+from civicsignals.common.db import is_sqlite
 from civicsignals.common.ratesharing import LimitExchange
 from civicsignals.common.runtime import ServiceRuntime
 from civicsignals.common.tasks import cancel_requested
@@ -63,7 +64,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     settings = settings or IntakeSettings()
     runtime = ServiceRuntime(settings, metadata=SQLModel.metadata)
     context = flows.IntakeContext(runtime=runtime, settings=settings, cipher=build_cipher(settings))
-    for spec in flows.consumers(context):
+    for spec in flows.consumers(context, take_turns=is_sqlite(settings.database_url)):
         runtime.add_consumer(spec)
     runtime.add_background(retention_job(context))  # type: ignore[arg-type]
     if settings.rate_limit_share_interval_s > 0:

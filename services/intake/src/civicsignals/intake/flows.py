@@ -27,7 +27,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from civicsignals.common import wording
 from civicsignals.common.auth import Principal
 from civicsignals.common.bus import Apply, ConsumerSpec
-from civicsignals.common.db import is_sqlite
 from civicsignals.common.events import (
     CaseDepartmentsChanged,
     CaseStatusChanged,
@@ -1037,10 +1036,14 @@ async def _store_once(
 # -- what intake follows ---------------------------------------------------------------------------
 
 
-def consumers(ctx: IntakeContext) -> list[ConsumerSpec]:
+def consumers(ctx: IntakeContext, *, take_turns: bool = False) -> list[ConsumerSpec]:
     """Intake follows the case so that the public tracking page and Open311 show its status, and
     the departments' feeds so that it knows whose keys may open a signal's attachments; each
-    consumer applies a fetched batch in one transaction with its inbox claims."""
+    consumer applies a fetched batch in one transaction with its inbox claims.
+
+    All five change signal rows from what ``read_ahead`` read. PostgreSQL locks those rows
+    (``service.read_ahead``); on SQLite, where a read locks nothing, the app asks them to
+    ``take_turns`` (one intake process: one lock, ``ConsumerSpec.exclusive``)."""
 
     async def on_status_changed(session: AsyncSession, event: CloudEvent, _msg: Msg) -> None:
         await service.apply_status_change(session, read_data(event, CaseStatusChanged), event.time)
@@ -1062,9 +1065,7 @@ def consumers(ctx: IntakeContext) -> list[ConsumerSpec]:
         status = any(event.type == CaseStatusChanged.event_type() for event in events)
         await service.read_ahead(session, ids, status_entries=status)
 
-    # All five change signal rows from what ``read_ahead`` read. PostgreSQL locks those rows; on
-    # SQLite (one intake process) they take turns instead.
-    turns = asyncio.Lock() if is_sqlite(ctx.settings.database_url) else None
+    turns = asyncio.Lock() if take_turns else None
     applies: list[tuple[str, str, Apply]] = [
         ("intake-case-status", CaseStatusChanged.subscription(), on_status_changed),
         ("intake-signal-routed", SignalRouted.subscription(), on_routed),
