@@ -28,14 +28,14 @@ READER_HEAD_START_S = 1.0
 
 
 async def test_a_consumer_that_read_before_a_move_committed_does_not_undo_it(intake: Intake) -> None:
-    signal = (await intake.post_signal()).json()
-    await _attach(intake, signal["id"], "foto.jpg", JPEG, "image/jpeg")
     if is_sqlite(intake.settings.database_url):
         # One process: the five consumers that write signal rows share one lock, and only they.
         turns = {spec.exclusive for spec in intake.runtime.consumer_specs if spec.prepare is not None}
         assert len(turns) == 1 and isinstance(next(iter(turns)), asyncio.Lock)
         assert len([spec for spec in intake.runtime.consumer_specs if spec.exclusive is not None]) == 5
         return
+    signal = (await intake.post_signal()).json()
+    await _attach(intake, signal["id"], "foto.jpg", JPEG, "image/jpeg")
 
     # Opened at stadsbeheer with handhaving informed (1); sociaal informed too (2, its feed event
     # comes late); then moved to sociaal alone (3): stadsbeheer and handhaving left.

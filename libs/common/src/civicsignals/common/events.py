@@ -436,8 +436,7 @@ class CaseDepartmentsChanged(EventData):
     (``released``); this event names the whole set as of ``sequence`` in one place, so a consumer
     that keeps the latest one (intake, to decide whose keys may still open the signal's photos;
     notifier, whose keys read its delivery log) is right whatever order it applies events in.
-    ``signal.routed`` is the set at sequence 1; no event repeats it. :func:`case_holders` reads
-    the set from either.
+    ``signal.routed`` is the set at sequence 1; no event repeats it.
     """
 
     aggregate: ClassVar[str] = "case"

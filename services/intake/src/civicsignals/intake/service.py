@@ -327,7 +327,7 @@ async def _signal(session: AsyncSession, signal_id: str) -> Signal | None:
     ahead = session.info.get(READ_AHEAD)
     if isinstance(ahead, ReadAhead):
         return ahead.signals.get(signal_id)  # events follow signal.received: no signal, none to come
-    return await session.get(Signal, signal_id, with_for_update=True)  # as read_ahead, below
+    return await session.get(Signal, signal_id, with_for_update=True)  # as read_ahead, above
 
 
 async def _has_status_entry(session: AsyncSession, signal_id: str, sequence: int) -> bool:
